@@ -1,0 +1,40 @@
+# Two entry points that work on a fresh machine: `make pegasus` and `make test`.
+# Both create .venv when missing and install the package (with test tools) into it.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+SHARED_CIFAR := ../shared/data/cifar10-jpeg.tar.gz
+DATA := data
+
+.PHONY: setup test pegasus data bench clean-runs
+
+setup: $(STAMP)
+
+$(STAMP): setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+# CIFAR-10: the shared JPEG copy when it is beside the checkout, else torchvision's download.
+data: $(STAMP)
+	@if [ -d $(DATA)/cifar10-jpeg ] || [ -d $(DATA)/cifar-10-batches-py ]; then :; \
+	elif [ -f $(SHARED_CIFAR) ]; then mkdir -p $(DATA) && tar xzf $(SHARED_CIFAR) -C $(DATA); \
+	else $(PY) -m autoencoder.data --data $(DATA) --download true; fi
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+# Until a shipped model exists (a later issue), this trains a short demo run and says so.
+pegasus: data
+	@echo "pegasus: no shipped model yet, so this trains a short demo run (about 3 minutes on 2 CPU cores)."
+	$(PY) -m autoencoder.train --preset cpu --data $(DATA) --steps 300 --sample_every 300 \
+		--log_every 100 --eval_images 1000 --out outputs/runs/demo-$$(date +%Y%m%d-%H%M%S)
+	@echo "pegasus: demo run done; its sample grid is in outputs/runs/demo-*/samples/ (newest last)."
+
+bench: $(STAMP)
+	$(PY) bench/train_throughput.py --preset cpu
+
+clean-runs:
+	rm -rf outputs/runs

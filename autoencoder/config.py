@@ -1,0 +1,160 @@
+"""The training configuration: one flat dataclass, its presets, and its JSON round trip.
+
+Every field is a command-line flag of ``python -m autoencoder.train``; the config is
+saved as ``config.json`` in the run folder before the first step, and everything that
+loads a run rebuilds the networks from it.
+
+Example: ``python -m autoencoder.train --preset cpu --latent_dim 64``
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+class ConfigError(ValueError):
+    """A flag or config value that cannot be used; the message says what to do."""
+
+
+@dataclass
+class TrainConfig:
+    # --- run ---
+    out: str = ""  # run folder; empty: outputs/runs/<preset>-<YYYYmmdd-HHMMSS>
+    seed: int = 0  # one seed for data order, augmentation, mixing coefficients and prior draws
+    preset: str = "cpu"  # the preset these values started from (smoke, cpu, gpu)
+    device: str = "auto"  # auto (CUDA if present, else CPU), cpu or cuda
+    precision: str = "auto"  # auto (bf16 autocast where supported), bf16 or fp32
+    channels_last: bool = True  # NHWC memory layout for the convolutions
+    threads: int = 0  # CPU threads for torch; 0 keeps torch's default
+    # --- data ---
+    data: str = "data"  # folder with CIFAR-10 (torchvision layout or train/<class>/ image folders)
+    download: bool = False  # fetch CIFAR-10 with torchvision when the folder has none
+    classes: str = ""  # comma-separated class names to train on; empty: all ten
+    cache_dir: str = "data/cache"  # where the decoded uint8 tensors are cached
+    # --- model ---
+    latent_dim: int = 128  # size of the code z
+    width: int = 32  # channels of the first autoencoder stage (doubles per stage, capped at 4x)
+    res_blocks: int = 0  # residual blocks per resolution stage of encoder and decoder
+    critic_width: int = 16  # channels of the first stage of the image and interpolation critics
+    latent_critic_hidden: int = 512  # hidden units of the latent critic MLP
+    # --- losses (a weight of 0 switches that part off) ---
+    latent_weight: float = 0.005  # adversarial autoencoder term pulling codes to N(0, I)
+    interp_weight: float = 0.5  # ACAI term: decoded mixes should fool the interpolation critic
+    interp_gamma: float = 0.2  # ACAI regulariser: blend of data and reconstruction shown to the critic
+    image_weight: float = 0.005  # GAN term: decoded images should fool the image critic
+    # --- optimisation ---
+    batch_size: int = 64  # images per step
+    steps: int = 7000  # optimisation steps in total
+    lr: float = 1e-3  # Adam learning rate of the autoencoder
+    critic_lr: float = 2e-4  # Adam learning rate of the three critics
+    beta1: float = 0.9  # Adam beta1 of the autoencoder
+    critic_beta1: float = 0.5  # Adam beta1 of the critics (GAN practice: short momentum)
+    beta2: float = 0.99  # Adam beta2 of all optimisers
+    lr_min_ratio: float = 0.05  # cosine decay of both learning rates to this fraction at the last step; 1: constant
+    # --- bookkeeping ---
+    log_every: int = 200  # steps between metrics.jsonl lines (with held-out PSNR)
+    sample_every: int = 2000  # steps between sample grids
+    checkpoint_every: int = 1000  # steps between checkpoints
+    eval_images: int = 2000  # held-out test images for reconstruction MSE/PSNR
+    max_minutes: float = 0.0  # stop (with a checkpoint) after this wall time; 0: no limit
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """The selected class names, in CIFAR-10 label order."""
+        return parse_classes(self.classes)
+
+
+PRESETS: dict[str, dict[str, typing.Any]] = {
+    # seconds, tiny: what the tests and CI run
+    "smoke": dict(latent_dim=16, width=8, res_blocks=0, critic_width=8, latent_critic_hidden=32,
+                  batch_size=16, steps=30, log_every=10, sample_every=30, checkpoint_every=10,
+                  eval_images=64),
+    # sized for a 2-core CPU: about 40 minutes (about 200 images/s with bf16, see README)
+    "cpu": dict(),
+    # full size for one GPU
+    "gpu": dict(width=64, res_blocks=2, critic_width=64, batch_size=256, steps=100000,
+                log_every=500, sample_every=5000, checkpoint_every=5000, eval_images=10000),
+}
+
+
+def parse_classes(text: str | typing.Sequence[str]) -> tuple[str, ...]:
+    """Class names from ``"horse,bird"`` (or a sequence), checked and put in label order."""
+    names = [text] if isinstance(text, str) else list(text)
+    names = [n.strip().lower() for part in names for n in str(part).split(",") if n.strip()]
+    if not names:
+        return CIFAR10_CLASSES
+    unknown = [n for n in names if n not in CIFAR10_CLASSES]
+    if unknown:
+        raise ConfigError(f"unknown class name(s) {', '.join(unknown)}; "
+                          f"CIFAR-10's classes are: {', '.join(CIFAR10_CLASSES)}")
+    return tuple(c for c in CIFAR10_CLASSES if c in names)
+
+
+def _coerce(name: str, value: typing.Any, kind: type) -> typing.Any:
+    """Turn a flag value (fire may give str, int, tuple...) into the field's type."""
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in ("true", "1", "yes"):
+            return True
+        if str(value).lower() in ("false", "0", "no"):
+            return False
+        raise ConfigError(f"--{name} takes true or false, got {value!r}")
+    if kind is str and isinstance(value, (tuple, list)):
+        return ",".join(str(v) for v in value)  # fire reads "horse,bird" as a tuple
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"--{name} takes a {kind.__name__}, got {value!r}") from None
+
+
+def make_config(preset: str = "cpu", **overrides: typing.Any) -> TrainConfig:
+    """A config from a preset plus flag overrides; an unknown flag or bad value is an error."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    types = typing.get_type_hints(TrainConfig)
+    unknown = sorted(set(overrides) - set(types))
+    if unknown:
+        raise ConfigError(f"unknown flag(s) {', '.join('--' + u for u in unknown)}; "
+                          f"known flags: {', '.join('--' + f for f in types)}")
+    values = dict(PRESETS[preset], preset=preset)
+    values.update({k: _coerce(k, v, types[k]) for k, v in overrides.items()})
+    config = TrainConfig(**values)
+    validate(config)
+    return config
+
+
+def validate(config: TrainConfig) -> None:
+    """Reject values that would fail later, with a message naming the field."""
+    parse_classes(config.classes)
+    for name in ("latent_dim", "width", "critic_width", "latent_critic_hidden", "batch_size", "steps",
+                 "log_every", "sample_every", "checkpoint_every", "eval_images"):
+        if getattr(config, name) < 1:
+            raise ConfigError(f"--{name} must be at least 1, got {getattr(config, name)}")
+    if config.batch_size < 2:
+        raise ConfigError("--batch_size must be at least 2: interpolation mixes pairs within a batch")
+    if not 0 < config.lr_min_ratio <= 1:
+        raise ConfigError(f"--lr_min_ratio must be in (0, 1], got {config.lr_min_ratio}")
+    for name in ("latent_weight", "interp_weight", "image_weight"):
+        if getattr(config, name) < 0:
+            raise ConfigError(f"--{name} must be 0 (off) or positive, got {getattr(config, name)}")
+    if config.precision not in ("auto", "bf16", "fp32"):
+        raise ConfigError(f"--precision must be auto, bf16 or fp32, got {config.precision!r}")
+    if config.device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"--device must be auto, cpu or cuda, got {config.device!r}")
+
+
+def save_config(config: TrainConfig, path: Path) -> None:
+    path.write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
+
+
+def load_config(path: Path) -> TrainConfig:
+    """The config saved in a run folder; fields added since then take their defaults."""
+    values = json.loads(Path(path).read_text())
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in values.items() if k in known})

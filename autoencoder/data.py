@@ -1,0 +1,182 @@
+"""CIFAR-10 as whole uint8 tensors: find the source, decode once, cache, select classes.
+
+Two sources are read, detected from what is in the folder:
+- torchvision's layout (``cifar-10-batches-py/``), fetched by torchvision when asked;
+- class folders (``train/<class>/*.png|jpg`` and ``test/<class>/...``), as
+  ``torchvision.datasets.ImageFolder`` reads them, e.g. the shared JPEG copy unpacked.
+
+The decoded split is cached as ``<cache_dir>/<source-key>-<split>.safetensors``; later
+loads take well under a second. Images stay uint8 (N, 3, 32, 32) until a batch is drawn.
+
+Example: ``python -m autoencoder.data --data data/cifar10-jpeg`` (builds the cache, prints counts)
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from autoencoder.config import CIFAR10_CLASSES, parse_classes
+
+TORCHVISION_FOLDER = "cifar-10-batches-py"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+SPLITS = ("train", "test")
+
+
+class DataNotFoundError(FileNotFoundError):
+    """No CIFAR-10 where the user pointed; the message says where it looked and what to do."""
+
+
+@dataclass
+class ImageSet:
+    images: torch.Tensor  # (N, 3, 32, 32) uint8
+    labels: torch.Tensor  # (N,) int64, CIFAR-10's label numbers
+    indices: torch.Tensor  # (N,) int64, position of each image in its full split
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def find_source(root: str | Path) -> tuple[str, Path]:
+    """('torchvision' | 'folders', path) for the CIFAR-10 copy in ``root`` (or one folder below)."""
+    root = Path(root)
+    candidates = [root] + (sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else [])
+    for path in candidates:
+        if (path / TORCHVISION_FOLDER).is_dir():
+            return "torchvision", path
+        if path.name == TORCHVISION_FOLDER:
+            return "torchvision", path.parent
+        if (path / "train").is_dir() and any((path / "train" / c).is_dir() for c in CIFAR10_CLASSES):
+            return "folders", path
+    raise DataNotFoundError(
+        f"no CIFAR-10 found in {root.resolve()} (looked for {TORCHVISION_FOLDER}/ and train/<class>/ "
+        f"folders there and one level down). Download it with --download true (torchvision, needs "
+        f"internet), or point --data at a local copy, e.g. tar xzf ../shared/data/cifar10-jpeg.tar.gz "
+        f"-C data/ then --data data/cifar10-jpeg")
+
+
+def _read_folders(path: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Decode ``path/split/<class>/*`` in sorted order; labels follow CIFAR-10's names."""
+    split_dir = path / split
+    if not split_dir.is_dir():
+        raise DataNotFoundError(f"{split_dir} is missing: a class-folder copy needs train/ and test/")
+    unknown = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and p.name not in CIFAR10_CLASSES)
+    if unknown:
+        raise DataNotFoundError(f"{split_dir} has folders that are not CIFAR-10 classes: "
+                                f"{', '.join(unknown)}; the classes are: {', '.join(CIFAR10_CLASSES)}")
+    images, labels = [], []
+    for label, name in enumerate(CIFAR10_CLASSES):
+        class_dir = split_dir / name
+        if not class_dir.is_dir():
+            continue
+        for file in sorted(f for f in class_dir.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES):
+            with Image.open(file) as im:
+                pixels = np.asarray(im.convert("RGB"))
+            if pixels.shape != (32, 32, 3):
+                raise ValueError(f"{file} is {pixels.shape[1]}x{pixels.shape[0]}; CIFAR-10 images are 32x32")
+            images.append(pixels)
+            labels.append(label)
+    if not images:
+        raise DataNotFoundError(f"no .png or .jpg images under {split_dir}/<class>/")
+    return np.stack(images), np.asarray(labels)
+
+
+def _read_torchvision(path: Path, split: str, download: bool) -> tuple[np.ndarray, np.ndarray]:
+    from torchvision.datasets import CIFAR10
+
+    dataset = CIFAR10(str(path), train=(split == "train"), download=download)
+    return np.asarray(dataset.data), np.asarray(dataset.targets)
+
+
+def _cache_file(cache_dir: Path, kind: str, path: Path, split: str) -> Path:
+    key = hashlib.sha1(f"{kind}:{path.resolve()}".encode()).hexdigest()[:10]
+    return cache_dir / f"cifar10-{kind}-{key}-{split}.safetensors"
+
+
+def _atomic_save(tensors: dict[str, torch.Tensor], file: Path) -> None:
+    file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = file.with_name(file.name + f".tmp{os.getpid()}")
+    save_file(tensors, str(tmp))
+    os.replace(tmp, file)
+
+
+def load_split(root: str | Path, split: str, cache_dir: str | Path = "data/cache",
+               download: bool = False) -> ImageSet:
+    """The whole split as uint8 tensors, from the cache when it is there."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    root = Path(root)
+    if download and not (root / TORCHVISION_FOLDER).is_dir():
+        try:
+            find_source(root)
+        except DataNotFoundError:
+            root.mkdir(parents=True, exist_ok=True)
+            _read_torchvision(root, "train", download=True)
+    if not root.exists():
+        raise DataNotFoundError(
+            f"data folder {root.resolve()} does not exist. Download CIFAR-10 with --download true "
+            f"(torchvision, needs internet), or unpack a local copy, e.g. tar xzf "
+            f"../shared/data/cifar10-jpeg.tar.gz -C data/ then --data data/cifar10-jpeg")
+    kind, path = find_source(root)
+    cache = _cache_file(Path(cache_dir), kind, path, split)
+    if cache.exists():
+        tensors = load_file(str(cache))
+        images, labels = tensors["images"], tensors["labels"]
+    else:
+        read = _read_folders(path, split) if kind == "folders" else _read_torchvision(path, split, False)
+        images = torch.from_numpy(read[0]).permute(0, 3, 1, 2).contiguous()  # (N, 3, 32, 32)
+        labels = torch.from_numpy(read[1]).long()
+        _atomic_save({"images": images, "labels": labels}, cache)
+    return ImageSet(images, labels, torch.arange(len(labels)))
+
+
+def select_classes(data: ImageSet, classes: str | tuple[str, ...] = "") -> ImageSet:
+    """The images of the named classes; labels stay CIFAR-10's."""
+    names = parse_classes(classes)
+    wanted = torch.tensor([CIFAR10_CLASSES.index(n) for n in names])
+    keep = torch.isin(data.labels, wanted)
+    return ImageSet(data.images[keep], data.labels[keep], data.indices[keep])
+
+
+def load_cifar10(root: str | Path, split: str, classes: str | tuple[str, ...] = "",
+                 cache_dir: str | Path = "data/cache", download: bool = False) -> ImageSet:
+    """One split of CIFAR-10, restricted to ``classes`` (all ten when empty)."""
+    return select_classes(load_split(root, split, cache_dir, download), classes)
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] -> float [-1, 1], same shape."""
+    return images.float().div_(127.5).sub_(1.0)
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """float [-1, 1] -> uint8 [0, 255], same shape."""
+    return images.detach().float().add(1.0).mul(127.5).round().clamp(0, 255).to(torch.uint8)
+
+
+def random_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Mirror each image left-right with probability 1/2. images: (B, C, H, W)."""
+    flip = torch.rand(images.shape[0], generator=generator, device="cpu") < 0.5
+    flip = flip.to(images.device).view(-1, 1, 1, 1)
+    return torch.where(flip, images.flip(-1), images)
+
+
+def main(data: str = "data", cache_dir: str = "data/cache", download: bool = False) -> None:
+    """Decode both splits into the cache and print what was found."""
+    for split in SPLITS:
+        s = load_cifar10(data, split, cache_dir=cache_dir, download=download)
+        counts = torch.bincount(s.labels, minlength=10).tolist()
+        print(f"{split}: {len(s)} images; per class " +
+              ", ".join(f"{n} {c}" for n, c in zip(CIFAR10_CLASSES, counts)))
+
+
+if __name__ == "__main__":
+    import fire
+
+    fire.Fire(main)

@@ -1,0 +1,58 @@
+"""Reconstruction quality of a trained run on the whole CIFAR-10 test split, per class.
+
+Writes ``reconstruction.json`` beside the run's weights and prints a table. The figure
+to compare with is PCA with the same number of components (23.3 dB at 128 on this split).
+
+Example: ``python -m autoencoder.evaluate --run outputs/runs/cpu-main --data data``
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from autoencoder.checkpoint import load_run
+from autoencoder.config import CIFAR10_CLASSES
+from autoencoder.data import load_cifar10, to_float
+from autoencoder.losses import psnr
+from autoencoder.train import autocast, resolve_device, resolve_precision
+
+
+@torch.no_grad()
+def reconstruction_psnr(run: str | Path, data: str, cache_dir: str = "data/cache",
+                        batch_size: int = 500) -> dict:
+    """Mean MSE and PSNR (dB) over the test split of the run's classes, overall and per class."""
+    config, nets = load_run(run)
+    device = resolve_device(config)
+    dtype = resolve_precision(config, device)
+    nets = nets.to(device)
+    held_out = load_cifar10(data, "test", config.classes, cache_dir=cache_dir)
+    per_image_db, per_image_mse = [], []
+    for chunk in held_out.images.split(batch_size):
+        x = to_float(chunk).to(device)
+        with autocast(device, dtype):
+            x_rec = nets.decoder(nets.encoder(x)).float()
+        per_image_db.append(psnr(x, x_rec).cpu())
+        per_image_mse.append((x_rec - x).pow(2).flatten(1).mean(1).cpu())
+    db, mse = torch.cat(per_image_db), torch.cat(per_image_mse)
+    result = {"images": len(db), "mse": mse.mean().item(), "psnr_db": db.mean().item(),
+              "psnr_of_mean_mse_db": (10 * torch.log10(4 / mse.mean())).item(), "per_class_psnr_db": {}}
+    for label in held_out.labels.unique().tolist():
+        result["per_class_psnr_db"][CIFAR10_CLASSES[label]] = db[held_out.labels == label].mean().item()
+    return result
+
+
+def main(run: str, data: str = "data", cache_dir: str = "data/cache") -> None:
+    result = reconstruction_psnr(run, data, cache_dir)
+    (Path(run) / "reconstruction.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(f"test split, {result['images']} images: MSE {result['mse']:.5f} (pixels in [-1, 1]), "
+          f"mean PSNR {result['psnr_db']:.2f} dB, PSNR of mean MSE {result['psnr_of_mean_mse_db']:.2f} dB")
+    for name, value in result["per_class_psnr_db"].items():
+        print(f"  {name:10s} {value:6.2f} dB")
+
+
+if __name__ == "__main__":
+    import fire
+
+    fire.Fire(main)

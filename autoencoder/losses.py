@@ -1,0 +1,55 @@
+"""Loss terms as pure functions of tensors. Each returns a scalar tensor.
+
+- reconstruction: mean squared error in [-1, 1] pixel space.
+- adversarial (latent and image critics): the non-saturating GAN loss
+  (Goodfellow et al. 2014), written with softplus: -log sigmoid(t) = softplus(-t).
+- ACAI (Berthelot et al. 2018, arXiv:1807.07543): the critic regresses the mixing
+  coefficient alpha in [0, 1/2] of a decoded mix and 0 for a blend of data and its
+  reconstruction; the autoencoder is rewarded when the critic says 0 for its mixes.
+
+Example: ``python -c "import torch; from autoencoder.losses import psnr; print(psnr(torch.zeros(2,3,4,4), torch.full((2,3,4,4), .1)))"``
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def reconstruction_loss(x: torch.Tensor, x_rec: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over all pixels. x, x_rec: (B, 3, H, W) in [-1, 1]."""
+    return F.mse_loss(x_rec.float(), x.float())
+
+
+def psnr(x: torch.Tensor, x_rec: torch.Tensor) -> torch.Tensor:
+    """Peak signal-to-noise ratio in dB per image, for images in [-1, 1] (peak-to-peak 2). -> (B,)"""
+    mse = (x_rec.float() - x.float()).pow(2).flatten(1).mean(1)
+    return 10.0 * torch.log10(4.0 / mse.clamp_min(1e-10))
+
+
+def critic_loss_real_fake(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """Discriminator loss: high logits for real, low for fake (softplus form of BCE)."""
+    return F.softplus(-real_logits.float()).mean() + F.softplus(fake_logits.float()).mean()
+
+
+def generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
+    """Non-saturating generator loss: push the critic's logit for fakes up."""
+    return F.softplus(-fake_logits.float()).mean()
+
+
+def acai_critic_loss(alpha_pred_mix: torch.Tensor, alpha: torch.Tensor,
+                     alpha_pred_blend: torch.Tensor) -> torch.Tensor:
+    """ACAI critic: predict alpha for decoded mixes, and 0 for gamma-blends of data and reconstruction.
+
+    alpha_pred_mix, alpha: (B,), alpha in [0, 1/2]; alpha_pred_blend: (B,).
+    """
+    return (alpha_pred_mix.float() - alpha.float()).pow(2).mean() + alpha_pred_blend.float().pow(2).mean()
+
+
+def acai_autoencoder_loss(alpha_pred_mix: torch.Tensor) -> torch.Tensor:
+    """ACAI autoencoder term: decoded mixes should look unmixed (critic output 0)."""
+    return alpha_pred_mix.float().pow(2).mean()
+
+
+def total(terms: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:
+    """Weighted sum of named terms; a term whose weight is missing counts with weight 1."""
+    return sum(weights.get(name, 1.0) * value for name, value in terms.items())

@@ -1,0 +1,141 @@
+"""The networks: encoder, decoder, latent critic, interpolation critic, image critic.
+
+- Encoder x -> z and decoder z -> x: a small residual convolutional autoencoder
+  (32x32x3 <-> latent_dim), three resolution stages (32, 16, 8) and a 4x4 bottleneck.
+- Latent critic: an MLP telling encoded codes from N(0, I) samples, so that codes
+  drawn from the prior decode to images (adversarial autoencoder, Makhzani et al. 2015,
+  arXiv:1511.05644; ARAE, Zhao et al. 2018, arXiv:1706.04223).
+- Interpolation critic: a convolutional net that regresses the mixing coefficient of a
+  decoded mix of two codes (ACAI, Berthelot et al. 2018, arXiv:1807.07543).
+- Image critic: a GAN discriminator on real vs decoded images (Goodfellow et al. 2014),
+  with spectral normalisation (Miyato et al. 2018, arXiv:1802.05957) so that its input
+  gradient is smooth enough to steer codes at compose time.
+
+Example: ``python -c "from autoencoder.models import build_networks; from autoencoder.config import make_config; print(build_networks(make_config('smoke')))"``
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm
+
+from autoencoder.config import TrainConfig
+
+
+def stage_channels(width: int) -> list[int]:
+    """Channels at 32x32, 16x16, 8x8 and 4x4: doubling per stage, capped at 4x width."""
+    return [width, 2 * width, 4 * width, 4 * width]
+
+
+class ResBlock(nn.Module):
+    """x + conv(act(conv(act(x)))); the second conv starts at zero so the block starts as identity."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.SiLU(), nn.Conv2d(channels, channels, 3, padding=1),
+            nn.SiLU(), nn.Conv2d(channels, channels, 3, padding=1),
+        )
+        nn.init.zeros_(self.body[-1].weight)
+        nn.init.zeros_(self.body[-1].bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class Encoder(nn.Module):
+    """(B, 3, 32, 32) in [-1, 1] -> (B, latent_dim)."""
+
+    def __init__(self, latent_dim: int, width: int, res_blocks: int):
+        super().__init__()
+        c = stage_channels(width)
+        layers: list[nn.Module] = [nn.Conv2d(3, c[0], 3, padding=1)]
+        for i in range(3):  # 32 -> 16 -> 8 -> 4
+            layers += [ResBlock(c[i]) for _ in range(res_blocks)]
+            layers += [nn.SiLU(), nn.Conv2d(c[i], c[i + 1], 4, stride=2, padding=1)]
+        layers += [nn.SiLU(), nn.Flatten(), nn.Linear(c[3] * 16, latent_dim)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class Decoder(nn.Module):
+    """(B, latent_dim) -> (B, 3, 32, 32) in [-1, 1]."""
+
+    def __init__(self, latent_dim: int, width: int, res_blocks: int):
+        super().__init__()
+        c = stage_channels(width)
+        self.top_channels = c[3]
+        self.project = nn.Linear(latent_dim, c[3] * 16)
+        layers: list[nn.Module] = []
+        for i in (3, 2, 1):  # 4 -> 8 -> 16 -> 32
+            layers += [nn.SiLU(), nn.Upsample(scale_factor=2, mode="nearest"),
+                       nn.Conv2d(c[i], c[i - 1], 3, padding=1)]
+            layers += [ResBlock(c[i - 1]) for _ in range(res_blocks)]
+        layers += [nn.SiLU(), nn.Conv2d(c[0], 3, 3, padding=1), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.project(z).view(-1, self.top_channels, 4, 4)  # (B, C, 4, 4)
+        return self.net(h)
+
+
+class ConvCritic(nn.Module):
+    """(B, 3, 32, 32) -> (B,): a strided conv net with one scalar output per image.
+
+    ``spectral=True`` wraps every layer in spectral normalisation (image critic); the
+    interpolation critic is left plain, as in ACAI.
+    """
+
+    def __init__(self, width: int, spectral: bool = False):
+        super().__init__()
+        wrap = spectral_norm if spectral else (lambda m: m)
+        c = stage_channels(width)
+        layers: list[nn.Module] = [wrap(nn.Conv2d(3, c[0], 3, padding=1))]
+        for i in range(3):  # 32 -> 16 -> 8 -> 4
+            layers += [nn.LeakyReLU(0.2), wrap(nn.Conv2d(c[i], c[i + 1], 4, stride=2, padding=1))]
+        layers += [nn.LeakyReLU(0.2), nn.Flatten(), wrap(nn.Linear(c[3] * 16, 1))]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).squeeze(1)
+
+
+class LatentCritic(nn.Module):
+    """(B, latent_dim) -> (B,) logit: prior sample (high) vs encoded code (low)."""
+
+    def __init__(self, latent_dim: int, hidden: int):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(latent_dim, hidden), nn.LeakyReLU(0.2),
+            nn.Linear(hidden, hidden), nn.LeakyReLU(0.2),
+            nn.Linear(hidden, 1),
+        )
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z).squeeze(1)
+
+
+class Networks(nn.Module):
+    """All five networks of a run, saved and loaded together."""
+
+    def __init__(self, config: TrainConfig):
+        super().__init__()
+        self.encoder = Encoder(config.latent_dim, config.width, config.res_blocks)
+        self.decoder = Decoder(config.latent_dim, config.width, config.res_blocks)
+        self.latent_critic = LatentCritic(config.latent_dim, config.latent_critic_hidden)
+        self.interp_critic = ConvCritic(config.critic_width, spectral=False)
+        self.image_critic = ConvCritic(config.critic_width, spectral=True)
+
+    def autoencoder_parameters(self) -> list[nn.Parameter]:
+        return [*self.encoder.parameters(), *self.decoder.parameters()]
+
+    def critic_parameters(self) -> list[nn.Parameter]:
+        return [*self.latent_critic.parameters(), *self.interp_critic.parameters(),
+                *self.image_critic.parameters()]
+
+
+def build_networks(config: TrainConfig) -> Networks:
+    """The networks a config describes, initialised from torch's current RNG state."""
+    return Networks(config)

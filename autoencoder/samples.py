@@ -1,0 +1,114 @@
+"""Sample grids of a run: reconstructions, horse-to-bird interpolations, prior samples.
+
+The grid (10 columns) reads, top to bottom:
+- rows 1-4: held-out images and their reconstructions, row pairs (original, reconstruction);
+- rows 5-8: interpolations: a held-out horse, 8 decoded mixes of its code with a bird's
+  code (mixing coefficient 0 to 1), the bird;
+- rows 9-10: decoded draws from the prior N(0, I).
+
+Example: ``python -m autoencoder.samples --run outputs/runs/NAME --data data/cifar10-jpeg --out grid.png``
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torchvision.utils import make_grid, save_image
+
+from autoencoder.config import CIFAR10_CLASSES, TrainConfig
+from autoencoder.data import ImageSet, to_float
+from autoencoder.models import Networks
+
+COLUMNS = 10
+RECON_PAIRS = 2
+INTERP_ROWS = 4
+PRIOR_ROWS = 2
+
+
+@dataclass
+class SampleInputs:
+    """The fixed inputs of every grid of a run, chosen once so grids compare across steps."""
+    originals: torch.Tensor  # (RECON_PAIRS*COLUMNS, 3, 32, 32) float in [-1, 1]
+    starts: torch.Tensor  # (INTERP_ROWS, 3, 32, 32): horses where the classes have them
+    ends: torch.Tensor  # (INTERP_ROWS, 3, 32, 32): birds where the classes have them
+    prior: torch.Tensor  # (PRIOR_ROWS*COLUMNS, latent_dim)
+
+
+def pick_pair_classes(labels: torch.Tensor) -> tuple[int, int]:
+    """(horse, bird) labels when both are present, else the first two present classes."""
+    present = sorted(set(labels.tolist()))
+    horse, bird = CIFAR10_CLASSES.index("horse"), CIFAR10_CLASSES.index("bird")
+    if horse in present and bird in present:
+        return horse, bird
+    return present[0], present[min(1, len(present) - 1)]
+
+
+def _take(images: torch.Tensor, count: int) -> torch.Tensor:
+    """The first ``count`` images, repeating when there are fewer."""
+    index = torch.arange(count) % len(images)
+    return to_float(images[index])
+
+
+def choose_sample_inputs(held_out: ImageSet, config: TrainConfig, seed: int) -> SampleInputs:
+    start_label, end_label = pick_pair_classes(held_out.labels)
+    starts = held_out.images[held_out.labels == start_label]
+    ends = held_out.images[held_out.labels == end_label]
+    generator = torch.Generator().manual_seed(seed)
+    spread = held_out.images[torch.randperm(len(held_out), generator=generator)]  # all classes, not the first
+    return SampleInputs(
+        originals=_take(spread, RECON_PAIRS * COLUMNS),
+        starts=_take(starts, INTERP_ROWS),
+        ends=_take(ends.flip(0) if start_label == end_label else ends, INTERP_ROWS),
+        prior=torch.randn(PRIOR_ROWS * COLUMNS, config.latent_dim, generator=generator),
+    )
+
+
+@torch.no_grad()
+def render_grid(networks: Networks, inputs: SampleInputs, device: torch.device) -> torch.Tensor:
+    """The grid as one float image in [0, 1], (3, H, W)."""
+    was_training = networks.training
+    networks.eval()
+    enc, dec = networks.encoder, networks.decoder
+    rows = []
+    originals = inputs.originals.to(device)
+    recon = dec(enc(originals)).float()
+    for i in range(RECON_PAIRS):
+        rows += [originals[i * COLUMNS:(i + 1) * COLUMNS], recon[i * COLUMNS:(i + 1) * COLUMNS]]
+    z_start, z_end = enc(inputs.starts.to(device)), enc(inputs.ends.to(device))  # (R, D)
+    alphas = torch.linspace(0, 1, COLUMNS - 2, device=device).view(1, -1, 1)  # (1, 8, 1)
+    mixes = (1 - alphas) * z_start[:, None] + alphas * z_end[:, None]  # (R, 8, D)
+    decoded = dec(mixes.flatten(0, 1)).float().view(INTERP_ROWS, COLUMNS - 2, 3, 32, 32)
+    for r in range(INTERP_ROWS):
+        rows.append(torch.cat([inputs.starts[r:r + 1].to(device), decoded[r], inputs.ends[r:r + 1].to(device)]))
+    prior = dec(inputs.prior.to(device)).float()
+    rows += [prior[i * COLUMNS:(i + 1) * COLUMNS] for i in range(PRIOR_ROWS)]
+    networks.train(was_training)
+    images = torch.cat(rows).cpu().add(1).div(2).clamp(0, 1)  # (10*COLUMNS, 3, 32, 32)
+    return make_grid(images, nrow=COLUMNS, padding=2, pad_value=1.0)
+
+
+def save_grid(grid: torch.Tensor, file: Path, scale: int = 2) -> None:
+    """Write the grid as PNG, upscaled ``scale`` times (nearest) so 32x32 images can be seen."""
+    file.parent.mkdir(parents=True, exist_ok=True)
+    big = grid.repeat_interleave(scale, 1).repeat_interleave(scale, 2)
+    save_image(big, str(file))
+
+
+def main(run: str, data: str = "data", out: str = "", seed: int = 0, cache_dir: str = "data/cache") -> None:
+    """Render a grid for a finished run (default file: RUN/samples/final.png)."""
+    from autoencoder.checkpoint import load_run
+    from autoencoder.data import load_cifar10
+
+    config, networks = load_run(run)
+    held_out = load_cifar10(data, "test", config.classes, cache_dir=cache_dir)
+    grid = render_grid(networks, choose_sample_inputs(held_out, config, seed), torch.device("cpu"))
+    file = Path(out) if out else Path(run) / "samples" / "final.png"
+    save_grid(grid, file)
+    print(f"wrote {file}")
+
+
+if __name__ == "__main__":
+    import fire
+
+    fire.Fire(main)

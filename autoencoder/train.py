@@ -1,0 +1,324 @@
+"""Train the adversarially regularised autoencoder: the loop and its command line.
+
+Each step: encode a batch, decode its codes, mixes of pairs of codes and prior draws,
+then (1) update the three critics, (2) update encoder and decoder against them.
+Randomness of step s comes from a generator seeded with (seed, s), and the data order of
+epoch e from (seed, e), so a resumed run takes the same steps as an unbroken one.
+
+Examples:
+    python -m autoencoder.train --preset smoke --data data/cifar10-jpeg
+    python -m autoencoder.train --preset cpu --data data/cifar10-jpeg --out outputs/runs/cpu
+    python -m autoencoder.train --out outputs/runs/cpu --resume      # continue a killed run
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from autoencoder import losses
+from autoencoder.checkpoint import (CONFIG_FILE, METRICS_FILE, MODEL_FILE, STATE_FILE, RunError,
+                                    load_train_state, load_weights, save_train_state, save_weights)
+from autoencoder.config import ConfigError, TrainConfig, load_config, make_config, save_config
+from autoencoder.data import DataNotFoundError, ImageSet, load_cifar10, random_flip, to_float
+from autoencoder.models import Networks, build_networks
+from autoencoder.samples import choose_sample_inputs, render_grid, save_grid
+
+# Flags that may differ when resuming: they change where or how long, not what is learned.
+RESUMABLE_FLAGS = {"steps", "max_minutes", "threads", "data", "cache_dir", "download", "log_every",
+                   "sample_every", "checkpoint_every"}
+
+
+def resolve_device(config: TrainConfig) -> torch.device:
+    if config.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if config.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but torch sees no CUDA GPU; use --device auto or cpu")
+    return torch.device(config.device)
+
+
+def resolve_precision(config: TrainConfig, device: torch.device) -> torch.dtype:
+    """bf16 autocast where the hardware has native bf16 (measured faster, see README), else fp32."""
+    if config.precision == "fp32":
+        return torch.float32
+    if device.type == "cuda":
+        supported = torch.cuda.is_bf16_supported()
+    else:
+        supported = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    if config.precision == "bf16" and not supported:
+        raise ConfigError(f"--precision bf16 is not supported on this {device.type}; use auto or fp32")
+    return torch.bfloat16 if supported else torch.float32
+
+
+def autocast(device: torch.device, dtype: torch.dtype):
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """The CPU generator for the randomness of one step (flips, mixing coefficients, prior draws)."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + step)
+
+
+def epoch_order(seed: int, epoch: int, count: int) -> torch.Tensor:
+    """The order in which epoch ``epoch`` visits the ``count`` training images."""
+    return torch.randperm(count, generator=torch.Generator().manual_seed(seed * 7_919 + epoch + 1))
+
+
+class BatchSampler:
+    """Batches of training images for any step, without replacement within an epoch."""
+
+    def __init__(self, images: torch.Tensor, batch_size: int, seed: int):
+        self.images, self.batch_size, self.seed = images, batch_size, seed
+        self.steps_per_epoch = max(1, len(images) // batch_size)
+        self._epoch, self._order = -1, None
+
+    def batch(self, step: int) -> torch.Tensor:
+        epoch, i = divmod(step, self.steps_per_epoch)
+        if epoch != self._epoch:
+            self._epoch, self._order = epoch, epoch_order(self.seed, epoch, len(self.images))
+        index = self._order[i * self.batch_size:(i + 1) * self.batch_size]
+        if len(index) < self.batch_size:  # fewer images than one batch: wrap around
+            index = torch.arange(i * self.batch_size, (i + 1) * self.batch_size) % len(self.images)
+        return self.images[index]  # (B, 3, 32, 32) uint8
+
+
+def train_step(nets: Networks, batch: torch.Tensor, config: TrainConfig, generator: torch.Generator,
+               opt_ae: torch.optim.Optimizer, opt_critic: torch.optim.Optimizer,
+               device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """One optimisation step of all networks; returns the loss terms (detached)."""
+    fmt = torch.channels_last if config.channels_last else torch.contiguous_format
+    x = to_float(random_flip(batch, generator)).to(device, memory_format=fmt)  # (B, 3, 32, 32)
+    B, D = x.shape[0], config.latent_dim
+    alpha = (torch.rand(B, generator=generator) / 2).to(device)  # (B,) in [0, 1/2], as ACAI
+    z_prior = torch.randn(2, B, D, generator=generator).to(device)  # one draw for each critic's use
+    use_mix = config.interp_weight > 0 or config.image_weight > 0
+    use_prior = config.image_weight > 0
+
+    with autocast(device, dtype):
+        z = nets.encoder(x)  # (B, D)
+        codes = [z]
+        if use_mix:
+            codes.append(alpha[:, None] * z + (1 - alpha[:, None]) * z.roll(1, 0))  # mix with a neighbour
+        if use_prior:
+            codes.append(z_prior[1])
+        decoded = nets.decoder(torch.cat(codes)).float()  # (len(codes)*B, 3, 32, 32)
+        x_rec = decoded[:B]
+        x_mix = decoded[B:2 * B] if use_mix else None
+
+        critic_terms: dict[str, torch.Tensor] = {}
+        ae_terms: dict[str, torch.Tensor] = {"recon": losses.reconstruction_loss(x, x_rec)}
+        if config.latent_weight > 0:
+            logit_z = nets.latent_critic(z)
+            critic_terms["latent"] = losses.critic_loss_real_fake(nets.latent_critic(z_prior[0]), logit_z)
+            ae_terms["latent"] = losses.generator_loss(logit_z)
+        if config.interp_weight > 0:
+            g = config.interp_gamma
+            alpha_mix = nets.interp_critic(x_mix)
+            alpha_blend = nets.interp_critic(g * x + (1 - g) * x_rec.detach())
+            critic_terms["interp"] = losses.acai_critic_loss(alpha_mix, alpha, alpha_blend)
+            ae_terms["interp"] = losses.acai_autoencoder_loss(alpha_mix)
+        if config.image_weight > 0:
+            logit_fake = nets.image_critic(decoded)
+            critic_terms["image"] = losses.critic_loss_real_fake(nets.image_critic(x), logit_fake)
+            ae_terms["image"] = losses.generator_loss(logit_fake)
+
+    weights = {"latent": config.latent_weight, "interp": config.interp_weight, "image": config.image_weight}
+    opt_critic.zero_grad(set_to_none=True)
+    opt_ae.zero_grad(set_to_none=True)
+    # Both losses share one forward pass and each backward reaches only its own networks'
+    # parameters; both gradients are taken before either step changes a weight, then
+    # (1) the critics and (2) the autoencoder step.
+    if critic_terms:
+        sum(critic_terms.values()).backward(inputs=nets.critic_parameters(), retain_graph=True)
+    losses.total(ae_terms, weights).backward(inputs=nets.autoencoder_parameters())
+    if critic_terms:
+        opt_critic.step()
+    opt_ae.step()
+    terms = {f"loss/{k}": v.detach() for k, v in ae_terms.items()}
+    terms.update({f"critic/{k}": v.detach() for k, v in critic_terms.items()})
+    return terms
+
+
+@torch.no_grad()
+def held_out_reconstruction(nets: Networks, images: torch.Tensor, device: torch.device,
+                            dtype: torch.dtype, batch_size: int = 500) -> dict[str, float]:
+    """Mean squared error and mean PSNR (dB) of reconstructions of uint8 images (N, 3, 32, 32)."""
+    was_training = nets.training
+    nets.eval()
+    mse, db = [], []
+    for chunk in images.split(batch_size):
+        x = to_float(chunk).to(device)
+        with autocast(device, dtype):
+            x_rec = nets.decoder(nets.encoder(x)).float()
+        mse.append((x_rec - x).pow(2).flatten(1).mean(1).cpu())
+        db.append(losses.psnr(x, x_rec).cpu())
+    nets.train(was_training)
+    return {"eval/mse": torch.cat(mse).mean().item(), "eval/psnr": torch.cat(db).mean().item()}
+
+
+def make_optimisers(nets: Networks, config: TrainConfig) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
+    opt_ae = torch.optim.Adam(nets.autoencoder_parameters(), lr=config.lr, betas=(config.beta1, config.beta2))
+    opt_critic = torch.optim.Adam(nets.critic_parameters(), lr=config.critic_lr,
+                                  betas=(config.critic_beta1, config.beta2))
+    return opt_ae, opt_critic
+
+
+def lr_factor(step: int, config: TrainConfig) -> float:
+    """Cosine decay from 1 at step 0 to lr_min_ratio at the last step (Loshchilov & Hutter 2017)."""
+    progress = min(step / max(1, config.steps - 1), 1.0)
+    return config.lr_min_ratio + (1 - config.lr_min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def set_learning_rates(opt_ae, opt_critic, step: int, config: TrainConfig) -> None:
+    factor = lr_factor(step, config)
+    for group in opt_ae.param_groups:
+        group["lr"] = config.lr * factor
+    for group in opt_critic.param_groups:
+        group["lr"] = config.critic_lr * factor
+
+
+def save_checkpoint(run_dir: Path, nets: Networks, opt_ae, opt_critic, step: int) -> None:
+    """Weights, then optimiser state and step; each file replaced atomically."""
+    save_weights(nets, run_dir / MODEL_FILE)
+    save_train_state({"step": step, "opt_ae": opt_ae.state_dict(), "opt_critic": opt_critic.state_dict(),
+                      "torch_rng": torch.get_rng_state()}, run_dir / STATE_FILE)
+
+
+def _trim_metrics(file: Path, last_step: int) -> None:
+    """Drop metric lines logged after the checkpoint a resumed run restarts from."""
+    if file.exists():
+        kept = [line for line in file.read_text().splitlines()
+                if line.strip() and json.loads(line)["step"] <= last_step]
+        file.write_text("".join(line + "\n" for line in kept))
+
+
+def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> Path:
+    """Run (or continue) training as ``config`` says; returns the run folder."""
+    run_dir = Path(config.out)
+    if config.threads > 0:
+        torch.set_num_threads(config.threads)
+    device = resolve_device(config)
+    dtype = resolve_precision(config, device)
+    train_set = load_cifar10(config.data, "train", config.classes, config.cache_dir, config.download)
+    held_out = load_cifar10(config.data, "test", config.classes, config.cache_dir, config.download)
+    # A seeded random subset: the split is sorted by class, so its head would be airplanes only.
+    eval_order = torch.randperm(len(held_out), generator=torch.Generator().manual_seed(config.seed))
+    eval_images = held_out.images[eval_order[:config.eval_images]]
+
+    torch.manual_seed(config.seed)
+    nets = build_networks(config).to(device)
+    if config.channels_last:
+        nets = nets.to(memory_format=torch.channels_last)
+    opt_ae, opt_critic = make_optimisers(nets, config)
+    start = 0
+    if resume:
+        state = load_train_state(run_dir / STATE_FILE)
+        load_weights(nets, run_dir / MODEL_FILE)
+        opt_ae.load_state_dict(state["opt_ae"])
+        opt_critic.load_state_dict(state["opt_critic"])
+        torch.set_rng_state(state["torch_rng"])
+        start = int(state["step"])
+        _trim_metrics(run_dir / METRICS_FILE, start)
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, run_dir / CONFIG_FILE)
+
+    sampler = BatchSampler(train_set.images.to(device), config.batch_size, config.seed)
+    sample_inputs = choose_sample_inputs(held_out, config, config.seed)
+    nets.train()
+    began = time.monotonic()
+    interval_start, interval_sums, interval_steps = time.monotonic(), {}, 0
+    bar = tqdm(total=config.steps, initial=start, disable=not progress, dynamic_ncols=True,
+               desc=f"train {run_dir.name}")
+    step = start
+    with open(run_dir / METRICS_FILE, "a") as metrics_file:
+        while step < config.steps:
+            set_learning_rates(opt_ae, opt_critic, step, config)
+            terms = train_step(nets, sampler.batch(step), config, step_generator(config.seed, step),
+                               opt_ae, opt_critic, device, dtype)
+            step += 1
+            bar.update(1)
+            for k, v in terms.items():
+                interval_sums[k] = interval_sums.get(k, 0.0) + v
+            interval_steps += 1
+            out_of_time = config.max_minutes > 0 and time.monotonic() - began > 60 * config.max_minutes
+            last = step == config.steps or out_of_time
+            if step % config.log_every == 0 or last:
+                seconds = time.monotonic() - interval_start
+                record: dict[str, Any] = {"step": step, "epoch": step / sampler.steps_per_epoch,
+                                          "images_per_s": interval_steps * config.batch_size / seconds}
+                record.update({k: (v / interval_steps).item() for k, v in interval_sums.items()})
+                record.update(held_out_reconstruction(nets, eval_images, device, dtype))
+                record["elapsed_s"] = time.monotonic() - began
+                metrics_file.write(json.dumps(record) + "\n")
+                metrics_file.flush()
+                bar.set_postfix({"psnr": f"{record['eval/psnr']:.2f}", "recon": f"{record['loss/recon']:.4f}",
+                                 "img/s": f"{record['images_per_s']:.0f}"})
+                interval_sums, interval_steps = {}, 0
+            if step % config.sample_every == 0 or last:
+                save_grid(render_grid(nets, sample_inputs, device), run_dir / "samples" / f"step_{step:06d}.png")
+            if step % config.checkpoint_every == 0 or last:
+                save_checkpoint(run_dir, nets, opt_ae, opt_critic, step)
+            if interval_steps == 0:  # evaluation, grids and checkpoints stay out of images_per_s
+                interval_start = time.monotonic()
+            if out_of_time:
+                print(f"stopped at step {step}: --max_minutes {config.max_minutes} reached; "
+                      f"continue with --resume", file=sys.stderr)
+                break
+    bar.close()
+    return run_dir
+
+
+def config_for(preset: str, resume: bool, flags: dict[str, Any]) -> TrainConfig:
+    """The config of a new run (preset + flags) or of the run being resumed (+ allowed flags)."""
+    if not resume:
+        config = make_config(preset, **flags)
+        if not config.out:
+            config.out = f"outputs/runs/{preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run_dir = Path(config.out)
+        if (run_dir / MODEL_FILE).exists() or (run_dir / STATE_FILE).exists():
+            raise ConfigError(f"{run_dir} already holds a run; continue it with --resume, "
+                              f"or pass a new --out")
+        return config
+    if not flags.get("out"):
+        raise ConfigError("--resume needs --out RUN_FOLDER, the run to continue")
+    run_dir = Path(flags["out"])
+    if not (run_dir / STATE_FILE).exists() or not (run_dir / CONFIG_FILE).exists():
+        raise RunError(f"{run_dir} has no checkpoint to resume ({CONFIG_FILE} and {STATE_FILE} needed); "
+                       f"start a new run without --resume")
+    saved = load_config(run_dir / CONFIG_FILE)
+    fresh = make_config(saved.preset, **{**{k: v for k, v in vars(saved).items() if k != "preset"}, **flags})
+    changed = sorted(k for k in flags if k != "out" and getattr(fresh, k) != getattr(saved, k)
+                     and k not in RESUMABLE_FLAGS)
+    if changed:
+        raise ConfigError(f"cannot change {', '.join('--' + c for c in changed)} when resuming "
+                          f"{run_dir}: the run was trained with " +
+                          ", ".join(f"{c}={getattr(saved, c)!r}" for c in changed))
+    fresh.out = str(run_dir)
+    return fresh
+
+
+def main(preset: str = "cpu", resume: bool = False, **flags: Any) -> None:
+    """Train a run. Every field of autoencoder.config.TrainConfig is a flag (--latent_dim 64 ...)."""
+    try:
+        config = config_for(preset, resume, flags)
+        print(f"run folder: {config.out}", file=sys.stderr)
+        train(config, resume=resume)
+    except (ConfigError, DataNotFoundError, RunError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    import fire
+
+    fire.Fire(main)

@@ -1,0 +1,1 @@
+"""Latent-space editing on a trained run: concepts, expressions, refinement (built in later issues)."""

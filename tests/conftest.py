@@ -1,0 +1,77 @@
+"""Fixtures: tiny CIFAR-like data sets the tests make themselves, in both layouts, and small runs."""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from autoencoder.config import CIFAR10_CLASSES
+
+FAKE_CLASSES = ("bird", "cat", "horse")
+TRAIN_PER_CLASS, TEST_PER_CLASS = 16, 8
+
+
+def fake_images(count: int, seed: int) -> np.ndarray:
+    """Smooth random colour images (count, 32, 32, 3) uint8: blurry blobs an autoencoder can learn."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, size=(count, 3, 2, 2)).astype(np.float32)
+    fine = torch.nn.functional.interpolate(torch.from_numpy(coarse), size=32, mode="bilinear",
+                                           align_corners=False)
+    return fine.clamp(0, 255).round().byte().permute(0, 2, 3, 1).numpy()
+
+
+def write_folders(root: Path, classes=FAKE_CLASSES, suffix: str = ".png") -> Path:
+    """train/<class>/NNNN.png and test/<class>/NNNN.png under root."""
+    for split, per_class in (("train", TRAIN_PER_CLASS), ("test", TEST_PER_CLASS)):
+        for c, name in enumerate(classes):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            seed = 1000 * (split == "test") + CIFAR10_CLASSES.index(name)
+            for i, pixels in enumerate(fake_images(per_class, seed)):
+                Image.fromarray(pixels).save(folder / f"{i:04d}{suffix}")
+    return root
+
+
+def write_torchvision_batches(root: Path) -> Path:
+    """The pickled batch files of torchvision's cifar-10-batches-py layout, with fake pixels."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name, count in [(f"data_batch_{i}", 10) for i in range(1, 6)] + [("test_batch", 12)]:
+        pixels = fake_images(count, seed=len(name) + count).transpose(0, 3, 1, 2).reshape(count, -1)
+        labels = rng.integers(0, 10, size=count).tolist()
+        with open(folder / name, "wb") as f:
+            pickle.dump({"data": pixels, "labels": labels}, f)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": list(CIFAR10_CLASSES)}, f)
+    return root
+
+
+@pytest.fixture(scope="session")
+def folder_data(tmp_path_factory) -> Path:
+    return write_folders(tmp_path_factory.mktemp("folders"))
+
+
+@pytest.fixture()
+def cache_dir(tmp_path) -> Path:
+    return tmp_path / "cache"
+
+
+def smoke_flags(data: Path, out: Path, **extra) -> dict:
+    return dict(data=str(data), cache_dir=str(out.parent / "cache"), out=str(out), **extra)
+
+
+@pytest.fixture(scope="session")
+def smoke_run(folder_data, tmp_path_factory) -> Path:
+    """A smoke run of 60 steps on the fake folders, shared by the tests that only read it."""
+    from autoencoder.config import make_config
+    from autoencoder.train import train
+
+    out = tmp_path_factory.mktemp("runs") / "smoke"
+    config = make_config("smoke", steps=60, log_every=10, sample_every=30, checkpoint_every=30,
+                         **smoke_flags(folder_data, out))
+    return train(config, progress=False)

@@ -1,0 +1,48 @@
+"""Config: presets, flag checking with clear errors, JSON round trip."""
+from __future__ import annotations
+
+import pytest
+
+from autoencoder.config import (CIFAR10_CLASSES, ConfigError, PRESETS, load_config, make_config,
+                                parse_classes, save_config)
+
+
+def test_presets_build():
+    for name in PRESETS:
+        assert make_config(name).preset == name
+    assert make_config("gpu").width > make_config("smoke").width
+
+
+def test_flags_override_and_coerce():
+    config = make_config("smoke", latent_dim="32", lr="1e-3", channels_last="false", classes=("horse", "bird"))
+    assert config.latent_dim == 32 and config.lr == 1e-3 and config.channels_last is False
+    assert config.class_names == ("bird", "horse")  # label order
+
+
+def test_unknown_flag_is_named():
+    with pytest.raises(ConfigError, match="--laten_dim"):
+        make_config("smoke", laten_dim=3)
+
+
+def test_bad_values_are_named():
+    with pytest.raises(ConfigError, match="--latent_dim"):
+        make_config("smoke", latent_dim="big")
+    with pytest.raises(ConfigError, match="--batch_size"):
+        make_config("smoke", batch_size=1)
+    with pytest.raises(ConfigError, match="--precision"):
+        make_config("smoke", precision="fp8")
+    with pytest.raises(ConfigError, match="unknown preset"):
+        make_config("huge")
+
+
+def test_parse_classes():
+    assert parse_classes("") == CIFAR10_CLASSES
+    assert parse_classes(" Horse , bird") == ("bird", "horse")
+    with pytest.raises(ConfigError, match="pegasus"):
+        parse_classes("pegasus")
+
+
+def test_json_round_trip(tmp_path):
+    config = make_config("cpu", seed=7, classes="horse")
+    save_config(config, tmp_path / "config.json")
+    assert load_config(tmp_path / "config.json") == config

@@ -1,0 +1,52 @@
+"""Networks: shapes for every preset, output ranges, identity-initialised residual blocks."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from autoencoder.config import make_config
+from autoencoder.models import ResBlock, build_networks
+
+
+@pytest.mark.parametrize("preset", ["smoke", "cpu", "gpu"])
+def test_shapes(preset):
+    config = make_config(preset)
+    nets = build_networks(config)
+    x = torch.rand(3, 3, 32, 32) * 2 - 1
+    z = nets.encoder(x)
+    assert z.shape == (3, config.latent_dim)
+    x_rec = nets.decoder(z)
+    assert x_rec.shape == (3, 3, 32, 32)
+    assert x_rec.min() >= -1 and x_rec.max() <= 1
+    assert nets.interp_critic(x).shape == (3,)
+    assert nets.image_critic(x).shape == (3,)
+    assert nets.latent_critic(z).shape == (3,)
+
+
+def test_latent_size_follows_config():
+    nets = build_networks(make_config("smoke", latent_dim=7))
+    assert nets.encoder(torch.zeros(2, 3, 32, 32)).shape == (2, 7)
+
+
+def test_resblock_starts_as_identity():
+    block = ResBlock(4)
+    x = torch.randn(2, 4, 8, 8)
+    assert torch.equal(block(x), x)
+
+
+def test_parameter_groups_split_autoencoder_and_critics():
+    nets = build_networks(make_config("smoke"))
+    ae = {id(p) for p in nets.autoencoder_parameters()}
+    critics = {id(p) for p in nets.critic_parameters()}
+    assert ae and critics and not ae & critics
+    assert ae | critics == {id(p) for p in nets.parameters()}
+
+
+def test_channels_last_gives_same_output():
+    torch.manual_seed(0)
+    nets = build_networks(make_config("smoke")).eval()
+    x = torch.randn(2, 3, 32, 32)
+    plain = nets.decoder(nets.encoder(x))
+    nets = nets.to(memory_format=torch.channels_last)
+    fast = nets.decoder(nets.encoder(x.contiguous(memory_format=torch.channels_last)))
+    assert torch.allclose(plain, fast, atol=1e-5)
