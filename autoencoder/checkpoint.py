@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from autoencoder.config import TrainConfig, load_config
@@ -37,7 +38,8 @@ def _replace_atomically(write, file: Path) -> None:
     os.replace(tmp, file)
 
 
-def save_weights(networks: torch.nn.Module, file: Path, dtype: torch.dtype | None = None) -> None:
+def save_weights(networks: torch.nn.Module, file: Path, dtype: torch.dtype | None = None,
+                 metadata: dict[str, str] | None = None) -> None:
     """All parameters and buffers to safetensors; ``dtype`` (e.g. fp16) casts floating tensors."""
     tensors = {}
     for name, t in networks.state_dict().items():
@@ -45,7 +47,7 @@ def save_weights(networks: torch.nn.Module, file: Path, dtype: torch.dtype | Non
         if dtype is not None and t.is_floating_point():
             t = t.to(dtype)
         tensors[name] = t.contiguous().clone()
-    _replace_atomically(lambda tmp: save_file(tensors, str(tmp)), Path(file))
+    _replace_atomically(lambda tmp: save_file(tensors, str(tmp), metadata=metadata), Path(file))
 
 
 def load_weights(networks: torch.nn.Module, file: Path) -> None:
@@ -57,6 +59,12 @@ def load_weights(networks: torch.nn.Module, file: Path) -> None:
         raise RunError(f"{file} lacks {len(missing)} tensors the config's networks need "
                        f"(first: {missing[0]}); was it written by another config?")
     networks.load_state_dict({k: v.to(own[k].dtype) for k, v in tensors.items() if k in own})
+
+
+def weights_metadata(file: Path) -> dict[str, str]:
+    """The string metadata stored in a safetensors file (e.g. the step it was saved at)."""
+    with safe_open(str(file), framework="pt") as f:
+        return f.metadata() or {}
 
 
 def save_train_state(state: dict[str, Any], file: Path) -> None:

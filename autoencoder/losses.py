@@ -7,7 +7,9 @@
   coefficient alpha in [0, 1/2] of a decoded mix and 0 for a blend of data and its
   reconstruction; the autoencoder is rewarded when the critic says 0 for its mixes.
 
-Example: ``python -c "import torch; from autoencoder.losses import psnr; print(psnr(torch.zeros(2,3,4,4), torch.full((2,3,4,4), .1)))"``
+Example (20 dB for an error of 0.2 everywhere)::
+
+    python -c "import torch; from autoencoder.losses import psnr; print(psnr(torch.zeros(1, 3), torch.full((1, 3), .2)))"
 """
 from __future__ import annotations
 

@@ -11,7 +11,9 @@
   with spectral normalisation (Miyato et al. 2018, arXiv:1802.05957) so that its input
   gradient is smooth enough to steer codes at compose time.
 
-Example: ``python -c "from autoencoder.models import build_networks; from autoencoder.config import make_config; print(build_networks(make_config('smoke')))"``
+Example (print the networks of a preset)::
+
+    python -c "from autoencoder import models, config; print(models.build_networks(config.make_config('cpu')))"
 """
 from __future__ import annotations
 

@@ -25,9 +25,10 @@ from tqdm import tqdm
 
 from autoencoder import losses
 from autoencoder.checkpoint import (CONFIG_FILE, METRICS_FILE, MODEL_FILE, STATE_FILE, RunError,
-                                    load_train_state, load_weights, save_train_state, save_weights)
+                                    load_train_state, load_weights, save_train_state, save_weights,
+                                    weights_metadata)
 from autoencoder.config import ConfigError, TrainConfig, load_config, make_config, save_config
-from autoencoder.data import DataNotFoundError, ImageSet, load_cifar10, random_flip, to_float
+from autoencoder.data import DataNotFoundError, load_cifar10, random_flip, to_float
 from autoencoder.models import Networks, build_networks
 from autoencoder.samples import choose_sample_inputs, render_grid, save_grid
 
@@ -187,8 +188,8 @@ def set_learning_rates(opt_ae, opt_critic, step: int, config: TrainConfig) -> No
 
 
 def save_checkpoint(run_dir: Path, nets: Networks, opt_ae, opt_critic, step: int) -> None:
-    """Weights, then optimiser state and step; each file replaced atomically."""
-    save_weights(nets, run_dir / MODEL_FILE)
+    """Weights, then optimiser state and step; each file replaced atomically, both stamped with the step."""
+    save_weights(nets, run_dir / MODEL_FILE, metadata={"step": str(step)})
     save_train_state({"step": step, "opt_ae": opt_ae.state_dict(), "opt_critic": opt_critic.state_dict(),
                       "torch_rng": torch.get_rng_state()}, run_dir / STATE_FILE)
 
@@ -222,6 +223,10 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
     start = 0
     if resume:
         state = load_train_state(run_dir / STATE_FILE)
+        weights_step = weights_metadata(run_dir / MODEL_FILE).get("step")
+        if weights_step is not None and weights_step != str(state["step"]):  # None: unstamped, older file
+            raise RunError(f"{run_dir} holds weights of step {weights_step} but training state of step "
+                           f"{state['step']} (killed between the two writes); start the run again")
         load_weights(nets, run_dir / MODEL_FILE)
         opt_ae.load_state_dict(state["opt_ae"])
         opt_critic.load_state_dict(state["opt_critic"])

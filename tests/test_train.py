@@ -94,6 +94,19 @@ def test_same_seed_same_weights_and_resume_is_exact(folder_data, tmp_path, monke
     assert load_train_state(killed / "train_state.pt")["step"] == 20
 
 
+def test_resume_refuses_weights_and_state_of_different_steps(smoke_run, tmp_path, capsys):
+    import shutil
+
+    from autoencoder.checkpoint import save_weights
+
+    run = tmp_path / "torn"
+    shutil.copytree(smoke_run, run)
+    _, nets = load_run(run)
+    save_weights(nets, run / "model.safetensors", metadata={"step": "59"})  # state says 60
+    code, err = run_cli(capsys, "--resume", "--out", str(run), "--steps", "70")
+    assert code == 2 and "weights of step 59 but training state of step 60" in err
+
+
 @pytest.mark.parametrize("off", ["latent_weight", "interp_weight", "image_weight"])
 def test_each_part_can_be_switched_off(folder_data, tmp_path, off):
     run = train(make_config("smoke", steps=4, log_every=4, **{off: 0},
