@@ -1,0 +1,433 @@
+"""Concepts in code space: class and cluster densities, and directions learned from the data.
+
+- Clusters: inside each class, a Gaussian mixture on the class's codes reduced by PCA,
+  the number of clusters (2 to ``max_clusters``) chosen by BIC (Schwarz 1978). Named
+  ``horse:0``, ``horse:1``...; a grid of each cluster's most typical members is written
+  to ``clusters/<class>.png`` beside ``clusters.json``.
+- Densities: each cluster is a Gaussian in the full code space with a Ledoit-Wolf
+  shrunk covariance (Ledoit & Wolf 2004); a class is the mixture of its clusters.
+- Directions (unit vectors with a boundary offset, the signed distance of a code being
+  ``v.z + offset``), each fitted on train codes and scored on held-out test codes:
+  ``wings``: winged (bird, airplane) vs wingless animals (cat, deer, dog, frog, horse),
+  by three methods: ``linear`` (the normal of a logistic-regression boundary, as in
+  InterFaceGAN, Shen et al. 2020, arXiv:2005.09635), ``meandiff`` (difference of the
+  class means) and ``flight`` (linear, positives only the birds that look most like
+  airplanes, i.e. birds in flight with spread wings). ``white``: bright, unsaturated
+  images vs the rest, made orthogonal to ``wings`` (InterFaceGAN's conditional
+  manipulation) so that one edit does not drag the other.
+- Strength: a direction's unit step is the distance along it at which
+  ``cross_fraction`` of the held-out codes on its negative side cross its boundary.
+
+Example: ``python -m latent_ops.concepts --run outputs/runs/cpu-main --data data``
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.covariance import LedoitWolf
+from sklearn.decomposition import PCA
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import balanced_accuracy_score
+from sklearn.mixture import GaussianMixture
+from sklearn.model_selection import cross_val_predict
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from autoencoder.config import CIFAR10_CLASSES
+from latent_ops.encode import LatentBank
+
+CLUSTERS_FILE = "clusters.json"
+DIRECTIONS_FILE = "directions.json"
+DENSITIES_FILE = "concepts.npz"
+WINGED = ("bird", "airplane")
+WINGLESS = ("cat", "deer", "dog", "frog", "horse")
+WING_METHODS = ("linear", "meandiff", "flight")
+DEFAULT_WING_METHOD = "linear"
+
+
+@dataclass
+class Direction:
+    vector: np.ndarray  # (D,) unit vector
+    offset: float  # signed distance of z to the boundary: vector.z + offset
+    step: float  # calibrated unit step along vector
+    method: str
+    held_out_accuracy: float  # balanced accuracy of sign(vector.z + offset) on test codes
+    train_accuracy: float
+    note: str = ""
+
+    def signed_distance(self, codes: np.ndarray) -> np.ndarray:
+        return codes @ self.vector + self.offset
+
+    def summary(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k != "vector"}
+
+
+@dataclass
+class Gaussian:
+    mean: np.ndarray  # (D,)
+    chol: np.ndarray  # (D, D) lower Cholesky factor of the covariance
+
+
+@dataclass
+class ClassProbe:
+    """A linear classifier of CIFAR-10 labels from codes (multinomial logistic regression)."""
+    coef: np.ndarray  # (C, D)
+    intercept: np.ndarray  # (C,)
+    labels: np.ndarray  # (C,) CIFAR-10 labels of the rows
+    held_out_accuracy: float
+
+    def probabilities(self, codes: torch.Tensor) -> dict[str, torch.Tensor]:
+        """{class name: (N,) probability} for codes (N, D)."""
+        logits = codes.float().cpu() @ torch.from_numpy(self.coef).float().T + torch.from_numpy(self.intercept).float()
+        p = logits.softmax(1)
+        return {CIFAR10_CLASSES[label]: p[:, i] for i, label in enumerate(self.labels.tolist())}
+
+
+def fit_probe(bank: LatentBank, seed: int = 0, max_codes: int = 20000) -> ClassProbe | None:
+    """The class probe, fitted on at most ``max_codes`` train codes and scored on all test codes."""
+    labels = np.unique(bank.labels["train"])
+    if len(labels) < 2:
+        return None
+    rows = np.random.default_rng(seed).permutation(len(bank.labels["train"]))[:max_codes]  # time, not accuracy
+    coef, intercept, classes = fit_logistic(bank.codes["train"][rows], bank.labels["train"][rows], 0.1, seed)
+    scores = bank.codes["test"] @ coef.T + intercept
+    predicted = classes[scores.argmax(1)] if len(classes) > 2 else classes[(scores[:, 0] > 0).astype(int)]
+    accuracy = float((predicted == bank.labels["test"]).mean())
+    if len(labels) == 2:  # sklearn gives one row for two classes: expand to two logits
+        coef, intercept = np.concatenate([-coef / 2, coef / 2]), np.r_[-intercept / 2, intercept / 2]
+    return ClassProbe(coef.astype(np.float32), intercept.astype(np.float32), classes, accuracy)
+
+
+@dataclass
+class Concepts:
+    densities: dict[str, list[tuple[float, Gaussian]]] = field(default_factory=dict)  # name -> mixture
+    directions: dict[str, Direction] = field(default_factory=dict)
+    probe: ClassProbe | None = None
+
+    @property
+    def names(self) -> list[str]:
+        return [*self.densities, *self.directions]
+
+    def sample(self, name: str, count: int, rng: np.random.Generator, temperature: float = 1.0) -> np.ndarray:
+        """(count, D) codes drawn from a density concept; ``temperature`` scales the spread."""
+        mixture = self.densities[name]
+        weights = np.array([w for w, _ in mixture])
+        parts = rng.choice(len(mixture), size=count, p=weights / weights.sum())
+        dim = mixture[0][1].mean.shape[0]
+        noise = rng.standard_normal((count, dim))
+        out = np.empty((count, dim))
+        for k, (_, g) in enumerate(mixture):
+            rows = parts == k
+            out[rows] = g.mean + temperature * noise[rows] @ g.chol.T
+        return out.astype(np.float32)
+
+
+# --- clusters -------------------------------------------------------------------------------
+
+def fit_clusters(codes: np.ndarray, max_clusters: int = 6, pca_dims: int = 16, seed: int = 0
+                 ) -> tuple[np.ndarray, dict]:
+    """Cluster assignments (N,) and a record of the BIC search, for one class's codes (N, D).
+
+    The mixture is fitted in a PCA space of ``pca_dims``: in the full space with a few
+    thousand codes, BIC's penalty on full covariances would always choose one cluster.
+    """
+    dims = min(pca_dims, codes.shape[1], len(codes) - 1)
+    reduced = PCA(n_components=dims, random_state=seed).fit_transform(codes)
+    bics, models = {}, {}
+    for k in range(2, max(2, min(max_clusters, len(codes) // (dims + 2))) + 1):
+        model = GaussianMixture(k, covariance_type="full", random_state=seed, init_params="k-means++",
+                                reg_covar=1e-4)
+        model.fit(reduced)
+        bics[k], models[k] = float(model.bic(reduced)), model
+    best = min(bics, key=bics.get)
+    assignment = models[best].predict(reduced)
+    # Order clusters by size, largest first, so the names are stable and meaningful.
+    order = np.argsort(-np.bincount(assignment, minlength=best), kind="stable")
+    rename = np.empty(best, dtype=int)
+    rename[order] = np.arange(best)
+    return rename[assignment], {"chosen": best, "bic": bics, "pca_dims": dims}
+
+
+def fit_gaussian(codes: np.ndarray) -> Gaussian:
+    """A Gaussian with Ledoit-Wolf shrunk covariance: well-conditioned even with few members."""
+    lw = LedoitWolf().fit(codes)
+    return Gaussian(codes.mean(0), np.linalg.cholesky(lw.covariance_ + 1e-6 * np.eye(codes.shape[1])))
+
+
+# --- directions -----------------------------------------------------------------------------
+
+def _balanced(y: np.ndarray, scores: np.ndarray) -> float:
+    return float(balanced_accuracy_score(y, scores > 0))
+
+
+def crossing_step(direction_vector: np.ndarray, offset: float, negatives: np.ndarray, fraction: float) -> float:
+    """The step along the unit vector at which ``fraction`` of the negative codes have crossed the boundary."""
+    needed = np.maximum(0.0, -(negatives @ direction_vector + offset))
+    return float(np.quantile(needed, fraction))
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, c: float = 0.1, seed: int = 0, balanced: bool = False
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Logistic regression fitted on standardised features, returned in the original code space.
+
+    -> (coef (K, D), intercept (K,), classes (K',)). Standardising makes lbfgs converge in
+    a fraction of the iterations; folding the scaling back keeps every prediction the same.
+    """
+    mean, scale = x.mean(0), x.std(0) + 1e-8
+    model = LogisticRegression(C=c, max_iter=500, random_state=seed,
+                               class_weight="balanced" if balanced else None).fit((x - mean) / scale, y)
+    coef = model.coef_ / scale
+    return coef, model.intercept_ - coef @ mean, model.classes_
+
+
+def linear_direction(pos: np.ndarray, neg: np.ndarray, seed: int = 0, c: float = 0.1) -> tuple[np.ndarray, float]:
+    """Unit normal and offset of a logistic-regression boundary, positives on the + side."""
+    x = np.concatenate([pos, neg])
+    y = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
+    coef, intercept, _ = fit_logistic(x, y, c, seed, balanced=True)
+    norm = np.linalg.norm(coef[0])
+    return coef[0] / norm, float(intercept[0] / norm)
+
+
+def meandiff_direction(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, float]:
+    """Unit vector from the negative mean to the positive mean; boundary at their midpoint."""
+    diff = pos.mean(0) - neg.mean(0)
+    vector = diff / np.linalg.norm(diff)
+    return vector, float(-vector @ (pos.mean(0) + neg.mean(0)) / 2)
+
+
+def orthogonal_to(vector: np.ndarray, other: np.ndarray) -> np.ndarray:
+    """``vector`` with its component along unit ``other`` removed, renormalised."""
+    v = vector - (vector @ other) * other
+    return v / np.linalg.norm(v)
+
+
+def refit_offset(vector: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> float:
+    """Offset of the best 1-D boundary along a fixed vector (logistic regression on projections)."""
+    proj = np.concatenate([pos, neg]) @ vector
+    y = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
+    model = LogisticRegression(class_weight="balanced").fit(proj[:, None] / proj.std(), y)
+    return float(model.intercept_[0] / model.coef_[0, 0] * proj.std())
+
+
+def make_direction(vector, offset, pos_train, neg_train, pos_test, neg_test, method, fraction, note=""):
+    def accuracy(pos, neg):
+        y = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
+        return _balanced(y, np.concatenate([pos, neg]) @ vector + offset)
+    return Direction(vector.astype(np.float32), offset, crossing_step(vector, offset, neg_test, fraction),
+                     method, accuracy(pos_test, neg_test), accuracy(pos_train, neg_train), note)
+
+
+def airplane_like_birds(bank_codes: np.ndarray, bank_labels: np.ndarray, fit_codes=None, fit_labels=None,
+                        quantile: float = 0.75, seed: int = 0) -> np.ndarray:
+    """Mask of the birds (among ``bank_codes``) that a bird-vs-airplane classifier finds most airplane-like.
+
+    Fitted on (fit_codes, fit_labels) when given (scoring held-out codes), else scored
+    out-of-fold on the bank itself so that no bird is judged by a model that saw it.
+    """
+    bird, plane = CIFAR10_CLASSES.index("bird"), CIFAR10_CLASSES.index("airplane")
+    model = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=500, random_state=seed))
+    if fit_codes is None:
+        keep = np.isin(bank_labels, [bird, plane])
+        p = np.zeros(len(bank_labels))
+        p[keep] = cross_val_predict(model, bank_codes[keep], bank_labels[keep] == plane, cv=3,
+                                    method="predict_proba")[:, 1]
+    else:
+        keep = np.isin(fit_labels, [bird, plane])
+        p = model.fit(fit_codes[keep], fit_labels[keep] == plane).predict_proba(bank_codes)[:, 1]
+    birds = bank_labels == bird
+    threshold = np.quantile(p[birds], quantile)
+    return birds & (p >= threshold)
+
+
+def whiteness_labels(images: torch.Tensor, top: float = 0.2) -> np.ndarray:
+    """True for bright, unsaturated images: top ``top`` mean brightness and below-median saturation.
+
+    images: (N, 3, 32, 32) uint8.
+    """
+    x = images.float() / 255
+    brightness = x.mean((1, 2, 3)).numpy()
+    saturation = (x.amax(1) - x.amin(1)).mean((1, 2)).numpy()
+    return (brightness >= np.quantile(brightness, 1 - top)) & (saturation <= np.median(saturation))
+
+
+def fit_directions(bank: LatentBank, white_train: np.ndarray | None, white_test: np.ndarray | None,
+                   cross_fraction: float = 0.9, seed: int = 0) -> dict[str, Direction]:
+    """``wings_<method>`` for each method, ``wings`` (the default method) and ``white`` (when labels given)."""
+    def split_by(split, classes):
+        return bank.codes[split][np.isin(bank.labels[split], [CIFAR10_CLASSES.index(c) for c in classes])]
+
+    out: dict[str, Direction] = {}
+    pos_tr, neg_tr, pos_te, neg_te = (split_by(s, c) for s, c in
+                                      [("train", WINGED), ("train", WINGLESS), ("test", WINGED), ("test", WINGLESS)])
+    if len(pos_tr) and len(neg_tr) and len(pos_te) and len(neg_te):
+        args = (pos_tr, neg_tr, pos_te, neg_te)
+        out["wings_linear"] = make_direction(*linear_direction(pos_tr, neg_tr, seed), *args, "linear",
+                                             cross_fraction, "logistic-regression normal, bird+airplane vs animals")
+        out["wings_meandiff"] = make_direction(*meandiff_direction(pos_tr, neg_tr), *args, "meandiff",
+                                               cross_fraction, "difference of means, bird+airplane vs animals")
+        bird_present = CIFAR10_CLASSES.index("bird") in bank.labels["train"]
+        plane_present = CIFAR10_CLASSES.index("airplane") in bank.labels["train"]
+        if bird_present and plane_present:
+            fly_tr = bank.codes["train"][airplane_like_birds(bank.codes["train"], bank.labels["train"], seed=seed)]
+            fly_te = bank.codes["test"][airplane_like_birds(bank.codes["test"], bank.labels["test"],
+                                                            bank.codes["train"], bank.labels["train"], seed=seed)]
+            out["wings_flight"] = make_direction(*linear_direction(fly_tr, neg_tr, seed), fly_tr, neg_tr, fly_te,
+                                                 neg_te, "flight", cross_fraction,
+                                                 "logistic-regression normal, airplane-like birds vs animals")
+        out["wings"] = out[f"wings_{DEFAULT_WING_METHOD}"]
+    if white_train is not None and white_train.any() and white_test is not None and white_test.any():
+        pos_tr, neg_tr = bank.codes["train"][white_train], bank.codes["train"][~white_train]
+        pos_te, neg_te = bank.codes["test"][white_test], bank.codes["test"][~white_test]
+        vector, _ = linear_direction(pos_tr, neg_tr, seed)
+        note = "logistic-regression normal, bright unsaturated images vs the rest"
+        if "wings" in out:
+            vector = orthogonal_to(vector, out["wings"].vector.astype(np.float64))
+            note += ", made orthogonal to wings"
+        out["white"] = make_direction(vector, refit_offset(vector, pos_tr, neg_tr), pos_tr, neg_tr, pos_te, neg_te,
+                                      "linear", cross_fraction, note)
+    return out
+
+
+# --- fitting all, saving, loading -----------------------------------------------------------
+
+def fit_concepts(bank: LatentBank, white_train=None, white_test=None, max_clusters: int = 6,
+                 cross_fraction: float = 0.9, seed: int = 0) -> tuple[Concepts, dict]:
+    """All concepts of a bank, and the cluster record (per class: BIC search and member indices)."""
+    concepts, record = Concepts(), {}
+    codes, labels = bank.codes["train"], bank.labels["train"]
+    for label in np.unique(labels):
+        name = CIFAR10_CLASSES[label]
+        members = np.flatnonzero(labels == label)
+        assignment, search = fit_clusters(codes[members], max_clusters, seed=seed)
+        mixture = []
+        clusters = []
+        for k in range(search["chosen"]):
+            rows = members[assignment == k]
+            gaussian = fit_gaussian(codes[rows])
+            concepts.densities[f"{name}:{k}"] = [(1.0, gaussian)]
+            mixture.append((len(rows) / len(members), gaussian))
+            typical = np.argsort(np.linalg.norm(codes[rows] - gaussian.mean, axis=1))
+            clusters.append({"name": f"{name}:{k}", "size": int(len(rows)),
+                             "typical_train_indices": bank.indices["train"][rows[typical[:24]]].tolist()})
+        concepts.densities[name] = mixture
+        record[name] = {"bic_search": search, "clusters": clusters}
+    concepts.directions = fit_directions(bank, white_train, white_test, cross_fraction, seed)
+    concepts.probe = fit_probe(bank, seed)
+    return concepts, record
+
+
+def save_concepts(concepts: Concepts, record: dict, run: Path) -> None:
+    arrays = {}
+    for name, mixture in concepts.densities.items():
+        for k, (w, g) in enumerate(mixture):
+            arrays[f"density/{name}/{k}/weight"] = np.array(w)
+            arrays[f"density/{name}/{k}/mean"] = g.mean
+            arrays[f"density/{name}/{k}/chol"] = g.chol
+    for name, d in concepts.directions.items():
+        arrays[f"direction/{name}"] = d.vector
+    if concepts.probe is not None:
+        arrays.update({"probe/coef": concepts.probe.coef, "probe/intercept": concepts.probe.intercept,
+                       "probe/labels": concepts.probe.labels,
+                       "probe/held_out_accuracy": np.array(concepts.probe.held_out_accuracy)})
+    np.savez(run / DENSITIES_FILE, **arrays)
+    (run / CLUSTERS_FILE).write_text(json.dumps(record, indent=1) + "\n")
+    directions = {name: d.summary() for name, d in concepts.directions.items()}
+    directions["_default_wings"] = {"method": DEFAULT_WING_METHOD, "why": (
+        "the logistic-regression normal is the direction that best separates winged from wingless codes "
+        "given their spread (InterFaceGAN); the difference of means ignores the covariance, and 'flight' "
+        "learns from few birds")}
+    (run / DIRECTIONS_FILE).write_text(json.dumps(directions, indent=1) + "\n")
+
+
+def load_concepts(run: Path) -> Concepts:
+    concepts = Concepts()
+    summaries = json.loads((run / DIRECTIONS_FILE).read_text())
+    with np.load(run / DENSITIES_FILE) as arrays:
+        parts: dict[str, dict[int, dict[str, np.ndarray]]] = {}
+        for key in arrays.files:
+            kind, *rest = key.split("/")
+            if kind == "probe":
+                continue
+            if kind == "density":
+                name, k, what = rest
+                parts.setdefault(name, {}).setdefault(int(k), {})[what] = arrays[key]
+            else:
+                s = summaries[rest[0]]
+                concepts.directions[rest[0]] = Direction(arrays[key], s["offset"], s["step"], s["method"],
+                                                         s["held_out_accuracy"], s["train_accuracy"], s["note"])
+        if "probe/coef" in arrays.files:
+            concepts.probe = ClassProbe(arrays["probe/coef"], arrays["probe/intercept"], arrays["probe/labels"],
+                                        float(arrays["probe/held_out_accuracy"]))
+    for name, comps in parts.items():
+        concepts.densities[name] = [(float(c["weight"]), Gaussian(c["mean"], c["chol"]))
+                                    for _, c in sorted(comps.items())]
+    return concepts
+
+
+def write_cluster_grids(record: dict, train_images: torch.Tensor, folder: Path, per_row: int = 12) -> list[Path]:
+    """One PNG per class: a row per cluster of its most typical members (real train images)."""
+    from latent_ops.images import save_grid
+
+    files = []
+    for name, entry in record.items():
+        rows = []
+        for cluster in entry["clusters"]:
+            index = torch.tensor(cluster["typical_train_indices"][:per_row])
+            index = index[torch.arange(per_row) % len(index)]
+            rows.append(train_images[index])
+        images = torch.cat(rows).float() / 127.5 - 1
+        files.append(save_grid(images, folder / f"{name}.png", nrow=per_row, scale=2))
+    return files
+
+
+def fit_run_concepts(run: Path, data: str, cache_dir: str = "data/cache", max_clusters: int = 6,
+                     cross_fraction: float = 0.9, seed: int = 0) -> Concepts:
+    """Fit, save and return the concepts of a run from its latent bank (pixels for ``white`` and grids)."""
+    from autoencoder.data import load_split
+    from latent_ops.encode import load_bank
+
+    bank = load_bank(run)
+    train_images = load_split(data, "train", cache_dir).images
+    test_images = load_split(data, "test", cache_dir).images
+    white_train = whiteness_labels(train_images[bank.indices["train"]])
+    white_test = whiteness_labels(test_images[bank.indices["test"]])
+    concepts, record = fit_concepts(bank, white_train, white_test, max_clusters, cross_fraction, seed)
+    save_concepts(concepts, record, run)
+    write_cluster_grids(record, train_images, run / "clusters")
+    return concepts
+
+
+def main(run: str = "", data: str = "data", cache_dir: str = "data/cache", max_clusters: int = 6,
+         cross_fraction: float = 0.9, seed: int = 0) -> None:
+    """Fit clusters and directions of a run (default: the newest) and print what was found."""
+    from autoencoder.checkpoint import RunError
+    from autoencoder.data import DataNotFoundError
+    from latent_ops.runs import resolve_run
+
+    try:
+        run_dir = resolve_run(run)
+        concepts = fit_run_concepts(run_dir, data, cache_dir, max_clusters, cross_fraction, seed)
+    except (RunError, DataNotFoundError) as error:
+        raise SystemExit(f"error: {error}") from None
+    record = json.loads((run_dir / CLUSTERS_FILE).read_text())
+    for name, entry in record.items():
+        sizes = ", ".join(str(c["size"]) for c in entry["clusters"])
+        print(f"{name:10s} {entry['bic_search']['chosen']} clusters by BIC (sizes {sizes})")
+    if concepts.probe is not None:
+        print(f"class probe (logistic regression on codes): held-out accuracy {concepts.probe.held_out_accuracy:.3f}")
+    for name, d in concepts.directions.items():
+        print(f"{name:15s} held-out balanced accuracy {d.held_out_accuracy:.3f} (train {d.train_accuracy:.3f}), "
+              f"unit step {d.step:.2f}: {d.note}")
+    print(f"wrote {run_dir / CLUSTERS_FILE}, {run_dir / DIRECTIONS_FILE}, {run_dir / DENSITIES_FILE}, "
+          f"{run_dir / 'clusters'}/<class>.png")
+
+
+if __name__ == "__main__":
+    import fire
+
+    fire.Fire(main)

@@ -1,0 +1,97 @@
+"""The latent bank: every CIFAR-10 image of a run's classes encoded once, saved as ``latents.npz``.
+
+The bank holds, for the train and test splits, the codes (N, latent_dim) float32, the
+CIFAR-10 labels and the images' positions in their split. Everything in latent_ops that
+needs codes of real images reads it.
+
+Example: ``python -m latent_ops.encode --run outputs/runs/cpu-main --data data``
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from autoencoder.checkpoint import RunError, load_run
+from autoencoder.data import SPLITS, load_cifar10, to_float
+from autoencoder.models import Networks
+from autoencoder.train import autocast, resolve_device, resolve_precision
+from latent_ops.runs import resolve_run
+
+BANK_FILE = "latents.npz"
+
+
+@dataclass
+class LatentBank:
+    codes: dict[str, np.ndarray]  # split -> (N, D) float32
+    labels: dict[str, np.ndarray]  # split -> (N,) int64, CIFAR-10 labels
+    indices: dict[str, np.ndarray]  # split -> (N,) int64, position in the full split
+
+
+@torch.no_grad()
+def encode_images(encoder: torch.nn.Module, images: torch.Tensor, device: torch.device,
+                  dtype: torch.dtype, batch_size: int = 500, progress: bool = True) -> np.ndarray:
+    """Codes of uint8 images (N, 3, 32, 32) -> (N, D) float32, in batches."""
+    codes = []
+    for chunk in tqdm(images.split(batch_size), disable=not progress, desc="encode", leave=False):
+        with autocast(device, dtype):
+            codes.append(encoder(to_float(chunk).to(device)).float().cpu())
+    return torch.cat(codes).numpy()
+
+
+@torch.no_grad()
+def decode_codes(nets: Networks, codes: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    """Images in [-1, 1] (N, 3, 32, 32) float32 for codes (N, D), on the codes' device."""
+    return torch.cat([nets.decoder(chunk).float() for chunk in codes.split(batch_size)])
+
+
+def encode_run(run: str | Path, data: str, cache_dir: str = "data/cache", batch_size: int = 500,
+               progress: bool = True) -> Path:
+    """Encode both splits of the run's classes with its encoder; returns the bank's path."""
+    run = Path(run)
+    config, nets = load_run(run)
+    device = resolve_device(config)
+    dtype = resolve_precision(config, device)
+    nets = nets.to(device)
+    arrays = {}
+    for split in SPLITS:
+        images = load_cifar10(data, split, config.classes, cache_dir=cache_dir)
+        arrays[f"{split}_codes"] = encode_images(nets.encoder, images.images, device, dtype, batch_size, progress)
+        arrays[f"{split}_labels"] = images.labels.numpy()
+        arrays[f"{split}_indices"] = images.indices.numpy()
+    file = run / BANK_FILE
+    tmp = run / f".{BANK_FILE}.tmp{os.getpid()}.npz"
+    np.savez(tmp, **arrays)
+    os.replace(tmp, file)
+    return file
+
+
+def load_bank(run: str | Path) -> LatentBank:
+    file = Path(run) / BANK_FILE
+    if not file.exists():
+        raise RunError(f"{file} is missing: encode the data set first with "
+                       f"python -m latent_ops.encode --run {run} --data PATH")
+    with np.load(file) as arrays:
+        return LatentBank(*({s: arrays[f"{s}_{k}"] for s in SPLITS} for k in ("codes", "labels", "indices")))
+
+
+def main(run: str = "", data: str = "data", cache_dir: str = "data/cache", batch_size: int = 500) -> None:
+    """Write RUN/latents.npz (default run: the newest in outputs/runs)."""
+    from autoencoder.data import DataNotFoundError
+
+    try:
+        file = encode_run(resolve_run(run), data, cache_dir, batch_size)
+    except (RunError, DataNotFoundError) as error:
+        raise SystemExit(f"error: {error}") from None
+    bank = load_bank(file.parent)
+    print(f"wrote {file}: " + ", ".join(f"{s} {len(bank.labels[s])} codes" for s in SPLITS))
+
+
+if __name__ == "__main__":
+    import fire
+
+    fire.Fire(main)

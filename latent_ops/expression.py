@@ -1,0 +1,171 @@
+"""The concept algebra of ``compose``: parse an expression into a weighted sum of concepts.
+
+Grammar (lark, LALR): sums and differences of terms; a term is a concept, a number times
+a term, or a parenthesised sum; unary minus; numbers may be written before or after a
+concept (``0.8*wings``, ``wings*0.8``). Concepts are CIFAR-10 class names (``horse``),
+clusters within a class (``horse:2``) and directions (``wings``, ``white``).
+
+    horse+wings    horse+0.8*wings    horse:2+wings    0.6*horse+0.4*bird    horse-bird
+
+The result is a linear form {concept: weight}; what a concept stands for (a density to
+sample or a calibrated step along a direction) is the caller's business.
+
+Example: ``python -m latent_ops.expression "0.5*(horse+bird)+wings"``
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from lark import Lark, Token, Transformer, v_args
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
+
+GRAMMAR = r"""
+    ?sum: product
+        | sum "+" product   -> add
+        | sum "-" product   -> sub
+    ?product: unary
+        | product "*" unary -> mul
+        | product "/" unary -> div
+    ?unary: atom
+        | "-" unary         -> neg
+        | "+" unary
+    ?atom: NUMBER           -> number
+        | CONCEPT           -> concept
+        | "(" sum ")"
+    CONCEPT: /[A-Za-z_][A-Za-z0-9_]*(:[0-9]+)?/
+    NUMBER: /(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?/
+    %ignore /\s+/
+"""
+_PARSER = Lark(GRAMMAR, start="sum", parser="lalr", propagate_positions=True)
+
+
+class ExpressionError(ValueError):
+    """An expression that cannot be used; the message says where and lists the known concepts."""
+
+
+@dataclass(frozen=True)
+class LinearForm:
+    """A number (``concepts`` empty) or a weighted sum of concepts, kept in first-seen order."""
+    constant: float
+    concepts: tuple[tuple[str, float], ...]
+
+    def scaled(self, factor: float) -> "LinearForm":
+        return LinearForm(self.constant * factor, tuple((n, w * factor) for n, w in self.concepts))
+
+    def plus(self, other: "LinearForm") -> "LinearForm":
+        weights = dict(self.concepts)
+        for name, w in other.concepts:
+            weights[name] = weights.get(name, 0.0) + w
+        return LinearForm(self.constant + other.constant, tuple(weights.items()))
+
+    @property
+    def is_number(self) -> bool:
+        return not self.concepts
+
+
+class _Fail(Exception):
+    def __init__(self, message: str, column: int):
+        super().__init__(message)
+        self.message, self.column = message, column
+
+
+@v_args(meta=True)
+class _ToLinearForm(Transformer):
+    def __init__(self, known: set[str]):
+        super().__init__()
+        self.known = known
+
+    def number(self, meta, children):
+        return LinearForm(float(children[0]), ())
+
+    def concept(self, meta, children):
+        token: Token = children[0]
+        name = token.lower()
+        if self.known and name not in self.known:
+            raise _Fail(f"unknown concept {token.value!r}", token.column)
+        return LinearForm(0.0, ((name, 1.0),))
+
+    def add(self, meta, children):
+        return self._check_sum(children[0].plus(children[1]), meta)
+
+    def sub(self, meta, children):
+        return self._check_sum(children[0].plus(children[1].scaled(-1.0)), meta)
+
+    def neg(self, meta, children):
+        return children[0].scaled(-1.0)
+
+    def mul(self, meta, children):
+        left, right = children
+        if not left.is_number and not right.is_number:
+            raise _Fail("two concepts cannot be multiplied; scale a concept by a number, e.g. 0.8*wings",
+                        meta.column)
+        if left.is_number:
+            return right.scaled(left.constant) if not right.is_number else LinearForm(left.constant * right.constant, ())
+        return left.scaled(right.constant)
+
+    def div(self, meta, children):
+        left, right = children
+        if not right.is_number:
+            raise _Fail("cannot divide by a concept; divide by a number, e.g. wings/2", meta.column)
+        if right.constant == 0:
+            raise _Fail("division by zero", meta.column)
+        return left.scaled(1.0 / right.constant)
+
+    @staticmethod
+    def _check_sum(form: LinearForm, meta) -> LinearForm:
+        if form.constant != 0 and form.concepts:
+            raise _Fail("a number cannot be added to a concept; scale it instead, e.g. 0.8*wings", meta.column)
+        return form
+
+
+def _describe(error: UnexpectedInput, text: str) -> str:
+    if isinstance(error, UnexpectedEOF) or (isinstance(error, UnexpectedToken) and error.token.type == "$END"):
+        return "the expression ends too early (a concept or number is missing)"
+    if isinstance(error, UnexpectedCharacters):
+        return f"unexpected character {text[error.pos_in_stream]!r}"
+    if isinstance(error, UnexpectedToken):
+        return f"unexpected {error.token.value!r}"
+    return "cannot parse"
+
+
+def parse(text: str, known: Iterable[str] = ()) -> dict[str, float]:
+    """{concept: weight} for an expression; ``known`` (when given) is the set of usable concept names.
+
+    Raises ExpressionError naming the column where the expression went wrong and, when
+    ``known`` is given, listing the known concepts.
+    """
+    known_set = {k.lower() for k in known}
+    listing = f"; known concepts: {', '.join(sorted(known_set))}" if known_set else ""
+    if not text or not text.strip():
+        raise ExpressionError(f"empty expression; write e.g. horse+wings{listing}")
+    try:
+        tree = _PARSER.parse(text)
+        form = _ToLinearForm(known_set).transform(tree)
+    except UnexpectedInput as error:
+        column = getattr(error, "column", None)
+        where = f" at column {column}" if isinstance(column, int) and column > 0 else " at the end"
+        raise ExpressionError(f"{_describe(error, text)}{where} of {text!r}{listing}") from None
+    except VisitError as error:
+        fail = error.orig_exc
+        if not isinstance(fail, _Fail):
+            raise
+        raise ExpressionError(f"{fail.message} at column {fail.column} of {text!r}{listing}") from None
+    if form.is_number:
+        raise ExpressionError(f"{text!r} names no concept; write e.g. horse+wings{listing}")
+    weights = {name: w for name, w in form.concepts if w != 0}
+    if not weights:
+        raise ExpressionError(f"the concepts of {text!r} cancel out{listing}")
+    return weights
+
+
+def main(expression: str) -> None:
+    """Print the weighted concepts an expression stands for."""
+    for name, weight in parse(expression).items():
+        print(f"{weight:+.3f} * {name}")
+
+
+if __name__ == "__main__":
+    import fire
+
+    fire.Fire(main)

@@ -1,0 +1,37 @@
+"""Writing images and grids of 32x32 images as PNG, upscaled (nearest) so they can be seen.
+
+Example: ``python -c "import torch; from latent_ops.images import save_grid; save_grid(torch.zeros(4,3,32,32), 'g.png', 2)"``
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torchvision.utils import make_grid, save_image
+
+
+def upscale(image: torch.Tensor, scale: int) -> torch.Tensor:
+    """(..., H, W) -> (..., H*scale, W*scale), nearest neighbour: pixels stay visible as pixels."""
+    return image.repeat_interleave(scale, -2).repeat_interleave(scale, -1)
+
+
+def to_unit(images: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] -> [0, 1] on the CPU."""
+    return images.detach().float().cpu().add(1).div(2).clamp(0, 1)
+
+
+def save_grid(images: torch.Tensor, file: str | Path, nrow: int, scale: int = 3) -> Path:
+    """images (N, 3, 32, 32) in [-1, 1] as a grid of ``nrow`` per row, written as PNG."""
+    file = Path(file)
+    file.parent.mkdir(parents=True, exist_ok=True)
+    grid = make_grid(to_unit(images), nrow=nrow, padding=2, pad_value=1.0)
+    save_image(upscale(grid, scale), str(file))
+    return file
+
+
+def save_single(image: torch.Tensor, file: str | Path, scale: int = 1) -> Path:
+    """One image (3, 32, 32) in [-1, 1] as PNG, ``scale`` times larger."""
+    file = Path(file)
+    file.parent.mkdir(parents=True, exist_ok=True)
+    save_image(upscale(to_unit(image), scale), str(file))
+    return file

@@ -1,0 +1,26 @@
+"""Which run folder a latent_ops command works on: the one named, else the newest trained run.
+
+Example: ``python -c "from latent_ops.runs import resolve_run; print(resolve_run(''))"``
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from autoencoder.checkpoint import MODEL_FILE, RunError
+
+RUNS_FOLDER = Path("outputs/runs")
+
+
+def resolve_run(run: str | Path = "", runs_folder: Path = RUNS_FOLDER) -> Path:
+    """``run`` when given (it must hold weights), else the run whose weights were written last."""
+    if run:
+        path = Path(run)
+        if not (path / MODEL_FILE).exists():
+            raise RunError(f"{path} has no {MODEL_FILE}: pass --run a trained run folder "
+                           f"(python -m autoencoder.train makes one)")
+        return path
+    runs = sorted(runs_folder.glob(f"*/{MODEL_FILE}"), key=lambda f: f.stat().st_mtime)
+    if not runs:
+        raise RunError(f"no trained run in {runs_folder}/ and no --run given: train one with "
+                       f"python -m autoencoder.train, or pass --run RUN_FOLDER")
+    return runs[-1].parent
