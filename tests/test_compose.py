@@ -1,0 +1,100 @@
+"""compose end to end on the tiny smoke run: every output file, refinement, determinism, errors."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from PIL import Image
+
+from autoencoder.checkpoint import load_run
+from autoencoder.data import load_split, to_float
+from latent_ops import ranking
+from latent_ops.compose import compose, main as compose_main
+from latent_ops.concepts import load_concepts
+from latent_ops.encode import encode_run, load_bank
+from latent_ops.refine import refine_codes
+
+
+@pytest.fixture(scope="module")
+def composed_run(smoke_run, folder_data, tmp_path_factory):
+    """A copy of the smoke run with its latent bank, so the shared run stays as trained."""
+    run = tmp_path_factory.mktemp("compose") / "run"
+    shutil.copytree(smoke_run, run)
+    encode_run(run, str(folder_data), cache_dir=str(smoke_run.parent / "cache"), progress=False)
+    return run
+
+
+def test_bank_holds_both_splits(composed_run):
+    bank = load_bank(composed_run)
+    config, _ = load_run(composed_run)
+    assert bank.codes["train"].shape == (48, config.latent_dim) and bank.codes["test"].shape == (24, config.latent_dim)
+    assert set(bank.labels["train"].tolist()) == {2, 3, 7}
+
+
+def test_compose_writes_every_output(composed_run, folder_data, tmp_path, smoke_run):
+    out = compose("horse+wings", run=str(composed_run), data=str(folder_data), n=16, seed=0, refine_steps=5,
+                  cache_dir=str(smoke_run.parent / "cache"), out=str(tmp_path / "hw"), quiet=True)
+    sizes = {"best.png": (32, 32), "best_x8.png": (256, 256), "batch64.png": (3 * (8 * 34 + 2), 3 * (2 * 34 + 2)),
+             "neighbours.png": (3 * (4 * 34 + 2), 3 * (8 * 34 + 2)),
+             "refinement.png": (3 * (8 * 34 + 2), 3 * (4 * 34 + 2))}
+    for name, size in sizes.items():
+        with Image.open(out / name) as image:
+            assert image.size == size, name
+    scores = json.loads((out / "scores.json").read_text())
+    assert scores["expression"] == "horse+wings" and scores["seed"] == 0 and scores["n"] == 16
+    assert [c["rank"] for c in scores["candidates"]] == list(range(16))
+    for key in ("realism", "realism_before_refinement", "intent", "uniqueness", "combined", "intent_terms",
+                "nearest_train_indices", "wings_signed_distance"):
+        assert key in scores["candidates"][0], key
+    combined = [c["combined"] for c in scores["candidates"]]
+    assert combined == sorted(combined, reverse=True)
+    assert (composed_run / "clusters.json").exists() and (composed_run / "directions.json").exists()
+    assert list((composed_run / "clusters").glob("*.png"))
+    assert "wings" in load_concepts(composed_run).directions
+
+
+def test_same_seed_same_images(composed_run, folder_data, tmp_path, smoke_run):
+    kw = dict(run=str(composed_run), data=str(folder_data), n=8, refine_steps=3,
+              cache_dir=str(smoke_run.parent / "cache"), quiet=True)
+    a = compose("horse+0.8*wings", seed=5, out=str(tmp_path / "a"), **kw)
+    b = compose("horse+0.8*wings", seed=5, out=str(tmp_path / "b"), **kw)
+    c = compose("horse+0.8*wings", seed=6, out=str(tmp_path / "c"), **kw)
+    assert (a / "batch64.png").read_bytes() == (b / "batch64.png").read_bytes()
+    assert (a / "batch64.png").read_bytes() != (c / "batch64.png").read_bytes()
+
+
+def test_refinement_raises_the_critic_score(composed_run):
+    _, nets = load_run(composed_run)
+    torch.manual_seed(0)
+    z0 = torch.randn(32, nets.decoder.project.in_features)
+    z, history = refine_codes(nets, z0, steps=10, step_size=0.05, anchor=0.1)
+    assert len(history) == 11 and history[-1] > history[0]
+    assert (z - z0).norm(dim=1).mean() > 0  # the codes moved...
+    assert torch.cdist(z, z).mean() > 0.5 * torch.cdist(z0, z0).mean()  # ...without collapsing together
+
+
+def test_unknown_concept_is_one_clear_error(composed_run, folder_data, smoke_run, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        compose_main("horse+wigns", run=str(composed_run), data=str(folder_data),
+                     cache_dir=str(smoke_run.parent / "cache"))
+    message = str(exit_info.value)
+    assert message.startswith("error: unknown concept 'wigns' at column 7") and "horse:0" in message
+
+
+def test_a_copied_training_image_has_zero_uniqueness(folder_data, smoke_run):
+    bank = load_split(folder_data, "train", smoke_run.parent / "cache").images
+    copies = to_float(bank[[3, 17]])
+    distance, index = ranking.nearest_neighbours(copies, bank, k=3, chunk=10)
+    assert torch.allclose(distance[:, 0], torch.zeros(2), atol=1e-6) and index[:, 0].tolist() == [3, 17]
+    assert (distance[:, 1] > 0).all() and (distance[:, 1:] >= distance[:, :-1]).all()
+
+
+def test_ranking_helpers():
+    assert torch.allclose(ranking.zscore(torch.tensor([1.0, 2.0, 3.0])), torch.tensor([-1.0, 0.0, 1.0]))
+    assert torch.equal(ranking.zscore(torch.ones(3)), torch.zeros(3))
+    g = ranking.geometric_mean(torch.tensor([[0.5, 0.5], [1.0, 0.01]]))
+    assert g[0] > g[1]  # both parts present beats one strong, one absent
+    score = ranking.combined_score({"a": torch.tensor([0.0, 1.0]), "b": torch.tensor([0.0, 1.0])})
+    assert score[1] > score[0]
