@@ -20,6 +20,7 @@ setup(
         "safetensors>=0.4",
         "pillow>=10.0",
         "numpy>=1.24",
+        "lark>=1.1",
     ],
     extras_require={
         "dev": ["pytest>=7.4", "hypothesis>=6.80", "nbclient>=0.8", "nbformat>=5.9", "ipykernel>=6.0"],

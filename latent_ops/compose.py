@@ -1,11 +1,14 @@
 """Compose images from a concept expression: sample codes, decode, refine with the critic, rank, write.
 
-``horse+wings`` draws codes from the horse density and adds the calibrated wing step;
+``horse+wings`` draws horse codes (by default codes of real held-out test horses, the
+empirical density; ``--source density`` samples the fitted Gaussian mixture instead)
+and adds the calibrated wing step;
 the codes are refined by the image critic (latent_ops.refine), decoded, scored for
 realism (critic logit), intent (a linear class probe on codes: the expression's classes
 and, for wing directions, P(bird)+P(airplane), combined by geometric mean so it is high
 only when every part is present) and uniqueness (RMS pixel distance to the nearest
-CIFAR-10 training image), and ranked by the sum of the three batch z-scores.
+CIFAR-10 training image, counted up to that of real test images), and ranked by the sum
+of the three batch z-scores.
 
 Writes to ``outputs/compose/<expr>-<seed>/``: best.png (+ best_x8.png), batch64.png,
 neighbours.png, refinement.png, scores.json.
@@ -28,12 +31,15 @@ from autoencoder.checkpoint import RunError, load_run
 from autoencoder.data import DataNotFoundError, load_split
 from autoencoder.train import resolve_device
 from latent_ops import ranking
-from latent_ops.concepts import (DENSITIES_FILE, WINGED, Concepts, fit_run_concepts, load_concepts)
-from latent_ops.encode import BANK_FILE, encode_run
+from latent_ops.concepts import (DENSITIES_FILE, WINGED, Concepts, fit_run_concepts, heldout_members,
+                                 load_concepts)
+from latent_ops.encode import BANK_FILE, LatentBank, encode_run, load_bank
 from latent_ops.expression import ExpressionError, parse
 from latent_ops.images import save_grid, save_single
 from latent_ops.refine import critic_scores, refine_codes
 from latent_ops.runs import resolve_run
+
+SOURCES = ("heldout", "density")
 
 
 def ensure_concepts(run: Path, data: str, cache_dir: str) -> Concepts:
@@ -47,19 +53,45 @@ def ensure_concepts(run: Path, data: str, cache_dir: str) -> Concepts:
     return load_concepts(run)
 
 
+def uniqueness_reference(data: str, cache_dir: str, train_images: torch.Tensor, seed: int, count: int = 256) -> float:
+    """Median distance from real held-out images to their nearest training image."""
+    test = load_split(data, "test", cache_dir).images
+    pick = torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))[:count]
+    distance, _ = ranking.nearest_neighbours(test[pick].float() / 127.5 - 1, train_images, k=1)
+    return distance[:, 0].median().item()
+
+
 def sample_expression(weights: dict[str, float], concepts: Concepts, count: int, rng: np.random.Generator,
-                      strength: float = 1.0, temperature: float = 1.0) -> np.ndarray:
-    """(count, D) codes: the weighted sum of density samples plus calibrated direction steps."""
+                      strength: float = 1.0, temperature: float = 1.0, source: str = "heldout",
+                      bank: LatentBank | None = None) -> tuple[np.ndarray, dict[str, list[int]]]:
+    """(count, D) codes: the weighted sum of class/cluster draws plus calibrated direction steps.
+
+    ``source`` "heldout" draws codes of real test images of each class or cluster (the
+    empirical density; test images are not in the training set); "density" samples the
+    fitted Gaussian mixture. Also returns, per concept, the test-split positions drawn.
+    """
     densities = [n for n in weights if n in concepts.densities]
     if not densities:
         raise ExpressionError(f"the expression needs at least one class or cluster to start from "
                               f"(e.g. horse+wings); it has only {', '.join(weights)}")
-    codes = sum(weights[n] * concepts.sample(n, count, rng, temperature) for n in densities)
+    if source not in SOURCES:
+        raise ExpressionError(f"--source must be one of {', '.join(SOURCES)}, got {source!r}")
+    drawn: dict[str, list[int]] = {}
+    codes = 0.0
+    for name in densities:
+        if source == "density":
+            part = concepts.sample(name, count, rng, temperature)
+        else:
+            members = heldout_members(name, concepts, bank)
+            pick = rng.choice(members, size=count, replace=len(members) < count)
+            drawn[name] = [int(bank.indices["test"][i]) for i in pick]
+            part = bank.codes["test"][pick]
+        codes = codes + weights[name] * part
     for name in weights:
         if name in concepts.directions:
             d = concepts.directions[name]
             codes = codes + (weights[name] * strength * d.step) * d.vector[None, :]
-    return codes.astype(np.float32)
+    return codes.astype(np.float32), drawn
 
 
 def intent_terms(weights: dict[str, float], concepts: Concepts, codes: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -96,9 +128,9 @@ def folder_name(expression: str, seed: int) -> str:
 
 
 def compose(expression: str, run: str = "", data: str = "data", n: int = 64, seed: int = 0,
-            refine_steps: int = 20, refine_step_size: float = 0.05, refine_anchor: float = 0.1,
-            strength: float = 1.0, temperature: float = 1.0, out: str = "", cache_dir: str = "data/cache",
-            quiet: bool = False) -> Path:
+            refine_steps: int = 10, refine_step_size: float = 0.02, refine_anchor: float = 1.0,
+            strength: float = 1.0, temperature: float = 1.0, source: str = "heldout", out: str = "",
+            cache_dir: str = "data/cache", quiet: bool = False) -> Path:
     """Compose ``n`` images for ``expression``; returns the output folder."""
     began = time.monotonic()
     run_dir = resolve_run(run)
@@ -109,7 +141,9 @@ def compose(expression: str, run: str = "", data: str = "data", n: int = 64, see
     weights = parse(expression, concepts.names)
 
     rng = np.random.default_rng(seed)
-    z0 = torch.from_numpy(sample_expression(weights, concepts, n, rng, strength, temperature)).to(device)
+    bank = load_bank(run_dir) if source == "heldout" else None
+    codes, drawn = sample_expression(weights, concepts, n, rng, strength, temperature, source, bank)
+    z0 = torch.from_numpy(codes).to(device)
     generator = torch.Generator().manual_seed(seed)
     z, history = refine_codes(nets, z0, refine_steps, refine_step_size, refine_anchor, generator=generator)
     with torch.no_grad():
@@ -120,10 +154,12 @@ def compose(expression: str, run: str = "", data: str = "data", n: int = 64, see
     intents = intent_terms(weights, concepts, z)
     intent = ranking.geometric_mean(torch.stack(list(intents.values()), 1)) if intents else torch.ones(n)
     terms = {"realism": realism, "intent": intent}
+    reference = None
     try:
         train_images = load_split(data, "train", cache_dir).images
         distance, neighbour_index = ranking.nearest_neighbours(after.cpu(), train_images, k=3)
-        terms["uniqueness"] = distance[:, 0]
+        reference = uniqueness_reference(data, cache_dir, train_images, seed)
+        terms["uniqueness"] = ranking.capped_uniqueness(distance[:, 0], reference)
     except DataNotFoundError as error:
         train_images, distance, neighbour_index = None, None, None
         print(f"compose: uniqueness skipped, no training images to compare with ({error})")
@@ -155,17 +191,22 @@ def compose(expression: str, run: str = "", data: str = "data", n: int = 64, see
         if distance is not None:
             entry.update(uniqueness=distance[i, 0].item(), nearest_train_indices=neighbour_index[i].tolist(),
                          nearest_train_distances=distance[i].tolist())
+        if drawn:
+            entry["source_test_indices"] = {name: idx[i] for name, idx in drawn.items()}
         if wings is not None:
             entry["wings_signed_distance"] = float(wings.signed_distance(z[i:i + 1].cpu().numpy())[0])
         candidates.append(entry)
     summary = {
         "expression": expression, "weights": weights, "seed": seed, "run": str(run_dir), "n": n,
-        "strength": strength, "temperature": temperature, "refine_steps": refine_steps,
+        "strength": strength, "temperature": temperature, "source": source, "refine_steps": refine_steps,
         "refine_step_size": refine_step_size, "refine_anchor": refine_anchor,
         "critic_mean_per_refine_step": history,
         "critic_mean_before": realism_before.mean().item(), "critic_mean_after": realism.mean().item(),
         "diversity_before": mean_pairwise_distance(before), "diversity_after": mean_pairwise_distance(after),
-        "score": "combined = z(realism) + z(intent) + z(uniqueness), z-scores within this batch",
+        "uniqueness_reference": reference,
+        "score": ("combined = z(realism) + z(intent) + z(min(uniqueness, uniqueness_reference)), z-scores "
+                  "within this batch; uniqueness_reference is the median nearest-training-image distance of "
+                  "real test images"),
         "seconds": time.monotonic() - began, "candidates": candidates,
     }
     (out_dir / "scores.json").write_text(json.dumps(summary, indent=1) + "\n")
@@ -180,13 +221,13 @@ def compose(expression: str, run: str = "", data: str = "data", n: int = 64, see
     return out_dir
 
 
-def main(expression: str, run: str = "", data: str = "data", n: int = 64, seed: int = 0, refine_steps: int = 20,
-         refine_step_size: float = 0.05, refine_anchor: float = 0.1, strength: float = 1.0,
-         temperature: float = 1.0, out: str = "", cache_dir: str = "data/cache") -> None:
+def main(expression: str, run: str = "", data: str = "data", n: int = 64, seed: int = 0, refine_steps: int = 10,
+         refine_step_size: float = 0.02, refine_anchor: float = 1.0, strength: float = 1.0,
+         temperature: float = 1.0, source: str = "heldout", out: str = "", cache_dir: str = "data/cache") -> None:
     """Compose images for EXPRESSION (e.g. horse+wings) with a trained run (default: the newest)."""
     try:
         compose(str(expression), run, data, n, seed, refine_steps, refine_step_size, refine_anchor, strength,
-                temperature, out, cache_dir)
+                temperature, source, out, cache_dir)
     except (ExpressionError, RunError, DataNotFoundError) as error:
         raise SystemExit(f"error: {error}") from None
 

@@ -45,3 +45,12 @@ def combined_score(terms: dict[str, torch.Tensor], weights: dict[str, float] | N
     """Weighted sum of the batch z-scores of the named terms (higher is better)."""
     weights = weights or {}
     return sum(weights.get(name, 1.0) * zscore(values.float()) for name, values in terms.items())
+
+
+def capped_uniqueness(distance: torch.Tensor, reference: float) -> torch.Tensor:
+    """Nearest-training-image distance counted up to ``reference`` (that of real held-out images).
+
+    A sample as far from the training set as a real test image is as new as one can ask;
+    going further only means leaving the data (artefacts), which must not raise its rank.
+    """
+    return distance.clamp(max=reference)

@@ -12,7 +12,7 @@ from autoencoder.checkpoint import load_run
 from autoencoder.data import load_split, to_float
 from latent_ops import ranking
 from latent_ops.compose import compose, main as compose_main
-from latent_ops.concepts import load_concepts
+from latent_ops.concepts import heldout_members, load_concepts
 from latent_ops.encode import encode_run, load_bank
 from latent_ops.refine import refine_codes
 
@@ -56,13 +56,34 @@ def test_compose_writes_every_output(composed_run, folder_data, tmp_path, smoke_
 
 
 def test_same_seed_same_images(composed_run, folder_data, tmp_path, smoke_run):
-    kw = dict(run=str(composed_run), data=str(folder_data), n=8, refine_steps=3,
+    kw = dict(run=str(composed_run), data=str(folder_data), n=4, refine_steps=3,  # 4 of the 8 test horses
               cache_dir=str(smoke_run.parent / "cache"), quiet=True)
     a = compose("horse+0.8*wings", seed=5, out=str(tmp_path / "a"), **kw)
     b = compose("horse+0.8*wings", seed=5, out=str(tmp_path / "b"), **kw)
     c = compose("horse+0.8*wings", seed=6, out=str(tmp_path / "c"), **kw)
     assert (a / "batch64.png").read_bytes() == (b / "batch64.png").read_bytes()
     assert (a / "batch64.png").read_bytes() != (c / "batch64.png").read_bytes()
+    d = compose("horse+0.8*wings", seed=5, source="density", out=str(tmp_path / "d"), **kw)
+    e = compose("horse+0.8*wings", seed=5, source="density", out=str(tmp_path / "e"), **kw)
+    assert (d / "batch64.png").read_bytes() == (e / "batch64.png").read_bytes()
+    assert json.loads((d / "scores.json").read_text())["source"] == "density"
+
+
+def test_heldout_source_draws_real_test_codes_of_the_class(composed_run):
+    import numpy as np
+
+    from latent_ops.compose import sample_expression
+
+    bank, concepts = load_bank(composed_run), load_concepts(composed_run)
+    codes, drawn = sample_expression({"horse": 1.0}, concepts, 5, np.random.default_rng(0), bank=bank)
+    test_positions = {int(i): row for row, i in enumerate(bank.indices["test"])}
+    for code, index in zip(codes, drawn["horse"]):
+        row = test_positions[index]
+        assert bank.labels["test"][row] == 7 and np.allclose(code, bank.codes["test"][row])
+    clusters = [n for n in concepts.names if n.startswith("horse:")]
+    assert len(clusters) >= 2
+    cluster_rows = [heldout_members(name, concepts, bank) for name in clusters]
+    assert sorted(np.concatenate(cluster_rows).tolist()) == heldout_members("horse", concepts, bank).tolist()
 
 
 def test_refinement_raises_the_critic_score(composed_run):
