@@ -119,3 +119,35 @@ def test_ranking_helpers():
     assert g[0] > g[1]  # both parts present beats one strong, one absent
     score = ranking.combined_score({"a": torch.tensor([0.0, 1.0]), "b": torch.tensor([0.0, 1.0])})
     assert score[1] > score[0]
+
+
+def test_strength_and_weight_scale_the_calibrated_step(composed_run):
+    import numpy as np
+
+    from latent_ops.compose import sample_expression
+
+    bank, concepts = load_bank(composed_run), load_concepts(composed_run)
+    wings = concepts.directions["wings"]
+
+    def codes(weights, strength):
+        return sample_expression(weights, concepts, 3, np.random.default_rng(1), strength, bank=bank)[0]
+
+    base = codes({"horse": 1.0, "wings": 1.0}, 0.0)
+    moved = codes({"horse": 1.0, "wings": 0.5}, 2.0)  # 0.5 * 2 = one calibrated step
+    assert np.allclose(moved - base, wings.step * wings.vector, atol=1e-5)
+
+
+def test_newest_run_is_the_default(tmp_path, smoke_run):
+    import os
+
+    from autoencoder.checkpoint import RunError
+    from latent_ops.runs import resolve_run
+
+    with pytest.raises(RunError, match="no trained run"):
+        resolve_run("", tmp_path)
+    for name, age in (("old", 100), ("new", 0)):
+        shutil.copytree(smoke_run, tmp_path / name)
+        os.utime(tmp_path / name / "model.safetensors", (1e9 - age, 1e9 - age))
+    assert resolve_run("", tmp_path) == tmp_path / "new"
+    with pytest.raises(RunError, match="has no model.safetensors"):
+        resolve_run(tmp_path / "missing")
