@@ -30,7 +30,7 @@ test: $(STAMP)
 # then composes horse+wings with it.
 DEMO_RUN := outputs/runs/demo-$(shell date +%Y%m%d-%H%M%S)
 pegasus: data
-	@echo "pegasus: no shipped model yet, so this trains a short demo run first (about 3 minutes on 2 CPU cores);"
+	@echo "pegasus: no shipped model yet, so this trains a short demo run first (about 4 minutes in all on 2 CPU cores);"
 	@echo "pegasus: a demo run is far from the trained model: expect blurry images."
 	$(PY) -m autoencoder.train --preset cpu --data $(DATA) --steps 400 --sample_every 400 \
 		--log_every 100 --eval_images 1000 --out $(DEMO_RUN)
