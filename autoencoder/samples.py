@@ -88,11 +88,15 @@ def render_grid(networks: Networks, inputs: SampleInputs, device: torch.device) 
     return make_grid(images, nrow=COLUMNS, padding=2, pad_value=1.0)
 
 
+def upscale(image: torch.Tensor, scale: int) -> torch.Tensor:
+    """(..., H, W) -> (..., H*scale, W*scale), nearest neighbour: pixels stay visible as pixels."""
+    return image.repeat_interleave(scale, -2).repeat_interleave(scale, -1)
+
+
 def save_grid(grid: torch.Tensor, file: Path, scale: int = 2) -> None:
     """Write the grid as PNG, upscaled ``scale`` times (nearest) so 32x32 images can be seen."""
     file.parent.mkdir(parents=True, exist_ok=True)
-    big = grid.repeat_interleave(scale, 1).repeat_interleave(scale, 2)
-    save_image(big, str(file))
+    save_image(upscale(grid, scale), str(file))
 
 
 def main(run: str, data: str = "data", out: str = "", seed: int = 0, cache_dir: str = "data/cache") -> None:

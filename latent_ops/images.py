@@ -9,10 +9,7 @@ from pathlib import Path
 import torch
 from torchvision.utils import make_grid, save_image
 
-
-def upscale(image: torch.Tensor, scale: int) -> torch.Tensor:
-    """(..., H, W) -> (..., H*scale, W*scale), nearest neighbour: pixels stay visible as pixels."""
-    return image.repeat_interleave(scale, -2).repeat_interleave(scale, -1)
+from autoencoder.samples import upscale
 
 
 def to_unit(images: torch.Tensor) -> torch.Tensor:
