@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 SHARED_CIFAR := ../shared/data/cifar10-jpeg.tar.gz
 DATA := data
 
-.PHONY: setup test pegasus data bench clean-runs
+.PHONY: setup test pegasus data bench evaluator report clean-runs
 
 setup: $(STAMP)
 
@@ -35,6 +35,16 @@ pegasus: data
 	$(PY) -m autoencoder.train --preset cpu --data $(DATA) --steps 400 --sample_every 400 \
 		--log_every 100 --eval_images 1000 --out $(DEMO_RUN)
 	$(PY) -m latent_ops.compose horse+wings --run $(DEMO_RUN) --data $(DATA)
+
+# The evaluator classifier (trained from scratch, about 25 min on 2 CPU cores); the committed one is in
+# autoencoder/weights/evaluator/. This retrains it and replaces the committed copy.
+evaluator: data
+	$(PY) -m autoencoder.evaluator --data $(DATA) --out outputs/evaluator/main \
+		--ship autoencoder/weights/evaluator
+
+# The evaluation report of a run (default: the newest in outputs/runs): make report RUN=outputs/runs/NAME
+report: data
+	$(PY) -m latent_ops.report --data $(DATA) $(if $(RUN),--run $(RUN),)
 
 bench: $(STAMP)
 	$(PY) bench/train_throughput.py --preset cpu

@@ -117,16 +117,22 @@ def make_config(preset: str = "cpu", **overrides: typing.Any) -> TrainConfig:
     """A config from a preset plus flag overrides; an unknown flag or bad value is an error."""
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    types = typing.get_type_hints(TrainConfig)
-    unknown = sorted(set(overrides) - set(types))
+    config = dataclass_from_flags(TrainConfig, dict(PRESETS[preset], preset=preset), overrides)
+    validate(config)
+    return config
+
+
+def dataclass_from_flags(kind: type, base: dict[str, typing.Any], flags: dict[str, typing.Any]) -> typing.Any:
+    """An instance of the config dataclass ``kind``: ``base`` values, then ``flags`` coerced to
+    each field's type; an unknown flag is a ConfigError that lists the known ones."""
+    types = typing.get_type_hints(kind)
+    unknown = sorted(set(flags) - set(types))
     if unknown:
         raise ConfigError(f"unknown flag(s) {', '.join('--' + u for u in unknown)}; "
                           f"known flags: {', '.join('--' + f for f in types)}")
-    values = dict(PRESETS[preset], preset=preset)
-    values.update({k: _coerce(k, v, types[k]) for k, v in overrides.items()})
-    config = TrainConfig(**values)
-    validate(config)
-    return config
+    values = dict(base)
+    values.update({k: _coerce(k, v, types[k]) for k, v in flags.items()})
+    return kind(**values)
 
 
 def validate(config: TrainConfig) -> None:
@@ -153,8 +159,8 @@ def save_config(config: TrainConfig, path: Path) -> None:
     path.write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
 
 
-def load_config(path: Path) -> TrainConfig:
+def load_config(path: Path, kind: type = TrainConfig) -> typing.Any:
     """The config saved in a run folder; fields added since then take their defaults."""
     values = json.loads(Path(path).read_text())
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    return TrainConfig(**{k: v for k, v in values.items() if k in known})
+    known = {f.name for f in dataclasses.fields(kind)}
+    return kind(**{k: v for k, v in values.items() if k in known})

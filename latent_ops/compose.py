@@ -4,14 +4,16 @@
 empirical density; ``--source density`` samples the fitted Gaussian mixture instead)
 and adds the calibrated wing step;
 the codes are refined by the image critic (latent_ops.refine), decoded, scored for
-realism (critic logit), intent (a linear class probe on codes: the expression's classes
-and, for wing directions, P(bird)+P(airplane), combined by geometric mean so it is high
-only when every part is present) and uniqueness (RMS pixel distance to the nearest
+realism (critic logit), intent (class probabilities of the decoded images from the
+project's evaluator classifier, or with ``--intent probe`` from a linear class probe on
+the codes: the expression's classes and, for wing directions, P(bird)+P(airplane),
+combined by geometric mean so it is high only when every part is present) and uniqueness (RMS pixel distance to the nearest
 CIFAR-10 training image, counted up to that of real test images), and ranked by the sum
 of the three batch z-scores.
 
 Writes to ``outputs/compose/<expr>-<seed>/``: best.png (+ best_x8.png), batch64.png,
-neighbours.png, refinement.png, scores.json.
+neighbours.png, refinement.png, scores.json and images.safetensors
+(the ranked batch as uint8, best first).
 
 Examples:
     python -m latent_ops.compose horse+wings
@@ -26,9 +28,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import save_file
 
 from autoencoder.checkpoint import RunError, load_run
-from autoencoder.data import DataNotFoundError, load_split
+from autoencoder.config import CIFAR10_CLASSES
+from autoencoder.data import DataNotFoundError, load_split, to_uint8
+from autoencoder.evaluator import SHIPPED, WEIGHTS_FILE, load_evaluator
 from autoencoder.train import resolve_device
 from latent_ops import ranking
 from latent_ops.concepts import (DENSITIES_FILE, WINGED, Concepts, fit_run_concepts, heldout_members,
@@ -36,10 +41,26 @@ from latent_ops.concepts import (DENSITIES_FILE, WINGED, Concepts, fit_run_conce
 from latent_ops.encode import BANK_FILE, LatentBank, encode_run, load_bank
 from latent_ops.expression import ExpressionError, parse
 from latent_ops.images import save_grid, save_single
+from latent_ops.metrics import mean_pairwise_distance
 from latent_ops.refine import critic_scores, refine_codes
 from latent_ops.runs import resolve_run
 
 SOURCES = ("heldout", "density")
+INTENTS = ("auto", "evaluator", "probe")
+
+
+def resolve_intent(intent: str) -> str:
+    """Where class probabilities for the intent score come from: the committed evaluator
+    classifier on the decoded images ("auto" when it is there), or the latent class probe."""
+    if intent not in INTENTS:
+        raise ExpressionError(f"--intent must be one of {', '.join(INTENTS)}, got {intent!r}")
+    if intent == "auto":
+        return "evaluator" if (SHIPPED / WEIGHTS_FILE).exists() else "probe"
+    if intent == "evaluator" and not (SHIPPED / WEIGHTS_FILE).exists():
+        raise ExpressionError(f"--intent evaluator needs the evaluator in {SHIPPED}; train it with "
+                              f"python -m autoencoder.evaluator --ship {SHIPPED}, or use --intent probe")
+    return intent
+IMAGES_FILE = "images.safetensors"  # the ranked batch, uint8 (n, 3, 32, 32), best first
 
 
 def ensure_concepts(run: Path, data: str, cache_dir: str) -> Concepts:
@@ -94,9 +115,15 @@ def sample_expression(weights: dict[str, float], concepts: Concepts, count: int,
     return codes.astype(np.float32), drawn
 
 
-def intent_terms(weights: dict[str, float], concepts: Concepts, codes: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per expression term, the probability (N,) that a code shows it (1 - that for negative terms)."""
-    probs = concepts.probe.probabilities(codes) if concepts.probe is not None else {}
+def intent_terms(weights: dict[str, float], concepts: Concepts, codes: torch.Tensor,
+                 probs: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """Per expression term, the probability (N,) that a code shows it (1 - that for negative terms).
+
+    Class probabilities come from ``probs`` (class name -> (N,), e.g. the evaluator's on the
+    decoded images) or else from the latent class probe on ``codes``.
+    """
+    if probs is None:
+        probs = concepts.probe.probabilities(codes) if concepts.probe is not None else {}
     terms = {}
     for name, w in weights.items():
         base = name.split(":")[0]
@@ -114,14 +141,6 @@ def intent_terms(weights: dict[str, float], concepts: Concepts, codes: torch.Ten
     return terms
 
 
-def mean_pairwise_distance(images: torch.Tensor) -> float:
-    """Mean RMS pixel distance between distinct images of a batch (N, 3, 32, 32)."""
-    flat = images.flatten(1).float()
-    d = torch.cdist(flat, flat) / flat.shape[1] ** 0.5
-    n = len(flat)
-    return float(d.sum() / (n * (n - 1))) if n > 1 else 0.0
-
-
 def folder_name(expression: str, seed: int) -> str:
     safe = expression.replace("*", "x").replace(":", "_").replace("/", "over").replace(" ", "")
     return re.sub(r"[^A-Za-z0-9+.\-_x]", "", safe) + f"-{seed}"
@@ -130,7 +149,7 @@ def folder_name(expression: str, seed: int) -> str:
 def compose(expression: str, run: str = "", data: str = "data", n: int = 64, seed: int = 0,
             refine_steps: int = 10, refine_step_size: float = 0.02, refine_anchor: float = 1.0,
             strength: float = 1.0, temperature: float = 1.0, source: str = "heldout", out: str = "",
-            cache_dir: str = "data/cache", quiet: bool = False) -> Path:
+            cache_dir: str = "data/cache", quiet: bool = False, intent: str = "auto") -> Path:
     """Compose ``n`` images for ``expression``; returns the output folder."""
     began = time.monotonic()
     run_dir = resolve_run(run)
@@ -151,7 +170,12 @@ def compose(expression: str, run: str = "", data: str = "data", n: int = 64, see
         realism_before = critic_scores(nets, z0).float().cpu()
         realism = critic_scores(nets, z).float().cpu()
 
-    intents = intent_terms(weights, concepts, z)
+    intent_source = resolve_intent(intent)
+    probs = None
+    if intent_source == "evaluator":
+        p = load_evaluator(device=device.type).probabilities(after.cpu())  # (n, 10)
+        probs = {name: p[:, i] for i, name in enumerate(CIFAR10_CLASSES)}
+    intents = intent_terms(weights, concepts, z, probs)
     intent = ranking.geometric_mean(torch.stack(list(intents.values()), 1)) if intents else torch.ones(n)
     terms = {"realism": realism, "intent": intent}
     reference = None
@@ -172,6 +196,7 @@ def compose(expression: str, run: str = "", data: str = "data", n: int = 64, see
     save_single(ranked[0], out_dir / "best.png")
     save_single(ranked[0], out_dir / "best_x8.png", scale=8)
     save_grid(ranked, out_dir / "batch64.png", nrow=8, scale=3)
+    save_file({"images": to_uint8(ranked).contiguous()}, str(out_dir / IMAGES_FILE))  # for metrics and reports
     shown = min(16, n)
     pairs = torch.cat([torch.cat([before[i:i + 8], after[i:i + 8]]) for i in range(0, shown, 8)]).cpu()
     save_grid(pairs, out_dir / "refinement.png", nrow=min(8, n), scale=3)
@@ -198,11 +223,13 @@ def compose(expression: str, run: str = "", data: str = "data", n: int = 64, see
         candidates.append(entry)
     summary = {
         "expression": expression, "weights": weights, "seed": seed, "run": str(run_dir), "n": n,
-        "strength": strength, "temperature": temperature, "source": source, "refine_steps": refine_steps,
+        "strength": strength, "temperature": temperature, "source": source, "intent_source": intent_source,
+        "refine_steps": refine_steps,
         "refine_step_size": refine_step_size, "refine_anchor": refine_anchor,
         "critic_mean_per_refine_step": history,
         "critic_mean_before": realism_before.mean().item(), "critic_mean_after": realism.mean().item(),
-        "diversity_before": mean_pairwise_distance(before), "diversity_after": mean_pairwise_distance(after),
+        "diversity_before": mean_pairwise_distance(before.cpu()) if n > 1 else 0.0,
+        "diversity_after": mean_pairwise_distance(after.cpu()) if n > 1 else 0.0,
         "uniqueness_reference": reference,
         "score": ("combined = z(realism) + z(intent) + z(min(uniqueness, uniqueness_reference)), z-scores "
                   "within this batch; uniqueness_reference is the median nearest-training-image distance of "
@@ -223,11 +250,12 @@ def compose(expression: str, run: str = "", data: str = "data", n: int = 64, see
 
 def main(expression: str, run: str = "", data: str = "data", n: int = 64, seed: int = 0, refine_steps: int = 10,
          refine_step_size: float = 0.02, refine_anchor: float = 1.0, strength: float = 1.0,
-         temperature: float = 1.0, source: str = "heldout", out: str = "", cache_dir: str = "data/cache") -> None:
+         temperature: float = 1.0, source: str = "heldout", out: str = "", cache_dir: str = "data/cache",
+         intent: str = "auto") -> None:
     """Compose images for EXPRESSION (e.g. horse+wings) with a trained run (default: the newest)."""
     try:
         compose(str(expression), run, data, n, seed, refine_steps, refine_step_size, refine_anchor, strength,
-                temperature, source, out, cache_dir)
+                temperature, source, out, cache_dir, intent=intent)
     except (ExpressionError, RunError, DataNotFoundError) as error:
         raise SystemExit(f"error: {error}") from None
 

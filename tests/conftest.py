@@ -75,3 +75,23 @@ def smoke_run(folder_data, tmp_path_factory) -> Path:
     config = make_config("smoke", steps=60, log_every=10, sample_every=30, checkpoint_every=30,
                          **smoke_flags(folder_data, out))
     return train(config, progress=False)
+
+
+TINY_EVALUATOR = dict(widths="8,16,16", epochs=3, batch_size=16, warmup=0.3, lr=0.2)
+
+
+def tiny_evaluator_config(folder_data: Path, out: Path, **extra):
+    from autoencoder.evaluator import make_evaluator_config
+
+    flags = dict(TINY_EVALUATOR, data=str(folder_data), cache_dir=str(out.parent / "cache"), out=str(out))
+    flags.update(extra)
+    return make_evaluator_config(**flags)
+
+
+@pytest.fixture(scope="session")
+def tiny_evaluator(folder_data, tmp_path_factory):
+    """An evaluator (widths 8/16/16) trained 3 epochs on the fake folders: (folder, result)."""
+    from autoencoder.evaluator import train_evaluator
+
+    out = tmp_path_factory.mktemp("evaluator") / "tiny"
+    return out, train_evaluator(tiny_evaluator_config(folder_data, out), progress=False)

@@ -4,14 +4,18 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 from PIL import Image
 
 from autoencoder.checkpoint import load_run
+from autoencoder.config import CIFAR10_CLASSES
 from autoencoder.data import load_split, to_float
 from latent_ops import ranking
-from latent_ops.compose import compose, main as compose_main
+from latent_ops.compose import compose, intent_terms, main as compose_main, resolve_intent
+from latent_ops.expression import ExpressionError
 from latent_ops.concepts import heldout_members, load_concepts
 from latent_ops.encode import encode_run, load_bank
 from latent_ops.refine import refine_codes
@@ -53,6 +57,31 @@ def test_compose_writes_every_output(composed_run, folder_data, tmp_path, smoke_
     assert (composed_run / "clusters.json").exists() and (composed_run / "directions.json").exists()
     assert list((composed_run / "clusters").glob("*.png"))
     assert "wings" in load_concepts(composed_run).directions
+    images = load_file(str(out / "images.safetensors"))["images"]
+    assert images.shape == (16, 3, 32, 32) and images.dtype == torch.uint8
+    with Image.open(out / "best.png") as best:
+        assert torch.equal(torch.from_numpy(np.array(best.convert("RGB"))).permute(2, 0, 1), images[0])
+
+
+def test_intent_reads_class_probabilities_of_the_decoded_images(composed_run):
+    concepts = load_concepts(composed_run)
+    probs = {name: torch.zeros(2) for name in CIFAR10_CLASSES}
+    probs["horse"], probs["bird"], probs["airplane"] = torch.tensor([0.5, 1.0]), torch.tensor([0.3, 0.0]), \
+        torch.tensor([0.2, 0.0])
+    codes = torch.zeros(2, len(concepts.directions["wings"].vector))
+    terms = intent_terms({"horse": 1.0, "wings": 1.0, "bird": -1.0}, concepts, codes, probs)
+    assert terms["horse"].tolist() == pytest.approx([0.5, 1.0])
+    assert terms["wings"].tolist() == pytest.approx([0.5, 0.0])
+    assert terms["bird"].tolist() == pytest.approx([0.7, 1.0])  # a negative term counts its absence
+    with pytest.raises(ExpressionError, match="--intent must be one of"):
+        resolve_intent("oracle")
+    assert resolve_intent("probe") == "probe"
+
+
+def test_intent_source_is_recorded(composed_run, folder_data, tmp_path, smoke_run):
+    out = compose("horse+wings", run=str(composed_run), data=str(folder_data), n=4, seed=0, refine_steps=1,
+                  cache_dir=str(smoke_run.parent / "cache"), out=str(tmp_path / "probe"), quiet=True, intent="probe")
+    assert json.loads((out / "scores.json").read_text())["intent_source"] == "probe"
 
 
 def test_same_seed_same_images(composed_run, folder_data, tmp_path, smoke_run):

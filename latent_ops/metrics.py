@@ -1,0 +1,157 @@
+"""Sample-quality metrics as pure functions of tensors: each answers one of the users' questions.
+
+- reconstruction: MSE and PSNR of reconstructions (images in [-1, 1]);
+- pca_reconstruction: the same for PCA with k components, the linear floor to beat;
+- frechet_distance: the Frechet distance between Gaussians fitted to two feature sets
+  (Heusel et al. 2017, arXiv:1706.08500), here in the project's own evaluator features:
+  **not** Inception FID, and not comparable with published FIDs;
+- kernel_distance: KID, the unbiased MMD^2 with the cubic polynomial kernel, averaged over
+  random subsets (Binkowski et al. 2018, arXiv:1801.01401), same features and caveat;
+- recognisability: the evaluator's P(horse), P(winged) = P(bird) + P(airplane) and
+  2 * sqrt(P(horse) * P(winged)), which is 1 only when both are present in equal measure
+  and 0 when either is absent;
+- nearest_distances: distance of each sample to its nearest reference vector (pixels or
+  features): a copy of a training image scores 0;
+- mean_pairwise_distance: the diversity of a batch;
+- laplacian_variance: a blur measure (Pech-Pacheco et al. 2000): variance of the 3x3
+  Laplacian of the grey image, lower for blurrier images.
+
+Example: ``python -c "import torch; from latent_ops.metrics import frechet_distance as f; x=torch.randn(500,8); print(f(x, x))"``
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from autoencoder.config import CIFAR10_CLASSES
+from autoencoder.losses import psnr
+
+WINGED_CLASSES = ("bird", "airplane")
+
+
+def reconstruction(originals: torch.Tensor, reconstructions: torch.Tensor) -> dict[str, float]:
+    """MSE (pixels in [-1, 1]), mean per-image PSNR and PSNR of the mean MSE (dB). (N, 3, H, W) each."""
+    if originals.shape != reconstructions.shape:
+        raise ValueError(f"originals {tuple(originals.shape)} and reconstructions "
+                         f"{tuple(reconstructions.shape)} must have the same shape")
+    per_image = (reconstructions.float() - originals.float()).pow(2).flatten(1).mean(1)
+    mse = per_image.mean()
+    return {"mse": mse.item(), "psnr_db": psnr(originals, reconstructions).mean().item(),
+            "psnr_of_mean_mse_db": (10 * torch.log10(4 / mse.clamp_min(1e-10))).item()}
+
+
+def pca_reconstruction(train: torch.Tensor, test: torch.Tensor, components: int, seed: int = 0) -> torch.Tensor:
+    """``test`` (N, 3, H, W) in [-1, 1] reconstructed by PCA with ``components`` fitted on ``train``."""
+    from sklearn.decomposition import PCA
+
+    pca = PCA(n_components=components, svd_solver="randomized", random_state=seed)
+    pca.fit(train.flatten(1).float().numpy())
+    rec = pca.inverse_transform(pca.transform(test.flatten(1).float().numpy()))
+    return torch.from_numpy(rec).float().view_as(test).clamp(-1, 1)
+
+
+def _mean_covariance(features: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    x = features.double().cpu().numpy()
+    if x.ndim != 2 or len(x) < 2:
+        raise ValueError(f"features must be (N, D) with N >= 2, got shape {tuple(features.shape)}")
+    return x.mean(0), np.cov(x, rowvar=False)
+
+
+def frechet_distance(features_a: torch.Tensor, features_b: torch.Tensor) -> float:
+    """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)) between Gaussians fitted to (N, D) features.
+
+    The trace of the matrix square root is computed from the eigenvalues of the symmetric
+    S_a^(1/2) S_b S_a^(1/2), which are those of S_a S_b and real, so no complex sqrtm is needed.
+    """
+    if features_a.shape[1] != features_b.shape[1]:
+        raise ValueError(f"feature sizes differ: {features_a.shape[1]} and {features_b.shape[1]}")
+    mu_a, cov_a = _mean_covariance(features_a)
+    mu_b, cov_b = _mean_covariance(features_b)
+    values, vectors = np.linalg.eigh(cov_a)
+    root_a = (vectors * np.sqrt(values.clip(min=0))) @ vectors.T
+    middle = np.linalg.eigvalsh(root_a @ cov_b @ root_a)
+    trace_root = np.sqrt(middle.clip(min=0)).sum()
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * trace_root)
+
+
+def kernel_distance(features_a: torch.Tensor, features_b: torch.Tensor, subsets: int = 50,
+                    subset_size: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """KID: mean and standard deviation over ``subsets`` draws of the unbiased MMD^2 with the
+    kernel k(x, y) = (x.y / D + 1)^3. Subsets are capped at the smaller set's size."""
+    if features_a.shape[1] != features_b.shape[1]:
+        raise ValueError(f"feature sizes differ: {features_a.shape[1]} and {features_b.shape[1]}")
+    m = min(subset_size, len(features_a), len(features_b))
+    if m < 2:
+        raise ValueError(f"kernel distance needs at least 2 vectors in each set, got {len(features_a)} "
+                         f"and {len(features_b)}")
+    a, b = features_a.double().cpu(), features_b.double().cpu()
+    dims = a.shape[1]
+    generator = torch.Generator().manual_seed(seed)
+    values = []
+    for _ in range(subsets):
+        x = a[torch.randperm(len(a), generator=generator)[:m]]
+        y = b[torch.randperm(len(b), generator=generator)[:m]]
+        k_xx, k_yy, k_xy = ((p @ q.T / dims + 1) ** 3 for p, q in ((x, x), (y, y), (x, y)))
+        off_diagonal = (k_xx.sum() - k_xx.diagonal().sum() + k_yy.sum() - k_yy.diagonal().sum()) / (m * (m - 1))
+        values.append((off_diagonal - 2 * k_xy.mean()).item())
+    values = torch.tensor(values)
+    return values.mean().item(), (values.std().item() if len(values) > 1 else 0.0)
+
+
+def recognisability(probabilities: torch.Tensor, subject: str = "horse",
+                    winged: tuple[str, ...] = WINGED_CLASSES) -> dict[str, torch.Tensor]:
+    """Per image (N,): P(subject), P(winged) summed over the winged classes, and their combined
+    score 2 * sqrt(P(subject) * P(winged)) in [0, 1]. probabilities: (N, 10) in CIFAR-10 order."""
+    if probabilities.ndim != 2 or probabilities.shape[1] != len(CIFAR10_CLASSES):
+        raise ValueError(f"probabilities must be (N, {len(CIFAR10_CLASSES)}), got {tuple(probabilities.shape)}")
+    unknown = [c for c in (subject, *winged) if c not in CIFAR10_CLASSES]
+    if unknown:
+        raise ValueError(f"unknown class(es) {', '.join(unknown)}; known: {', '.join(CIFAR10_CLASSES)}")
+    p_subject = probabilities[:, CIFAR10_CLASSES.index(subject)]
+    p_winged = probabilities[:, [CIFAR10_CLASSES.index(c) for c in winged]].sum(1)
+    return {subject: p_subject, "winged": p_winged, "combined": 2 * (p_subject * p_winged).clamp_min(0).sqrt()}
+
+
+@torch.no_grad()
+def nearest_distances(queries: torch.Tensor, reference: torch.Tensor, chunk: int = 4096
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """RMS distance (N,) from each query to its nearest reference vector, and that vector's index (N,).
+
+    queries (N, ...) and reference (M, ...) are flattened to vectors of the same size; for
+    images pass float pixels in [-1, 1], for features the (N, D) features. RMS = L2 / sqrt(size),
+    so pixel distances read as a typical per-pixel difference.
+    """
+    q = queries.flatten(1).float()
+    if q.shape[1] != reference[:1].flatten(1).shape[1]:
+        raise ValueError(f"queries have {q.shape[1]} values each, reference {reference[:1].flatten(1).shape[1]}")
+    best = torch.full((len(q),), float("inf"))
+    where = torch.zeros(len(q), dtype=torch.long)
+    for start in range(0, len(reference), chunk):
+        part = reference[start:start + chunk].flatten(1).float()
+        d, i = torch.cdist(q, part).min(1)
+        better = d < best
+        best = torch.where(better, d, best)
+        where = torch.where(better, i + start, where)
+    return best / q.shape[1] ** 0.5, where
+
+
+def mean_pairwise_distance(vectors: torch.Tensor) -> float:
+    """Mean RMS distance between distinct members of a batch (N, ...): 0 when all are equal."""
+    flat = vectors.flatten(1).double()
+    n = len(flat)
+    if n < 2:
+        raise ValueError(f"diversity needs at least 2 samples, got {n}")
+    return float(torch.cdist(flat, flat).sum() / (n * (n - 1)) / flat.shape[1] ** 0.5)
+
+
+LAPLACIAN = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
+
+
+def laplacian_variance(images: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) in [-1, 1] -> (N,): variance of the Laplacian of the grey image in [0, 1]."""
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"images must be (N, 3, H, W), got {tuple(images.shape)}")
+    grey = (images.float().add(1).div(2) * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    response = F.conv2d(grey, LAPLACIAN.view(1, 1, 3, 3))  # valid region only: no border effects
+    return response.flatten(1).var(1)

@@ -1,0 +1,310 @@
+"""The evaluation report of a run: every metric of latent_ops.metrics beside its real-vs-real floor, with figures.
+
+For the run's reconstructions, for samples of its prior N(0, I), and for each composed
+expression (default ``horse+wings``), it answers: how close, how realistic (Frechet and
+kernel distances in the evaluator's features; NOT Inception FID/KID), how sharp, how new
+(nearest training image, in pixels and features), how diverse, and for compositions how
+recognisable (the evaluator's P(horse) and P(bird)+P(airplane)). Each number stands beside
+the same number for real CIFAR-10 images, so it can be read without other references.
+
+Writes ``<out>/report.md``, ``report.json``, figures (``architecture.png``/``.svg``, sample
+grids, the best Pegasus and its neighbours) and the compose folders.
+
+Example: ``python -m latent_ops.report --run outputs/runs/cpu-main --data data``
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from autoencoder.checkpoint import RunError, load_run
+from autoencoder.config import CIFAR10_CLASSES
+from autoencoder.data import DataNotFoundError, load_cifar10, to_float, to_uint8
+from autoencoder.diagram import draw_run
+from autoencoder.evaluator import SHIPPED, WEIGHTS_FILE, Evaluator, load_evaluator, machine_name
+from autoencoder.train import autocast, resolve_device, resolve_precision
+from latent_ops import metrics
+from latent_ops.compose import IMAGES_FILE, compose, folder_name
+from latent_ops.expression import ExpressionError
+from latent_ops.images import save_grid, save_single
+from latent_ops.runs import resolve_run
+
+
+def cached_features(evaluator: Evaluator, evaluator_dir: Path, images: torch.Tensor, what: str,
+                    cache_dir: str) -> torch.Tensor:
+    """Evaluator features of a data split, cached per (evaluator weights, images) in ``cache_dir``."""
+    digest = hashlib.sha1()
+    weights = evaluator_dir / WEIGHTS_FILE
+    digest.update(weights.read_bytes() if weights.exists() else b"")
+    digest.update(images[:: max(1, len(images) // 512)].numpy().tobytes())
+    digest.update(str(tuple(images.shape)).encode())
+    file = Path(cache_dir) / f"features-{what}-{digest.hexdigest()[:12]}.safetensors"
+    if file.exists():
+        return load_file(str(file))["features"]
+    features = evaluator.features(images)
+    file.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"features": features.contiguous()}, str(file))
+    return features
+
+
+@torch.no_grad()
+def decode_in_batches(nets, codes: torch.Tensor, device, dtype, batch_size: int = 500) -> torch.Tensor:
+    out = []
+    for chunk in codes.split(batch_size):
+        with autocast(device, dtype):
+            out.append(nets.decoder(chunk.to(device)).float().cpu())
+    return torch.cat(out)  # (N, 3, 32, 32) in [-1, 1]
+
+
+@torch.no_grad()
+def reconstruct(nets, images: torch.Tensor, device, dtype, batch_size: int = 500) -> torch.Tensor:
+    out = []
+    for chunk in images.split(batch_size):
+        with autocast(device, dtype):
+            out.append(nets.decoder(nets.encoder(to_float(chunk).to(device))).float().cpu())
+    return torch.cat(out)
+
+
+def sample_set_metrics(name: str, images: torch.Tensor, features: torch.Tensor, reference_features: torch.Tensor,
+                       train_floats: torch.Tensor, train_features: torch.Tensor, seed: int,
+                       neighbour_count: int, kid_subset: int) -> dict:
+    """Quality, sharpness, uniqueness and diversity of one set of images (uint8 (N, 3, 32, 32)),
+    against the test features (``reference_features``) and the training images (float, [-1, 1])."""
+    floats = to_float(images)
+    row = {"name": name, "count": len(images)}
+    if len(images) >= 2 and len(reference_features) >= 2:
+        if len(images) > reference_features.shape[1]:  # a Frechet distance needs more samples than dimensions
+            row["frechet"] = metrics.frechet_distance(features, reference_features)
+        row["kid"], row["kid_std"] = metrics.kernel_distance(features, reference_features, subset_size=kid_subset,
+                                                             seed=seed)
+    row["sharpness"] = metrics.laplacian_variance(floats).mean().item()
+    pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:neighbour_count]
+    pixel_d, _ = metrics.nearest_distances(floats[pick], train_floats)
+    feature_d, _ = metrics.nearest_distances(features[pick], train_features)
+    row["nn_pixel_median"], row["nn_feature_median"] = pixel_d.median().item(), feature_d.median().item()
+    diverse = pick[:64]
+    if len(diverse) >= 2:
+        row["diversity_feature"] = metrics.mean_pairwise_distance(features[diverse])
+        row["diversity_pixel"] = metrics.mean_pairwise_distance(floats[diverse])
+    return row
+
+
+def _format(value, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}" if abs(value) < 1e-2 and value != 0 else f"{value:.{digits}f}"
+    return str(value)
+
+
+def quality_table(rows: list[dict]) -> str:
+    head = ("| images | n | Frechet (eval. features) | KID (eval. features) | sharpness (Laplacian var.) | "
+            "NN train dist., pixels | NN train dist., features | diversity of 64, features | "
+            "diversity of 64, pixels |\n|---|---|---|---|---|---|---|---|---|\n")
+    lines = []
+    for r in rows:
+        kid = f"{_format(r['kid'])} +- {_format(r['kid_std'])}" if "kid" in r else "-"
+        lines.append(f"| {r['name']} | {r['count']} | {_format(r.get('frechet'), 2)} | {kid} | "
+                     f"{_format(r.get('sharpness'), 4)} | {_format(r.get('nn_pixel_median'))} | "
+                     f"{_format(r.get('nn_feature_median'))} | {_format(r.get('diversity_feature'))} | "
+                     f"{_format(r.get('diversity_pixel'))} |")
+    return head + "\n".join(lines) + "\n"
+
+
+def report(run: str = "", data: str = "data", out: str = "", expressions: str | tuple = "horse+wings",
+           seed: int = 0, prior_samples: int = 10000, neighbour_count: int = 1000, kid_subset: int = 1000,
+           pca_floor: bool = True, evaluator: str = "", cache_dir: str = "data/cache", compose_n: int = 64,
+           quiet: bool = False) -> Path:
+    """Write the report of ``run`` into ``out`` (default outputs/report/<run>); returns the folder."""
+    began = time.monotonic()
+    say = (lambda *a: None) if quiet else (lambda *a: print("report:", *a, flush=True))
+    run_dir = resolve_run(run)
+    out_dir = Path(out) if out else Path("outputs/report") / run_dir.name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config, nets = load_run(run_dir)
+    device = resolve_device(config)
+    dtype = resolve_precision(config, device)
+    nets = nets.to(device)
+    evaluator_dir = Path(evaluator) if evaluator else SHIPPED
+    judge = load_evaluator(evaluator_dir, device=device.type)
+    expressions = [e for e in (expressions.split(";") if isinstance(expressions, str) else expressions) if e]
+
+    train = load_cifar10(data, "train", config.classes, cache_dir=cache_dir)
+    test = load_cifar10(data, "test", config.classes, cache_dir=cache_dir)
+    say(f"evaluator features of {len(train)} train and {len(test)} test images (cached after the first time)")
+    train_features = cached_features(judge, evaluator_dir, train.images, "train", cache_dir)
+    test_features = cached_features(judge, evaluator_dir, test.images, "test", cache_dir)
+    generator = torch.Generator().manual_seed(seed)
+    record: dict = {"run": str(run_dir), "seed": seed, "classes": list(config.class_names),
+                    "evaluator": str(evaluator_dir), "neighbour_count": neighbour_count, "machine": machine_name(device)}
+    accuracy = judge.accuracy(test.images, test.labels)
+    record["evaluator_test_accuracy"] = accuracy
+
+    # --- reconstruction ---
+    say("reconstructions of the test split")
+    rec = reconstruct(nets, test.images, device, dtype)
+    record["reconstruction"] = metrics.reconstruction(to_float(test.images), rec)
+    if pca_floor:
+        say(f"PCA floor with {config.latent_dim} components")
+        pca = metrics.pca_reconstruction(to_float(train.images), to_float(test.images), config.latent_dim, seed)
+        record["pca_floor"] = {"components": config.latent_dim, **metrics.reconstruction(to_float(test.images), pca)}
+    rec_uint8 = to_uint8(rec)
+
+    # --- real floors and model sets ---
+    say("real-vs-real floors")
+    size = min(len(test), prior_samples)
+    train_pick = torch.randperm(len(train), generator=generator)[:size]
+    held = torch.ones(len(train), dtype=torch.bool)
+    held[train_pick] = False  # the train subset is compared with the rest of train in the NN columns
+    train_floats = to_float(train.images)  # (N, 3, 32, 32), once: every NN search reads it
+    rows = [sample_set_metrics("real: train subset vs test (the floor)", train.images[train_pick],
+                               train_features[train_pick], test_features, train_floats[held],
+                               train_features[held], seed, neighbour_count, kid_subset),
+            sample_set_metrics("real: test images", test.images, test_features, test_features,
+                               train_floats, train_features, seed, neighbour_count, kid_subset)]
+    rows[1].pop("frechet", None), rows[1].pop("kid", None), rows[1].pop("kid_std", None)  # test vs itself
+    rec_features = judge.features(rec_uint8)
+    rows.append(sample_set_metrics("model: reconstructions of test", rec_uint8, rec_features, test_features,
+                                   train_floats, train_features, seed, neighbour_count, kid_subset))
+    say(f"{prior_samples} prior samples")
+    prior_codes = torch.randn(prior_samples, config.latent_dim, generator=generator)
+    prior = to_uint8(decode_in_batches(nets, prior_codes, device, dtype))
+    prior_features = judge.features(prior)
+    rows.append(sample_set_metrics("model: prior samples N(0, I)", prior, prior_features, test_features,
+                                   train_floats, train_features, seed, neighbour_count, kid_subset))
+    record["sets"] = rows
+    prior_classes = torch.bincount(judge.logits(prior).argmax(1), minlength=10) / len(prior)
+    record["prior_class_shares"] = dict(zip(CIFAR10_CLASSES, prior_classes.tolist()))
+    save_grid(to_float(prior[:64]), out_dir / "prior-samples.png", nrow=8, scale=3)
+    pairs = torch.stack([to_float(test.images[:32]), to_float(rec_uint8[:32])], 1).flatten(0, 1)
+    save_grid(pairs, out_dir / "reconstructions.png", nrow=16, scale=3)
+
+    # --- composed expressions ---
+    horse = CIFAR10_CLASSES.index("horse")
+    horse_test = test.labels == horse
+    record["compositions"] = []
+    for expression in expressions:
+        say(f"compose {expression}")
+        folder = compose(expression, str(run_dir), data, n=compose_n, seed=seed, cache_dir=cache_dir,
+                         out=str(out_dir / "compose" / folder_name(expression, seed)), quiet=True)
+        images = load_file(str(folder / IMAGES_FILE))["images"]  # ranked, best first
+        scores = json.loads((folder / "scores.json").read_text())
+        features = judge.features(images)
+        recognised = metrics.recognisability(judge.probabilities(images))
+        entry = {"expression": expression, "folder": str(folder), "critic_mean_after": scores["critic_mean_after"]}
+        entry["recognisability_best"] = {k: v[0].item() for k, v in recognised.items()}
+        entry["recognisability_mean"] = {k: v.mean().item() for k, v in recognised.items()}
+        entry["share_combined_over_half"] = (recognised["combined"] > 0.5).float().mean().item()
+        by_evaluator = recognised["combined"].argsort(descending=True)
+        entry["evaluator_top"] = [{"rank_in_batch": int(i), **{k: v[i].item() for k, v in recognised.items()}}
+                                  for i in by_evaluator[:8]]
+        save_grid(to_float(images[by_evaluator[:8]]), out_dir / f"{folder.name}-evaluator-top8.png", nrow=8, scale=4)
+        real_horses = test.images[horse_test] if horse_test.any() else test.images
+        horse_features = test_features[horse_test] if horse_test.any() else test_features
+        pick = torch.randperm(len(real_horses), generator=torch.Generator().manual_seed(seed))[:len(images)]
+        entry["sets"] = [
+            sample_set_metrics(f"composed {expression}", images, features, horse_features, train_floats,
+                               train_features, seed, neighbour_count, kid_subset),
+            sample_set_metrics(f"real: {len(pick)} test horses (the floor)", real_horses[pick],
+                               horse_features[pick], horse_features, train_floats, train_features, seed,
+                               neighbour_count, kid_subset),
+        ]
+        real_recognised = metrics.recognisability(judge.probabilities(real_horses[pick]))
+        entry["recognisability_real_horses_mean"] = {k: v.mean().item() for k, v in real_recognised.items()}
+        best_pixel, _ = metrics.nearest_distances(to_float(images[:1]), train_floats)
+        best_feature, _ = metrics.nearest_distances(features[:1], train_features)
+        entry["best_nn_pixel"], entry["best_nn_feature"] = best_pixel.item(), best_feature.item()
+        for name in ("best_x8.png", "batch64.png", "neighbours.png", "refinement.png"):
+            shutil.copyfile(folder / name, out_dir / f"{folder.name}-{name}")
+        record["compositions"].append(entry)
+
+    say("architecture diagram")
+    files, layers = draw_run(run_dir, out_dir)
+    record["diagram"] = [str(f) for f in files]
+    record["seconds"] = time.monotonic() - began
+    (out_dir / "report.json").write_text(json.dumps(record, indent=1) + "\n")
+    (out_dir / "report.md").write_text(render(record, config, run_dir, out_dir, len(layers)))
+    say(f"written {out_dir / 'report.md'} in {record['seconds']:.0f} s")
+    return out_dir
+
+
+def render(record: dict, config, run_dir: Path, out_dir: Path, layer_count: int) -> str:
+    r = record["reconstruction"]
+    lines = [f"# Report: run `{run_dir.name}`", "",
+             f"Generated by `python -m latent_ops.report --run {run_dir} --data DATA --seed {record['seed']}` on "
+             f"{record['machine']} in {record['seconds']:.0f} s. Classes: {', '.join(record['classes'])}. "
+             f"Latent size {config.latent_dim}, width {config.width}, {config.steps} steps.", "",
+             "Feature-space numbers use this project's own evaluator (a CIFAR-10 classifier trained from "
+             f"scratch here, test accuracy {100 * record['evaluator_test_accuracy']:.2f}% with flip TTA as "
+             "loaded here; see its card, `autoencoder/weights/evaluator/card.md`). **They are not Inception FID/KID numbers** and cannot be compared with "
+             "published ones: compare each with the real-vs-real floor beside it.", "",
+             "## Model", "", f"![architecture](architecture.png)", "",
+             f"`architecture.svg` / `architecture.png`: {layer_count} layers traced from the run's own networks, "
+             "with their output shapes, the data flow between the networks and the compose pipeline.", "",
+             "## Reconstruction (test split)", "",
+             "| | MSE | mean PSNR (dB) | PSNR of mean MSE (dB) |", "|---|---|---|---|",
+             f"| autoencoder | {r['mse']:.5f} | {r['psnr_db']:.2f} | {r['psnr_of_mean_mse_db']:.2f} |"]
+    if "pca_floor" in record:
+        p = record["pca_floor"]
+        lines.append(f"| PCA, {p['components']} components (linear floor) | {p['mse']:.5f} | {p['psnr_db']:.2f} | "
+                     f"{p['psnr_of_mean_mse_db']:.2f} |")
+    lines += ["", "![reconstructions](reconstructions.png)", "",
+              "Pairs of columns: test image, then its reconstruction.", "",
+              "## Samples: quality, sharpness, uniqueness, diversity", "",
+              "Frechet distance and KID against the test split's evaluator features; sharpness is the mean "
+              "variance of the Laplacian (higher is sharper); NN columns give the median RMS distance to the "
+              f"nearest training image (over up to {record['neighbour_count']} images of each set; a copy of a "
+              "training image scores 0); diversity is the mean pairwise RMS "
+              "distance within 64 images.", "",
+              quality_table(record["sets"]),
+              "![prior samples](prior-samples.png)", "",
+              "Prior samples, as the evaluator classifies them: " + ", ".join(
+                  f"{k} {100 * v:.0f}%" for k, v in sorted(record["prior_class_shares"].items(),
+                                                          key=lambda kv: -kv[1])) + ".", ""]
+    for c in record["compositions"]:
+        best, mean, real = c["recognisability_best"], c["recognisability_mean"], c["recognisability_real_horses_mean"]
+        stem = Path(c["folder"]).name
+        lines += [f"## Composed: `{c['expression']}`", "",
+                  f"![best]({stem}-best_x8.png)", "",
+                  f"The best-ranked image (compose's ranking: critic realism, latent intent, capped uniqueness).", "",
+                  "| recognisability | P(horse) | P(bird)+P(airplane) | combined 2 sqrt(P(h) P(w)) |",
+                  "|---|---|---|---|",
+                  f"| best image | {best['horse']:.3f} | {best['winged']:.3f} | {best['combined']:.3f} |",
+                  f"| batch mean | {mean['horse']:.3f} | {mean['winged']:.3f} | {mean['combined']:.3f} |",
+                  f"| real test horses (mean) | {real['horse']:.3f} | {real['winged']:.3f} | {real['combined']:.3f} |",
+                  "", f"{100 * c['share_combined_over_half']:.0f}% of the batch score a combined value over 0.5. "
+                  f"The best image's nearest training image is {c['best_nn_pixel']:.3f} away in pixels (RMS) and "
+                  f"{c['best_nn_feature']:.3f} in features.", "",
+                  f"![neighbours]({stem}-neighbours.png)", "",
+                  "Each row: a top-ranked composed image, then its three nearest training images (pixels).", "",
+                  quality_table(c["sets"]),
+                  f"![batch]({stem}-batch64.png)", "",
+                  "The batch of 64, ranked best first.", "",
+                  f"![evaluator top 8]({stem}-evaluator-top8.png)", "",
+                  "The 8 the evaluator finds most horse-and-winged (combined score, highest first): "
+                  + ", ".join(f"{t['combined']:.2f}" for t in c["evaluator_top"]) + ". Chosen by the same "
+                  "classifier that scores them, so these scores are optimistic.", ""]
+    return "\n".join(lines) + "\n"
+
+
+def main(run: str = "", data: str = "data", out: str = "", expressions: str | tuple = "horse+wings", seed: int = 0,
+         prior_samples: int = 10000, neighbour_count: int = 1000, kid_subset: int = 1000, pca_floor: bool = True,
+         evaluator: str = "", cache_dir: str = "data/cache", compose_n: int = 64) -> None:
+    """Write outputs/report/<run>/report.md for RUN (default: the newest run). Expressions: ';'-separated."""
+    try:
+        report(run, data, out, expressions, seed, prior_samples, neighbour_count, kid_subset, pca_floor,
+               evaluator, cache_dir, compose_n)
+    except (RunError, DataNotFoundError, ExpressionError, FileNotFoundError) as error:
+        raise SystemExit(f"error: {error}") from None
+
+
+if __name__ == "__main__":
+    import fire
+
+    fire.Fire(main)

@@ -1,0 +1,92 @@
+"""The architecture diagram and the report, on the tiny smoke run and a tiny evaluator."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from torch import nn
+
+from autoencoder.checkpoint import load_run
+from autoencoder.diagram import NETWORK_TITLES, draw_run, main as diagram_main
+from latent_ops.report import report
+
+
+def weighted_modules(network: nn.Module) -> int:
+    """Convolutions and linear layers: every one must have its own box."""
+    return sum(isinstance(m, (nn.Conv2d, nn.Linear)) for m in network.modules())
+
+
+def test_diagram_draws_every_module_of_every_network(smoke_run, tmp_path):
+    files, layers = draw_run(smoke_run, tmp_path)
+    assert [f.name for f in files] == ["architecture.png", "architecture.svg"]
+    assert all(f.stat().st_size > 10_000 for f in files)
+    _, networks = load_run(smoke_run)
+    svg = files[1].read_text()
+    for name, title in NETWORK_TITLES.items():
+        network = getattr(networks, name)
+        mine = [layer for layer in layers if layer.network == name]
+        boxes = sum(l.label.split()[0] in ("Conv", "Linear", "SN-Conv", "SN-Linear") for l in mine)
+        assert boxes == weighted_modules(network), name
+        named = {n for n, _ in network.named_modules()}
+        assert all(layer.name in named for layer in mine)
+        assert title in svg
+        assert all(layer.label.replace(">", "&gt;") in svg for layer in mine)
+    encoder_out = [l.shape for l in layers if l.network == "encoder"][-1]
+    decoder_out = [l.shape for l in layers if l.network == "decoder"][-1]
+    config, _ = load_run(smoke_run)
+    assert encoder_out == (config.latent_dim,) and decoder_out == (3, 32, 32)
+    assert "compose pipeline" in svg.lower() and "refine" in svg
+
+
+def test_diagram_cli_names_a_missing_run(tmp_path):
+    with pytest.raises(SystemExit, match="not a run folder"):
+        diagram_main(str(tmp_path / "nothing"))
+
+
+@pytest.fixture(scope="module")
+def tiny_report(smoke_run, folder_data, tiny_evaluator, tmp_path_factory):
+    run = tmp_path_factory.mktemp("report") / "run"
+    shutil.copytree(smoke_run, run)
+    out = run.parent / "report"
+    report(str(run), str(folder_data), str(out), expressions="horse+wings", prior_samples=64, neighbour_count=16,
+           kid_subset=16, evaluator=str(tiny_evaluator[0]), cache_dir=str(smoke_run.parent / "cache"),
+           compose_n=16, quiet=True)
+    return out
+
+
+def test_report_writes_every_metric_with_its_floor(tiny_report):
+    record = json.loads((tiny_report / "report.json").read_text())
+    names = [s["name"] for s in record["sets"]]
+    assert names[0].startswith("real: train subset") and "model: prior samples N(0, I)" in names
+    floor, prior = record["sets"][0], record["sets"][names.index("model: prior samples N(0, I)")]
+    for row in (floor, prior):
+        for key in ("frechet", "kid", "sharpness", "nn_pixel_median", "nn_feature_median", "diversity_feature"):
+            assert isinstance(row[key], float), (row["name"], key)
+    assert record["reconstruction"]["psnr_db"] > 0 and record["pca_floor"]["components"] == 16
+    composed = record["compositions"][0]
+    assert composed["expression"] == "horse+wings"
+    for key in ("horse", "winged", "combined"):
+        assert 0 <= composed["recognisability_best"][key] <= 1
+    assert composed["sets"][1]["name"].startswith("real: 8 test horses")
+    text = (tiny_report / "report.md").read_text()
+    for heading in ("## Model", "## Reconstruction", "## Samples", "## Composed: `horse+wings`"):
+        assert heading in text
+    assert "not Inception FID/KID" in text
+    for figure in ("architecture.png", "architecture.svg", "prior-samples.png", "reconstructions.png",
+                   "horse+wings-0-best_x8.png", "horse+wings-0-neighbours.png", "horse+wings-0-batch64.png",
+                   "horse+wings-0-evaluator-top8.png"):
+        assert (tiny_report / figure).exists(), figure
+        if figure.endswith(".png") and figure != "architecture.png":
+            assert f"({figure})" in text, figure
+
+
+def test_report_is_deterministic_for_a_seed(tiny_report, smoke_run, folder_data, tiny_evaluator, tmp_path):
+    again = report(str(tiny_report.parent / "run"), str(folder_data), str(tmp_path / "again"),
+                   expressions="horse+wings", prior_samples=64, neighbour_count=16, kid_subset=16,
+                   evaluator=str(tiny_evaluator[0]), cache_dir=str(smoke_run.parent / "cache"), compose_n=16,
+                   pca_floor=False, quiet=True)
+    first = json.loads((tiny_report / "report.json").read_text())
+    second = json.loads((again / "report.json").read_text())
+    assert first["sets"] == second["sets"]
+    assert first["compositions"][0]["recognisability_best"] == second["compositions"][0]["recognisability_best"]
