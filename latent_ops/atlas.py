@@ -228,25 +228,26 @@ def plot_path(atlas: Atlas, paths: np.ndarray, strengths: list[float], expressio
     for s, colour in enumerate(colours):
         ax.scatter(*paths[s].T, s=28, color=colour, edgecolors="black", linewidths=0.5, zorder=3,
                    label=f"{expression}, strength {strengths[s]:g}")
-    mean = paths.mean(1)
-    ax.plot(*mean.T, color="red", linewidth=2.5, zorder=4)
     ax.legend(fontsize=8, loc="best", framealpha=0.85)
     ax.set_title(f"'{expression}' at strengths {', '.join(f'{s:g}' for s in strengths)}, projected with "
-                 "UMAP's transform (red: the mean path)", fontsize=10)
+                 "UMAP's transform (a line per start code)", fontsize=10)
     fig.tight_layout()
     fig.savefig(file, dpi=110)
     plt.close(fig)
 
 
-def plot_direction(atlas: Atlas, codes: np.ndarray, direction, path_mean: np.ndarray, name: str, file: Path) -> None:
+def plot_direction(atlas: Atlas, codes: np.ndarray, direction, paths: np.ndarray, name: str, file: Path) -> None:
+    """The map coloured by signed distance along ``direction``; an arrow per start code from its
+    first to its last position in ``paths`` (S, count, 2)."""
     plt, fig, ax = _figure()
     distance = direction.signed_distance(codes)
     limit = np.quantile(np.abs(distance), 0.98)
     points = ax.scatter(*atlas.embedding.T, c=distance, cmap="coolwarm", vmin=-limit, vmax=limit, s=3, linewidths=0)
     fig.colorbar(points, ax=ax, shrink=0.7, label=f"signed distance along '{name}' (positive: winged side)")
-    ax.plot(*path_mean.T, color="black", linewidth=2.5)
-    ax.annotate("", path_mean[-1], path_mean[-2], arrowprops=dict(arrowstyle="-|>", color="black", lw=2.5))
-    ax.set_title(f"The '{name}' direction projected on the map; black: the mean horse path along it", fontsize=10)
+    for j in range(paths.shape[1]):
+        ax.annotate("", paths[-1, j], paths[0, j], arrowprops=dict(arrowstyle="-|>", color="black", lw=1.2))
+    ax.set_title(f"The '{name}' direction on the map; arrows: each start code from strength 0 to the largest",
+                 fontsize=10)
     fig.tight_layout()
     fig.savefig(file, dpi=110)
     plt.close(fig)
@@ -283,7 +284,7 @@ def build_atlas(run: str = "", data: str = "data", out: str = "", classes: str =
     record["path"] = {"expression": expression, "strengths": strengths,
                       "landing": {f"{s:g}": landing(atlas, positions[i]) for i, s in enumerate(strengths)}}
     wings = next((n for n in parse(expression, concepts.names) if n in concepts.directions), None)
-    plot_direction(atlas, codes, concepts.directions[wings], positions.mean(1), wings, out_dir / "wing-direction.png")
+    plot_direction(atlas, codes, concepts.directions[wings], positions, wings, out_dir / "wing-direction.png")
     rows = min(6, path_codes)
     with torch.no_grad():
         strip = decode_codes(nets, torch.from_numpy(path[:, :rows].transpose(1, 0, 2).reshape(-1, path.shape[-1])))
