@@ -1,12 +1,18 @@
-"""Images per second of one full training step (all networks, all losses), per precision and layout.
+"""Images per second of one full training step (all networks, all losses): precision x layout x compile.
 
-Runs on random uint8 images (the speed does not depend on the pixels), so it needs no data.
-Run it alone: a second job on the same cores halves every figure.
+Every combination of fp32 / bf16 autocast, NCHW / channels_last and eager / torch.compile
+(each network compiled) runs in its own fresh process, which also gives its peak RSS.
+Runs on random uint8 images (the speed does not depend on the pixels), so it needs no
+data. Run it alone: a second job on the same cores halves every figure. The last line is
+``speedup of default over fp32 eager baseline: N.NNx``, the default being what
+``python -m autoencoder.train`` uses on this machine.
 
 Example: ``python bench/train_throughput.py --preset cpu --steps 20``
 """
 from __future__ import annotations
 
+import multiprocessing
+import resource
 import time
 
 import fire
@@ -14,11 +20,14 @@ import torch
 
 from autoencoder.config import make_config
 from autoencoder.models import build_networks
-from autoencoder.train import make_optimisers, resolve_device, step_generator, train_step
+from autoencoder.train import make_optimisers, resolve_device, resolve_precision, step_generator, train_step
+
+NETWORK_NAMES = ("encoder", "decoder", "latent_critic", "interp_critic", "image_critic")
 
 
-def measure(preset: str, precision: str, channels_last: bool, steps: int, warmup: int,
-            **flags) -> float:
+def measure(preset: str, precision: str, channels_last: bool, compiled: bool, steps: int, warmup: int,
+            flags: dict) -> tuple[float, float]:
+    """(images per second, peak RSS in GiB of this process) for one combination."""
     config = make_config(preset, precision=precision, channels_last=channels_last, **flags)
     device = resolve_device(config)
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
@@ -26,7 +35,13 @@ def measure(preset: str, precision: str, channels_last: bool, steps: int, warmup
     nets = build_networks(config).to(device)
     if channels_last:
         nets = nets.to(memory_format=torch.channels_last)
-    opt_ae, opt_critic = make_optimisers(nets, config)
+    opt_ae, opt_critic = make_optimisers(nets, config)  # built on the eager modules: same parameters
+    if compiled:
+        # train_step backpropagates twice through one graph (retain_graph), which compiled
+        # backwards allow only without buffer donation
+        torch._functorch.config.donated_buffer = False
+        for name in NETWORK_NAMES:
+            setattr(nets, name, torch.compile(getattr(nets, name)))
     images = torch.randint(0, 256, (config.batch_size, 3, 32, 32), dtype=torch.uint8, device=device)
     for i in range(warmup + steps):
         if i == warmup:
@@ -36,22 +51,36 @@ def measure(preset: str, precision: str, channels_last: bool, steps: int, warmup
         train_step(nets, images, config, step_generator(0, i), opt_ae, opt_critic, device, dtype)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return steps * config.batch_size / (time.perf_counter() - began)
+    ips = steps * config.batch_size / (time.perf_counter() - began)
+    return ips, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # KiB -> GiB on Linux
 
 
-def main(preset: str = "cpu", steps: int = 20, warmup: int = 3, **flags) -> None:
-    """Print a table of images/s for fp32/bf16 x NCHW/channels_last."""
+def _in_fresh_process(args: tuple) -> tuple[float, float]:
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(measure, args)
+
+
+def main(preset: str = "cpu", steps: int = 20, warmup: int = 3, compile: bool = True, **flags) -> None:
+    """Print a table of images/s and peak RSS for every combination, then the default's speedup."""
     print(f"preset {preset} {flags or ''} threads {torch.get_num_threads()}")
     results = {}
-    for precision in ("fp32", "bf16"):
-        for channels_last in (False, True):
-            ips = measure(preset, precision, channels_last, steps, warmup, **flags)
-            results[(precision, channels_last)] = ips
-            print(f"{precision:5s} {'channels_last' if channels_last else 'NCHW':14s} {ips:8.1f} images/s")
-    base = results[("fp32", False)]
+    for compiled in ((False, True) if compile else (False,)):
+        for precision in ("fp32", "bf16"):
+            for channels_last in (False, True):
+                warm = warmup + (3 if compiled else 0)  # compilation happens in the first steps
+                ips, rss = _in_fresh_process((preset, precision, channels_last, compiled, steps, warm, flags))
+                results[(precision, channels_last, compiled)] = ips
+                print(f"{precision:5s} {'channels_last' if channels_last else 'NCHW':14s} "
+                      f"{'compiled' if compiled else 'eager':9s} {ips:8.1f} images/s   peak RSS {rss:.2f} GiB",
+                      flush=True)
+    base = results[("fp32", False, False)]
     best = max(results, key=results.get)
-    print(f"best: {best[0]} {'channels_last' if best[1] else 'NCHW'}, "
-          f"{results[best] / base:.2f}x the fp32 NCHW baseline")
+    print(f"best: {best[0]} {'channels_last' if best[1] else 'NCHW'} {'compiled' if best[2] else 'eager'}, "
+          f"{results[best] / base:.2f}x")
+    config = make_config(preset, **flags)
+    device = resolve_device(config)
+    default = ("bf16" if resolve_precision(config, device) == torch.bfloat16 else "fp32", config.channels_last, False)
+    print(f"speedup of default over fp32 eager baseline: {results[default] / base:.2f}x")
 
 
 if __name__ == "__main__":

@@ -57,6 +57,8 @@ def encode_run(run: str | Path, data: str, cache_dir: str = "data/cache", batch_
     device = resolve_device(config)
     dtype = resolve_precision(config, device)
     nets = nets.to(device)
+    if config.channels_last:  # 1.45x faster encoding with bf16 here (bench/latent_ops_speed.py)
+        nets = nets.to(memory_format=torch.channels_last)
     arrays = {}
     for split in SPLITS:
         images = load_cifar10(data, split, config.classes, cache_dir=cache_dir)
