@@ -405,6 +405,25 @@ def fit_run_concepts(run: Path, data: str, cache_dir: str = "data/cache", max_cl
     return concepts
 
 
+def heldout_members(name: str, concepts: Concepts, bank: LatentBank) -> np.ndarray:
+    """Positions (in the test split of the bank) of the held-out codes of a class or cluster concept.
+
+    A held-out code belongs to the cluster of its class under which it is most likely.
+    """
+    class_name, _, cluster = name.partition(":")
+    rows = np.flatnonzero(bank.labels["test"] == CIFAR10_CLASSES.index(class_name))
+    if not cluster:
+        return rows
+    count = sum(1 for n in concepts.densities if n.startswith(class_name + ":"))
+    codes = bank.codes["test"][rows].astype(np.float64)
+    loglik = np.empty((len(rows), count))
+    for k in range(count):
+        g = concepts.densities[f"{class_name}:{k}"][0][1]
+        white = np.linalg.solve(g.chol, (codes - g.mean).T)  # (D, N): L^-1 (x - mean)
+        loglik[:, k] = -0.5 * (white ** 2).sum(0) - np.log(np.diag(g.chol)).sum()
+    return rows[loglik.argmax(1) == int(cluster)]
+
+
 def main(run: str = "", data: str = "data", cache_dir: str = "data/cache", max_clusters: int = 6,
          cross_fraction: float = 0.9, seed: int = 0) -> None:
     """Fit clusters and directions of a run (default: the newest) and print what was found."""
@@ -435,21 +454,3 @@ if __name__ == "__main__":
 
     fire.Fire(main)
 
-
-def heldout_members(name: str, concepts: Concepts, bank: LatentBank) -> np.ndarray:
-    """Positions (in the test split of the bank) of the held-out codes of a class or cluster concept.
-
-    A held-out code belongs to the cluster of its class under which it is most likely.
-    """
-    class_name, _, cluster = name.partition(":")
-    rows = np.flatnonzero(bank.labels["test"] == CIFAR10_CLASSES.index(class_name))
-    if not cluster:
-        return rows
-    count = sum(1 for n in concepts.densities if n.startswith(class_name + ":"))
-    codes = bank.codes["test"][rows].astype(np.float64)
-    loglik = np.empty((len(rows), count))
-    for k in range(count):
-        g = concepts.densities[f"{class_name}:{k}"][0][1]
-        white = np.linalg.solve(g.chol, (codes - g.mean).T)  # (D, N): L^-1 (x - mean)
-        loglik[:, k] = -0.5 * (white ** 2).sum(0) - np.log(np.diag(g.chol)).sum()
-    return rows[loglik.argmax(1) == int(cluster)]
