@@ -20,6 +20,17 @@ from autoencoder.train import autocast, resolve_device, resolve_precision
 
 
 @torch.no_grad()
+def reconstruct(nets, images: torch.Tensor, device: torch.device, dtype: torch.dtype,
+                batch_size: int = 500) -> torch.Tensor:
+    """Reconstructions (N, 3, 32, 32) float in [-1, 1], on the CPU, of uint8 images (N, 3, 32, 32)."""
+    out = []
+    for chunk in images.split(batch_size):
+        with autocast(device, dtype):
+            out.append(nets.decoder(nets.encoder(to_float(chunk).to(device))).float().cpu())
+    return torch.cat(out)
+
+
+@torch.no_grad()
 def reconstruction_psnr(run: str | Path, data: str, cache_dir: str = "data/cache",
                         batch_size: int = 500) -> dict:
     """Mean MSE and PSNR (dB) over the test split of the run's classes, overall and per class."""
@@ -28,14 +39,9 @@ def reconstruction_psnr(run: str | Path, data: str, cache_dir: str = "data/cache
     dtype = resolve_precision(config, device)
     nets = nets.to(device)
     held_out = load_cifar10(data, "test", config.classes, cache_dir=cache_dir)
-    per_image_db, per_image_mse = [], []
-    for chunk in held_out.images.split(batch_size):
-        x = to_float(chunk).to(device)
-        with autocast(device, dtype):
-            x_rec = nets.decoder(nets.encoder(x)).float()
-        per_image_db.append(psnr(x, x_rec).cpu())
-        per_image_mse.append((x_rec - x).pow(2).flatten(1).mean(1).cpu())
-    db, mse = torch.cat(per_image_db), torch.cat(per_image_mse)
+    x = to_float(held_out.images)
+    x_rec = reconstruct(nets, held_out.images, device, dtype, batch_size)
+    db, mse = psnr(x, x_rec), (x_rec - x).pow(2).flatten(1).mean(1)
     result = {"images": len(db), "mse": mse.mean().item(), "psnr_db": db.mean().item(),
               "psnr_of_mean_mse_db": (10 * torch.log10(4 / mse.mean())).item(), "per_class_psnr_db": {}}
     for label in held_out.labels.unique().tolist():

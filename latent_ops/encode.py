@@ -44,9 +44,15 @@ def encode_images(encoder: torch.nn.Module, images: torch.Tensor, device: torch.
 
 
 @torch.no_grad()
-def decode_codes(nets: Networks, codes: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
-    """Images in [-1, 1] (N, 3, 32, 32) float32 for codes (N, D), on the codes' device."""
-    return torch.cat([nets.decoder(chunk).float() for chunk in codes.split(batch_size)])
+def decode_codes(nets: Networks, codes: torch.Tensor, batch_size: int = 500,
+                 dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Images in [-1, 1] (N, 3, 32, 32) float32 for codes (N, D), on the codes' device;
+    ``dtype`` bf16 decodes under autocast."""
+    out = []
+    for chunk in codes.split(batch_size):
+        with autocast(chunk.device, dtype):
+            out.append(nets.decoder(chunk).float())
+    return torch.cat(out)
 
 
 def encode_run(run: str | Path, data: str, cache_dir: str = "data/cache", batch_size: int = 500,

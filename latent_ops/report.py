@@ -27,10 +27,12 @@ from autoencoder.checkpoint import RunError, load_run
 from autoencoder.config import CIFAR10_CLASSES
 from autoencoder.data import DataNotFoundError, load_cifar10, to_float, to_uint8
 from autoencoder.diagram import draw_run
+from autoencoder.evaluate import reconstruct
 from autoencoder.evaluator import SHIPPED, WEIGHTS_FILE, Evaluator, load_evaluator, machine_name
-from autoencoder.train import autocast, resolve_device, resolve_precision
+from autoencoder.train import resolve_device, resolve_precision
 from latent_ops import metrics
 from latent_ops.compose import IMAGES_FILE, compose, folder_name
+from latent_ops.encode import decode_codes
 from latent_ops.expression import ExpressionError
 from latent_ops.images import save_grid, save_single
 from latent_ops.runs import resolve_run
@@ -51,24 +53,6 @@ def cached_features(evaluator: Evaluator, evaluator_dir: Path, images: torch.Ten
     file.parent.mkdir(parents=True, exist_ok=True)
     save_file({"features": features.contiguous()}, str(file))
     return features
-
-
-@torch.no_grad()
-def decode_in_batches(nets, codes: torch.Tensor, device, dtype, batch_size: int = 500) -> torch.Tensor:
-    out = []
-    for chunk in codes.split(batch_size):
-        with autocast(device, dtype):
-            out.append(nets.decoder(chunk.to(device)).float().cpu())
-    return torch.cat(out)  # (N, 3, 32, 32) in [-1, 1]
-
-
-@torch.no_grad()
-def reconstruct(nets, images: torch.Tensor, device, dtype, batch_size: int = 500) -> torch.Tensor:
-    out = []
-    for chunk in images.split(batch_size):
-        with autocast(device, dtype):
-            out.append(nets.decoder(nets.encoder(to_float(chunk).to(device))).float().cpu())
-    return torch.cat(out)
 
 
 def sample_set_metrics(name: str, images: torch.Tensor, features: torch.Tensor, reference_features: torch.Tensor,
@@ -174,7 +158,7 @@ def report(run: str = "", data: str = "data", out: str = "", expressions: str | 
                                    train_floats, train_features, seed, neighbour_count, kid_subset))
     say(f"{prior_samples} prior samples")
     prior_codes = torch.randn(prior_samples, config.latent_dim, generator=generator)
-    prior = to_uint8(decode_in_batches(nets, prior_codes, device, dtype))
+    prior = to_uint8(decode_codes(nets, prior_codes.to(device), dtype=dtype).cpu())
     prior_features = judge.features(prior)
     rows.append(sample_set_metrics("model: prior samples N(0, I)", prior, prior_features, test_features,
                                    train_floats, train_features, seed, neighbour_count, kid_subset))
