@@ -142,8 +142,9 @@ def validate(config: TrainConfig) -> None:
                  "log_every", "sample_every", "checkpoint_every", "eval_images"):
         if getattr(config, name) < 1:
             raise ConfigError(f"--{name} must be at least 1, got {getattr(config, name)}")
-    if config.batch_size < 2:
-        raise ConfigError("--batch_size must be at least 2: interpolation mixes pairs within a batch")
+    if config.batch_size % 2:
+        raise ConfigError(f"--batch_size must be even, got {config.batch_size}: interpolation mixes "
+                          f"codes in pairs within a batch")
     if not 0 < config.lr_min_ratio <= 1:
         raise ConfigError(f"--lr_min_ratio must be in (0, 1], got {config.lr_min_ratio}")
     for name in ("latent_weight", "interp_weight", "image_weight"):

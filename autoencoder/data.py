@@ -160,11 +160,14 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
     return images.detach().float().add(1.0).mul(127.5).round().clamp(0, 255).to(torch.uint8)
 
 
+def mirror(images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mirror left-right the images where ``mask`` (B,) is True. images: (B, C, H, W)."""
+    return torch.where(mask.to(images.device).view(-1, 1, 1, 1), images.flip(-1), images)
+
+
 def random_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Mirror each image left-right with probability 1/2. images: (B, C, H, W)."""
-    flip = torch.rand(images.shape[0], generator=generator, device="cpu") < 0.5
-    flip = flip.to(images.device).view(-1, 1, 1, 1)
-    return torch.where(flip, images.flip(-1), images)
+    return mirror(images, torch.rand(images.shape[0], generator=generator, device="cpu") < 0.5)
 
 
 def main(data: str = "data", cache_dir: str = "data/cache", download: bool = False) -> None:

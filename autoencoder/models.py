@@ -119,8 +119,11 @@ class LatentCritic(nn.Module):
         return self.net(z).squeeze(1)
 
 
+NETWORK_NAMES = ("encoder", "decoder", "latent_critic", "interp_critic", "image_critic")
+
+
 class Networks(nn.Module):
-    """All five networks of a run, saved and loaded together."""
+    """All five networks of a run (attributes named as NETWORK_NAMES), saved and loaded together."""
 
     def __init__(self, config: TrainConfig):
         super().__init__()

@@ -23,12 +23,13 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from autoencoder import losses
+from autoencoder import distributed, losses
 from autoencoder.checkpoint import (CONFIG_FILE, METRICS_FILE, MODEL_FILE, STATE_FILE, RunError,
                                     load_train_state, load_weights, save_train_state, save_weights,
                                     weights_metadata)
 from autoencoder.config import ConfigError, TrainConfig, load_config, make_config, save_config
-from autoencoder.data import DataNotFoundError, load_cifar10, random_flip, to_float
+from autoencoder.data import DataNotFoundError, load_cifar10, mirror, to_float
+from autoencoder.distributed import SINGLE, Shard
 from autoencoder.models import Networks, build_networks
 from autoencoder.samples import choose_sample_inputs, render_grid, save_grid
 
@@ -37,12 +38,12 @@ RESUMABLE_FLAGS = {"steps", "max_minutes", "threads", "data", "cache_dir", "down
                    "sample_every", "checkpoint_every"}
 
 
-def resolve_device(config: TrainConfig) -> torch.device:
-    if config.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def resolve_device(config: TrainConfig, shard: Shard = SINGLE) -> torch.device:
+    """The device of this process: under torchrun, GPU number LOCAL_RANK of the node."""
     if config.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda was asked for but torch sees no CUDA GPU; use --device auto or cpu")
-    return torch.device(config.device)
+    kind = config.device if config.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device("cuda", shard.local_rank) if kind == "cuda" else torch.device("cpu")
 
 
 def resolve_precision(config: TrainConfig, device: torch.device) -> torch.dtype:
@@ -75,32 +76,57 @@ def epoch_order(seed: int, epoch: int, count: int) -> torch.Tensor:
 
 
 class BatchSampler:
-    """Batches of training images for any step, without replacement within an epoch."""
+    """Batches of training images for any step, without replacement within an epoch.
 
-    def __init__(self, images: torch.Tensor, batch_size: int, seed: int):
-        self.images, self.batch_size, self.seed = images, batch_size, seed
+    Under torchrun each rank gets its contiguous share of every global batch (a distributed
+    sampler addressed by step, so that a resumed run takes up exactly where it stopped).
+    """
+
+    def __init__(self, images: torch.Tensor, batch_size: int, seed: int, shard: Shard = SINGLE):
+        self.images, self.batch_size, self.seed, self.shard = images, batch_size, seed, shard
         self.steps_per_epoch = max(1, len(images) // batch_size)
         self._epoch, self._order = -1, None
 
     def batch(self, step: int) -> torch.Tensor:
+        """This rank's images of the global batch of ``step``: (batch_size / world_size, 3, 32, 32) uint8."""
         epoch, i = divmod(step, self.steps_per_epoch)
         if epoch != self._epoch:
             self._epoch, self._order = epoch, epoch_order(self.seed, epoch, len(self.images))
         index = self._order[i * self.batch_size:(i + 1) * self.batch_size]
         if len(index) < self.batch_size:  # fewer images than one batch: wrap around
             index = torch.arange(i * self.batch_size, (i + 1) * self.batch_size) % len(self.images)
-        return self.images[index]  # (B, 3, 32, 32) uint8
+        return self.images[index[self.shard.part(self.batch_size)]]
 
 
-def train_step(nets: Networks, batch: torch.Tensor, config: TrainConfig, generator: torch.Generator,
+def pair_partners(z: torch.Tensor) -> torch.Tensor:
+    """Each row's partner for mixing: rows (0, 1), (2, 3), ... swapped. z: (B, D), B even.
+
+    Pairs never straddle two ranks' shares, so a multi-process step mixes the same pairs
+    as a one-process step.
+    """
+    return z.view(-1, 2, *z.shape[1:]).flip(1).reshape(z.shape)
+
+
+def optimised_parameters(optimiser: torch.optim.Optimizer) -> list[torch.Tensor]:
+    return [p for group in optimiser.param_groups for p in group["params"]]
+
+
+def train_step(nets: Any, batch: torch.Tensor, config: TrainConfig, generator: torch.Generator,
                opt_ae: torch.optim.Optimizer, opt_critic: torch.optim.Optimizer,
-               device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """One optimisation step of all networks; returns the loss terms (detached)."""
+               device: torch.device, dtype: torch.dtype, shard: Shard = SINGLE) -> dict[str, torch.Tensor]:
+    """One optimisation step of all networks; returns the loss terms (detached).
+
+    ``nets``: the five networks (``Networks``, or their DDP replicas under torchrun), each
+    called once. ``batch``: this rank's share of the global batch; the step's randomness
+    is drawn for the whole global batch and this rank keeps its share.
+    """
+    part = shard.part(config.batch_size)
+    flips = (torch.rand(config.batch_size, generator=generator) < 0.5)[part]
+    alpha = (torch.rand(config.batch_size, generator=generator) / 2)[part].to(device)  # in [0, 1/2], as ACAI
+    z_prior = torch.randn(2, config.batch_size, config.latent_dim, generator=generator)[:, part].to(device)
     fmt = torch.channels_last if config.channels_last else torch.contiguous_format
-    x = to_float(random_flip(batch, generator)).to(device, memory_format=fmt)  # (B, 3, 32, 32)
-    B, D = x.shape[0], config.latent_dim
-    alpha = (torch.rand(B, generator=generator) / 2).to(device)  # (B,) in [0, 1/2], as ACAI
-    z_prior = torch.randn(2, B, D, generator=generator).to(device)  # one draw for each critic's use
+    x = to_float(mirror(batch, flips)).to(device, memory_format=fmt)  # (B, 3, 32, 32), B = this rank's share
+    B = x.shape[0]
     use_mix = config.interp_weight > 0 or config.image_weight > 0
     use_prior = config.image_weight > 0
 
@@ -108,29 +134,29 @@ def train_step(nets: Networks, batch: torch.Tensor, config: TrainConfig, generat
         z = nets.encoder(x)  # (B, D)
         codes = [z]
         if use_mix:
-            codes.append(alpha[:, None] * z + (1 - alpha[:, None]) * z.roll(1, 0))  # mix with a neighbour
+            codes.append(alpha[:, None] * z + (1 - alpha[:, None]) * pair_partners(z))
         if use_prior:
             codes.append(z_prior[1])
         decoded = nets.decoder(torch.cat(codes)).float()  # (len(codes)*B, 3, 32, 32)
         x_rec = decoded[:B]
-        x_mix = decoded[B:2 * B] if use_mix else None
 
         critic_terms: dict[str, torch.Tensor] = {}
         ae_terms: dict[str, torch.Tensor] = {"recon": losses.reconstruction_loss(x, x_rec)}
+        # Each critic sees real and fake in one call: one forward per network per step.
         if config.latent_weight > 0:
-            logit_z = nets.latent_critic(z)
-            critic_terms["latent"] = losses.critic_loss_real_fake(nets.latent_critic(z_prior[0]), logit_z)
+            logit_prior, logit_z = nets.latent_critic(torch.cat([z_prior[0], z])).split(B)
+            critic_terms["latent"] = losses.critic_loss_real_fake(logit_prior, logit_z)
             ae_terms["latent"] = losses.generator_loss(logit_z)
         if config.interp_weight > 0:
             g = config.interp_gamma
-            alpha_mix = nets.interp_critic(x_mix)
-            alpha_blend = nets.interp_critic(g * x + (1 - g) * x_rec.detach())
+            blend = g * x + (1 - g) * x_rec.detach()
+            alpha_mix, alpha_blend = nets.interp_critic(torch.cat([decoded[B:2 * B], blend])).split(B)
             critic_terms["interp"] = losses.acai_critic_loss(alpha_mix, alpha, alpha_blend)
             ae_terms["interp"] = losses.acai_autoencoder_loss(alpha_mix)
         if config.image_weight > 0:
-            logit_fake = nets.image_critic(decoded)
-            critic_terms["image"] = losses.critic_loss_real_fake(nets.image_critic(x), logit_fake)
-            ae_terms["image"] = losses.generator_loss(logit_fake)
+            logits = nets.image_critic(torch.cat([x, decoded]))
+            critic_terms["image"] = losses.critic_loss_real_fake(logits[:B], logits[B:])
+            ae_terms["image"] = losses.generator_loss(logits[B:])
 
     weights = {"latent": config.latent_weight, "interp": config.interp_weight, "image": config.image_weight}
     opt_critic.zero_grad(set_to_none=True)
@@ -139,8 +165,8 @@ def train_step(nets: Networks, batch: torch.Tensor, config: TrainConfig, generat
     # parameters; both gradients are taken before either step changes a weight, then
     # (1) the critics and (2) the autoencoder step.
     if critic_terms:
-        sum(critic_terms.values()).backward(inputs=nets.critic_parameters(), retain_graph=True)
-    losses.total(ae_terms, weights).backward(inputs=nets.autoencoder_parameters())
+        sum(critic_terms.values()).backward(inputs=optimised_parameters(opt_critic), retain_graph=True)
+    losses.total(ae_terms, weights).backward(inputs=optimised_parameters(opt_ae))
     if critic_terms:
         opt_critic.step()
     opt_ae.step()
@@ -166,10 +192,14 @@ def held_out_reconstruction(nets: Networks, images: torch.Tensor, device: torch.
     return {"eval/mse": torch.cat(mse).mean().item(), "eval/psnr": torch.cat(db).mean().item()}
 
 
-def make_optimisers(nets: Networks, config: TrainConfig) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
-    opt_ae = torch.optim.Adam(nets.autoencoder_parameters(), lr=config.lr, betas=(config.beta1, config.beta2))
+def make_optimisers(nets: Networks, config: TrainConfig, device: torch.device = torch.device("cpu")
+                    ) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
+    """Adam for the autoencoder and for the critics; on a GPU the fused kernels (one launch per step)."""
+    fused = True if device.type == "cuda" else None
+    opt_ae = torch.optim.Adam(nets.autoencoder_parameters(), lr=config.lr, betas=(config.beta1, config.beta2),
+                              fused=fused)
     opt_critic = torch.optim.Adam(nets.critic_parameters(), lr=config.critic_lr,
-                                  betas=(config.critic_beta1, config.beta2))
+                                  betas=(config.critic_beta1, config.beta2), fused=fused)
     return opt_ae, opt_critic
 
 
@@ -202,12 +232,34 @@ def _trim_metrics(file: Path, last_step: int) -> None:
         file.write_text("".join(line + "\n" for line in kept))
 
 
-def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> Path:
-    """Run (or continue) training as ``config`` says; returns the run folder."""
+def check_shardable(config: TrainConfig, shard: Shard) -> None:
+    if config.batch_size % (2 * shard.world_size):
+        raise ConfigError(f"--batch_size {config.batch_size} cannot be split into {shard.world_size} equal "
+                          f"shares of whole pairs; use a multiple of {2 * shard.world_size} "
+                          f"(2 x --nproc_per_node)")
+
+
+def out_of_time(began: float, step: int, config: TrainConfig, shard: Shard, device: torch.device) -> bool:
+    """Whether --max_minutes has passed; under torchrun the ranks agree on it at log steps only."""
+    if config.max_minutes <= 0:
+        return False
+    late = time.monotonic() - began > 60 * config.max_minutes
+    if shard.world_size == 1:
+        return late
+    return step % config.log_every == 0 and distributed.any_rank(late, shard, device)
+
+
+def train(config: TrainConfig, resume: bool = False, progress: bool = True, shard: Shard = SINGLE) -> Path:
+    """Run (or continue) training as ``config`` says; returns the run folder.
+
+    ``shard``: this process's place in a torchrun job (its process group already joined);
+    rank 0 alone writes the run folder.
+    """
     run_dir = Path(config.out)
+    check_shardable(config, shard)
     if config.threads > 0:
         torch.set_num_threads(config.threads)
-    device = resolve_device(config)
+    device = resolve_device(config, shard)
     dtype = resolve_precision(config, device)
     train_set = load_cifar10(config.data, "train", config.classes, config.cache_dir, config.download)
     held_out = load_cifar10(config.data, "test", config.classes, config.cache_dir, config.download)
@@ -219,7 +271,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
     nets = build_networks(config).to(device)
     if config.channels_last:
         nets = nets.to(memory_format=torch.channels_last)
-    opt_ae, opt_critic = make_optimisers(nets, config)
+    opt_ae, opt_critic = make_optimisers(nets, config, device)
     start = 0
     if resume:
         state = load_train_state(run_dir / STATE_FILE)
@@ -232,54 +284,61 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
         opt_critic.load_state_dict(state["opt_critic"])
         torch.set_rng_state(state["torch_rng"])
         start = int(state["step"])
-        _trim_metrics(run_dir / METRICS_FILE, start)
-    else:
+        if shard.is_main:
+            _trim_metrics(run_dir / METRICS_FILE, start)
+    elif shard.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, run_dir / CONFIG_FILE)
 
-    sampler = BatchSampler(train_set.images.to(device), config.batch_size, config.seed)
+    step_nets = distributed.replicate(nets, shard, device)
+    sampler = BatchSampler(train_set.images.to(device), config.batch_size, config.seed, shard)
     sample_inputs = choose_sample_inputs(held_out, config, config.seed)
     nets.train()
     began = time.monotonic()
     interval_start, interval_sums, interval_steps = time.monotonic(), {}, 0
-    bar = tqdm(total=config.steps, initial=start, disable=not progress, dynamic_ncols=True,
+    bar = tqdm(total=config.steps, initial=start, disable=not (progress and shard.is_main), dynamic_ncols=True,
                desc=f"train {run_dir.name}")
     step = start
-    with open(run_dir / METRICS_FILE, "a") as metrics_file:
+    metrics_file = open(run_dir / METRICS_FILE, "a") if shard.is_main else contextlib.nullcontext()
+    with metrics_file:
         while step < config.steps:
             set_learning_rates(opt_ae, opt_critic, step, config)
-            terms = train_step(nets, sampler.batch(step), config, step_generator(config.seed, step),
-                               opt_ae, opt_critic, device, dtype)
+            terms = train_step(step_nets, sampler.batch(step), config, step_generator(config.seed, step),
+                               opt_ae, opt_critic, device, dtype, shard)
             step += 1
             bar.update(1)
             for k, v in terms.items():
                 interval_sums[k] = interval_sums.get(k, 0.0) + v
             interval_steps += 1
-            out_of_time = config.max_minutes > 0 and time.monotonic() - began > 60 * config.max_minutes
-            last = step == config.steps or out_of_time
+            stop = out_of_time(began, step, config, shard, device)
+            last = step == config.steps or stop
             if step % config.log_every == 0 or last:
                 seconds = time.monotonic() - interval_start
-                record: dict[str, Any] = {"step": step, "epoch": step / sampler.steps_per_epoch,
-                                          "images_per_s": interval_steps * config.batch_size / seconds}
-                record.update({k: (v / interval_steps).item() for k, v in interval_sums.items()})
-                record.update(held_out_reconstruction(nets, eval_images, device, dtype))
-                record["elapsed_s"] = time.monotonic() - began
-                metrics_file.write(json.dumps(record) + "\n")
-                metrics_file.flush()
-                bar.set_postfix({"psnr": f"{record['eval/psnr']:.2f}", "recon": f"{record['loss/recon']:.4f}",
-                                 "img/s": f"{record['images_per_s']:.0f}"})
+                means = distributed.mean_over_ranks({k: v / interval_steps for k, v in interval_sums.items()}, shard)
+                if shard.is_main:
+                    record: dict[str, Any] = {"step": step, "epoch": step / sampler.steps_per_epoch,
+                                              "images_per_s": interval_steps * config.batch_size / seconds}
+                    record.update({k: v.item() for k, v in means.items()})
+                    record.update(held_out_reconstruction(nets, eval_images, device, dtype))
+                    record["elapsed_s"] = time.monotonic() - began
+                    metrics_file.write(json.dumps(record) + "\n")
+                    metrics_file.flush()
+                    bar.set_postfix({"psnr": f"{record['eval/psnr']:.2f}", "recon": f"{record['loss/recon']:.4f}",
+                                     "img/s": f"{record['images_per_s']:.0f}"})
                 interval_sums, interval_steps = {}, 0
-            if step % config.sample_every == 0 or last:
+            if shard.is_main and (step % config.sample_every == 0 or last):
                 save_grid(render_grid(nets, sample_inputs, device), run_dir / "samples" / f"step_{step:06d}.png")
-            if step % config.checkpoint_every == 0 or last:
+            if shard.is_main and (step % config.checkpoint_every == 0 or last):
                 save_checkpoint(run_dir, nets, opt_ae, opt_critic, step)
             if interval_steps == 0:  # evaluation, grids and checkpoints stay out of images_per_s
                 interval_start = time.monotonic()
-            if out_of_time:
-                print(f"stopped at step {step}: --max_minutes {config.max_minutes} reached; "
-                      f"continue with --resume", file=sys.stderr)
+            if stop:
+                if shard.is_main:
+                    print(f"stopped at step {step}: --max_minutes {config.max_minutes} reached; "
+                          f"continue with --resume", file=sys.stderr)
                 break
     bar.close()
+    distributed.barrier(shard)  # the run folder is complete when train returns on any rank
     return run_dir
 
 
@@ -313,13 +372,24 @@ def config_for(preset: str, resume: bool, flags: dict[str, Any]) -> TrainConfig:
 
 
 def main(preset: str = "cpu", resume: bool = False, **flags: Any) -> None:
-    """Train a run. Every field of autoencoder.config.TrainConfig is a flag (--latent_dim 64 ...)."""
+    """Train a run. Every field of autoencoder.config.TrainConfig is a flag (--latent_dim 64 ...).
+
+    Under torchrun (``torchrun --nproc_per_node=N -m autoencoder.train ...``) each process
+    trains one DDP replica on its share of every batch; --batch_size stays the global batch.
+    """
+    shard = distributed.shard_from_env()
     try:
         config = config_for(preset, resume, flags)
-        print(f"run folder: {config.out}", file=sys.stderr)
-        train(config, resume=resume)
+        check_shardable(config, shard)
+        with distributed.process_group(shard, resolve_device(config, shard).type):
+            config.out = distributed.from_main(config.out, shard)  # one timestamped folder for all ranks
+            if shard.is_main:
+                print(f"run folder: {config.out}" +
+                      (f" ({shard.world_size} processes)" if shard.world_size > 1 else ""), file=sys.stderr)
+            train(config, resume=resume, shard=shard)
     except (ConfigError, DataNotFoundError, RunError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        if shard.is_main:
+            print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
 
 

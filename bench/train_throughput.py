@@ -19,10 +19,8 @@ import fire
 import torch
 
 from autoencoder.config import make_config
-from autoencoder.models import build_networks
+from autoencoder.models import NETWORK_NAMES, build_networks
 from autoencoder.train import make_optimisers, resolve_device, resolve_precision, step_generator, train_step
-
-NETWORK_NAMES = ("encoder", "decoder", "latent_critic", "interp_critic", "image_critic")
 
 
 def measure(preset: str, precision: str, channels_last: bool, compiled: bool, steps: int, warmup: int,
@@ -35,7 +33,7 @@ def measure(preset: str, precision: str, channels_last: bool, compiled: bool, st
     nets = build_networks(config).to(device)
     if channels_last:
         nets = nets.to(memory_format=torch.channels_last)
-    opt_ae, opt_critic = make_optimisers(nets, config)  # built on the eager modules: same parameters
+    opt_ae, opt_critic = make_optimisers(nets, config, device)  # built on the eager modules: same parameters
     if compiled:
         # train_step backpropagates twice through one graph (retain_graph), which compiled
         # backwards allow only without buffer donation

@@ -8,7 +8,7 @@ import torch
 
 from autoencoder import data as data_module
 from autoencoder.config import CIFAR10_CLASSES, ConfigError
-from autoencoder.data import (DataNotFoundError, find_source, load_cifar10, load_split, random_flip,
+from autoencoder.data import (DataNotFoundError, find_source, load_cifar10, load_split, mirror, random_flip,
                               to_float, to_uint8)
 from conftest import FAKE_CLASSES, TEST_PER_CLASS, TRAIN_PER_CLASS, write_folders, write_torchvision_batches
 
@@ -105,6 +105,14 @@ def test_random_flip_is_seeded_and_mirrors():
     assert 0 < sum(flipped) < len(x)
     for i in range(len(x)):
         assert torch.equal(a[i], x[i]) or torch.equal(a[i], x[i].flip(-1))
+
+
+def test_mirror_flips_exactly_the_masked_images():
+    x = torch.arange(4 * 3 * 4 * 4, dtype=torch.float32).view(4, 3, 4, 4)
+    mask = torch.tensor([True, False, False, True])
+    out = mirror(x, mask)
+    for i in range(4):
+        assert torch.equal(out[i], x[i].flip(-1) if mask[i] else x[i])
 
 
 def test_download_asks_torchvision(tmp_path, monkeypatch, cache_dir):

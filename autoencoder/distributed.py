@@ -1,0 +1,120 @@
+"""Multi-process training under torchrun: the process group, each rank's share, DDP replicas.
+
+``torchrun --nproc_per_node=N -m autoencoder.train ...`` starts N processes. Each holds a
+replica of the five networks wrapped in DistributedDataParallel (Li et al. 2020, "PyTorch
+Distributed", arXiv:2006.15704), which averages gradients across ranks during the backward
+pass: gloo on CPU, nccl on GPU.
+
+An N-process step computes what a 1-process step with the same global batch computes:
+every rank draws the step's randomness for the whole global batch and keeps its own
+contiguous share of the images and of the draws; every loss is a mean over equal shares,
+so the average of the ranks' gradients is the 1-process gradient (up to float summation
+order). Only rank 0 writes files (config, metrics, samples, checkpoints).
+
+Example::
+
+    torchrun --nproc_per_node=2 -m autoencoder.train --preset cpu --data data --out outputs/runs/ddp
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any, Iterator
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from autoencoder.models import NETWORK_NAMES, Networks
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Where this process stands: its rank among world_size processes, its GPU index on the node."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the one process that writes files and prints progress."""
+        return self.rank == 0
+
+    def part(self, count: int) -> slice:
+        """This rank's contiguous share of ``count`` items (count divisible by world_size)."""
+        size = count // self.world_size
+        return slice(self.rank * size, (self.rank + 1) * size)
+
+
+SINGLE = Shard()
+
+
+def shard_from_env() -> Shard:
+    """The shard torchrun describes in RANK / WORLD_SIZE / LOCAL_RANK; one process without them."""
+    return Shard(rank=int(os.environ.get("RANK", 0)), world_size=int(os.environ.get("WORLD_SIZE", 1)),
+                 local_rank=int(os.environ.get("LOCAL_RANK", 0)))
+
+
+@contextlib.contextmanager
+def process_group(shard: Shard, device_type: str) -> Iterator[None]:
+    """Join the process group of a multi-process run (nothing for one process); leave it after."""
+    if shard.world_size == 1:
+        yield
+        return
+    if device_type == "cuda":
+        torch.cuda.set_device(shard.local_rank)
+    dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def replicate(nets: Networks, shard: Shard, device: torch.device) -> Any:
+    """What a training step calls: the networks themselves, or one DDP replica of each.
+
+    Each network is wrapped on its own and called once per step, so that each replica
+    sees one forward and the one backward that reaches its parameters.
+    """
+    if shard.world_size == 1:
+        return nets
+    device_ids = [device.index] if device.type == "cuda" else None
+    return SimpleNamespace(**{name: DistributedDataParallel(getattr(nets, name), device_ids=device_ids)
+                              for name in NETWORK_NAMES})
+
+
+def mean_over_ranks(values: dict[str, torch.Tensor], shard: Shard) -> dict[str, torch.Tensor]:
+    """Each scalar averaged over the ranks (one collective); unchanged for one process."""
+    if shard.world_size == 1 or not values:
+        return values
+    names = sorted(values)
+    stacked = torch.stack([values[n].float() for n in names])
+    dist.all_reduce(stacked)
+    return {n: v / shard.world_size for n, v in zip(names, stacked)}
+
+
+def any_rank(flag: bool, shard: Shard, device: torch.device) -> bool:
+    """True on every rank when ``flag`` is true on at least one (one collective)."""
+    if shard.world_size == 1:
+        return flag
+    value = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def from_main(value: Any, shard: Shard) -> Any:
+    """Rank 0's ``value`` on every rank (a picklable object)."""
+    if shard.world_size == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier(shard: Shard) -> None:
+    """Wait until every rank has arrived here."""
+    if shard.world_size > 1:
+        dist.barrier()
