@@ -65,9 +65,13 @@ def autocast(device: torch.device, dtype: torch.dtype):
     return torch.autocast(device.type, dtype=dtype)
 
 
-def step_generator(seed: int, step: int) -> torch.Generator:
-    """The CPU generator for the randomness of one step (flips, mixing coefficients, prior draws)."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + step)
+def step_generator(seed: int, step: int, device: torch.device = torch.device("cpu")) -> torch.Generator:
+    """The generator for the randomness of one step (flips, mixing coefficients, prior draws).
+
+    It lives on the training device, so that a GPU step draws on the GPU and copies nothing
+    from the host (a host-to-device copy of pageable memory waits for the GPU's queue).
+    """
+    return torch.Generator(device).manual_seed(seed * 1_000_003 + step)
 
 
 def epoch_order(seed: int, epoch: int, count: int) -> torch.Tensor:
@@ -90,11 +94,13 @@ class BatchSampler:
     def batch(self, step: int) -> torch.Tensor:
         """This rank's images of the global batch of ``step``: (batch_size / world_size, 3, 32, 32) uint8."""
         epoch, i = divmod(step, self.steps_per_epoch)
-        if epoch != self._epoch:
-            self._epoch, self._order = epoch, epoch_order(self.seed, epoch, len(self.images))
+        if epoch != self._epoch:  # the order goes to the images' device: indexing copies nothing per step
+            self._epoch = epoch
+            self._order = epoch_order(self.seed, epoch, len(self.images)).to(self.images.device)
         index = self._order[i * self.batch_size:(i + 1) * self.batch_size]
         if len(index) < self.batch_size:  # fewer images than one batch: wrap around
-            index = torch.arange(i * self.batch_size, (i + 1) * self.batch_size) % len(self.images)
+            index = torch.arange(i * self.batch_size, (i + 1) * self.batch_size,
+                                 device=self.images.device) % len(self.images)
         return self.images[index[self.shard.part(self.batch_size)]]
 
 
@@ -118,12 +124,14 @@ def train_step(nets: Any, batch: torch.Tensor, config: TrainConfig, generator: t
 
     ``nets``: the five networks (``Networks``, or their DDP replicas under torchrun), each
     called once. ``batch``: this rank's share of the global batch; the step's randomness
-    is drawn for the whole global batch and this rank keeps its share.
+    is drawn for the whole global batch and this rank keeps its share. ``generator`` lives on
+    ``device``.
     """
-    part = shard.part(config.batch_size)
-    flips = (torch.rand(config.batch_size, generator=generator) < 0.5)[part]
-    alpha = (torch.rand(config.batch_size, generator=generator) / 2)[part].to(device)  # in [0, 1/2], as ACAI
-    z_prior = torch.randn(2, config.batch_size, config.latent_dim, generator=generator)[:, part].to(device)
+    global_batch = config.batch_size
+    part = shard.part(global_batch)
+    flips = (torch.rand(global_batch, generator=generator, device=device) < 0.5)[part]
+    alpha = (torch.rand(global_batch, generator=generator, device=device) / 2)[part]  # in [0, 1/2], as ACAI
+    z_prior = torch.randn(2, global_batch, config.latent_dim, generator=generator, device=device)[:, part]
     fmt = torch.channels_last if config.channels_last else torch.contiguous_format
     x = to_float(mirror(batch, flips)).to(device, memory_format=fmt)  # (B, 3, 32, 32), B = this rank's share
     B = x.shape[0]
@@ -303,7 +311,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, shar
     with metrics_file:
         while step < config.steps:
             set_learning_rates(opt_ae, opt_critic, step, config)
-            terms = train_step(step_nets, sampler.batch(step), config, step_generator(config.seed, step),
+            terms = train_step(step_nets, sampler.batch(step), config, step_generator(config.seed, step, device),
                                opt_ae, opt_critic, device, dtype, shard)
             step += 1
             bar.update(1)

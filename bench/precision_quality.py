@@ -1,21 +1,26 @@
 """Does the fast default keep quality? Held-out PSNR after the same steps, fp32 eager NCHW vs the default.
 
-Trains the same preset, seed and number of steps twice (``--precision fp32 --channels_last
-false``, then the defaults) into ``outputs/runs/bench-precision-*`` and prints both
-held-out PSNRs (the last ``eval/psnr`` of metrics.jsonl, on the same held-out images) and
-their difference; the target is within 0.2 dB.
+For each seed, trains the same preset and number of steps twice (``--precision fp32
+--channels_last false``, then the defaults) into ``outputs/runs/bench-precision-*`` and
+prints both held-out PSNRs (the last ``eval/psnr`` of metrics.jsonl, on the same held-out
+images) and their difference, then the mean difference over the seeds: one pair of runs
+differs by a few tenths of a dB from seed noise alone, so the target (within 0.2 dB) is
+judged on the mean. A run folder that already holds the finished run of the same config
+is reused.
 
-Example: ``python bench/precision_quality.py --data data --steps 600``
+Example: ``python bench/precision_quality.py --data data --steps 600 --seeds 0,1,2``
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
+import statistics
 from pathlib import Path
 
 import fire
 
-from autoencoder.config import make_config
+from autoencoder.config import TrainConfig, load_config, make_config
 from autoencoder.train import train
 
 
@@ -25,20 +30,39 @@ def final_psnr(run: Path) -> tuple[float, float]:
     return last["eval/psnr"], last["images_per_s"]
 
 
-def main(data: str = "data", preset: str = "cpu", steps: int = 600, seed: int = 0,
+def is_finished(run: Path, config: TrainConfig) -> bool:
+    """Whether ``run`` holds the finished run of ``config``."""
+    if not (run / "config.json").exists() or not (run / "metrics.jsonl").exists():
+        return False
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    saved, wanted = dataclasses.asdict(load_config(run / "config.json")), dataclasses.asdict(config)
+    saved.pop("out"), wanted.pop("out")
+    return (saved == wanted
+            and bool(lines) and json.loads(lines[-1])["step"] == config.steps)
+
+
+def main(data: str = "data", preset: str = "cpu", steps: int = 600, seeds: str | int | tuple = "0,1,2",
          out: str = "outputs/runs/bench-precision") -> None:
-    results = {}
-    for name, flags in (("fp32 NCHW", dict(precision="fp32", channels_last=False)), ("default", {})):
-        run = Path(f"{out}-{name.split()[0]}")
-        shutil.rmtree(run, ignore_errors=True)
-        config = make_config(preset, data=data, steps=steps, seed=seed, out=str(run), log_every=steps,
-                             sample_every=steps, checkpoint_every=steps, **flags)
-        train(config, progress=False)
-        results[name] = final_psnr(run)
-        print(f"{name:10s} ({config.precision}, channels_last={config.channels_last}): held-out PSNR "
-              f"{results[name][0]:.2f} dB after {steps} steps, {results[name][1]:.0f} images/s", flush=True)
-    difference = results["default"][0] - results["fp32 NCHW"][0]
-    print(f"default minus fp32: {difference:+.2f} dB ({'within' if abs(difference) <= 0.2 else 'outside'} 0.2 dB)")
+    seed_list = [int(s) for s in str(seeds).strip("()").replace(" ", "").split(",") if s]
+    differences = []
+    for seed in seed_list:
+        results = {}
+        for name, flags in (("fp32 NCHW", dict(precision="fp32", channels_last=False)), ("default", {})):
+            run = Path(f"{out}-{name.split()[0]}-s{seed}")
+            config = make_config(preset, data=data, steps=steps, seed=seed, out=str(run), log_every=steps,
+                                 sample_every=steps, checkpoint_every=steps, **flags)
+            if not is_finished(run, config):
+                shutil.rmtree(run, ignore_errors=True)
+                train(config, progress=False)
+            results[name] = final_psnr(run)
+            print(f"seed {seed} {name:10s} ({config.precision}, channels_last={config.channels_last}): held-out "
+                  f"PSNR {results[name][0]:.2f} dB after {steps} steps, {results[name][1]:.0f} images/s", flush=True)
+        differences.append(results["default"][0] - results["fp32 NCHW"][0])
+        print(f"seed {seed} default minus fp32: {differences[-1]:+.2f} dB", flush=True)
+    mean = statistics.mean(differences)
+    spread = f" (sd {statistics.stdev(differences):.2f})" if len(differences) > 1 else ""
+    print(f"default minus fp32, mean of {len(differences)} seeds: {mean:+.2f} dB{spread} "
+          f"({'within' if abs(mean) <= 0.2 else 'outside'} 0.2 dB)")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,59 @@
+"""Images per second of real training runs under torchrun, for 1, 2, ... processes.
+
+Each count runs ``torchrun --standalone --nproc_per_node N -m autoencoder.train`` for a
+few steps on the real data into a scratch folder, with the machine's cores shared out
+(``--threads cores // N`` per process on CPU), and reports the ``images_per_s`` of the
+last logged interval (the first interval holds the warm-up). The global batch is the
+preset's in every case, so the runs compute the same steps.
+
+Example: ``python bench/distributed_throughput.py --data data --processes 1,2 --steps 40``
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import fire
+
+
+def run(processes: int, preset: str, data: str, steps: int, threads: int, flags: dict) -> dict:
+    """The last logged record of a short run with ``processes`` processes."""
+    with tempfile.TemporaryDirectory(prefix="bench-ddp-") as scratch:
+        out = Path(scratch) / "run"
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                   "--nproc_per_node", str(processes), "-m", "autoencoder.train", "--preset", preset,
+                   "--data", data, "--out", str(out), "--steps", str(steps), "--log_every", str(steps // 2),
+                   "--sample_every", str(10 * steps), "--checkpoint_every", str(10 * steps),
+                   "--eval_images", "100", "--threads", str(threads)]
+        command += [f"--{k}={v}" for k, v in flags.items()]
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+        done = subprocess.run(command, capture_output=True, text=True, env=env)
+        if done.returncode != 0:
+            raise SystemExit(f"{processes} processes failed:\n{done.stderr[-3000:]}")
+        return json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+
+
+def main(data: str = "data", preset: str = "cpu", processes: str | tuple = "1,2", steps: int = 40,
+         **flags) -> None:
+    """Print images/s for each process count, and each count's speed relative to one process."""
+    counts = [int(n) for n in (processes.split(",") if isinstance(processes, str) else processes)]
+    cores = os.cpu_count() or 1
+    print(f"preset {preset}, {steps} steps, {cores} cores {flags or ''}")
+    results = {}
+    for n in counts:
+        threads = max(1, cores // n)
+        record = run(n, preset, data, steps, threads, flags)
+        results[n] = record["images_per_s"]
+        print(f"{n} process(es) x {threads} thread(s): {results[n]:8.1f} images/s   "
+              f"loss/recon {record['loss/recon']:.4f}", flush=True)
+    base = results[counts[0]]
+    for n in counts[1:]:
+        print(f"{n} processes vs {counts[0]}: {results[n] / base:.2f}x")
+
+
+if __name__ == "__main__":
+    fire.Fire(main)

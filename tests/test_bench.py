@@ -1,0 +1,24 @@
+"""Benchmark helpers: the FLOP count of a training step and the GPU peak table."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from train_throughput import bf16_peak, flops_per_image  # noqa: E402
+
+
+def test_gpu_peaks_are_found_by_name_pcie_before_sxm():
+    assert bf16_peak("NVIDIA H100 PCIe") == pytest.approx(756e12)
+    assert bf16_peak("NVIDIA H100 80GB HBM3") == pytest.approx(989.4e12)
+    assert bf16_peak("NVIDIA GeForce GTX 1080") is None
+
+
+def test_step_flops_grow_with_width_and_with_the_critics():
+    plain = dict(latent_weight=0, interp_weight=0, image_weight=0, critic_width=8)
+    narrow = flops_per_image("smoke", plain)
+    wide = flops_per_image("smoke", {**plain, "width": 16})
+    assert 3 < wide / narrow < 4.2  # convolutions: twice the channels in and out, but the first layer
+    assert flops_per_image("smoke", {}) > 2 * narrow  # critics, mixes and prior decodes on top
