@@ -6,7 +6,8 @@ Two sources are read, detected from what is in the folder:
   ``torchvision.datasets.ImageFolder`` reads them, e.g. the shared JPEG copy unpacked.
 
 The decoded split is cached as ``<cache_dir>/<source-key>-<split>.safetensors``; later
-loads take well under a second. Images stay uint8 (N, 3, 32, 32) until a batch is drawn.
+loads take well under a second. Images stay uint8 (N, 3, 32, 32) until a batch is drawn;
+``BatchSampler`` draws the batch of any step (each rank's share under torchrun).
 
 Example: ``python -m autoencoder.data --data data/cifar10-jpeg`` (builds the cache, prints counts)
 """
@@ -23,6 +24,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from autoencoder.config import CIFAR10_CLASSES, parse_classes
+from autoencoder.distributed import SINGLE, Shard
 
 TORCHVISION_FOLDER = "cifar-10-batches-py"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -168,6 +170,36 @@ def mirror(images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def random_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Mirror each image left-right with probability 1/2. images: (B, C, H, W)."""
     return mirror(images, torch.rand(images.shape[0], generator=generator, device="cpu") < 0.5)
+
+
+def epoch_order(seed: int, epoch: int, count: int) -> torch.Tensor:
+    """The order in which epoch ``epoch`` visits the ``count`` training images."""
+    return torch.randperm(count, generator=torch.Generator().manual_seed(seed * 7_919 + epoch + 1))
+
+
+class BatchSampler:
+    """Batches of training images for any step, without replacement within an epoch.
+
+    Under torchrun each rank gets its contiguous share of every global batch (a distributed
+    sampler addressed by step, so that a resumed run takes up exactly where it stopped).
+    """
+
+    def __init__(self, images: torch.Tensor, batch_size: int, seed: int, shard: Shard = SINGLE):
+        self.images, self.batch_size, self.seed, self.shard = images, batch_size, seed, shard
+        self.steps_per_epoch = max(1, len(images) // batch_size)
+        self._epoch, self._order = -1, None
+
+    def batch(self, step: int) -> torch.Tensor:
+        """This rank's images of the global batch of ``step``: (batch_size / world_size, 3, 32, 32) uint8."""
+        epoch, i = divmod(step, self.steps_per_epoch)
+        if epoch != self._epoch:  # the order goes to the images' device: indexing copies nothing per step
+            self._epoch = epoch
+            self._order = epoch_order(self.seed, epoch, len(self.images)).to(self.images.device)
+        index = self._order[i * self.batch_size:(i + 1) * self.batch_size]
+        if len(index) < self.batch_size:  # fewer images than one batch: wrap around
+            index = torch.arange(i * self.batch_size, (i + 1) * self.batch_size,
+                                 device=self.images.device) % len(self.images)
+        return self.images[index[self.shard.part(self.batch_size)]]
 
 
 def main(data: str = "data", cache_dir: str = "data/cache", download: bool = False) -> None:

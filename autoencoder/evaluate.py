@@ -16,7 +16,7 @@ from autoencoder.checkpoint import load_run
 from autoencoder.config import CIFAR10_CLASSES
 from autoencoder.data import load_cifar10, to_float
 from autoencoder.losses import psnr
-from autoencoder.train import autocast, resolve_device, resolve_precision
+from autoencoder.hardware import autocast, resolve_device, resolve_precision
 
 
 @torch.no_grad()

@@ -32,11 +32,11 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from autoencoder.checkpoint import (MODEL_FILE, METRICS_FILE, STATE_FILE, load_train_state, load_weights,
-                                    save_train_state, save_weights, weights_metadata)
+                                    save_train_state, save_weights)
 from autoencoder.classifier import EvaluatorNet
 from autoencoder.config import CIFAR10_CLASSES, ConfigError, dataclass_from_flags, load_config, save_config
-from autoencoder.data import DataNotFoundError, load_cifar10, random_flip, to_float
-from autoencoder.train import autocast, epoch_order
+from autoencoder.data import DataNotFoundError, epoch_order, load_cifar10, random_flip, to_float
+from autoencoder.hardware import autocast
 
 SHIPPED = Path(__file__).parent / "weights" / "evaluator"  # the committed evaluator
 WEIGHTS_FILE = "evaluator.safetensors"  # fp16 weights of a finished evaluator

@@ -1,20 +1,21 @@
 """Train the adversarially regularised autoencoder: the loop and its command line.
 
-Each step: encode a batch, decode its codes, mixes of pairs of codes and prior draws,
-then (1) update the three critics, (2) update encoder and decoder against them.
-Randomness of step s comes from a generator seeded with (seed, s), and the data order of
+Each step (``autoencoder/step.py``): encode a batch, decode its codes, mixes of pairs of
+codes and prior draws, then (1) update the three critics, (2) update encoder and decoder
+against them. Under torchrun each process trains a DDP replica on its share of every
+batch (``autoencoder/distributed.py``); rank 0 writes the run folder. Randomness of step s comes from a generator seeded with (seed, s), and the data order of
 epoch e from (seed, e), so a resumed run takes the same steps as an unbroken one.
 
 Examples:
     python -m autoencoder.train --preset smoke --data data/cifar10-jpeg
     python -m autoencoder.train --preset cpu --data data/cifar10-jpeg --out outputs/runs/cpu
     python -m autoencoder.train --out outputs/runs/cpu --resume      # continue a killed run
+    torchrun --nproc_per_node=2 -m autoencoder.train --preset cpu --data data --out outputs/runs/ddp
 """
 from __future__ import annotations
 
 import contextlib
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -28,159 +29,16 @@ from autoencoder.checkpoint import (CONFIG_FILE, METRICS_FILE, MODEL_FILE, STATE
                                     load_train_state, load_weights, save_train_state, save_weights,
                                     weights_metadata)
 from autoencoder.config import ConfigError, TrainConfig, load_config, make_config, save_config
-from autoencoder.data import DataNotFoundError, load_cifar10, mirror, to_float
+from autoencoder.data import BatchSampler, DataNotFoundError, load_cifar10, to_float
 from autoencoder.distributed import SINGLE, Shard
+from autoencoder.hardware import autocast, resolve_device, resolve_precision
 from autoencoder.models import Networks, build_networks
 from autoencoder.samples import choose_sample_inputs, render_grid, save_grid
+from autoencoder.step import make_optimisers, set_learning_rates, step_generator, train_step
 
 # Flags that may differ when resuming: they change where or how long, not what is learned.
 RESUMABLE_FLAGS = {"steps", "max_minutes", "threads", "data", "cache_dir", "download", "log_every",
                    "sample_every", "checkpoint_every"}
-
-
-def resolve_device(config: TrainConfig, shard: Shard = SINGLE) -> torch.device:
-    """The device of this process: under torchrun, GPU number LOCAL_RANK of the node."""
-    if config.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for but torch sees no CUDA GPU; use --device auto or cpu")
-    kind = config.device if config.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device("cuda", shard.local_rank) if kind == "cuda" else torch.device("cpu")
-
-
-def resolve_precision(config: TrainConfig, device: torch.device) -> torch.dtype:
-    """bf16 autocast where the hardware has native bf16 (measured faster, see README), else fp32."""
-    if config.precision == "fp32":
-        return torch.float32
-    if device.type == "cuda":
-        supported = torch.cuda.is_bf16_supported()
-    else:
-        supported = torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    if config.precision == "bf16" and not supported:
-        raise ConfigError(f"--precision bf16 is not supported on this {device.type}; use auto or fp32")
-    return torch.bfloat16 if supported else torch.float32
-
-
-def autocast(device: torch.device, dtype: torch.dtype):
-    if dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
-
-
-def step_generator(seed: int, step: int, device: torch.device = torch.device("cpu")) -> torch.Generator:
-    """The generator for the randomness of one step (flips, mixing coefficients, prior draws).
-
-    It lives on the training device, so that a GPU step draws on the GPU and copies nothing
-    from the host (a host-to-device copy of pageable memory waits for the GPU's queue).
-    """
-    return torch.Generator(device).manual_seed(seed * 1_000_003 + step)
-
-
-def epoch_order(seed: int, epoch: int, count: int) -> torch.Tensor:
-    """The order in which epoch ``epoch`` visits the ``count`` training images."""
-    return torch.randperm(count, generator=torch.Generator().manual_seed(seed * 7_919 + epoch + 1))
-
-
-class BatchSampler:
-    """Batches of training images for any step, without replacement within an epoch.
-
-    Under torchrun each rank gets its contiguous share of every global batch (a distributed
-    sampler addressed by step, so that a resumed run takes up exactly where it stopped).
-    """
-
-    def __init__(self, images: torch.Tensor, batch_size: int, seed: int, shard: Shard = SINGLE):
-        self.images, self.batch_size, self.seed, self.shard = images, batch_size, seed, shard
-        self.steps_per_epoch = max(1, len(images) // batch_size)
-        self._epoch, self._order = -1, None
-
-    def batch(self, step: int) -> torch.Tensor:
-        """This rank's images of the global batch of ``step``: (batch_size / world_size, 3, 32, 32) uint8."""
-        epoch, i = divmod(step, self.steps_per_epoch)
-        if epoch != self._epoch:  # the order goes to the images' device: indexing copies nothing per step
-            self._epoch = epoch
-            self._order = epoch_order(self.seed, epoch, len(self.images)).to(self.images.device)
-        index = self._order[i * self.batch_size:(i + 1) * self.batch_size]
-        if len(index) < self.batch_size:  # fewer images than one batch: wrap around
-            index = torch.arange(i * self.batch_size, (i + 1) * self.batch_size,
-                                 device=self.images.device) % len(self.images)
-        return self.images[index[self.shard.part(self.batch_size)]]
-
-
-def pair_partners(z: torch.Tensor) -> torch.Tensor:
-    """Each row's partner for mixing: rows (0, 1), (2, 3), ... swapped. z: (B, D), B even.
-
-    Pairs never straddle two ranks' shares, so a multi-process step mixes the same pairs
-    as a one-process step.
-    """
-    return z.view(-1, 2, *z.shape[1:]).flip(1).reshape(z.shape)
-
-
-def optimised_parameters(optimiser: torch.optim.Optimizer) -> list[torch.Tensor]:
-    return [p for group in optimiser.param_groups for p in group["params"]]
-
-
-def train_step(nets: Any, batch: torch.Tensor, config: TrainConfig, generator: torch.Generator,
-               opt_ae: torch.optim.Optimizer, opt_critic: torch.optim.Optimizer,
-               device: torch.device, dtype: torch.dtype, shard: Shard = SINGLE) -> dict[str, torch.Tensor]:
-    """One optimisation step of all networks; returns the loss terms (detached).
-
-    ``nets``: the five networks (``Networks``, or their DDP replicas under torchrun), each
-    called once. ``batch``: this rank's share of the global batch; the step's randomness
-    is drawn for the whole global batch and this rank keeps its share. ``generator`` lives on
-    ``device``.
-    """
-    global_batch = config.batch_size
-    part = shard.part(global_batch)
-    flips = (torch.rand(global_batch, generator=generator, device=device) < 0.5)[part]
-    alpha = (torch.rand(global_batch, generator=generator, device=device) / 2)[part]  # in [0, 1/2], as ACAI
-    z_prior = torch.randn(2, global_batch, config.latent_dim, generator=generator, device=device)[:, part]
-    fmt = torch.channels_last if config.channels_last else torch.contiguous_format
-    x = to_float(mirror(batch, flips)).to(device, memory_format=fmt)  # (B, 3, 32, 32), B = this rank's share
-    B = x.shape[0]
-    use_mix = config.interp_weight > 0 or config.image_weight > 0
-    use_prior = config.image_weight > 0
-
-    with autocast(device, dtype):
-        z = nets.encoder(x)  # (B, D)
-        codes = [z]
-        if use_mix:
-            codes.append(alpha[:, None] * z + (1 - alpha[:, None]) * pair_partners(z))
-        if use_prior:
-            codes.append(z_prior[1])
-        decoded = nets.decoder(torch.cat(codes)).float()  # (len(codes)*B, 3, 32, 32)
-        x_rec = decoded[:B]
-
-        critic_terms: dict[str, torch.Tensor] = {}
-        ae_terms: dict[str, torch.Tensor] = {"recon": losses.reconstruction_loss(x, x_rec)}
-        # Each critic sees real and fake in one call: one forward per network per step.
-        if config.latent_weight > 0:
-            logit_prior, logit_z = nets.latent_critic(torch.cat([z_prior[0], z])).split(B)
-            critic_terms["latent"] = losses.critic_loss_real_fake(logit_prior, logit_z)
-            ae_terms["latent"] = losses.generator_loss(logit_z)
-        if config.interp_weight > 0:
-            g = config.interp_gamma
-            blend = g * x + (1 - g) * x_rec.detach()
-            alpha_mix, alpha_blend = nets.interp_critic(torch.cat([decoded[B:2 * B], blend])).split(B)
-            critic_terms["interp"] = losses.acai_critic_loss(alpha_mix, alpha, alpha_blend)
-            ae_terms["interp"] = losses.acai_autoencoder_loss(alpha_mix)
-        if config.image_weight > 0:
-            logits = nets.image_critic(torch.cat([x, decoded]))
-            critic_terms["image"] = losses.critic_loss_real_fake(logits[:B], logits[B:])
-            ae_terms["image"] = losses.generator_loss(logits[B:])
-
-    weights = {"latent": config.latent_weight, "interp": config.interp_weight, "image": config.image_weight}
-    opt_critic.zero_grad(set_to_none=True)
-    opt_ae.zero_grad(set_to_none=True)
-    # Both losses share one forward pass and each backward reaches only its own networks'
-    # parameters; both gradients are taken before either step changes a weight, then
-    # (1) the critics and (2) the autoencoder step.
-    if critic_terms:
-        sum(critic_terms.values()).backward(inputs=optimised_parameters(opt_critic), retain_graph=True)
-    losses.total(ae_terms, weights).backward(inputs=optimised_parameters(opt_ae))
-    if critic_terms:
-        opt_critic.step()
-    opt_ae.step()
-    terms = {f"loss/{k}": v.detach() for k, v in ae_terms.items()}
-    terms.update({f"critic/{k}": v.detach() for k, v in critic_terms.items()})
-    return terms
 
 
 @torch.no_grad()
@@ -198,31 +56,6 @@ def held_out_reconstruction(nets: Networks, images: torch.Tensor, device: torch.
         db.append(losses.psnr(x, x_rec).cpu())
     nets.train(was_training)
     return {"eval/mse": torch.cat(mse).mean().item(), "eval/psnr": torch.cat(db).mean().item()}
-
-
-def make_optimisers(nets: Networks, config: TrainConfig, device: torch.device = torch.device("cpu")
-                    ) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
-    """Adam for the autoencoder and for the critics; on a GPU the fused kernels (one launch per step)."""
-    fused = True if device.type == "cuda" else None
-    opt_ae = torch.optim.Adam(nets.autoencoder_parameters(), lr=config.lr, betas=(config.beta1, config.beta2),
-                              fused=fused)
-    opt_critic = torch.optim.Adam(nets.critic_parameters(), lr=config.critic_lr,
-                                  betas=(config.critic_beta1, config.beta2), fused=fused)
-    return opt_ae, opt_critic
-
-
-def lr_factor(step: int, config: TrainConfig) -> float:
-    """Cosine decay from 1 at step 0 to lr_min_ratio at the last step (Loshchilov & Hutter 2017)."""
-    progress = min(step / max(1, config.steps - 1), 1.0)
-    return config.lr_min_ratio + (1 - config.lr_min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def set_learning_rates(opt_ae, opt_critic, step: int, config: TrainConfig) -> None:
-    factor = lr_factor(step, config)
-    for group in opt_ae.param_groups:
-        group["lr"] = config.lr * factor
-    for group in opt_critic.param_groups:
-        group["lr"] = config.critic_lr * factor
 
 
 def save_checkpoint(run_dir: Path, nets: Networks, opt_ae, opt_critic, step: int) -> None:

@@ -20,7 +20,8 @@ import torch
 
 from autoencoder.config import make_config
 from autoencoder.models import NETWORK_NAMES, build_networks
-from autoencoder.train import make_optimisers, resolve_device, resolve_precision, step_generator, train_step
+from autoencoder.hardware import resolve_device, resolve_precision
+from autoencoder.step import make_optimisers, step_generator, train_step
 
 
 # Dense bf16 tensor-core peaks (TFLOP/s, without sparsity) from NVIDIA's data sheets, by a

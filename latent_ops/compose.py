@@ -34,7 +34,7 @@ from autoencoder.checkpoint import RunError, load_run
 from autoencoder.config import CIFAR10_CLASSES
 from autoencoder.data import DataNotFoundError, load_split, to_uint8
 from autoencoder.evaluator import SHIPPED, WEIGHTS_FILE, load_evaluator
-from autoencoder.train import resolve_device
+from autoencoder.hardware import resolve_device
 from latent_ops import ranking
 from latent_ops.concepts import (DENSITIES_FILE, WINGED, Concepts, fit_run_concepts, heldout_members,
                                  load_concepts)

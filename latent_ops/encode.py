@@ -19,7 +19,7 @@ from tqdm import tqdm
 from autoencoder.checkpoint import RunError, load_run
 from autoencoder.data import SPLITS, load_cifar10, to_float
 from autoencoder.models import Networks
-from autoencoder.train import autocast, resolve_device, resolve_precision
+from autoencoder.hardware import autocast, resolve_device, resolve_precision
 from latent_ops.runs import resolve_run
 
 BANK_FILE = "latents.npz"

@@ -29,12 +29,12 @@ from autoencoder.data import DataNotFoundError, load_cifar10, to_float, to_uint8
 from autoencoder.diagram import draw_run
 from autoencoder.evaluate import reconstruct
 from autoencoder.evaluator import SHIPPED, WEIGHTS_FILE, Evaluator, load_evaluator, machine_name
-from autoencoder.train import resolve_device, resolve_precision
+from autoencoder.hardware import resolve_device, resolve_precision
 from latent_ops import metrics
 from latent_ops.compose import IMAGES_FILE, compose, folder_name
 from latent_ops.encode import decode_codes
 from latent_ops.expression import ExpressionError
-from latent_ops.images import save_grid, save_single
+from latent_ops.images import save_grid
 from latent_ops.runs import resolve_run
 
 
@@ -228,7 +228,7 @@ def render(record: dict, config, run_dir: Path, out_dir: Path, layer_count: int)
              f"scratch here, test accuracy {100 * record['evaluator_test_accuracy']:.2f}% with flip TTA as "
              "loaded here; see its card, `autoencoder/weights/evaluator/card.md`). **They are not Inception FID/KID numbers** and cannot be compared with "
              "published ones: compare each with the real-vs-real floor beside it.", "",
-             "## Model", "", f"![architecture](architecture.png)", "",
+             "## Model", "", "![architecture](architecture.png)", "",
              f"`architecture.svg` / `architecture.png`: {layer_count} layers traced from the run's own networks, "
              "with their output shapes, the data flow between the networks and the compose pipeline.", "",
              "## Reconstruction (test split)", "",
@@ -256,7 +256,7 @@ def render(record: dict, config, run_dir: Path, out_dir: Path, layer_count: int)
         stem = Path(c["folder"]).name
         lines += [f"## Composed: `{c['expression']}`", "",
                   f"![best]({stem}-best_x8.png)", "",
-                  f"The best-ranked image (compose's ranking: critic realism, latent intent, capped uniqueness).", "",
+                  "The best-ranked image (compose's ranking: critic realism, latent intent, capped uniqueness).", "",
                   "| recognisability | P(horse) | P(bird)+P(airplane) | combined 2 sqrt(P(h) P(w)) |",
                   "|---|---|---|---|",
                   f"| best image | {best['horse']:.3f} | {best['winged']:.3f} | {best['combined']:.3f} |",

@@ -17,7 +17,9 @@ from safetensors.torch import load_file
 
 from autoencoder.config import ConfigError, make_config
 from autoencoder.distributed import Shard
-from autoencoder.train import BatchSampler, check_shardable, pair_partners, train
+from autoencoder.data import BatchSampler
+from autoencoder.step import pair_partners
+from autoencoder.train import check_shardable, train
 from conftest import smoke_flags
 
 TOLERANCE = 1e-5

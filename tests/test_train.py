@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 from autoencoder.checkpoint import load_run, load_train_state
 from autoencoder.config import make_config
 from autoencoder import train as train_module
-from autoencoder.train import BatchSampler, main, train
+from autoencoder.data import BatchSampler
+from autoencoder.train import main, train
 from conftest import smoke_flags
 
 

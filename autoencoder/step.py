@@ -1,0 +1,140 @@
+"""One training step of all five networks, and the optimisers it uses.
+
+The step reads (1) update the critics, (2) update the autoencoder: encode a batch, decode
+the codes, pairwise mixes and prior draws in one decoder call, show each critic its real
+and fake inputs in one call, take both gradients from that one forward pass, then step.
+Every network runs once per step, as DistributedDataParallel needs (see distributed.py).
+
+Example (one step of the smoke preset on random images)::
+
+    python -c "import torch; from autoencoder import config, models, step; c = config.make_config('smoke'); \
+nets = models.build_networks(c); opts = step.make_optimisers(nets, c); \
+print(step.train_step(nets, torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8), c, \
+step.step_generator(0, 0), *opts, torch.device('cpu'), torch.float32))"
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from autoencoder import losses
+from autoencoder.config import TrainConfig
+from autoencoder.data import mirror, to_float
+from autoencoder.distributed import SINGLE, Shard
+from autoencoder.hardware import autocast
+from autoencoder.models import Networks
+
+
+def step_generator(seed: int, step: int, device: torch.device = torch.device("cpu")) -> torch.Generator:
+    """The generator for the randomness of one step (flips, mixing coefficients, prior draws).
+
+    It lives on the training device, so that a GPU step draws on the GPU and copies nothing
+    from the host (a host-to-device copy of pageable memory waits for the GPU's queue).
+    """
+    return torch.Generator(device).manual_seed(seed * 1_000_003 + step)
+
+
+def pair_partners(z: torch.Tensor) -> torch.Tensor:
+    """Each row's partner for mixing: rows (0, 1), (2, 3), ... swapped. z: (B, D), B even.
+
+    Pairs never straddle two ranks' shares, so a multi-process step mixes the same pairs
+    as a one-process step.
+    """
+    return z.view(-1, 2, *z.shape[1:]).flip(1).reshape(z.shape)
+
+
+def optimised_parameters(optimiser: torch.optim.Optimizer) -> list[torch.Tensor]:
+    return [p for group in optimiser.param_groups for p in group["params"]]
+
+
+def train_step(nets: Any, batch: torch.Tensor, config: TrainConfig, generator: torch.Generator,
+               opt_ae: torch.optim.Optimizer, opt_critic: torch.optim.Optimizer,
+               device: torch.device, dtype: torch.dtype, shard: Shard = SINGLE) -> dict[str, torch.Tensor]:
+    """One optimisation step of all networks; returns the loss terms (detached).
+
+    ``nets``: the five networks (``Networks``, or their DDP replicas under torchrun), each
+    called once. ``batch``: this rank's share of the global batch; the step's randomness
+    is drawn for the whole global batch and this rank keeps its share. ``generator`` lives on
+    ``device``.
+    """
+    global_batch = config.batch_size
+    part = shard.part(global_batch)
+    flips = (torch.rand(global_batch, generator=generator, device=device) < 0.5)[part]
+    alpha = (torch.rand(global_batch, generator=generator, device=device) / 2)[part]  # in [0, 1/2], as ACAI
+    z_prior = torch.randn(2, global_batch, config.latent_dim, generator=generator, device=device)[:, part]
+    fmt = torch.channels_last if config.channels_last else torch.contiguous_format
+    x = to_float(mirror(batch, flips)).to(device, memory_format=fmt)  # (B, 3, 32, 32), B = this rank's share
+    B = x.shape[0]
+    use_mix = config.interp_weight > 0 or config.image_weight > 0
+    use_prior = config.image_weight > 0
+
+    with autocast(device, dtype):
+        z = nets.encoder(x)  # (B, D)
+        codes = [z]
+        if use_mix:
+            codes.append(alpha[:, None] * z + (1 - alpha[:, None]) * pair_partners(z))
+        if use_prior:
+            codes.append(z_prior[1])
+        decoded = nets.decoder(torch.cat(codes)).float()  # (len(codes)*B, 3, 32, 32)
+        x_rec = decoded[:B]
+
+        critic_terms: dict[str, torch.Tensor] = {}
+        ae_terms: dict[str, torch.Tensor] = {"recon": losses.reconstruction_loss(x, x_rec)}
+        # Each critic sees real and fake in one call: one forward per network per step.
+        if config.latent_weight > 0:
+            logit_prior, logit_z = nets.latent_critic(torch.cat([z_prior[0], z])).split(B)
+            critic_terms["latent"] = losses.critic_loss_real_fake(logit_prior, logit_z)
+            ae_terms["latent"] = losses.generator_loss(logit_z)
+        if config.interp_weight > 0:
+            g = config.interp_gamma
+            blend = g * x + (1 - g) * x_rec.detach()
+            alpha_mix, alpha_blend = nets.interp_critic(torch.cat([decoded[B:2 * B], blend])).split(B)
+            critic_terms["interp"] = losses.acai_critic_loss(alpha_mix, alpha, alpha_blend)
+            ae_terms["interp"] = losses.acai_autoencoder_loss(alpha_mix)
+        if config.image_weight > 0:
+            logits = nets.image_critic(torch.cat([x, decoded]))
+            critic_terms["image"] = losses.critic_loss_real_fake(logits[:B], logits[B:])
+            ae_terms["image"] = losses.generator_loss(logits[B:])
+
+    weights = {"latent": config.latent_weight, "interp": config.interp_weight, "image": config.image_weight}
+    opt_critic.zero_grad(set_to_none=True)
+    opt_ae.zero_grad(set_to_none=True)
+    # Both losses share one forward pass and each backward reaches only its own networks'
+    # parameters; both gradients are taken before either step changes a weight, then
+    # (1) the critics and (2) the autoencoder step.
+    if critic_terms:
+        sum(critic_terms.values()).backward(inputs=optimised_parameters(opt_critic), retain_graph=True)
+    losses.total(ae_terms, weights).backward(inputs=optimised_parameters(opt_ae))
+    if critic_terms:
+        opt_critic.step()
+    opt_ae.step()
+    terms = {f"loss/{k}": v.detach() for k, v in ae_terms.items()}
+    terms.update({f"critic/{k}": v.detach() for k, v in critic_terms.items()})
+    return terms
+
+
+def make_optimisers(nets: Networks, config: TrainConfig, device: torch.device = torch.device("cpu")
+                    ) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
+    """Adam for the autoencoder and for the critics; on a GPU the fused kernels (one launch per step)."""
+    fused = True if device.type == "cuda" else None
+    opt_ae = torch.optim.Adam(nets.autoencoder_parameters(), lr=config.lr, betas=(config.beta1, config.beta2),
+                              fused=fused)
+    opt_critic = torch.optim.Adam(nets.critic_parameters(), lr=config.critic_lr,
+                                  betas=(config.critic_beta1, config.beta2), fused=fused)
+    return opt_ae, opt_critic
+
+
+def lr_factor(step: int, config: TrainConfig) -> float:
+    """Cosine decay from 1 at step 0 to lr_min_ratio at the last step (Loshchilov & Hutter 2017)."""
+    progress = min(step / max(1, config.steps - 1), 1.0)
+    return config.lr_min_ratio + (1 - config.lr_min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def set_learning_rates(opt_ae, opt_critic, step: int, config: TrainConfig) -> None:
+    factor = lr_factor(step, config)
+    for group in opt_ae.param_groups:
+        group["lr"] = config.lr * factor
+    for group in opt_critic.param_groups:
+        group["lr"] = config.critic_lr * factor
