@@ -30,12 +30,22 @@ class RunError(FileNotFoundError):
     """A run folder that is missing or incomplete; the message says what to do."""
 
 
-def _replace_atomically(write, file: Path) -> None:
-    """Write through ``write(tmp_path)`` then rename, so a kill never leaves half a file."""
+def replace_atomically(write, file: Path) -> None:
+    """Write through ``write(tmp_path)`` then rename, so a kill never leaves half a file.
+
+    The temporary name keeps the file's suffix (``.latents.tmp123.npz``): numpy adds
+    ``.npz`` to a name without it.
+    """
+    file = Path(file)
     file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = file.with_name(f".{file.name}.tmp{os.getpid()}")
+    tmp = file.with_name(f".{file.stem}.tmp{os.getpid()}{file.suffix}")
     write(tmp)
     os.replace(tmp, file)
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], file: Path, metadata: dict[str, str] | None = None) -> None:
+    """A dict of tensors to a safetensors file, replaced atomically."""
+    replace_atomically(lambda tmp: save_file(tensors, str(tmp), metadata=metadata), file)
 
 
 def save_weights(networks: torch.nn.Module, file: Path, dtype: torch.dtype | None = None,
@@ -47,7 +57,7 @@ def save_weights(networks: torch.nn.Module, file: Path, dtype: torch.dtype | Non
         if dtype is not None and t.is_floating_point():
             t = t.to(dtype)
         tensors[name] = t.contiguous().clone()
-    _replace_atomically(lambda tmp: save_file(tensors, str(tmp), metadata=metadata), Path(file))
+    save_tensors(tensors, file, metadata)
 
 
 def load_weights(networks: torch.nn.Module, file: Path) -> None:
@@ -68,7 +78,7 @@ def weights_metadata(file: Path) -> dict[str, str]:
 
 
 def save_train_state(state: dict[str, Any], file: Path) -> None:
-    _replace_atomically(lambda tmp: torch.save(state, tmp), Path(file))
+    replace_atomically(lambda tmp: torch.save(state, tmp), file)
 
 
 def load_train_state(file: Path) -> dict[str, Any]:

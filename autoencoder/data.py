@@ -14,15 +14,15 @@ Example: ``python -m autoencoder.data --data data/cifar10-jpeg`` (builds the cac
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
+from autoencoder.checkpoint import save_tensors
 from autoencoder.config import CIFAR10_CLASSES, parse_classes
 from autoencoder.distributed import SINGLE, Shard
 
@@ -101,13 +101,6 @@ def _cache_file(cache_dir: Path, kind: str, path: Path, split: str) -> Path:
     return cache_dir / f"cifar10-{kind}-{key}-{split}.safetensors"
 
 
-def _atomic_save(tensors: dict[str, torch.Tensor], file: Path) -> None:
-    file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = file.with_name(file.name + f".tmp{os.getpid()}")
-    save_file(tensors, str(tmp))
-    os.replace(tmp, file)
-
-
 def load_split(root: str | Path, split: str, cache_dir: str | Path = "data/cache",
                download: bool = False) -> ImageSet:
     """The whole split as uint8 tensors, from the cache when it is there."""
@@ -134,7 +127,7 @@ def load_split(root: str | Path, split: str, cache_dir: str | Path = "data/cache
         read = _read_folders(path, split) if kind == "folders" else _read_torchvision(path, split, False)
         images = torch.from_numpy(read[0]).permute(0, 3, 1, 2).contiguous()  # (N, 3, 32, 32)
         labels = torch.from_numpy(read[1]).long()
-        _atomic_save({"images": images, "labels": labels}, cache)
+        save_tensors({"images": images, "labels": labels}, cache)
     return ImageSet(images, labels, torch.arange(len(labels)))
 
 

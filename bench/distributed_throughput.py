@@ -37,10 +37,10 @@ def run(processes: int, preset: str, data: str, steps: int, threads: int, flags:
         return json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
 
 
-def main(data: str = "data", preset: str = "cpu", processes: str | tuple = "1,2", steps: int = 40,
+def main(data: str = "data", preset: str = "cpu", processes: str | int | tuple = "1,2", steps: int = 40,
          **flags) -> None:
     """Print images/s for each process count, and each count's speed relative to one process."""
-    counts = [int(n) for n in (processes.split(",") if isinstance(processes, str) else processes)]
+    counts = [int(n) for n in str(processes).strip("()[] ").split(",") if n.strip()]  # fire: "1,2" -> (1, 2)
     cores = os.cpu_count() or 1
     print(f"preset {preset}, {steps} steps, {cores} cores {flags or ''}")
     results = {}

@@ -43,7 +43,7 @@ def is_finished(run: Path, config: TrainConfig) -> bool:
 
 def main(data: str = "data", preset: str = "cpu", steps: int = 600, seeds: str | int | tuple = "0,1,2",
          out: str = "outputs/runs/bench-precision") -> None:
-    seed_list = [int(s) for s in str(seeds).strip("()").replace(" ", "").split(",") if s]
+    seed_list = [int(s) for s in str(seeds).strip("()[] ").split(",") if s.strip()]  # fire: "0,1,2" -> (0, 1, 2)
     differences = []
     for seed in seed_list:
         results = {}

@@ -8,7 +8,6 @@ Example: ``python -m latent_ops.encode --run outputs/runs/cpu-main --data data``
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from autoencoder.checkpoint import RunError, load_run
+from autoencoder.checkpoint import RunError, load_run, replace_atomically
 from autoencoder.data import SPLITS, load_cifar10, to_float
 from autoencoder.models import Networks
 from autoencoder.hardware import autocast, resolve_device, resolve_precision
@@ -72,9 +71,7 @@ def encode_run(run: str | Path, data: str, cache_dir: str = "data/cache", batch_
         arrays[f"{split}_labels"] = images.labels.numpy()
         arrays[f"{split}_indices"] = images.indices.numpy()
     file = run / BANK_FILE
-    tmp = run / f".{BANK_FILE}.tmp{os.getpid()}.npz"
-    np.savez(tmp, **arrays)
-    os.replace(tmp, file)
+    replace_atomically(lambda tmp: np.savez(tmp, **arrays), file)
     return file
 
 

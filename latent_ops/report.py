@@ -21,9 +21,9 @@ import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from autoencoder.checkpoint import RunError, load_run
+from autoencoder.checkpoint import RunError, load_run, save_tensors
 from autoencoder.config import CIFAR10_CLASSES
 from autoencoder.data import DataNotFoundError, load_cifar10, to_float, to_uint8
 from autoencoder.diagram import draw_run
@@ -50,8 +50,7 @@ def cached_features(evaluator: Evaluator, evaluator_dir: Path, images: torch.Ten
     if file.exists():
         return load_file(str(file))["features"]
     features = evaluator.features(images)
-    file.parent.mkdir(parents=True, exist_ok=True)
-    save_file({"features": features.contiguous()}, str(file))
+    save_tensors({"features": features.contiguous()}, file)  # atomic: a killed report leaves no half cache
     return features
 
 
