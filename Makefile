@@ -39,7 +39,7 @@ pegasus: data
 # The evaluator classifier (trained from scratch, about 25 min on 2 CPU cores); the committed one is in
 # autoencoder/weights/evaluator/. This retrains it and replaces the committed copy.
 evaluator: data
-	$(PY) -m autoencoder.evaluator --data $(DATA) --out outputs/evaluator/main \
+	$(PY) -m autoencoder.train_evaluator --data $(DATA) --out outputs/evaluator/main \
 		--ship autoencoder/weights/evaluator
 
 # The evaluation report of a run (default: the newest in outputs/runs): make report RUN=outputs/runs/NAME

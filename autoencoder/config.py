@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing
 from dataclasses import dataclass
 from pathlib import Path
 
+from autoencoder.errors import UserError
+
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A flag or config value that cannot be used; the message says what to do."""
 
 
@@ -50,6 +53,7 @@ class TrainConfig:
     # --- optimisation ---
     batch_size: int = 64  # images per step
     steps: int = 7000  # optimisation steps in total
+    schedule_steps: int = 0  # steps the cosine decay spans; 0: --steps (kept when a resumed run changes --steps)
     lr: float = 1e-3  # Adam learning rate of the autoencoder
     critic_lr: float = 2e-4  # Adam learning rate of the three critics
     beta1: float = 0.9  # Adam beta1 of the autoencoder
@@ -96,7 +100,11 @@ def parse_classes(text: str | typing.Sequence[str]) -> tuple[str, ...]:
 
 
 def _coerce(name: str, value: typing.Any, kind: type) -> typing.Any:
-    """Turn a flag value (fire may give str, int, tuple...) into the field's type."""
+    """Turn a flag value (fire may give str, int, float, tuple...) into the field's type.
+
+    Non-finite numbers (nan, inf, 1e999) and fractional or boolean values for integer
+    fields are refused here, where they enter, so that no run silently trains on them.
+    """
     if kind is bool:
         if isinstance(value, bool):
             return value
@@ -105,12 +113,30 @@ def _coerce(name: str, value: typing.Any, kind: type) -> typing.Any:
         if str(value).lower() in ("false", "0", "no"):
             return False
         raise ConfigError(f"--{name} takes true or false, got {value!r}")
-    if kind is str and isinstance(value, (tuple, list)):
-        return ",".join(str(v) for v in value)  # fire reads "horse,bird" as a tuple
+    if kind is str:
+        if isinstance(value, (tuple, list)):
+            return ",".join(str(v) for v in value)  # fire reads "horse,bird" as a tuple
+        if isinstance(value, (dict, bool)) or value is None:
+            raise ConfigError(f"--{name} takes text, got {value!r}")
+        return str(value)
+    if isinstance(value, bool) or isinstance(value, (tuple, list, dict)) or value is None:
+        raise ConfigError(f"--{name} takes a {kind.__name__}, got {value!r}")
     try:
-        return kind(value)
-    except (TypeError, ValueError):
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
         raise ConfigError(f"--{name} takes a {kind.__name__}, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ConfigError(f"--{name} must be a finite number, got {value!r}")
+    if kind is int:
+        if isinstance(value, int):
+            return value
+        if not number.is_integer():
+            raise ConfigError(f"--{name} takes a whole number, got {value!r}")
+        try:
+            return int(str(value)) if isinstance(value, str) else int(number)
+        except ValueError:
+            return int(number)  # "1e3"
+    return number
 
 
 def make_config(preset: str = "cpu", **overrides: typing.Any) -> TrainConfig:
@@ -135,33 +161,78 @@ def dataclass_from_flags(kind: type, base: dict[str, typing.Any], flags: dict[st
     return kind(**values)
 
 
+# Inclusive ranges of the numeric fields: a value outside is refused with the field's name.
+# Upper bounds keep a typo (--latent_dim 1e9) from exhausting memory before any message.
+TRAIN_RANGES: dict[str, tuple[float, float]] = {
+    "seed": (0, 2**31 - 1), "threads": (0, 1024),
+    "latent_dim": (1, 65536), "width": (1, 4096), "res_blocks": (0, 64), "critic_width": (1, 4096),
+    "latent_critic_hidden": (1, 65536),
+    "latent_weight": (0, 1e4), "interp_weight": (0, 1e4), "interp_gamma": (0, 1), "image_weight": (0, 1e4),
+    "batch_size": (2, 65536), "steps": (1, 10**9), "schedule_steps": (0, 10**9),
+    "lr": (1e-12, 10), "critic_lr": (1e-12, 10), "beta1": (0, 0.999999), "critic_beta1": (0, 0.999999),
+    "beta2": (0, 0.999999), "lr_min_ratio": (1e-9, 1),
+    "log_every": (1, 10**9), "sample_every": (1, 10**9), "checkpoint_every": (1, 10**9),
+    "eval_images": (1, 10**6), "max_minutes": (0, 10**7),
+}
+
+
+def check_ranges(config: typing.Any, ranges: dict[str, tuple[float, float]]) -> None:
+    """Refuse a field outside its inclusive range, naming the flag and the range."""
+    for name, (low, high) in ranges.items():
+        value = getattr(config, name)
+        if not low <= value <= high:
+            raise ConfigError(f"--{name} must be between {low:g} and {high:g}, got {value!r}")
+
+
 def validate(config: TrainConfig) -> None:
     """Reject values that would fail later, with a message naming the field."""
+    if config.preset not in PRESETS:
+        raise ConfigError(f"unknown preset {config.preset!r}; choose one of {', '.join(PRESETS)}")
     parse_classes(config.classes)
-    for name in ("latent_dim", "width", "critic_width", "latent_critic_hidden", "batch_size", "steps",
-                 "log_every", "sample_every", "checkpoint_every", "eval_images"):
-        if getattr(config, name) < 1:
-            raise ConfigError(f"--{name} must be at least 1, got {getattr(config, name)}")
+    check_ranges(config, TRAIN_RANGES)
     if config.batch_size % 2:
         raise ConfigError(f"--batch_size must be even, got {config.batch_size}: interpolation mixes "
                           f"codes in pairs within a batch")
-    if not 0 < config.lr_min_ratio <= 1:
-        raise ConfigError(f"--lr_min_ratio must be in (0, 1], got {config.lr_min_ratio}")
-    for name in ("latent_weight", "interp_weight", "image_weight"):
-        if getattr(config, name) < 0:
-            raise ConfigError(f"--{name} must be 0 (off) or positive, got {getattr(config, name)}")
     if config.precision not in ("auto", "bf16", "fp32"):
         raise ConfigError(f"--precision must be auto, bf16 or fp32, got {config.precision!r}")
     if config.device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"--device must be auto, cpu or cuda, got {config.device!r}")
 
 
-def save_config(config: TrainConfig, path: Path) -> None:
-    path.write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
+def save_config(config: typing.Any, path: Path) -> None:
+    """A config dataclass as JSON, replaced atomically."""
+    from autoencoder.atomic import write_text
+
+    write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n", path)
 
 
-def load_config(path: Path, kind: type = TrainConfig) -> typing.Any:
-    """The config saved in a run folder; fields added since then take their defaults."""
-    values = json.loads(Path(path).read_text())
-    known = {f.name for f in dataclasses.fields(kind)}
-    return kind(**{k: v for k, v in values.items() if k in known})
+def read_json(path: Path, what: str = "file") -> typing.Any:
+    """A JSON file; a missing, unreadable or damaged one is a ConfigError naming it."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path} is missing") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        raise ConfigError(f"{path} is damaged or not a {what} ({type(error).__name__}: "
+                          f"{str(error)[:120]})") from None
+
+
+def load_config(path: Path, kind: type = TrainConfig, check: typing.Callable | None = None) -> typing.Any:
+    """The config saved in a run folder, every field type- and range-checked like a flag.
+
+    Fields added since the file was written take their defaults; unknown keys are ignored.
+    ``check`` validates the result (``validate`` for TrainConfig). A bad value is a
+    ConfigError naming the file and the field.
+    """
+    values = read_json(path, "config file")
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path} is not a config (a JSON object was expected)")
+    known = set(typing.get_type_hints(kind))
+    check = check if check is not None else (validate if kind is TrainConfig else None)
+    try:
+        config = dataclass_from_flags(kind, {}, {k: v for k, v in values.items() if k in known})
+        if check is not None:
+            check(config)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
+    return config

@@ -14,6 +14,7 @@ Example: ``python -m autoencoder.data --data data/cifar10-jpeg`` (builds the cac
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,17 +23,22 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from autoencoder.checkpoint import save_tensors
+from autoencoder.atomic import save_tensors
 from autoencoder.config import CIFAR10_CLASSES, parse_classes
 from autoencoder.distributed import SINGLE, Shard
+from autoencoder.errors import UserError, run_cli
 
 TORCHVISION_FOLDER = "cifar-10-batches-py"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 SPLITS = ("train", "test")
 
 
-class DataNotFoundError(FileNotFoundError):
+class DataNotFoundError(UserError, FileNotFoundError):
     """No CIFAR-10 where the user pointed; the message says where it looked and what to do."""
+
+
+class DataError(UserError, ValueError):
+    """A data file that cannot be used (damaged, wrong size); the message names it."""
 
 
 @dataclass
@@ -78,10 +84,7 @@ def _read_folders(path: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
         if not class_dir.is_dir():
             continue
         for file in sorted(f for f in class_dir.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES):
-            with Image.open(file) as im:
-                pixels = np.asarray(im.convert("RGB"))
-            if pixels.shape != (32, 32, 3):
-                raise ValueError(f"{file} is {pixels.shape[1]}x{pixels.shape[0]}; CIFAR-10 images are 32x32")
+            pixels = read_image(file)
             images.append(pixels)
             labels.append(label)
     if not images:
@@ -89,16 +92,55 @@ def _read_folders(path: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     return np.stack(images), np.asarray(labels)
 
 
+def read_image(file: Path) -> np.ndarray:
+    """One 32x32 image as (32, 32, 3) uint8; a damaged, truncated or wrongly sized file is a DataError naming it."""
+    try:
+        with Image.open(file) as im:
+            im.load()
+            pixels = np.asarray(im.convert("RGB"))
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        raise DataError(f"{file} cannot be read as an image ({type(error).__name__}: {str(error)[:80]}); "
+                        f"replace or remove it") from None
+    if pixels.shape != (32, 32, 3):
+        raise DataError(f"{file} is {pixels.shape[1]}x{pixels.shape[0]}; CIFAR-10 images are 32x32: "
+                        f"replace or remove it")
+    return pixels
+
+
 def _read_torchvision(path: Path, split: str, download: bool) -> tuple[np.ndarray, np.ndarray]:
     from torchvision.datasets import CIFAR10
 
-    dataset = CIFAR10(str(path), train=(split == "train"), download=download)
+    try:
+        dataset = CIFAR10(str(path), train=(split == "train"), download=download)
+    except RuntimeError as error:  # "Dataset not found or corrupted"
+        raise DataError(f"{path / TORCHVISION_FOLDER}: {error} Download it again with --download true") from None
     return np.asarray(dataset.data), np.asarray(dataset.targets)
 
 
+def source_listing(kind: str, path: Path, split: str) -> list[tuple[str, int, int]]:
+    """(relative name, size, mtime in ns) of every file a split is decoded from, sorted: what the cache is keyed on.
+
+    Adding, removing, replacing or touching an image changes the key, so a stale cache is
+    never read; listing 60,000 files takes a fraction of a second.
+    """
+    if kind == "folders":
+        roots = [path / split] if (path / split).is_dir() else []
+    else:
+        roots = [path / TORCHVISION_FOLDER]
+    listing = []
+    for root in roots:
+        for folder, _, files in os.walk(root):
+            for name in files:
+                stat = os.stat(os.path.join(folder, name))
+                listing.append((os.path.relpath(os.path.join(folder, name), root), stat.st_size, stat.st_mtime_ns))
+    return sorted(listing)
+
+
 def _cache_file(cache_dir: Path, kind: str, path: Path, split: str) -> Path:
-    key = hashlib.sha1(f"{kind}:{path.resolve()}".encode()).hexdigest()[:10]
-    return cache_dir / f"cifar10-{kind}-{key}-{split}.safetensors"
+    digest = hashlib.sha1(f"{kind}:{path.resolve()}:{split}".encode())
+    for name, size, mtime in source_listing(kind, path, split):
+        digest.update(f"{name}\0{size}\0{mtime}\n".encode())
+    return cache_dir / f"cifar10-{kind}-{digest.hexdigest()[:12]}-{split}.safetensors"
 
 
 def load_split(root: str | Path, split: str, cache_dir: str | Path = "data/cache",
@@ -120,10 +162,17 @@ def load_split(root: str | Path, split: str, cache_dir: str | Path = "data/cache
             f"../shared/data/cifar10-jpeg.tar.gz -C data/ then --data data/cifar10-jpeg")
     kind, path = find_source(root)
     cache = _cache_file(Path(cache_dir), kind, path, split)
+    tensors = None
     if cache.exists():
-        tensors = load_file(str(cache))
-        images, labels = tensors["images"], tensors["labels"]
-    else:
+        try:
+            tensors = load_file(str(cache))
+            images, labels = tensors["images"], tensors["labels"]
+            if images.dtype != torch.uint8 or tuple(images.shape[1:]) != (3, 32, 32) or len(labels) != len(images) \
+                    or (len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < len(CIFAR10_CLASSES)):
+                raise ValueError("unexpected shapes")
+        except Exception:  # a damaged cache is rebuilt from the images, never trusted
+            tensors = None
+    if tensors is None:
         read = _read_folders(path, split) if kind == "folders" else _read_torchvision(path, split, False)
         images = torch.from_numpy(read[0]).permute(0, 3, 1, 2).contiguous()  # (N, 3, 32, 32)
         labels = torch.from_numpy(read[1]).long()
@@ -198,7 +247,7 @@ class BatchSampler:
 def main(data: str = "data", cache_dir: str = "data/cache", download: bool = False) -> None:
     """Decode both splits into the cache and print what was found."""
     for split in SPLITS:
-        s = load_cifar10(data, split, cache_dir=cache_dir, download=download)
+        s = run_cli(lambda: load_cifar10(data, split, cache_dir=cache_dir, download=download))
         counts = torch.bincount(s.labels, minlength=10).tolist()
         print(f"{split}: {len(s)} images; per class " +
               ", ".join(f"{n} {c}" for n, c in zip(CIFAR10_CLASSES, counts)))

@@ -127,8 +127,14 @@ def make_optimisers(nets: Networks, config: TrainConfig, device: torch.device = 
 
 
 def lr_factor(step: int, config: TrainConfig) -> float:
-    """Cosine decay from 1 at step 0 to lr_min_ratio at the last step (Loshchilov & Hutter 2017)."""
-    progress = min(step / max(1, config.steps - 1), 1.0)
+    """Cosine decay from 1 at step 0 to lr_min_ratio at the schedule's last step (Loshchilov & Hutter 2017).
+
+    The schedule spans ``schedule_steps`` (the steps the run started with), so resuming with
+    more ``--steps`` continues at the final rate instead of sending it back up, and with fewer
+    stops early on the same curve: the rate never rises during a run.
+    """
+    span = config.schedule_steps or config.steps
+    progress = min(step / max(1, span - 1), 1.0)
     return config.lr_min_ratio + (1 - config.lr_min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 

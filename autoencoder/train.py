@@ -24,12 +24,15 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from autoencoder import distributed, losses
-from autoencoder.checkpoint import (CONFIG_FILE, METRICS_FILE, MODEL_FILE, STATE_FILE, RunError,
-                                    load_train_state, load_weights, save_train_state, save_weights,
-                                    weights_metadata)
+from autoencoder import distributed
+from autoencoder.atomic import write_text
+from autoencoder.checkpoint import (CONFIG_FILE, METRICS_FILE, MODEL_FILE, POINTER_FILE, RunError,
+                                    clean_run_folder, has_checkpoint, load_train_state, load_weights,
+                                    model_file, state_file, weights_metadata, write_checkpoint)
 from autoencoder.config import ConfigError, TrainConfig, load_config, make_config, save_config
-from autoencoder.data import BatchSampler, DataNotFoundError, load_cifar10, to_float
+from autoencoder.data import BatchSampler, load_cifar10
+from autoencoder.errors import UserError, run_cli
+from autoencoder.evaluate import reconstruct, reconstruction_metrics
 from autoencoder.distributed import SINGLE, Shard
 from autoencoder.hardware import autocast, resolve_device, resolve_precision
 from autoencoder.models import Networks, build_networks
@@ -39,38 +42,48 @@ from autoencoder.step import make_optimisers, set_learning_rates, step_generator
 # Flags that may differ when resuming: they change where or how long, not what is learned.
 RESUMABLE_FLAGS = {"steps", "max_minutes", "threads", "data", "cache_dir", "download", "log_every",
                    "sample_every", "checkpoint_every"}
+# Paths are never taken from a loaded config.json (a run folder may come from someone else):
+# on --resume they come from the flags or their defaults.
+PATH_FLAGS = ("data", "cache_dir")
+RUN_FILES = {CONFIG_FILE, METRICS_FILE, MODEL_FILE, POINTER_FILE, "train_state.pt", "samples", "checkpoints"}
 
 
-@torch.no_grad()
+class TrainingDiverged(UserError):
+    """A loss or weight became non-finite; the last good checkpoint is kept."""
+
+
 def held_out_reconstruction(nets: Networks, images: torch.Tensor, device: torch.device,
-                            dtype: torch.dtype, batch_size: int = 500) -> dict[str, float]:
+                            dtype: torch.dtype) -> dict[str, float]:
     """Mean squared error and mean PSNR (dB) of reconstructions of uint8 images (N, 3, 32, 32)."""
     was_training = nets.training
     nets.eval()
-    mse, db = [], []
-    for chunk in images.split(batch_size):
-        x = to_float(chunk).to(device)
-        with autocast(device, dtype):
-            x_rec = nets.decoder(nets.encoder(x)).float()
-        mse.append((x_rec - x).pow(2).flatten(1).mean(1).cpu())
-        db.append(losses.psnr(x, x_rec).cpu())
+    result = reconstruction_metrics(images, reconstruct(nets, images, device, dtype))
     nets.train(was_training)
-    return {"eval/mse": torch.cat(mse).mean().item(), "eval/psnr": torch.cat(db).mean().item()}
+    return {"eval/mse": result["mse"], "eval/psnr": result["psnr_db"]}
 
 
 def save_checkpoint(run_dir: Path, nets: Networks, opt_ae, opt_critic, step: int) -> None:
-    """Weights, then optimiser state and step; each file replaced atomically, both stamped with the step."""
-    save_weights(nets, run_dir / MODEL_FILE, metadata={"step": str(step)})
-    save_train_state({"step": step, "opt_ae": opt_ae.state_dict(), "opt_critic": opt_critic.state_dict(),
-                      "torch_rng": torch.get_rng_state()}, run_dir / STATE_FILE)
+    """Weights, optimiser state, step and RNG as one atomic unit (autoencoder/checkpoint.py)."""
+    nonfinite = [name for name, t in nets.state_dict().items() if t.is_floating_point() and not t.isfinite().all()]
+    if nonfinite:
+        raise TrainingDiverged(f"training diverged: {nonfinite[0]} holds NaN or infinity at step {step}; "
+                               f"nothing was saved, the last good checkpoint is kept")
+    write_checkpoint(run_dir, nets, {"step": step, "opt_ae": opt_ae.state_dict(),
+                                     "opt_critic": opt_critic.state_dict(), "torch_rng": torch.get_rng_state()},
+                     step)
 
 
 def _trim_metrics(file: Path, last_step: int) -> None:
     """Drop metric lines logged after the checkpoint a resumed run restarts from."""
     if file.exists():
-        kept = [line for line in file.read_text().splitlines()
-                if line.strip() and json.loads(line)["step"] <= last_step]
-        file.write_text("".join(line + "\n" for line in kept))
+        kept = []
+        for line in file.read_text().splitlines():
+            try:
+                if json.loads(line)["step"] <= last_step:
+                    kept.append(line)
+            except (ValueError, KeyError, TypeError):  # a line torn by a kill mid-write
+                continue
+        write_text("".join(line + "\n" for line in kept), file)
 
 
 def check_shardable(config: TrainConfig, shard: Shard) -> None:
@@ -114,16 +127,22 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, shar
         nets = nets.to(memory_format=torch.channels_last)
     opt_ae, opt_critic = make_optimisers(nets, config, device)
     start = 0
+    if shard.is_main and run_dir.is_dir():
+        clean_run_folder(run_dir)  # temporary files and unfinished checkpoints of a killed run
     if resume:
-        state = load_train_state(run_dir / STATE_FILE)
-        weights_step = weights_metadata(run_dir / MODEL_FILE).get("step")
+        state = load_train_state(state_file(run_dir))
+        weights_step = weights_metadata(model_file(run_dir)).get("step")
         if weights_step is not None and weights_step != str(state["step"]):  # None: unstamped, older file
             raise RunError(f"{run_dir} holds weights of step {weights_step} but training state of step "
-                           f"{state['step']} (killed between the two writes); start the run again")
-        load_weights(nets, run_dir / MODEL_FILE)
-        opt_ae.load_state_dict(state["opt_ae"])
-        opt_critic.load_state_dict(state["opt_critic"])
-        torch.set_rng_state(state["torch_rng"])
+                           f"{state['step']}; start the run again")
+        load_weights(nets, model_file(run_dir))
+        try:
+            opt_ae.load_state_dict(state["opt_ae"])
+            opt_critic.load_state_dict(state["opt_critic"])
+            torch.set_rng_state(state["torch_rng"])
+        except (KeyError, ValueError, RuntimeError, TypeError) as error:
+            raise RunError(f"{state_file(run_dir)} does not fit this run's networks ({error}); "
+                           f"start a new run") from None
         start = int(state["step"])
         if shard.is_main:
             _trim_metrics(run_dir / METRICS_FILE, start)
@@ -140,6 +159,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, shar
     bar = tqdm(total=config.steps, initial=start, disable=not (progress and shard.is_main), dynamic_ncols=True,
                desc=f"train {run_dir.name}")
     step = start
+    finite = torch.ones((), dtype=torch.bool, device=device)  # every loss since the last check was finite
     metrics_file = open(run_dir / METRICS_FILE, "a") if shard.is_main else contextlib.nullcontext()
     with metrics_file:
         while step < config.steps:
@@ -150,9 +170,16 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, shar
             bar.update(1)
             for k, v in terms.items():
                 interval_sums[k] = interval_sums.get(k, 0.0) + v
+                finite &= v.isfinite()  # stays on the device: read only at log and checkpoint steps
             interval_steps += 1
             stop = out_of_time(began, step, config, shard, device)
             last = step == config.steps or stop
+            if step % config.log_every == 0 or step % config.checkpoint_every == 0 or last:
+                if distributed.any_rank(not bool(finite), shard, device):
+                    raise TrainingDiverged(
+                        f"training diverged: a loss became NaN or infinite before step {step}; nothing more "
+                        f"was saved, {run_dir} keeps its last good checkpoint. Lower --lr or the loss weights "
+                        f"and start a new run")
             if step % config.log_every == 0 or last:
                 seconds = time.monotonic() - interval_start
                 means = distributed.mean_over_ranks({k: v / interval_steps for k, v in interval_sums.items()}, shard)
@@ -189,19 +216,33 @@ def config_for(preset: str, resume: bool, flags: dict[str, Any]) -> TrainConfig:
         config = make_config(preset, **flags)
         if not config.out:
             config.out = f"outputs/runs/{preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+        if not config.schedule_steps:
+            config.schedule_steps = config.steps
         run_dir = Path(config.out)
-        if (run_dir / MODEL_FILE).exists() or (run_dir / STATE_FILE).exists():
+        if run_dir.exists() and not run_dir.is_dir():
+            raise ConfigError(f"--out {run_dir} is a file, not a folder; pass a new --out")
+        if has_checkpoint(run_dir):
             raise ConfigError(f"{run_dir} already holds a run; continue it with --resume, "
                               f"or pass a new --out")
+        foreign = sorted(p.name for p in run_dir.iterdir() if p.name not in RUN_FILES) if run_dir.is_dir() else []
+        if foreign:
+            raise ConfigError(f"--out {run_dir} is not empty and not a run folder (it holds {foreign[0]}"
+                              f"{' and more' if len(foreign) > 1 else ''}); nothing was written: pass a new --out")
         return config
     if not flags.get("out"):
         raise ConfigError("--resume needs --out RUN_FOLDER, the run to continue")
     run_dir = Path(flags["out"])
-    if not (run_dir / STATE_FILE).exists() or not (run_dir / CONFIG_FILE).exists():
-        raise RunError(f"{run_dir} has no checkpoint to resume ({CONFIG_FILE} and {STATE_FILE} needed); "
+    if not (run_dir / CONFIG_FILE).exists() or not has_checkpoint(run_dir):
+        raise RunError(f"{run_dir} has no checkpoint to resume ({CONFIG_FILE} and a checkpoint needed); "
                        f"start a new run without --resume")
-    saved = load_config(run_dir / CONFIG_FILE)
-    fresh = make_config(saved.preset, **{**{k: v for k, v in vars(saved).items() if k != "preset"}, **flags})
+    try:
+        saved = load_config(run_dir / CONFIG_FILE)
+    except ConfigError as error:
+        raise RunError(str(error)) from None
+    if not saved.schedule_steps:  # written before schedule_steps existed: its decay spanned its steps
+        saved.schedule_steps = saved.steps
+    kept = {k: v for k, v in vars(saved).items() if k not in ("preset", *PATH_FLAGS)}
+    fresh = make_config(saved.preset, **{**kept, **flags})
     changed = sorted(k for k in flags if k != "out" and getattr(fresh, k) != getattr(saved, k)
                      and k not in RESUMABLE_FLAGS)
     if changed:
@@ -219,7 +260,8 @@ def main(preset: str = "cpu", resume: bool = False, **flags: Any) -> None:
     trains one DDP replica on its share of every batch; --batch_size stays the global batch.
     """
     shard = distributed.shard_from_env()
-    try:
+
+    def body() -> None:
         config = config_for(preset, resume, flags)
         check_shardable(config, shard)
         with distributed.process_group(shard, resolve_device(config, shard).type):
@@ -228,10 +270,8 @@ def main(preset: str = "cpu", resume: bool = False, **flags: Any) -> None:
                 print(f"run folder: {config.out}" +
                       (f" ({shard.world_size} processes)" if shard.world_size > 1 else ""), file=sys.stderr)
             train(config, resume=resume, shard=shard)
-    except (ConfigError, DataNotFoundError, RunError) as error:
-        if shard.is_main:
-            print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+
+    run_cli(body, shard.is_main)
 
 
 if __name__ == "__main__":

@@ -25,20 +25,9 @@ import torch
 import torch.nn.functional as F
 
 from autoencoder.config import CIFAR10_CLASSES
-from autoencoder.losses import psnr
+from autoencoder.evaluate import reconstruction_metrics as reconstruction  # the one reconstruction metric
 
 WINGED_CLASSES = ("bird", "airplane")
-
-
-def reconstruction(originals: torch.Tensor, reconstructions: torch.Tensor) -> dict[str, float]:
-    """MSE (pixels in [-1, 1]), mean per-image PSNR and PSNR of the mean MSE (dB). (N, 3, H, W) each."""
-    if originals.shape != reconstructions.shape:
-        raise ValueError(f"originals {tuple(originals.shape)} and reconstructions "
-                         f"{tuple(reconstructions.shape)} must have the same shape")
-    per_image = (reconstructions.float() - originals.float()).pow(2).flatten(1).mean(1)
-    mse = per_image.mean()
-    return {"mse": mse.item(), "psnr_db": psnr(originals, reconstructions).mean().item(),
-            "psnr_of_mean_mse_db": (10 * torch.log10(4 / mse.clamp_min(1e-10))).item()}
 
 
 def pca_reconstruction(train: torch.Tensor, test: torch.Tensor, components: int, seed: int = 0) -> torch.Tensor:

@@ -28,7 +28,8 @@ from autoencoder.config import CIFAR10_CLASSES
 from autoencoder.data import DataNotFoundError, load_cifar10, to_float, to_uint8
 from autoencoder.diagram import draw_run
 from autoencoder.evaluate import reconstruct
-from autoencoder.evaluator import SHIPPED, WEIGHTS_FILE, Evaluator, load_evaluator, machine_name
+from autoencoder.evaluator import SHIPPED, WEIGHTS_FILE, Evaluator, load_evaluator
+from autoencoder.hardware import machine_name
 from autoencoder.hardware import resolve_device, resolve_precision
 from latent_ops import metrics
 from latent_ops.compose import IMAGES_FILE, compose, folder_name

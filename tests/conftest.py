@@ -91,7 +91,7 @@ def tiny_evaluator_config(folder_data: Path, out: Path, **extra):
 @pytest.fixture(scope="session")
 def tiny_evaluator(folder_data, tmp_path_factory):
     """An evaluator (widths 8/16/16) trained 3 epochs on the fake folders: (folder, result)."""
-    from autoencoder.evaluator import train_evaluator
+    from autoencoder.train_evaluator import train_evaluator
 
     out = tmp_path_factory.mktemp("evaluator") / "tiny"
     return out, train_evaluator(tiny_evaluator_config(folder_data, out), progress=False)

@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import shutil
 
+import numpy as np
+
 import pytest
 import torch
+from PIL import Image
 
 from autoencoder import data as data_module
 from autoencoder.config import CIFAR10_CLASSES, ConfigError
@@ -47,14 +50,52 @@ def test_torchvision_layout_loads(tmp_path, cache_dir, monkeypatch):
     assert train.labels.max() < 10
 
 
-def test_cache_round_trip_needs_no_source(tmp_path, cache_dir):
+def test_cache_serves_a_split_until_its_files_change(tmp_path, cache_dir, monkeypatch):
+    import os
+
     root = write_folders(tmp_path / "src")
     first = load_split(root, "train", cache_dir)
     assert list(cache_dir.glob("*-train.safetensors")), "the decoded split was not cached"
-    for image in (root / "train").rglob("*.png"):  # the cache alone must now serve the split
-        image.unlink()
-    second = load_split(root, "train", cache_dir)
+    real_read = data_module.read_image
+    monkeypatch.setattr(data_module, "read_image", lambda f: pytest.fail(f"decoded {f} despite the cache"))
+    second = load_split(root, "train", cache_dir)  # the cache alone serves an unchanged folder
     assert torch.equal(first.images, second.images) and torch.equal(first.labels, second.labels)
+    monkeypatch.setattr(data_module, "read_image", real_read)
+
+    removed = sorted((root / "train" / "horse").glob("*.png"))[0]
+    removed.unlink()
+    fewer = load_split(root, "train", cache_dir)
+    assert len(fewer) == len(first) - 1, "a deleted image was still served from the cache"
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(root / "train" / "cat" / "9999.png")
+    assert len(load_split(root, "train", cache_dir)) == len(first)
+    replaced = sorted((root / "train" / "bird").glob("*.png"))[0]
+    Image.fromarray(np.full((32, 32, 3), 255, np.uint8)).save(replaced)
+    os.utime(replaced, ns=(1, 1))  # a different time, as a copy or edit gives
+    assert load_split(root, "train", cache_dir).images[0].float().mean() == 255
+
+
+def test_bad_images_are_named_in_one_line(tmp_path, cache_dir):
+    from autoencoder.data import DataError
+
+    root = write_folders(tmp_path / "src")
+    truncated = sorted((root / "train" / "cat").glob("*.png"))[3]
+    truncated.write_bytes(truncated.read_bytes()[:40])
+    with pytest.raises(DataError, match=f"{truncated.name} cannot be read as an image"):
+        load_split(root, "train", cache_dir)
+    truncated.write_bytes(b"not an image at all")
+    with pytest.raises(DataError, match=truncated.name):
+        load_split(root, "train", cache_dir)
+    Image.fromarray(np.zeros((16, 32, 3), np.uint8)).save(truncated)
+    with pytest.raises(DataError, match=f"{truncated.name} is 32x16; CIFAR-10 images are 32x32"):
+        load_split(root, "train", cache_dir)
+
+
+def test_a_damaged_cache_is_rebuilt(tmp_path, cache_dir):
+    root = write_folders(tmp_path / "src")
+    first = load_split(root, "test", cache_dir)
+    cache = next(cache_dir.glob("*-test.safetensors"))
+    cache.write_bytes(cache.read_bytes()[:100])
+    assert torch.equal(load_split(root, "test", cache_dir).images, first.images)
 
 
 def test_select_classes_keeps_cifar_labels_and_indices(folder_data, cache_dir):

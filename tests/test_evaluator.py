@@ -8,11 +8,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import autoencoder.evaluator as evaluator_module
+import autoencoder.train_evaluator as evaluator_module
 from autoencoder.classifier import EvaluatorNet, patch_whitening
 from autoencoder.config import ConfigError
-from autoencoder.evaluator import (SHIPPED, EvaluatorConfig, learning_rate, load_evaluator, main,
-                                   make_evaluator_config, random_translate, train_evaluator)
+from autoencoder.evaluator import SHIPPED, EvaluatorConfig, load_evaluator, make_evaluator_config
+from autoencoder.train_evaluator import (learning_rate, main,
+                                         random_translate, train_evaluator)
 
 from conftest import tiny_evaluator_config as tiny_config
 

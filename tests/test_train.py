@@ -9,7 +9,8 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from autoencoder.checkpoint import load_run, load_train_state
+from autoencoder import atomic, checkpoint
+from autoencoder.checkpoint import load_run, load_train_state, state_file
 from autoencoder.config import make_config
 from autoencoder import train as train_module
 from autoencoder.data import BatchSampler
@@ -29,8 +30,10 @@ def test_smoke_run_lowers_reconstruction_loss(smoke_run):
 
 
 def test_run_folder_contents(smoke_run):
-    for name in ("config.json", "model.safetensors", "train_state.pt", "metrics.jsonl"):
+    for name in ("config.json", "model.safetensors", "checkpoint.json", "metrics.jsonl",
+                 "checkpoints/step_00000060/model.safetensors", "checkpoints/step_00000060/train_state.pt"):
         assert (smoke_run / name).stat().st_size > 0, name
+    assert [p.name for p in (smoke_run / "checkpoints").iterdir()] == ["step_00000060"], "old checkpoints kept"
     grids = sorted(p.name for p in (smoke_run / "samples").glob("*.png"))
     assert grids == ["step_000030.png", "step_000060.png"]
     with Image.open(smoke_run / "samples" / "step_000060.png") as grid:
@@ -45,7 +48,7 @@ def test_run_folder_contents(smoke_run):
 def test_run_loads_without_executing_code(smoke_run):
     config, nets = load_run(smoke_run)
     assert config.steps == 60
-    assert load_train_state(smoke_run / "train_state.pt")["step"] == 60  # weights_only=True
+    assert load_train_state(state_file(smoke_run))["step"] == 60  # weights_only=True
     keys = load_file(str(smoke_run / "model.safetensors")).keys()
     for prefix in ("encoder.", "decoder.", "latent_critic.", "interp_critic.", "image_critic."):
         assert any(k.startswith(prefix) for k in keys), prefix
@@ -84,28 +87,138 @@ def test_same_seed_same_weights_and_resume_is_exact(folder_data, tmp_path, monke
         train(killed_config, progress=False)
     monkeypatch.setattr(train_module, "train_step", real_step)
     killed = tmp_path / "killed"
-    assert load_train_state(killed / "train_state.pt")["step"] == 10
+    assert load_train_state(state_file(killed))["step"] == 10
     assert [m["step"] for m in read_metrics(killed)] == [5, 10, 15]
 
-    fire.Fire(main, command=["--out", str(killed), "--resume"])
+    fire.Fire(main, command=["--out", str(killed), "--resume", "--data", str(folder_data),
+                             "--cache_dir", str(tmp_path / "cache")])
     assert same_weights(weights(whole), weights(killed))
     assert [m["step"] for m in read_metrics(killed)] == [5, 10, 15, 20]  # step 15 logged once
     for a, b in zip(read_metrics(killed), read_metrics(whole)):
         assert a["eval/mse"] == b["eval/mse"] and a["loss/recon"] == b["loss/recon"]
-    assert load_train_state(killed / "train_state.pt")["step"] == 20
+    assert load_train_state(state_file(killed))["step"] == 20
 
 
-def test_resume_refuses_weights_and_state_of_different_steps(smoke_run, tmp_path, capsys):
-    import shutil
+FAULT_FLAGS = dict(steps=20, log_every=5, checkpoint_every=10, sample_every=100)
 
-    from autoencoder.checkpoint import save_weights
 
-    run = tmp_path / "torn"
-    shutil.copytree(smoke_run, run)
-    _, nets = load_run(run)
-    save_weights(nets, run / "model.safetensors", metadata={"step": "59"})  # state says 60
-    code, err = run_cli(capsys, "--resume", "--out", str(run), "--steps", "70")
-    assert code == 2 and "weights of step 59 but training state of step 60" in err
+@pytest.fixture(scope="module")
+def unbroken_run(folder_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("unbroken") / "run"
+    return train(make_config("smoke", **FAULT_FLAGS, **smoke_flags(folder_data, out)), progress=False)
+
+
+@pytest.mark.parametrize("fault", ["second file of the step", "rename of the step folder", "pointer",
+                                   "top-level copy"])
+def test_a_kill_inside_a_checkpoint_write_loses_nothing(fault, unbroken_run, folder_data, tmp_path, monkeypatch,
+                                                        capsys):
+    """The writer dies at each point of the step-20 checkpoint; --resume then ends where an unbroken run does."""
+    calls = []
+    real_replace, real_folder, real_json = atomic.replace_atomically, atomic.replace_folder, checkpoint.write_json
+
+    def count(kind):
+        calls.append(kind)
+        return calls.count(kind)
+
+    def dying_replace(write, file):
+        if fault == "second file of the step" and str(file).endswith("train_state.pt") and "step_00000020" in str(
+                file.parent.name) and count("state") == 1:
+            write(atomic.temporary_name(file))  # half written: the temporary is there, the rename never happens
+            raise KeyboardInterrupt
+        if fault == "top-level copy" and file.name == "model.safetensors" and file.parent == out and \
+                json.loads((out / "checkpoint.json").read_text())["step"] == 20:
+            raise KeyboardInterrupt
+        return real_replace(write, file)
+
+    def dying_folder(build, target):
+        if fault == "rename of the step folder" and target.name == "step_00000020":
+            build_dir = target.with_name(f".{target.name}.tmp1")
+            build_dir.mkdir()
+            build(build_dir)  # the step's files are complete, the folder never renamed
+            raise KeyboardInterrupt
+        return real_folder(build, target)
+
+    def dying_json(value, file, indent=1):
+        if fault == "pointer" and value.get("step") == 20:
+            raise KeyboardInterrupt
+        return real_json(value, file, indent)
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(atomic, "replace_atomically", dying_replace)
+    monkeypatch.setattr(checkpoint, "replace_atomically", dying_replace)
+    monkeypatch.setattr(atomic, "replace_folder", dying_folder)
+    monkeypatch.setattr(checkpoint, "write_json", dying_json)
+    with pytest.raises(KeyboardInterrupt):
+        train(make_config("smoke", **FAULT_FLAGS, **smoke_flags(folder_data, out)), progress=False)
+    monkeypatch.undo()
+    assert load_train_state(state_file(out))["step"] in (10, 20)
+    code = None
+    try:
+        fire.Fire(main, command=["--out", str(out), "--resume", "--data", str(folder_data),
+                                 "--cache_dir", str(tmp_path / "cache")])
+    except SystemExit as stop:
+        code = stop.code
+    assert code is None, capsys.readouterr().err
+    assert same_weights(weights(unbroken_run), weights(out))
+    assert load_train_state(state_file(out))["step"] == 20
+    assert [m["step"] for m in read_metrics(out)] == [5, 10, 15, 20]
+    left = [p for p in (*out.iterdir(), *(out / "checkpoints").iterdir()) if p.name.startswith(".")]
+    assert left == [], f"temporary files left: {left}"
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step_00000020"]
+
+
+def test_a_failed_write_removes_its_temporary_file(tmp_path):
+    def half_then_fail(tmp):
+        tmp.write_text("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        atomic.replace_atomically(half_then_fail, tmp_path / "a.json")
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "old.txt").write_text("old")
+    with pytest.raises(OSError):
+        atomic.replace_folder(lambda d: half_then_fail(d / "new.txt"), tmp_path / "out")
+    assert [p.name for p in tmp_path.iterdir()] == ["out"] and (tmp_path / "out" / "old.txt").read_text() == "old"
+
+
+def test_a_diverging_run_stops_and_keeps_its_last_good_checkpoint(folder_data, tmp_path, monkeypatch, capsys):
+    from autoencoder import step as step_module
+
+    real_loss, calls = step_module.losses.reconstruction_loss, []
+
+    def poisoned(x, x_rec):
+        calls.append(1)
+        loss = real_loss(x, x_rec)
+        return loss * float("nan") if len(calls) > 12 else loss
+
+    monkeypatch.setattr(step_module.losses, "reconstruction_loss", poisoned)
+    out = tmp_path / "nan"
+    code, err = run_cli(capsys, "--preset", "smoke", *cli_flags(smoke_flags(folder_data, out, **FAULT_FLAGS)))
+    assert code == 2 and "training diverged" in err and "last good checkpoint" in err
+    assert load_train_state(state_file(out))["step"] == 10
+    assert all(t.isfinite().all() for t in weights(out).values())
+    assert [m["step"] for m in read_metrics(out)] == [5, 10]
+
+
+def cli_flags(flags):
+    return [part for k, v in flags.items() for part in (f"--{k}", str(v))]
+
+
+def test_resuming_with_more_steps_never_raises_the_learning_rate(folder_data, tmp_path):
+    from autoencoder.step import lr_factor
+
+    config = make_config("smoke", **smoke_flags(folder_data, tmp_path / "r"), steps=10, log_every=5,
+                         checkpoint_every=5)
+    config.schedule_steps = 10
+    train(config, progress=False)
+    resumed = train_module.config_for("smoke", True, dict(out=str(tmp_path / "r"), steps=30))
+    assert resumed.steps == 30 and resumed.schedule_steps == 10
+    rates = [lr_factor(s, resumed) for s in range(30)]
+    assert all(b <= a for a, b in zip(rates, rates[1:])), "the learning rate rose"
+    assert rates[9] == rates[29] == pytest.approx(resumed.lr_min_ratio)
+    shorter = train_module.config_for("smoke", True, dict(out=str(tmp_path / "r"), steps=5))
+    assert [lr_factor(s, shorter) for s in range(5)] == rates[:5]
 
 
 @pytest.mark.parametrize("off", ["latent_weight", "interp_weight", "image_weight"])
@@ -159,3 +272,79 @@ def test_cli_errors_are_one_clear_line(folder_data, tmp_path, capsys, smoke_run)
     assert code == 2 and "cannot change --latent_dim" in err
     for err_line in [line for line in err.splitlines() if line.startswith("error:")]:
         assert "\n" not in err_line
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("lr", "inf", "--lr must be a finite number"), ("lr", "nan", "--lr must be a finite number"),
+    ("latent_weight", "nan", "--latent_weight must be a finite number"),
+    ("image_weight", "1e999", "--image_weight must be a finite number"),
+    ("image_weight", "-1", "--image_weight must be between 0"), ("steps", "2.5", "--steps takes a whole number"),
+    ("latent_dim", "1e9", "--latent_dim must be between"), ("seed", "-1", "--seed must be between"),
+    ("batch_size", "0", "--batch_size must be between"), ("interp_gamma", "2", "--interp_gamma must be between"),
+])
+def test_bad_numbers_are_refused_where_they_enter(flag, value, message, capsys, tmp_path):
+    code, err = run_cli(capsys, "--preset", "smoke", "--out", str(tmp_path / "r"), f"--{flag}", value)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_folder_that_is_not_a_run_is_never_overwritten(folder_data, tmp_path, capsys):
+    mine = tmp_path / "thesis"
+    mine.mkdir()
+    (mine / "chapter1.tex").write_text("precious")
+    code, err = run_cli(capsys, "--preset", "smoke", *cli_flags(smoke_flags(folder_data, mine)))
+    assert code == 2 and "not empty and not a run folder" in err and "chapter1.tex" in err
+    assert [p.name for p in mine.iterdir()] == ["chapter1.tex"]
+
+
+def test_a_tampered_config_is_checked_like_flags(smoke_run, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "copy"
+    shutil.copytree(smoke_run, run)
+    config = json.loads((run / "config.json").read_text())
+    for field, value, message in [("lr", "Infinity", "--lr must be a finite number"),
+                                  ("latent_dim", -3, "--latent_dim must be between"),
+                                  ("width", "wide", "--width takes a int"), ("preset", "evil", "unknown preset")]:
+        (run / "config.json").write_text(json.dumps({**config, field: value}).replace('"Infinity"', "Infinity"))
+        code, err = run_cli(capsys, "--resume", "--out", str(run))
+        assert code == 2 and message in err and "config.json" in err, err
+    (run / "config.json").write_text("{not json")
+    code, err = run_cli(capsys, "--resume", "--out", str(run))
+    assert code == 2 and "config.json is damaged" in err
+
+
+def test_paths_in_a_loaded_config_are_not_used(smoke_run, tmp_path, folder_data, capsys):
+    import shutil
+
+    run = tmp_path / "copy"
+    shutil.copytree(smoke_run, run)
+    elsewhere = tmp_path / "elsewhere"
+    config = json.loads((run / "config.json").read_text())
+    config.update(cache_dir=str(elsewhere / "cache"), data=str(elsewhere / "data"), out=str(elsewhere / "out"))
+    (run / "config.json").write_text(json.dumps(config))
+    resumed = train_module.config_for("smoke", True, dict(out=str(run), steps=62, data=str(folder_data)))
+    assert resumed.out == str(run) and resumed.data == str(folder_data) and resumed.cache_dir == "data/cache"
+
+
+@pytest.mark.parametrize("damage", ["model.safetensors", "train_state.pt", "checkpoint.json"])
+def test_damaged_checkpoint_files_are_named(damage, smoke_run, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "copy"
+    shutil.copytree(smoke_run, run)
+    file = run / damage if damage == "checkpoint.json" else run / "checkpoints" / "step_00000060" / damage
+    file.write_bytes(file.read_bytes()[: len(file.read_bytes()) // 2])
+    code, err = run_cli(capsys, "--resume", "--out", str(run), "--steps", "70")
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(errors) == 1 and damage in errors[0] and "Traceback" not in err, err
+
+
+def test_a_pointer_cannot_lead_outside_the_run(smoke_run, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "copy"
+    shutil.copytree(smoke_run, run)
+    (run / "checkpoint.json").write_text(json.dumps({"step": 60, "folder": "../../elsewhere"}))
+    code, err = run_cli(capsys, "--resume", "--out", str(run), "--steps", "70")
+    assert code == 2 and "does not name a checkpoint folder" in err

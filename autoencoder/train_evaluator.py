@@ -1,0 +1,279 @@
+"""Train the evaluator classifier from scratch on CIFAR-10's train split.
+
+No pre-trained network is used anywhere: this classifier is the project's own, trained
+here on CIFAR-10 alone (inference and loading: ``evaluator.py``; network: ``classifier.py``).
+
+Recipe: SGD with Nesterov momentum, a linear warm-up then linear decay of the learning
+rate, batch-norm biases at 64x the learning rate, label smoothing 0.2, flips and 2-pixel
+translations, bf16 autocast where the CPU or GPU supports it, and left-right flip
+test-time augmentation (Page 2018; Jordan 2024, airbench, see ``classifier.py``). Each epoch
+ends with an atomic checkpoint; ``--resume true`` goes on from the last one. The finished
+run writes ``evaluator.safetensors`` (fp16), ``config.json``, ``result.json`` and
+``card.md`` (all of it generated here); ``--ship DIR`` copies them where the package finds them.
+
+Example: ``python -m autoencoder.train_evaluator --data data --out outputs/evaluator/main --ship autoencoder/weights/evaluator``
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from autoencoder.atomic import write_json, write_text
+from autoencoder.checkpoint import (METRICS_FILE, clean_run_folder, has_checkpoint, load_train_state, load_weights,
+                                    model_file, save_weights, state_file, write_checkpoint)
+from autoencoder.classifier import EvaluatorNet
+from autoencoder.config import CIFAR10_CLASSES, ConfigError, load_config, save_config
+from autoencoder.data import epoch_order, load_cifar10, random_flip, to_float
+from autoencoder.errors import run_cli
+from autoencoder.evaluator import (CARD_FILE, CONFIG_FILE, RESULT_FILE, WEIGHTS_FILE, Evaluator, EvaluatorConfig,
+                                   build_net, make_evaluator_config, validate_evaluator_config)
+from autoencoder.hardware import autocast, machine_name, resolve_device, resolve_precision
+
+RESUMABLE_FLAGS = {"data", "cache_dir", "download", "threads", "ship", "out"}
+
+# How the shipped recipe was chosen: runs measured on the project's 2-core CPU, 12 epochs
+# each, seed 0 (python -m autoencoder.train_evaluator --data data --out ... [flags]). A
+# record of past measurements, rendered into every card so that retraining keeps it.
+RECIPE_SEARCH = [
+    ("batch 512, lr 0.4, momentum 0.9, weight decay 5e-4, logits x0.125", "89.97%", "24.3 (cores partly shared)"),
+    ("batch 256, same otherwise", "90.26%", "21.6"),
+    ("batch 1024, lr 1.3, momentum 0.85, weight decay 1.53e-3, batch-norm biases x64, scales fixed, dirac init, "
+     "logits x1/9 (the default)", "90.41%", "20.2"),
+]
+RECIPE_NOTE = (
+    "The third follows the published airbench ablations (Jordan 2024). It trains in fewer steps,\n"
+    "so it is the fastest, and its accuracy is the best of the three, but only by 0.15 points: on\n"
+    "this CPU in 12 epochs, none of the three reaches airbench's GPU accuracy, which also comes from\n"
+    "lookahead and more test-time augmentation that this project leaves out.")
+
+
+def random_translate(images: torch.Tensor, pixels: int, generator: torch.Generator) -> torch.Tensor:
+    """Shift each image by up to ``pixels`` in x and y, filling with the reflected border.
+
+    images: (B, C, H, W); the shifts come from ``generator`` so a seed fixes them.
+    """
+    if pixels == 0:
+        return images
+    b, _, h, w = images.shape
+    padded = F.pad(images.float(), (pixels,) * 4, mode="reflect").to(images.dtype)
+    shifts = torch.randint(0, 2 * pixels + 1, (2, b), generator=generator)
+    out = torch.empty_like(images)
+    for dy in range(2 * pixels + 1):
+        for dx in range(2 * pixels + 1):
+            chosen = ((shifts[0] == dy) & (shifts[1] == dx)).nonzero().flatten()
+            if len(chosen):
+                out[chosen] = padded[chosen, :, dy:dy + h, dx:dx + w]
+    return out
+
+
+def learning_rate(step: int, total: int, config: EvaluatorConfig) -> float:
+    """Linear warm-up to ``lr`` over the first ``warmup`` of the steps, then linear decay to 0."""
+    rise = max(1, round(config.warmup * total))
+    if step < rise:
+        return config.lr * (step + 1) / rise
+    return config.lr * max(0.0, (total - step) / max(1, total - rise))
+
+
+def _parameter_groups(net: EvaluatorNet, config: EvaluatorConfig) -> list[dict]:
+    """Batch-norm biases at ``bias_lr_scale`` times the learning rate, with their L2 coefficient
+    divided by as much so that their decay per step matches the other parameters'."""
+    trainable = [(n, p) for n, p in net.named_parameters() if p.requires_grad]
+    norm_biases = [p for n, p in trainable if ".norm" in n]
+    rest = [p for n, p in trainable if ".norm" not in n]
+    return [dict(params=rest, weight_decay=config.weight_decay, lr_scale=1.0),
+            dict(params=norm_biases, weight_decay=config.weight_decay / config.bias_lr_scale,
+                 lr_scale=config.bias_lr_scale)]
+
+
+def _check_resume(out: Path, config: EvaluatorConfig) -> None:
+    saved = load_config(out / CONFIG_FILE, EvaluatorConfig, validate_evaluator_config)
+    changed = [f.name for f in dataclasses.fields(EvaluatorConfig)
+               if f.name not in RESUMABLE_FLAGS and getattr(saved, f.name) != getattr(config, f.name)]
+    if changed:
+        raise ConfigError(f"--resume true with different {', '.join('--' + c for c in changed)} than the run "
+                          f"in {out} was started with; drop those flags or start a new --out")
+
+
+def write_card(out: Path, config: EvaluatorConfig, result: dict) -> None:
+    per_class = ", ".join(f"{name} {100 * value:.1f}" for name, value in result["per_class_accuracy"].items())
+    search = "\n".join(f"| {recipe} | {accuracy} | {minutes} |" for recipe, accuracy, minutes in RECIPE_SEARCH)
+    curve = "\n".join(f"| {r['epoch']} | {r['train_loss']:.3f} | {100 * r['test_accuracy']:.2f} | "
+                      f"{r['seconds']:.0f} |" for r in result["epochs"])
+    card = f"""# Evaluator card
+
+A CIFAR-10 classifier trained **from scratch** by this project (`autoencoder/train_evaluator.py`,
+network in `autoencoder/classifier.py`). No pre-trained weights and no data other than
+CIFAR-10's train split went into it. It is the feature space of the sample-quality metrics:
+its Frechet and kernel distances are **not** Inception FID/KID numbers and cannot be compared
+with published ones.
+
+- Test accuracy (10,000 test images, flip TTA): **{100 * result['test_accuracy']:.2f}%**
+  (without TTA: {100 * result['test_accuracy_no_tta']:.2f}%)
+- Training time: {result['train_seconds'] / 60:.1f} min of training steps,
+  {result['wall_seconds'] / 60:.1f} min wall including per-epoch test passes, on
+  {result['machine']} ({result['threads']} threads), {result['precision']} autocast
+- Parameters: {result['parameters']:,}; shipped in fp16 ({WEIGHTS_FILE}); features: {result['feature_dim']}-d
+- Command: `{result['command']}`
+- Recipe: SGD Nesterov (momentum {config.momentum}), peak lr {config.lr} (batch-norm biases
+  x{config.bias_lr_scale:g}), batch {config.batch_size},
+  {config.epochs} epochs, warm-up {config.warmup:.0%} then linear decay, weight decay
+  {config.weight_decay}, label smoothing {config.label_smoothing}, flips and {config.translate}-pixel
+  translations, frozen 2x2 patch-whitening stem, batch-norm scales fixed at 1, dirac-initialised
+  convolutions. Seed {config.seed}.
+
+| epoch | train loss | test acc. % (no TTA) | seconds |
+|---|---|---|---|
+{curve}
+
+Per-class test accuracy (flip TTA): {per_class}%.
+
+## How this recipe was chosen
+
+All on the same 2-core CPU, 12 epochs each, seed 0 (`python -m autoencoder.train_evaluator --data data
+--out ... [flags]`):
+
+| recipe | test acc. (flip TTA) | training min |
+|---|---|---|
+{search}
+
+{RECIPE_NOTE}
+"""
+    write_text(card, out / CARD_FILE)
+
+
+def train_evaluator(config: EvaluatorConfig, resume: bool = False, progress: bool = True) -> dict:
+    """Train (or resume) the evaluator in ``config.out``; returns the result record."""
+    out = Path(config.out)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = resolve_device(config)
+    dtype = resolve_precision(config, device)
+    if out.is_dir():
+        clean_run_folder(out)
+    if resume and not has_checkpoint(out):
+        raise ConfigError(f"--resume true but {out} holds no checkpoint; start without --resume")
+    if not resume and has_checkpoint(out):
+        raise ConfigError(f"{out} already holds an evaluator run; pass --resume true to go on, "
+                          f"or choose another --out")
+    if resume:
+        _check_resume(out, config)
+    train = load_cifar10(config.data, "train", cache_dir=config.cache_dir, download=config.download)
+    test = load_cifar10(config.data, "test", cache_dir=config.cache_dir)
+    images, labels = train.images, train.labels
+    if config.train_images:
+        images, labels = images[:config.train_images], labels[:config.train_images]
+
+    torch.manual_seed(config.seed)
+    net = build_net(config)
+    fit = torch.Generator().manual_seed(config.seed)
+    net.set_whitening(to_float(images[torch.randperm(len(images), generator=fit)[:5000]]))
+    net = net.to(device, memory_format=torch.channels_last)
+    optimiser = torch.optim.SGD(_parameter_groups(net, config), lr=config.lr,
+                                momentum=config.momentum, nesterov=True)
+    steps_per_epoch = max(1, len(images) // config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+    start_epoch, train_seconds, wall_seconds, history = 0, 0.0, 0.0, []
+    out.mkdir(parents=True, exist_ok=True)
+    if resume:
+        state = load_train_state(state_file(out))
+        load_weights(net, model_file(out))
+        optimiser.load_state_dict(state["optimiser"])
+        start_epoch, history = state["epoch"], state["history"]
+        train_seconds, wall_seconds = state["train_seconds"], state["wall_seconds"]
+    else:
+        save_config(config, out / CONFIG_FILE)
+        write_text("", out / METRICS_FILE)
+    evaluator = Evaluator(net, device, dtype)
+
+    for epoch in range(start_epoch, config.epochs):
+        net.train()
+        order = epoch_order(config.seed, epoch, len(images))
+        generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
+        epoch_start, losses = time.time(), []
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress,
+                   file=sys.stderr)
+        for i in bar:
+            for group in optimiser.param_groups:
+                group["lr"] = group["lr_scale"] * learning_rate(epoch * steps_per_epoch + i, total_steps, config)
+            index = order[i * config.batch_size:(i + 1) * config.batch_size]
+            if len(index) < config.batch_size:  # fewer images than a batch (tests): wrap around
+                index = torch.arange(i * config.batch_size, (i + 1) * config.batch_size) % len(images)
+            batch = random_translate(random_flip(images[index], generator), config.translate, generator)
+            x = to_float(batch).to(device, memory_format=torch.channels_last)  # (B, 3, 32, 32)
+            y = labels[index].to(device)
+            with autocast(device, dtype):
+                loss = F.cross_entropy(net(x).float(), y, label_smoothing=config.label_smoothing)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            losses.append(loss.detach())
+        train_seconds += time.time() - epoch_start
+        net.eval()
+        record = dict(epoch=epoch + 1, train_loss=torch.stack(losses).mean().item(),
+                      test_accuracy=evaluator.accuracy(test.images, test.labels, flip_tta=False),
+                      seconds=train_seconds)
+        history.append(record)
+        wall_seconds += time.time() - epoch_start
+        write_checkpoint(out, net, dict(optimiser=optimiser.state_dict(), epoch=epoch + 1,
+                                        train_seconds=train_seconds, wall_seconds=wall_seconds, history=history),
+                         step=epoch + 1)
+        # the log line follows the checkpoint, so a resumed run never logs an epoch twice
+        with open(out / METRICS_FILE, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if progress:
+            print(f"epoch {epoch + 1}: loss {record['train_loss']:.3f}, test accuracy "
+                  f"{100 * record['test_accuracy']:.2f}% (no TTA), {train_seconds:.0f} s of training", flush=True)
+
+    net.eval()
+    final_start = time.time()
+    predictions = evaluator.logits(test.images, flip_tta=True).argmax(1)  # one pass: overall and per class
+    result = dict(
+        test_accuracy=(predictions == test.labels).float().mean().item(),
+        test_accuracy_no_tta=evaluator.accuracy(test.images, test.labels, flip_tta=False),
+        per_class_accuracy={}, train_seconds=train_seconds,
+        epochs=history, parameters=sum(p.numel() for p in net.parameters()), feature_dim=net.feature_dim,
+        machine=machine_name(device), threads=torch.get_num_threads(),
+        precision=str(dtype).replace("torch.", ""),
+        command="python -m autoencoder.train_evaluator " + " ".join(
+            f"--{k} {v}" for k, v in dataclasses.asdict(config).items()
+            if v != getattr(EvaluatorConfig, k) and k not in ("ship",)),
+    )
+    for label, name in enumerate(CIFAR10_CLASSES):
+        mine = test.labels == label
+        if mine.any():
+            result["per_class_accuracy"][name] = (predictions[mine] == label).float().mean().item()
+    result["wall_seconds"] = wall_seconds + time.time() - final_start
+    save_weights(net, out / WEIGHTS_FILE, dtype=torch.float16,
+                 metadata={"test_accuracy": f"{result['test_accuracy']:.4f}"})
+    write_json(result, out / RESULT_FILE, indent=2)
+    write_card(out, config, result)
+    if config.ship:
+        ship = Path(config.ship)
+        ship.mkdir(parents=True, exist_ok=True)
+        for name in (WEIGHTS_FILE, CONFIG_FILE, CARD_FILE, RESULT_FILE):
+            shutil.copyfile(out / name, ship / f".{name}.tmp")
+            (ship / f".{name}.tmp").replace(ship / name)
+    return result
+
+
+def main(resume: bool = False, **flags) -> None:
+    """Train the evaluator; prints test accuracy with and without flip TTA."""
+    config = run_cli(lambda: make_evaluator_config(**flags))
+    result = run_cli(lambda: train_evaluator(config, resume=resume))
+    print(f"test accuracy {100 * result['test_accuracy']:.2f}% with flip TTA "
+          f"({100 * result['test_accuracy_no_tta']:.2f}% without); "
+          f"{result['train_seconds'] / 60:.1f} min of training; card: {Path(config.out) / CARD_FILE}")
+
+
+if __name__ == "__main__":
+    import fire
+
+    fire.Fire(main)
