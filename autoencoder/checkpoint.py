@@ -201,9 +201,13 @@ def clean_run_folder(run_dir: Path) -> list[Path]:
 
 
 def weights_digest(run_dir: str | Path) -> str:
-    """SHA-256 (hex, 16 characters) of the weights a run loads: the stamp of every file derived from them."""
+    """SHA-256 (hex, 16 characters) of the weights a run loads: the stamp of every file derived from them
+    ("" for a folder without weights)."""
+    file = model_file(run_dir)
+    if not file.exists():
+        return ""
     digest = hashlib.sha256()
-    with open(model_file(run_dir), "rb") as f:
+    with open(file, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()[:16]

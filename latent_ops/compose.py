@@ -1,19 +1,22 @@
-"""Compose images from a concept expression: sample codes, decode, refine with the critic, rank, write.
+"""Compose images from a concept expression: sample codes, refine with the critic, decode, rank, write.
 
 ``horse+wings`` draws horse codes (by default codes of real held-out test horses, the
-empirical density; ``--source density`` samples the fitted Gaussian mixture instead)
-and adds the calibrated wing step;
-the codes are refined by the image critic (latent_ops.refine), decoded, scored for
-realism (critic logit), intent (class probabilities of the decoded images from the
-project's evaluator classifier, or with ``--intent probe`` from a linear class probe on
-the codes: the expression's classes and, for wing directions, P(bird)+P(airplane),
-combined by geometric mean so it is high only when every part is present) and uniqueness (RMS pixel distance to the nearest
-CIFAR-10 training image, counted up to that of real test images), and ranked by the sum
-of the three batch z-scores.
+empirical density; ``--source density`` samples the fitted Gaussian mixture instead) and
+adds the calibrated wing step; the codes are refined by the image critic
+(latent_ops.refine), decoded, scored for realism (critic logit), intent (class
+probabilities of the decoded images from the project's evaluator classifier, or with
+``--intent probe`` from a linear class probe on the codes: the expression's classes and,
+for wing directions, P(bird)+P(airplane), combined by geometric mean so it is high only
+when every part is present) and uniqueness (RMS pixel distance to the nearest CIFAR-10
+training image, counted up to that of real test images), and ranked by the sum of the
+three batch z-scores. Candidates are processed ``--chunk`` at a time, so memory stays
+bounded for any ``--n``.
 
-Writes to ``outputs/compose/<expr>-<seed>/``: best.png (+ best_x8.png), batch64.png,
-neighbours.png, refinement.png, scores.json and images.safetensors
-(the ranked batch as uint8, best first).
+Writes ``outputs/compose/<expr>-<seed>/`` (a short hash is added when the expression has
+characters a folder name cannot keep), built in a temporary folder and renamed into place
+whole: best.png (+ best_x8.png), batch64.png, neighbours.png, refinement.png,
+scores.json, config.json (every setting) and images.safetensors (the best images as
+uint8, best first, at most 1024).
 
 Examples:
     python -m latent_ops.compose horse+wings
@@ -21,32 +24,78 @@ Examples:
 """
 from __future__ import annotations
 
-import json
+import hashlib
 import re
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 
+from autoencoder.atomic import replace_folder, save_tensors, write_json
 from autoencoder.checkpoint import RunError, load_run
-from autoencoder.config import CIFAR10_CLASSES
-from autoencoder.data import DataNotFoundError, load_split, to_uint8
+from autoencoder.config import CIFAR10_CLASSES, ConfigError, check_ranges, dataclass_from_flags, save_config
+from autoencoder.data import DataNotFoundError, load_split, to_float, to_uint8
+from autoencoder.errors import run_cli
 from autoencoder.evaluator import SHIPPED, WEIGHTS_FILE, load_evaluator
 from autoencoder.hardware import resolve_device
 from latent_ops import ranking
-from latent_ops.concepts import (DENSITIES_FILE, WINGED, Concepts, fit_run_concepts, heldout_members,
-                                 load_concepts)
-from latent_ops.encode import BANK_FILE, LatentBank, encode_run, load_bank
+from latent_ops.concepts import WINGED, Concepts, fit_run_concepts, heldout_members, load_concepts
+from latent_ops.encode import LatentBank, decode_codes, encode_run, load_bank
 from latent_ops.expression import ExpressionError, parse
 from latent_ops.images import save_grid, save_single
-from latent_ops.metrics import mean_pairwise_distance
+from latent_ops.metrics import mean_pairwise_distance, nearest_neighbours
 from latent_ops.refine import critic_scores, refine_codes
 from latent_ops.runs import resolve_run
 
 SOURCES = ("heldout", "density")
 INTENTS = ("auto", "evaluator", "probe")
+IMAGES_FILE = "images.safetensors"  # the best images, uint8 (k, 3, 32, 32), best first
+MAX_SAVED_IMAGES = 1024  # images.safetensors keeps at most this many (the batch is ranked in full)
+SHOWN = 64  # batch64.png: the best 64
+OUTPUT_FILES = {"best.png", "best_x8.png", "batch64.png", "neighbours.png", "refinement.png", "scores.json",
+                "config.json", IMAGES_FILE}
+MAX_NAME = 80  # characters of the expression kept in a folder name
+
+
+@dataclass
+class ComposeConfig:
+    expression: str = "horse+wings"  # the concept expression (the first argument on the command line)
+    run: str = ""  # run folder; empty: the newest trained run in outputs/runs
+    data: str = "data"  # CIFAR-10 folder, for uniqueness and neighbour panels (skipped when absent)
+    cache_dir: str = "data/cache"  # where the decoded data is cached
+    out: str = ""  # output folder; empty: outputs/compose/<expression>-<seed>
+    n: int = 64  # candidates to compose and rank
+    seed: int = 0  # draws of source codes and density samples
+    refine_steps: int = 10  # critic refinement steps (0: none)
+    refine_step_size: float = 0.02  # gradient step size of the refinement
+    refine_anchor: float = 1.0  # pull towards the starting code during refinement
+    strength: float = 1.0  # scales every direction's calibrated step
+    temperature: float = 1.0  # spread of --source density samples
+    source: str = "heldout"  # heldout (codes of real test images) or density (the fitted Gaussian mixture)
+    intent: str = "auto"  # auto (the evaluator when shipped), evaluator or probe
+    chunk: int = 256  # candidates refined and decoded at once: memory stays bounded for any --n
+
+
+COMPOSE_RANGES = {"n": (1, 10**6), "seed": (0, 2**32 - 1), "refine_steps": (0, 10**4),
+                  "refine_step_size": (0, 100), "refine_anchor": (0, 1e4), "strength": (0, 100),
+                  "temperature": (1e-6, 100), "chunk": (1, 65536)}
+
+
+def validate_compose_config(config: ComposeConfig) -> None:
+    check_ranges(config, COMPOSE_RANGES)
+    if config.source not in SOURCES:
+        raise ConfigError(f"--source must be one of {', '.join(SOURCES)}, got {config.source!r}")
+    if config.intent not in INTENTS:
+        raise ConfigError(f"--intent must be one of {', '.join(INTENTS)}, got {config.intent!r}")
+    parse(config.expression)  # grammar, length and numbers checked before any work
+
+
+def make_compose_config(**flags) -> ComposeConfig:
+    config = dataclass_from_flags(ComposeConfig, {}, flags)
+    validate_compose_config(config)
+    return config
 
 
 def resolve_intent(intent: str) -> str:
@@ -58,27 +107,30 @@ def resolve_intent(intent: str) -> str:
         return "evaluator" if (SHIPPED / WEIGHTS_FILE).exists() else "probe"
     if intent == "evaluator" and not (SHIPPED / WEIGHTS_FILE).exists():
         raise ExpressionError(f"--intent evaluator needs the evaluator in {SHIPPED}; train it with "
-                              f"python -m autoencoder.evaluator --ship {SHIPPED}, or use --intent probe")
+                              f"python -m autoencoder.train_evaluator --ship {SHIPPED}, or use --intent probe")
     return intent
-IMAGES_FILE = "images.safetensors"  # the ranked batch, uint8 (n, 3, 32, 32), best first
 
 
 def ensure_concepts(run: Path, data: str, cache_dir: str) -> Concepts:
-    """The run's concepts, encoding the data set and fitting them first when missing."""
-    if not (run / DENSITIES_FILE).exists():
-        if not (run / BANK_FILE).exists():
-            print(f"compose: encoding the data set into {run / BANK_FILE} (once)")
+    """The run's concepts; the data set is encoded and the concepts fitted again when either is
+    missing, damaged or was made from other weights than the run's current ones."""
+    try:
+        return load_concepts(run)
+    except RunError as problem:
+        try:
+            load_bank(run)
+        except RunError as bank_problem:
+            print(f"compose: encoding the data set into the latent bank ({bank_problem})")
             encode_run(run, data, cache_dir)
-        print(f"compose: fitting clusters and directions of {run} (once)")
+        print(f"compose: fitting clusters and directions of {run} ({problem})")
         return fit_run_concepts(run, data, cache_dir)
-    return load_concepts(run)
 
 
 def uniqueness_reference(data: str, cache_dir: str, train_images: torch.Tensor, seed: int, count: int = 256) -> float:
     """Median distance from real held-out images to their nearest training image."""
     test = load_split(data, "test", cache_dir).images
     pick = torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))[:count]
-    distance, _ = ranking.nearest_neighbours(test[pick].float() / 127.5 - 1, train_images, k=1)
+    distance, _ = nearest_neighbours(to_float(test[pick]), train_images, k=1)
     return distance[:, 0].median().item()
 
 
@@ -142,122 +194,178 @@ def intent_terms(weights: dict[str, float], concepts: Concepts, codes: torch.Ten
 
 
 def folder_name(expression: str, seed: int) -> str:
-    safe = expression.replace("*", "x").replace(":", "_").replace("/", "over").replace(" ", "")
-    return re.sub(r"[^A-Za-z0-9+.\-_x]", "", safe) + f"-{seed}"
+    """A folder name for an expression and seed; two different expressions never share one.
+
+    Expressions made only of letters, digits, ``+ - . _ :`` keep a readable name (``:``
+    becomes ``~``, which the grammar never contains); any other character (``*``, ``/``,
+    parentheses, spaces) adds a hash of the exact expression, and so does a name cut short.
+    """
+    safe = expression.replace(":", "~")
+    plain = re.fullmatch(r"[A-Za-z0-9+.\-_~]+", safe) is not None and len(safe) <= MAX_NAME
+    if plain:
+        return f"{safe}-{seed}"
+    readable = re.sub(r"[^A-Za-z0-9+.\-_~]", "", safe.replace("*", "x").replace("/", "over"))[:MAX_NAME]
+    digest = hashlib.sha1(expression.encode()).hexdigest()[:8]
+    return f"{readable}-{digest}-{seed}"
 
 
-def compose(expression: str, run: str = "", data: str = "data", n: int = 64, seed: int = 0,
-            refine_steps: int = 10, refine_step_size: float = 0.02, refine_anchor: float = 1.0,
-            strength: float = 1.0, temperature: float = 1.0, source: str = "heldout", out: str = "",
-            cache_dir: str = "data/cache", quiet: bool = False, intent: str = "auto") -> Path:
-    """Compose ``n`` images for ``expression``; returns the output folder."""
-    began = time.monotonic()
-    run_dir = resolve_run(run)
-    config, nets = load_run(run_dir)
-    device = resolve_device(config)
-    nets = nets.to(device)
-    concepts = ensure_concepts(run_dir, data, cache_dir)
-    weights = parse(expression, concepts.names)
+def output_folder(config: ComposeConfig) -> Path:
+    """Where compose writes; an existing folder that is not a compose output is refused before any work."""
+    out = Path(config.out) if config.out else Path("outputs/compose") / folder_name(config.expression, config.seed)
+    if out.exists():
+        if not out.is_dir():
+            raise ConfigError(f"--out {out} is a file; pass a folder")
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in OUTPUT_FILES)
+        if foreign:
+            raise ConfigError(f"--out {out} is not empty and not a compose output (it holds {foreign[0]}); "
+                              f"nothing was written: pass a new --out")
+    return out
 
-    rng = np.random.default_rng(seed)
-    bank = load_bank(run_dir) if source == "heldout" else None
-    codes, drawn = sample_expression(weights, concepts, n, rng, strength, temperature, source, bank)
-    z0 = torch.from_numpy(codes).to(device)
-    generator = torch.Generator().manual_seed(seed)
-    z, history = refine_codes(nets, z0, refine_steps, refine_step_size, refine_anchor, generator=generator)
+
+@torch.no_grad()
+def _decode(nets, codes: torch.Tensor, chunk: int) -> torch.Tensor:
+    return torch.cat([nets.decoder(part).float().cpu() for part in codes.split(chunk)])
+
+
+def score_chunk(nets, z0: torch.Tensor, config: ComposeConfig, weights: dict, concepts: Concepts, judge,
+                train_images: torch.Tensor | None, reference: float | None) -> dict[str, torch.Tensor]:
+    """Refine, decode and score one chunk of candidate codes; returns per-candidate tensors on the CPU."""
+    z, history = refine_codes(nets, z0, config.refine_steps, config.refine_step_size, config.refine_anchor)
     with torch.no_grad():
-        before, after = nets.decoder(z0).float(), nets.decoder(z).float()  # (n, 3, 32, 32)
-        realism_before = critic_scores(nets, z0).float().cpu()
-        realism = critic_scores(nets, z).float().cpu()
-
-    intent_source = resolve_intent(intent)
+        after = nets.decoder(z).float()  # (c, 3, 32, 32)
+        out = {"z": z.cpu(), "realism_before": critic_scores(nets, z0).float().cpu(),
+               "realism": nets.image_critic(after).float().cpu(),
+               "history": torch.tensor(history) * len(z)}
     probs = None
-    if intent_source == "evaluator":
-        p = load_evaluator(device=device.type).probabilities(after.cpu())  # (n, 10)
+    if judge is not None:
+        p = judge.probabilities(after.cpu())  # (c, 10)
         probs = {name: p[:, i] for i, name in enumerate(CIFAR10_CLASSES)}
-    intents = intent_terms(weights, concepts, z, probs)
-    intent = ranking.geometric_mean(torch.stack(list(intents.values()), 1)) if intents else torch.ones(n)
-    terms = {"realism": realism, "intent": intent}
-    reference = None
+    for name, value in intent_terms(weights, concepts, z, probs).items():
+        out[f"intent/{name}"] = value.float().cpu()
+    if train_images is not None:
+        distance, index = nearest_neighbours(after.cpu(), train_images, k=3)
+        out["distance"], out["neighbours"] = distance, index
+    return out
+
+
+def compose(expression: str, quiet: bool = False, **flags) -> Path:
+    """Compose ``flags["n"]`` images for ``expression``; returns the output folder.
+
+    ``flags``: the fields of ComposeConfig (run, data, n, seed, ...), checked like flags.
+    """
+    return run_compose(make_compose_config(expression=expression, **flags), quiet)
+
+
+def run_compose(config: ComposeConfig, quiet: bool = False) -> Path:
+    began = time.monotonic()
+    run_dir = resolve_run(config.run)
+    out_dir = output_folder(config)
+    run_config, nets = load_run(run_dir)
+    device = resolve_device(run_config)
+    nets = nets.to(device)
+    concepts = ensure_concepts(run_dir, config.data, config.cache_dir)
+    weights = parse(config.expression, concepts.names)
+    intent_source = resolve_intent(config.intent)
+    judge = load_evaluator(device=device.type) if intent_source == "evaluator" else None
+
+    rng = np.random.default_rng(config.seed)
+    bank = load_bank(run_dir) if config.source == "heldout" else None
+    codes, drawn = sample_expression(weights, concepts, config.n, rng, config.strength, config.temperature,
+                                     config.source, bank)
+    reference = train_images = None
     try:
-        train_images = load_split(data, "train", cache_dir).images
-        distance, neighbour_index = ranking.nearest_neighbours(after.cpu(), train_images, k=3)
-        reference = uniqueness_reference(data, cache_dir, train_images, seed)
-        terms["uniqueness"] = ranking.capped_uniqueness(distance[:, 0], reference)
+        train_images = load_split(config.data, "train", config.cache_dir).images
+        reference = uniqueness_reference(config.data, config.cache_dir, train_images, config.seed)
     except DataNotFoundError as error:
-        train_images, distance, neighbour_index = None, None, None
-        print(f"compose: uniqueness skipped, no training images to compare with ({error})")
+        print(f"compose: uniqueness and neighbour panels skipped: no training images to compare with ({error})")
+
+    parts = [score_chunk(nets, torch.from_numpy(chunk).to(device), config, weights, concepts, judge,
+                         train_images, reference) for chunk in np.array_split(codes, range(
+                             config.chunk, config.n, config.chunk))]
+    found = {k: torch.cat([p[k] for p in parts]) for k in parts[0] if k != "history"}
+    history = (sum(p["history"] for p in parts) / config.n).tolist()
+    intents = {k.split("/", 1)[1]: v for k, v in found.items() if k.startswith("intent/")}
+    intent = ranking.geometric_mean(torch.stack(list(intents.values()), 1)) if intents else torch.ones(config.n)
+    terms = {"realism": found["realism"], "intent": intent}
+    if reference is not None:
+        terms["uniqueness"] = ranking.capped_uniqueness(found["distance"][:, 0], reference)
     combined = ranking.combined_score(terms)
     order = combined.argsort(descending=True)
 
-    out_dir = Path(out) if out else Path("outputs/compose") / folder_name(expression, seed)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    ranked = after[order.to(after.device)].cpu()
-    save_single(ranked[0], out_dir / "best.png")
-    save_single(ranked[0], out_dir / "best_x8.png", scale=8)
-    save_grid(ranked, out_dir / "batch64.png", nrow=8, scale=3)
-    save_file({"images": to_uint8(ranked).contiguous()}, str(out_dir / IMAGES_FILE))  # for metrics and reports
-    shown = min(16, n)
-    pairs = torch.cat([torch.cat([before[i:i + 8], after[i:i + 8]]) for i in range(0, shown, 8)]).cpu()
-    save_grid(pairs, out_dir / "refinement.png", nrow=min(8, n), scale=3)
-    if train_images is not None:
-        rows = []
-        for i in order[:8].tolist():
-            nn = train_images[neighbour_index[i]].float() / 127.5 - 1
-            rows.append(torch.cat([after[i:i + 1].cpu(), nn]))
-        save_grid(torch.cat(rows), out_dir / "neighbours.png", nrow=4, scale=3)
+    kept = order[:MAX_SAVED_IMAGES]
+    with torch.no_grad():
+        ranked = _decode(nets, found["z"][kept].to(device), config.chunk)  # (k, 3, 32, 32), best first
+        shown = order[:SHOWN]
+        before_shown = _decode(nets, torch.from_numpy(codes)[shown].to(device), config.chunk)
+    after_shown = ranked[:len(shown)]
 
-    wings = concepts.directions.get("wings")
     candidates = []
     for rank, i in enumerate(order.tolist()):
         entry = {"rank": rank, "candidate": i, "combined": combined[i].item(),
-                 "realism_before_refinement": realism_before[i].item(), "realism": realism[i].item(),
-                 "intent": intent[i].item(), "intent_terms": {k: v[i].item() for k, v in intents.items()}}
-        if distance is not None:
-            entry.update(uniqueness=distance[i, 0].item(), nearest_train_indices=neighbour_index[i].tolist(),
-                         nearest_train_distances=distance[i].tolist())
+                 "realism_before_refinement": found["realism_before"][i].item(),
+                 "realism": found["realism"][i].item(), "intent": intent[i].item(),
+                 "intent_terms": {k: v[i].item() for k, v in intents.items()}}
+        if reference is not None:
+            entry.update(uniqueness=found["distance"][i, 0].item(),
+                         nearest_train_indices=found["neighbours"][i].tolist(),
+                         nearest_train_distances=found["distance"][i].tolist())
         if drawn:
             entry["source_test_indices"] = {name: idx[i] for name, idx in drawn.items()}
-        if wings is not None:
-            entry["wings_signed_distance"] = float(wings.signed_distance(z[i:i + 1].cpu().numpy())[0])
+        if "wings" in concepts.directions:
+            entry["wings_signed_distance"] = float(
+                concepts.directions["wings"].signed_distance(found["z"][i:i + 1].numpy())[0])
         candidates.append(entry)
     summary = {
-        "expression": expression, "weights": weights, "seed": seed, "run": str(run_dir), "n": n,
-        "strength": strength, "temperature": temperature, "source": source, "intent_source": intent_source,
-        "refine_steps": refine_steps,
-        "refine_step_size": refine_step_size, "refine_anchor": refine_anchor,
+        "expression": config.expression, "weights": weights, "seed": config.seed, "run": str(run_dir),
+        "n": config.n, "strength": config.strength, "temperature": config.temperature, "source": config.source,
+        "intent_source": intent_source, "refine_steps": config.refine_steps,
+        "refine_step_size": config.refine_step_size, "refine_anchor": config.refine_anchor,
         "critic_mean_per_refine_step": history,
-        "critic_mean_before": realism_before.mean().item(), "critic_mean_after": realism.mean().item(),
-        "diversity_before": mean_pairwise_distance(before.cpu()) if n > 1 else 0.0,
-        "diversity_after": mean_pairwise_distance(after.cpu()) if n > 1 else 0.0,
+        "critic_mean_before": found["realism_before"].mean().item(), "critic_mean_after": found["realism"].mean().item(),
+        "diversity_before": mean_pairwise_distance(before_shown) if len(shown) > 1 else 0.0,
+        "diversity_after": mean_pairwise_distance(after_shown) if len(shown) > 1 else 0.0,
+        "diversity_of": f"the best {len(shown)} before and after refinement",
         "uniqueness_reference": reference,
         "score": ("combined = z(realism) + z(intent) + z(min(uniqueness, uniqueness_reference)), z-scores "
                   "within this batch; uniqueness_reference is the median nearest-training-image distance of "
                   "real test images"),
-        "seconds": time.monotonic() - began, "candidates": candidates,
+        "images_saved": len(kept), "candidates": candidates,
     }
-    (out_dir / "scores.json").write_text(json.dumps(summary, indent=1) + "\n")
+
+    def build(folder: Path) -> None:
+        save_config(config, folder / "config.json")
+        save_single(ranked[0], folder / "best.png")
+        save_single(ranked[0], folder / "best_x8.png", scale=8)
+        save_grid(after_shown, folder / "batch64.png", nrow=8, scale=3)
+        save_tensors({"images": to_uint8(ranked).contiguous()}, folder / IMAGES_FILE)
+        pairs = torch.cat([torch.cat([before_shown[i:i + 8], after_shown[i:i + 8]])
+                           for i in range(0, min(16, len(shown)), 8)])
+        save_grid(pairs, folder / "refinement.png", nrow=min(8, len(shown)), scale=3)
+        if reference is not None:
+            rows = [torch.cat([ranked[r:r + 1], to_float(train_images[found["neighbours"][i]])])
+                    for r, i in enumerate(order[:8].tolist())]
+            save_grid(torch.cat(rows), folder / "neighbours.png", nrow=4, scale=3)
+        summary["seconds"] = time.monotonic() - began
+        write_json(summary, folder / "scores.json")
+
+    replace_folder(build, out_dir)
     if not quiet:
         best = candidates[0]
-        print(f"{expression}: {n} images in {summary['seconds']:.1f} s -> {out_dir}/")
+        print(f"{config.expression}: {config.n} images in {summary['seconds']:.1f} s -> {out_dir}/")
         print(f"  critic mean {summary['critic_mean_before']:.3f} -> {summary['critic_mean_after']:.3f} after "
-              f"{refine_steps} refinement steps; diversity {summary['diversity_before']:.3f} -> "
-              f"{summary['diversity_after']:.3f} (mean pairwise RMS pixel distance)")
+              f"{config.refine_steps} refinement steps; diversity of the best {len(shown)} "
+              f"{summary['diversity_before']:.3f} -> {summary['diversity_after']:.3f} (mean pairwise RMS pixel distance)")
         print(f"  best: realism {best['realism']:.3f}, intent {best['intent']:.3f}"
               + (f", uniqueness {best['uniqueness']:.3f}" if "uniqueness" in best else ""))
     return out_dir
 
 
-def main(expression: str, run: str = "", data: str = "data", n: int = 64, seed: int = 0, refine_steps: int = 10,
-         refine_step_size: float = 0.02, refine_anchor: float = 1.0, strength: float = 1.0,
-         temperature: float = 1.0, source: str = "heldout", out: str = "", cache_dir: str = "data/cache",
-         intent: str = "auto") -> None:
-    """Compose images for EXPRESSION (e.g. horse+wings) with a trained run (default: the newest)."""
-    try:
-        compose(str(expression), run, data, n, seed, refine_steps, refine_step_size, refine_anchor, strength,
-                temperature, source, out, cache_dir, intent=intent)
-    except (ExpressionError, RunError, DataNotFoundError) as error:
-        raise SystemExit(f"error: {error}") from None
+def main(expression: str = "horse+wings", **flags) -> None:
+    """Compose images for EXPRESSION (e.g. horse+wings) with a trained run (default: the newest).
+
+    Every field of ComposeConfig is a flag: --run, --data, --n, --seed, --refine-steps, --strength, ...
+    """
+    run_cli(lambda: compose(str(expression), **flags))
 
 
 if __name__ == "__main__":

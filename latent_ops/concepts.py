@@ -37,6 +37,7 @@ from sklearn.model_selection import cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from autoencoder.atomic import replace_atomically, write_json
 from autoencoder.config import CIFAR10_CLASSES
 from latent_ops.encode import LatentBank
 
@@ -48,11 +49,10 @@ WINGLESS = ("cat", "deer", "dog", "frog", "horse")
 WING_METHODS = ("linear", "meandiff", "flight")
 DEFAULT_WING_METHOD = "linear"
 WHY_DEFAULT_WINGS = (
-    "linear learns from every winged image and, added to horse codes, keeps the horse best while moving "
-    "the class probe towards winged classes (cpu-main, horse+wings, 64 held-out horses: P(horse) 0.17, "
-    "P(bird or airplane) 0.37); flight separates held-out codes better (0.80 vs 0.73 balanced accuracy) "
-    "but learns from a quarter of the birds and washes the horse out (P(horse) 0.07); meandiff separates "
-    "worst (0.66) and mostly shifts the background to sky colours")
+    "linear learns from every winged image; directions.json records, for this run, how well each method "
+    "separates held-out codes (held_out_accuracy) and what one unit step does to held-out horse codes "
+    "(horse_edit_probe: the class probe's mean P(horse) and P(bird)+P(airplane) after the step), so the "
+    "choice can be checked on every run")
 
 
 @dataclass
@@ -113,6 +113,7 @@ class Concepts:
     densities: dict[str, list[tuple[float, Gaussian]]] = field(default_factory=dict)  # name -> mixture
     directions: dict[str, Direction] = field(default_factory=dict)
     probe: ClassProbe | None = None
+    horse_edit_probe: dict = field(default_factory=dict)  # per wing method, see horse_edit_probe()
 
     @property
     def names(self) -> list[str]:
@@ -324,11 +325,31 @@ def fit_concepts(bank: LatentBank, white_train=None, white_test=None, max_cluste
         record[name] = {"bic_search": search, "clusters": clusters}
     concepts.directions = fit_directions(bank, white_train, white_test, cross_fraction, seed)
     concepts.probe = fit_probe(bank, seed)
+    concepts.horse_edit_probe = horse_edit_probe(bank, concepts)
     return concepts, record
 
 
-def save_concepts(concepts: Concepts, record: dict, run: Path) -> None:
-    arrays = {}
+def horse_edit_probe(bank: LatentBank, concepts: Concepts, subject: str = "horse") -> dict[str, dict[str, float]]:
+    """Per wing method: the probe's mean P(subject) and P(winged) of held-out subject codes after one unit step."""
+    label = CIFAR10_CLASSES.index(subject)
+    codes = bank.codes["test"][bank.labels["test"] == label]
+    if concepts.probe is None or not len(codes):
+        return {}
+    out = {}
+    for name, d in concepts.directions.items():
+        if not name.startswith("wings_"):
+            continue
+        p = concepts.probe.probabilities(torch.from_numpy(codes + d.step * d.vector[None, :]))
+        winged = sum(p[c] for c in WINGED if c in p)
+        out[d.method] = {subject: float(p[subject].mean()) if subject in p else 0.0,
+                         "winged": float(winged.mean()) if not isinstance(winged, int) else 0.0}
+    return out
+
+
+def save_concepts(concepts: Concepts, record: dict, run: Path, digest: str = "") -> None:
+    """concepts.npz, clusters.json and directions.json, each written atomically and stamped with ``digest``
+    (the SHA-256 of the weights the codes came from)."""
+    arrays = {"weights_digest": np.array(digest)}
     for name, mixture in concepts.densities.items():
         for k, (w, g) in enumerate(mixture):
             arrays[f"density/{name}/{k}/weight"] = np.array(w)
@@ -340,35 +361,46 @@ def save_concepts(concepts: Concepts, record: dict, run: Path) -> None:
         arrays.update({"probe/coef": concepts.probe.coef, "probe/intercept": concepts.probe.intercept,
                        "probe/labels": concepts.probe.labels,
                        "probe/held_out_accuracy": np.array(concepts.probe.held_out_accuracy)})
-    np.savez(run / DENSITIES_FILE, **arrays)
-    (run / CLUSTERS_FILE).write_text(json.dumps(record, indent=1) + "\n")
+    write_json({"weights_digest": digest, **record}, run / CLUSTERS_FILE)
     directions = {name: d.summary() for name, d in concepts.directions.items()}
-    directions["_default_wings"] = {"method": DEFAULT_WING_METHOD, "why": WHY_DEFAULT_WINGS}
-    (run / DIRECTIONS_FILE).write_text(json.dumps(directions, indent=1) + "\n")
+    directions["_default_wings"] = {"method": DEFAULT_WING_METHOD, "why": WHY_DEFAULT_WINGS,
+                                    "horse_edit_probe": concepts.horse_edit_probe}
+    directions["_weights_digest"] = digest
+    write_json(directions, run / DIRECTIONS_FILE)
+    replace_atomically(lambda tmp: np.savez(tmp, **arrays), run / DENSITIES_FILE)  # last: it marks completion
 
 
 def load_concepts(run: Path) -> Concepts:
-    concepts = Concepts()
-    summaries = json.loads((run / DIRECTIONS_FILE).read_text())
-    with np.load(run / DENSITIES_FILE) as arrays:
+    """The concepts of a run; a missing, damaged or stale file is a RunError saying to refit them."""
+    from autoencoder.checkpoint import RunError
+    from latent_ops.encode import read_stamped_npz
+
+    fix = f"fit them again with python -m latent_ops.concepts --run {run} --data PATH"
+    arrays = read_stamped_npz(run / DENSITIES_FILE, run, fix)
+    try:
+        summaries = json.loads((run / DIRECTIONS_FILE).read_text())
+        if summaries.get("_weights_digest") != str(arrays["weights_digest"]):
+            raise ValueError(f"{DIRECTIONS_FILE} and {DENSITIES_FILE} come from different fits")
+        concepts = Concepts()
         parts: dict[str, dict[int, dict[str, np.ndarray]]] = {}
-        for key in arrays.files:
+        for key, value in arrays.items():
             kind, *rest = key.split("/")
-            if kind == "probe":
-                continue
             if kind == "density":
                 name, k, what = rest
-                parts.setdefault(name, {}).setdefault(int(k), {})[what] = arrays[key]
-            else:
+                parts.setdefault(name, {}).setdefault(int(k), {})[what] = value
+            elif kind == "direction":
                 s = summaries[rest[0]]
-                concepts.directions[rest[0]] = Direction(arrays[key], s["offset"], s["step"], s["method"],
+                concepts.directions[rest[0]] = Direction(value, float(s["offset"]), float(s["step"]), s["method"],
                                                          s["held_out_accuracy"], s["train_accuracy"], s["note"])
-        if "probe/coef" in arrays.files:
+        if "probe/coef" in arrays:
             concepts.probe = ClassProbe(arrays["probe/coef"], arrays["probe/intercept"], arrays["probe/labels"],
                                         float(arrays["probe/held_out_accuracy"]))
-    for name, comps in parts.items():
-        concepts.densities[name] = [(float(c["weight"]), Gaussian(c["mean"], c["chol"]))
-                                    for _, c in sorted(comps.items())]
+        for name, comps in parts.items():
+            concepts.densities[name] = [(float(c["weight"]), Gaussian(c["mean"], c["chol"]))
+                                        for _, c in sorted(comps.items())]
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError) as error:
+        raise RunError(f"{run / DENSITIES_FILE} or {run / DIRECTIONS_FILE} is damaged "
+                       f"({type(error).__name__}: {str(error)[:80]}); {fix}") from None
     return concepts
 
 
@@ -378,6 +410,8 @@ def write_cluster_grids(record: dict, train_images: torch.Tensor, folder: Path, 
 
     files = []
     for name, entry in record.items():
+        if name.startswith("_") or not isinstance(entry, dict):
+            continue
         rows = []
         for cluster in entry["clusters"]:
             index = torch.tensor(cluster["typical_train_indices"][:per_row])
@@ -391,6 +425,7 @@ def write_cluster_grids(record: dict, train_images: torch.Tensor, folder: Path, 
 def fit_run_concepts(run: Path, data: str, cache_dir: str = "data/cache", max_clusters: int = 6,
                      cross_fraction: float = 0.9, seed: int = 0) -> Concepts:
     """Fit, save and return the concepts of a run from its latent bank (pixels for ``white`` and grids)."""
+    from autoencoder.checkpoint import weights_digest
     from autoencoder.data import load_split
     from latent_ops.encode import load_bank
 
@@ -400,7 +435,7 @@ def fit_run_concepts(run: Path, data: str, cache_dir: str = "data/cache", max_cl
     white_train = whiteness_labels(train_images[bank.indices["train"]])
     white_test = whiteness_labels(test_images[bank.indices["test"]])
     concepts, record = fit_concepts(bank, white_train, white_test, max_clusters, cross_fraction, seed)
-    save_concepts(concepts, record, run)
+    save_concepts(concepts, record, run, weights_digest(run))
     write_cluster_grids(record, train_images, run / "clusters")
     return concepts
 
@@ -427,17 +462,15 @@ def heldout_members(name: str, concepts: Concepts, bank: LatentBank) -> np.ndarr
 def main(run: str = "", data: str = "data", cache_dir: str = "data/cache", max_clusters: int = 6,
          cross_fraction: float = 0.9, seed: int = 0) -> None:
     """Fit clusters and directions of a run (default: the newest) and print what was found."""
-    from autoencoder.checkpoint import RunError
-    from autoencoder.data import DataNotFoundError
+    from autoencoder.errors import run_cli
     from latent_ops.runs import resolve_run
 
-    try:
-        run_dir = resolve_run(run)
-        concepts = fit_run_concepts(run_dir, data, cache_dir, max_clusters, cross_fraction, seed)
-    except (RunError, DataNotFoundError) as error:
-        raise SystemExit(f"error: {error}") from None
+    run_dir = run_cli(lambda: resolve_run(run))
+    concepts = run_cli(lambda: fit_run_concepts(run_dir, data, cache_dir, max_clusters, cross_fraction, seed))
     record = json.loads((run_dir / CLUSTERS_FILE).read_text())
     for name, entry in record.items():
+        if name.startswith("_") or not isinstance(entry, dict):
+            continue
         sizes = ", ".join(str(c["size"]) for c in entry["clusters"])
         print(f"{name:10s} {entry['bic_search']['chosen']} clusters by BIC (sizes {sizes})")
     if concepts.probe is not None:

@@ -15,7 +15,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from autoencoder.checkpoint import RunError, load_run, replace_atomically
+from autoencoder.atomic import replace_atomically
+from autoencoder.checkpoint import RunError, load_run, weights_digest
+from autoencoder.errors import run_cli
 from autoencoder.data import SPLITS, load_cifar10, to_float
 from autoencoder.models import Networks
 from autoencoder.hardware import autocast, resolve_device, resolve_precision
@@ -70,28 +72,51 @@ def encode_run(run: str | Path, data: str, cache_dir: str = "data/cache", batch_
         arrays[f"{split}_codes"] = encode_images(nets.encoder, images.images, device, dtype, batch_size, progress)
         arrays[f"{split}_labels"] = images.labels.numpy()
         arrays[f"{split}_indices"] = images.indices.numpy()
+    arrays["weights_digest"] = np.array(weights_digest(run))  # the stamp: which weights made these codes
     file = run / BANK_FILE
     replace_atomically(lambda tmp: np.savez(tmp, **arrays), file)
     return file
 
 
-def load_bank(run: str | Path) -> LatentBank:
-    file = Path(run) / BANK_FILE
+class StaleError(RunError):
+    """A derived file made from other weights than the run's current ones."""
+
+
+def read_stamped_npz(file: Path, run: Path, fix: str) -> dict[str, np.ndarray]:
+    """All arrays of an npz derived from ``run``'s weights (no pickles); a missing, damaged or stale
+    file is a RunError naming it and saying ``fix``."""
     if not file.exists():
-        raise RunError(f"{file} is missing: encode the data set first with "
-                       f"python -m latent_ops.encode --run {run} --data PATH")
-    with np.load(file) as arrays:
-        return LatentBank(*({s: arrays[f"{s}_{k}"] for s in SPLITS} for k in ("codes", "labels", "indices")))
+        raise RunError(f"{file} is missing; {fix}")
+    try:
+        with np.load(file, allow_pickle=False) as saved:
+            arrays = {key: saved[key] for key in saved.files}
+    except Exception as error:  # a torn zip, a pickled array, not an npz at all
+        raise RunError(f"{file} is damaged ({type(error).__name__}: {str(error)[:80]}); {fix}") from None
+    stamp = str(arrays.get("weights_digest", ""))
+    if stamp != weights_digest(run):
+        raise StaleError(f"{file} was made from other weights than {run}'s current ones; {fix}")
+    return arrays
+
+
+def load_bank(run: str | Path) -> LatentBank:
+    run = Path(run)
+    arrays = read_stamped_npz(run / BANK_FILE, run, f"encode the data set again with "
+                                                   f"python -m latent_ops.encode --run {run} --data PATH")
+    try:
+        bank = LatentBank(*({s: arrays[f"{s}_{k}"] for s in SPLITS} for k in ("codes", "labels", "indices")))
+    except KeyError as error:
+        raise RunError(f"{run / BANK_FILE} lacks {error}; encode the data set again with "
+                       f"python -m latent_ops.encode --run {run} --data PATH") from None
+    for s in SPLITS:
+        if bank.codes[s].ndim != 2 or not len(bank.codes[s]) == len(bank.labels[s]) == len(bank.indices[s]) \
+                or not np.isfinite(bank.codes[s]).all():
+            raise RunError(f"{run / BANK_FILE}: the {s} arrays do not fit together; encode the data set again")
+    return bank
 
 
 def main(run: str = "", data: str = "data", cache_dir: str = "data/cache", batch_size: int = 500) -> None:
     """Write RUN/latents.npz (default run: the newest in outputs/runs)."""
-    from autoencoder.data import DataNotFoundError
-
-    try:
-        file = encode_run(resolve_run(run), data, cache_dir, batch_size)
-    except (RunError, DataNotFoundError) as error:
-        raise SystemExit(f"error: {error}") from None
+    file = run_cli(lambda: encode_run(resolve_run(run), data, cache_dir, batch_size))
     bank = load_bank(file.parent)
     print(f"wrote {file}: " + ", ".join(f"{s} {len(bank.labels[s])} codes" for s in SPLITS))
 

@@ -14,9 +14,11 @@ Example: ``python -m latent_ops.expression "0.5*(horse+bird)+wings"``
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from autoencoder.errors import UserError
 from lark import Lark, Token, Transformer, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
 
@@ -40,7 +42,11 @@ GRAMMAR = r"""
 _PARSER = Lark(GRAMMAR, start="sum", parser="lalr", propagate_positions=True)
 
 
-class ExpressionError(ValueError):
+MAX_LENGTH = 500  # characters; a longer expression is refused before parsing
+MAX_WEIGHT = 100.0  # a concept weighted beyond this leaves the latent space entirely
+
+
+class ExpressionError(UserError, ValueError):
     """An expression that cannot be used; the message says where and lists the known concepts."""
 
 
@@ -77,7 +83,10 @@ class _ToLinearForm(Transformer):
         self.known = known
 
     def number(self, meta, children):
-        return LinearForm(float(children[0]), ())
+        value = float(children[0])
+        if not math.isfinite(value) or abs(value) > 1e12:
+            raise _Fail(f"the number {children[0].value[:20]!r} is too large", children[0].column)
+        return LinearForm(value, ())
 
     def concept(self, meta, children):
         token: Token = children[0]
@@ -137,8 +146,12 @@ def parse(text: str, known: Iterable[str] = ()) -> dict[str, float]:
     """
     known_set = {k.lower() for k in known}
     listing = f"; known concepts: {', '.join(sorted(known_set))}" if known_set else ""
+    if not isinstance(text, str):
+        raise ExpressionError(f"an expression is text like horse+wings, got {text!r}")
     if not text or not text.strip():
         raise ExpressionError(f"empty expression; write e.g. horse+wings{listing}")
+    if len(text) > MAX_LENGTH:
+        raise ExpressionError(f"the expression is {len(text)} characters long; at most {MAX_LENGTH} are accepted")
     try:
         tree = _PARSER.parse(text)
         form = _ToLinearForm(known_set).transform(tree)
@@ -151,9 +164,15 @@ def parse(text: str, known: Iterable[str] = ()) -> dict[str, float]:
         if not isinstance(fail, _Fail):
             raise
         raise ExpressionError(f"{fail.message} at column {fail.column} of {text!r}{listing}") from None
+    except RecursionError:
+        raise ExpressionError(f"the expression nests too deeply; write it with fewer parentheses") from None
     if form.is_number:
         raise ExpressionError(f"{text!r} names no concept; write e.g. horse+wings{listing}")
     weights = {name: w for name, w in form.concepts if w != 0}
+    for name, w in weights.items():
+        if not math.isfinite(w) or abs(w) > MAX_WEIGHT:
+            raise ExpressionError(f"{name} is weighted {w:g} in {text!r}; weights must lie within "
+                                  f"+-{MAX_WEIGHT:g}")
     if not weights:
         raise ExpressionError(f"the concepts of {text!r} cancel out{listing}")
     return weights
@@ -161,7 +180,9 @@ def parse(text: str, known: Iterable[str] = ()) -> dict[str, float]:
 
 def main(expression: str) -> None:
     """Print the weighted concepts an expression stands for."""
-    for name, weight in parse(expression).items():
+    from autoencoder.errors import run_cli
+
+    for name, weight in run_cli(lambda: parse(str(expression))).items():
         print(f"{weight:+.3f} * {name}")
 
 

@@ -103,26 +103,39 @@ def recognisability(probabilities: torch.Tensor, subject: str = "horse",
 
 
 @torch.no_grad()
-def nearest_distances(queries: torch.Tensor, reference: torch.Tensor, chunk: int = 4096
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
-    """RMS distance (N,) from each query to its nearest reference vector, and that vector's index (N,).
+def nearest_neighbours(queries: torch.Tensor, reference: torch.Tensor, k: int = 1, chunk: int = 4096
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """RMS distances (N, k) to the k nearest reference vectors, nearest first, and their indices (N, k).
 
-    queries (N, ...) and reference (M, ...) are flattened to vectors of the same size; for
-    images pass float pixels in [-1, 1], for features the (N, D) features. RMS = L2 / sqrt(size),
-    so pixel distances read as a typical per-pixel difference.
+    The one nearest-neighbour search of the project. queries (N, ...) and reference (M, ...)
+    are flattened to vectors of one size; images may be float in [-1, 1] or uint8 (converted
+    chunk by chunk, so a uint8 training set is never held as floats); features are (N, D).
+    RMS = L2 / sqrt(size), so pixel distances read as a typical per-pixel difference.
     """
-    q = queries.flatten(1).float()
+    def as_float(x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1).float().div(127.5).sub(1) if x.dtype == torch.uint8 else x.flatten(1).float()
+
+    q = as_float(queries)
     if q.shape[1] != reference[:1].flatten(1).shape[1]:
         raise ValueError(f"queries have {q.shape[1]} values each, reference {reference[:1].flatten(1).shape[1]}")
-    best = torch.full((len(q),), float("inf"))
-    where = torch.zeros(len(q), dtype=torch.long)
+    if len(reference) < 1 or k < 1:
+        raise ValueError(f"need k >= 1 and a non-empty reference, got k={k} and {len(reference)} vectors")
+    best_d = torch.full((len(q), 0), float("inf"))
+    best_i = torch.zeros((len(q), 0), dtype=torch.long)
     for start in range(0, len(reference), chunk):
-        part = reference[start:start + chunk].flatten(1).float()
-        d, i = torch.cdist(q, part).min(1)
-        better = d < best
-        best = torch.where(better, d, best)
-        where = torch.where(better, i + start, where)
-    return best / q.shape[1] ** 0.5, where
+        d = torch.cdist(q, as_float(reference[start:start + chunk]))  # (N, chunk)
+        top = d.topk(min(k, d.shape[1]), largest=False)
+        best_d = torch.cat([best_d, top.values], 1)
+        best_i = torch.cat([best_i, top.indices + start], 1)
+        keep = best_d.topk(min(k, best_d.shape[1]), largest=False)
+        best_d, best_i = keep.values, best_i.gather(1, keep.indices)
+    return best_d / q.shape[1] ** 0.5, best_i
+
+
+def nearest_distances(queries: torch.Tensor, reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Distance (N,) to the nearest reference vector and its index (N,): ``nearest_neighbours`` with k = 1."""
+    distance, index = nearest_neighbours(queries, reference, k=1)
+    return distance[:, 0], index[:, 0]
 
 
 def mean_pairwise_distance(vectors: torch.Tensor) -> float:

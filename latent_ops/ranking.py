@@ -20,27 +20,6 @@ def geometric_mean(probabilities: torch.Tensor) -> torch.Tensor:
     return probabilities.clamp_min(1e-8).log().mean(1).exp()
 
 
-@torch.no_grad()
-def nearest_neighbours(images: torch.Tensor, bank: torch.Tensor, k: int = 3, chunk: int = 5000
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
-    """RMS pixel distance (N, k) and index (N, k) of the k nearest bank images.
-
-    images: (N, 3, 32, 32) float in [-1, 1]; bank: (M, 3, 32, 32) uint8.
-    """
-    query = images.flatten(1).float()
-    best_d, best_i = [], []
-    for start in range(0, len(bank), chunk):
-        part = bank[start:start + chunk].flatten(1).float().div(127.5).sub(1)
-        d = torch.cdist(query, part)  # (N, chunk)
-        top = d.topk(min(k, d.shape[1]), largest=False)
-        best_d.append(top.values)
-        best_i.append(top.indices + start)
-    d, i = torch.cat(best_d, 1), torch.cat(best_i, 1)
-    order = d.argsort(1)[:, :k]
-    dims = query.shape[1]
-    return d.gather(1, order) / dims ** 0.5, i.gather(1, order)
-
-
 def combined_score(terms: dict[str, torch.Tensor], weights: dict[str, float] | None = None) -> torch.Tensor:
     """Weighted sum of the batch z-scores of the named terms (higher is better)."""
     weights = weights or {}

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from autoencoder.checkpoint import MODEL_FILE, RunError
+from autoencoder.checkpoint import MODEL_FILE, RunError, model_file
 
 RUNS_FOLDER = Path("outputs/runs")
 
@@ -15,7 +15,7 @@ def resolve_run(run: str | Path = "", runs_folder: Path = RUNS_FOLDER) -> Path:
     """``run`` when given (it must hold weights), else the run whose weights were written last."""
     if run:
         path = Path(run)
-        if not (path / MODEL_FILE).exists():
+        if not path.is_dir() or not model_file(path).exists():
             raise RunError(f"{path} has no {MODEL_FILE}: pass --run a trained run folder "
                            f"(python -m autoencoder.train makes one)")
         return path

@@ -18,6 +18,7 @@ from latent_ops.compose import compose, intent_terms, main as compose_main, reso
 from latent_ops.expression import ExpressionError
 from latent_ops.concepts import heldout_members, load_concepts
 from latent_ops.encode import encode_run, load_bank
+from latent_ops.metrics import nearest_neighbours
 from latent_ops.refine import refine_codes
 
 
@@ -110,7 +111,8 @@ def test_heldout_source_draws_real_test_codes_of_the_class(composed_run):
         row = test_positions[index]
         assert bank.labels["test"][row] == 7 and np.allclose(code, bank.codes["test"][row])
     clusters = [n for n in concepts.names if n.startswith("horse:")]
-    assert len(clusters) >= 2
+    members = np.concatenate([heldout_members(n, concepts, bank) for n in clusters])
+    assert sorted(members.tolist()) == heldout_members("horse", concepts, bank).tolist()  # a partition
     cluster_rows = [heldout_members(name, concepts, bank) for name in clusters]
     assert sorted(np.concatenate(cluster_rows).tolist()) == heldout_members("horse", concepts, bank).tolist()
 
@@ -129,14 +131,15 @@ def test_unknown_concept_is_one_clear_error(composed_run, folder_data, smoke_run
     with pytest.raises(SystemExit) as exit_info:
         compose_main("horse+wigns", run=str(composed_run), data=str(folder_data),
                      cache_dir=str(smoke_run.parent / "cache"))
-    message = str(exit_info.value)
+    message = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message.count("\n") == 1
     assert message.startswith("error: unknown concept 'wigns' at column 7") and "horse:0" in message
 
 
 def test_a_copied_training_image_has_zero_uniqueness(folder_data, smoke_run):
     bank = load_split(folder_data, "train", smoke_run.parent / "cache").images
     copies = to_float(bank[[3, 17]])
-    distance, index = ranking.nearest_neighbours(copies, bank, k=3, chunk=10)
+    distance, index = nearest_neighbours(copies, bank, k=3, chunk=10)
     assert torch.allclose(distance[:, 0], torch.zeros(2), atol=1e-6) and index[:, 0].tolist() == [3, 17]
     assert (distance[:, 1] > 0).all() and (distance[:, 1:] >= distance[:, :-1]).all()
 
@@ -180,3 +183,119 @@ def test_newest_run_is_the_default(tmp_path, smoke_run):
     assert resolve_run("", tmp_path) == tmp_path / "new"
     with pytest.raises(RunError, match="has no model.safetensors"):
         resolve_run(tmp_path / "missing")
+
+
+def kwargs(composed_run, folder_data, smoke_run, **extra):
+    return dict(run=str(composed_run), data=str(folder_data), cache_dir=str(smoke_run.parent / "cache"),
+                quiet=True, **extra)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (dict(n=0), "--n must be between 1"), (dict(n=-5), "--n must be between 1"),
+    (dict(seed=-1), "--seed must be between 0"), (dict(strength=float("nan")), "--strength must be a finite"),
+    (dict(strength=float("inf")), "--strength must be a finite"), (dict(strength=1e999), "--strength must be a finite"),
+    (dict(strength=1e6), "--strength must be between"), (dict(refine_steps=2.5), "--refine_steps takes a whole"),
+    (dict(source="dream"), "--source must be one of"), (dict(chunk=0), "--chunk must be between"),
+    (dict(expression="1e999*horse"), "is too large"), (dict(expression="horse+" * 2000), "characters long"),
+    (dict(colour=3), "unknown flag(s) --colour"),
+])
+def test_bad_compose_flags_are_one_line_before_any_work(flags, message, tmp_path, capsys):
+    expression = flags.pop("expression", "horse+wings")
+    with pytest.raises(SystemExit) as exit_info:
+        compose_main(expression, run=str(tmp_path / "no-run-needed"), out=str(tmp_path / "out"), **flags)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_two_composes_into_one_folder_leave_one_consistent_output(composed_run, folder_data, tmp_path, smoke_run):
+    out = tmp_path / "shared"
+    compose("horse+wings", out=str(out), n=4, refine_steps=1, **kwargs(composed_run, folder_data, smoke_run))
+    first = (out / "batch64.png").read_bytes()
+    compose("bird", out=str(out), n=6, refine_steps=1, seed=3, **kwargs(composed_run, folder_data, smoke_run))
+    scores = json.loads((out / "scores.json").read_text())
+    config = json.loads((out / "config.json").read_text())
+    assert scores["expression"] == config["expression"] == "bird" and scores["n"] == len(scores["candidates"]) == 6
+    assert load_file(str(out / "images.safetensors"))["images"].shape[0] == 6
+    assert (out / "batch64.png").read_bytes() != first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shared"], "a temporary folder was left"
+
+
+def test_a_compose_that_fails_leaves_the_previous_output_whole(composed_run, folder_data, tmp_path, smoke_run,
+                                                              monkeypatch):
+    import latent_ops.compose as compose_module
+
+    out = tmp_path / "kept"
+    compose("horse+wings", out=str(out), n=4, refine_steps=1, **kwargs(composed_run, folder_data, smoke_run))
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    monkeypatch.setattr(compose_module, "save_grid", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError):
+        compose("bird", out=str(out), n=4, refine_steps=1, **kwargs(composed_run, folder_data, smoke_run))
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept"]
+
+
+def test_a_folder_that_is_not_a_compose_output_is_refused(composed_run, folder_data, tmp_path, smoke_run):
+    from autoencoder.config import ConfigError
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(ConfigError, match="not empty and not a compose output"):
+        compose("horse", out=str(mine), n=2, **kwargs(composed_run, folder_data, smoke_run))
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+
+
+def test_different_expressions_never_share_a_folder():
+    from latent_ops.compose import folder_name
+
+    names = ["horse-(bird-wings)", "horse-bird-wings", "horse*2", "horsex2", "horse:2", "horse_2", "horse+wings",
+             "horse + wings", "a" * 300 + "+horse", "a" * 300 + "+bird", "horse/2", "horseover2"]
+    folders = [folder_name(e, 0) for e in names]
+    assert len(set(folders)) == len(folders)
+    assert folder_name("horse+wings", 0) == "horse+wings-0" and folder_name("horse:2+wings", 1) == "horse~2+wings-1"
+    assert all(len(f) < 120 for f in folders)
+
+
+def test_many_candidates_are_composed_in_chunks(composed_run, folder_data, tmp_path, smoke_run, monkeypatch):
+    import latent_ops.compose as compose_module
+
+    sizes, real = [], compose_module.refine_codes
+
+    def recording(nets, z0, *args, **kw):
+        sizes.append(len(z0))
+        return real(nets, z0, *args, **kw)
+
+    monkeypatch.setattr(compose_module, "refine_codes", recording)
+    out = compose("horse+wings", out=str(tmp_path / "many"), n=70, chunk=16, refine_steps=1,
+                  **kwargs(composed_run, folder_data, smoke_run))
+    assert sizes == [16, 16, 16, 16, 6]
+    scores = json.loads((out / "scores.json").read_text())
+    assert len(scores["candidates"]) == 70 and sorted(c["candidate"] for c in scores["candidates"]) == list(range(70))
+    combined = [c["combined"] for c in scores["candidates"]]
+    assert combined == sorted(combined, reverse=True)
+    with Image.open(out / "batch64.png") as grid:  # the best 64 only
+        assert grid.size == (3 * (8 * 34 + 2), 3 * (8 * 34 + 2))
+
+
+def test_stale_or_damaged_concepts_are_refitted(composed_run, folder_data, tmp_path, smoke_run):
+    from autoencoder.checkpoint import RunError
+    from autoencoder.train import train
+    from autoencoder.config import make_config
+
+    run = tmp_path / "run"
+    shutil.copytree(composed_run, run)
+    compose("horse", out=str(tmp_path / "a"), n=2, **kwargs(run, folder_data, smoke_run))  # fits concepts
+    npz = run / "concepts.npz"
+    npz.write_bytes(npz.read_bytes()[:200])
+    with pytest.raises(RunError, match="concepts.npz is damaged"):
+        load_concepts(run)
+    compose("horse", out=str(tmp_path / "b"), n=2, **kwargs(run, folder_data, smoke_run))
+    assert load_concepts(run).names  # refitted
+    # other weights (the run trained on): bank and concepts are stale and rebuilt
+    train(make_config("smoke", out=str(run), data=str(folder_data), cache_dir=str(smoke_run.parent / "cache"),
+                      steps=61, log_every=61, sample_every=1000, checkpoint_every=1000), resume=True, progress=False)
+    with pytest.raises(RunError, match="other weights"):
+        load_bank(run)
+    compose("horse", out=str(tmp_path / "c"), n=2, **kwargs(run, folder_data, smoke_run))
+    assert load_bank(run).codes["test"].shape[0] == 24

@@ -102,7 +102,13 @@ def test_fit_concepts_on_a_toy_bank_and_round_trip(tmp_path):
     assert np.argmax(np.abs(wings)) == 0 and wings[0] > 0.5 and wings[1] > 0 and wings[3] < 0
     assert abs(concepts.directions["white"].vector @ concepts.directions["wings"].vector) < 1e-5
     assert concepts.probe.held_out_accuracy > 0.9
-    assert record["horse"]["bic_search"]["chosen"] >= 2
+    search = record["horse"]["bic_search"]
+    assert sorted(search["bic"]) == [2, 3] and search["chosen"] == min(search["bic"], key=search["bic"].get)
+    assert sum(c["size"] for c in record["horse"]["clusters"]) == 200  # the clusters partition the class
+    edits = concepts.horse_edit_probe  # one wing step moves held-out horses towards the winged classes
+    assert set(edits) == {"linear", "meandiff", "flight"}
+    base = concepts.probe.probabilities(torch.from_numpy(bank.codes["test"][-80:]))
+    assert edits["linear"]["winged"] > float((base["bird"] + base["airplane"]).mean())
 
     C.save_concepts(concepts, record, tmp_path)
     loaded = C.load_concepts(tmp_path)

@@ -79,7 +79,8 @@ def test_recognisability_is_high_only_when_both_are_present():
 def test_a_copied_training_image_has_zero_uniqueness():
     train = torch.rand(50, 3, 32, 32) * 2 - 1
     samples = torch.stack([train[17], train[3] + 0.1])
-    d, i = metrics.nearest_distances(samples, train, chunk=7)
+    d, i = metrics.nearest_neighbours(samples, train, chunk=7)
+    d, i = d[:, 0], i[:, 0]
     assert d[0] == pytest.approx(0.0, abs=1e-5) and i[0] == 17
     assert d[1] == pytest.approx(0.1, abs=1e-4) and i[1] == 3
     with pytest.raises(ValueError, match="values each"):
@@ -91,7 +92,8 @@ def test_a_copied_training_image_has_zero_uniqueness():
 def test_nearest_distances_match_brute_force_for_any_chunk(n, m, chunk, seed):
     g = torch.Generator().manual_seed(seed)
     queries, reference = torch.randn(n, 6, generator=g), torch.randn(m, 6, generator=g)
-    d, i = metrics.nearest_distances(queries, reference, chunk=chunk)
+    d, i = metrics.nearest_neighbours(queries, reference, chunk=chunk)
+    d, i = d[:, 0], i[:, 0]
     full = torch.cdist(queries, reference)
     assert torch.allclose(d, full.min(1).values / 6 ** 0.5, atol=1e-5)
     assert torch.allclose(full[torch.arange(n), i], full.min(1).values, atol=1e-5)
