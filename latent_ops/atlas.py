@@ -2,16 +2,18 @@
 
 UMAP (McInnes et al. 2018, arXiv:1802.03426, the umap-learn package) embeds the codes of
 the latent bank (the test split by default; ``--classes`` to restrict) in 2-D. The
-embedding is cached beside the bank, in ``RUN/atlas/``, keyed by the bank's contents and
-the UMAP settings, so a second call reuses it. The fitted reducer is kept there too (a
-joblib file, needed for UMAP's ``transform``); it is only loaded when its SHA-256 matches
-the one recorded in the embedding file this module wrote, and refitted otherwise.
+embedding is cached beside the bank, in ``RUN/atlas/``, as a plain npz (no pickles) keyed
+by the bank's contents and the UMAP settings, so a second call reuses it. Nothing is
+unpickled: new codes (a composed path) are placed on the map by interpolating the
+positions of their nearest mapped codes with UMAP's own membership weights (the starting
+point of UMAP's ``transform``, McInnes et al. 2018, section 4), so no fitted reducer
+needs to be stored.
 
 Writes to ``outputs/atlas/<run>/``:
 - ``class-map.png``: the map coloured by class, the horse and bird clusters outlined and labelled;
 - ``mosaic.png``: the same map as decoded thumbnails at their positions;
-- ``compose-path.png``: composed codes (an expression at several strengths) projected with
-  UMAP's transform, the path from the class towards winged images;
+- ``compose-path.png``: composed codes (an expression at several strengths) placed on the
+  map among their nearest mapped codes, the path from the class towards winged images;
 - ``wing-direction.png``: the map coloured by each code's signed distance along the wing
   direction, and ``wing-strip.png``: decoded images along that direction;
 - ``atlas.json``: settings, timings, and where the composed codes land (the classes of
@@ -30,10 +32,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from autoencoder.checkpoint import RunError, load_run
-from autoencoder.config import CIFAR10_CLASSES, ConfigError, parse_classes
-from autoencoder.data import DataNotFoundError
-from latent_ops.compose import ensure_concepts
+from autoencoder.atomic import replace_atomically, replace_folder, write_json
+from autoencoder.checkpoint import load_run
+from autoencoder.config import CIFAR10_CLASSES, ConfigError, check_ranges, dataclass_from_flags, parse_classes, save_config
+from autoencoder.errors import run_cli
+from latent_ops.compose import ensure_concepts, refuse_foreign_folder
 from latent_ops.concepts import Concepts, heldout_members
 from latent_ops.encode import BANK_FILE, LatentBank, decode_codes, load_bank
 from latent_ops.expression import ExpressionError, parse
@@ -52,13 +55,24 @@ class Atlas:
     rows: np.ndarray  # (N,) positions of the mapped codes in the bank's split
     labels: np.ndarray  # (N,) CIFAR-10 labels
     split: str  # the bank split that was mapped
-    reducer: object  # the fitted umap.UMAP, for transform
+    codes: np.ndarray  # (N, D) the mapped codes
+    neighbours: int  # UMAP's n_neighbors
     reused: bool  # True when the embedding came from the cache
     seconds: float  # time to fit (or load)
 
     def transform(self, codes: np.ndarray) -> np.ndarray:
-        """(M, D) codes -> (M, 2) positions on this map (UMAP's transform)."""
-        return self.reducer.transform(np.asarray(codes, dtype=np.float32))
+        """(M, D) codes -> (M, 2) positions on this map: the membership-weighted mean of the map
+        positions of each code's ``neighbours`` nearest mapped codes (UMAP's fuzzy-set weights:
+        exp(-(d - rho) / sigma), rho the nearest distance, sigma the mean distance beyond it)."""
+        from sklearn.neighbors import NearestNeighbors
+
+        index = NearestNeighbors(n_neighbors=min(self.neighbours, len(self.codes))).fit(self.codes)
+        distance, nearest = index.kneighbors(np.asarray(codes, dtype=np.float32))
+        rho = distance[:, :1]
+        sigma = np.maximum((distance - rho).mean(1, keepdims=True), 1e-8)
+        weight = np.exp(-(distance - rho) / sigma)
+        weight /= weight.sum(1, keepdims=True)
+        return (weight[:, :, None] * self.embedding[nearest]).sum(1).astype(np.float32)
 
 
 def _sha256(file: Path) -> str:
@@ -74,8 +88,11 @@ def cache_stem(run: Path, split: str, classes: tuple[str, ...], seed: int, neigh
 
 def fit_or_load(run: Path, bank: LatentBank, split: str = "test", classes: str = "", seed: int = 0,
                 neighbours: int = 15, min_dist: float = 0.1) -> Atlas:
-    """The UMAP map of the bank's ``split`` codes of ``classes``, from the cache when it is there."""
-    import joblib
+    """The UMAP map of the bank's ``split`` codes of ``classes``, from the cache when it is there.
+
+    The cache is an npz read with ``allow_pickle=False``; one that is damaged or does not
+    match the codes is refitted. No reducer is stored, so nothing in the folder can run code.
+    """
     import umap
 
     if split not in bank.codes:
@@ -86,25 +103,24 @@ def fit_or_load(run: Path, bank: LatentBank, split: str = "test", classes: str =
     if len(rows) <= neighbours:
         raise ConfigError(f"only {len(rows)} codes of {', '.join(names)} in the {split} split; UMAP with "
                           f"--neighbours {neighbours} needs more (lower --neighbours or add classes)")
+    codes = bank.codes[split][rows]
     stem = cache_stem(run, split, names, seed, neighbours, min_dist)
     began = time.monotonic()
-    embedding_file, model_file = stem.with_suffix(".npz"), stem.with_suffix(".joblib")
-    if embedding_file.exists() and model_file.exists():
-        with np.load(embedding_file, allow_pickle=False) as saved:
-            if str(saved["model_sha256"]) == _sha256(model_file) and np.array_equal(saved["rows"], rows):
-                return Atlas(saved["embedding"], rows, bank.labels[split][rows], split, joblib.load(model_file),
-                             True, time.monotonic() - began)
+    embedding_file = stem.with_suffix(".npz")
+    if embedding_file.exists():
+        try:
+            with np.load(embedding_file, allow_pickle=False) as saved:
+                embedding, saved_rows = saved["embedding"], saved["rows"]
+            if np.array_equal(saved_rows, rows) and embedding.shape == (len(rows), 2) and np.isfinite(embedding).all():
+                return Atlas(embedding, rows, bank.labels[split][rows], split, codes, neighbours, True,
+                             time.monotonic() - began)
+        except Exception:  # damaged or foreign: refit below, never trust
+            pass
     reducer = umap.UMAP(n_neighbors=neighbours, min_dist=min_dist, random_state=seed, n_components=2,
                         n_jobs=1)  # a random_state makes UMAP single-threaded anyway; saying so avoids its warning
-    embedding = reducer.fit_transform(bank.codes[split][rows]).astype(np.float32)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    tmp_model = model_file.with_name(model_file.name + ".tmp")
-    joblib.dump(reducer, tmp_model)
-    tmp_model.replace(model_file)
-    tmp_embedding = stem.with_name(stem.name + ".tmp.npz")
-    np.savez(tmp_embedding, embedding=embedding, rows=rows, model_sha256=np.array(_sha256(model_file)))
-    tmp_embedding.replace(embedding_file)
-    return Atlas(embedding, rows, bank.labels[split][rows], split, reducer, False, time.monotonic() - began)
+    embedding = reducer.fit_transform(codes).astype(np.float32)
+    replace_atomically(lambda tmp: np.savez(tmp, embedding=embedding, rows=rows), embedding_file)
+    return Atlas(embedding, rows, bank.labels[split][rows], split, codes, neighbours, False, time.monotonic() - began)
 
 
 def _figure(size: float = 9.0):
@@ -229,8 +245,8 @@ def plot_path(atlas: Atlas, paths: np.ndarray, strengths: list[float], expressio
         ax.scatter(*paths[s].T, s=28, color=colour, edgecolors="black", linewidths=0.5, zorder=3,
                    label=f"{expression}, strength {strengths[s]:g}")
     ax.legend(fontsize=8, loc="best", framealpha=0.85)
-    ax.set_title(f"'{expression}' at strengths {', '.join(f'{s:g}' for s in strengths)}, projected with "
-                 "UMAP's transform (a line per start code)", fontsize=10)
+    ax.set_title(f"'{expression}' at strengths {', '.join(f'{s:g}' for s in strengths)}, placed among their "
+                 "nearest mapped codes (a line per start code)", fontsize=10)
     fig.tight_layout()
     fig.savefig(file, dpi=110)
     plt.close(fig)
@@ -253,59 +269,98 @@ def plot_direction(atlas: Atlas, codes: np.ndarray, direction, paths: np.ndarray
     plt.close(fig)
 
 
-def build_atlas(run: str = "", data: str = "data", out: str = "", classes: str = "", split: str = "test",
-                expression: str = "horse+wings", strengths: str | tuple = "0,0.5,1,1.5,2,3", path_codes: int = 24,
-                seed: int = 0, neighbours: int = 15, min_dist: float = 0.1, cells: int = 40,
-                cache_dir: str = "data/cache", quiet: bool = False) -> dict:
-    """Fit (or reuse) the map of ``run`` and write every atlas figure; returns the atlas.json record."""
+@dataclass
+class AtlasConfig:
+    run: str = ""  # run folder; empty: the newest trained run in outputs/runs
+    data: str = "data"  # CIFAR-10 folder (to fit concepts when the run has none)
+    cache_dir: str = "data/cache"  # where the decoded data is cached
+    out: str = ""  # output folder; empty: outputs/atlas/<run>
+    classes: str = ""  # comma-separated classes to map; empty: all of the run's
+    split: str = "test"  # the bank split to map
+    expression: str = "horse+wings"  # the composed path drawn on the map
+    strengths: str = "0,0.5,1,1.5,2,3"  # strengths of the path's directions
+    path_codes: int = 24  # start codes of the path
+    seed: int = 0  # UMAP's random_state and the path's draws
+    neighbours: int = 15  # UMAP's n_neighbors
+    min_dist: float = 0.1  # UMAP's min_dist
+    cells: int = 40  # cells per side of the mosaic
+
+    @property
+    def strength_list(self) -> list[float]:
+        try:
+            values = [float(v) for v in self.strengths.split(",") if v.strip()]
+        except ValueError:
+            values = []
+        if not values or not all(np.isfinite(v) and abs(v) <= 100 for v in values):
+            raise ConfigError(f"--strengths takes finite numbers within +-100 like 0,1,2, got {self.strengths!r}")
+        return values
+
+
+ATLAS_RANGES = {"path_codes": (1, 4096), "seed": (0, 2**31 - 1), "neighbours": (2, 200), "min_dist": (0, 10),
+                "cells": (1, 200)}
+ATLAS_FILES = {"class-map.png", "mosaic.png", "compose-path.png", "wing-direction.png", "wing-strip.png",
+               "atlas.json", "config.json"}
+
+
+def make_atlas_config(**flags) -> AtlasConfig:
+    config = dataclass_from_flags(AtlasConfig, {}, flags)
+    check_ranges(config, ATLAS_RANGES)
+    parse_classes(config.classes)
+    config.strength_list
+    parse(config.expression)
+    return config
+
+
+def build_atlas(quiet: bool = False, **flags) -> dict:
+    """Fit (or reuse) the map of a run and write every atlas figure; returns the atlas.json record.
+
+    ``flags``: the fields of AtlasConfig, checked like command-line flags.
+    """
+    config = make_atlas_config(**flags)
     say = (lambda *a: None) if quiet else (lambda *a: print("atlas:", *a, flush=True))
-    run_dir = resolve_run(run)
-    out_dir = Path(out) if out else Path("outputs/atlas") / run_dir.name
-    out_dir.mkdir(parents=True, exist_ok=True)
-    strengths = [float(s) for s in (strengths.split(",") if isinstance(strengths, str) else strengths)]
-    concepts = ensure_concepts(run_dir, data, cache_dir)
+    run_dir = resolve_run(config.run)
+    out_dir = Path(config.out) if config.out else Path("outputs/atlas") / run_dir.name
+    refuse_foreign_folder(out_dir, ATLAS_FILES, "an atlas")
+    strengths = config.strength_list
+    concepts = ensure_concepts(run_dir, config.data, config.cache_dir)
     bank = load_bank(run_dir)
     _, nets = load_run(run_dir)
-    atlas = fit_or_load(run_dir, bank, split, classes, seed, neighbours, min_dist)
+    atlas = fit_or_load(run_dir, bank, config.split, config.classes, config.seed, config.neighbours, config.min_dist)
     say(f"{'reused the cached' if atlas.reused else 'fitted the'} map of {len(atlas.rows)} codes "
         f"in {atlas.seconds:.1f} s")
-    codes = bank.codes[split][atlas.rows]
-    record = {"run": str(run_dir), "split": split, "classes": list(parse_classes(classes)), "codes": len(atlas.rows),
-              "seed": seed, "neighbours": neighbours, "min_dist": min_dist, "reused_cache": atlas.reused,
-              "map_seconds": atlas.seconds}
-    record["cluster_centres"] = plot_class_map(atlas, concepts, bank, out_dir / "class-map.png")
-    save_single(mosaic(atlas, codes, nets, cells), out_dir / "mosaic.png")
-
-    path, step = expression_codes(expression, concepts, bank, strengths, path_codes, seed)
+    codes = atlas.codes
+    record = {"run": str(run_dir), "split": config.split, "classes": list(parse_classes(config.classes)),
+              "codes": len(atlas.rows), "seed": config.seed, "neighbours": config.neighbours,
+              "min_dist": config.min_dist, "reused_cache": atlas.reused, "map_seconds": atlas.seconds}
+    path, step = expression_codes(config.expression, concepts, bank, strengths, config.path_codes, config.seed)
     began = time.monotonic()
-    positions = atlas.transform(path.reshape(-1, path.shape[-1])).reshape(len(strengths), path_codes, 2)
+    positions = atlas.transform(path.reshape(-1, path.shape[-1])).reshape(len(strengths), config.path_codes, 2)
     record["transform_seconds"] = time.monotonic() - began
-    plot_path(atlas, positions, strengths, expression, out_dir / "compose-path.png")
-    record["path"] = {"expression": expression, "strengths": strengths,
+    record["path"] = {"expression": config.expression, "strengths": strengths,
                       "landing": {f"{s:g}": landing(atlas, positions[i]) for i, s in enumerate(strengths)}}
-    wings = next((n for n in parse(expression, concepts.names) if n in concepts.directions), None)
-    plot_direction(atlas, codes, concepts.directions[wings], positions, wings, out_dir / "wing-direction.png")
-    rows = min(6, path_codes)
+    wings = next((n for n in parse(config.expression, concepts.names) if n in concepts.directions), None)
+    rows = min(6, config.path_codes)
     with torch.no_grad():
         strip = decode_codes(nets, torch.from_numpy(path[:, :rows].transpose(1, 0, 2).reshape(-1, path.shape[-1])))
-    save_grid(strip.cpu(), out_dir / "wing-strip.png", nrow=len(strengths), scale=3)
-    (out_dir / "atlas.json").write_text(json.dumps(record, indent=1) + "\n")
+
+    def build(folder: Path) -> None:
+        save_config(config, folder / "config.json")
+        record["cluster_centres"] = plot_class_map(atlas, concepts, bank, folder / "class-map.png")
+        save_single(mosaic(atlas, codes, nets, config.cells), folder / "mosaic.png")
+        plot_path(atlas, positions, strengths, config.expression, folder / "compose-path.png")
+        plot_direction(atlas, codes, concepts.directions[wings], positions, wings, folder / "wing-direction.png")
+        save_grid(strip.cpu(), folder / "wing-strip.png", nrow=len(strengths), scale=3)
+        write_json(record, folder / "atlas.json")
+
+    replace_folder(build, out_dir)
     say(f"wrote {out_dir}/: class-map.png, mosaic.png, compose-path.png, wing-direction.png, wing-strip.png")
     return record
 
 
-def main(run: str = "", data: str = "data", out: str = "", classes: str | tuple = "", split: str = "test",
-         expression: str = "horse+wings", strengths: str | tuple = "0,0.5,1,1.5,2,3", path_codes: int = 24,
-         seed: int = 0, neighbours: int = 15, min_dist: float = 0.1, cells: int = 40,
-         cache_dir: str = "data/cache") -> None:
-    """Write the latent atlas of RUN (default: the newest run) to outputs/atlas/<run>/."""
-    if isinstance(classes, (tuple, list)):
-        classes = ",".join(classes)
-    try:
-        build_atlas(run, data, out, classes, split, expression, strengths, path_codes, seed, neighbours, min_dist,
-                    cells, cache_dir)
-    except (RunError, DataNotFoundError, ConfigError, ExpressionError) as error:
-        raise SystemExit(f"error: {error}") from None
+def main(**flags) -> None:
+    """Write the latent atlas of RUN (default: the newest run) to outputs/atlas/<run>/; every field of
+    AtlasConfig is a flag."""
+    run_cli(lambda: build_atlas(**flags))
 
 
 if __name__ == "__main__":

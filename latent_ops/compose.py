@@ -209,16 +209,21 @@ def folder_name(expression: str, seed: int) -> str:
     return f"{readable}-{digest}-{seed}"
 
 
-def output_folder(config: ComposeConfig) -> Path:
-    """Where compose writes; an existing folder that is not a compose output is refused before any work."""
-    out = Path(config.out) if config.out else Path("outputs/compose") / folder_name(config.expression, config.seed)
+def refuse_foreign_folder(out: Path, own_files: set[str], what: str) -> None:
+    """An output folder is replaced whole, so one holding anything but ``own_files`` is refused before any work."""
     if out.exists():
         if not out.is_dir():
             raise ConfigError(f"--out {out} is a file; pass a folder")
-        foreign = sorted(p.name for p in out.iterdir() if p.name not in OUTPUT_FILES)
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in own_files)
         if foreign:
-            raise ConfigError(f"--out {out} is not empty and not a compose output (it holds {foreign[0]}); "
+            raise ConfigError(f"--out {out} is not empty and not {what} output (it holds {foreign[0]}); "
                               f"nothing was written: pass a new --out")
+
+
+def output_folder(config: ComposeConfig) -> Path:
+    """Where compose writes; an existing folder that is not a compose output is refused before any work."""
+    out = Path(config.out) if config.out else Path("outputs/compose") / folder_name(config.expression, config.seed)
+    refuse_foreign_folder(out, OUTPUT_FILES, "a compose")
     return out
 
 
