@@ -195,10 +195,9 @@ def draw_run(run: str | Path, out: str | Path = "") -> tuple[list[Path], list[La
 
 def main(run: str, out: str = "") -> None:
     """Write architecture.png and architecture.svg for RUN (default folder: outputs/report/<run>)."""
-    try:
-        files, layers = draw_run(run, out)
-    except RunError as error:
-        raise SystemExit(f"error: {error}") from None
+    from autoencoder.errors import run_cli
+
+    files, layers = run_cli(lambda: draw_run(run, out))
     print(f"{len(layers)} layers drawn -> {files[0]} and {files[1]}")
 
 

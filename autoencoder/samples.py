@@ -95,17 +95,20 @@ def upscale(image: torch.Tensor, scale: int) -> torch.Tensor:
 
 def save_grid(grid: torch.Tensor, file: Path, scale: int = 2) -> None:
     """Write the grid as PNG, upscaled ``scale`` times (nearest) so 32x32 images can be seen."""
-    file.parent.mkdir(parents=True, exist_ok=True)
-    save_image(upscale(grid, scale), str(file))
+    from autoencoder.atomic import replace_atomically
+
+    image = upscale(grid, scale)
+    replace_atomically(lambda tmp: save_image(image, str(tmp)), file)
 
 
 def main(run: str, data: str = "data", out: str = "", seed: int = 0, cache_dir: str = "data/cache") -> None:
     """Render a grid for a finished run (default file: RUN/samples/final.png)."""
     from autoencoder.checkpoint import load_run
     from autoencoder.data import load_cifar10
+    from autoencoder.errors import run_cli
 
-    config, networks = load_run(run)
-    held_out = load_cifar10(data, "test", config.classes, cache_dir=cache_dir)
+    config, networks = run_cli(lambda: load_run(run))
+    held_out = run_cli(lambda: load_cifar10(data, "test", config.classes, cache_dir=cache_dir))
     grid = render_grid(networks, choose_sample_inputs(held_out, config, seed), torch.device("cpu"))
     file = Path(out) if out else Path(run) / "samples" / "final.png"
     save_grid(grid, file)

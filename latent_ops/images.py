@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from torchvision.utils import make_grid, save_image
 
+from autoencoder.atomic import replace_atomically
 from autoencoder.samples import upscale
 
 
@@ -19,16 +20,10 @@ def to_unit(images: torch.Tensor) -> torch.Tensor:
 
 def save_grid(images: torch.Tensor, file: str | Path, nrow: int, scale: int = 3) -> Path:
     """images (N, 3, 32, 32) in [-1, 1] as a grid of ``nrow`` per row, written as PNG."""
-    file = Path(file)
-    file.parent.mkdir(parents=True, exist_ok=True)
     grid = make_grid(to_unit(images), nrow=nrow, padding=2, pad_value=1.0)
-    save_image(upscale(grid, scale), str(file))
-    return file
+    return replace_atomically(lambda tmp: save_image(upscale(grid, scale), str(tmp)), file)
 
 
 def save_single(image: torch.Tensor, file: str | Path, scale: int = 1) -> Path:
     """One image (3, 32, 32) in [-1, 1] as PNG, ``scale`` times larger."""
-    file = Path(file)
-    file.parent.mkdir(parents=True, exist_ok=True)
-    save_image(upscale(to_unit(image), scale), str(file))
-    return file
+    return replace_atomically(lambda tmp: save_image(upscale(to_unit(image), scale), str(tmp)), file)

@@ -18,14 +18,17 @@ import hashlib
 import json
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 
-from autoencoder.checkpoint import RunError, load_run, save_tensors
-from autoencoder.config import CIFAR10_CLASSES
-from autoencoder.data import DataNotFoundError, load_cifar10, to_float, to_uint8
+from autoencoder.atomic import save_tensors, write_json, write_text
+from autoencoder.checkpoint import load_run, weights_digest
+from autoencoder.config import CIFAR10_CLASSES, ConfigError, check_ranges, dataclass_from_flags, save_config
+from autoencoder.errors import run_cli
+from autoencoder.data import load_cifar10, to_float, to_uint8
 from autoencoder.diagram import draw_run
 from autoencoder.evaluate import reconstruct
 from autoencoder.evaluator import SHIPPED, WEIGHTS_FILE, Evaluator, load_evaluator
@@ -34,7 +37,7 @@ from autoencoder.hardware import resolve_device, resolve_precision
 from latent_ops import metrics
 from latent_ops.compose import IMAGES_FILE, compose, folder_name
 from latent_ops.encode import decode_codes
-from latent_ops.expression import ExpressionError
+from latent_ops.expression import parse
 from latent_ops.images import save_grid
 from latent_ops.runs import resolve_run
 
@@ -101,23 +104,71 @@ def quality_table(rows: list[dict]) -> str:
     return head + "\n".join(lines) + "\n"
 
 
-def report(run: str = "", data: str = "data", out: str = "", expressions: str | tuple = "horse+wings",
-           seed: int = 0, prior_samples: int = 10000, neighbour_count: int = 1000, kid_subset: int = 1000,
-           pca_floor: bool = True, evaluator: str = "", cache_dir: str = "data/cache", compose_n: int = 64,
-           quiet: bool = False) -> Path:
-    """Write the report of ``run`` into ``out`` (default outputs/report/<run>); returns the folder."""
+@dataclass
+class ReportConfig:
+    run: str = ""  # run folder; empty: the newest trained run in outputs/runs
+    data: str = "data"  # CIFAR-10 folder (needed: every metric compares with real images)
+    cache_dir: str = "data/cache"  # decoded data and evaluator features are cached here
+    out: str = ""  # output folder; empty: outputs/report/<run>
+    expressions: str = "horse+wings"  # ';'-separated expressions to compose and score
+    seed: int = 0  # prior draws, subsets and compose seeds
+    prior_samples: int = 10000  # N(0, I) samples decoded for the prior's row
+    neighbour_count: int = 1000  # images per set searched for their nearest training image
+    kid_subset: int = 1000  # subset size of the kernel distance
+    pca_floor: bool = True  # also fit PCA with latent_dim components (the linear floor)
+    evaluator: str = ""  # evaluator folder; empty: the committed one
+    compose_n: int = 64  # images composed per expression
+
+    @property
+    def expression_list(self) -> list[str]:
+        return [e.strip() for e in self.expressions.split(";") if e.strip()]
+
+
+REPORT_RANGES = {"seed": (0, 2**31 - 1), "prior_samples": (2, 10**6), "neighbour_count": (1, 10**6),
+                 "kid_subset": (2, 10**5), "compose_n": (2, 10**5)}
+
+
+def make_report_config(**flags) -> ReportConfig:
+    config = dataclass_from_flags(ReportConfig, {}, flags)
+    check_ranges(config, REPORT_RANGES)
+    if not config.expression_list:
+        raise ConfigError("--expressions is empty; give one or more, ';'-separated, e.g. horse+wings")
+    for expression in config.expression_list:
+        parse(expression)
+    return config
+
+
+def subject_of(weights: dict[str, float]) -> str | None:
+    """The class an expression starts from (``horse`` for horse:2+wings): its first positive class or cluster."""
+    for name, weight in weights.items():
+        base = name.split(":")[0]
+        if weight > 0 and base in CIFAR10_CLASSES:
+            return base
+    return None
+
+
+def report(quiet: bool = False, **flags) -> Path:
+    """Write the report of a run into ``out`` (default outputs/report/<run>); returns the folder.
+
+    ``flags``: the fields of ReportConfig, checked like command-line flags; the config is saved
+    as ``config.json`` beside the report, which is stamped with the weights' hash.
+    """
+    settings = make_report_config(**flags)
     began = time.monotonic()
     say = (lambda *a: None) if quiet else (lambda *a: print("report:", *a, flush=True))
-    run_dir = resolve_run(run)
-    out_dir = Path(out) if out else Path("outputs/report") / run_dir.name
+    run_dir = resolve_run(settings.run)
+    out_dir = Path(settings.out) if settings.out else Path("outputs/report") / run_dir.name
+    data, cache_dir, seed, compose_n = settings.data, settings.cache_dir, settings.seed, settings.compose_n
+    prior_samples, neighbour_count, kid_subset = settings.prior_samples, settings.neighbour_count, settings.kid_subset
     out_dir.mkdir(parents=True, exist_ok=True)
+    save_config(settings, out_dir / "config.json")
     config, nets = load_run(run_dir)
     device = resolve_device(config)
     dtype = resolve_precision(config, device)
     nets = nets.to(device)
-    evaluator_dir = Path(evaluator) if evaluator else SHIPPED
+    evaluator_dir = Path(settings.evaluator) if settings.evaluator else SHIPPED
     judge = load_evaluator(evaluator_dir, device=device.type)
-    expressions = [e for e in (expressions.split(";") if isinstance(expressions, str) else expressions) if e]
+    expressions = settings.expression_list
 
     train = load_cifar10(data, "train", config.classes, cache_dir=cache_dir)
     test = load_cifar10(data, "test", config.classes, cache_dir=cache_dir)
@@ -125,7 +176,7 @@ def report(run: str = "", data: str = "data", out: str = "", expressions: str | 
     train_features = cached_features(judge, evaluator_dir, train.images, "train", cache_dir)
     test_features = cached_features(judge, evaluator_dir, test.images, "test", cache_dir)
     generator = torch.Generator().manual_seed(seed)
-    record: dict = {"run": str(run_dir), "seed": seed, "classes": list(config.class_names),
+    record: dict = {"run": str(run_dir), "weights_digest": weights_digest(run_dir), "seed": seed, "classes": list(config.class_names),
                     "evaluator": str(evaluator_dir), "neighbour_count": neighbour_count, "machine": machine_name(device)}
     accuracy = judge.accuracy(test.images, test.labels)
     record["evaluator_test_accuracy"] = accuracy
@@ -134,7 +185,7 @@ def report(run: str = "", data: str = "data", out: str = "", expressions: str | 
     say("reconstructions of the test split")
     rec = reconstruct(nets, test.images, device, dtype)
     record["reconstruction"] = metrics.reconstruction(to_float(test.images), rec)
-    if pca_floor:
+    if settings.pca_floor:
         say(f"PCA floor with {config.latent_dim} components")
         pca = metrics.pca_reconstruction(to_float(train.images), to_float(test.images), config.latent_dim, seed)
         record["pca_floor"] = {"components": config.latent_dim, **metrics.reconstruction(to_float(test.images), pca)}
@@ -170,18 +221,22 @@ def report(run: str = "", data: str = "data", out: str = "", expressions: str | 
     save_grid(pairs, out_dir / "reconstructions.png", nrow=16, scale=3)
 
     # --- composed expressions ---
-    horse = CIFAR10_CLASSES.index("horse")
-    horse_test = test.labels == horse
     record["compositions"] = []
     for expression in expressions:
         say(f"compose {expression}")
-        folder = compose(expression, str(run_dir), data, n=compose_n, seed=seed, cache_dir=cache_dir,
+        folder = compose(expression, run=str(run_dir), data=data, n=compose_n, seed=seed, cache_dir=cache_dir,
                          out=str(out_dir / "compose" / folder_name(expression, seed)), quiet=True)
         images = load_file(str(folder / IMAGES_FILE))["images"]  # ranked, best first
         scores = json.loads((folder / "scores.json").read_text())
+        subject = subject_of(scores["weights"])
+        if subject is None:
+            say(f"{expression} starts from no class: recognisability skipped")
+            continue
+        subject_test = test.labels == CIFAR10_CLASSES.index(subject)
         features = judge.features(images)
-        recognised = metrics.recognisability(judge.probabilities(images))
-        entry = {"expression": expression, "folder": str(folder), "critic_mean_after": scores["critic_mean_after"]}
+        recognised = metrics.recognisability(judge.probabilities(images), subject=subject)
+        entry = {"expression": expression, "subject": subject, "folder": str(folder),
+                 "intent_source": scores["intent_source"], "critic_mean_after": scores["critic_mean_after"]}
         entry["recognisability_best"] = {k: v[0].item() for k, v in recognised.items()}
         entry["recognisability_mean"] = {k: v.mean().item() for k, v in recognised.items()}
         entry["share_combined_over_half"] = (recognised["combined"] > 0.5).float().mean().item()
@@ -189,18 +244,18 @@ def report(run: str = "", data: str = "data", out: str = "", expressions: str | 
         entry["evaluator_top"] = [{"rank_in_batch": int(i), **{k: v[i].item() for k, v in recognised.items()}}
                                   for i in by_evaluator[:8]]
         save_grid(to_float(images[by_evaluator[:8]]), out_dir / f"{folder.name}-evaluator-top8.png", nrow=8, scale=4)
-        real_horses = test.images[horse_test] if horse_test.any() else test.images
-        horse_features = test_features[horse_test] if horse_test.any() else test_features
+        real_horses = test.images[subject_test] if subject_test.any() else test.images
+        horse_features = test_features[subject_test] if subject_test.any() else test_features
         pick = torch.randperm(len(real_horses), generator=torch.Generator().manual_seed(seed))[:len(images)]
         entry["sets"] = [
             sample_set_metrics(f"composed {expression}", images, features, horse_features, train_floats,
                                train_features, seed, neighbour_count, kid_subset),
-            sample_set_metrics(f"real: {len(pick)} test horses (the floor)", real_horses[pick],
+            sample_set_metrics(f"real: {len(pick)} test {subject} images (the floor)", real_horses[pick],
                                horse_features[pick], horse_features, train_floats, train_features, seed,
                                neighbour_count, kid_subset),
         ]
-        real_recognised = metrics.recognisability(judge.probabilities(real_horses[pick]))
-        entry["recognisability_real_horses_mean"] = {k: v.mean().item() for k, v in real_recognised.items()}
+        real_recognised = metrics.recognisability(judge.probabilities(real_horses[pick]), subject=subject)
+        entry["recognisability_real_subject_mean"] = {k: v.mean().item() for k, v in real_recognised.items()}
         best_pixel, _ = metrics.nearest_distances(to_float(images[:1]), train_floats)
         best_feature, _ = metrics.nearest_distances(features[:1], train_features)
         entry["best_nn_pixel"], entry["best_nn_feature"] = best_pixel.item(), best_feature.item()
@@ -212,8 +267,8 @@ def report(run: str = "", data: str = "data", out: str = "", expressions: str | 
     files, layers = draw_run(run_dir, out_dir)
     record["diagram"] = [str(f) for f in files]
     record["seconds"] = time.monotonic() - began
-    (out_dir / "report.json").write_text(json.dumps(record, indent=1) + "\n")
-    (out_dir / "report.md").write_text(render(record, config, run_dir, out_dir, len(layers)))
+    write_json(record, out_dir / "report.json")
+    write_text(render(record, config, run_dir, out_dir, len(layers)), out_dir / "report.md")
     say(f"written {out_dir / 'report.md'} in {record['seconds']:.0f} s")
     return out_dir
 
@@ -252,16 +307,20 @@ def render(record: dict, config, run_dir: Path, out_dir: Path, layer_count: int)
                   f"{k} {100 * v:.0f}%" for k, v in sorted(record["prior_class_shares"].items(),
                                                           key=lambda kv: -kv[1])) + ".", ""]
     for c in record["compositions"]:
-        best, mean, real = c["recognisability_best"], c["recognisability_mean"], c["recognisability_real_horses_mean"]
-        stem = Path(c["folder"]).name
+        best, mean, real = c["recognisability_best"], c["recognisability_mean"], c["recognisability_real_subject_mean"]
+        stem, subject = Path(c["folder"]).name, c["subject"]
+        intent = ("the evaluator's class probabilities of the decoded images" if c["intent_source"] == "evaluator"
+                  else "a linear class probe on the codes")
         lines += [f"## Composed: `{c['expression']}`", "",
                   f"![best]({stem}-best_x8.png)", "",
-                  "The best-ranked image (compose's ranking: critic realism, latent intent, capped uniqueness).", "",
-                  "| recognisability | P(horse) | P(bird)+P(airplane) | combined 2 sqrt(P(h) P(w)) |",
+                  f"The best-ranked image (compose's ranking: critic realism, intent from {intent}, capped "
+                  "uniqueness).", "",
+                  f"| recognisability | P({subject}) | P(bird)+P(airplane) | combined 2 sqrt(P(s) P(w)) |",
                   "|---|---|---|---|",
-                  f"| best image | {best['horse']:.3f} | {best['winged']:.3f} | {best['combined']:.3f} |",
-                  f"| batch mean | {mean['horse']:.3f} | {mean['winged']:.3f} | {mean['combined']:.3f} |",
-                  f"| real test horses (mean) | {real['horse']:.3f} | {real['winged']:.3f} | {real['combined']:.3f} |",
+                  f"| best image | {best[subject]:.3f} | {best['winged']:.3f} | {best['combined']:.3f} |",
+                  f"| batch mean | {mean[subject]:.3f} | {mean['winged']:.3f} | {mean['combined']:.3f} |",
+                  f"| real test {subject} images (mean) | {real[subject]:.3f} | {real['winged']:.3f} | "
+                  f"{real['combined']:.3f} |",
                   "", f"{100 * c['share_combined_over_half']:.0f}% of the batch score a combined value over 0.5. "
                   f"The best image's nearest training image is {c['best_nn_pixel']:.3f} away in pixels (RMS) and "
                   f"{c['best_nn_feature']:.3f} in features.", "",
@@ -271,21 +330,16 @@ def render(record: dict, config, run_dir: Path, out_dir: Path, layer_count: int)
                   f"![batch]({stem}-batch64.png)", "",
                   "The batch of 64, ranked best first.", "",
                   f"![evaluator top 8]({stem}-evaluator-top8.png)", "",
-                  "The 8 the evaluator finds most horse-and-winged (combined score, highest first): "
+                  f"The 8 the evaluator finds most {subject}-and-winged (combined score, highest first): "
                   + ", ".join(f"{t['combined']:.2f}" for t in c["evaluator_top"]) + ". Chosen by the same "
                   "classifier that scores them, so these scores are optimistic.", ""]
     return "\n".join(lines) + "\n"
 
 
-def main(run: str = "", data: str = "data", out: str = "", expressions: str | tuple = "horse+wings", seed: int = 0,
-         prior_samples: int = 10000, neighbour_count: int = 1000, kid_subset: int = 1000, pca_floor: bool = True,
-         evaluator: str = "", cache_dir: str = "data/cache", compose_n: int = 64) -> None:
-    """Write outputs/report/<run>/report.md for RUN (default: the newest run). Expressions: ';'-separated."""
-    try:
-        report(run, data, out, expressions, seed, prior_samples, neighbour_count, kid_subset, pca_floor,
-               evaluator, cache_dir, compose_n)
-    except (RunError, DataNotFoundError, ExpressionError, FileNotFoundError) as error:
-        raise SystemExit(f"error: {error}") from None
+def main(**flags) -> None:
+    """Write outputs/report/<run>/report.md for RUN (default: the newest run); every field of ReportConfig
+    is a flag. Expressions: ';'-separated."""
+    run_cli(lambda: report(**flags))
 
 
 if __name__ == "__main__":

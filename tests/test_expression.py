@@ -1,6 +1,8 @@
 """The expression grammar: the documented forms parse; anything else raises the tool's own error."""
 from __future__ import annotations
 
+import math
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -68,3 +70,55 @@ def test_any_unicode_parses_or_raises_expression_error(text):
         parse(text, KNOWN)
     except ExpressionError:
         pass
+
+
+from autoencoder.config import TRAIN_RANGES, ConfigError, make_config  # noqa: E402
+
+FUZZ_KNOWN = ["horse", "bird", "wings", "horse:0", "white"]
+PIECES = st.sampled_from(["horse", "bird", "wings", "horse:0", "white", "+", "-", "*", "/", "(", ")", " ",
+                          "0.8", "2", "1e999", "1e300", "0", ".5", "e", ":", "horse:9", "@", "\x00", "é"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.text(max_size=60), st.lists(PIECES, max_size=40).map("".join),
+                 st.integers(0, 700).map(lambda n: "(" * n + "horse" + ")" * n)))
+def test_any_string_parses_or_raises_the_one_line_error(text):
+    try:
+        weights = parse(text, FUZZ_KNOWN)
+    except ExpressionError as error:
+        assert "\n" not in str(error).replace(repr(text), "") and str(error)
+        return
+    assert weights and all(name in FUZZ_KNOWN for name in weights)
+    assert all(math.isfinite(w) and 0 < abs(w) <= 100 for w in weights.values())
+
+
+NUMBERS = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-10**12, 10**12),
+                    st.sampled_from(["nan", "inf", "-inf", "1e999", "1e9", "-1", "0", "2.5", "abc", "", "1e3"]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(sorted(TRAIN_RANGES)), NUMBERS)
+def test_numeric_training_flags_are_accepted_in_range_or_refused_in_one_line(flag, value):
+    try:
+        config = make_config("smoke", **{flag: value})
+    except ConfigError as error:
+        assert f"--{flag}" in str(error) and "\n" not in str(error)
+        return
+    low, high = TRAIN_RANGES[flag]
+    accepted = getattr(config, flag)
+    assert math.isfinite(accepted) and low <= accepted <= high
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(["n", "seed", "refine_steps", "refine_step_size", "refine_anchor", "strength", "temperature",
+                        "chunk"]), NUMBERS)
+def test_numeric_compose_flags_are_accepted_in_range_or_refused_in_one_line(flag, value):
+    from latent_ops.compose import COMPOSE_RANGES, make_compose_config
+
+    try:
+        config = make_compose_config(**{flag: value})
+    except ConfigError as error:
+        assert f"--{flag}" in str(error) and "\n" not in str(error)
+        return
+    low, high = COMPOSE_RANGES[flag]
+    assert low <= getattr(config, flag) <= high

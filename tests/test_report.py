@@ -39,9 +39,10 @@ def test_diagram_draws_every_module_of_every_network(smoke_run, tmp_path):
     assert "compose pipeline" in svg.lower() and "refine" in svg
 
 
-def test_diagram_cli_names_a_missing_run(tmp_path):
-    with pytest.raises(SystemExit, match="not a run folder"):
+def test_diagram_cli_names_a_missing_run(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
         diagram_main(str(tmp_path / "nothing"))
+    assert exit_info.value.code == 2 and "not a run folder" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +50,7 @@ def tiny_report(smoke_run, folder_data, tiny_evaluator, tmp_path_factory):
     run = tmp_path_factory.mktemp("report") / "run"
     shutil.copytree(smoke_run, run)
     out = run.parent / "report"
-    report(str(run), str(folder_data), str(out), expressions="horse+wings", prior_samples=64, neighbour_count=16,
+    report(run=str(run), data=str(folder_data), out=str(out), expressions="horse+wings;bird+wings", prior_samples=64, neighbour_count=16,
            kid_subset=16, evaluator=str(tiny_evaluator[0]), cache_dir=str(smoke_run.parent / "cache"),
            compose_n=16, quiet=True)
     return out
@@ -68,10 +69,16 @@ def test_report_writes_every_metric_with_its_floor(tiny_report):
     assert composed["expression"] == "horse+wings"
     for key in ("horse", "winged", "combined"):
         assert 0 <= composed["recognisability_best"][key] <= 1
-    assert composed["sets"][1]["name"].startswith("real: 8 test horses")
+    assert composed["sets"][1]["name"].startswith("real: 8 test horse images")
+    birds = record["compositions"][1]  # scored against its own subject, not against horses
+    assert birds["subject"] == "bird" and set(birds["recognisability_best"]) == {"bird", "winged", "combined"}
+    assert birds["sets"][1]["name"].startswith("real: 8 test bird images")
+    assert record["weights_digest"] and json.loads((tiny_report / "config.json").read_text())["compose_n"] == 16
     text = (tiny_report / "report.md").read_text()
-    for heading in ("## Model", "## Reconstruction", "## Samples", "## Composed: `horse+wings`"):
+    for heading in ("## Model", "## Reconstruction", "## Samples", "## Composed: `horse+wings`",
+                    "## Composed: `bird+wings`", "P(bird) |"):
         assert heading in text
+    assert "latent intent" not in text and "intent from" in text
     assert "not Inception FID/KID" in text
     for figure in ("architecture.png", "architecture.svg", "prior-samples.png", "reconstructions.png",
                    "horse+wings-0-best_x8.png", "horse+wings-0-neighbours.png", "horse+wings-0-batch64.png",
@@ -82,7 +89,7 @@ def test_report_writes_every_metric_with_its_floor(tiny_report):
 
 
 def test_report_is_deterministic_for_a_seed(tiny_report, smoke_run, folder_data, tiny_evaluator, tmp_path):
-    again = report(str(tiny_report.parent / "run"), str(folder_data), str(tmp_path / "again"),
+    again = report(run=str(tiny_report.parent / "run"), data=str(folder_data), out=str(tmp_path / "again"),
                    expressions="horse+wings", prior_samples=64, neighbour_count=16, kid_subset=16,
                    evaluator=str(tiny_evaluator[0]), cache_dir=str(smoke_run.parent / "cache"), compose_n=16,
                    pca_floor=False, quiet=True)
