@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 import fire
+from record import write_record  # bench/record.py, beside this script
 
 
 def run(processes: int, preset: str, data: str, steps: int, threads: int, flags: dict) -> dict:
@@ -53,6 +54,7 @@ def main(data: str = "data", preset: str = "cpu", processes: str | int | tuple =
     base = results[counts[0]]
     for n in counts[1:]:
         print(f"{n} processes vs {counts[0]}: {results[n] / base:.2f}x")
+    write_record("distributed_throughput", {"preset": preset, "steps": steps, "images_per_s": results})
 
 
 if __name__ == "__main__":

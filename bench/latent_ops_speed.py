@@ -16,6 +16,7 @@ import time
 
 import fire
 import torch
+from record import write_record  # bench/record.py, beside this script
 
 
 def _peak_rss_gib() -> float:
@@ -68,6 +69,9 @@ def main(run: str, data: str = "data", cache_dir: str = "data/cache") -> None:
     seconds, rss = _fresh(compose_speed, run, data, cache_dir)
     print(f"compose horse+wings, 64 images, 10 refinement steps: {seconds:.1f} s in compose, peak RSS {rss:.2f} GiB")
     print(f"encode speedup of bf16 over fp32 (NCHW): {results[('bf16', False)] / results[('fp32', False)]:.2f}x")
+    write_record("latent_ops_speed", {"run": run, "compose_seconds": seconds, "compose_peak_rss_gib": rss,
+                                      "encode_images_per_s": {f"{p} {'channels_last' if c else 'NCHW'}": v
+                                                              for (p, c), v in results.items()}})
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ Example: ``python bench/pca_floor.py --data data --components 64,128,256``
 from __future__ import annotations
 
 import fire
+from record import write_record  # bench/record.py, beside this script
 
 from autoencoder.data import load_cifar10, to_float
 from latent_ops.metrics import pca_reconstruction, reconstruction
@@ -17,10 +18,12 @@ def main(data: str = "data", components: str | tuple = "128", cache_dir: str = "
     ks = [int(k) for k in (components.split(",") if isinstance(components, str) else components)]
     train = to_float(load_cifar10(data, "train", cache_dir=cache_dir).images)
     test = to_float(load_cifar10(data, "test", cache_dir=cache_dir).images)
+    results = {}
     for k in ks:
-        result = reconstruction(test, pca_reconstruction(train, test, k, seed))
+        result = results[k] = reconstruction(test, pca_reconstruction(train, test, k, seed))
         print(f"PCA {k:4d}: mean per-image PSNR {result['psnr_db']:.2f} dB, "
               f"PSNR of mean MSE {result['psnr_of_mean_mse_db']:.2f} dB")
+    write_record("pca_floor", {"components": results})
 
 
 if __name__ == "__main__":

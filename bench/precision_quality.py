@@ -19,6 +19,7 @@ import statistics
 from pathlib import Path
 
 import fire
+from record import write_record  # bench/record.py, beside this script
 
 from autoencoder.config import TrainConfig, load_config, make_config
 from autoencoder.train import train
@@ -63,6 +64,8 @@ def main(data: str = "data", preset: str = "cpu", steps: int = 600, seeds: str |
     spread = f" (sd {statistics.stdev(differences):.2f})" if len(differences) > 1 else ""
     print(f"default minus fp32, mean of {len(differences)} seeds: {mean:+.2f} dB{spread} "
           f"({'within' if abs(mean) <= 0.2 else 'outside'} 0.2 dB)")
+    write_record("precision_quality", {"preset": preset, "steps": steps, "differences_db": differences,
+                                       "mean_difference_db": mean})
 
 
 if __name__ == "__main__":

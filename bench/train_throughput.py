@@ -22,6 +22,7 @@ from autoencoder.config import make_config
 from autoencoder.models import NETWORK_NAMES, build_networks
 from autoencoder.hardware import resolve_device, resolve_precision
 from autoencoder.step import make_optimisers, step_generator, train_step
+from record import busy_warning, summarise, write_record  # bench/record.py, beside this script
 
 
 # Dense bf16 tensor-core peaks (TFLOP/s, without sparsity) from NVIDIA's data sheets, by a
@@ -90,37 +91,63 @@ def _in_fresh_process(args: tuple) -> tuple[float, float, float]:
         return pool.apply(measure, args)
 
 
-def main(preset: str = "cpu", steps: int = 20, warmup: int = 3, compile: bool = True, **flags) -> None:
-    """Print a table of images/s and peak RSS for every combination, then the default's speedup."""
+def label(key: tuple[str, bool, bool]) -> str:
+    precision, channels_last, compiled = key
+    return f"{precision} {'channels_last' if channels_last else 'NCHW'} {'compiled' if compiled else 'eager'}"
+
+
+def main(preset: str = "cpu", steps: int = 20, warmup: int = 3, compile: bool = True, rounds: int = 3,
+         **flags) -> None:
+    """Print images/s (median and spread over ``rounds``) and peak RSS for every combination, then the
+    default's speedup. Rounds interleave the combinations, each round in a rotated order, so a
+    passing load touches all of them alike; the spread says whether the machine was quiet."""
     config = make_config(preset, **flags)
     device = resolve_device(config)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"preset {preset} {flags or ''} on {name}")
-    results = {}
+    print(f"preset {preset} {flags or ''} on {name}; {rounds} interleaved rounds of {steps} steps")
     compile = str(compile).lower() not in ("false", "0", "no")  # fire reads --compile false as a string
-    for compiled in ((False, True) if compile else (False,)):
-        for precision in ("fp32", "bf16"):
-            for channels_last in (False, True):
-                warm = warmup + (3 if compiled else 0)  # compilation happens in the first steps
-                ips, rss, gpu_memory = _in_fresh_process((preset, precision, channels_last, compiled, steps,
-                                                          warm, flags))
-                results[(precision, channels_last, compiled)] = ips
-                print(f"{precision:5s} {'channels_last' if channels_last else 'NCHW':14s} "
-                      f"{'compiled' if compiled else 'eager':9s} {ips:8.1f} images/s   peak RSS {rss:.2f} GiB" +
-                      (f"   peak GPU memory {gpu_memory:.2f} GiB" if device.type == "cuda" else ""), flush=True)
+    keys = [(precision, channels_last, compiled) for compiled in ((False, True) if compile else (False,))
+            for precision in ("fp32", "bf16") for channels_last in (False, True)]
+    samples: dict[tuple, list[float]] = {k: [] for k in keys}
+    memory: dict[tuple, tuple[float, float]] = {}
+    for r in range(rounds):
+        for key in keys[r % len(keys):] + keys[:r % len(keys)]:
+            precision, channels_last, compiled = key
+            warm = warmup + (3 if compiled else 0)  # compilation happens in the first steps
+            ips, rss, gpu_memory = _in_fresh_process((preset, precision, channels_last, compiled, steps, warm,
+                                                      flags))
+            samples[key].append(ips)
+            memory[key] = (max(rss, memory.get(key, (0, 0))[0]), max(gpu_memory, memory.get(key, (0, 0))[1]))
+            print(f"  round {r + 1}: {label(key):28s} {ips:8.1f} images/s", flush=True)
+    summaries = {label(k): summarise(v) for k, v in samples.items()}
+    print(f"{'combination':28s} {'median':>8s} {'min':>8s} {'max':>8s} images/s   peak RSS")
+    for key in keys:
+        s = summaries[label(key)]
+        print(f"{label(key):28s} {s['median']:8.1f} {s['min']:8.1f} {s['max']:8.1f}   {memory[key][0]:.2f} GiB" +
+              (f"   peak GPU memory {memory[key][1]:.2f} GiB" if device.type == "cuda" else ""))
+    warning = busy_warning(summaries)
+    if warning:
+        print(warning)
+    results = {k: summaries[label(k)]["median"] for k in keys}
     base = results[("fp32", False, False)]
     best = max(results, key=results.get)
-    print(f"best: {best[0]} {'channels_last' if best[1] else 'NCHW'} {'compiled' if best[2] else 'eager'}, "
-          f"{results[best] / base:.2f}x")
+    print(f"best: {label(best)}, {results[best] / base:.2f}x")
     default = ("bf16" if resolve_precision(config, device) == torch.bfloat16 else "fp32", config.channels_last, False)
     flops = flops_per_image(preset, flags)
     achieved = flops * results[default]
     print(f"one step: {flops / 1e9:.2f} GFLOP per image; the default achieves {achieved / 1e12:.3f} TFLOP/s")
+    share = None
     if device.type == "cuda":
         peak = bf16_peak(name)
-        print(f"share of the {name}'s dense bf16 peak ({peak / 1e12:.0f} TFLOP/s): {achieved / peak:.1%}" if peak
+        share = achieved / peak if peak else None
+        print(f"share of the {name}'s dense bf16 peak ({peak / 1e12:.0f} TFLOP/s): {share:.1%}" if peak
               else f"bf16 peak of {name} unknown: add it to BF16_PEAK_TFLOPS")
     print(f"speedup of default over fp32 eager baseline: {results[default] / base:.2f}x")
+    write_record("train_throughput", {
+        "preset": preset, "steps": steps, "rounds": rounds, "images_per_s": summaries,
+        "peak_rss_gib": {label(k): v[0] for k, v in memory.items()}, "default": label(default),
+        "speedup_default_over_fp32_eager": results[default] / base, "gflop_per_image": flops / 1e9,
+        "share_of_bf16_peak": share, "busy_warning": warning})
 
 
 if __name__ == "__main__":

@@ -22,3 +22,18 @@ def test_step_flops_grow_with_width_and_with_the_critics():
     wide = flops_per_image("smoke", {**plain, "width": 16})
     assert 3 < wide / narrow < 4.2  # convolutions: twice the channels in and out, but the first layer
     assert flops_per_image("smoke", {}) > 2 * narrow  # critics, mixes and prior decodes on top
+
+
+def test_repeated_measurements_are_summarised_and_a_busy_machine_is_flagged(tmp_path):
+    import json
+
+    from record import busy_warning, summarise, write_record
+
+    quiet = summarise([100.0, 104.0, 98.0])
+    assert quiet["median"] == 100.0 and quiet["spread"] == pytest.approx(0.06)
+    busy = summarise([100.0, 40.0, 148.0])
+    assert busy_warning({"fp32": quiet}) is None
+    assert "bf16 swung by 108%" in busy_warning({"fp32": quiet, "bf16": busy})
+    file = write_record("toy", {"images_per_s": {"fp32": quiet}}, folder=tmp_path)
+    record = json.loads(file.read_text())
+    assert record["bench"] == "toy" and record["images_per_s"]["fp32"]["samples"] == [100.0, 104.0, 98.0]

@@ -108,5 +108,6 @@ def test_two_process_run_stopped_by_the_clock_resumes_exactly(one_process_run, t
     done = torchrun(*cli, "--out", str(run), "--max_minutes", "1e-6")  # both ranks stop at the first log step
     assert "stopped at step 1" in done.stderr
     assert [m["step"] for m in read_metrics(run)] == [1]
-    torchrun("--out", str(run), "--resume", "--max_minutes", "0")
+    paths = [flag for flag in cli if flag.startswith(("--data=", "--cache_dir="))]  # never read from config.json
+    torchrun("--out", str(run), "--resume", "--max_minutes", "0", *paths)
     assert_same_training(run, reference)
