@@ -213,16 +213,21 @@ def weights_digest(run_dir: str | Path) -> str:
     return digest.hexdigest()[:16]
 
 
+def load_run_config(run_dir: Path) -> TrainConfig:
+    """A run's config.json, checked like flags; a bad one is a RunError naming the file."""
+    try:
+        return load_config(Path(run_dir) / CONFIG_FILE)
+    except ConfigError as error:
+        raise RunError(str(error)) from None
+
+
 def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[TrainConfig, Networks]:
     """The config and the networks (in eval mode) of a run folder."""
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG_FILE).exists() or not model_file(run_dir).exists():
         raise RunError(f"{run_dir} is not a finished run folder (it needs {CONFIG_FILE} and {MODEL_FILE}); "
                        f"train one with python -m autoencoder.train --out {run_dir}")
-    try:
-        config = load_config(run_dir / CONFIG_FILE)
-    except ConfigError as error:
-        raise RunError(str(error)) from None
+    config = load_run_config(run_dir)
     networks = build_networks(config)
     load_weights(networks, model_file(run_dir))
     return config, networks.to(device).eval()

@@ -27,9 +27,9 @@ from tqdm import tqdm
 from autoencoder import distributed
 from autoencoder.atomic import write_text
 from autoencoder.checkpoint import (CONFIG_FILE, METRICS_FILE, MODEL_FILE, POINTER_FILE, RunError,
-                                    clean_run_folder, has_checkpoint, load_train_state, load_weights,
+                                    clean_run_folder, has_checkpoint, load_run_config, load_train_state, load_weights,
                                     model_file, state_file, weights_metadata, write_checkpoint)
-from autoencoder.config import ConfigError, TrainConfig, load_config, make_config, save_config
+from autoencoder.config import ConfigError, TrainConfig, make_config, save_config
 from autoencoder.data import BatchSampler, load_cifar10
 from autoencoder.errors import UserError, run_cli
 from autoencoder.evaluate import reconstruct, reconstruction_metrics
@@ -235,10 +235,7 @@ def config_for(preset: str, resume: bool, flags: dict[str, Any]) -> TrainConfig:
     if not (run_dir / CONFIG_FILE).exists() or not has_checkpoint(run_dir):
         raise RunError(f"{run_dir} has no checkpoint to resume ({CONFIG_FILE} and a checkpoint needed); "
                        f"start a new run without --resume")
-    try:
-        saved = load_config(run_dir / CONFIG_FILE)
-    except ConfigError as error:
-        raise RunError(str(error)) from None
+    saved = load_run_config(run_dir)
     if not saved.schedule_steps:  # written before schedule_steps existed: its decay spanned its steps
         saved.schedule_steps = saved.steps
     kept = {k: v for k, v in vars(saved).items() if k not in ("preset", *PATH_FLAGS)}

@@ -106,8 +106,13 @@ def main(preset: str = "cpu", steps: int = 20, warmup: int = 3, compile: bool = 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"preset {preset} {flags or ''} on {name}; {rounds} interleaved rounds of {steps} steps")
     compile = str(compile).lower() not in ("false", "0", "no")  # fire reads --compile false as a string
+    native_bf16 = resolve_precision(make_config(preset, **{**flags, "precision": "auto"}), device) == torch.bfloat16
+    precisions = ("fp32", "bf16") if native_bf16 else ("fp32",)
+    if not native_bf16:
+        print("bf16 is not native on this machine (no AVX-512 bf16 / GPU bf16): emulated it is many times slower "
+              "than fp32, and the default is fp32, so the bf16 rows are skipped")
     keys = [(precision, channels_last, compiled) for compiled in ((False, True) if compile else (False,))
-            for precision in ("fp32", "bf16") for channels_last in (False, True)]
+            for precision in precisions for channels_last in (False, True)]
     samples: dict[tuple, list[float]] = {k: [] for k in keys}
     memory: dict[tuple, tuple[float, float]] = {}
     for r in range(rounds):
