@@ -86,6 +86,10 @@ def load_weights(networks: torch.nn.Module, file: Path) -> None:
     if wrong:
         raise RunError(f"{file}: tensor {wrong[0]} is {tuple(tensors[wrong[0]].shape)} but the config's "
                        f"networks need {tuple(own[wrong[0]].shape)}; the weights and config.json do not match")
+    broken = next((k for k in own if tensors[k].is_floating_point() and not tensors[k].isfinite().all()), None)
+    if broken is not None:
+        raise RunError(f"{file}: tensor {broken} holds NaN or infinity (weights of a diverged run); "
+                       f"use an earlier checkpoint or train again")
     networks.load_state_dict({k: v.to(own[k].dtype) for k, v in tensors.items() if k in own})
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from autoencoder.atomic import write_json
-from autoencoder.checkpoint import load_run
+from autoencoder.checkpoint import load_run, weights_digest
 from autoencoder.config import CIFAR10_CLASSES
 from autoencoder.data import load_cifar10, to_float
 from autoencoder.errors import run_cli
@@ -64,6 +64,7 @@ def reconstruction_psnr(run: str | Path, data: str, cache_dir: str = "data/cache
 
 def main(run: str, data: str = "data", cache_dir: str = "data/cache") -> None:
     result = run_cli(lambda: reconstruction_psnr(run, data, cache_dir))
+    result["weights_digest"] = weights_digest(run)  # the stamp: which weights were measured
     write_json(result, Path(run) / "reconstruction.json", indent=2)
     print(f"test split, {result['images']} images: MSE {result['mse']:.5f} (pixels in [-1, 1]), "
           f"mean PSNR {result['psnr_db']:.2f} dB, PSNR of mean MSE {result['psnr_of_mean_mse_db']:.2f} dB")

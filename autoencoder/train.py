@@ -115,11 +115,6 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, shar
         torch.set_num_threads(config.threads)
     device = resolve_device(config, shard)
     dtype = resolve_precision(config, device)
-    train_set = load_cifar10(config.data, "train", config.classes, config.cache_dir, config.download)
-    held_out = load_cifar10(config.data, "test", config.classes, config.cache_dir, config.download)
-    # A seeded random subset: the split is sorted by class, so its head would be airplanes only.
-    eval_order = torch.randperm(len(held_out), generator=torch.Generator().manual_seed(config.seed))
-    eval_images = held_out.images[eval_order[:config.eval_images]]
 
     torch.manual_seed(config.seed)
     nets = build_networks(config).to(device)
@@ -146,10 +141,17 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, shar
         start = int(state["step"])
         if shard.is_main:
             _trim_metrics(run_dir / METRICS_FILE, start)
-    elif shard.is_main:
+
+    # The data is read after the checkpoint (a damaged run is reported before a long decode)
+    # and before a new run writes anything (missing data leaves no half-made run folder).
+    train_set = load_cifar10(config.data, "train", config.classes, config.cache_dir, config.download)
+    held_out = load_cifar10(config.data, "test", config.classes, config.cache_dir, config.download)
+    # A seeded random subset: the split is sorted by class, so its head would be airplanes only.
+    eval_order = torch.randperm(len(held_out), generator=torch.Generator().manual_seed(config.seed))
+    eval_images = held_out.images[eval_order[:config.eval_images]]
+    if not resume and shard.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, run_dir / CONFIG_FILE)
-
     step_nets = distributed.replicate(nets, shard, device)
     sampler = BatchSampler(train_set.images.to(device), config.batch_size, config.seed, shard)
     sample_inputs = choose_sample_inputs(held_out, config, config.seed)

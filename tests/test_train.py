@@ -262,6 +262,7 @@ def test_cli_errors_are_one_clear_line(folder_data, tmp_path, capsys, smoke_run)
     assert code == 2 and "unknown flag(s) --laten_dim" in err
     code, err = run_cli(capsys, "--preset", "smoke", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "r"))
     assert code == 2 and "--download" in err
+    assert not (tmp_path / "r").exists(), "missing data left a half-made run folder"
     code, err = run_cli(capsys, "--resume", "--out", str(tmp_path / "never"))
     assert code == 2 and "no checkpoint to resume" in err
     code, err = run_cli(capsys, "--resume")
@@ -348,3 +349,18 @@ def test_a_pointer_cannot_lead_outside_the_run(smoke_run, tmp_path, capsys):
     (run / "checkpoint.json").write_text(json.dumps({"step": 60, "folder": "../../elsewhere"}))
     code, err = run_cli(capsys, "--resume", "--out", str(run), "--steps", "70")
     assert code == 2 and "does not name a checkpoint folder" in err
+
+
+def test_weights_holding_nan_are_refused_with_the_file_named(smoke_run, tmp_path):
+    import shutil
+
+    from autoencoder.checkpoint import RunError, model_file, save_tensors
+
+    run = tmp_path / "copy"
+    shutil.copytree(smoke_run, run)
+    tensors = weights(run)
+    first = sorted(k for k in tensors if tensors[k].is_floating_point())[0]
+    tensors[first] = tensors[first] * float("nan")
+    save_tensors(tensors, model_file(run))
+    with pytest.raises(RunError, match=f"{first} holds NaN or infinity"):
+        load_run(run)
