@@ -13,6 +13,8 @@ Example (20 dB for an error of 0.2 everywhere)::
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
@@ -55,3 +57,42 @@ def acai_autoencoder_loss(alpha_pred_mix: torch.Tensor) -> torch.Tensor:
 def total(terms: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:
     """Weighted sum of named terms; a term whose weight is missing counts with weight 1."""
     return sum(weights.get(name, 1.0) * value for name, value in terms.items())
+
+
+@dataclass
+class CriticOutputs:
+    """What the three critics said in one step, each called once on its real and fake inputs.
+
+    A missing part (None) is a critic switched off by a zero weight.
+    """
+    latent_prior: torch.Tensor | None = None  # (B,) latent critic on N(0, I) draws (real)
+    latent_codes: torch.Tensor | None = None  # (B,) latent critic on encoded codes (fake)
+    alpha: torch.Tensor | None = None  # (B,) mixing coefficients of the decoded mixes, in [0, 1/2]
+    alpha_mix: torch.Tensor | None = None  # (B,) interpolation critic on decoded mixes
+    alpha_blend: torch.Tensor | None = None  # (B,) interpolation critic on blends of data and reconstruction
+    image_real: torch.Tensor | None = None  # (B,) image critic on data
+    image_fake: torch.Tensor | None = None  # (n*B,) image critic on decoded images (reconstructions, mixes, prior)
+
+
+def autoencoder_terms(x: torch.Tensor, x_rec: torch.Tensor, out: CriticOutputs) -> dict[str, torch.Tensor]:
+    """The autoencoder's side, as named terms: reconstruction, and fooling each critic that is on."""
+    terms = {"recon": reconstruction_loss(x, x_rec)}
+    if out.latent_codes is not None:
+        terms["latent"] = generator_loss(out.latent_codes)
+    if out.alpha_mix is not None:
+        terms["interp"] = acai_autoencoder_loss(out.alpha_mix)
+    if out.image_fake is not None:
+        terms["image"] = generator_loss(out.image_fake)
+    return terms
+
+
+def critic_terms(out: CriticOutputs) -> dict[str, torch.Tensor]:
+    """The critics' side, as named terms: each critic telling its real inputs from its fakes."""
+    terms = {}
+    if out.latent_codes is not None:
+        terms["latent"] = critic_loss_real_fake(out.latent_prior, out.latent_codes)
+    if out.alpha_mix is not None:
+        terms["interp"] = acai_critic_loss(out.alpha_mix, out.alpha, out.alpha_blend)
+    if out.image_fake is not None:
+        terms["image"] = critic_loss_real_fake(out.image_real, out.image_fake)
+    return terms

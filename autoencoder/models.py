@@ -17,11 +17,27 @@ Example (print the networks of a preset)::
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
+from typing import Any
+
 import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from autoencoder.config import TrainConfig
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """What the networks are made of, and nothing else (nanoGPT's GPTConfig pattern)."""
+    latent_dim: int = 128  # size of the code z
+    width: int = 32  # channels of the first autoencoder stage (doubles per stage, capped at 4x)
+    res_blocks: int = 0  # residual blocks per resolution stage of encoder and decoder
+    critic_width: int = 16  # channels of the first stage of the image and interpolation critics
+    latent_critic_hidden: int = 512  # hidden units of the latent critic MLP
+
+    @classmethod
+    def of(cls, config: Any) -> "ModelConfig":
+        """The model part of any config with these fields (a run's TrainConfig, or a ModelConfig)."""
+        return cls(**{f.name: getattr(config, f.name) for f in fields(cls)})
 
 
 def stage_channels(width: int) -> list[int]:
@@ -125,7 +141,7 @@ NETWORK_NAMES = ("encoder", "decoder", "latent_critic", "interp_critic", "image_
 class Networks(nn.Module):
     """All five networks of a run (attributes named as NETWORK_NAMES), saved and loaded together."""
 
-    def __init__(self, config: TrainConfig):
+    def __init__(self, config: ModelConfig):
         super().__init__()
         self.encoder = Encoder(config.latent_dim, config.width, config.res_blocks)
         self.decoder = Decoder(config.latent_dim, config.width, config.res_blocks)
@@ -141,6 +157,7 @@ class Networks(nn.Module):
                 *self.image_critic.parameters()]
 
 
-def build_networks(config: TrainConfig) -> Networks:
-    """The networks a config describes, initialised from torch's current RNG state."""
-    return Networks(config)
+def build_networks(config: Any) -> Networks:
+    """The networks a config describes (a ModelConfig, or a run's config holding its fields),
+    initialised from torch's current RNG state."""
+    return Networks(ModelConfig.of(config))

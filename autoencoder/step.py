@@ -80,23 +80,20 @@ def train_step(nets: Any, batch: torch.Tensor, config: TrainConfig, generator: t
         decoded = nets.decoder(torch.cat(codes)).float()  # (len(codes)*B, 3, 32, 32)
         x_rec = decoded[:B]
 
-        critic_terms: dict[str, torch.Tensor] = {}
-        ae_terms: dict[str, torch.Tensor] = {"recon": losses.reconstruction_loss(x, x_rec)}
         # Each critic sees real and fake in one call: one forward per network per step.
+        out = losses.CriticOutputs()
         if config.latent_weight > 0:
-            logit_prior, logit_z = nets.latent_critic(torch.cat([z_prior[0], z])).split(B)
-            critic_terms["latent"] = losses.critic_loss_real_fake(logit_prior, logit_z)
-            ae_terms["latent"] = losses.generator_loss(logit_z)
+            out.latent_prior, out.latent_codes = nets.latent_critic(torch.cat([z_prior[0], z])).split(B)
         if config.interp_weight > 0:
             g = config.interp_gamma
             blend = g * x + (1 - g) * x_rec.detach()
-            alpha_mix, alpha_blend = nets.interp_critic(torch.cat([decoded[B:2 * B], blend])).split(B)
-            critic_terms["interp"] = losses.acai_critic_loss(alpha_mix, alpha, alpha_blend)
-            ae_terms["interp"] = losses.acai_autoencoder_loss(alpha_mix)
+            out.alpha = alpha
+            out.alpha_mix, out.alpha_blend = nets.interp_critic(torch.cat([decoded[B:2 * B], blend])).split(B)
         if config.image_weight > 0:
             logits = nets.image_critic(torch.cat([x, decoded]))
-            critic_terms["image"] = losses.critic_loss_real_fake(logits[:B], logits[B:])
-            ae_terms["image"] = losses.generator_loss(logits[B:])
+            out.image_real, out.image_fake = logits[:B], logits[B:]
+        ae_terms = losses.autoencoder_terms(x, x_rec, out)
+        critic_terms = losses.critic_terms(out)
 
     weights = {"latent": config.latent_weight, "interp": config.interp_weight, "image": config.image_weight}
     opt_critic.zero_grad(set_to_none=True)

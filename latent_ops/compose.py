@@ -41,8 +41,8 @@ from autoencoder.errors import run_cli
 from autoencoder.evaluator import SHIPPED, WEIGHTS_FILE, load_evaluator
 from autoencoder.hardware import resolve_device
 from latent_ops import ranking
-from latent_ops.concepts import WINGED, Concepts, fit_run_concepts, heldout_members, load_concepts
-from latent_ops.encode import LatentBank, decode_codes, encode_run, load_bank
+from latent_ops.concepts import DENSITIES_FILE, WINGED, Concepts, fit_run_concepts, heldout_members, load_concepts
+from latent_ops.encode import BANK_FILE, LatentBank, decode_codes, encode_run, load_bank
 from latent_ops.expression import ExpressionError, parse
 from latent_ops.images import save_grid, save_single
 from latent_ops.metrics import mean_pairwise_distance, nearest_neighbours
@@ -114,15 +114,18 @@ def resolve_intent(intent: str) -> str:
 def ensure_concepts(run: Path, data: str, cache_dir: str) -> Concepts:
     """The run's concepts; the data set is encoded and the concepts fitted again when either is
     missing, damaged or was made from other weights than the run's current ones."""
+    def why(file: Path, problem: RunError) -> str:
+        return "(once)" if not file.exists() else f"again: {problem}"
+
     try:
         return load_concepts(run)
     except RunError as problem:
         try:
             load_bank(run)
         except RunError as bank_problem:
-            print(f"compose: encoding the data set into the latent bank ({bank_problem})")
+            print(f"compose: encoding the data set into {run / BANK_FILE} {why(run / BANK_FILE, bank_problem)}")
             encode_run(run, data, cache_dir)
-        print(f"compose: fitting clusters and directions of {run} ({problem})")
+        print(f"compose: fitting clusters and directions of {run} {why(run / DENSITIES_FILE, problem)}")
         return fit_run_concepts(run, data, cache_dir)
 
 

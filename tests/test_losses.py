@@ -55,3 +55,69 @@ def test_losses_give_gradients_through_bf16():
     logits = torch.zeros(4, dtype=torch.bfloat16, requires_grad=True)
     losses.generator_loss(logits).backward()
     assert logits.grad is not None and (logits.grad < 0).all()  # raising fake logits lowers the loss
+
+
+def step_gradients(monkeypatch, scale_critic=1.0, scale_autoencoder_adversarial=1.0, constant_critics=False):
+    """Gradients each optimiser sees in one fp32 smoke step, with the loss sides scaled as asked."""
+    from autoencoder import losses as L
+    from autoencoder.config import make_config
+    from autoencoder.models import build_networks
+    from autoencoder.step import make_optimisers, optimised_parameters, step_generator, train_step
+
+    config = make_config("smoke", precision="fp32", channels_last=False, batch_size=8)
+    torch.manual_seed(0)
+    nets = build_networks(config)
+    if constant_critics:  # critics whose outputs do not depend on their inputs
+        for name in ("latent_critic", "interp_critic", "image_critic"):
+            critic = getattr(nets, name)
+            bias = torch.nn.Parameter(torch.zeros(()))
+            critic.register_parameter("constant", bias)
+            monkeypatch.setattr(critic, "forward", lambda x, b=bias: b.expand(len(x)) + 0 * x.sum() * 0)
+    opt_ae, opt_critic = make_optimisers(nets, config)
+    grads = {}
+    for side, opt in (("autoencoder", opt_ae), ("critics", opt_critic)):
+        params = optimised_parameters(opt)
+        monkeypatch.setattr(opt, "step", lambda *a, side=side, params=params: grads.__setitem__(
+            side, [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in params]))
+    real_ae, real_critic = L.autoencoder_terms, L.critic_terms
+    monkeypatch.setattr(L, "critic_terms", lambda out: {k: scale_critic * v for k, v in real_critic(out).items()})
+    monkeypatch.setattr(L, "autoencoder_terms", lambda x, x_rec, out: {
+        k: v if k == "recon" else scale_autoencoder_adversarial * v for k, v in real_ae(x, x_rec, out).items()})
+    batch = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    train_step(nets, batch, config, step_generator(0, 0), opt_ae, opt_critic, torch.device("cpu"), torch.float32)
+    return grads
+
+
+def same(a, b):
+    return all(torch.allclose(x, y, rtol=1e-5, atol=1e-7) for x, y in zip(a, b))
+
+
+def test_gradient_routing_each_side_moves_only_its_own_networks(monkeypatch):
+    base = step_gradients(monkeypatch)
+    monkeypatch.undo()
+    critic_loud = step_gradients(monkeypatch, scale_critic=1e4)
+    monkeypatch.undo()
+    autoencoder_loud = step_gradients(monkeypatch, scale_autoencoder_adversarial=1e4)
+    monkeypatch.undo()
+    assert same(base["autoencoder"], critic_loud["autoencoder"]), "the critic loss moved autoencoder weights"
+    assert not same(base["critics"], critic_loud["critics"])
+    assert same(base["critics"], autoencoder_loud["critics"]), "the autoencoder loss moved critic weights"
+    assert not same(base["autoencoder"], autoencoder_loud["autoencoder"]), "no adversarial gradient reached the AE"
+
+
+def test_adversarial_gradients_reach_the_autoencoder_only_through_the_critics(monkeypatch):
+    quiet = step_gradients(monkeypatch, constant_critics=True)
+    monkeypatch.undo()
+    loud = step_gradients(monkeypatch, constant_critics=True, scale_autoencoder_adversarial=1e4)
+    monkeypatch.undo()
+    assert same(quiet["autoencoder"], loud["autoencoder"])  # blind critics pass no gradient back
+
+
+def test_loss_sides_are_named_terms_of_what_is_switched_on():
+    from autoencoder.losses import CriticOutputs, autoencoder_terms, critic_terms
+
+    x = torch.zeros(4, 3, 8, 8)
+    assert set(autoencoder_terms(x, x, CriticOutputs())) == {"recon"} and critic_terms(CriticOutputs()) == {}
+    out = CriticOutputs(image_real=torch.full((4,), 10.0), image_fake=torch.full((8,), -10.0))
+    assert set(autoencoder_terms(x, x, out)) == {"recon", "image"} and set(critic_terms(out)) == {"image"}
+    assert critic_terms(out)["image"] < 1e-3 < autoencoder_terms(x, x, out)["image"]  # a confident critic wins

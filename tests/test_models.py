@@ -50,3 +50,15 @@ def test_channels_last_gives_same_output():
     nets = nets.to(memory_format=torch.channels_last)
     fast = nets.decoder(nets.encoder(x.contiguous(memory_format=torch.channels_last)))
     assert torch.allclose(plain, fast, atol=1e-5)
+
+
+def test_networks_take_their_own_model_config():
+    import autoencoder.models as models_module
+    from autoencoder.models import ModelConfig
+
+    train_config = make_config("smoke", latent_dim=9, width=4)
+    model = ModelConfig.of(train_config)
+    assert model == ModelConfig(latent_dim=9, width=4, res_blocks=0, critic_width=8, latent_critic_hidden=32)
+    nets = build_networks(model)
+    assert nets.encoder(torch.zeros(2, 3, 32, 32)).shape == (2, 9)
+    assert not hasattr(models_module, "TrainConfig"), "models.py should not depend on the training config"
