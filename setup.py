@@ -8,7 +8,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["autoencoder", "autoencoder.*", "latent_ops", "latent_ops.*"]),
-    package_data={"autoencoder": ["weights/evaluator/*"]},  # the committed evaluator (fp16) and its card
+    package_data={"autoencoder": ["weights/evaluator/*", "weights/perceptual/*"]},  # committed fp16 nets and cards
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.2",

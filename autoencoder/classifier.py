@@ -82,6 +82,14 @@ class EvaluatorNet(nn.Module):
         with torch.no_grad():
             self.whiten.weight.copy_(patch_whitening(images))
 
+    def feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """(B, 3, 32, 32) in [-1, 1] -> the activations after the stem and after each conv group:
+        (B, 24, 31, 31), (B, w0, 15, 15), (B, w1, 7, 7), (B, w2, 3, 3). What a perceptual loss compares."""
+        maps = [F.gelu(self.whiten(x))]
+        for group in self.groups:
+            maps.append(group(maps[-1]))
+        return maps
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, 32, 32) in [-1, 1] -> (B, feature_dim), the penultimate layer."""
         x = self.groups(F.gelu(self.whiten(x)))

@@ -50,6 +50,8 @@ class TrainConfig:
     interp_weight: float = 0.5  # ACAI term: decoded mixes should fool the interpolation critic
     interp_gamma: float = 0.2  # ACAI regulariser: blend of data and reconstruction shown to the critic
     image_weight: float = 0.005  # GAN term: decoded images should fool the image critic
+    perceptual_weight: float = 0.0  # feature-matching reconstruction term (a frozen CIFAR-10 classifier's features)
+    perceptual_net: str = ""  # folder of that classifier (trained with --role perceptual); empty: the committed one
     # --- optimisation ---
     batch_size: int = 64  # images per step
     steps: int = 7000  # optimisation steps in total
@@ -167,7 +169,7 @@ TRAIN_RANGES: dict[str, tuple[float, float]] = {
     "seed": (0, 2**31 - 1), "threads": (0, 1024),
     "latent_dim": (1, 65536), "width": (1, 4096), "res_blocks": (0, 64), "critic_width": (1, 4096),
     "latent_critic_hidden": (1, 65536),
-    "latent_weight": (0, 1e4), "interp_weight": (0, 1e4), "interp_gamma": (0, 1), "image_weight": (0, 1e4),
+    "latent_weight": (0, 1e4), "interp_weight": (0, 1e4), "interp_gamma": (0, 1), "image_weight": (0, 1e4), "perceptual_weight": (0, 1e4),
     "batch_size": (2, 65536), "steps": (1, 10**9), "schedule_steps": (0, 10**9),
     "lr": (1e-12, 10), "critic_lr": (1e-12, 10), "beta1": (0, 0.999999), "critic_beta1": (0, 0.999999),
     "beta2": (0, 0.999999), "lr_min_ratio": (1e-9, 1),

@@ -23,6 +23,7 @@ from autoencoder.data import to_float
 from autoencoder.hardware import autocast, resolve_device, resolve_precision
 
 SHIPPED = Path(__file__).parent / "weights" / "evaluator"  # the committed evaluator
+SHIPPED_PERCEPTUAL = Path(__file__).parent / "weights" / "perceptual"  # the feature net of the perceptual loss
 WEIGHTS_FILE = "evaluator.safetensors"  # fp16 weights of a finished evaluator
 CONFIG_FILE = "config.json"
 CARD_FILE = "card.md"
@@ -53,6 +54,7 @@ class EvaluatorConfig:
     device: str = "auto"  # auto (CUDA if present, else CPU), cpu or cuda
     threads: int = 0  # CPU threads for torch; 0 keeps torch's default
     ship: str = ""  # after training, copy weights, config and card into this folder
+    role: str = "evaluator"  # evaluator (measures; never guides training) or perceptual (features of a loss)
 
     @property
     def width_tuple(self) -> tuple[int, int, int]:
@@ -89,8 +91,13 @@ EVALUATOR_RANGES = {"seed": (0, 2**31 - 1), "logit_scale": (1e-6, 1e6), "epochs"
                     "warmup": (0, 0.999999), "translate": (0, 16), "train_images": (0, 10**7), "threads": (0, 1024)}
 
 
+ROLES = ("evaluator", "perceptual")
+
+
 def validate_evaluator_config(config: EvaluatorConfig) -> None:
     parse_widths(config.widths)
+    if config.role not in ROLES:
+        raise ConfigError(f"--role must be one of {', '.join(ROLES)}, got {config.role!r}")
     check_ranges(config, EVALUATOR_RANGES)
     if config.precision not in ("auto", "bf16", "fp32"):
         raise ConfigError(f"--precision must be auto, bf16 or fp32, got {config.precision!r}")
@@ -143,21 +150,42 @@ def build_net(config: EvaluatorConfig) -> EvaluatorNet:
     return EvaluatorNet(config.width_tuple, logit_scale=config.logit_scale)
 
 
-def load_evaluator(folder: str | Path = SHIPPED, device: str = "cpu", precision: str = "auto") -> Evaluator:
-    """The evaluator in ``folder`` (the committed one by default), ready for inference."""
+def load_classifier(folder: str | Path, role: str) -> tuple[EvaluatorConfig, EvaluatorNet]:
+    """The config and network (CPU, eval mode) of a trained classifier folder of the given ``role``.
+
+    The roles never mix: the evaluator measures and must not guide training, and a perceptual
+    net must not measure, or every metric would flatter the model trained against it.
+    """
     folder = Path(folder)
     weights = folder / WEIGHTS_FILE
     if not weights.exists():
         weights = model_file(folder)  # an unfinished run folder: its last epoch's checkpoint
     if not (folder / CONFIG_FILE).exists() or not weights.exists():
-        raise RunError(f"no evaluator in {folder} (needs {CONFIG_FILE} and {WEIGHTS_FILE}); "
-                       f"train one with python -m autoencoder.train_evaluator --data data --out {folder}")
+        raise RunError(f"no {role} network in {folder} (needs {CONFIG_FILE} and {WEIGHTS_FILE}); train one with "
+                       f"python -m autoencoder.train_evaluator --role {role} --data data --out {folder}")
     config = load_config(folder / CONFIG_FILE, EvaluatorConfig, validate_evaluator_config)
-    config = dataclasses.replace(config, device=device, precision=precision)
+    if config.role != role:
+        raise RunError(f"{folder} holds the {config.role} network, not a {role} one: the evaluator only "
+                       f"measures and a perceptual net only trains; pass a network trained with --role {role}")
     net = build_net(config)
     load_weights(net, weights)
+    return config, net.eval()
+
+
+def load_evaluator(folder: str | Path = SHIPPED, device: str = "cpu", precision: str = "auto") -> Evaluator:
+    """The evaluator in ``folder`` (the committed one by default), ready for inference."""
+    config, net = load_classifier(folder, "evaluator")
+    config = dataclasses.replace(config, device=device, precision=precision)
     dev = resolve_device(config)
     dtype = resolve_precision(config, dev)
     return Evaluator(net.to(memory_format=torch.channels_last), dev, dtype)
+
+
+def load_perceptual(folder: str | Path = SHIPPED_PERCEPTUAL, device: torch.device | str = "cpu") -> EvaluatorNet:
+    """The frozen feature network of the perceptual loss (role perceptual), on ``device``."""
+    _, net = load_classifier(folder, "perceptual")
+    for parameter in net.parameters():
+        parameter.requires_grad_(False)
+    return net.to(device)
 
 

@@ -54,6 +54,24 @@ def acai_autoencoder_loss(alpha_pred_mix: torch.Tensor) -> torch.Tensor:
     return alpha_pred_mix.float().pow(2).mean()
 
 
+def perceptual_loss(features_x: list[torch.Tensor], features_y: list[torch.Tensor]) -> torch.Tensor:
+    """Feature-matching distance of two images' feature maps, as in LPIPS without learned weights
+    (Zhang et al. 2018, arXiv:1801.03924; learned similarity: Larsen et al. 2016, arXiv:1512.09300).
+
+    Each layer's activations (B, C, H, W) are scaled to unit length over channels at every
+    position, their squared difference summed over channels and averaged over positions and
+    images; the layers are averaged. 0 for identical images; grows as one is blurred.
+    """
+    if len(features_x) != len(features_y) or not features_x:
+        raise ValueError(f"need the same, non-zero number of feature maps, got {len(features_x)} and {len(features_y)}")
+    distances = []
+    for a, b in zip(features_x, features_y):
+        a = a.float() / (a.float().pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
+        b = b.float() / (b.float().pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
+        distances.append((a - b).pow(2).sum(1).mean())
+    return torch.stack(distances).mean()
+
+
 def total(terms: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:
     """Weighted sum of named terms; a term whose weight is missing counts with weight 1."""
     return sum(weights.get(name, 1.0) * value for name, value in terms.items())
@@ -74,9 +92,13 @@ class CriticOutputs:
     image_fake: torch.Tensor | None = None  # (n*B,) image critic on decoded images (reconstructions, mixes, prior)
 
 
-def autoencoder_terms(x: torch.Tensor, x_rec: torch.Tensor, out: CriticOutputs) -> dict[str, torch.Tensor]:
-    """The autoencoder's side, as named terms: reconstruction, and fooling each critic that is on."""
+def autoencoder_terms(x: torch.Tensor, x_rec: torch.Tensor, out: CriticOutputs,
+                      features: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None) -> dict[str, torch.Tensor]:
+    """The autoencoder's side, as named terms: reconstruction (in pixels and, given the feature
+    maps of data and reconstruction, in features), and fooling each critic that is on."""
     terms = {"recon": reconstruction_loss(x, x_rec)}
+    if features is not None:
+        terms["perceptual"] = perceptual_loss(*features)
     if out.latent_codes is not None:
         terms["latent"] = generator_loss(out.latent_codes)
     if out.alpha_mix is not None:

@@ -51,13 +51,14 @@ def optimised_parameters(optimiser: torch.optim.Optimizer) -> list[torch.Tensor]
 
 def train_step(nets: Any, batch: torch.Tensor, config: TrainConfig, generator: torch.Generator,
                opt_ae: torch.optim.Optimizer, opt_critic: torch.optim.Optimizer,
-               device: torch.device, dtype: torch.dtype, shard: Shard = SINGLE) -> dict[str, torch.Tensor]:
+               device: torch.device, dtype: torch.dtype, shard: Shard = SINGLE,
+               perceptual: torch.nn.Module | None = None) -> dict[str, torch.Tensor]:
     """One optimisation step of all networks; returns the loss terms (detached).
 
     ``nets``: the five networks (``Networks``, or their DDP replicas under torchrun), each
     called once. ``batch``: this rank's share of the global batch; the step's randomness
     is drawn for the whole global batch and this rank keeps its share. ``generator`` lives on
-    ``device``.
+    ``device``. ``perceptual``: the frozen feature net of the perceptual term (when its weight is on).
     """
     global_batch = config.batch_size
     part = shard.part(global_batch)
@@ -92,10 +93,16 @@ def train_step(nets: Any, batch: torch.Tensor, config: TrainConfig, generator: t
         if config.image_weight > 0:
             logits = nets.image_critic(torch.cat([x, decoded]))
             out.image_real, out.image_fake = logits[:B], logits[B:]
-        ae_terms = losses.autoencoder_terms(x, x_rec, out)
+        features = None
+        if perceptual is not None and config.perceptual_weight > 0:
+            with torch.no_grad():
+                target = perceptual.feature_maps(x)
+            features = (target, perceptual.feature_maps(x_rec))
+        ae_terms = losses.autoencoder_terms(x, x_rec, out, features)
         critic_terms = losses.critic_terms(out)
 
-    weights = {"latent": config.latent_weight, "interp": config.interp_weight, "image": config.image_weight}
+    weights = {"latent": config.latent_weight, "interp": config.interp_weight, "image": config.image_weight,
+               "perceptual": config.perceptual_weight}
     opt_critic.zero_grad(set_to_none=True)
     opt_ae.zero_grad(set_to_none=True)
     # Both losses share one forward pass and each backward reaches only its own networks'

@@ -142,6 +142,14 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, shar
         if shard.is_main:
             _trim_metrics(run_dir / METRICS_FILE, start)
 
+    perceptual = None
+    if config.perceptual_weight > 0:  # frozen, never the evaluator (load_perceptual refuses it)
+        from autoencoder.evaluator import SHIPPED_PERCEPTUAL, load_perceptual
+
+        perceptual = load_perceptual(config.perceptual_net or SHIPPED_PERCEPTUAL, device)
+        if config.channels_last:
+            perceptual = perceptual.to(memory_format=torch.channels_last)
+
     # The data is read after the checkpoint (a damaged run is reported before a long decode)
     # and before a new run writes anything (missing data leaves no half-made run folder).
     train_set = load_cifar10(config.data, "train", config.classes, config.cache_dir, config.download)
@@ -167,7 +175,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, shar
         while step < config.steps:
             set_learning_rates(opt_ae, opt_critic, step, config)
             terms = train_step(step_nets, sampler.batch(step), config, step_generator(config.seed, step, device),
-                               opt_ae, opt_critic, device, dtype, shard)
+                               opt_ae, opt_critic, device, dtype, shard, perceptual)
             step += 1
             bar.update(1)
             for k, v in terms.items():

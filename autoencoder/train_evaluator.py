@@ -48,6 +48,15 @@ RECIPE_SEARCH = [
     ("batch 1024, lr 1.3, momentum 0.85, weight decay 1.53e-3, batch-norm biases x64, scales fixed, dirac init, "
      "logits x1/9 (the default)", "90.41%", "20.2"),
 ]
+ROLE_TEXT = {
+    "evaluator": ("Evaluator", "It is the feature space of the sample-quality metrics:\n"
+                  "its Frechet and kernel distances are **not** Inception FID/KID numbers and cannot be compared\n"
+                  "with published ones."),
+    "perceptual": ("Perceptual feature network", "Its intermediate features define the perceptual\n"
+                   "(feature-matching) reconstruction loss (Larsen et al. 2016; Zhang et al. 2018). It is a\n"
+                   "different network from the evaluator (other widths and seed), so that no metric the\n"
+                   "evaluator reports is computed by a network the autoencoder was trained against."),
+}
 RECIPE_NOTE = (
     "The third follows the published airbench ablations (Jordan 2024). It trains in fewer steps,\n"
     "so it is the fastest, and its accuracy is the best of the three, but only by 0.15 points: on\n"
@@ -107,13 +116,12 @@ def write_card(out: Path, config: EvaluatorConfig, result: dict) -> None:
     search = "\n".join(f"| {recipe} | {accuracy} | {minutes} |" for recipe, accuracy, minutes in RECIPE_SEARCH)
     curve = "\n".join(f"| {r['epoch']} | {r['train_loss']:.3f} | {100 * r['test_accuracy']:.2f} | "
                       f"{r['seconds']:.0f} |" for r in result["epochs"])
-    card = f"""# Evaluator card
+    title, purpose = ROLE_TEXT[config.role]
+    card = f"""# {title} card
 
 A CIFAR-10 classifier trained **from scratch** by this project (`autoencoder/train_evaluator.py`,
 network in `autoencoder/classifier.py`). No pre-trained weights and no data other than
-CIFAR-10's train split went into it. It is the feature space of the sample-quality metrics:
-its Frechet and kernel distances are **not** Inception FID/KID numbers and cannot be compared
-with published ones.
+CIFAR-10's train split went into it. {purpose}
 
 - Test accuracy (10,000 test images, flip TTA): **{100 * result['test_accuracy']:.2f}%**
   (without TTA: {100 * result['test_accuracy_no_tta']:.2f}%)

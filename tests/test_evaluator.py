@@ -107,7 +107,7 @@ def test_bad_flags_name_the_flag(folder_data, tmp_path, capsys):
         fire.Fire(main, command=["--out", str(tmp_path / "e"), "--data", str(tmp_path / "nowhere")])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.startswith("error: data folder")
-    with pytest.raises(FileNotFoundError, match="no evaluator in"):
+    with pytest.raises(FileNotFoundError, match="no evaluator network in"):
         load_evaluator(tmp_path)
 
 

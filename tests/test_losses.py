@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from autoencoder import losses
@@ -81,8 +82,9 @@ def step_gradients(monkeypatch, scale_critic=1.0, scale_autoencoder_adversarial=
             side, [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in params]))
     real_ae, real_critic = L.autoencoder_terms, L.critic_terms
     monkeypatch.setattr(L, "critic_terms", lambda out: {k: scale_critic * v for k, v in real_critic(out).items()})
-    monkeypatch.setattr(L, "autoencoder_terms", lambda x, x_rec, out: {
-        k: v if k == "recon" else scale_autoencoder_adversarial * v for k, v in real_ae(x, x_rec, out).items()})
+    monkeypatch.setattr(L, "autoencoder_terms", lambda x, x_rec, out, features=None: {
+        k: v if k == "recon" else scale_autoencoder_adversarial * v
+        for k, v in real_ae(x, x_rec, out, features).items()})
     batch = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     train_step(nets, batch, config, step_generator(0, 0), opt_ae, opt_critic, torch.device("cpu"), torch.float32)
     return grads
@@ -121,3 +123,27 @@ def test_loss_sides_are_named_terms_of_what_is_switched_on():
     out = CriticOutputs(image_real=torch.full((4,), 10.0), image_fake=torch.full((8,), -10.0))
     assert set(autoencoder_terms(x, x, out)) == {"recon", "image"} and set(critic_terms(out)) == {"image"}
     assert critic_terms(out)["image"] < 1e-3 < autoencoder_terms(x, x, out)["image"]  # a confident critic wins
+
+
+def blurred(images, sigma):
+    import torchvision.transforms.functional as TF
+
+    return images if sigma == 0 else TF.gaussian_blur(images, kernel_size=9, sigma=sigma)
+
+
+def test_perceptual_loss_is_zero_for_an_image_and_grows_with_blur():
+    from autoencoder.classifier import EvaluatorNet
+    from autoencoder.losses import perceptual_loss
+
+    torch.manual_seed(0)
+    net = EvaluatorNet((8, 16, 16)).eval()
+    images = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    net.set_whitening(images)
+    with torch.no_grad():
+        reference = net.feature_maps(images)
+        assert len(reference) == 4
+        assert perceptual_loss(reference, net.feature_maps(images.clone())) == 0
+        distances = [perceptual_loss(reference, net.feature_maps(blurred(images, s))).item() for s in (0.5, 1, 2, 4)]
+    assert all(b > a for a, b in zip(distances, distances[1:])), distances
+    with pytest.raises(ValueError, match="same, non-zero number"):
+        perceptual_loss(reference, reference[:2])

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import fire
 import pytest
@@ -364,3 +365,20 @@ def test_weights_holding_nan_are_refused_with_the_file_named(smoke_run, tmp_path
     save_tensors(tensors, model_file(run))
     with pytest.raises(RunError, match=f"{first} holds NaN or infinity"):
         load_run(run)
+
+
+def test_a_perceptual_term_trains_with_its_own_net_and_never_the_evaluator(folder_data, tmp_path, tiny_evaluator,
+                                                                           capsys):
+    from conftest import tiny_evaluator_config
+    from autoencoder.train_evaluator import train_evaluator
+
+    net = tmp_path / "perceptual"
+    train_evaluator(tiny_evaluator_config(folder_data, net, role="perceptual", seed=1), progress=False)
+    flags = dict(steps=6, log_every=3, perceptual_weight=1.0, **smoke_flags(folder_data, tmp_path / "run"))
+    run = train(make_config("smoke", perceptual_net=str(net), **flags), progress=False)
+    records = read_metrics(run)
+    assert all(math.isfinite(r["loss/perceptual"]) for r in records)
+    assert records[-1]["loss/perceptual"] < records[0]["loss/perceptual"]
+    code, err = run_cli(capsys, "--preset", "smoke", "--perceptual_net", str(tiny_evaluator[0]),
+                        *cli_flags({**flags, "out": str(tmp_path / "judged")}))
+    assert code == 2 and "holds the evaluator network" in err
