@@ -44,12 +44,16 @@ class TrainConfig:
     width: int = 32  # channels of the first autoencoder stage (doubles per stage, capped at 4x)
     res_blocks: int = 0  # residual blocks per resolution stage of encoder and decoder
     critic_width: int = 16  # channels of the first stage of the image and interpolation critics
+    image_critic_width: int = 0  # channels of the image critic's first stage; 0: --critic_width
     latent_critic_hidden: int = 512  # hidden units of the latent critic MLP
     # --- losses (a weight of 0 switches that part off) ---
     latent_weight: float = 0.005  # adversarial autoencoder term pulling codes to N(0, I)
     interp_weight: float = 0.5  # ACAI term: decoded mixes should fool the interpolation critic
     interp_gamma: float = 0.2  # ACAI regulariser: blend of data and reconstruction shown to the critic
     image_weight: float = 0.005  # GAN term: decoded images should fool the image critic
+    gan_loss: str = "nonsaturating"  # image critic's loss: nonsaturating (Goodfellow et al. 2014) or hinge
+    adaptive_image_weight: bool = False  # scale the image term so its gradient at the decoder's last layer
+    #   matches the reconstruction's (VQGAN, Esser et al. 2021); --image_weight then multiplies that balance
     perceptual_weight: float = 0.0  # feature-matching reconstruction term (a frozen CIFAR-10 classifier's features)
     perceptual_net: str = ""  # folder of that classifier (trained with --role perceptual); empty: the committed one
     # --- optimisation ---
@@ -168,6 +172,7 @@ def dataclass_from_flags(kind: type, base: dict[str, typing.Any], flags: dict[st
 TRAIN_RANGES: dict[str, tuple[float, float]] = {
     "seed": (0, 2**31 - 1), "threads": (0, 1024),
     "latent_dim": (1, 65536), "width": (1, 4096), "res_blocks": (0, 64), "critic_width": (1, 4096),
+    "image_critic_width": (0, 4096),
     "latent_critic_hidden": (1, 65536),
     "latent_weight": (0, 1e4), "interp_weight": (0, 1e4), "interp_gamma": (0, 1), "image_weight": (0, 1e4), "perceptual_weight": (0, 1e4),
     "batch_size": (2, 65536), "steps": (1, 10**9), "schedule_steps": (0, 10**9),
@@ -199,6 +204,11 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError(f"--precision must be auto, bf16 or fp32, got {config.precision!r}")
     if config.device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"--device must be auto, cpu or cuda, got {config.device!r}")
+    if config.gan_loss not in GAN_LOSSES:
+        raise ConfigError(f"--gan_loss must be one of {', '.join(GAN_LOSSES)}, got {config.gan_loss!r}")
+
+
+GAN_LOSSES = ("nonsaturating", "hinge")
 
 
 def save_config(config: typing.Any, path: Path) -> None:

@@ -40,6 +40,26 @@ def generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
     return F.softplus(-fake_logits.float()).mean()
 
 
+def hinge_critic_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """Hinge discriminator loss (Lim & Ye 2017; Miyato et al. 2018): relu(1 - real) + relu(1 + fake)."""
+    return F.relu(1 - real_logits.float()).mean() + F.relu(1 + fake_logits.float()).mean()
+
+
+def hinge_generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
+    """Hinge generator loss: raise the critic's logit for fakes, -mean(fake)."""
+    return -fake_logits.float().mean()
+
+
+def adaptive_weight(reconstruction: torch.Tensor, adversarial: torch.Tensor, last_layer: torch.Tensor,
+                    limit: float = 1e4) -> torch.Tensor:
+    """||grad_L reconstruction|| / (||grad_L adversarial|| + 1e-4) at the last layer's weight L, clamped to
+    [0, limit] and detached: the factor that gives both terms equal pull on the decoder's output
+    (VQGAN, Esser et al. 2021, arXiv:2012.09841, eq. 7). Both losses must still hold their graphs."""
+    (g_rec,) = torch.autograd.grad(reconstruction, last_layer, retain_graph=True)
+    (g_adv,) = torch.autograd.grad(adversarial, last_layer, retain_graph=True)
+    return (g_rec.norm() / (g_adv.norm() + 1e-4)).clamp(0, limit).detach()
+
+
 def acai_critic_loss(alpha_pred_mix: torch.Tensor, alpha: torch.Tensor,
                      alpha_pred_blend: torch.Tensor) -> torch.Tensor:
     """ACAI critic: predict alpha for decoded mixes, and 0 for gamma-blends of data and reconstruction.
@@ -90,6 +110,7 @@ class CriticOutputs:
     alpha_blend: torch.Tensor | None = None  # (B,) interpolation critic on blends of data and reconstruction
     image_real: torch.Tensor | None = None  # (B,) image critic on data
     image_fake: torch.Tensor | None = None  # (n*B,) image critic on decoded images (reconstructions, mixes, prior)
+    hinge: bool = False  # the image critic plays the hinge game instead of the non-saturating one
 
 
 def autoencoder_terms(x: torch.Tensor, x_rec: torch.Tensor, out: CriticOutputs,
@@ -104,7 +125,7 @@ def autoencoder_terms(x: torch.Tensor, x_rec: torch.Tensor, out: CriticOutputs,
     if out.alpha_mix is not None:
         terms["interp"] = acai_autoencoder_loss(out.alpha_mix)
     if out.image_fake is not None:
-        terms["image"] = generator_loss(out.image_fake)
+        terms["image"] = (hinge_generator_loss if out.hinge else generator_loss)(out.image_fake)
     return terms
 
 
@@ -116,5 +137,5 @@ def critic_terms(out: CriticOutputs) -> dict[str, torch.Tensor]:
     if out.alpha_mix is not None:
         terms["interp"] = acai_critic_loss(out.alpha_mix, out.alpha, out.alpha_blend)
     if out.image_fake is not None:
-        terms["image"] = critic_loss_real_fake(out.image_real, out.image_fake)
+        terms["image"] = (hinge_critic_loss if out.hinge else critic_loss_real_fake)(out.image_real, out.image_fake)
     return terms

@@ -33,11 +33,12 @@ class ModelConfig:
     res_blocks: int = 0  # residual blocks per resolution stage of encoder and decoder
     critic_width: int = 16  # channels of the first stage of the image and interpolation critics
     latent_critic_hidden: int = 512  # hidden units of the latent critic MLP
+    image_critic_width: int = 0  # channels of the image critic's first stage; 0: critic_width
 
     @classmethod
     def of(cls, config: Any) -> "ModelConfig":
         """The model part of any config with these fields (a run's TrainConfig, or a ModelConfig)."""
-        return cls(**{f.name: getattr(config, f.name) for f in fields(cls)})
+        return cls(**{f.name: getattr(config, f.name, f.default) for f in fields(cls)})
 
 
 def stage_channels(width: int) -> list[int]:
@@ -94,6 +95,11 @@ class Decoder(nn.Module):
         layers += [nn.SiLU(), nn.Conv2d(c[0], 3, 3, padding=1), nn.Tanh()]
         self.net = nn.Sequential(*layers)
 
+    @property
+    def last_layer(self) -> torch.Tensor:
+        """The weight of the final convolution: where the adaptive image weight balances gradients."""
+        return self.net[-2].weight
+
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h = self.project(z).view(-1, self.top_channels, 4, 4)  # (B, C, 4, 4)
         return self.net(h)
@@ -147,7 +153,7 @@ class Networks(nn.Module):
         self.decoder = Decoder(config.latent_dim, config.width, config.res_blocks)
         self.latent_critic = LatentCritic(config.latent_dim, config.latent_critic_hidden)
         self.interp_critic = ConvCritic(config.critic_width, spectral=False)
-        self.image_critic = ConvCritic(config.critic_width, spectral=True)
+        self.image_critic = ConvCritic(config.image_critic_width or config.critic_width, spectral=True)
 
     def autoencoder_parameters(self) -> list[nn.Parameter]:
         return [*self.encoder.parameters(), *self.decoder.parameters()]

@@ -82,7 +82,7 @@ def train_step(nets: Any, batch: torch.Tensor, config: TrainConfig, generator: t
         x_rec = decoded[:B]
 
         # Each critic sees real and fake in one call: one forward per network per step.
-        out = losses.CriticOutputs()
+        out = losses.CriticOutputs(hinge=config.gan_loss == "hinge")
         if config.latent_weight > 0:
             out.latent_prior, out.latent_codes = nets.latent_critic(torch.cat([z_prior[0], z])).split(B)
         if config.interp_weight > 0:
@@ -103,6 +103,12 @@ def train_step(nets: Any, batch: torch.Tensor, config: TrainConfig, generator: t
 
     weights = {"latent": config.latent_weight, "interp": config.interp_weight, "image": config.image_weight,
                "perceptual": config.perceptual_weight}
+    balance = None
+    if config.adaptive_image_weight and "image" in ae_terms:
+        reconstruction = losses.total({k: v for k, v in ae_terms.items() if k in ("recon", "perceptual")}, weights)
+        decoder = getattr(nets.decoder, "module", nets.decoder)  # the network inside a DDP replica
+        balance = losses.adaptive_weight(reconstruction, ae_terms["image"], decoder.last_layer)
+        weights["image"] = config.image_weight * balance
     opt_critic.zero_grad(set_to_none=True)
     opt_ae.zero_grad(set_to_none=True)
     # Both losses share one forward pass and each backward reaches only its own networks'
@@ -116,6 +122,8 @@ def train_step(nets: Any, batch: torch.Tensor, config: TrainConfig, generator: t
     opt_ae.step()
     terms = {f"loss/{k}": v.detach() for k, v in ae_terms.items()}
     terms.update({f"critic/{k}": v.detach() for k, v in critic_terms.items()})
+    if balance is not None:
+        terms["loss/image_balance"] = balance
     return terms
 
 

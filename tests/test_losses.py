@@ -147,3 +147,25 @@ def test_perceptual_loss_is_zero_for_an_image_and_grows_with_blur():
     assert all(b > a for a, b in zip(distances, distances[1:])), distances
     with pytest.raises(ValueError, match="same, non-zero number"):
         perceptual_loss(reference, reference[:2])
+
+
+def test_hinge_losses_on_known_logits():
+    from autoencoder.losses import hinge_critic_loss, hinge_generator_loss
+
+    real, fake = torch.tensor([2.0, 0.5]), torch.tensor([-3.0, 0.0])
+    assert hinge_critic_loss(real, fake) == pytest.approx((0 + 0.5) / 2 + (0 + 1) / 2)
+    assert hinge_generator_loss(fake) == pytest.approx(1.5)
+
+
+def test_adaptive_weight_balances_the_gradients_at_the_last_layer():
+    from autoencoder.losses import adaptive_weight
+
+    layer = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
+    reconstruction = (3 * layer).sum()  # gradient (3, 3), norm 3 sqrt(2)
+    adversarial = (layer ** 2).sum()  # gradient (2, 4), norm sqrt(20)
+    factor = adaptive_weight(reconstruction, adversarial, layer)
+    assert factor == pytest.approx(3 * 2 ** 0.5 / (20 ** 0.5 + 1e-4)) and not factor.requires_grad
+    (g_balanced,) = torch.autograd.grad(factor * adversarial, layer)
+    assert g_balanced.norm() == pytest.approx(3 * 2 ** 0.5, rel=1e-4)  # equal pull on the layer
+    silent = 0 * (layer ** 2).sum()
+    assert adaptive_weight(reconstruction, silent, layer) == 1e4  # clamped when the critic is silent

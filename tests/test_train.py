@@ -382,3 +382,14 @@ def test_a_perceptual_term_trains_with_its_own_net_and_never_the_evaluator(folde
     code, err = run_cli(capsys, "--preset", "smoke", "--perceptual_net", str(tiny_evaluator[0]),
                         *cli_flags({**flags, "out": str(tmp_path / "judged")}))
     assert code == 2 and "holds the evaluator network" in err
+
+
+def test_hinge_critic_with_adaptive_weight_trains_and_logs_its_balance(folder_data, tmp_path):
+    run = train(make_config("smoke", steps=6, log_every=3, gan_loss="hinge", adaptive_image_weight=True,
+                            image_critic_width=12, image_weight=0.5, **smoke_flags(folder_data, tmp_path / "h")),
+                progress=False)
+    records = read_metrics(run)
+    assert all(r["loss/image_balance"] > 0 and math.isfinite(r["loss/image_balance"]) for r in records)
+    assert records[-1]["eval/mse"] < records[0]["eval/mse"] * 1.5
+    _, nets = load_run(run)
+    assert nets.image_critic.net[0].out_channels == 12 and nets.interp_critic.net[0].out_channels == 8
