@@ -45,6 +45,7 @@ class TrainConfig:
     res_blocks: int = 0  # residual blocks per resolution stage of encoder and decoder
     critic_width: int = 16  # channels of the first stage of the image and interpolation critics
     image_critic_width: int = 0  # channels of the image critic's first stage; 0: --critic_width
+    spatial_channels: int = 0  # 0: a flat code; C: a C x 4 x 4 code, so --latent_dim must be 16 C (e.g. 8 for 128)
     latent_critic_hidden: int = 512  # hidden units of the latent critic MLP
     # --- losses (a weight of 0 switches that part off) ---
     latent_weight: float = 0.005  # adversarial autoencoder term pulling codes to N(0, I)
@@ -172,7 +173,7 @@ def dataclass_from_flags(kind: type, base: dict[str, typing.Any], flags: dict[st
 TRAIN_RANGES: dict[str, tuple[float, float]] = {
     "seed": (0, 2**31 - 1), "threads": (0, 1024),
     "latent_dim": (1, 65536), "width": (1, 4096), "res_blocks": (0, 64), "critic_width": (1, 4096),
-    "image_critic_width": (0, 4096),
+    "image_critic_width": (0, 4096), "spatial_channels": (0, 4096),
     "latent_critic_hidden": (1, 65536),
     "latent_weight": (0, 1e4), "interp_weight": (0, 1e4), "interp_gamma": (0, 1), "image_weight": (0, 1e4), "perceptual_weight": (0, 1e4),
     "batch_size": (2, 65536), "steps": (1, 10**9), "schedule_steps": (0, 10**9),
@@ -204,6 +205,9 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError(f"--precision must be auto, bf16 or fp32, got {config.precision!r}")
     if config.device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"--device must be auto, cpu or cuda, got {config.device!r}")
+    if config.spatial_channels and config.latent_dim != 16 * config.spatial_channels:
+        raise ConfigError(f"--spatial_channels {config.spatial_channels} makes a {config.spatial_channels} x 4 x 4 "
+                          f"code: --latent_dim must be {16 * config.spatial_channels}, got {config.latent_dim}")
     if config.gan_loss not in GAN_LOSSES:
         raise ConfigError(f"--gan_loss must be one of {', '.join(GAN_LOSSES)}, got {config.gan_loss!r}")
 

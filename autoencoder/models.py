@@ -1,7 +1,9 @@
 """The networks: encoder, decoder, latent critic, interpolation critic, image critic.
 
 - Encoder x -> z and decoder z -> x: a small residual convolutional autoencoder
-  (32x32x3 <-> latent_dim), three resolution stages (32, 16, 8) and a 4x4 bottleneck.
+  (32x32x3 <-> latent_dim), three resolution stages (32, 16, 8) and a 4x4 bottleneck. The
+  code is flat (a linear bottleneck) or, with ``spatial_channels`` C, C x 4 x 4: each cell
+  comes from its own place in the image, so an edit of a cell is local (stored flat).
 - Latent critic: an MLP telling encoded codes from N(0, I) samples, so that codes
   drawn from the prior decode to images (adversarial autoencoder, Makhzani et al. 2015,
   arXiv:1511.05644; ARAE, Zhao et al. 2018, arXiv:1706.04223).
@@ -34,6 +36,12 @@ class ModelConfig:
     critic_width: int = 16  # channels of the first stage of the image and interpolation critics
     latent_critic_hidden: int = 512  # hidden units of the latent critic MLP
     image_critic_width: int = 0  # channels of the image critic's first stage; 0: critic_width
+    spatial_channels: int = 0  # 0: a flat code; C: a C x 4 x 4 code (latent_dim = 16 C), stored flat
+
+    @property
+    def code_shape(self) -> tuple[int, ...]:
+        """The code's shape: (latent_dim,) or (C, 4, 4); codes are stored flat, channel-major."""
+        return (self.spatial_channels, 4, 4) if self.spatial_channels else (self.latent_dim,)
 
     @classmethod
     def of(cls, config: Any) -> "ModelConfig":
@@ -65,14 +73,17 @@ class ResBlock(nn.Module):
 class Encoder(nn.Module):
     """(B, 3, 32, 32) in [-1, 1] -> (B, latent_dim)."""
 
-    def __init__(self, latent_dim: int, width: int, res_blocks: int):
+    def __init__(self, latent_dim: int, width: int, res_blocks: int, spatial_channels: int = 0):
         super().__init__()
         c = stage_channels(width)
         layers: list[nn.Module] = [nn.Conv2d(3, c[0], 3, padding=1)]
         for i in range(3):  # 32 -> 16 -> 8 -> 4
             layers += [ResBlock(c[i]) for _ in range(res_blocks)]
             layers += [nn.SiLU(), nn.Conv2d(c[i], c[i + 1], 4, stride=2, padding=1)]
-        layers += [nn.SiLU(), nn.Flatten(), nn.Linear(c[3] * 16, latent_dim)]
+        if spatial_channels:  # each 4x4 cell its own code: (B, C, 4, 4) stored flat, channel-major
+            layers += [nn.SiLU(), nn.Conv2d(c[3], spatial_channels, 1), nn.Flatten()]
+        else:
+            layers += [nn.SiLU(), nn.Flatten(), nn.Linear(c[3] * 16, latent_dim)]
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -82,11 +93,13 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
     """(B, latent_dim) -> (B, 3, 32, 32) in [-1, 1]."""
 
-    def __init__(self, latent_dim: int, width: int, res_blocks: int):
+    def __init__(self, latent_dim: int, width: int, res_blocks: int, spatial_channels: int = 0):
         super().__init__()
         c = stage_channels(width)
-        self.top_channels = c[3]
-        self.project = nn.Linear(latent_dim, c[3] * 16)
+        self.top_channels, self.spatial_channels = c[3], spatial_channels
+        # flat: one linear map from the whole code; spatial: a 3x3 convolution over the code's cells
+        self.project = (nn.Conv2d(spatial_channels, c[3], 3, padding=1) if spatial_channels
+                        else nn.Linear(latent_dim, c[3] * 16))
         layers: list[nn.Module] = []
         for i in (3, 2, 1):  # 4 -> 8 -> 16 -> 32
             layers += [nn.SiLU(), nn.Upsample(scale_factor=2, mode="nearest"),
@@ -101,7 +114,10 @@ class Decoder(nn.Module):
         return self.net[-2].weight
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        h = self.project(z).view(-1, self.top_channels, 4, 4)  # (B, C, 4, 4)
+        if self.spatial_channels:
+            h = self.project(z.reshape(-1, self.spatial_channels, 4, 4))  # (B, C, 4, 4)
+        else:
+            h = self.project(z).view(-1, self.top_channels, 4, 4)  # (B, C, 4, 4)
         return self.net(h)
 
 
@@ -149,8 +165,11 @@ class Networks(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.encoder = Encoder(config.latent_dim, config.width, config.res_blocks)
-        self.decoder = Decoder(config.latent_dim, config.width, config.res_blocks)
+        if config.spatial_channels and config.latent_dim != 16 * config.spatial_channels:
+            raise ValueError(f"a spatial code of {config.spatial_channels} x 4 x 4 needs latent_dim "
+                             f"{16 * config.spatial_channels}, got {config.latent_dim}")
+        self.encoder = Encoder(config.latent_dim, config.width, config.res_blocks, config.spatial_channels)
+        self.decoder = Decoder(config.latent_dim, config.width, config.res_blocks, config.spatial_channels)
         self.latent_critic = LatentCritic(config.latent_dim, config.latent_critic_hidden)
         self.interp_critic = ConvCritic(config.critic_width, spectral=False)
         self.image_critic = ConvCritic(config.image_critic_width or config.critic_width, spectral=True)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from autoencoder.config import make_config
-from autoencoder.models import ResBlock, build_networks
+from autoencoder.models import ModelConfig, ResBlock, build_networks
 
 
 @pytest.mark.parametrize("preset", ["smoke", "cpu", "gpu"])
@@ -54,7 +54,6 @@ def test_channels_last_gives_same_output():
 
 def test_networks_take_their_own_model_config():
     import autoencoder.models as models_module
-    from autoencoder.models import ModelConfig
 
     train_config = make_config("smoke", latent_dim=9, width=4)
     model = ModelConfig.of(train_config)
@@ -62,3 +61,27 @@ def test_networks_take_their_own_model_config():
     nets = build_networks(model)
     assert nets.encoder(torch.zeros(2, 3, 32, 32)).shape == (2, 9)
     assert not hasattr(models_module, "TrainConfig"), "models.py should not depend on the training config"
+
+
+def test_a_spatial_code_round_trips_and_its_cells_act_locally():
+    from autoencoder.config import ConfigError
+
+    torch.manual_seed(0)
+    nets = build_networks(make_config("smoke", latent_dim=32, spatial_channels=2)).eval()
+    assert ModelConfig.of(make_config("smoke", latent_dim=32, spatial_channels=2)).code_shape == (2, 4, 4)
+    x = torch.rand(3, 3, 32, 32) * 2 - 1
+    z = nets.encoder(x)
+    assert z.shape == (3, 32) and nets.decoder(z).shape == (3, 3, 32, 32)
+    moved = z.clone().view(3, 2, 4, 4)
+    moved[:, :, 0, 0] += 5.0  # the top-left cell only
+    with torch.no_grad():
+        change = (nets.decoder(moved.flatten(1)) - nets.decoder(z)).abs()
+    assert change[..., :8, :8].mean() > 0 and change[..., 24:, 24:].max() == 0  # the far corner is untouched
+    flat = build_networks(make_config("smoke", latent_dim=32)).eval()
+    z_flat = flat.encoder(x)
+    z_moved = z_flat.clone()
+    z_moved[:, 0] += 5.0
+    with torch.no_grad():
+        assert (flat.decoder(z_moved) - flat.decoder(z_flat))[..., 24:, 24:].abs().max() > 0  # a flat code is global
+    with pytest.raises(ConfigError, match="--latent_dim must be 32"):
+        make_config("smoke", latent_dim=16, spatial_channels=2)
