@@ -55,6 +55,7 @@ class TrainConfig:
     gan_loss: str = "nonsaturating"  # image critic's loss: nonsaturating (Goodfellow et al. 2014) or hinge
     adaptive_image_weight: bool = False  # scale the image term so its gradient at the decoder's last layer
     #   matches the reconstruction's (VQGAN, Esser et al. 2021); --image_weight then multiplies that balance
+    class_weight: float = 0.0  # cross-entropy of a linear class head on the code (CIFAR-10 labels); 0: no head
     perceptual_weight: float = 0.0  # feature-matching reconstruction term (a frozen CIFAR-10 classifier's features)
     perceptual_net: str = ""  # folder of that classifier (trained with --role perceptual); empty: the committed one
     # --- optimisation ---
@@ -73,6 +74,11 @@ class TrainConfig:
     checkpoint_every: int = 1000  # steps between checkpoints
     eval_images: int = 2000  # held-out test images for reconstruction MSE/PSNR
     max_minutes: float = 0.0  # stop (with a checkpoint) after this wall time; 0: no limit
+
+    @property
+    def class_head(self) -> bool:
+        """Whether the networks include the class head (read by models.ModelConfig.of)."""
+        return self.class_weight > 0
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -175,7 +181,7 @@ TRAIN_RANGES: dict[str, tuple[float, float]] = {
     "latent_dim": (1, 65536), "width": (1, 4096), "res_blocks": (0, 64), "critic_width": (1, 4096),
     "image_critic_width": (0, 4096), "spatial_channels": (0, 4096),
     "latent_critic_hidden": (1, 65536),
-    "latent_weight": (0, 1e4), "interp_weight": (0, 1e4), "interp_gamma": (0, 1), "image_weight": (0, 1e4), "perceptual_weight": (0, 1e4),
+    "latent_weight": (0, 1e4), "interp_weight": (0, 1e4), "interp_gamma": (0, 1), "image_weight": (0, 1e4), "perceptual_weight": (0, 1e4), "class_weight": (0, 1e4),
     "batch_size": (2, 65536), "steps": (1, 10**9), "schedule_steps": (0, 10**9),
     "lr": (1e-12, 10), "critic_lr": (1e-12, 10), "beta1": (0, 0.999999), "critic_beta1": (0, 0.999999),
     "beta2": (0, 0.999999), "lr_min_ratio": (1e-9, 1),

@@ -226,13 +226,24 @@ class BatchSampler:
     sampler addressed by step, so that a resumed run takes up exactly where it stopped).
     """
 
-    def __init__(self, images: torch.Tensor, batch_size: int, seed: int, shard: Shard = SINGLE):
+    def __init__(self, images: torch.Tensor, batch_size: int, seed: int, shard: Shard = SINGLE,
+                 labels: torch.Tensor | None = None):
         self.images, self.batch_size, self.seed, self.shard = images, batch_size, seed, shard
+        self.labels = labels  # (N,) on the images' device, when the step needs them
         self.steps_per_epoch = max(1, len(images) // batch_size)
         self._epoch, self._order = -1, None
 
     def batch(self, step: int) -> torch.Tensor:
         """This rank's images of the global batch of ``step``: (batch_size / world_size, 3, 32, 32) uint8."""
+        return self.images[self._index(step)]
+
+    def batch_labels(self, step: int) -> torch.Tensor:
+        """The labels of ``batch(step)``, in the same order."""
+        if self.labels is None:
+            raise ValueError("this sampler was built without labels")
+        return self.labels[self._index(step)]
+
+    def _index(self, step: int) -> torch.Tensor:
         epoch, i = divmod(step, self.steps_per_epoch)
         if epoch != self._epoch:  # the order goes to the images' device: indexing copies nothing per step
             self._epoch = epoch
@@ -241,7 +252,7 @@ class BatchSampler:
         if len(index) < self.batch_size:  # fewer images than one batch: wrap around
             index = torch.arange(i * self.batch_size, (i + 1) * self.batch_size,
                                  device=self.images.device) % len(self.images)
-        return self.images[index[self.shard.part(self.batch_size)]]
+        return index[self.shard.part(self.batch_size)]
 
 
 def main(data: str = "data", cache_dir: str = "data/cache", download: bool = False) -> None:

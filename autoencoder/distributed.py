@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from autoencoder.models import NETWORK_NAMES, Networks
+from autoencoder.models import Networks
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ def replicate(nets: Networks, shard: Shard, device: torch.device) -> Any:
         return nets
     device_ids = [device.index] if device.type == "cuda" else None
     return SimpleNamespace(**{name: DistributedDataParallel(getattr(nets, name), device_ids=device_ids)
-                              for name in NETWORK_NAMES})
+                              for name in nets.names})
 
 
 def mean_over_ranks(values: dict[str, torch.Tensor], shard: Shard) -> dict[str, torch.Tensor]:

@@ -114,12 +114,16 @@ class CriticOutputs:
 
 
 def autoencoder_terms(x: torch.Tensor, x_rec: torch.Tensor, out: CriticOutputs,
-                      features: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None) -> dict[str, torch.Tensor]:
+                      features: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None,
+                      classes: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """The autoencoder's side, as named terms: reconstruction (in pixels and, given the feature
-    maps of data and reconstruction, in features), and fooling each critic that is on."""
+    maps of data and reconstruction, in features), the class head's cross-entropy (given its
+    logits and the labels), and fooling each critic that is on."""
     terms = {"recon": reconstruction_loss(x, x_rec)}
     if features is not None:
         terms["perceptual"] = perceptual_loss(*features)
+    if classes is not None:
+        terms["class"] = F.cross_entropy(classes[0].float(), classes[1])
     if out.latent_codes is not None:
         terms["latent"] = generator_loss(out.latent_codes)
     if out.alpha_mix is not None:

@@ -9,6 +9,8 @@
   arXiv:1511.05644; ARAE, Zhao et al. 2018, arXiv:1706.04223).
 - Interpolation critic: a convolutional net that regresses the mixing coefficient of a
   decoded mix of two codes (ACAI, Berthelot et al. 2018, arXiv:1807.07543).
+- Class head (optional): a linear CIFAR-10 classifier on the code, so that codes carry the
+  class (the other side of Fader networks' trade, Lample et al. 2017, arXiv:1706.00409).
 - Image critic: a GAN discriminator on real vs decoded images (Goodfellow et al. 2014),
   with spectral normalisation (Miyato et al. 2018, arXiv:1802.05957) so that its input
   gradient is smooth enough to steer codes at compose time.
@@ -37,6 +39,7 @@ class ModelConfig:
     latent_critic_hidden: int = 512  # hidden units of the latent critic MLP
     image_critic_width: int = 0  # channels of the image critic's first stage; 0: critic_width
     spatial_channels: int = 0  # 0: a flat code; C: a C x 4 x 4 code (latent_dim = 16 C), stored flat
+    class_head: bool = False  # a linear CIFAR-10 classifier on the code, trained with the autoencoder
 
     @property
     def code_shape(self) -> tuple[int, ...]:
@@ -158,6 +161,7 @@ class LatentCritic(nn.Module):
 
 
 NETWORK_NAMES = ("encoder", "decoder", "latent_critic", "interp_critic", "image_critic")
+CLASS_COUNT = 10  # CIFAR-10
 
 
 class Networks(nn.Module):
@@ -173,9 +177,16 @@ class Networks(nn.Module):
         self.latent_critic = LatentCritic(config.latent_dim, config.latent_critic_hidden)
         self.interp_critic = ConvCritic(config.critic_width, spectral=False)
         self.image_critic = ConvCritic(config.image_critic_width or config.critic_width, spectral=True)
+        self.class_head = nn.Linear(config.latent_dim, CLASS_COUNT) if config.class_head else None
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The networks this run has: NETWORK_NAMES, and the class head when there is one."""
+        return NETWORK_NAMES + (("class_head",) if self.class_head is not None else ())
 
     def autoencoder_parameters(self) -> list[nn.Parameter]:
-        return [*self.encoder.parameters(), *self.decoder.parameters()]
+        head = [*self.class_head.parameters()] if self.class_head is not None else []
+        return [*self.encoder.parameters(), *self.decoder.parameters(), *head]
 
     def critic_parameters(self) -> list[nn.Parameter]:
         return [*self.latent_critic.parameters(), *self.interp_critic.parameters(),

@@ -52,13 +52,15 @@ def optimised_parameters(optimiser: torch.optim.Optimizer) -> list[torch.Tensor]
 def train_step(nets: Any, batch: torch.Tensor, config: TrainConfig, generator: torch.Generator,
                opt_ae: torch.optim.Optimizer, opt_critic: torch.optim.Optimizer,
                device: torch.device, dtype: torch.dtype, shard: Shard = SINGLE,
-               perceptual: torch.nn.Module | None = None) -> dict[str, torch.Tensor]:
+               perceptual: torch.nn.Module | None = None, labels: torch.Tensor | None = None
+               ) -> dict[str, torch.Tensor]:
     """One optimisation step of all networks; returns the loss terms (detached).
 
     ``nets``: the five networks (``Networks``, or their DDP replicas under torchrun), each
     called once. ``batch``: this rank's share of the global batch; the step's randomness
     is drawn for the whole global batch and this rank keeps its share. ``generator`` lives on
-    ``device``. ``perceptual``: the frozen feature net of the perceptual term (when its weight is on).
+    ``device``. ``perceptual``: the frozen feature net of the perceptual term (when its weight is on);
+    ``labels``: this rank's CIFAR-10 labels of ``batch`` (for the class head, when it is on).
     """
     global_batch = config.batch_size
     part = shard.part(global_batch)
@@ -98,11 +100,14 @@ def train_step(nets: Any, batch: torch.Tensor, config: TrainConfig, generator: t
             with torch.no_grad():
                 target = perceptual.feature_maps(x)
             features = (target, perceptual.feature_maps(x_rec))
-        ae_terms = losses.autoencoder_terms(x, x_rec, out, features)
+        classes = None
+        if config.class_weight > 0 and labels is not None:
+            classes = (nets.class_head(z), labels.to(device))
+        ae_terms = losses.autoencoder_terms(x, x_rec, out, features, classes)
         critic_terms = losses.critic_terms(out)
 
     weights = {"latent": config.latent_weight, "interp": config.interp_weight, "image": config.image_weight,
-               "perceptual": config.perceptual_weight}
+               "perceptual": config.perceptual_weight, "class": config.class_weight}
     balance = None
     if config.adaptive_image_weight and "image" in ae_terms:
         reconstruction = losses.total({k: v for k, v in ae_terms.items() if k in ("recon", "perceptual")}, weights)

@@ -161,7 +161,8 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, shar
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, run_dir / CONFIG_FILE)
     step_nets = distributed.replicate(nets, shard, device)
-    sampler = BatchSampler(train_set.images.to(device), config.batch_size, config.seed, shard)
+    sampler = BatchSampler(train_set.images.to(device), config.batch_size, config.seed, shard,
+                           train_set.labels.to(device) if config.class_weight > 0 else None)
     sample_inputs = choose_sample_inputs(held_out, config, config.seed)
     nets.train()
     began = time.monotonic()
@@ -175,7 +176,8 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, shar
         while step < config.steps:
             set_learning_rates(opt_ae, opt_critic, step, config)
             terms = train_step(step_nets, sampler.batch(step), config, step_generator(config.seed, step, device),
-                               opt_ae, opt_critic, device, dtype, shard, perceptual)
+                               opt_ae, opt_critic, device, dtype, shard, perceptual,
+                               sampler.batch_labels(step) if config.class_weight > 0 else None)
             step += 1
             bar.update(1)
             for k, v in terms.items():

@@ -19,7 +19,7 @@ import fire
 import torch
 
 from autoencoder.config import make_config
-from autoencoder.models import NETWORK_NAMES, build_networks
+from autoencoder.models import build_networks
 from autoencoder.hardware import resolve_device, resolve_precision
 from autoencoder.step import make_optimisers, step_generator, train_step
 from record import busy_warning, summarise, write_record  # bench/record.py, beside this script
@@ -70,7 +70,7 @@ def measure(preset: str, precision: str, channels_last: bool, compiled: bool, st
         # train_step backpropagates twice through one graph (retain_graph), which compiled
         # backwards allow only without buffer donation
         torch._functorch.config.donated_buffer = False
-        for name in NETWORK_NAMES:
+        for name in nets.names:
             setattr(nets, name, torch.compile(getattr(nets, name)))
     images = torch.randint(0, 256, (config.batch_size, 3, 32, 32), dtype=torch.uint8, device=device)
     for i in range(warmup + steps):

@@ -82,9 +82,9 @@ def step_gradients(monkeypatch, scale_critic=1.0, scale_autoencoder_adversarial=
             side, [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in params]))
     real_ae, real_critic = L.autoencoder_terms, L.critic_terms
     monkeypatch.setattr(L, "critic_terms", lambda out: {k: scale_critic * v for k, v in real_critic(out).items()})
-    monkeypatch.setattr(L, "autoencoder_terms", lambda x, x_rec, out, features=None: {
+    monkeypatch.setattr(L, "autoencoder_terms", lambda x, x_rec, out, *rest: {
         k: v if k == "recon" else scale_autoencoder_adversarial * v
-        for k, v in real_ae(x, x_rec, out, features).items()})
+        for k, v in real_ae(x, x_rec, out, *rest).items()})
     batch = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     train_step(nets, batch, config, step_generator(0, 0), opt_ae, opt_critic, torch.device("cpu"), torch.float32)
     return grads

@@ -393,3 +393,25 @@ def test_hinge_critic_with_adaptive_weight_trains_and_logs_its_balance(folder_da
     assert records[-1]["eval/mse"] < records[0]["eval/mse"] * 1.5
     _, nets = load_run(run)
     assert nets.image_critic.net[0].out_channels == 12 and nets.interp_critic.net[0].out_channels == 8
+
+
+def test_a_class_head_learns_the_labels_of_the_images_it_sees(folder_data, tmp_path):
+    images = torch.arange(10, dtype=torch.uint8).view(10, 1, 1, 1).expand(10, 3, 2, 2).contiguous()
+    sampler = BatchSampler(images, batch_size=4, seed=0, labels=torch.arange(10) * 7)
+    for step in range(5):  # the labels follow the images through every epoch's order
+        assert torch.equal(sampler.batch(step)[:, 0, 0, 0].long() * 7, sampler.batch_labels(step))
+
+    run = train(make_config("smoke", steps=20, log_every=10, class_weight=1.0,
+                            **smoke_flags(folder_data, tmp_path / "classes")), progress=False)
+    records = read_metrics(run)
+    assert records[-1]["loss/class"] < records[0]["loss/class"]
+    _, nets = load_run(run)
+    assert nets.class_head is not None and nets.class_head.out_features == 10
+    assert "class_head" in nets.names and nets.class_head.weight in set(nets.autoencoder_parameters())
+    _, plain = load_run(unbroken_path(folder_data, tmp_path))
+    assert plain.class_head is None and "class_head" not in plain.names
+
+
+def unbroken_path(folder_data, tmp_path):
+    return train(make_config("smoke", steps=2, log_every=2, **smoke_flags(folder_data, tmp_path / "plain")),
+                 progress=False)
