@@ -152,11 +152,14 @@ def fit_clusters(codes: np.ndarray, max_clusters: int = 6, pca_dims: int = 16, s
         bics[k], models[k] = float(model.bic(reduced)), model
     best = min(bics, key=bics.get)
     assignment = models[best].predict(reduced)
-    # Order clusters by size, largest first, so the names are stable and meaningful.
-    order = np.argsort(-np.bincount(assignment, minlength=best), kind="stable")
-    rename = np.empty(best, dtype=int)
-    rename[order] = np.arange(best)
-    return rename[assignment], {"chosen": best, "bic": bics, "pca_dims": dims}
+    # Order clusters by size, largest first, so the names are stable and meaningful; a
+    # component that no code falls in (possible when codes barely differ) is dropped.
+    counts = np.bincount(assignment, minlength=best)
+    order = np.argsort(-counts, kind="stable")
+    order = order[counts[order] > 0]
+    rename = np.full(best, -1, dtype=int)
+    rename[order] = np.arange(len(order))
+    return rename[assignment], {"chosen": int(len(order)), "chosen_by_bic": best, "bic": bics, "pca_dims": dims}
 
 
 def fit_gaussian(codes: np.ndarray) -> Gaussian:

@@ -37,3 +37,22 @@ def test_repeated_measurements_are_summarised_and_a_busy_machine_is_flagged(tmp_
     file = write_record("toy", {"images_per_s": {"fp32": quiet}}, folder=tmp_path)
     record = json.loads(file.read_text())
     assert record["bench"] == "toy" and record["images_per_s"]["fp32"]["samples"] == [100.0, 104.0, 98.0]
+
+
+def test_ablation_trains_a_recipe_for_its_minutes_measures_it_and_skips_it_after(folder_data, tmp_path, capsys):
+    import json
+
+    from ablation import main as ablation_main, recipe_flags
+
+    assert recipe_flags("hinge")["perceptual_weight"] == 1.0 and recipe_flags("baseline") == {}
+    folder = tmp_path / "ablation"
+    ablation_main(data=str(folder_data), minutes=0.02, recipes="baseline", cache_dir=str(tmp_path / "cache"),
+                  folder=str(folder), preset="smoke")
+    row = json.loads((folder / "baseline" / "ablation.json").read_text())
+    for key in ("psnr_db", "recon_frechet", "recon_sharpness", "probe_accuracy", "wing_accuracy",
+                "recognisability_mean", "images_per_s", "steps"):
+        assert row[key] is not None, key
+    assert "| baseline |" in (folder / "table.md").read_text()
+    ablation_main(data=str(folder_data), minutes=0.02, recipes="baseline", cache_dir=str(tmp_path / "cache"),
+                  folder=str(folder), preset="smoke")
+    assert "measured before" in capsys.readouterr().out

@@ -119,3 +119,15 @@ def test_fit_concepts_on_a_toy_bank_and_round_trip(tmp_path):
     assert np.allclose(a, b)
     p = loaded.probe.probabilities(torch.from_numpy(bank.codes["test"][-80:]))  # the test horses
     assert (p["horse"] > 0.5).float().mean() > 0.9
+
+
+def test_a_mixture_component_that_no_code_falls_in_is_dropped(monkeypatch):
+    from sklearn.mixture import GaussianMixture
+
+    rng = np.random.default_rng(0)
+    codes = blobs([50, 50], [np.eye(D)[0] * 6, -np.eye(D)[0] * 6], rng)
+    real_predict = GaussianMixture.predict
+    monkeypatch.setattr(GaussianMixture, "predict", lambda self, x: np.where(real_predict(self, x) == 1, 0,
+                                                                            real_predict(self, x)))
+    assignment, search = C.fit_clusters(codes, max_clusters=3, pca_dims=4)
+    assert search["chosen"] == len(np.unique(assignment)) and set(assignment) == set(range(search["chosen"]))
