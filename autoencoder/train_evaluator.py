@@ -117,6 +117,7 @@ def write_card(out: Path, config: EvaluatorConfig, result: dict) -> None:
     curve = "\n".join(f"| {r['epoch']} | {r['train_loss']:.3f} | {100 * r['test_accuracy']:.2f} | "
                       f"{r['seconds']:.0f} |" for r in result["epochs"])
     title, purpose = ROLE_TEXT[config.role]
+    precision = "fp32" if result["precision"] == "float32" else f"{result['precision']} autocast"
     card = f"""# {title} card
 
 A CIFAR-10 classifier trained **from scratch** by this project (`autoencoder/train_evaluator.py`,
@@ -127,7 +128,7 @@ CIFAR-10's train split went into it. {purpose}
   (without TTA: {100 * result['test_accuracy_no_tta']:.2f}%)
 - Training time: {result['train_seconds'] / 60:.1f} min of training steps,
   {result['wall_seconds'] / 60:.1f} min wall including per-epoch test passes, on
-  {result['machine']} ({result['threads']} threads), {result['precision']} autocast
+  {result['machine']} ({result['threads']} threads), {precision}
 - Parameters: {result['parameters']:,}; shipped in fp16 ({WEIGHTS_FILE}); features: {result['feature_dim']}-d
 - Command: `{result['command']}`
 - Recipe: SGD Nesterov (momentum {config.momentum}), peak lr {config.lr} (batch-norm biases

@@ -127,3 +127,18 @@ def test_the_shipped_evaluator_loads_and_its_card_comes_from_its_result(tmp_path
         result["test_accuracy"], abs=1e-4)
     write_card(tmp_path, load_config(SHIPPED / "config.json", EvaluatorConfig, validate_evaluator_config), result)
     assert (tmp_path / "card.md").read_text() == (SHIPPED / "card.md").read_text(), "card.md was edited by hand"
+
+
+@pytest.mark.skipif(not (SHIPPED / "evaluator.safetensors").exists(), reason="no shipped nets yet")
+def test_the_shipped_perceptual_net_is_a_different_network_that_only_trains():
+    from autoencoder.checkpoint import RunError
+    from autoencoder.evaluator import SHIPPED_PERCEPTUAL, load_perceptual
+
+    net = load_perceptual()
+    assert not any(p.requires_grad for p in net.parameters())
+    assert len(net.feature_maps(torch.zeros(1, 3, 32, 32))) == 4
+    assert net.widths != load_evaluator().net.widths  # another architecture than the evaluator
+    with pytest.raises(RunError, match="holds the perceptual network"):
+        load_evaluator(SHIPPED_PERCEPTUAL)
+    with pytest.raises(RunError, match="holds the evaluator network"):
+        load_perceptual(SHIPPED)
