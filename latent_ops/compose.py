@@ -236,7 +236,7 @@ def _decode(nets, codes: torch.Tensor, chunk: int) -> torch.Tensor:
 
 
 def score_chunk(nets, z0: torch.Tensor, config: ComposeConfig, weights: dict, concepts: Concepts, judge,
-                train_images: torch.Tensor | None, reference: float | None) -> dict[str, torch.Tensor]:
+                train_images: torch.Tensor | None) -> dict[str, torch.Tensor]:
     """Refine, decode and score one chunk of candidate codes; returns per-candidate tensors on the CPU."""
     z, history = refine_codes(nets, z0, config.refine_steps, config.refine_step_size, config.refine_anchor)
     with torch.no_grad():
@@ -288,7 +288,7 @@ def run_compose(config: ComposeConfig, quiet: bool = False) -> Path:
         print(f"compose: uniqueness and neighbour panels skipped: no training images to compare with ({error})")
 
     parts = [score_chunk(nets, torch.from_numpy(chunk).to(device), config, weights, concepts, judge,
-                         train_images, reference) for chunk in np.array_split(codes, range(
+                         train_images) for chunk in np.array_split(codes, range(
                              config.chunk, config.n, config.chunk))]
     found = {k: torch.cat([p[k] for p in parts]) for k in parts[0] if k != "history"}
     history = (sum(p["history"] for p in parts) / config.n).tolist()
