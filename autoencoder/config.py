@@ -29,7 +29,7 @@ class TrainConfig:
     # --- run ---
     out: str = ""  # run folder; empty: outputs/runs/<preset>-<YYYYmmdd-HHMMSS>
     seed: int = 0  # one seed for data order, augmentation, mixing coefficients and prior draws
-    preset: str = "cpu"  # the preset these values started from (smoke, cpu, gpu)
+    preset: str = "cpu"  # the preset these values started from (smoke, cpu, release, gpu)
     device: str = "auto"  # auto (CUDA if present, else CPU), cpu or cuda
     precision: str = "auto"  # auto (bf16 autocast where supported), bf16 or fp32
     channels_last: bool = True  # NHWC memory layout for the convolutions
@@ -58,6 +58,8 @@ class TrainConfig:
     class_weight: float = 0.0  # cross-entropy of a linear class head on the code (CIFAR-10 labels); 0: no head
     perceptual_weight: float = 0.0  # feature-matching reconstruction term (a frozen CIFAR-10 classifier's features)
     perceptual_net: str = ""  # folder of that classifier (trained with --role perceptual); empty: the committed one
+    perceptual_source: str = "net"  # whose features: net (the classifier above) or critic (the image critic's
+    #   own, as the learned similarity of Larsen et al. 2016; needs --image_weight > 0)
     # --- optimisation ---
     batch_size: int = 64  # images per step
     steps: int = 7000  # optimisation steps in total
@@ -93,6 +95,12 @@ PRESETS: dict[str, dict[str, typing.Any]] = {
                   eval_images=64),
     # sized for a 2-core CPU: about 40 minutes (about 200 images/s with bf16, see README)
     "cpu": dict(),
+    # the recipe that ships (README, ablation): the cpu preset's networks with a perceptual term, a hinge
+    # image critic of its own width with the adaptive weight, a spatial 8 x 4 x 4 code and a class head;
+    # sized to train from scratch within 2.5 hours on 2 CPU cores in fp32 (about 54 images/s)
+    "release": dict(perceptual_weight=1.0, gan_loss="hinge", adaptive_image_weight=True, image_weight=0.1,
+                    image_critic_width=32, spatial_channels=8, class_weight=0.1, steps=7500, log_every=250,
+                    sample_every=1500, checkpoint_every=250),
     # full size for one GPU
     "gpu": dict(width=64, res_blocks=2, critic_width=64, batch_size=256, steps=100000,
                 log_every=500, sample_every=5000, checkpoint_every=5000, eval_images=10000),
@@ -214,11 +222,18 @@ def validate(config: TrainConfig) -> None:
     if config.spatial_channels and config.latent_dim != 16 * config.spatial_channels:
         raise ConfigError(f"--spatial_channels {config.spatial_channels} makes a {config.spatial_channels} x 4 x 4 "
                           f"code: --latent_dim must be {16 * config.spatial_channels}, got {config.latent_dim}")
+    if config.perceptual_source not in PERCEPTUAL_SOURCES:
+        raise ConfigError(f"--perceptual_source must be one of {', '.join(PERCEPTUAL_SOURCES)}, "
+                          f"got {config.perceptual_source!r}")
+    if config.perceptual_source == "critic" and config.perceptual_weight > 0 and config.image_weight == 0:
+        raise ConfigError("--perceptual_source critic matches the image critic's features, which needs the critic: "
+                          "set --image_weight above 0 or use --perceptual_source net")
     if config.gan_loss not in GAN_LOSSES:
         raise ConfigError(f"--gan_loss must be one of {', '.join(GAN_LOSSES)}, got {config.gan_loss!r}")
 
 
 GAN_LOSSES = ("nonsaturating", "hinge")
+PERCEPTUAL_SOURCES = ("net", "critic")
 
 
 def save_config(config: typing.Any, path: Path) -> None:

@@ -141,8 +141,19 @@ class ConvCritic(nn.Module):
         layers += [nn.LeakyReLU(0.2), nn.Flatten(), wrap(nn.Linear(c[3] * 16, 1))]
         self.net = nn.Sequential(*layers)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x).squeeze(1)
+    def forward(self, x: torch.Tensor, features: bool = False
+                ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+        """The logits (B,); with ``features``, also the feature map after each activation
+        (at 32, 16, 8 and 4 pixels): what matching the critic's features compares
+        (learned similarity, Larsen et al. 2016, arXiv:1512.09300)."""
+        if not features:
+            return self.net(x).squeeze(1)
+        maps = []
+        for layer in self.net:
+            x = layer(x)
+            if isinstance(layer, nn.LeakyReLU):
+                maps.append(x)
+        return x.squeeze(1), maps
 
 
 class LatentCritic(nn.Module):

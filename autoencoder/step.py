@@ -59,7 +59,9 @@ def train_step(nets: Any, batch: torch.Tensor, config: TrainConfig, generator: t
     ``nets``: the five networks (``Networks``, or their DDP replicas under torchrun), each
     called once. ``batch``: this rank's share of the global batch; the step's randomness
     is drawn for the whole global batch and this rank keeps its share. ``generator`` lives on
-    ``device``. ``perceptual``: the frozen feature net of the perceptual term (when its weight is on);
+    ``device``. ``perceptual``: the frozen feature net of the perceptual term (when its weight is on and its
+    source is ``net``; with ``critic`` the image critic's own features are matched, and the
+    autoencoder's backward never reaches the critic's weights);
     ``labels``: this rank's CIFAR-10 labels of ``batch`` (for the class head, when it is on).
     """
     global_batch = config.batch_size
@@ -92,11 +94,16 @@ def train_step(nets: Any, batch: torch.Tensor, config: TrainConfig, generator: t
             blend = g * x + (1 - g) * x_rec.detach()
             out.alpha = alpha
             out.alpha_mix, out.alpha_blend = nets.interp_critic(torch.cat([decoded[B:2 * B], blend])).split(B)
-        if config.image_weight > 0:
-            logits = nets.image_critic(torch.cat([x, decoded]))
-            out.image_real, out.image_fake = logits[:B], logits[B:]
         features = None
-        if perceptual is not None and config.perceptual_weight > 0:
+        critic_features = config.perceptual_weight > 0 and config.perceptual_source == "critic"
+        if config.image_weight > 0:
+            if critic_features:  # the same one call also gives the feature maps of data and reconstruction
+                logits, maps = nets.image_critic(torch.cat([x, decoded]), features=True)
+                features = ([m[:B].detach() for m in maps], [m[B:2 * B] for m in maps])
+            else:
+                logits = nets.image_critic(torch.cat([x, decoded]))
+            out.image_real, out.image_fake = logits[:B], logits[B:]
+        if perceptual is not None and config.perceptual_weight > 0 and not critic_features:
             with torch.no_grad():
                 target = perceptual.feature_maps(x)
             features = (target, perceptual.feature_maps(x_rec))

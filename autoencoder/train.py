@@ -143,7 +143,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, shar
             _trim_metrics(run_dir / METRICS_FILE, start)
 
     perceptual = None
-    if config.perceptual_weight > 0:  # frozen, never the evaluator (load_perceptual refuses it)
+    if config.perceptual_weight > 0 and config.perceptual_source == "net":  # frozen, never the evaluator
         from autoencoder.evaluator import SHIPPED_PERCEPTUAL, load_perceptual
 
         perceptual = load_perceptual(config.perceptual_net or SHIPPED_PERCEPTUAL, device)

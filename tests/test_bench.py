@@ -45,6 +45,8 @@ def test_ablation_trains_a_recipe_for_its_minutes_measures_it_and_skips_it_after
     from ablation import main as ablation_main, recipe_flags
 
     assert recipe_flags("hinge")["perceptual_weight"] == 1.0 and recipe_flags("baseline") == {}
+    assert recipe_flags("critic-features") == {"perceptual_weight": 1.0, "perceptual_source": "critic"}
+    assert recipe_flags("classes")["spatial_channels"] == 8 and "perceptual_source" not in recipe_flags("classes")
     folder = tmp_path / "ablation"
     ablation_main(data=str(folder_data), minutes=0.02, recipes="baseline", cache_dir=str(tmp_path / "cache"),
                   folder=str(folder), preset="smoke")

@@ -33,6 +33,10 @@ def test_bad_values_are_named():
         make_config("smoke", precision="fp8")
     with pytest.raises(ConfigError, match="unknown preset"):
         make_config("huge")
+    with pytest.raises(ConfigError, match="--perceptual_source must be one of net, critic"):
+        make_config("smoke", perceptual_source="evaluator")
+    with pytest.raises(ConfigError, match="needs the critic: set --image_weight above 0"):
+        make_config("smoke", perceptual_weight=1.0, perceptual_source="critic", image_weight=0)
 
 
 def test_parse_classes():

@@ -58,14 +58,15 @@ def test_losses_give_gradients_through_bf16():
     assert logits.grad is not None and (logits.grad < 0).all()  # raising fake logits lowers the loss
 
 
-def step_gradients(monkeypatch, scale_critic=1.0, scale_autoencoder_adversarial=1.0, constant_critics=False):
+def step_gradients(monkeypatch, scale_critic=1.0, scale_autoencoder_adversarial=1.0, constant_critics=False,
+                   **recipe):
     """Gradients each optimiser sees in one fp32 smoke step, with the loss sides scaled as asked."""
     from autoencoder import losses as L
     from autoencoder.config import make_config
     from autoencoder.models import build_networks
     from autoencoder.step import make_optimisers, optimised_parameters, step_generator, train_step
 
-    config = make_config("smoke", precision="fp32", channels_last=False, batch_size=8)
+    config = make_config("smoke", precision="fp32", channels_last=False, batch_size=8, **recipe)
     torch.manual_seed(0)
     nets = build_networks(config)
     if constant_critics:  # critics whose outputs do not depend on their inputs
@@ -94,12 +95,18 @@ def same(a, b):
     return all(torch.allclose(x, y, rtol=1e-5, atol=1e-7) for x, y in zip(a, b))
 
 
-def test_gradient_routing_each_side_moves_only_its_own_networks(monkeypatch):
-    base = step_gradients(monkeypatch)
+# The default recipe, and one whose perceptual term matches the image critic's own features:
+# that term's gradient must reach the autoencoder and never the critic.
+ROUTING_RECIPES = {"default": {}, "critic features": dict(perceptual_weight=1.0, perceptual_source="critic")}
+
+
+@pytest.mark.parametrize("recipe", ROUTING_RECIPES.values(), ids=ROUTING_RECIPES.keys())
+def test_gradient_routing_each_side_moves_only_its_own_networks(monkeypatch, recipe):
+    base = step_gradients(monkeypatch, **recipe)
     monkeypatch.undo()
-    critic_loud = step_gradients(monkeypatch, scale_critic=1e4)
+    critic_loud = step_gradients(monkeypatch, scale_critic=1e4, **recipe)
     monkeypatch.undo()
-    autoencoder_loud = step_gradients(monkeypatch, scale_autoencoder_adversarial=1e4)
+    autoencoder_loud = step_gradients(monkeypatch, scale_autoencoder_adversarial=1e4, **recipe)
     monkeypatch.undo()
     assert same(base["autoencoder"], critic_loud["autoencoder"]), "the critic loss moved autoencoder weights"
     assert not same(base["critics"], critic_loud["critics"])

@@ -8,7 +8,7 @@ from autoencoder.config import make_config
 from autoencoder.models import ModelConfig, ResBlock, build_networks
 
 
-@pytest.mark.parametrize("preset", ["smoke", "cpu", "gpu"])
+@pytest.mark.parametrize("preset", ["smoke", "cpu", "release", "gpu"])
 def test_shapes(preset):
     config = make_config(preset)
     nets = build_networks(config)
@@ -21,6 +21,16 @@ def test_shapes(preset):
     assert nets.interp_critic(x).shape == (3,)
     assert nets.image_critic(x).shape == (3,)
     assert nets.latent_critic(z).shape == (3,)
+
+
+def test_the_image_critic_gives_its_feature_maps_with_the_same_logits():
+    critic = build_networks(make_config("smoke")).image_critic.eval()  # no power iteration between the calls
+    x = torch.rand(3, 3, 32, 32) * 2 - 1
+    logits, maps = critic(x, features=True)
+    assert torch.equal(logits, critic(x))
+    width = make_config("smoke").critic_width
+    assert [m.shape for m in maps] == [(3, c, s, s) for c, s in zip((width, 2 * width, 4 * width, 4 * width),
+                                                                    (32, 16, 8, 4))]
 
 
 def test_latent_size_follows_config():

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from autoencoder import atomic, checkpoint
 from autoencoder.checkpoint import load_run, load_train_state, state_file
-from autoencoder.config import make_config
+from autoencoder.config import PRESETS, make_config
 from autoencoder import train as train_module
 from autoencoder.data import BatchSampler
 from autoencoder.train import main, train
@@ -64,16 +64,12 @@ def same_weights(a, b):
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_same_seed_same_weights_and_resume_is_exact(folder_data, tmp_path, monkeypatch):
-    flags = dict(steps=20, log_every=5, checkpoint_every=10, sample_every=100)
+def kill_and_resume(folder_data, tmp_path, monkeypatch, **recipe):
+    """An unbroken 20-step run, and the same run killed during step 16 then resumed by the CLI."""
+    flags = dict(steps=20, log_every=5, checkpoint_every=10, sample_every=100, **recipe)
     whole = train(make_config("smoke", **flags, **smoke_flags(folder_data, tmp_path / "whole")), progress=False)
-    again = train(make_config("smoke", **flags, **smoke_flags(folder_data, tmp_path / "again")), progress=False)
-    assert same_weights(weights(whole), weights(again))
-    other = train(make_config("smoke", **flags, seed=1, **smoke_flags(folder_data, tmp_path / "other")),
-                  progress=False)
-    assert not same_weights(weights(whole), weights(other))
 
-    # The same run killed during step 16: its last checkpoint is step 10, its last log step 15.
+    # Killed during step 16: its last checkpoint is step 10, its last log step 15.
     real_step, calls = train_module.train_step, []
 
     def dying_step(*args, **kwargs):
@@ -93,11 +89,44 @@ def test_same_seed_same_weights_and_resume_is_exact(folder_data, tmp_path, monke
 
     fire.Fire(main, command=["--out", str(killed), "--resume", "--data", str(folder_data),
                              "--cache_dir", str(tmp_path / "cache")])
+    return whole, killed
+
+
+def assert_resumed_exactly(whole, killed):
     assert same_weights(weights(whole), weights(killed))
     assert [m["step"] for m in read_metrics(killed)] == [5, 10, 15, 20]  # step 15 logged once
+    clock = ("images_per_s", "elapsed_s")  # wall time is the one thing a resume may change
     for a, b in zip(read_metrics(killed), read_metrics(whole)):
-        assert a["eval/mse"] == b["eval/mse"] and a["loss/recon"] == b["loss/recon"]
+        assert {k: v for k, v in a.items() if k not in clock} == {k: v for k, v in b.items() if k not in clock}
     assert load_train_state(state_file(killed))["step"] == 20
+
+
+def test_same_seed_same_weights_and_resume_is_exact(folder_data, tmp_path, monkeypatch):
+    whole, killed = kill_and_resume(folder_data, tmp_path, monkeypatch)
+    flags = dict(steps=20, log_every=5, checkpoint_every=10, sample_every=100)
+    again = train(make_config("smoke", **flags, **smoke_flags(folder_data, tmp_path / "again")), progress=False)
+    assert same_weights(weights(whole), weights(again))
+    other = train(make_config("smoke", **flags, seed=1, **smoke_flags(folder_data, tmp_path / "other")),
+                  progress=False)
+    assert not same_weights(weights(whole), weights(other))
+    assert_resumed_exactly(whole, killed)
+
+
+# The parts of the release recipe that are not sizes or schedule: they are what resume must carry.
+RELEASE_PARTS = ("perceptual_weight", "gan_loss", "adaptive_image_weight", "image_weight", "image_critic_width",
+                 "class_weight", "spatial_channels")
+
+
+def test_the_release_recipe_resumes_exactly(folder_data, tmp_path, monkeypatch):
+    parts = {k: v for k, v in PRESETS["release"].items() if k in RELEASE_PARTS}
+    assert parts, "the release preset changes none of the recipe's parts"
+    if parts.get("spatial_channels"):
+        parts["spatial_channels"] = 1  # the smoke preset's 16-number code as 1 x 4 x 4
+    whole, killed = kill_and_resume(folder_data, tmp_path, monkeypatch, **parts)
+    config, nets = load_run(killed)
+    for name, value in parts.items():
+        assert getattr(config, name) == value, name
+    assert_resumed_exactly(whole, killed)
 
 
 FAULT_FLAGS = dict(steps=20, log_every=5, checkpoint_every=10, sample_every=100)
