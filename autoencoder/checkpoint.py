@@ -18,6 +18,7 @@ Example: ``python -c "from autoencoder.checkpoint import load_run; print(load_ru
 """
 from __future__ import annotations
 
+import json
 import hashlib
 import re
 import shutil
@@ -28,7 +29,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from autoencoder.atomic import remove_temporaries, replace_atomically, save_tensors, write_json
+from autoencoder.atomic import remove_temporaries, replace_atomically, save_tensors, write_json, write_text
 from autoencoder.config import ConfigError, TrainConfig, load_config, read_json
 from autoencoder.errors import UserError
 from autoencoder.models import Networks, build_networks
@@ -202,6 +203,19 @@ def clean_run_folder(run_dir: Path) -> list[Path]:
         if not top.exists() or weights_metadata(top).get("step") != wanted:  # killed before the copy
             copy_to_top(run_dir, current)
     return removed
+
+
+def trim_metrics(file: Path, last_step: int) -> None:
+    """Drop metric lines logged after the checkpoint a resumed run restarts from."""
+    if file.exists():
+        kept = []
+        for line in file.read_text().splitlines():
+            try:
+                if json.loads(line)["step"] <= last_step:
+                    kept.append(line)
+            except (ValueError, KeyError, TypeError):  # a line torn by a kill mid-write
+                continue
+        write_text("".join(line + "\n" for line in kept), file)
 
 
 def weights_digest(run_dir: str | Path) -> str:

@@ -72,19 +72,6 @@ def parse_widths(text: str | tuple) -> tuple[int, int, int]:
     return widths
 
 
-def make_evaluator_config(**flags) -> EvaluatorConfig:
-    config = dataclass_from_flags(EvaluatorConfig, {}, flags)
-    parse_widths(config.widths)
-    for name in ("epochs", "batch_size"):
-        if getattr(config, name) < 1:
-            raise ConfigError(f"--{name} must be at least 1, got {getattr(config, name)}")
-    if not 0 <= config.warmup < 1:
-        raise ConfigError(f"--warmup is a fraction of the steps in [0, 1), got {config.warmup}")
-    if config.precision not in ("auto", "bf16", "fp32"):
-        raise ConfigError(f"--precision must be auto, bf16 or fp32, got {config.precision!r}")
-    return config
-
-
 EVALUATOR_RANGES = {"seed": (0, 2**31 - 1), "logit_scale": (1e-6, 1e6), "epochs": (1, 10**4),
                     "batch_size": (1, 65536), "lr": (1e-9, 100), "bias_lr_scale": (1e-6, 1e6),
                     "momentum": (0, 0.999999), "weight_decay": (0, 1), "label_smoothing": (0, 0.999999),

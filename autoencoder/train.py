@@ -25,16 +25,15 @@ import torch
 from tqdm import tqdm
 
 from autoencoder import distributed
-from autoencoder.atomic import write_text
 from autoencoder.checkpoint import (CONFIG_FILE, METRICS_FILE, MODEL_FILE, POINTER_FILE, RunError,
                                     clean_run_folder, has_checkpoint, load_run_config, load_train_state, load_weights,
-                                    model_file, state_file, weights_metadata, write_checkpoint)
+                                    model_file, state_file, trim_metrics, weights_metadata, write_checkpoint)
 from autoencoder.config import ConfigError, TrainConfig, make_config, save_config
 from autoencoder.data import BatchSampler, load_cifar10
 from autoencoder.errors import UserError, run_cli
 from autoencoder.evaluate import reconstruct, reconstruction_metrics
 from autoencoder.distributed import SINGLE, Shard
-from autoencoder.hardware import autocast, resolve_device, resolve_precision
+from autoencoder.hardware import resolve_device, resolve_precision
 from autoencoder.models import Networks, build_networks
 from autoencoder.samples import choose_sample_inputs, render_grid, save_grid
 from autoencoder.step import make_optimisers, set_learning_rates, step_generator, train_step
@@ -71,19 +70,6 @@ def save_checkpoint(run_dir: Path, nets: Networks, opt_ae, opt_critic, step: int
     write_checkpoint(run_dir, nets, {"step": step, "opt_ae": opt_ae.state_dict(),
                                      "opt_critic": opt_critic.state_dict(), "torch_rng": torch.get_rng_state()},
                      step)
-
-
-def _trim_metrics(file: Path, last_step: int) -> None:
-    """Drop metric lines logged after the checkpoint a resumed run restarts from."""
-    if file.exists():
-        kept = []
-        for line in file.read_text().splitlines():
-            try:
-                if json.loads(line)["step"] <= last_step:
-                    kept.append(line)
-            except (ValueError, KeyError, TypeError):  # a line torn by a kill mid-write
-                continue
-        write_text("".join(line + "\n" for line in kept), file)
 
 
 def check_shardable(config: TrainConfig, shard: Shard) -> None:
@@ -140,7 +126,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, shar
                            f"start a new run") from None
         start = int(state["step"])
         if shard.is_main:
-            _trim_metrics(run_dir / METRICS_FILE, start)
+            trim_metrics(run_dir / METRICS_FILE, start)
 
     perceptual = None
     if config.perceptual_weight > 0 and config.perceptual_source == "net":  # frozen, never the evaluator

@@ -27,7 +27,6 @@ import sys
 from pathlib import Path
 
 import fire
-import torch
 from record import write_record  # bench/record.py, beside this script
 
 from autoencoder.atomic import write_json, write_text

@@ -24,7 +24,6 @@ Example: ``python -m latent_ops.atlas --run outputs/runs/cpu-12k --data data``
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path

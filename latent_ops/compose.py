@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import re
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +42,7 @@ from autoencoder.evaluator import SHIPPED, WEIGHTS_FILE, load_evaluator
 from autoencoder.hardware import resolve_device
 from latent_ops import ranking
 from latent_ops.concepts import DENSITIES_FILE, WINGED, Concepts, fit_run_concepts, heldout_members, load_concepts
-from latent_ops.encode import BANK_FILE, LatentBank, decode_codes, encode_run, load_bank
+from latent_ops.encode import BANK_FILE, LatentBank, encode_run, load_bank
 from latent_ops.expression import ExpressionError, parse
 from latent_ops.images import save_grid, save_single
 from latent_ops.metrics import mean_pairwise_distance, nearest_neighbours

@@ -165,7 +165,7 @@ def parse(text: str, known: Iterable[str] = ()) -> dict[str, float]:
             raise
         raise ExpressionError(f"{fail.message} at column {fail.column} of {text!r}{listing}") from None
     except RecursionError:
-        raise ExpressionError(f"the expression nests too deeply; write it with fewer parentheses") from None
+        raise ExpressionError("the expression nests too deeply; write it with fewer parentheses") from None
     if form.is_number:
         raise ExpressionError(f"{text!r} names no concept; write e.g. horse+wings{listing}")
     weights = {name: w for name, w in form.concepts if w != 0}

@@ -1,0 +1,230 @@
+"""The latent prior: a class-conditional flow (``latent_ops.flow``) trained on a run's code bank.
+
+``python -m latent_ops.prior --run RUN`` trains it on the bank's train-split codes and their
+CIFAR-10 labels (encoding the data set first when the run has no bank) and writes
+``RUN/prior/``: ``config.json`` (this command's flags), ``source.json`` (the run's weights
+digest and the code size: a prior made from other weights is refused), ``model.safetensors``
+(the exponential moving average of the weights, what sampling uses), ``metrics.jsonl``
+(training and held-out flow loss) and a checkpoint that a killed run resumes from exactly
+(the same command again). Compose uses the prior to draw codes of a class
+(``--source prior``), to pull edited codes back onto the codes the flow makes
+(``--project``), for AND-composition of classes (``horse&bird``), and in the refinement's energy.
+
+Example: ``python -m latent_ops.prior --run outputs/runs/release --data data``
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm import tqdm
+
+from autoencoder.atomic import write_json
+from autoencoder.checkpoint import (METRICS_FILE, RunError, clean_run_folder, has_checkpoint, load_train_state,
+                                    load_weights, model_file, state_file, trim_metrics, weights_digest,
+                                    write_checkpoint)
+from autoencoder.config import (CIFAR10_CLASSES, ConfigError, check_ranges, dataclass_from_flags, load_config,
+                                save_config)
+from autoencoder.errors import run_cli
+from latent_ops.encode import BANK_FILE, LatentBank, StaleError, encode_run, load_bank
+from latent_ops.flow import VelocityNet, flow_matching_loss
+from latent_ops.runs import resolve_run
+
+PRIOR_FOLDER = "prior"
+SOURCE_FILE = "source.json"
+
+
+@dataclass
+class PriorConfig:
+    run: str = ""  # run folder whose codes the prior models; empty: the newest in outputs/runs
+    data: str = "data"  # CIFAR-10, only read when the run has no code bank yet
+    cache_dir: str = "data/cache"  # decoded data cache (as for training)
+    hidden: int = 256  # width of the velocity MLP
+    blocks: int = 4  # residual FiLM blocks of the velocity MLP
+    steps: int = 12000  # optimisation steps
+    batch_size: int = 256  # codes per step
+    lr: float = 1e-3  # AdamW learning rate, cosine-decayed to 5% at the last step
+    weight_decay: float = 1e-4  # AdamW weight decay
+    label_dropout: float = 0.1  # chance a training label becomes "no condition" (classifier-free guidance)
+    ema: float = 0.999  # decay of the moving average of the weights that sampling uses
+    seed: int = 0  # one seed for the batches, noise, times and dropped labels
+    log_every: int = 500  # steps between metrics.jsonl lines (with the held-out loss)
+    checkpoint_every: int = 2000  # steps between checkpoints
+    threads: int = 0  # CPU threads for torch; 0 keeps torch's default
+
+
+PRIOR_RANGES = {"hidden": (8, 8192), "blocks": (1, 64), "steps": (1, 10 ** 7), "batch_size": (2, 10 ** 6),
+                "lr": (1e-8, 1.0), "weight_decay": (0, 1.0), "label_dropout": (0, 1), "ema": (0, 1),
+                "seed": (0, 2 ** 31 - 1), "log_every": (1, 10 ** 7), "checkpoint_every": (1, 10 ** 7),
+                "threads": (0, 1024)}
+# What shapes the prior; a killed run resumes only under the same values.
+RECIPE_FIELDS = ("hidden", "blocks", "steps", "batch_size", "lr", "weight_decay", "label_dropout", "ema", "seed")
+
+
+def make_prior_config(**flags) -> PriorConfig:
+    config = dataclass_from_flags(PriorConfig, {}, flags)
+    check_ranges(config, PRIOR_RANGES)
+    return config
+
+
+class PriorWeights(torch.nn.Module):
+    """What a prior checkpoint holds: the trained net and its moving average."""
+
+    def __init__(self, dim: int, config: PriorConfig):
+        super().__init__()
+        self.net = VelocityNet(dim, len(CIFAR10_CLASSES), config.hidden, config.blocks)
+        self.ema = AveragedModel(self.net, multi_avg_fn=get_ema_multi_avg_fn(config.ema))
+
+
+def prior_folder(run: Path) -> Path:
+    return Path(run) / PRIOR_FOLDER
+
+
+def lr_factor(step: int, steps: int) -> float:
+    progress = min(step / max(1, steps - 1), 1.0)
+    return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def batch_generator(seed: int, step: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + step)
+
+
+@torch.no_grad()
+def held_out_loss(net: VelocityNet, codes: torch.Tensor, labels: torch.Tensor, seed: int, count: int = 4096) -> float:
+    """The flow loss on (up to ``count``) held-out codes, with fixed noise and times."""
+    generator = torch.Generator().manual_seed(seed + 7)
+    codes, labels = codes[:count], labels[:count]
+    return flow_matching_loss(net, net.standardise(codes), labels, generator, label_dropout=0.0).item()
+
+
+def ensure_bank(run: Path, data: str, cache_dir: str) -> LatentBank:
+    try:
+        return load_bank(run)
+    except RunError as problem:
+        print(f"prior: encoding the data set into {run / BANK_FILE} ({problem})")
+        encode_run(run, data, cache_dir)
+        return load_bank(run)
+
+
+def check_resumable(folder: Path, config: PriorConfig) -> None:
+    """Refuse to continue a prior trained with other recipe values (they would mix two priors)."""
+    saved = load_config(folder / "config.json", PriorConfig)
+    changed = [f for f in RECIPE_FIELDS if getattr(saved, f) != getattr(config, f)]
+    if changed:
+        raise ConfigError(f"{folder} holds a prior trained with other {', '.join('--' + f for f in changed)}; "
+                          f"pass the same values to resume it, or delete {folder} to train a new one")
+
+
+def train_prior(config: PriorConfig, progress: bool = True) -> Path:
+    """Train (or resume) the run's prior; returns its folder."""
+    run = resolve_run(config.run)
+    config.run = str(run)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    bank = ensure_bank(run, config.data, config.cache_dir)
+    folder = prior_folder(run)
+    codes = torch.from_numpy(bank.codes["train"]).float()  # (N, D)
+    labels = torch.from_numpy(bank.labels["train"]).long()
+    test_codes = torch.from_numpy(bank.codes["test"]).float()
+    test_labels = torch.from_numpy(bank.labels["test"]).long()
+    digest = weights_digest(run)
+
+    torch.manual_seed(config.seed)
+    weights = PriorWeights(codes.shape[1], config)
+    net = weights.net
+    optimiser = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    start = 0
+    if folder.exists() and has_checkpoint(folder):
+        check_resumable(folder, config)
+        source = json.loads((folder / SOURCE_FILE).read_text())
+        if source.get("weights_digest") != digest:
+            raise StaleError(f"{folder} was trained on codes of other weights than {run}'s current ones; "
+                             f"delete {folder} and train the prior again")
+        clean_run_folder(folder)
+        load_weights(weights, model_file(folder))
+        state = load_train_state(state_file(folder))
+        optimiser.load_state_dict(state["optimiser"])
+        start = int(state["step"])
+        trim_metrics(folder / METRICS_FILE, start)
+    else:
+        net.set_statistics(codes)
+        weights.ema.module.load_state_dict(net.state_dict())
+        folder.mkdir(parents=True, exist_ok=True)
+        save_config(config, folder / "config.json")
+        write_json({"weights_digest": digest, "dim": int(codes.shape[1]), "codes": int(len(codes))},
+                   folder / SOURCE_FILE)
+        (folder / METRICS_FILE).unlink(missing_ok=True)
+    if start >= config.steps:
+        return folder
+
+    def save(step: int) -> None:
+        write_checkpoint(folder, weights, {"step": step, "optimiser": optimiser.state_dict()}, step)
+
+    metrics = (folder / METRICS_FILE).open("a")
+    bar = tqdm(range(start, config.steps), initial=start, total=config.steps, desc="prior", disable=not progress)
+    clock, recent = time.perf_counter(), []
+    for step in bar:
+        for group in optimiser.param_groups:
+            group["lr"] = config.lr * lr_factor(step, config.steps)
+        generator = batch_generator(config.seed, step)
+        pick = torch.randint(len(codes), (config.batch_size,), generator=generator)
+        loss = flow_matching_loss(net, net.standardise(codes[pick]), labels[pick], generator, config.label_dropout)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        weights.ema.update_parameters(net)
+        recent.append(loss.item())
+        done = step + 1
+        if done % config.log_every == 0 or done == config.steps:
+            if not math.isfinite(recent[-1]):
+                raise RunError(f"the prior's loss became {recent[-1]} at step {done}; try a lower --lr "
+                               f"(the last good checkpoint is kept)")
+            record = {"step": done, "loss": sum(recent) / len(recent),
+                      "held_out_loss": held_out_loss(weights.ema.module, test_codes, test_labels, config.seed),
+                      "seconds": time.perf_counter() - clock}
+            metrics.write(json.dumps(record) + "\n")
+            metrics.flush()
+            bar.set_postfix(loss=f"{record['loss']:.3f}", held_out=f"{record['held_out_loss']:.3f}")
+            recent = []
+        if done % config.checkpoint_every == 0 or done == config.steps:
+            save(done)
+    metrics.close()
+    return folder
+
+
+def load_prior(run: str | Path, device: str | torch.device = "cpu") -> VelocityNet:
+    """The run's trained prior (moving-average weights, eval mode), refused when missing or stale."""
+    run = Path(run)
+    folder = prior_folder(run)
+    fix = f"train it with python -m latent_ops.prior --run {run}"
+    if not model_file(folder).exists():
+        raise RunError(f"{run} has no latent prior ({folder / 'model.safetensors'} is missing); {fix}")
+    config = load_config(folder / "config.json", PriorConfig, lambda c: check_ranges(c, PRIOR_RANGES))
+    try:
+        source = json.loads((folder / SOURCE_FILE).read_text())
+    except (OSError, ValueError) as error:
+        raise RunError(f"{folder / SOURCE_FILE} is missing or damaged ({error}); {fix}") from None
+    if source.get("weights_digest") != weights_digest(run):
+        raise StaleError(f"{folder} was trained on codes of other weights than {run}'s current ones; "
+                         f"delete it and {fix}")
+    weights = PriorWeights(int(source["dim"]), config)
+    load_weights(weights, model_file(folder))
+    return weights.ema.module.to(device).eval()
+
+
+def main(**flags) -> None:
+    """Train RUN/prior (default run: the newest in outputs/runs); the same command resumes a killed one."""
+    folder = run_cli(lambda: train_prior(make_prior_config(**flags)))
+    last = json.loads((folder / METRICS_FILE).read_text().splitlines()[-1])
+    print(f"wrote {folder}: step {last['step']}, flow loss {last['loss']:.4f}, held-out {last['held_out_loss']:.4f}")
+
+
+if __name__ == "__main__":
+    import fire
+
+    fire.Fire(main)
