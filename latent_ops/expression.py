@@ -3,12 +3,21 @@
 Grammar (lark, LALR): sums and differences of terms; a term is a concept, a number times
 a term, or a parenthesised sum; unary minus; numbers may be written before or after a
 concept (``0.8*wings``, ``wings*0.8``). Concepts are CIFAR-10 class names (``horse``),
-clusters within a class (``horse:2``) and directions (``wings``, ``white``).
+clusters and named sources within a class (``horse:2``, ``bird:flight``) and directions
+(``wings``, ``white``). Two more operators:
+
+- ``a&b`` (binds tighter than ``+``, looser than ``*``): codes that are a AND b at once,
+  drawn from the latent prior under both conditions (Composable Diffusion, Liu et al. 2022);
+  each side a weighted concept, e.g. ``horse&0.5*bird``.
+- ``concept@region``: a direction applied only to a region of a spatial code, e.g.
+  ``wings@top``; regions are REGIONS.
 
     horse+wings    horse+0.8*wings    horse:2+wings    0.6*horse+0.4*bird    horse-bird
+    horse&bird+wings    horse+wings@top    0.5*(horse&bird)+0.8*wings@top
 
-The result is a linear form {concept: weight}; what a concept stands for (a density to
-sample or a calibrated step along a direction) is the caller's business.
+The result is a linear form {term: weight}, where a term is a concept (``horse``), a concept
+in a region (``wings@top``) or a conjunction (``horse&0.5*bird``, its parts in order); what
+each stands for is the caller's business (``term_parts`` splits a term).
 
 Example: ``python -m latent_ops.expression "0.5*(horse+bird)+wings"``
 """
@@ -23,9 +32,11 @@ from lark import Lark, Token, Transformer, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
 
 GRAMMAR = r"""
-    ?sum: product
-        | sum "+" product   -> add
-        | sum "-" product   -> sub
+    ?sum: conj
+        | sum "+" conj      -> add
+        | sum "-" conj      -> sub
+    ?conj: product
+        | conj "&" product  -> both
     ?product: unary
         | product "*" unary -> mul
         | product "/" unary -> div
@@ -34,8 +45,10 @@ GRAMMAR = r"""
         | "+" unary
     ?atom: NUMBER           -> number
         | CONCEPT           -> concept
+        | CONCEPT "@" WORD  -> region
         | "(" sum ")"
-    CONCEPT: /[A-Za-z_][A-Za-z0-9_]*(:[0-9]+)?/
+    CONCEPT: /[A-Za-z_][A-Za-z0-9_]*(:[A-Za-z0-9_]+)?/
+    WORD: /[A-Za-z_]+/
     NUMBER: /(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?/
     %ignore /\s+/
 """
@@ -44,6 +57,9 @@ _PARSER = Lark(GRAMMAR, start="sum", parser="lalr", propagate_positions=True)
 
 MAX_LENGTH = 500  # characters; a longer expression is refused before parsing
 MAX_WEIGHT = 100.0  # a concept weighted beyond this leaves the latent space entirely
+# Regions of a 4 x 4 spatial code, as (rows, columns) of cells: halves, the centre, and the whole code.
+REGIONS = {"top": ((0, 2), (0, 4)), "bottom": ((2, 4), (0, 4)), "left": ((0, 4), (0, 2)),
+           "right": ((0, 4), (2, 4)), "centre": ((1, 3), (1, 3)), "all": ((0, 4), (0, 4))}
 
 
 class ExpressionError(UserError, ValueError):
@@ -95,6 +111,30 @@ class _ToLinearForm(Transformer):
             raise _Fail(f"unknown concept {token.value!r}", token.column)
         return LinearForm(0.0, ((name, 1.0),))
 
+    def region(self, meta, children):
+        form = self.concept(meta, children[:1])
+        place: Token = children[1]
+        if place.lower() not in REGIONS:
+            raise _Fail(f"unknown region {place.value!r}; regions: {', '.join(REGIONS)}", place.column)
+        return LinearForm(0.0, ((f"{form.concepts[0][0]}@{place.lower()}", 1.0),))
+
+    def both(self, meta, children):
+        parts: dict[str, float] = {}
+        for side in children:
+            if side.is_number or side.constant:
+                raise _Fail("& joins concepts, e.g. horse&bird; a number cannot be one side", meta.column)
+            if len(side.concepts) != 1:
+                raise _Fail("each side of & is one weighted concept, e.g. horse&0.5*bird", meta.column)
+            name, weight = side.concepts[0]
+            split = term_parts(name)
+            if split.region:
+                raise _Fail("a region cannot be part of &; write e.g. horse&bird+wings@top", meta.column)
+            for part, w in split.conjunction or ((name, 1.0),):
+                parts[part] = parts.get(part, 0.0) + w * weight
+        if len(parts) < 2 or any(w == 0 for w in parts.values()):
+            raise _Fail("& needs two different concepts with non-zero weights, e.g. horse&bird", meta.column)
+        return LinearForm(0.0, ((conjunction_name(parts), 1.0),))
+
     def add(self, meta, children):
         return self._check_sum(children[0].plus(children[1]), meta)
 
@@ -126,6 +166,36 @@ class _ToLinearForm(Transformer):
         if form.constant != 0 and form.concepts:
             raise _Fail("a number cannot be added to a concept; scale it instead, e.g. 0.8*wings", meta.column)
         return form
+
+
+@dataclass(frozen=True)
+class TermParts:
+    """What a term of a parsed expression is made of."""
+    concept: str  # the concept's name ("" for a conjunction)
+    region: str = ""  # a REGIONS name, or "" for the whole code
+    conjunction: tuple[tuple[str, float], ...] = ()  # (concept, weight) of an a&b term, in order
+
+
+def conjunction_name(parts: dict[str, float]) -> str:
+    """The canonical term of a conjunction: ``horse&0.5*bird`` (weights 1 left out)."""
+    return "&".join(name if weight == 1 else f"{weight:.17g}*{name}" for name, weight in parts.items())
+
+
+def term_parts(term: str) -> TermParts:
+    """Split a term of ``parse``'s result: ``horse``, ``wings@top`` or ``horse&0.5*bird``."""
+    if "&" in term:
+        parts = []
+        for piece in term.split("&"):
+            weight, _, name = piece.rpartition("*")
+            parts.append((name, float(weight) if weight else 1.0))
+        return TermParts("", "", tuple(parts))
+    concept, _, region = term.partition("@")
+    return TermParts(concept, region)
+
+
+def to_text(weights: dict[str, float]) -> str:
+    """An expression that parses back to ``weights`` (the inverse of ``parse``, up to layout)."""
+    return "+".join(f"{w:.17g}*({term})" if "&" in term else f"{w:.17g}*{term}" for term, w in weights.items())
 
 
 def _describe(error: UnexpectedInput, text: str) -> str:

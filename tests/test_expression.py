@@ -122,3 +122,61 @@ def test_numeric_compose_flags_are_accepted_in_range_or_refused_in_one_line(flag
         return
     low, high = COMPOSE_RANGES[flag]
     assert low <= getattr(config, flag) <= high
+
+
+from latent_ops.expression import REGIONS, TermParts, term_parts, to_text  # noqa: E402
+
+AND_KNOWN = ["horse", "bird", "airplane", "wings", "bird:flight", "horse:0"]
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("horse&bird+wings", {"horse&bird": 1.0, "wings": 1.0}),
+    ("horse+wings@top", {"horse": 1.0, "wings@top": 1.0}),
+    ("0.5*(horse&bird)+0.8*wings@top", {"horse&bird": 0.5, "wings@top": 0.8}),
+    ("horse&0.5*bird&bird:flight", {"horse&0.5*bird&bird:flight": 1.0}),
+    ("horse & bird & horse", {"2*horse&bird": 1.0}),
+    ("bird:flight+wings@LEFT", {"bird:flight": 1.0, "wings@left": 1.0}),
+])
+def test_conjunctions_and_regions(text, expected):
+    got = parse(text, AND_KNOWN)
+    assert got.keys() == expected.keys() and all(abs(got[k] - expected[k]) < 1e-9 for k in expected)
+
+
+def test_term_parts_split_every_kind_of_term():
+    assert term_parts("horse") == TermParts("horse")
+    assert term_parts("wings@top") == TermParts("wings", "top")
+    assert term_parts("horse&0.5*bird:flight") == TermParts("", "", (("horse", 1.0), ("bird:flight", 0.5)))
+
+
+@pytest.mark.parametrize("text, says", [
+    ("horse&2", "a number cannot be one side"),
+    ("horse&(bird+wings)", "each side of & is one weighted concept"),
+    ("horse&wings@top", "a region cannot be part of &"),
+    ("horse&horse", "& needs two different concepts"),
+    ("wings@up", "unknown region 'up'; regions: top, bottom"),
+    ("horse&brid", "unknown concept 'brid' at column 7"),
+    ("wings@", "ends too early"),
+])
+def test_conjunction_and_region_errors_name_the_problem(text, says):
+    with pytest.raises(ExpressionError, match=says.replace("(", r"\(").replace(")", r"\)")):
+        parse(text, AND_KNOWN)
+
+
+AND_PIECES = st.sampled_from(["horse", "bird", "wings", "bird:flight", "&", "@top", "@left", "+", "-", "*", "(",
+                              ")", "0.5", "2", "3e-1", " "])
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(AND_PIECES, min_size=1, max_size=14).map("".join))
+def test_what_parses_prints_back_to_the_same_expression(text):
+    try:
+        weights = parse(text, AND_KNOWN)
+    except ExpressionError:
+        return
+    again = parse(to_text(weights), AND_KNOWN)
+    assert again.keys() == weights.keys()
+    assert all(math.isclose(again[k], weights[k], rel_tol=1e-12) for k in weights)
+    for term in weights:
+        parts = term_parts(term)
+        names = [n for n, _ in parts.conjunction] or [parts.concept]
+        assert all(n in AND_KNOWN for n in names) and (parts.region in REGIONS or not parts.region)
