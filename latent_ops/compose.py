@@ -24,6 +24,7 @@ Examples:
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import time
@@ -40,22 +41,26 @@ from autoencoder.data import DataNotFoundError, load_split, to_float, to_uint8
 from autoencoder.errors import run_cli
 from autoencoder.evaluator import SHIPPED, WEIGHTS_FILE, load_evaluator
 from autoencoder.hardware import resolve_device
+from autoencoder.models import ModelConfig
 from latent_ops import ranking
-from latent_ops.concepts import DENSITIES_FILE, WINGED, Concepts, fit_run_concepts, heldout_members, load_concepts
-from latent_ops.encode import BANK_FILE, LatentBank, encode_run, load_bank
-from latent_ops.expression import ExpressionError, parse
-from latent_ops.images import save_grid, save_single
+from latent_ops.concepts import DENSITIES_FILE, WINGED, Concepts, fit_run_concepts, load_concepts
+from latent_ops.encode import BANK_FILE, encode_run, load_bank
+from latent_ops.expression import ExpressionError, parse, term_parts
+from latent_ops.flow import prior_score, project
+from latent_ops.images import save_grid, save_region, save_single
 from latent_ops.metrics import mean_pairwise_distance, nearest_neighbours
 from latent_ops.refine import critic_scores, refine_codes
+from latent_ops.prior import load_prior
 from latent_ops.runs import resolve_run
+from latent_ops.sampling import SOURCES, DrawSettings, Sources, projection_conditions, sample_expression
 
-SOURCES = ("heldout", "density")
 INTENTS = ("auto", "evaluator", "probe")
 IMAGES_FILE = "images.safetensors"  # the best images, uint8 (k, 3, 32, 32), best first
 MAX_SAVED_IMAGES = 1024  # images.safetensors keeps at most this many (the batch is ranked in full)
 SHOWN = 64  # batch64.png: the best 64
-OUTPUT_FILES = {"best.png", "best_x8.png", "batch64.png", "neighbours.png", "refinement.png", "scores.json",
-                "config.json", IMAGES_FILE}
+OUTPUT_FILES = {"best.png", "best_x8.png", "batch64.png", "neighbours.png", "refinement.png", "region.png",
+                "scores.json", "config.json", IMAGES_FILE}
+PROJECTION_STRIP = (0.0, 0.15, 0.3, 0.45, 0.6, 0.75, 0.9, 1.0)  # noise levels of refinement.png's last row
 MAX_NAME = 80  # characters of the expression kept in a folder name
 
 
@@ -73,14 +78,26 @@ class ComposeConfig:
     refine_anchor: float = 1.0  # pull towards the starting code during refinement
     strength: float = 1.0  # scales every direction's calibrated step
     temperature: float = 1.0  # spread of --source density samples
-    source: str = "heldout"  # heldout (codes of real test images) or density (the fitted Gaussian mixture)
+    source: str = "heldout"  # heldout (codes of real test images), density (the fitted Gaussian mixture)
+    #   or prior (the run's latent prior, latent_ops.prior)
+    guidance: float = 2.0  # classifier-free guidance of the latent prior per condition (prior draws, a&b, --project)
+    prior_steps: int = 32  # ODE steps of the latent prior
+    project: float = 0.0  # SDEdit: edited codes go this far towards noise and the prior brings them back; 0: off
+    refine_prior: float = 0.0  # weight of the latent prior's score in the refinement's energy; 0: critic and anchor
+    pool: int = 0  # candidates to compose and rank (0: --n); a diverse 64 of the best are kept and shown
+    dedup: float = 0.5  # no two kept images closer than this fraction of the pool's median pairwise distance
     intent: str = "auto"  # auto (the evaluator when shipped), evaluator or probe
     chunk: int = 256  # candidates refined and decoded at once: memory stays bounded for any --n
+
+    @property
+    def candidates(self) -> int:
+        return self.pool or self.n
 
 
 COMPOSE_RANGES = {"n": (1, 10**6), "seed": (0, 2**32 - 1), "refine_steps": (0, 10**4),
                   "refine_step_size": (0, 100), "refine_anchor": (0, 1e4), "strength": (0, 100),
-                  "temperature": (1e-6, 100), "chunk": (1, 65536)}
+                  "temperature": (1e-6, 100), "chunk": (1, 65536), "guidance": (0, 100), "prior_steps": (1, 1000),
+                  "project": (0, 1), "refine_prior": (0, 1e4), "pool": (0, 10**6), "dedup": (0, 10)}
 
 
 def validate_compose_config(config: ComposeConfig) -> None:
@@ -137,42 +154,10 @@ def uniqueness_reference(data: str, cache_dir: str, train_images: torch.Tensor, 
     return distance[:, 0].median().item()
 
 
-def sample_expression(weights: dict[str, float], concepts: Concepts, count: int, rng: np.random.Generator,
-                      strength: float = 1.0, temperature: float = 1.0, source: str = "heldout",
-                      bank: LatentBank | None = None) -> tuple[np.ndarray, dict[str, list[int]]]:
-    """(count, D) codes: the weighted sum of class/cluster draws plus calibrated direction steps.
-
-    ``source`` "heldout" draws codes of real test images of each class or cluster (the
-    empirical density; test images are not in the training set); "density" samples the
-    fitted Gaussian mixture. Also returns, per concept, the test-split positions drawn.
-    """
-    densities = [n for n in weights if n in concepts.densities]
-    if not densities:
-        raise ExpressionError(f"the expression needs at least one class or cluster to start from "
-                              f"(e.g. horse+wings); it has only {', '.join(weights)}")
-    if source not in SOURCES:
-        raise ExpressionError(f"--source must be one of {', '.join(SOURCES)}, got {source!r}")
-    drawn: dict[str, list[int]] = {}
-    codes = 0.0
-    for name in densities:
-        if source == "density":
-            part = concepts.sample(name, count, rng, temperature)
-        else:
-            members = heldout_members(name, concepts, bank)
-            pick = rng.choice(members, size=count, replace=len(members) < count)
-            drawn[name] = [int(bank.indices["test"][i]) for i in pick]
-            part = bank.codes["test"][pick]
-        codes = codes + weights[name] * part
-    for name in weights:
-        if name in concepts.directions:
-            d = concepts.directions[name]
-            codes = codes + (weights[name] * strength * d.step) * d.vector[None, :]
-    return codes.astype(np.float32), drawn
-
-
 def intent_terms(weights: dict[str, float], concepts: Concepts, codes: torch.Tensor,
                  probs: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-    """Per expression term, the probability (N,) that a code shows it (1 - that for negative terms).
+    """Per concept of the expression, the probability (N,) that a code shows it (1 - that for negative
+    terms); a conjunction counts each of its parts, a region its direction.
 
     Class probabilities come from ``probs`` (class name -> (N,), e.g. the evaluator's on the
     decoded images) or else from the latent class probe on ``codes``.
@@ -180,19 +165,21 @@ def intent_terms(weights: dict[str, float], concepts: Concepts, codes: torch.Ten
     if probs is None:
         probs = concepts.probe.probabilities(codes) if concepts.probe is not None else {}
     terms = {}
-    for name, w in weights.items():
-        base = name.split(":")[0]
-        if name in concepts.densities and base in probs:
-            p = probs[base]
-        elif name.startswith("wings") and all(c in probs for c in WINGED):
-            p = probs["bird"] + probs["airplane"]
-        elif name in concepts.directions:
-            d = concepts.directions[name]
-            distance = torch.from_numpy(d.signed_distance(codes.cpu().numpy()))
-            p = torch.sigmoid(4 * distance / max(d.step, 1e-6))
-        else:
-            continue
-        terms[name] = p if w > 0 else 1 - p
+    for term, weight in weights.items():
+        split = term_parts(term)
+        for name, w in split.conjunction or ((split.concept, 1.0),):
+            base = name.split(":")[0]
+            if name in concepts.densities and base in probs:
+                p = probs[base]
+            elif name.startswith("wings") and all(c in probs for c in WINGED):
+                p = probs["bird"] + probs["airplane"]
+            elif name in concepts.directions:
+                d = concepts.directions[name]
+                distance = torch.from_numpy(d.signed_distance(codes.cpu().numpy()))
+                p = torch.sigmoid(4 * distance / max(d.step, 1e-6))
+            else:
+                continue
+            terms[name] = p if w * weight > 0 else 1 - p
     return terms
 
 
@@ -236,9 +223,10 @@ def _decode(nets, codes: torch.Tensor, chunk: int) -> torch.Tensor:
 
 
 def score_chunk(nets, z0: torch.Tensor, config: ComposeConfig, weights: dict, concepts: Concepts, judge,
-                train_images: torch.Tensor | None) -> dict[str, torch.Tensor]:
+                train_images: torch.Tensor | None, prior_score=None) -> dict[str, torch.Tensor]:
     """Refine, decode and score one chunk of candidate codes; returns per-candidate tensors on the CPU."""
-    z, history = refine_codes(nets, z0, config.refine_steps, config.refine_step_size, config.refine_anchor)
+    z, history = refine_codes(nets, z0, config.refine_steps, config.refine_step_size, config.refine_anchor,
+                              prior_score=prior_score, prior_weight=config.refine_prior)
     with torch.no_grad():
         after = nets.decoder(z).float()  # (c, 3, 32, 32)
         out = {"z": z.cpu(), "realism_before": critic_scores(nets, z0).float().cpu(),
@@ -264,6 +252,25 @@ def compose(expression: str, quiet: bool = False, **flags) -> Path:
     return run_compose(make_compose_config(expression=expression, **flags), quiet)
 
 
+def needs_prior(config: ComposeConfig, weights: dict[str, float]) -> bool:
+    return (config.source == "prior" or config.project > 0 or config.refine_prior > 0
+            or any(term_parts(t).conjunction for t in weights))
+
+
+def group_summary(found: dict[str, torch.Tensor], intent: torch.Tensor, intents: dict[str, torch.Tensor],
+                  rows: torch.Tensor, reference: float | None) -> dict:
+    """Means of every score over the candidates ``rows``, and the share where every intent term is >= 0.2."""
+    summary = {"count": len(rows), "realism": found["realism"][rows].mean().item(),
+               "intent": intent[rows].mean().item(),
+               "intent_terms": {k: v[rows].mean().item() for k, v in intents.items()}}
+    if intents:
+        every = torch.stack([v[rows] for v in intents.values()], 1).min(1).values
+        summary["share_every_intent_term_at_least_0.2"] = (every >= 0.2).float().mean().item()
+    if reference is not None:
+        summary["uniqueness_median"] = found["distance"][rows, 0].median().item()
+    return summary
+
+
 def run_compose(config: ComposeConfig, quiet: bool = False) -> Path:
     began = time.monotonic()
     run_dir = resolve_run(config.run)
@@ -275,11 +282,19 @@ def run_compose(config: ComposeConfig, quiet: bool = False) -> Path:
     weights = parse(config.expression, concepts.names)
     intent_source = resolve_intent(config.intent)
     judge = load_evaluator(device=device.type) if intent_source == "evaluator" else None
+    prior = load_prior(run_dir) if needs_prior(config, weights) else None
+    sources = Sources(concepts, load_bank(run_dir) if config.source != "density" else None, prior,
+                      ModelConfig.of(run_config).code_shape)
+    count = config.candidates
 
     rng = np.random.default_rng(config.seed)
-    bank = load_bank(run_dir) if config.source == "heldout" else None
-    codes, drawn = sample_expression(weights, concepts, config.n, rng, config.strength, config.temperature,
-                                     config.source, bank)
+    settings = DrawSettings(config.source, config.strength, config.temperature, config.guidance, config.prior_steps)
+    edited, drawn = sample_expression(weights, sources, count, rng, settings)
+    codes, conditions = edited, []
+    if config.project > 0:
+        conditions = projection_conditions(weights, concepts, config.guidance)
+        codes = project(prior, torch.from_numpy(edited), config.project, conditions, config.prior_steps,
+                        torch.Generator().manual_seed(config.seed)).numpy()
     reference = train_images = None
     try:
         train_images = load_split(config.data, "train", config.cache_dir).images
@@ -287,29 +302,41 @@ def run_compose(config: ComposeConfig, quiet: bool = False) -> Path:
     except DataNotFoundError as error:
         print(f"compose: uniqueness and neighbour panels skipped: no training images to compare with ({error})")
 
+    pull = None  # the prior's score, for the refinement's energy
+    if prior is not None and config.refine_prior > 0:
+        pull = functools.partial(prior_score, prior.to(device),
+                                 conditions=conditions or projection_conditions(weights, concepts, config.guidance))
     parts = [score_chunk(nets, torch.from_numpy(chunk).to(device), config, weights, concepts, judge,
-                         train_images) for chunk in np.array_split(codes, range(
-                             config.chunk, config.n, config.chunk))]
+                         train_images, pull) for chunk in np.array_split(codes, range(config.chunk, count, config.chunk))]
     found = {k: torch.cat([p[k] for p in parts]) for k in parts[0] if k != "history"}
-    history = (sum(p["history"] for p in parts) / config.n).tolist()
+    history = (sum(p["history"] for p in parts) / count).tolist()
     intents = {k.split("/", 1)[1]: v for k, v in found.items() if k.startswith("intent/")}
-    intent = ranking.geometric_mean(torch.stack(list(intents.values()), 1)) if intents else torch.ones(config.n)
+    intent = ranking.geometric_mean(torch.stack(list(intents.values()), 1)) if intents else torch.ones(count)
     terms = {"realism": found["realism"], "intent": intent}
     if reference is not None:
         terms["uniqueness"] = ranking.capped_uniqueness(found["distance"][:, 0], reference)
     combined = ranking.combined_score(terms)
     order = combined.argsort(descending=True)
 
-    kept = order[:MAX_SAVED_IMAGES]
+    best_ranked = order[:MAX_SAVED_IMAGES]
     with torch.no_grad():
-        ranked = _decode(nets, found["z"][kept].to(device), config.chunk)  # (k, 3, 32, 32), best first
-        shown = order[:SHOWN]
+        ranked = _decode(nets, found["z"][best_ranked].to(device), config.chunk)  # (k, 3, 32, 32), best first
+    picked = ranking.diverse_subset(ranked, SHOWN, config.dedup)  # positions in ranked, best first
+    shown = best_ranked[picked]
+    with torch.no_grad():
         before_shown = _decode(nets, torch.from_numpy(codes)[shown].to(device), config.chunk)
-    after_shown = ranked[:len(shown)]
+        strip = None
+        if prior is not None and config.project > 0:  # the best candidate's edit at every noise level
+            best_edit = torch.from_numpy(edited)[order[:1]].to(device)
+            strip = torch.cat([_decode(nets, project(prior.to(device), best_edit, level, conditions,
+                                                     config.prior_steps, torch.Generator(device).manual_seed(0)), 1)
+                               for level in PROJECTION_STRIP])
+    after_shown = ranked[picked]
+    kept_set = set(shown.tolist())
 
     candidates = []
     for rank, i in enumerate(order.tolist()):
-        entry = {"rank": rank, "candidate": i, "combined": combined[i].item(),
+        entry = {"rank": rank, "candidate": i, "kept": i in kept_set, "combined": combined[i].item(),
                  "realism_before_refinement": found["realism_before"][i].item(),
                  "realism": found["realism"][i].item(), "intent": intent[i].item(),
                  "intent_terms": {k: v[i].item() for k, v in intents.items()}}
@@ -323,21 +350,29 @@ def run_compose(config: ComposeConfig, quiet: bool = False) -> Path:
             entry["wings_signed_distance"] = float(
                 concepts.directions["wings"].signed_distance(found["z"][i:i + 1].numpy())[0])
         candidates.append(entry)
+    regions = sorted({term_parts(t).region for t in weights} - {""})
     summary = {
         "expression": config.expression, "weights": weights, "seed": config.seed, "run": str(run_dir),
-        "n": config.n, "strength": config.strength, "temperature": config.temperature, "source": config.source,
-        "intent_source": intent_source, "refine_steps": config.refine_steps,
+        "candidates_composed": count, "strength": config.strength, "temperature": config.temperature,
+        "source": config.source, "guidance": config.guidance, "project": config.project,
+        "projection_conditions": {CIFAR10_CLASSES[label]: w for label, w in conditions},
+        "projection_strip_noise": list(PROJECTION_STRIP) if strip is not None else [],
+        "regions": regions, "intent_source": intent_source, "refine_steps": config.refine_steps,
         "refine_step_size": config.refine_step_size, "refine_anchor": config.refine_anchor,
-        "critic_mean_per_refine_step": history,
+        "refine_prior": config.refine_prior, "critic_mean_per_refine_step": history,
         "critic_mean_before": found["realism_before"].mean().item(), "critic_mean_after": found["realism"].mean().item(),
         "diversity_before": mean_pairwise_distance(before_shown) if len(shown) > 1 else 0.0,
         "diversity_after": mean_pairwise_distance(after_shown) if len(shown) > 1 else 0.0,
-        "diversity_of": f"the best {len(shown)} before and after refinement",
+        "diversity_of": f"the kept {len(shown)} before and after refinement",
+        "pool": group_summary(found, intent, intents, order, reference),
+        "kept": group_summary(found, intent, intents, shown, reference),
+        "best": group_summary(found, intent, intents, order[:1], reference),
         "uniqueness_reference": reference,
         "score": ("combined = z(realism) + z(intent) + z(min(uniqueness, uniqueness_reference)), z-scores "
                   "within this batch; uniqueness_reference is the median nearest-training-image distance of "
-                  "real test images"),
-        "images_saved": len(kept), "candidates": candidates,
+                  "real test images; the kept images are the best-ranked ones, each at least --dedup times "
+                  "the median pairwise distance of the best from every one kept before it"),
+        "images_saved": len(best_ranked), "candidates": candidates,
     }
 
     def build(folder: Path) -> None:
@@ -346,9 +381,13 @@ def run_compose(config: ComposeConfig, quiet: bool = False) -> Path:
         save_single(ranked[0], folder / "best_x8.png", scale=8)
         save_grid(after_shown, folder / "batch64.png", nrow=8, scale=3)
         save_tensors({"images": to_uint8(ranked).contiguous()}, folder / IMAGES_FILE)
-        pairs = torch.cat([torch.cat([before_shown[i:i + 8], after_shown[i:i + 8]])
-                           for i in range(0, min(16, len(shown)), 8)])
-        save_grid(pairs, folder / "refinement.png", nrow=min(8, len(shown)), scale=3)
+        pairs = [torch.cat([before_shown[i:i + 8], after_shown[i:i + 8]]) for i in range(0, min(16, len(shown)), 8)]
+        if strip is not None:
+            pairs.append(strip)
+        save_grid(torch.cat(pairs), folder / "refinement.png", nrow=min(8, len(shown)) if strip is None else 8,
+                  scale=3)
+        if regions:
+            save_region(ranked[0], regions, folder / "region.png")
         if reference is not None:
             rows = [torch.cat([ranked[r:r + 1], to_float(train_images[found["neighbours"][i]])])
                     for r, i in enumerate(order[:8].tolist())]
@@ -358,11 +397,14 @@ def run_compose(config: ComposeConfig, quiet: bool = False) -> Path:
 
     replace_folder(build, out_dir)
     if not quiet:
-        best = candidates[0]
-        print(f"{config.expression}: {config.n} images in {summary['seconds']:.1f} s -> {out_dir}/")
+        best, pool = candidates[0], summary["pool"]
+        print(f"{config.expression}: {count} candidates in {summary['seconds']:.1f} s -> {out_dir}/")
         print(f"  critic mean {summary['critic_mean_before']:.3f} -> {summary['critic_mean_after']:.3f} after "
-              f"{config.refine_steps} refinement steps; diversity of the best {len(shown)} "
+              f"{config.refine_steps} refinement steps; diversity of the kept {len(shown)} "
               f"{summary['diversity_before']:.3f} -> {summary['diversity_after']:.3f} (mean pairwise RMS pixel distance)")
+        if "share_every_intent_term_at_least_0.2" in pool:
+            print(f"  whole pool: {pool['share_every_intent_term_at_least_0.2']:.0%} have every intent term >= 0.2 "
+                  f"(" + ", ".join(f"{k} {v:.2f}" for k, v in pool["intent_terms"].items()) + " on average)")
         print(f"  best: realism {best['realism']:.3f}, intent {best['intent']:.3f}"
               + (f", uniqueness {best['uniqueness']:.3f}" if "uniqueness" in best else ""))
     return out_dir

@@ -11,6 +11,7 @@ from torchvision.utils import make_grid, save_image
 
 from autoencoder.atomic import replace_atomically
 from autoencoder.samples import upscale
+from latent_ops.expression import REGIONS
 
 
 def to_unit(images: torch.Tensor) -> torch.Tensor:
@@ -27,3 +28,18 @@ def save_grid(images: torch.Tensor, file: str | Path, nrow: int, scale: int = 3)
 def save_single(image: torch.Tensor, file: str | Path, scale: int = 1) -> Path:
     """One image (3, 32, 32) in [-1, 1] as PNG, ``scale`` times larger."""
     return replace_atomically(lambda tmp: save_image(upscale(to_unit(image), scale), str(tmp)), file)
+
+
+def save_region(image: torch.Tensor, regions: list[str], file: str | Path, scale: int = 8) -> Path:
+    """One image (3, 32, 32) in [-1, 1], ``scale`` times larger, with each region's cells outlined in red
+    (a cell of a 4 x 4 spatial code covers 8 x 8 pixels)."""
+    from PIL import Image, ImageDraw
+
+    pixels = upscale(to_unit(image), scale).mul(255).round().byte().permute(1, 2, 0).numpy()
+    picture = Image.fromarray(pixels)
+    draw = ImageDraw.Draw(picture)
+    cell = 8 * scale
+    for region in regions:
+        (r0, r1), (c0, c1) = REGIONS[region]
+        draw.rectangle([c0 * cell, r0 * cell, c1 * cell - 1, r1 * cell - 1], outline=(255, 0, 0), width=2)
+    return replace_atomically(lambda tmp: picture.save(tmp, format="PNG"), file)

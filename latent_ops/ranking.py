@@ -33,3 +33,20 @@ def capped_uniqueness(distance: torch.Tensor, reference: float) -> torch.Tensor:
     going further only means leaving the data (artefacts), which must not raise its rank.
     """
     return distance.clamp(max=reference)
+
+
+def diverse_subset(images: torch.Tensor, count: int, dedup: float) -> torch.Tensor:
+    """Positions of up to ``count`` images (N, 3, H, W), taken in order (best first), skipping any closer
+    (pixel distance) to one already taken than ``dedup`` x the median pairwise distance of the first
+    ``4 count`` images: no two near-duplicates. Fewer than ``count`` only when the pool runs out."""
+    flat = images.flatten(1).float()
+    head = flat[:4 * count]
+    pairs = torch.triu_indices(len(head), len(head), 1)
+    threshold = dedup * torch.cdist(head, head)[pairs[0], pairs[1]].median().item() if len(head) > 1 else 0.0
+    taken: list[int] = []
+    for i in range(len(flat)):
+        if len(taken) == count:
+            break
+        if not taken or torch.cdist(flat[i:i + 1], flat[taken]).min().item() >= threshold:
+            taken.append(i)
+    return torch.tensor(taken, dtype=torch.long)

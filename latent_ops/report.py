@@ -138,6 +138,27 @@ def make_report_config(**flags) -> ReportConfig:
     return config
 
 
+def latent_prior_samples(run_dir: Path, config, count: int, seed: int, device: torch.device,
+                         guidance: float = 2.0, steps: int = 32, chunk: int = 1000) -> torch.Tensor | None:
+    """``count`` codes from the run's latent prior, the run's classes in turn (guidance ``guidance``);
+    None when the run has no prior."""
+    from latent_ops.flow import sample
+    from latent_ops.prior import load_prior, prior_folder
+
+    if not (prior_folder(run_dir) / "model.safetensors").exists():
+        return None
+    prior = load_prior(run_dir, device)
+    classes = torch.tensor([CIFAR10_CLASSES.index(c) for c in config.class_names])
+    row_labels = classes[torch.arange(count) % len(classes)]  # the run's classes in turn
+    generator = torch.Generator(device).manual_seed(seed)
+    codes = torch.empty(count, prior.dim)
+    for label in classes.tolist():
+        rows = (row_labels == label).nonzero().squeeze(1)
+        for part in rows.split(chunk):
+            codes[part] = sample(prior, len(part), [(label, guidance)], steps, generator).cpu()
+    return codes
+
+
 def subject_of(weights: dict[str, float]) -> str | None:
     """The class an expression starts from (``horse`` for horse:2+wings): its first positive class or cluster."""
     for name, weight in weights.items():
@@ -213,6 +234,16 @@ def report(quiet: bool = False, **flags) -> Path:
     prior_features = judge.features(prior)
     rows.append(sample_set_metrics("model: prior samples N(0, I)", prior, prior_features, test_features,
                                    train_floats, train_features, seed, neighbour_count, kid_subset))
+    learned = latent_prior_samples(run_dir, config, prior_samples, seed, device)
+    if learned is None:
+        say("no latent prior in the run (python -m latent_ops.prior trains one): its row is skipped")
+    else:
+        say(f"{prior_samples} latent prior samples")
+        learned_images = to_uint8(decode_codes(nets, learned.to(device), dtype=dtype).cpu())
+        rows.append(sample_set_metrics("model: latent prior samples (classes in turn)", learned_images,
+                                       judge.features(learned_images), test_features, train_floats, train_features,
+                                       seed, neighbour_count, kid_subset))
+        save_grid(to_float(learned_images[:64]), out_dir / "latent-prior-samples.png", nrow=8, scale=3)
     record["sets"] = rows
     prior_classes = torch.bincount(judge.logits(prior).argmax(1), minlength=10) / len(prior)
     record["prior_class_shares"] = dict(zip(CIFAR10_CLASSES, prior_classes.tolist()))
@@ -303,6 +334,11 @@ def render(record: dict, config, run_dir: Path, out_dir: Path, layer_count: int)
               "distance within 64 images.", "",
               quality_table(record["sets"]),
               "![prior samples](prior-samples.png)", "",
+              "Samples of N(0, I), the prior the latent critic pulls codes towards."
+              + (" Below: samples of the learned latent prior (`latent_ops.prior`), the run's classes in turn."
+                 if any("latent prior" in r["name"] for r in record["sets"]) else ""), "",
+              *(["![latent prior samples](latent-prior-samples.png)", ""]
+                if any("latent prior" in r["name"] for r in record["sets"]) else []),
               "Prior samples, as the evaluator classifies them: " + ", ".join(
                   f"{k} {100 * v:.0f}%" for k, v in sorted(record["prior_class_shares"].items(),
                                                           key=lambda kv: -kv[1])) + ".", ""]

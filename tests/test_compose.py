@@ -48,7 +48,7 @@ def test_compose_writes_every_output(composed_run, folder_data, tmp_path, smoke_
         with Image.open(out / name) as image:
             assert image.size == size, name
     scores = json.loads((out / "scores.json").read_text())
-    assert scores["expression"] == "horse+wings" and scores["seed"] == 0 and scores["n"] == 16
+    assert scores["expression"] == "horse+wings" and scores["seed"] == 0 and scores["candidates_composed"] == 16
     assert [c["rank"] for c in scores["candidates"]] == list(range(16))
     for key in ("realism", "realism_before_refinement", "intent", "uniqueness", "combined", "intent_terms",
                 "nearest_train_indices", "wings_signed_distance"):
@@ -102,10 +102,10 @@ def test_same_seed_same_images(composed_run, folder_data, tmp_path, smoke_run):
 def test_heldout_source_draws_real_test_codes_of_the_class(composed_run):
     import numpy as np
 
-    from latent_ops.compose import sample_expression
+    from latent_ops.sampling import Sources, sample_expression
 
     bank, concepts = load_bank(composed_run), load_concepts(composed_run)
-    codes, drawn = sample_expression({"horse": 1.0}, concepts, 5, np.random.default_rng(0), bank=bank)
+    codes, drawn = sample_expression({"horse": 1.0}, Sources(concepts, bank), 5, np.random.default_rng(0))
     test_positions = {int(i): row for row, i in enumerate(bank.indices["test"])}
     for code, index in zip(codes, drawn["horse"]):
         row = test_positions[index]
@@ -156,13 +156,14 @@ def test_ranking_helpers():
 def test_strength_and_weight_scale_the_calibrated_step(composed_run):
     import numpy as np
 
-    from latent_ops.compose import sample_expression
+    from latent_ops.sampling import DrawSettings, Sources, sample_expression
 
     bank, concepts = load_bank(composed_run), load_concepts(composed_run)
     wings = concepts.directions["wings"]
 
     def codes(weights, strength):
-        return sample_expression(weights, concepts, 3, np.random.default_rng(1), strength, bank=bank)[0]
+        return sample_expression(weights, Sources(concepts, bank), 3, np.random.default_rng(1),
+                                 DrawSettings(strength=strength))[0]
 
     base = codes({"horse": 1.0, "wings": 1.0}, 0.0)
     moved = codes({"horse": 1.0, "wings": 0.5}, 2.0)  # 0.5 * 2 = one calibrated step
@@ -215,7 +216,7 @@ def test_two_composes_into_one_folder_leave_one_consistent_output(composed_run, 
     compose("bird", out=str(out), n=6, refine_steps=1, seed=3, **kwargs(composed_run, folder_data, smoke_run))
     scores = json.loads((out / "scores.json").read_text())
     config = json.loads((out / "config.json").read_text())
-    assert scores["expression"] == config["expression"] == "bird" and scores["n"] == len(scores["candidates"]) == 6
+    assert scores["expression"] == config["expression"] == "bird" and scores["candidates_composed"] == len(scores["candidates"]) == 6
     assert load_file(str(out / "images.safetensors"))["images"].shape[0] == 6
     assert (out / "batch64.png").read_bytes() != first
     assert sorted(p.name for p in tmp_path.iterdir()) == ["shared"], "a temporary folder was left"
@@ -299,3 +300,24 @@ def test_stale_or_damaged_concepts_are_refitted(composed_run, folder_data, tmp_p
         load_bank(run)
     compose("horse", out=str(tmp_path / "c"), n=2, **kwargs(run, folder_data, smoke_run))
     assert load_bank(run).codes["test"].shape[0] == 24
+
+
+def test_regions_need_a_spatial_code_and_conjunctions_need_the_prior(composed_run, folder_data, smoke_run, tmp_path):
+    flags = dict(run=str(composed_run), data=str(folder_data), cache_dir=str(smoke_run.parent / "cache"), n=4,
+                 quiet=True)
+    with pytest.raises(ExpressionError, match="this run's code is flat .* --spatial_channels"):
+        compose("horse+wings@top", out=str(tmp_path / "a"), **flags)
+    with pytest.raises(Exception, match="python -m latent_ops.prior --run"):
+        compose("horse&bird", out=str(tmp_path / "b"), **flags)
+    with pytest.raises(ExpressionError, match="a region applies to a direction"):
+        compose("horse@top+wings", out=str(tmp_path / "c"), **flags)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_the_diverse_subset_skips_near_duplicates_and_keeps_the_order():
+    g = torch.Generator().manual_seed(0)
+    distinct = torch.rand(6, 3, 4, 4, generator=g)
+    pool = torch.cat([distinct[:1], distinct[:1] + 1e-3, distinct[1:]])  # the second is a near-copy of the first
+    picked = ranking.diverse_subset(pool, 4, dedup=0.5)
+    assert picked.tolist() == [0, 2, 3, 4]
+    assert ranking.diverse_subset(pool, 10, dedup=0.0).tolist() == list(range(7))  # dedup 0 keeps everything

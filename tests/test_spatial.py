@@ -3,12 +3,19 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+import torch
+from PIL import Image
+
 from autoencoder.config import make_config
 from autoencoder.train import train
 from latent_ops.atlas import build_atlas
 from latent_ops.compose import compose
+from latent_ops.concepts import load_concepts
 from latent_ops.encode import load_bank
+from latent_ops.prior import make_prior_config, train_prior
 from latent_ops.report import report
+from latent_ops.sampling import Sources, sample_expression
 from conftest import smoke_flags
 
 
@@ -28,3 +35,34 @@ def test_a_spatial_run_goes_through_encode_concepts_compose_atlas_and_report(fol
                     prior_samples=32, neighbour_count=8, kid_subset=8, compose_n=8,
                     evaluator=str(tiny_evaluator[0]), quiet=True)
     assert (folder / "report.md").exists() and (folder / "architecture.png").exists()
+
+    # A direction in a region moves only that region's cells (here the top two rows of 2 x 4 x 4).
+    concepts, bank = load_concepts(run), load_bank(run)
+    sources = Sources(concepts, bank, code_shape=(2, 4, 4))
+    plain, _ = sample_expression({"horse": 1.0}, sources, 5, np.random.default_rng(3))
+    edited, _ = sample_expression({"horse": 1.0, "wings@top": 1.0}, sources, 5, np.random.default_rng(3))
+    moved = (edited - plain).reshape(5, 2, 4, 4)
+    assert np.abs(moved[:, :, 2:]).max() == 0 and np.abs(moved[:, :, :2]).max() > 0
+
+    # The latent prior on the spatial codes, then everything compose does with it.
+    train_prior(make_prior_config(run=str(run), data=str(folder_data), cache_dir=cache, hidden=32, blocks=1,
+                                  steps=30, batch_size=16, log_every=10, checkpoint_every=30), progress=False)
+    out = compose("horse&bird+wings@top", run=str(run), data=str(folder_data), cache_dir=cache, pool=24,
+                  source="prior", project=0.5, refine_prior=0.5, refine_steps=2, prior_steps=4,
+                  out=str(tmp_path / "prior-compose"), quiet=True)
+    scores = json.loads((out / "scores.json").read_text())
+    assert scores["candidates_composed"] == 24 and len(scores["candidates"]) == 24
+    assert scores["projection_conditions"] == {"bird": 4.0, "horse": 2.0}  # horse, bird (&) and bird (wings)
+    assert scores["regions"] == ["top"] and scores["projection_strip_noise"][0] == 0.0
+    kept = [c for c in scores["candidates"] if c["kept"]]
+    assert 1 <= len(kept) == scores["kept"]["count"] <= 24 and scores["pool"]["count"] == 24
+    assert set(scores["pool"]["intent_terms"]) == {"horse", "bird", "wings"}
+    with Image.open(out / "region.png") as region:
+        pixels = torch.from_numpy(np.array(region))
+    assert region.size == (256, 256) and pixels[0, 0].tolist() == [255, 0, 0]  # the top region's outline
+    with Image.open(out / "refinement.png") as strip:
+        assert strip.size[0] == 3 * (8 * 34 + 2)  # eight noise levels in the last row
+    again = compose("horse&bird+wings@top", run=str(run), data=str(folder_data), cache_dir=cache, pool=24,
+                    source="prior", project=0.5, refine_prior=0.5, refine_steps=2, prior_steps=4,
+                    out=str(tmp_path / "prior-compose-again"), quiet=True)
+    assert (again / "batch64.png").read_bytes() == (out / "batch64.png").read_bytes()  # seeded
