@@ -161,7 +161,7 @@ def plot_class_map(atlas: Atlas, concepts: Concepts, bank: LatentBank, file: Pat
     position_of = {row: i for i, row in enumerate(atlas.rows)}
     centres = {}
     for name in sorted(concepts.densities):
-        if ":" not in name or name.split(":")[0] not in OUTLINED or atlas.split != "test":
+        if not name.partition(":")[2].isdigit() or name.split(":")[0] not in OUTLINED or atlas.split != "test":
             continue
         members = [position_of[r] for r in heldout_members(name, concepts, bank) if r in position_of]
         if len(members) < 3:

@@ -114,6 +114,7 @@ class Concepts:
     directions: dict[str, Direction] = field(default_factory=dict)
     probe: ClassProbe | None = None
     horse_edit_probe: dict = field(default_factory=dict)  # per wing method, see horse_edit_probe()
+    sources: dict[str, np.ndarray] = field(default_factory=dict)  # named source -> its test-split positions
 
     @property
     def names(self) -> list[str]:
@@ -266,8 +267,13 @@ def whiteness_labels(images: torch.Tensor, top: float = 0.2) -> np.ndarray:
 
 
 def fit_directions(bank: LatentBank, white_train: np.ndarray | None, white_test: np.ndarray | None,
-                   cross_fraction: float = 0.9, seed: int = 0) -> dict[str, Direction]:
-    """``wings_<method>`` for each method, ``wings`` (the default method) and ``white`` (when labels given)."""
+                   cross_fraction: float = 0.9, seed: int = 0,
+                   flight: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Direction]:
+    """``wings_<method>`` for each method, ``wings`` (the default method) and ``white`` (when labels given).
+
+    ``flight``: train and test masks of the birds in flight (the ``bird:flight`` source); without
+    them the flight direction's birds are the ones a bird-vs-airplane probe on codes finds airplane-like.
+    """
     def split_by(split, classes):
         return bank.codes[split][np.isin(bank.labels[split], [CIFAR10_CLASSES.index(c) for c in classes])]
 
@@ -282,13 +288,19 @@ def fit_directions(bank: LatentBank, white_train: np.ndarray | None, white_test:
                                                cross_fraction, "difference of means, bird+airplane vs animals")
         bird_present = CIFAR10_CLASSES.index("bird") in bank.labels["train"]
         plane_present = CIFAR10_CLASSES.index("airplane") in bank.labels["train"]
-        if bird_present and plane_present:
+        if flight is not None and flight[0].any() and flight[1].any():
+            fly_tr, fly_te = bank.codes["train"][flight[0]], bank.codes["test"][flight[1]]
+            flight_note = "logistic-regression normal, birds in flight (the bird:flight source) vs animals"
+        elif bird_present and plane_present:
             fly_tr = bank.codes["train"][airplane_like_birds(bank.codes["train"], bank.labels["train"], seed=seed)]
             fly_te = bank.codes["test"][airplane_like_birds(bank.codes["test"], bank.labels["test"],
                                                             bank.codes["train"], bank.labels["train"], seed=seed)]
+            flight_note = "logistic-regression normal, airplane-like birds vs animals"
+        else:
+            fly_tr = fly_te = None
+        if fly_tr is not None and len(fly_tr) and len(fly_te):
             out["wings_flight"] = make_direction(*linear_direction(fly_tr, neg_tr, seed), fly_tr, neg_tr, fly_te,
-                                                 neg_te, "flight", cross_fraction,
-                                                 "logistic-regression normal, airplane-like birds vs animals")
+                                                 neg_te, "flight", cross_fraction, flight_note)
         out["wings"] = out[f"wings_{DEFAULT_WING_METHOD}"]
     if white_train is not None and white_train.any() and white_test is not None and white_test.any():
         pos_tr, neg_tr = bank.codes["train"][white_train], bank.codes["train"][~white_train]
@@ -306,8 +318,13 @@ def fit_directions(bank: LatentBank, white_train: np.ndarray | None, white_test:
 # --- fitting all, saving, loading -----------------------------------------------------------
 
 def fit_concepts(bank: LatentBank, white_train=None, white_test=None, max_clusters: int = 6,
-                 cross_fraction: float = 0.9, seed: int = 0) -> tuple[Concepts, dict]:
-    """All concepts of a bank, and the cluster record (per class: BIC search and member indices)."""
+                 cross_fraction: float = 0.9, seed: int = 0,
+                 sources: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> tuple[Concepts, dict]:
+    """All concepts of a bank, and the cluster record (per class: BIC search and member indices).
+
+    ``sources``: named source -> (train mask, test mask) over the bank (``latent_ops.sources``);
+    each with at least 2 train and 1 test member becomes a concept.
+    """
     concepts, record = Concepts(), {}
     codes, labels = bank.codes["train"], bank.labels["train"]
     for label in np.unique(labels):
@@ -326,7 +343,18 @@ def fit_concepts(bank: LatentBank, white_train=None, white_test=None, max_cluste
                              "typical_train_indices": bank.indices["train"][rows[typical[:24]]].tolist()})
         concepts.densities[name] = mixture
         record[name] = {"bic_search": search, "clusters": clusters}
-    concepts.directions = fit_directions(bank, white_train, white_test, cross_fraction, seed)
+    record["_sources"] = {}
+    for name, (train_mask, test_mask) in (sources or {}).items():
+        if train_mask.sum() >= 2 and test_mask.any():
+            gaussian = fit_gaussian(codes[train_mask])
+            concepts.densities[name] = [(1.0, gaussian)]
+            concepts.sources[name] = np.flatnonzero(test_mask)
+            typical = np.argsort(np.linalg.norm(codes[train_mask] - gaussian.mean, axis=1))
+            record["_sources"][name] = {"train_members": int(train_mask.sum()), "test_members": int(test_mask.sum()),
+                                        "typical_train_indices":
+                                            bank.indices["train"][np.flatnonzero(train_mask)[typical[:24]]].tolist()}
+    flight = (sources or {}).get("bird:flight")
+    concepts.directions = fit_directions(bank, white_train, white_test, cross_fraction, seed, flight)
     concepts.probe = fit_probe(bank, seed)
     concepts.horse_edit_probe = horse_edit_probe(bank, concepts)
     return concepts, record
@@ -360,6 +388,8 @@ def save_concepts(concepts: Concepts, record: dict, run: Path, digest: str = "")
             arrays[f"density/{name}/{k}/chol"] = g.chol
     for name, d in concepts.directions.items():
         arrays[f"direction/{name}"] = d.vector
+    for name, positions in concepts.sources.items():
+        arrays[f"source/{name}"] = positions
     if concepts.probe is not None:
         arrays.update({"probe/coef": concepts.probe.coef, "probe/intercept": concepts.probe.intercept,
                        "probe/labels": concepts.probe.labels,
@@ -391,6 +421,8 @@ def load_concepts(run: Path) -> Concepts:
             if kind == "density":
                 name, k, what = rest
                 parts.setdefault(name, {}).setdefault(int(k), {})[what] = value
+            elif kind == "source":
+                concepts.sources[rest[0]] = value.astype(np.int64)
             elif kind == "direction":
                 s = summaries[rest[0]]
                 concepts.directions[rest[0]] = Direction(value, float(s["offset"]), float(s["step"]), s["method"],
@@ -437,10 +469,29 @@ def fit_run_concepts(run: Path, data: str, cache_dir: str = "data/cache", max_cl
     test_images = load_split(data, "test", cache_dir).images
     white_train = whiteness_labels(train_images[bank.indices["train"]])
     white_test = whiteness_labels(test_images[bank.indices["test"]])
-    concepts, record = fit_concepts(bank, white_train, white_test, max_clusters, cross_fraction, seed)
+    from autoencoder.evaluator import SHIPPED_PERCEPTUAL, load_perceptual
+    from latent_ops.sources import source_masks
+
+    perceptual = load_perceptual(SHIPPED_PERCEPTUAL).eval()  # never the evaluator: it measures the results
+    train_masks = source_masks(train_images[bank.indices["train"]], bank.labels["train"], perceptual)
+    test_masks = source_masks(test_images[bank.indices["test"]], bank.labels["test"], perceptual)
+    sources = {name: (train_masks[name], test_masks[name]) for name in train_masks}
+    concepts, record = fit_concepts(bank, white_train, white_test, max_clusters, cross_fraction, seed, sources)
     save_concepts(concepts, record, run, weights_digest(run))
     write_cluster_grids(record, train_images, run / "clusters")
+    write_source_grid(record["_sources"], train_images, run / "clusters" / "sources.png")
     return concepts
+
+
+def write_source_grid(sources: dict, train_images: torch.Tensor, file: Path, per_row: int = 12) -> Path | None:
+    """A row per named source of its most typical members (real train images)."""
+    from latent_ops.images import save_grid
+
+    rows = []
+    for entry in sources.values():
+        index = torch.tensor(entry["typical_train_indices"][:per_row])
+        rows.append(train_images[index[torch.arange(per_row) % len(index)]])
+    return save_grid(torch.cat(rows).float() / 127.5 - 1, file, nrow=per_row, scale=2) if rows else None
 
 
 def heldout_members(name: str, concepts: Concepts, bank: LatentBank) -> np.ndarray:
@@ -448,11 +499,13 @@ def heldout_members(name: str, concepts: Concepts, bank: LatentBank) -> np.ndarr
 
     A held-out code belongs to the cluster of its class under which it is most likely.
     """
+    if name in concepts.sources:  # a named source: its own members
+        return concepts.sources[name]
     class_name, _, cluster = name.partition(":")
     rows = np.flatnonzero(bank.labels["test"] == CIFAR10_CLASSES.index(class_name))
     if not cluster:
         return rows
-    count = sum(1 for n in concepts.densities if n.startswith(class_name + ":"))
+    count = sum(1 for n in concepts.densities if n.partition(":")[0] == class_name and n.partition(":")[2].isdigit())
     codes = bank.codes["test"][rows].astype(np.float64)
     loglik = np.empty((len(rows), count))
     for k in range(count):

@@ -321,3 +321,17 @@ def test_the_diverse_subset_skips_near_duplicates_and_keeps_the_order():
     picked = ranking.diverse_subset(pool, 4, dedup=0.5)
     assert picked.tolist() == [0, 2, 3, 4]
     assert ranking.diverse_subset(pool, 10, dedup=0.0).tolist() == list(range(7))  # dedup 0 keeps everything
+
+
+def test_named_sources_are_concepts_with_their_own_members(composed_run, folder_data, smoke_run, tmp_path):
+    concepts, bank = load_concepts(composed_run), load_bank(composed_run)
+    assert "bird:flight" in concepts.densities and "bird:flight" in concepts.sources
+    members = heldout_members("bird:flight", concepts, bank)
+    assert len(members) and (bank.labels["test"][members] == CIFAR10_CLASSES.index("bird")).all()
+    assert len(members) < len(heldout_members("bird", concepts, bank))
+    assert (composed_run / "clusters" / "sources.png").exists()
+    out = compose("bird:flight+wings", run=str(composed_run), data=str(folder_data), n=4, refine_steps=1,
+                  cache_dir=str(smoke_run.parent / "cache"), out=str(tmp_path / "flight"), quiet=True)
+    scores = json.loads((out / "scores.json").read_text())
+    drawn = {i for c in scores["candidates"] for i in [c["source_test_indices"]["bird:flight"]]}
+    assert drawn <= {int(bank.indices["test"][m]) for m in members}

@@ -1,0 +1,78 @@
+"""Named sources: subsets of a class chosen by what is in the picture, usable as concepts.
+
+Public Pegasus attempts that showed wings chose their sources: full-body horses, and birds
+with spread wings (which a classifier takes for airplanes). These are those subsets, found
+from the images with this project's *perceptual* classifier (never the evaluator, which
+measures the results) and simple pixel statistics:
+
+- ``bird:flight``: the birds the perceptual classifier finds most airplane-like (the top
+  quarter of P(airplane) among birds): spread wings against the sky.
+- ``horse:white``: the brightest fifth of horses among those of below-median saturation.
+- ``horse:fullbody``: horses whose horse evidence spans the picture: the perceptual
+  classifier's class activation map for horse (Zhou et al. 2016, arXiv:1512.04150) on its
+  3 x 3 grid is strong (at least half its peak) in all three columns and in the bottom
+  row (legs), so the whole animal is in the frame rather than a head.
+
+Each becomes a concept like a cluster: a Gaussian fitted to its train codes, and its
+held-out test members for ``--source heldout``; ``RUN/clusters/sources.png`` shows a row of
+members per source.
+
+Example: ``python -m latent_ops.concepts --run RUN --data data`` (the sources are fitted with the concepts)
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from autoencoder.config import CIFAR10_CLASSES
+from autoencoder.data import to_float
+
+SOURCE_NAMES = ("bird:flight", "horse:white", "horse:fullbody")
+FLIGHT_QUANTILE = 0.75  # bird:flight keeps the birds above this quantile of P(airplane)
+WHITE_SHARE = 0.2  # horse:white keeps this brightest share (among the less saturated half)
+CAM_SHARE = 0.5  # a cell shows the class when its activation is at least this share of the map's peak
+
+
+@torch.no_grad()
+def classifier_views(net: torch.nn.Module, images: torch.Tensor, batch_size: int = 500
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class probabilities (N, 10) and class activation maps (N, 10, 3, 3) of an EvaluatorNet-shaped
+    classifier (``feature_maps``, ``head``) on uint8 images (N, 3, 32, 32)."""
+    probabilities, maps = [], []
+    weight = net.head.weight  # (10, C)
+    for chunk in images.split(batch_size):
+        last = net.feature_maps(to_float(chunk))[-1]  # (B, C, 3, 3)
+        probabilities.append(net(to_float(chunk)).softmax(1))
+        maps.append(torch.einsum("kc,bchw->bkhw", weight, last))
+    return torch.cat(probabilities), torch.cat(maps)
+
+
+def whiteness(images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Mean brightness and mean saturation (max - min over channels) of uint8 images, each (N,)."""
+    x = images.float() / 255
+    return x.mean((1, 2, 3)).numpy(), (x.amax(1) - x.amin(1)).mean((1, 2)).numpy()
+
+
+def fullbody(cam: torch.Tensor) -> np.ndarray:
+    """True where a (N, 3, 3) activation map is strong in every column and in the bottom row."""
+    strong = cam >= CAM_SHARE * cam.flatten(1).amax(1)[:, None, None].clamp_min(1e-8)
+    return (strong.any(1).all(1) & strong[:, 2].any(1)).numpy()
+
+
+def source_masks(images: torch.Tensor, labels: np.ndarray, net: torch.nn.Module) -> dict[str, np.ndarray]:
+    """{source name: (N,) bool} over uint8 images (N, 3, 32, 32) with their CIFAR-10 labels."""
+    probabilities, cams = classifier_views(net, images)
+    horse, bird, plane = (CIFAR10_CLASSES.index(c) for c in ("horse", "bird", "airplane"))
+    masks = {name: np.zeros(len(labels), dtype=bool) for name in SOURCE_NAMES}
+    birds = labels == bird
+    if birds.any():
+        p_plane = probabilities[:, plane].numpy()
+        masks["bird:flight"] = birds & (p_plane >= np.quantile(p_plane[birds], FLIGHT_QUANTILE))
+    horses = labels == horse
+    if horses.any():
+        brightness, saturation = whiteness(images)
+        calm = horses & (saturation <= np.median(saturation[horses]))
+        if calm.any():
+            masks["horse:white"] = calm & (brightness >= np.quantile(brightness[calm], 1 - WHITE_SHARE))
+        masks["horse:fullbody"] = horses & fullbody(cams[:, horse])
+    return masks

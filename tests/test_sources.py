@@ -1,0 +1,34 @@
+"""Named sources: subsets of a class picked from the pictures by the perceptual classifier and pixel statistics."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from autoencoder.classifier import EvaluatorNet
+from autoencoder.config import CIFAR10_CLASSES
+from latent_ops.sources import SOURCE_NAMES, fullbody, source_masks
+
+
+def test_fullbody_needs_every_column_and_the_bottom_row():
+    cam = torch.zeros(4, 3, 3)
+    cam[0] = torch.tensor([[0, 0, 0], [1, 1, 1], [0, 1, 0.]])  # a wide animal with legs
+    cam[1] = torch.tensor([[1, 1, 1], [0, 0, 0], [0, 0, 0.]])  # wide, but nothing at the bottom
+    cam[2] = torch.tensor([[1, 0, 0], [1, 0, 0], [1, 0, 0.]])  # one column: a head at the side
+    cam[3] = torch.tensor([[0.6, 0.2, 0.6], [0.1, 1, 0.1], [0, 0.55, 0.]])  # half the peak counts
+    assert fullbody(cam).tolist() == [True, False, False, True]
+
+
+def test_each_source_is_a_subset_of_its_class():
+    torch.manual_seed(0)
+    net = EvaluatorNet((8, 16, 16)).eval()
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (60, 3, 32, 32), dtype=torch.uint8, generator=g)
+    labels = np.array([CIFAR10_CLASSES.index(c) for c in ("bird", "horse", "cat")] * 20)
+    images[torch.from_numpy(np.flatnonzero(labels == 7)[:3])] = 250  # a few white horses
+    masks = source_masks(images, labels, net)
+    assert set(masks) == set(SOURCE_NAMES)
+    for name, mask in masks.items():
+        subject = CIFAR10_CLASSES.index(name.split(":")[0])
+        assert mask.dtype == bool and mask.shape == (60,) and (labels[mask] == subject).all(), name
+    assert 4 <= masks["bird:flight"].sum() <= 6  # the top quarter of 20 birds by P(airplane)
+    assert 1 <= masks["horse:white"].sum() <= 3  # the brightest fifth of the less saturated half
