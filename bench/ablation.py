@@ -3,7 +3,8 @@
 Recipes build on each other: the `cpu` preset's recipe (``baseline``), then each change
 added to the one before (a perceptual term, a hinge critic with adaptive weight and its own
 width, a spatial code, a class head); ``critic-features`` is the baseline with the perceptual
-term matched in the image critic's features instead of the perceptual net's. Each recipe is first timed for a few steps, so that
+term matched in the image critic's features instead of the perceptual net's; ``no-hinge`` is
+``classes`` without the hinge critic (the spatial code and class head on the perceptual recipe). Each recipe is first timed for a few steps, so that
 its run gets the steps that fill ``--minutes`` (its cosine schedule then ends on time), and
 ``--max_minutes`` guards the budget. A finished recipe is skipped and an unfinished one
 resumed, so the table can be built over several sessions. Run it alone: the runs are
@@ -51,6 +52,7 @@ RECIPES: dict[str, tuple[str | None, dict]] = {
                              "image_critic_width": 32}),
     "spatial": ("hinge", {"spatial_channels": 8, "latent_dim": 128}),
     "classes": ("spatial", {"class_weight": 0.1}),
+    "no-hinge": ("perceptual", {"spatial_channels": 8, "latent_dim": 128, "class_weight": 0.1}),
 }
 FOLDER = Path("outputs/ablation")
 

@@ -61,6 +61,19 @@ def cache_dir(tmp_path) -> Path:
     return tmp_path / "cache"
 
 
+def dies_on_call(real, call: int):
+    """``real``, except that its ``call``-th call raises KeyboardInterrupt: a kill at a known point."""
+    calls = []
+
+    def dying(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == call:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    return dying
+
+
 def smoke_flags(data: Path, out: Path, **extra) -> dict:
     return dict(data=str(data), cache_dir=str(out.parent / "cache"), out=str(out), **extra)
 

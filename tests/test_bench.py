@@ -58,3 +58,14 @@ def test_ablation_trains_a_recipe_for_its_minutes_measures_it_and_skips_it_after
     ablation_main(data=str(folder_data), minutes=0.02, recipes="baseline", cache_dir=str(tmp_path / "cache"),
                   folder=str(folder), preset="smoke")
     assert "measured before" in capsys.readouterr().out
+
+
+def test_release_targets_say_which_are_met_and_by_how_much_the_others_miss():
+    from release_targets import verdicts
+
+    row = {"recon_sharpness": 0.03, "real_sharpness": 0.036, "recon_frechet": 25.0, "probe_accuracy": 0.7,
+           "wing_accuracy": 0.8, "psnr_db": 22.5}
+    result = verdicts(row)
+    assert result["sharpness / real"]["met"] and result["probe accuracy"]["met"] and result["PSNR dB"]["met"]
+    assert not result["reconstruction Frechet"]["met"] and result["reconstruction Frechet"]["missed_by"] == 5.0
+    assert not result["wing accuracy"]["met"] and abs(result["wing accuracy"]["missed_by"] - 0.05) < 1e-12

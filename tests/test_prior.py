@@ -14,6 +14,7 @@ from latent_ops import prior as prior_module
 from latent_ops.encode import StaleError
 from latent_ops.flow import VelocityNet, flow_matching_loss, guided_velocity, prior_score, project, sample
 from latent_ops.prior import load_prior, make_prior_config, train_prior
+from conftest import dies_on_call
 
 CENTRES = torch.tensor([[3.0, 0, 0, 0], [-3.0, 0, 0, 0]])  # class 0 and class 1 of a 4-number toy code
 
@@ -122,15 +123,7 @@ def test_the_prior_cli_trains_resumes_exactly_and_refuses_stale_or_changed_prior
 
     # The same prior killed during step 16 (last checkpoint 10, last log 15), then the same command again.
     shutil.rmtree(folder)
-    real_loss, calls = prior_module.flow_matching_loss, []
-
-    def dying_loss(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 16:
-            raise KeyboardInterrupt
-        return real_loss(*args, **kwargs)
-
-    monkeypatch.setattr(prior_module, "flow_matching_loss", dying_loss)
+    monkeypatch.setattr(prior_module, "flow_matching_loss", dies_on_call(prior_module.flow_matching_loss, 16))
     with pytest.raises(KeyboardInterrupt):
         train_prior(make_prior_config(**where, **TINY_PRIOR), progress=False)
     monkeypatch.undo()

@@ -16,7 +16,7 @@ from autoencoder.config import PRESETS, make_config
 from autoencoder import train as train_module
 from autoencoder.data import BatchSampler
 from autoencoder.train import main, train
-from conftest import smoke_flags
+from conftest import dies_on_call, smoke_flags
 
 
 def read_metrics(run):
@@ -70,15 +70,8 @@ def kill_and_resume(folder_data, tmp_path, monkeypatch, **recipe):
     whole = train(make_config("smoke", **flags, **smoke_flags(folder_data, tmp_path / "whole")), progress=False)
 
     # Killed during step 16: its last checkpoint is step 10, its last log step 15.
-    real_step, calls = train_module.train_step, []
-
-    def dying_step(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 16:
-            raise KeyboardInterrupt
-        return real_step(*args, **kwargs)
-
-    monkeypatch.setattr(train_module, "train_step", dying_step)
+    real_step = train_module.train_step
+    monkeypatch.setattr(train_module, "train_step", dies_on_call(real_step, 16))
     killed_config = make_config("smoke", **flags, **smoke_flags(folder_data, tmp_path / "killed"))
     with pytest.raises(KeyboardInterrupt):
         train(killed_config, progress=False)

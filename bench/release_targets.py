@@ -1,0 +1,53 @@
+"""The sharper-model issue's targets, measured on a trained run (the release run), each with its verdict.
+
+Measures the run exactly as an ablation row (``bench/ablation.py``'s ``measure``: the whole test
+split) and compares with the targets: reconstruction sharpness at least 0.8x that of real
+images, reconstruction Frechet distance (evaluator features) at most 20, linear class probe
+on codes at least 0.65 held out, wing direction at least 0.85 held-out balanced accuracy, and
+PSNR not below 22 dB. Writes ``outputs/bench/release_targets.json``.
+
+Example: ``python bench/release_targets.py --run outputs/runs/release --data data``
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import fire
+from ablation import measure  # bench/ablation.py, beside this script
+from record import write_record  # bench/record.py
+
+# name: (value of a measured row, target, True when higher is better)
+TARGETS = {
+    "sharpness / real": (lambda r: r["recon_sharpness"] / r["real_sharpness"], 0.8, True),
+    "reconstruction Frechet": (lambda r: r["recon_frechet"], 20.0, False),
+    "probe accuracy": (lambda r: r["probe_accuracy"], 0.65, True),
+    "wing accuracy": (lambda r: r["wing_accuracy"], 0.85, True),
+    "PSNR dB": (lambda r: r["psnr_db"], 22.0, True),
+}
+
+
+def verdicts(row: dict) -> dict[str, dict]:
+    """Each target's measured value, the target, whether it is met and by how much it is missed."""
+    out = {}
+    for name, (value_of, target, higher) in TARGETS.items():
+        value = value_of(row)
+        met = value >= target if higher else value <= target
+        out[name] = {"value": value, "target": target, "met": met, "missed_by": 0.0 if met else abs(value - target)}
+    return out
+
+
+def main(run: str, data: str = "data", cache_dir: str = "data/cache", seed: int = 0) -> None:
+    """Measure RUN and print each target's verdict."""
+    row = measure(Path(run), data, cache_dir, seed)
+    row["steps"] = json.loads((Path(run) / "metrics.jsonl").read_text().splitlines()[-1])["step"]
+    result = verdicts(row)
+    print("| target | measured | goal | met |\n|---|---|---|---|")
+    for name, v in result.items():
+        goal = f"{'>=' if TARGETS[name][2] else '<='} {v['target']:g}"
+        print(f"| {name} | {v['value']:.4g} | {goal} | {'yes' if v['met'] else 'no, by %.3g' % v['missed_by']} |")
+    write_record("release_targets", {"run": run, "row": row, "targets": result}, Path("outputs/bench"))
+
+
+if __name__ == "__main__":
+    fire.Fire(main)
