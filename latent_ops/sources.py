@@ -41,8 +41,9 @@ def classifier_views(net: torch.nn.Module, images: torch.Tensor, batch_size: int
     probabilities, maps = [], []
     weight = net.head.weight  # (10, C)
     for chunk in images.split(batch_size):
-        last = net.feature_maps(to_float(chunk))[-1]  # (B, C, 3, 3)
-        probabilities.append(net(to_float(chunk)).softmax(1))
+        last = net.feature_maps(to_float(chunk))[-1]  # (B, C, 3, 3): one pass gives both views
+        logits = net.head(torch.amax(last, dim=(2, 3))) * net.logit_scale  # what net(x) computes from it
+        probabilities.append(logits.softmax(1))
         maps.append(torch.einsum("kc,bchw->bkhw", weight, last))
     return torch.cat(probabilities), torch.cat(maps)
 

@@ -32,3 +32,16 @@ def test_each_source_is_a_subset_of_its_class():
         assert mask.dtype == bool and mask.shape == (60,) and (labels[mask] == subject).all(), name
     assert 4 <= masks["bird:flight"].sum() <= 6  # the top quarter of 20 birds by P(airplane)
     assert 1 <= masks["horse:white"].sum() <= 3  # the brightest fifth of the less saturated half
+
+
+def test_the_views_come_from_one_pass_and_match_the_classifier():
+    from latent_ops.sources import classifier_views
+
+    torch.manual_seed(1)
+    net = EvaluatorNet((8, 16, 16)).eval()
+    images = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    probabilities, cams = classifier_views(net, images, batch_size=2)
+    from autoencoder.data import to_float
+    with torch.no_grad():
+        assert torch.allclose(probabilities, net(to_float(images)).softmax(1), atol=1e-6)
+    assert cams.shape == (5, 10, 3, 3)
