@@ -277,7 +277,7 @@ def run_compose(config: ComposeConfig, quiet: bool = False) -> Path:
     out_dir = output_folder(config)
     run_config, nets = load_run(run_dir)
     device = resolve_device(run_config)
-    nets = nets.to(device)
+    nets = nets.to(device, memory_format=torch.channels_last)  # refinement 1.9x faster on this CPU (bench/compose_speed.py)
     concepts = ensure_concepts(run_dir, config.data, config.cache_dir)
     weights = parse(config.expression, concepts.names)
     intent_source = resolve_intent(config.intent)

@@ -104,6 +104,7 @@ def load_bank(run: str | Path) -> LatentBank:
                                                    f"python -m latent_ops.encode --run {run} --data PATH")
     try:
         bank = LatentBank(*({s: arrays[f"{s}_{k}"] for s in SPLITS} for k in ("codes", "labels", "indices")))
+        bank.codes = {s: c.astype(np.float32) for s, c in bank.codes.items()}  # a shipped bank stores fp16
     except KeyError as error:
         raise RunError(f"{run / BANK_FILE} lacks {error}; encode the data set again with "
                        f"python -m latent_ops.encode --run {run} --data PATH") from None

@@ -59,7 +59,8 @@ MAX_LENGTH = 500  # characters; a longer expression is refused before parsing
 MAX_WEIGHT = 100.0  # a concept weighted beyond this leaves the latent space entirely
 # Regions of a 4 x 4 spatial code, as (rows, columns) of cells: halves, the centre, and the whole code.
 REGIONS = {"top": ((0, 2), (0, 4)), "bottom": ((2, 4), (0, 4)), "left": ((0, 4), (0, 2)),
-           "right": ((0, 4), (2, 4)), "centre": ((1, 3), (1, 3)), "all": ((0, 4), (0, 4))}
+           "right": ((0, 4), (2, 4)), "centre": ((1, 3), (1, 3)), "all": ((0, 4), (0, 4)),
+           "above": ((0, 1), (0, 4))}  # (rows, columns) of a 4 x 4 code; above: the top row, over the subject
 
 
 class ExpressionError(UserError, ValueError):

@@ -9,7 +9,11 @@ A term of the expression (``latent_ops.expression``) becomes codes as follows:
 - a conjunction (``horse&bird``): draws from the prior under every part at once
   (Composable Diffusion, Liu et al. 2022, arXiv:2206.01714); it needs the prior;
 - a direction (``wings``): its calibrated step; with a region (``wings@top``) only the cells of
-  that region of a spatial code move, so the edit is local.
+  that region of a spatial code move, so the edit is local;
+- a class or cluster in a region (``bird:flight@above``): a collage. Its codes replace the cells of
+  that region of the codes drawn so far (a weight w < 1 blends: w of the pasted cells, 1 - w of
+  the base), as in SDEdit's collage editing (Meng et al. 2022, arXiv:2108.01073), where
+  ``--project`` then lets the prior make one picture of the parts.
 
 The terms are added with their weights. ``projection_conditions`` says which classes an edit is
 projected back onto (``--project``): the expression's classes, and for a wing direction the
@@ -116,7 +120,8 @@ def sample_expression(weights: dict[str, float], sources: Sources, count: int, r
         raise ExpressionError(f"--source must be one of {', '.join(SOURCES)}, got {settings.source!r}")
     concepts = sources.concepts
     parts = {term: term_parts(term) for term in weights}
-    starts = [t for t, p in parts.items() if p.conjunction or p.concept in concepts.densities]
+    starts = [t for t, p in parts.items() if (p.conjunction or p.concept in concepts.densities) and not p.region]
+    pastes = [t for t, p in parts.items() if p.concept in concepts.densities and p.region]
     if not starts:
         raise ExpressionError(f"the expression needs at least one class, cluster or conjunction to start from "
                               f"(e.g. horse+wings); it has only {', '.join(weights)}")
@@ -124,8 +129,6 @@ def sample_expression(weights: dict[str, float], sources: Sources, count: int, r
     codes: np.ndarray | float = 0.0
     for term in starts:
         split = parts[term]
-        if split.region:
-            raise ExpressionError(f"{term}: a region applies to a direction (e.g. wings@top), not to a class")
         if split.conjunction:
             prior = need_prior(sources, f"the conjunction {term}")
             conditions: list[Condition] = [(class_label(n), w * settings.guidance) for n, w in split.conjunction]
@@ -135,8 +138,17 @@ def sample_expression(weights: dict[str, float], sources: Sources, count: int, r
             if positions is not None:
                 drawn[term] = positions
         codes = codes + weights[term] * part
+    for term in pastes:  # collages: after every start, so that they paste onto the whole base
+        split = parts[term]
+        if weights[term] <= 0:
+            raise ExpressionError(f"{term}: a pasted region needs a positive weight (the share of its cells)")
+        mask = min(weights[term], 1.0) * region_mask(split.region, sources.code_shape)[None, :]
+        part, positions = draw_density(split.concept, sources, count, rng, settings)
+        if positions is not None:
+            drawn[term] = positions
+        codes = codes * (1 - mask) + part * mask
     for term, split in parts.items():
-        if term in starts:
+        if term in starts or term in pastes:
             continue
         if split.concept not in concepts.directions:
             raise ExpressionError(f"{term} is neither a class, a cluster nor a direction of this run")

@@ -178,7 +178,7 @@ def test_newest_run_is_the_default(tmp_path, smoke_run):
     from latent_ops.runs import resolve_run
 
     with pytest.raises(RunError, match="no trained run"):
-        resolve_run("", tmp_path)
+        resolve_run("", tmp_path, shipped=tmp_path / "no-shipped-model")
     for name, age in (("old", 100), ("new", 0)):
         shutil.copytree(smoke_run, tmp_path / name)
         os.utime(tmp_path / name / "model.safetensors", (1e9 - age, 1e9 - age))
@@ -310,8 +310,10 @@ def test_regions_need_a_spatial_code_and_conjunctions_need_the_prior(composed_ru
         compose("horse+wings@top", out=str(tmp_path / "a"), **flags)
     with pytest.raises(Exception, match="python -m latent_ops.prior --run"):
         compose("horse&bird", out=str(tmp_path / "b"), **flags)
-    with pytest.raises(ExpressionError, match="a region applies to a direction"):
-        compose("horse@top+wings", out=str(tmp_path / "c"), **flags)
+    with pytest.raises(ExpressionError, match="needs at least one class, cluster or conjunction to start from"):
+        compose("horse@top+wings", out=str(tmp_path / "c"), **flags)  # a pasted region needs a base to paste onto
+    with pytest.raises(ExpressionError, match="this run's code is flat"):
+        compose("horse+bird@above", out=str(tmp_path / "d"), **flags)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 

@@ -44,6 +44,17 @@ def test_a_spatial_run_goes_through_encode_concepts_compose_atlas_and_report(fol
     moved = (edited - plain).reshape(5, 2, 4, 4)
     assert np.abs(moved[:, :, 2:]).max() == 0 and np.abs(moved[:, :, :2]).max() > 0
 
+    # A class in a region is a collage: the top row of cells comes from held-out birds, the rest is the horse's.
+    pasted, drawn = sample_expression({"horse": 1.0, "bird@above": 1.0}, sources, 5, np.random.default_rng(3))
+    cells, base = pasted.reshape(5, 2, 4, 4), plain.reshape(5, 2, 4, 4)
+    assert np.array_equal(cells[:, :, 1:], base[:, :, 1:]) and not np.array_equal(cells, base)
+    row_of = {int(i): r for r, i in enumerate(bank.indices["test"])}
+    birds = bank.codes["test"][[row_of[i] for i in drawn["bird@above"]]].reshape(5, 2, 4, 4)
+    assert (bank.labels["test"][[row_of[i] for i in drawn["bird@above"]]] == 2).all()
+    assert np.allclose(cells[:, :, :1], birds[:, :, :1])
+    half, _ = sample_expression({"horse": 1.0, "bird@above": 0.5}, sources, 5, np.random.default_rng(3))
+    assert np.allclose(half.reshape(5, 2, 4, 4)[:, :, :1], (base[:, :, :1] + birds[:, :, :1]) / 2, atol=1e-6)
+
     # The latent prior on the spatial codes, then everything compose does with it.
     train_prior(make_prior_config(run=str(run), data=str(folder_data), cache_dir=cache, hidden=32, blocks=1,
                                   steps=30, batch_size=16, log_every=10, checkpoint_every=30), progress=False)

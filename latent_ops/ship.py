@@ -1,0 +1,250 @@
+"""Ship a trained run as a self-contained model folder that compose uses without the data set.
+
+``python -m latent_ops.ship --run outputs/runs/release --data data`` writes
+``models/pegasus-cifar10/`` (``make model`` runs it): the run's ``config.json``, its weights
+in fp16 (``model.safetensors``), and everything compose draws on, made from those fp16
+weights so that every stamp matches: the concepts (clusters, directions, probe, named
+sources), the latent prior (``prior/``, its checkpoints left out), and the latent bank cut to
+the test split (fp16 codes: the sources compose draws from). ``data.json`` records the
+SHA-256 of the CIFAR-10 images and labels it was made from, ``ship.json`` the timings, and
+``MODEL_CARD.md`` is written from them with the measurements handed in (``--targets``, a
+``bench/release_targets.py`` record; ``--card_notes``, a Markdown file of hand-written
+sections).
+
+The folder is built beside its destination and put in place whole; a killed ship resumes
+(the prior from its checkpoint, the bank and concepts when their stamps still match).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from autoencoder.atomic import replace_atomically, write_json, write_text
+from autoencoder.checkpoint import (CONFIG_FILE, METRICS_FILE, RunError, load_run, load_run_config, model_file,
+                                    save_weights, weights_digest)
+from autoencoder.config import ConfigError, dataclass_from_flags
+from autoencoder.data import SPLITS, load_split
+from autoencoder.errors import run_cli
+from autoencoder.models import ModelConfig
+from latent_ops.concepts import fit_run_concepts, load_concepts
+from latent_ops.encode import BANK_FILE, encode_run, load_bank
+from latent_ops.prior import PRIOR_FOLDER, make_prior_config, train_prior
+from latent_ops.runs import SHIPPED_MODEL
+
+CARD_FILE = "MODEL_CARD.md"
+DATA_FILE = "data.json"
+SHIP_FILE = "ship.json"
+SIZE_LIMIT = 25 * 2 ** 20  # bytes: the shipped folder must stay under 25 MiB
+
+
+@dataclass
+class ShipConfig:
+    run: str = "outputs/runs/release"  # the trained run to ship
+    data: str = "data"  # CIFAR-10: encoded for the bank, concepts and prior
+    cache_dir: str = "data/cache"  # decoded data cache
+    out: str = str(SHIPPED_MODEL)  # the model folder to write (replaced whole at the end)
+    prior_steps: int = 12000  # steps of the latent prior (latent_ops.prior)
+    prior_threads: int = 0  # CPU threads for the prior; 0 keeps torch's default
+    targets: str = ""  # a bench/release_targets.py record (JSON) whose numbers go into the card; empty: none
+    card_notes: str = ""  # a Markdown file appended to the card (hand-written sections); empty: none
+
+
+def data_checksums(data: str, cache_dir: str) -> dict[str, str]:
+    """SHA-256 of each split's uint8 images and labels, in the order the loader gives them: the
+    same for the JPEG folders and torchvision's copy only if their pixels are the same."""
+    sums = {}
+    for split in SPLITS:
+        images = load_split(data, split, cache_dir)
+        digest = hashlib.sha256(images.images.numpy().tobytes())
+        digest.update(images.labels.numpy().astype(np.int64).tobytes())
+        sums[split] = digest.hexdigest()
+    return sums
+
+
+def write_fp16_weights(run: Path, folder: Path) -> None:
+    """The run's config and weights (floating tensors in fp16) into ``folder``."""
+    _, nets = load_run(run)
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(run / CONFIG_FILE, folder / CONFIG_FILE)
+    if (run / METRICS_FILE).exists():
+        shutil.copy2(run / METRICS_FILE, folder / METRICS_FILE)
+    save_weights(nets, model_file(folder), dtype=torch.float16,
+                 metadata={"shipped_from": str(run), "source_weights_digest": weights_digest(run)})
+
+
+def test_split_bank(folder: Path) -> None:
+    """Cut the bank to the test split with fp16 codes (compressed); the train arrays stay, empty."""
+    bank = load_bank(folder)
+    arrays = {"weights_digest": np.array(weights_digest(folder))}
+    for split in SPLITS:
+        keep = split == "test"
+        arrays[f"{split}_codes"] = (bank.codes[split] if keep else bank.codes[split][:0]).astype(np.float16)
+        arrays[f"{split}_labels"] = bank.labels[split] if keep else bank.labels[split][:0]
+        arrays[f"{split}_indices"] = bank.indices[split] if keep else bank.indices[split][:0]
+    replace_atomically(lambda tmp: np.savez_compressed(tmp, **arrays), folder / BANK_FILE)
+
+
+def drop_prior_checkpoints(folder: Path) -> None:
+    """Sampling needs only the prior's moving-average weights, config and source stamp."""
+    prior = folder / PRIOR_FOLDER
+    shutil.rmtree(prior / "checkpoints", ignore_errors=True)
+    (prior / "checkpoint.json").unlink(missing_ok=True)
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
+def metric_lines(file: Path) -> list[dict]:
+    if not file.exists():
+        return []
+    return [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
+
+
+def model_card(folder: Path, config: ShipConfig, record: dict, targets: dict | None, notes: str) -> str:
+    """MODEL_CARD.md: how the model was made, what it measured, and (from ``notes``) what it cannot do."""
+    run_config = json.loads((folder / CONFIG_FILE).read_text())
+    train = metric_lines(folder / METRICS_FILE)
+    prior = metric_lines(folder / PRIOR_FOLDER / METRICS_FILE)
+    last = train[-1] if train else {}
+    lines = [
+        f"# Model card: {folder.name}",
+        "",
+        "An adversarially regularised autoencoder trained from scratch on CIFAR-10 (train split), with a",
+        "class-conditional latent prior (rectified flow) over its codes. No pre-trained weights went into",
+        "any network: the perceptual feature net of the training loss and the evaluator classifier that",
+        "measures the results were also trained here on CIFAR-10, and they are two different networks.",
+        "",
+        "## How it was made",
+        "",
+        f"- Training: `python -m autoencoder.train --preset {run_config.get('preset', '?')} --data data "
+        f"--out {config.run}` ({last.get('step', '?')} steps, "
+        f"{last.get('elapsed_s', 0) / 3600:.2f} h of training time as logged by the run).",
+        f"- Shipping: `python -m latent_ops.ship --run {config.run} --data data` (`make model`): fp16 weights, "
+        f"the bank, concepts and a {config.prior_steps}-step prior ({record['prior_seconds'] / 60:.1f} min), "
+        f"{record['seconds'] / 60:.1f} min in all on {record['machine']}.",
+        f"- Data: CIFAR-10, SHA-256 of the uint8 images and labels, train `{record['data']['train'][:16]}...`, "
+        f"test `{record['data']['test'][:16]}...` (full digests in `{DATA_FILE}`).",
+        f"- Code: {run_config.get('latent_dim', '?')} numbers per image "
+        f"({'x'.join(map(str, record['code_shape']))}), weights digest `{record['weights_digest']}`.",
+        "",
+        "## Measured",
+        "",
+    ]
+    if "eval/psnr" in last:
+        lines.append(f"- Held-out PSNR during training (2,000 test images): {last['eval/psnr']:.2f} dB.")
+    if prior:
+        lines.append(f"- Latent prior flow loss: train {prior[-1]['loss']:.4f}, held out "
+                     f"{prior[-1]['held_out_loss']:.4f} (test-split codes).")
+    if targets:
+        lines += ["", "Targets of the sharper-model issue (`python bench/release_targets.py --run "
+                  f"{targets.get('run', config.run)} --data data`, whole test split):", "",
+                  "| target | measured | goal | met |", "|---|---|---|---|"]
+        for name, v in targets["targets"].items():
+            higher = name not in ("reconstruction Frechet",)
+            lines.append(f"| {name} | {v['value']:.4g} | {'>=' if higher else '<='} {v['target']:g} | "
+                         f"{'yes' if v['met'] else 'no, by %.3g' % v['missed_by']} |")
+    lines += ["", "## Files", "",
+              f"- `{CONFIG_FILE}` (the training run's config), `model.safetensors` (fp16), `{METRICS_FILE}`;",
+              f"- `{BANK_FILE}`: codes of the 10,000 test images (fp16), the sources compose draws from;",
+              "- `concepts.npz`, `clusters.json`, `directions.json`, `clusters/`: clusters, directions with their "
+              "calibration, the class probe and named sources;",
+              f"- `{PRIOR_FOLDER}/`: the latent prior (moving-average weights, config, metrics);",
+              f"- `{DATA_FILE}`, `{SHIP_FILE}`: data checksums and shipping record.",
+              f"- Size: {record['bytes'] / 2 ** 20:.1f} MiB.", ""]
+    if notes:
+        lines += [notes.strip(), ""]
+    lines += ["## Licence of the data", "",
+              "CIFAR-10 (Krizhevsky, 2009, *Learning Multiple Layers of Features from Tiny Images*) is "
+              "distributed by its authors for research without a formal licence; cite the report when "
+              "using this model. The weights are derived from it.", ""]
+    return "\n".join(lines)
+
+
+def ship(config: ShipConfig, progress: bool = True) -> Path:
+    """Build the model folder from ``config.run``; returns its path."""
+    began = time.monotonic()
+    run, out = Path(config.run), Path(config.out)
+    if not model_file(run).exists():
+        raise RunError(f"{run} has no trained weights to ship; train it with "
+                       f"python -m autoencoder.train --preset release --out {run}")
+    targets = json.loads(Path(config.targets).read_text()) if config.targets else None
+    notes = Path(config.card_notes).read_text() if config.card_notes else ""
+    staging = out.parent / f".{out.name}.partial"
+    source = weights_digest(run)
+    stamp = staging / SHIP_FILE
+    if not (stamp.exists() and json.loads(stamp.read_text()).get("source_weights_digest") == source):
+        shutil.rmtree(staging, ignore_errors=True)  # a partial folder of other weights is started again
+        write_fp16_weights(run, staging)
+        write_json({"source_weights_digest": source}, stamp)
+    try:
+        load_bank(staging)
+    except RunError:
+        encode_run(staging, config.data, config.cache_dir, progress=progress)
+    try:
+        load_concepts(staging)
+    except RunError:
+        fit_run_concepts(staging, config.data, config.cache_dir)
+    prior_began = time.monotonic()
+    train_prior(make_prior_config(run=str(staging), data=config.data, cache_dir=config.cache_dir,
+                                  steps=config.prior_steps, threads=config.prior_threads), progress=progress)
+    prior_seconds = time.monotonic() - prior_began
+    checksums = data_checksums(config.data, config.cache_dir)
+    write_json(checksums, staging / DATA_FILE)
+    test_split_bank(staging)
+    drop_prior_checkpoints(staging)
+
+    record = {"source_weights_digest": source, "source_run": str(run), "weights_digest": weights_digest(staging),
+              "code_shape": list(ModelConfig.of(load_run_config(staging)).code_shape), "data": checksums,
+              "prior_seconds": prior_seconds, "seconds": time.monotonic() - began,
+              "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU threads",
+              "config": asdict(config)}
+    record["bytes"] = folder_bytes(staging)
+    write_json(record, stamp)
+    write_text(model_card(staging, config, record, targets, notes), staging / CARD_FILE)
+    size = folder_bytes(staging)
+    if size > SIZE_LIMIT:
+        raise RunError(f"{staging} holds {size / 2 ** 20:.1f} MiB, over the {SIZE_LIMIT / 2 ** 20:.0f} MiB "
+                       f"a shipped model may take; nothing was replaced")
+    put_in_place(staging, out)
+    return out
+
+
+def put_in_place(staging: Path, out: Path) -> None:
+    """Rename ``staging`` to ``out``; an older ``out`` is moved aside first and removed only after."""
+    old = out.parent / f".{out.name}.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        out.rename(old)
+    staging.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def make_ship_config(**flags) -> ShipConfig:
+    config = dataclass_from_flags(ShipConfig, {}, flags)
+    if config.prior_steps < 1:
+        raise ConfigError(f"--prior_steps must be at least 1, got {config.prior_steps}")
+    return config
+
+
+def main(**flags) -> None:
+    """Write the shipped model folder (default models/pegasus-cifar10) from --run."""
+    out = run_cli(lambda: ship(make_ship_config(**flags)))
+    record = json.loads((out / SHIP_FILE).read_text())
+    print(f"wrote {out}: {record['bytes'] / 2 ** 20:.1f} MiB in {record['seconds'] / 60:.1f} min "
+          f"(prior {record['prior_seconds'] / 60:.1f} min); card {out / CARD_FILE}")
+
+
+if __name__ == "__main__":
+    import fire
+
+    fire.Fire(main)

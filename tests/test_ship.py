@@ -1,0 +1,99 @@
+"""Shipping a run as a model folder: fp16 weights, a test-only bank, the prior without checkpoints, a card;
+compose then works from it without the data set, and a killed ship resumes."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from autoencoder.checkpoint import RunError, load_run
+from conftest import dies_on_call
+from latent_ops import prior as prior_module
+from latent_ops.compose import compose
+from latent_ops.encode import load_bank
+from latent_ops.runs import resolve_run
+from latent_ops.ship import CARD_FILE, make_ship_config, ship
+
+
+@pytest.fixture(scope="module")
+def shipped(smoke_run, folder_data, tmp_path_factory):
+    """The smoke run shipped with a 20-step prior: (model folder, its flags)."""
+    root = tmp_path_factory.mktemp("ship")
+    run = root / "run"
+    shutil.copytree(smoke_run, run, ignore=shutil.ignore_patterns("prior", "latents.npz", "concepts.npz"))
+    flags = dict(run=str(run), data=str(folder_data), cache_dir=str(root / "cache"),
+                 out=str(root / "models" / "tiny"), prior_steps=20)
+    return ship(make_ship_config(**flags), progress=False), flags
+
+
+def test_the_shipped_folder_holds_fp16_weights_test_codes_and_a_card(shipped, smoke_run):
+    out, flags = shipped
+    names = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    for needed in ("config.json", "model.safetensors", "latents.npz", "concepts.npz", "directions.json",
+                   "prior/model.safetensors", "prior/config.json", "prior/source.json", "data.json", "ship.json",
+                   CARD_FILE):
+        assert needed in names, needed
+    assert not any(n.startswith("prior/checkpoints") for n in names)
+    assert not (out.parent / f".{out.name}.partial").exists()
+    weights = load_file(str(out / "model.safetensors"))
+    assert {t.dtype for t in weights.values() if t.is_floating_point()} == {torch.float16}
+
+    with np.load(out / "latents.npz") as raw:
+        assert raw["test_codes"].dtype == np.float16 and len(raw["train_codes"]) == 0
+    bank = load_bank(out)
+    assert bank.codes["test"].dtype == np.float32 and len(bank.codes["test"]) == len(bank.labels["test"]) > 0
+
+    # The fp16 weights decode the test codes as the run's fp32 weights do, to fp16 precision.
+    _, original = load_run(smoke_run)
+    _, copy = load_run(out)
+    z = torch.from_numpy(bank.codes["test"][:8])
+    with torch.no_grad():
+        assert (original.decoder(z) - copy.decoder(z)).abs().max() < 0.02
+
+    card = (out / CARD_FILE).read_text()
+    data = json.loads((out / "data.json").read_text())
+    assert data["test"][:16] in card and "python -m latent_ops.ship" in card and "Licence" in card
+
+
+def test_compose_uses_the_shipped_model_without_data(shipped, tmp_path, capsys):
+    out, _ = shipped
+    folder = compose("horse+wings", run=str(out), data=str(tmp_path / "no-data"), cache_dir=str(tmp_path / "c"),
+                     out=str(tmp_path / "pegasus"), pool=40, project=0.3, refine_prior=1.0, refine_steps=2)
+    scores = json.loads((folder / "scores.json").read_text())
+    assert scores["uniqueness_reference"] is None and "uniqueness" not in scores["candidates"][0]
+    assert scores["candidates_composed"] == 40 and (folder / "best_x8.png").exists()
+    assert not (folder / "neighbours.png").exists()
+    assert "uniqueness and neighbour panels skipped" in capsys.readouterr().out
+
+
+def test_the_shipped_model_is_the_default_only_when_no_run_is_trained(shipped, tmp_path, smoke_run):
+    out, _ = shipped
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    assert resolve_run("", runs, shipped=out) == out
+    with pytest.raises(RunError, match="no trained run"):
+        resolve_run("", runs, shipped=tmp_path / "absent")
+    shutil.copytree(smoke_run, runs / "mine")
+    assert resolve_run("", runs, shipped=out) == runs / "mine"
+
+
+def test_a_killed_ship_resumes_and_refuses_a_run_without_weights(shipped, tmp_path, monkeypatch):
+    _, flags = shipped
+    again = dict(flags, out=str(tmp_path / "models" / "again"))
+    monkeypatch.setattr(prior_module, "flow_matching_loss", dies_on_call(prior_module.flow_matching_loss, 12))
+    with pytest.raises(KeyboardInterrupt):
+        ship(make_ship_config(**again), progress=False)
+    monkeypatch.undo()
+    partial = tmp_path / "models" / ".again.partial"
+    assert (partial / "concepts.npz").exists() and not (tmp_path / "models" / "again").exists()
+    out = ship(make_ship_config(**again), progress=False)
+    assert not partial.exists() and (out / "prior" / "model.safetensors").exists()
+    steps = [json.loads(x)["step"] for x in (out / "prior" / "metrics.jsonl").read_text().splitlines()]
+    assert steps[-1] == 20
+
+    with pytest.raises(RunError, match="no trained weights to ship"):
+        ship(make_ship_config(**dict(flags, run=str(tmp_path / "nothing"))), progress=False)
