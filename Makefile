@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 SHARED_CIFAR := ../shared/data/cifar10-jpeg.tar.gz
 DATA := data
 
-.PHONY: setup test pegasus data bench evaluator report clean-runs
+.PHONY: setup test pegasus model data bench evaluator report clean-runs
 
 setup: $(STAMP)
 
@@ -26,15 +26,30 @@ data: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
-# Until a shipped model exists (a later issue), this trains a short demo run and says so,
-# then composes horse+wings with it.
-DEMO_RUN := outputs/runs/demo-$(shell date +%Y%m%d-%H%M%S)
-pegasus: data
-	@echo "pegasus: no shipped model yet, so this trains a short demo run first (about 4 minutes in all on 2 CPU cores);"
-	@echo "pegasus: a demo run is far from the trained model: expect blurry images."
-	$(PY) -m autoencoder.train --preset cpu --data $(DATA) --steps 400 --sample_every 400 \
-		--log_every 100 --eval_images 1000 --out $(DEMO_RUN)
-	$(PY) -m latent_ops.compose horse+wings --run $(DEMO_RUN) --data $(DATA)
+# make pegasus: horse+wings with the model the repository ships (models/pegasus-cifar10), offline.
+# CIFAR-10 is used when present (data/, or the shared copy beside the checkout, unpacked once) for the
+# uniqueness check and neighbour panels; without it (or with NO_DATA=1) they are skipped and the output says so.
+MODEL := models/pegasus-cifar10
+PEGASUS_EXPRESSION ?= horse+wings
+PEGASUS_FLAGS ?= --pool 1024 --project 0.5 --refine_prior 1
+PEGASUS_OUT := outputs/compose/pegasus
+pegasus: $(STAMP)
+	@if [ -z "$(NO_DATA)" ] && [ ! -d $(DATA)/cifar10-jpeg ] && [ ! -d $(DATA)/cifar-10-batches-py ] \
+		&& [ -f $(SHARED_CIFAR) ]; then echo "pegasus: unpacking $(SHARED_CIFAR) into $(DATA)/ (once)"; \
+		mkdir -p $(DATA) && tar xzf $(SHARED_CIFAR) -C $(DATA); fi
+	$(PY) -m latent_ops.compose $(PEGASUS_EXPRESSION) --run $(MODEL) $(PEGASUS_FLAGS) --out $(PEGASUS_OUT) \
+		--data $(if $(NO_DATA),no-data,$(DATA))
+
+# Re-create the shipped model: train the release recipe (resumed when outputs/runs/release holds a checkpoint;
+# about 2 h on 2 CPU cores), measure it against its targets, then ship it (bank, concepts, prior, card).
+RELEASE_RUN := outputs/runs/release
+model: data
+	if [ -f $(RELEASE_RUN)/checkpoint.json ]; then \
+		$(PY) -m autoencoder.train --out $(RELEASE_RUN) --resume; \
+	else $(PY) -m autoencoder.train --preset release --data $(DATA) --out $(RELEASE_RUN); fi
+	$(PY) bench/release_targets.py --run $(RELEASE_RUN) --data $(DATA)
+	$(PY) -m latent_ops.ship --run $(RELEASE_RUN) --data $(DATA) --out $(MODEL) \
+		--targets outputs/bench/release_targets.json --card_notes docs/model-card-notes.md
 
 # The evaluator classifier (trained from scratch, about 25 min on 2 CPU cores); the committed one is in
 # autoencoder/weights/evaluator/. This retrains it and replaces the committed copy.

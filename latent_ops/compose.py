@@ -300,7 +300,8 @@ def run_compose(config: ComposeConfig, quiet: bool = False) -> Path:
         train_images = load_split(config.data, "train", config.cache_dir).images
         reference = uniqueness_reference(config.data, config.cache_dir, train_images, config.seed)
     except DataNotFoundError as error:
-        print(f"compose: uniqueness and neighbour panels skipped: no training images to compare with ({error})")
+        print(f"compose: uniqueness and neighbour panels skipped: no CIFAR-10 at --data {config.data}. To enable "
+              f"them, unpack CIFAR-10 there (make data) or pass --data PATH")
 
     pull = None  # the prior's score, for the refinement's energy
     if prior is not None and config.refine_prior > 0:

@@ -117,7 +117,10 @@ class ReportConfig:
     kid_subset: int = 1000  # subset size of the kernel distance
     pca_floor: bool = True  # also fit PCA with latent_dim components (the linear floor)
     evaluator: str = ""  # evaluator folder; empty: the committed one
-    compose_n: int = 64  # images composed per expression
+    compose_n: int = 64  # images composed per expression (without a pool)
+    compose_pool: int = 0  # with N > 0: compose a pool of N, keep a diverse 64; rows for the pool and the kept
+    compose_project: float = 0.0  # compose's --project (SDEdit noise level through the latent prior)
+    compose_refine_prior: float = 0.0  # compose's --refine_prior (the prior's weight in the refinement)
 
     @property
     def expression_list(self) -> list[str]:
@@ -125,7 +128,8 @@ class ReportConfig:
 
 
 REPORT_RANGES = {"seed": (0, 2**31 - 1), "prior_samples": (2, 10**6), "neighbour_count": (1, 10**6),
-                 "kid_subset": (2, 10**5), "compose_n": (2, 10**5)}
+                 "kid_subset": (2, 10**5), "compose_n": (2, 10**5), "compose_pool": (0, 10**5),
+                 "compose_project": (0, 1), "compose_refine_prior": (0, 1e4)}
 
 
 def make_report_config(**flags) -> ReportConfig:
@@ -256,9 +260,12 @@ def report(quiet: bool = False, **flags) -> Path:
     for expression in expressions:
         say(f"compose {expression}")
         folder = compose(expression, run=str(run_dir), data=data, n=compose_n, seed=seed, cache_dir=cache_dir,
-                         out=str(out_dir / "compose" / folder_name(expression, seed)), quiet=True)
-        images = load_file(str(folder / IMAGES_FILE))["images"]  # ranked, best first
+                         out=str(out_dir / "compose" / folder_name(expression, seed)), quiet=True,
+                         pool=settings.compose_pool, project=settings.compose_project,
+                         refine_prior=settings.compose_refine_prior)
+        images = load_file(str(folder / IMAGES_FILE))["images"]  # ranked, best first (at most 1024)
         scores = json.loads((folder / "scores.json").read_text())
+        kept_ranks = [c["rank"] for c in scores["candidates"] if c["kept"] and c["rank"] < len(images)]
         subject = subject_of(scores["weights"])
         if subject is None:
             say(f"{expression} starts from no class: recognisability skipped")
@@ -267,7 +274,9 @@ def report(quiet: bool = False, **flags) -> Path:
         features = judge.features(images)
         recognised = metrics.recognisability(judge.probabilities(images), subject=subject)
         entry = {"expression": expression, "subject": subject, "folder": str(folder),
-                 "intent_source": scores["intent_source"], "critic_mean_after": scores["critic_mean_after"]}
+                 "intent_source": scores["intent_source"], "critic_mean_after": scores["critic_mean_after"],
+                 "candidates_composed": scores["candidates_composed"], "pool": scores["pool"],
+                 "kept": scores["kept"], "best": scores["best"]}
         entry["recognisability_best"] = {k: v[0].item() for k, v in recognised.items()}
         entry["recognisability_mean"] = {k: v.mean().item() for k, v in recognised.items()}
         entry["share_combined_over_half"] = (recognised["combined"] > 0.5).float().mean().item()
@@ -278,9 +287,14 @@ def report(quiet: bool = False, **flags) -> Path:
         real_horses = test.images[subject_test] if subject_test.any() else test.images
         horse_features = test_features[subject_test] if subject_test.any() else test_features
         pick = torch.randperm(len(real_horses), generator=torch.Generator().manual_seed(seed))[:len(images)]
+        pooled = len(images) > len(kept_ranks)
         entry["sets"] = [
-            sample_set_metrics(f"composed {expression}", images, features, horse_features, train_floats,
-                               train_features, seed, neighbour_count, kid_subset),
+            sample_set_metrics(f"composed {expression}" + (f", the unselected pool of {len(images)}" if pooled else ""),
+                               images, features, horse_features, train_floats, train_features, seed,
+                               neighbour_count, kid_subset),
+            *([sample_set_metrics(f"composed {expression}, the kept {len(kept_ranks)}", images[kept_ranks],
+                                  features[kept_ranks], horse_features, train_floats, train_features, seed,
+                                  neighbour_count, kid_subset)] if pooled else []),
             sample_set_metrics(f"real: {len(pick)} test {subject} images (the floor)", real_horses[pick],
                                horse_features[pick], horse_features, train_floats, train_features, seed,
                                neighbour_count, kid_subset),
@@ -357,7 +371,12 @@ def render(record: dict, config, run_dir: Path, out_dir: Path, layer_count: int)
                   f"| batch mean | {mean[subject]:.3f} | {mean['winged']:.3f} | {mean['combined']:.3f} |",
                   f"| real test {subject} images (mean) | {real[subject]:.3f} | {real['winged']:.3f} | "
                   f"{real['combined']:.3f} |",
-                  "", f"{100 * c['share_combined_over_half']:.0f}% of the batch score a combined value over 0.5. "
+                  "", *([f"Of the whole unselected pool of {c['candidates_composed']}, "
+                        f"{100 * c['pool']['share_every_intent_term_at_least_0.2']:.0f}% have every intent term "
+                        f"(P({subject}), P(bird)+P(airplane)) at least 0.2; of the kept {c['kept']['count']}, "
+                        f"{100 * c['kept']['share_every_intent_term_at_least_0.2']:.0f}%.", ""]
+                       if "share_every_intent_term_at_least_0.2" in c.get("pool", {}) else []),
+                  f"{100 * c['share_combined_over_half']:.0f}% of the saved images score a combined value over 0.5. "
                   f"The best image's nearest training image is {c['best_nn_pixel']:.3f} away in pixels (RMS) and "
                   f"{c['best_nn_feature']:.3f} in features.", "",
                   f"![neighbours]({stem}-neighbours.png)", "",

@@ -69,3 +69,28 @@ def test_release_targets_say_which_are_met_and_by_how_much_the_others_miss():
     assert result["sharpness / real"]["met"] and result["probe accuracy"]["met"] and result["PSNR dB"]["met"]
     assert not result["reconstruction Frechet"]["met"] and result["reconstruction Frechet"]["missed_by"] == 5.0
     assert not result["wing accuracy"]["met"] and abs(result["wing accuracy"]["missed_by"] - 0.05) < 1e-12
+
+
+def test_manifold_targets_read_a_pooled_report_and_give_each_verdict():
+    from manifold_targets import targets_of
+
+    def row(name, **values):
+        return {"name": name, "count": 64, **values}
+
+    record = {"sets": [row("real: test images", nn_feature_median=1.0),
+                       row("model: prior samples N(0, I)", frechet=100.0),
+                       row("model: latent prior samples (classes in turn)", frechet=40.0)],
+              "compositions": [{"subject": "horse", "pool": {"share_every_intent_term_at_least_0.2": 0.3},
+                                "recognisability_best": {"horse": 0.5, "winged": 0.2, "combined": 0.6},
+                                "sets": [row("composed horse+wings, the unselected pool of 1024"),
+                                         row("composed horse+wings, the kept 64", sharpness=0.02,
+                                             diversity_feature=0.9, nn_feature_median=1.2),
+                                         row("real: 64 test horse images (the floor)", sharpness=0.02,
+                                             diversity_feature=1.0)]}]}
+    result = targets_of(record)
+    assert not result["pool share with both terms >= 0.2"]["met"]
+    assert abs(result["pool share with both terms >= 0.2"]["missed_by"] - 0.2) < 1e-12
+    assert result["best P(horse)"]["met"] and not result["best P(bird)+P(airplane)"]["met"]
+    assert result["kept sharpness / real horses"]["met"] and result["kept diversity / 64 real horses"]["met"]
+    assert result["kept NN feature distance - real test median"]["met"]
+    assert result["latent prior Frechet / N(0, I) Frechet"]["met"]  # 0.4 <= 0.5

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -17,6 +19,8 @@ from latent_ops.prior import make_prior_config, train_prior
 from latent_ops.report import report
 from latent_ops.sampling import Sources, sample_expression
 from conftest import smoke_flags
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
 
 def test_a_spatial_run_goes_through_encode_concepts_compose_atlas_and_report(folder_data, tmp_path, tiny_evaluator):
@@ -77,3 +81,14 @@ def test_a_spatial_run_goes_through_encode_concepts_compose_atlas_and_report(fol
                     source="prior", project=0.5, refine_prior=0.5, refine_steps=2, prior_steps=4,
                     out=str(tmp_path / "prior-compose-again"), quiet=True)
     assert (again / "batch64.png").read_bytes() == (out / "batch64.png").read_bytes()  # seeded
+
+    # The report with a pool: rows for the unselected pool and the kept ones, which the targets bench reads.
+    folder = report(run=str(run), data=str(folder_data), cache_dir=cache, out=str(tmp_path / "pool-report"),
+                    prior_samples=32, neighbour_count=8, kid_subset=8, compose_pool=24, compose_project=0.5,
+                    pca_floor=False, evaluator=str(tiny_evaluator[0]), quiet=True)
+    record = json.loads((folder / "report.json").read_text())
+    names = [r["name"] for r in record["compositions"][0]["sets"]]
+    assert names[0].endswith("the unselected pool of 24") and "the kept" in names[1]
+    assert "Of the whole unselected pool of 24" in (folder / "report.md").read_text()
+    from manifold_targets import targets_of
+    assert all(0 <= v["missed_by"] for v in targets_of(record).values())
