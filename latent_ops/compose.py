@@ -299,7 +299,7 @@ def run_compose(config: ComposeConfig, quiet: bool = False) -> Path:
     try:
         train_images = load_split(config.data, "train", config.cache_dir).images
         reference = uniqueness_reference(config.data, config.cache_dir, train_images, config.seed)
-    except DataNotFoundError as error:
+    except DataNotFoundError:
         print(f"compose: uniqueness and neighbour panels skipped: no CIFAR-10 at --data {config.data}. To enable "
               f"them, unpack CIFAR-10 there (make data) or pass --data PATH")
 
