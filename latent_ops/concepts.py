@@ -400,7 +400,7 @@ def save_concepts(concepts: Concepts, record: dict, run: Path, digest: str = "")
                                     "horse_edit_probe": concepts.horse_edit_probe}
     directions["_weights_digest"] = digest
     write_json(directions, run / DIRECTIONS_FILE)
-    replace_atomically(lambda tmp: np.savez(tmp, **arrays), run / DENSITIES_FILE)  # last: it marks completion
+    replace_atomically(lambda tmp: np.savez_compressed(tmp, **arrays), run / DENSITIES_FILE)  # last: marks completion
 
 
 def load_concepts(run: Path) -> Concepts:

@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from autoencoder.atomic import replace_atomically, write_json, write_text
+from autoencoder.atomic import replace_atomically, save_tensors, write_json, write_text
 from autoencoder.checkpoint import (CONFIG_FILE, METRICS_FILE, RunError, load_run, load_run_config, model_file,
-                                    save_weights, weights_digest)
+                                    read_tensors, save_weights, weights_digest)
 from autoencoder.config import ConfigError, dataclass_from_flags
 from autoencoder.data import SPLITS, load_split
 from autoencoder.errors import run_cli
@@ -93,11 +93,13 @@ def test_split_bank(folder: Path) -> None:
     replace_atomically(lambda tmp: np.savez_compressed(tmp, **arrays), folder / BANK_FILE)
 
 
-def drop_prior_checkpoints(folder: Path) -> None:
-    """Sampling needs only the prior's moving-average weights, config and source stamp."""
+def slim_prior(folder: Path) -> None:
+    """Sampling needs only the prior's weights (kept in fp16), config and source stamp: no checkpoints."""
     prior = folder / PRIOR_FOLDER
     shutil.rmtree(prior / "checkpoints", ignore_errors=True)
     (prior / "checkpoint.json").unlink(missing_ok=True)
+    tensors = read_tensors(model_file(prior), "train the prior again")
+    save_tensors({k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}, model_file(prior))
 
 
 def folder_bytes(folder: Path) -> int:
@@ -194,14 +196,17 @@ def ship(config: ShipConfig, progress: bool = True) -> Path:
         load_concepts(staging)
     except RunError:
         fit_run_concepts(staging, config.data, config.cache_dir)
-    prior_began = time.monotonic()
-    train_prior(make_prior_config(run=str(staging), data=config.data, cache_dir=config.cache_dir,
-                                  steps=config.prior_steps, threads=config.prior_threads), progress=progress)
-    prior_seconds = time.monotonic() - prior_began
+    lines = metric_lines(staging / PRIOR_FOLDER / METRICS_FILE)
+    slimmed = not (staging / PRIOR_FOLDER / "checkpoint.json").exists()  # a finished, slimmed prior of a ship killed later
+    if not (slimmed and lines and lines[-1]["step"] == config.prior_steps):
+        train_prior(make_prior_config(run=str(staging), data=config.data, cache_dir=config.cache_dir,
+                                      steps=config.prior_steps, threads=config.prior_threads), progress=progress)
+    # the seconds its log counts since the prior (last) started training
+    prior_seconds = metric_lines(staging / PRIOR_FOLDER / METRICS_FILE)[-1]["seconds"]
     checksums = data_checksums(config.data, config.cache_dir)
     write_json(checksums, staging / DATA_FILE)
     test_split_bank(staging)
-    drop_prior_checkpoints(staging)
+    slim_prior(staging)
 
     record = {"source_weights_digest": source, "source_run": str(run), "weights_digest": weights_digest(staging),
               "code_shape": list(ModelConfig.of(load_run_config(staging)).code_shape), "data": checksums,
