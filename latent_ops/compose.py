@@ -14,7 +14,8 @@ bounded for any ``--n``.
 
 Writes ``outputs/compose/<expr>-<seed>/`` (a short hash is added when the expression has
 characters a folder name cannot keep), built in a temporary folder and renamed into place
-whole: best.png (+ best_x8.png), batch64.png, neighbours.png, refinement.png,
+whole: best.png (+ best_x8.png), batch64.png, neighbours.png, refinement.png, showcase.png (the best x8,
+its nearest training images and the kept batch in one figure),
 scores.json, config.json (every setting) and images.safetensors (the best images as
 uint8, best first, at most 1024).
 
@@ -52,6 +53,7 @@ from latent_ops.metrics import mean_pairwise_distance, nearest_neighbours
 from latent_ops.refine import critic_scores, refine_codes
 from latent_ops.prior import load_prior
 from latent_ops.runs import resolve_run
+from latent_ops.showcase import save_showcase
 from latent_ops.sampling import SOURCES, DrawSettings, Sources, projection_conditions, sample_expression
 
 INTENTS = ("auto", "evaluator", "probe")
@@ -59,7 +61,7 @@ IMAGES_FILE = "images.safetensors"  # the best images, uint8 (k, 3, 32, 32), bes
 MAX_SAVED_IMAGES = 1024  # images.safetensors keeps at most this many (the batch is ranked in full)
 SHOWN = 64  # batch64.png: the best 64
 OUTPUT_FILES = {"best.png", "best_x8.png", "batch64.png", "neighbours.png", "refinement.png", "region.png",
-                "scores.json", "config.json", IMAGES_FILE}
+                "showcase.png", "scores.json", "config.json", IMAGES_FILE, "contact-sheet.png", "marked.json"}
 PROJECTION_STRIP = (0.0, 0.15, 0.3, 0.45, 0.6, 0.75, 0.9, 1.0)  # noise levels of refinement.png's last row
 MAX_NAME = 80  # characters of the expression kept in a folder name
 
@@ -271,6 +273,16 @@ def group_summary(found: dict[str, torch.Tensor], intent: torch.Tensor, intents:
     return summary
 
 
+def showcase_caption(config: ComposeConfig, best: dict, summary: dict, shown: torch.Tensor) -> str:
+    """The showcase's caption: what was composed, the best image's scores, and what was kept."""
+    terms = ", ".join(f"{k} {v:.2f}" for k, v in best["intent_terms"].items())
+    unique = (f", nearest training image {best['uniqueness']:.3f} away (RMS pixels; real test images: "
+              f"{summary['uniqueness_reference']:.3f})" if "uniqueness" in best else
+              "; uniqueness not measured (no CIFAR-10 given)")
+    return (f"{config.expression}, seed {config.seed}: {summary['candidates_composed']} composed, {len(shown)} kept. "
+            f"Best: critic realism {best['realism']:.2f}, intent {best['intent']:.2f} ({terms}){unique}.")
+
+
 def run_compose(config: ComposeConfig, quiet: bool = False) -> Path:
     began = time.monotonic()
     run_dir = resolve_run(config.run)
@@ -393,6 +405,9 @@ def run_compose(config: ComposeConfig, quiet: bool = False) -> Path:
             rows = [torch.cat([ranked[r:r + 1], to_float(train_images[found["neighbours"][i]])])
                     for r, i in enumerate(order[:8].tolist())]
             save_grid(torch.cat(rows), folder / "neighbours.png", nrow=4, scale=3)
+        best = candidates[0]
+        nearest = to_float(train_images[found["neighbours"][order[0]]]) if reference is not None else None
+        save_showcase(ranked[0], nearest, after_shown, showcase_caption(config, best, summary, shown), folder / "showcase.png")
         summary["seconds"] = time.monotonic() - began
         write_json(summary, folder / "scores.json")
 
@@ -406,8 +421,11 @@ def run_compose(config: ComposeConfig, quiet: bool = False) -> Path:
         if "share_every_intent_term_at_least_0.2" in pool:
             print(f"  whole pool: {pool['share_every_intent_term_at_least_0.2']:.0%} have every intent term >= 0.2 "
                   f"(" + ", ".join(f"{k} {v:.2f}" for k, v in pool["intent_terms"].items()) + " on average)")
-        print(f"  best: realism {best['realism']:.3f}, intent {best['intent']:.3f}"
+        print(f"  best: realism {best['realism']:.3f}, intent {best['intent']:.3f} ("
+              + ", ".join(f"{k} {v:.2f}" for k, v in best["intent_terms"].items()) + ")"
               + (f", uniqueness {best['uniqueness']:.3f}" if "uniqueness" in best else ""))
+        print(f"  look at {out_dir / 'showcase.png'} (best x8, its neighbours, the kept batch); scores in "
+              f"{out_dir / 'scores.json'}")
     return out_dir
 
 

@@ -65,6 +65,27 @@ def test_compose_writes_every_output(composed_run, folder_data, tmp_path, smoke_
     assert images.shape == (16, 3, 32, 32) and images.dtype == torch.uint8
     with Image.open(out / "best.png") as best:
         assert torch.equal(torch.from_numpy(np.array(best.convert("RGB"))).permute(2, 0, 1), images[0])
+    with Image.open(out / "showcase.png") as showcase:
+        assert showcase.size[0] > 600 and showcase.size[1] > 250  # best, neighbours and batch side by side
+
+
+def test_the_contact_sheet_frames_the_marked_cells_and_refuses_bad_positions(composed_run, folder_data, tmp_path,
+                                                                            smoke_run):
+    from autoencoder.errors import UserError
+    from latent_ops.showcase import contact_sheet
+
+    out = compose("horse+wings", out=str(tmp_path / "sheet"), n=16, dedup=0.0, refine_steps=0,
+                  **kwargs(composed_run, folder_data, smoke_run))
+    file = contact_sheet(str(out), "3,1,3", what="wing-like shape")
+    assert json.loads((out / "marked.json").read_text()) == {"what": "wing-like shape", "marked": [1, 3],
+                                                              "count": 2, "of": 16}
+    with Image.open(file) as sheet:
+        pixels = np.array(sheet.convert("RGB")).reshape(-1, 3)
+    assert ((pixels[:, 1] > 200) & (pixels[:, 0] < 60) & (pixels[:, 2] < 60)).any()  # a lime frame is drawn
+    with pytest.raises(UserError, match="position 16 is outside the batch of 16"):
+        contact_sheet(str(out), "2,16")
+    with pytest.raises(UserError, match="takes positions like"):
+        contact_sheet(str(out), "two")
 
 
 def test_intent_reads_class_probabilities_of_the_decoded_images(composed_run):
