@@ -47,7 +47,7 @@ from latent_ops import ranking
 from latent_ops.concepts import DENSITIES_FILE, WINGED, Concepts, fit_run_concepts, load_concepts
 from latent_ops.encode import BANK_FILE, encode_run, load_bank
 from latent_ops.expression import ExpressionError, parse, term_parts
-from latent_ops.flow import prior_score, project
+from latent_ops.flow import denoise, project
 from latent_ops.images import save_grid, save_region, save_single
 from latent_ops.metrics import mean_pairwise_distance, nearest_neighbours
 from latent_ops.refine import critic_scores, refine_codes
@@ -85,7 +85,7 @@ class ComposeConfig:
     guidance: float = 2.0  # classifier-free guidance of the latent prior per condition (prior draws, a&b, --project)
     prior_steps: int = 32  # ODE steps of the latent prior
     project: float = 0.0  # SDEdit: edited codes go this far towards noise and the prior brings them back; 0: off
-    refine_prior: float = 0.0  # weight of the latent prior's score in the refinement's energy; 0: critic and anchor
+    refine_prior: float = 0.0  # each refinement step moves this share (0-1) of the way to the prior's denoised code
     pool: int = 0  # candidates to compose and rank (0: --n); a diverse 64 of the best are kept and shown
     dedup: float = 0.5  # no two kept images closer than this fraction of the pool's median pairwise distance
     intent: str = "auto"  # auto (the evaluator when shipped), evaluator or probe
@@ -99,7 +99,7 @@ class ComposeConfig:
 COMPOSE_RANGES = {"n": (1, 10**6), "seed": (0, 2**32 - 1), "refine_steps": (0, 10**4),
                   "refine_step_size": (0, 100), "refine_anchor": (0, 1e4), "strength": (0, 100),
                   "temperature": (1e-6, 100), "chunk": (1, 65536), "guidance": (0, 100), "prior_steps": (1, 1000),
-                  "project": (0, 1), "refine_prior": (0, 1e4), "pool": (0, 10**6), "dedup": (0, 10)}
+                  "project": (0, 1), "refine_prior": (0, 1), "pool": (0, 10**6), "dedup": (0, 10)}
 
 
 def validate_compose_config(config: ComposeConfig) -> None:
@@ -225,10 +225,10 @@ def _decode(nets, codes: torch.Tensor, chunk: int) -> torch.Tensor:
 
 
 def score_chunk(nets, z0: torch.Tensor, config: ComposeConfig, weights: dict, concepts: Concepts, judge,
-                train_images: torch.Tensor | None, prior_score=None) -> dict[str, torch.Tensor]:
+                train_images: torch.Tensor | None, prior_denoise=None) -> dict[str, torch.Tensor]:
     """Refine, decode and score one chunk of candidate codes; returns per-candidate tensors on the CPU."""
     z, history = refine_codes(nets, z0, config.refine_steps, config.refine_step_size, config.refine_anchor,
-                              prior_score=prior_score, prior_weight=config.refine_prior)
+                              prior_denoise=prior_denoise, prior_weight=config.refine_prior)
     with torch.no_grad():
         after = nets.decoder(z).float()  # (c, 3, 32, 32)
         out = {"z": z.cpu(), "realism_before": critic_scores(nets, z0).float().cpu(),
@@ -315,9 +315,9 @@ def run_compose(config: ComposeConfig, quiet: bool = False) -> Path:
         print(f"compose: uniqueness and neighbour panels skipped: no CIFAR-10 at --data {config.data}. To enable "
               f"them, unpack CIFAR-10 there (make data) or pass --data PATH")
 
-    pull = None  # the prior's score, for the refinement's energy
+    pull = None  # the prior's denoiser, which the refinement steps towards
     if prior is not None and config.refine_prior > 0:
-        pull = functools.partial(prior_score, prior.to(device),
+        pull = functools.partial(denoise, prior.to(device),
                                  conditions=conditions or projection_conditions(weights, concepts, config.guidance))
     parts = [score_chunk(nets, torch.from_numpy(chunk).to(device), config, weights, concepts, judge,
                          train_images, pull) for chunk in np.array_split(codes, range(config.chunk, count, config.chunk))]

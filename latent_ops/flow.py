@@ -179,17 +179,21 @@ def project(net: VelocityNet, codes: torch.Tensor, noise: float, conditions: Seq
     return net.unstandardise(integrate(net, x_t, start, conditions, max(1, round(steps * noise))))
 
 
+def denoise(net: VelocityNet, codes: torch.Tensor, conditions: Sequence[Condition], t: float = 0.95) -> torch.Tensor:
+    """The prior's denoised estimate of codes (N, D), in code space: each code is read as the point
+    x_t = t x of its straight path at time ``t`` (its noise at its mean, zero), and the velocity gives
+    E[x1 | x_t] = x_t + (1 - t) v(x_t, t) (Tweedie's formula for the flow's paths). Codes the prior
+    finds likely come back almost unchanged; others move towards codes of the ``conditions``."""
+    with torch.no_grad():
+        x_t = t * net.standardise(codes)
+        return net.unstandardise(x_t + (1 - t) * guided_velocity(net, x_t, t, conditions))
+
+
 def prior_score(net: VelocityNet, codes: torch.Tensor, conditions: Sequence[Condition], t: float = 0.95
                 ) -> torch.Tensor:
-    """An estimate of grad log p(code) (N, D) in code space, from the flow at time ``t`` near 1.
-
-    On the straight paths x_t = (1 - t) x0 + t x1, the velocity gives the expected code
-    E[x1 | x_t] = x_t + (1 - t) v, and the score of p_t is (t E[x1 | x_t] - x_t) / (1 - t)^2:
-    the pull towards the codes the flow makes, which the critic refinement adds to its energy.
-    Differentiable in nothing (a direction to step along).
-    """
-    with torch.no_grad():
-        x = net.standardise(codes)
-        expected = x + (1 - t) * guided_velocity(net, x, t, conditions)
-        score = (t * expected - x) / (1 - t) ** 2
-        return score / net.spread  # chain rule of the standardisation
+    """An estimate of grad log p(code) (N, D) in code space: the score of the codes' density smoothed by
+    the noise of time ``t`` (std sigma = (1 - t) / t in standardised units),
+    (E[x1 | x_t] - x) / sigma^2, from ``denoise``. Differentiable in nothing (a direction to step along)."""
+    sigma = (1 - t) / t
+    residual = net.standardise(denoise(net, codes, conditions, t)) - net.standardise(codes)
+    return residual / sigma ** 2 / net.spread  # chain rule of the standardisation

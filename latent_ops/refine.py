@@ -6,8 +6,9 @@ noise. This follows discriminator-driven latent sampling (DDLS, Che et al. 2020,
 arXiv:2003.06060), whose energy adds the critic's logit to the prior's; here the prior
 term is replaced by a pull towards the starting code, so that an edit (horse+wings) is
 polished, not replaced by whatever the critic likes best. With the latent prior
-(``latent_ops.prior``) the energy gains DDLS's prior term back: -prior_weight * log p(z), whose
-gradient is the prior's score estimate (``latent_ops.flow.prior_score``).
+(``latent_ops.prior``) DDLS's prior term comes back in proximal form: after each critic step the
+code moves ``prior_weight`` of the way towards the prior's denoised estimate of it
+(``latent_ops.flow.denoise``, a step along the prior's score scaled so that 1 lands on the estimate).
 
 Example: see ``latent_ops.compose`` (``--refine_steps``, ``--refine_step_size``).
 """
@@ -27,11 +28,12 @@ def critic_scores(nets: Networks, codes: torch.Tensor) -> torch.Tensor:
 
 def refine_codes(nets: Networks, z0: torch.Tensor, steps: int, step_size: float = 0.05, anchor: float = 0.1,
                  noise: float = 0.0, generator: torch.Generator | None = None,
-                 prior_score: Callable[[torch.Tensor], torch.Tensor] | None = None, prior_weight: float = 0.0
+                 prior_denoise: Callable[[torch.Tensor], torch.Tensor] | None = None, prior_weight: float = 0.0
                  ) -> tuple[torch.Tensor, list[float]]:
     """Refined codes (N, D) and the mean critic logit before each step and after the last.
 
-    ``prior_score(z)``: grad log p(z) (N, D) of a prior over codes; it pulls with ``prior_weight``.
+    ``prior_denoise(z)``: a prior's denoised estimate of codes (N, D); after each step the codes move
+    ``prior_weight`` (0 to 1) of the way towards it.
     """
     was_training = nets.training
     nets.eval()  # spectral norm keeps its stored estimate; nothing is updated
@@ -42,11 +44,11 @@ def refine_codes(nets: Networks, z0: torch.Tensor, steps: int, step_size: float 
         score = critic_scores(nets, z)
         energy = -score.sum() + 0.5 * anchor * (z - z0).pow(2).sum()
         (grad,) = torch.autograd.grad(energy, z)
-        if prior_score is not None and prior_weight > 0:
-            grad = grad - prior_weight * prior_score(z.detach())
         history.append(score.mean().item())
         with torch.no_grad():
             z = z - step_size * grad
+            if prior_denoise is not None and prior_weight > 0:
+                z = z + prior_weight * (prior_denoise(z) - z)
             if noise > 0:
                 z = z + noise * (2 * step_size) ** 0.5 * torch.randn(z.shape, generator=generator).to(z.device)
     with torch.no_grad():

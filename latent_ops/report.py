@@ -129,7 +129,7 @@ class ReportConfig:
 
 REPORT_RANGES = {"seed": (0, 2**31 - 1), "prior_samples": (2, 10**6), "neighbour_count": (1, 10**6),
                  "kid_subset": (2, 10**5), "compose_n": (2, 10**5), "compose_pool": (0, 10**5),
-                 "compose_project": (0, 1), "compose_refine_prior": (0, 1e4)}
+                 "compose_project": (0, 1), "compose_refine_prior": (0, 1)}
 
 
 def make_report_config(**flags) -> ReportConfig:

@@ -139,6 +139,15 @@ def test_heldout_source_draws_real_test_codes_of_the_class(composed_run):
     assert sorted(members.tolist()) == heldout_members("horse", concepts, bank).tolist()  # clusters: a partition
 
 
+def test_the_prior_pull_moves_codes_its_share_of_the_way_to_the_denoised_code(composed_run):
+    _, nets = load_run(composed_run)
+    z0 = torch.from_numpy(load_bank(composed_run).codes["test"][:4])
+    target = torch.zeros_like(z0)
+    for weight in (0.0, 0.5, 1.0):
+        z, _ = refine_codes(nets, z0, steps=1, step_size=0.0, prior_denoise=lambda z: target, prior_weight=weight)
+        assert torch.allclose(z, (1 - weight) * z0, atol=1e-6)
+
+
 def test_refinement_raises_the_critic_score(composed_run):
     _, nets = load_run(composed_run)
     torch.manual_seed(0)

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from autoencoder.config import ConfigError
 from latent_ops import prior as prior_module
 from latent_ops.encode import StaleError
-from latent_ops.flow import VelocityNet, flow_matching_loss, guided_velocity, prior_score, project, sample
+from latent_ops.flow import VelocityNet, denoise, flow_matching_loss, guided_velocity, prior_score, project, sample
 from latent_ops.prior import load_prior, make_prior_config, train_prior
 from conftest import dies_on_call
 
@@ -84,6 +84,11 @@ def test_projection_brings_edited_codes_back_towards_the_data(toy_flow):
     assert torch.equal(project(net, edited, 0.0, [(0, 1.0)]), edited)
     score = prior_score(net, edited, [(0, 1.0)])
     assert (score[:, 1] < 0).float().mean() > 0.9  # the score points back down the edit
+    pulled = denoise(net, edited, [(0, 1.0)])
+    assert nearest(pulled) < nearest(edited)  # the denoiser pulls edits towards the data...
+    real = codes[labels == 0]
+    moved_real = (denoise(net, real, [(0, 1.0)]) - real).norm(dim=1).mean()
+    assert moved_real < (pulled - edited).norm(dim=1).mean()  # ...and moves real codes less
 
 
 def test_guidance_and_conditions_are_checked(toy_flow):
