@@ -234,6 +234,20 @@ def put_in_place(staging: Path, out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def rewrite_card(config: ShipConfig) -> Path:
+    """Write MODEL_CARD.md of the shipped folder ``config.out`` again (e.g. with new notes or targets);
+    nothing else changes."""
+    out = Path(config.out)
+    if not (out / SHIP_FILE).exists():
+        raise RunError(f"{out} is not a shipped model (no {SHIP_FILE}); ship one with python -m latent_ops.ship")
+    record = json.loads((out / SHIP_FILE).read_text())
+    targets = json.loads(Path(config.targets).read_text()) if config.targets else None
+    notes = Path(config.card_notes).read_text() if config.card_notes else ""
+    shipped = ShipConfig(**{**asdict(config), "run": record["source_run"],
+                            "prior_steps": record["config"]["prior_steps"]})
+    return write_text(model_card(out, shipped, record, targets, notes), out / CARD_FILE)
+
+
 def make_ship_config(**flags) -> ShipConfig:
     config = dataclass_from_flags(ShipConfig, {}, flags)
     if config.prior_steps < 1:
@@ -241,8 +255,12 @@ def make_ship_config(**flags) -> ShipConfig:
     return config
 
 
-def main(**flags) -> None:
-    """Write the shipped model folder (default models/pegasus-cifar10) from --run."""
+def main(card_only: bool = False, **flags) -> None:
+    """Write the shipped model folder (default models/pegasus-cifar10) from --run; with --card_only,
+    only its MODEL_CARD.md again (from --targets and --card_notes)."""
+    if card_only:
+        print(f"wrote {run_cli(lambda: rewrite_card(make_ship_config(**flags)))}")
+        return
     out = run_cli(lambda: ship(make_ship_config(**flags)))
     record = json.loads((out / SHIP_FILE).read_text())
     print(f"wrote {out}: {record['bytes'] / 2 ** 20:.1f} MiB in {record['seconds'] / 60:.1f} min "

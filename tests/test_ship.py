@@ -16,7 +16,7 @@ from latent_ops import prior as prior_module
 from latent_ops.compose import compose
 from latent_ops.encode import load_bank
 from latent_ops.runs import resolve_run
-from latent_ops.ship import CARD_FILE, make_ship_config, ship
+from latent_ops.ship import CARD_FILE, make_ship_config, rewrite_card, ship
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +57,11 @@ def test_the_shipped_folder_holds_fp16_weights_test_codes_and_a_card(shipped, sm
     card = (out / CARD_FILE).read_text()
     data = json.loads((out / "data.json").read_text())
     assert data["test"][:16] in card and "python -m latent_ops.ship" in card and "Licence" in card
+
+    notes = out.parent / "notes.md"
+    notes.write_text("## What it cannot do\n\nWings.\n")
+    rewrite_card(make_ship_config(out=str(out), card_notes=str(notes)))
+    assert "Wings." in (out / CARD_FILE).read_text() and data["test"][:16] in (out / CARD_FILE).read_text()
 
 
 def test_compose_uses_the_shipped_model_without_data(shipped, tmp_path, capsys):
