@@ -5,8 +5,11 @@ with spread wings (which a classifier takes for airplanes). These are those subs
 from the images with this project's *perceptual* classifier (never the evaluator, which
 measures the results) and simple pixel statistics:
 
-- ``bird:flight``: the birds the perceptual classifier finds most airplane-like (the top
-  quarter of P(airplane) among birds): spread wings against the sky.
+- ``bird:flight``: birds the perceptual classifier finds airplane-like (the top 15% of
+  P(airplane) among birds) in a plain frame (the spread of the pixels in the 4-pixel border
+  below the birds' median): spread wings against the sky. P(airplane) alone picked many perched
+  birds on grey backgrounds; on the train split, by eye, about 28% of this rule's members fly,
+  against 17% for the top quarter of P(airplane).
 - ``horse:white``: the brightest fifth of horses among those of below-median saturation.
 - ``horse:fullbody``: horses whose horse evidence spans the picture: the perceptual
   classifier's class activation map for horse (Zhou et al. 2016, arXiv:1512.04150) on its
@@ -28,7 +31,8 @@ from autoencoder.config import CIFAR10_CLASSES
 from autoencoder.data import to_float
 
 SOURCE_NAMES = ("bird:flight", "horse:white", "horse:fullbody")
-FLIGHT_QUANTILE = 0.75  # bird:flight keeps the birds above this quantile of P(airplane)
+FLIGHT_QUANTILE = 0.85  # bird:flight keeps the birds above this quantile of P(airplane)...
+BORDER = 4  # ...whose frame (this many pixels at each edge) varies less than the birds' median
 WHITE_SHARE = 0.2  # horse:white keeps this brightest share (among the less saturated half)
 CAM_SHARE = 0.5  # a cell shows the class when its activation is at least this share of the map's peak
 
@@ -54,6 +58,14 @@ def whiteness(images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     return x.mean((1, 2, 3)).numpy(), (x.amax(1) - x.amin(1)).mean((1, 2)).numpy()
 
 
+def border_spread(images: torch.Tensor) -> np.ndarray:
+    """How much the pixels of each uint8 image's border (BORDER pixels at each edge) vary: (N,), low for sky."""
+    x = images.float() / 255
+    frame = torch.cat([x[:, :, :BORDER].flatten(2), x[:, :, -BORDER:].flatten(2),
+                       x[:, :, :, :BORDER].flatten(2), x[:, :, :, -BORDER:].flatten(2)], 2)
+    return frame.std(2).mean(1).numpy()
+
+
 def fullbody(cam: torch.Tensor) -> np.ndarray:
     """True where a (N, 3, 3) activation map is strong in every column and in the bottom row."""
     strong = cam >= CAM_SHARE * cam.flatten(1).amax(1)[:, None, None].clamp_min(1e-8)
@@ -67,8 +79,9 @@ def source_masks(images: torch.Tensor, labels: np.ndarray, net: torch.nn.Module)
     masks = {name: np.zeros(len(labels), dtype=bool) for name in SOURCE_NAMES}
     birds = labels == bird
     if birds.any():
-        p_plane = probabilities[:, plane].numpy()
-        masks["bird:flight"] = birds & (p_plane >= np.quantile(p_plane[birds], FLIGHT_QUANTILE))
+        p_plane, spread = probabilities[:, plane].numpy(), border_spread(images)
+        masks["bird:flight"] = (birds & (p_plane >= np.quantile(p_plane[birds], FLIGHT_QUANTILE))
+                                & (spread <= np.median(spread[birds])))
     horses = labels == horse
     if horses.any():
         brightness, saturation = whiteness(images)

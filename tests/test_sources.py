@@ -30,8 +30,38 @@ def test_each_source_is_a_subset_of_its_class():
     for name, mask in masks.items():
         subject = CIFAR10_CLASSES.index(name.split(":")[0])
         assert mask.dtype == bool and mask.shape == (60,) and (labels[mask] == subject).all(), name
-    assert 4 <= masks["bird:flight"].sum() <= 6  # the top quarter of 20 birds by P(airplane)
+    assert masks["bird:flight"].sum() <= 3  # of the top 15% of 20 birds by P(airplane), those in a plain frame
     assert 1 <= masks["horse:white"].sum() <= 3  # the brightest fifth of the less saturated half
+
+
+def test_flight_needs_an_airplane_like_bird_in_a_plain_frame():
+    from latent_ops.sources import border_spread
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (40, 3, 32, 32), dtype=torch.uint8, generator=g)
+    images[:20, :, :4], images[:20, :, -4:], images[:20, :, :, :4], images[:20, :, :, -4:] = 200, 200, 200, 200
+    spread = border_spread(images)
+    assert (spread[:20] == 0).all() and (spread[20:] > 0.2).all()  # a sky-like frame against noise
+
+    class Planes(torch.nn.Module):  # P(airplane) rises with the image's index: a known order
+        def __init__(self):
+            super().__init__()
+            self.head = torch.nn.Linear(1, 10)
+            self.logit_scale = 1.0
+
+        def feature_maps(self, x):
+            return [x[:, :1, :3, :3] * 0 + torch.arange(len(x), dtype=torch.float)[:, None, None, None] / 10]
+
+    net = Planes()
+    with torch.no_grad():
+        net.head.weight.zero_(), net.head.bias.zero_()
+        net.head.weight[CIFAR10_CLASSES.index("airplane"), 0] = 1.0
+    labels = np.full(40, CIFAR10_CLASSES.index("bird"))
+    order = torch.cat([torch.arange(20, 40), torch.arange(20)])  # plain frames get the highest P(airplane)
+    masks = source_masks(images[order], labels, net)
+    assert np.flatnonzero(masks["bird:flight"]).tolist() == list(range(34, 40))  # top 15%, all in plain frames
+    masks = source_masks(images, labels, net)  # now the top 15% by P(airplane) have noisy frames
+    assert not masks["bird:flight"].any()
 
 
 def test_the_views_come_from_one_pass_and_match_the_classifier():
