@@ -287,7 +287,7 @@ def report(quiet: bool = False, **flags) -> Path:
         real_horses = test.images[subject_test] if subject_test.any() else test.images
         horse_features = test_features[subject_test] if subject_test.any() else test_features
         pick = torch.randperm(len(real_horses), generator=torch.Generator().manual_seed(seed))[:len(images)]
-        pooled = len(images) > len(kept_ranks)
+        pooled = settings.compose_pool > 0
         entry["sets"] = [
             sample_set_metrics(f"composed {expression}" + (f", the unselected pool of {len(images)}" if pooled else ""),
                                images, features, horse_features, train_floats, train_features, seed,
