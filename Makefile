@@ -31,7 +31,7 @@ test: $(STAMP)
 # uniqueness check and neighbour panels; without it (or with NO_DATA=1) they are skipped and the output says so.
 MODEL := models/pegasus-cifar10
 PEGASUS_EXPRESSION ?= horse+wings
-PEGASUS_FLAGS ?= --pool 1024 --project 0.5 --refine_prior 1
+PEGASUS_FLAGS ?= --pool 1024 --project 0.5 --refine_prior 0.1
 PEGASUS_OUT := outputs/compose/pegasus
 pegasus: $(STAMP)
 	@if [ -z "$(NO_DATA)" ] && [ ! -d $(DATA)/cifar10-jpeg ] && [ ! -d $(DATA)/cifar-10-batches-py ] \

@@ -19,7 +19,7 @@ import fire
 import torch
 from record import summarise, write_record  # bench/record.py, beside this script
 
-PEGASUS_FLAGS = dict(pool=1024, project=0.5, refine_prior=1.0)  # the Makefile's PEGASUS_FLAGS
+PEGASUS_FLAGS = dict(pool=1024, project=0.5, refine_prior=0.1)  # the Makefile's PEGASUS_FLAGS
 
 
 def refine_step_seconds(run: str, channels_last: bool, count: int = 256, rounds: int = 3) -> float:
