@@ -32,12 +32,24 @@ NETWORK_ROLES = {
 }
 COMPOSE_STEPS = [
     ("expression", "'horse+wings'\nlark grammar ->\n{horse: 1, wings: 1}"),
-    ("codes", "z0 = held-out horse codes\n+ s * wing direction\n(logistic normal, calibrated s)"),
-    ("decode", "G(z0)"),
-    ("refine", "z <- z - eta * grad E(z)\nE = -D(G(z)) + |z - z0|^2 / 2\n(DDLS-style)"),
-    ("rank", "z-scores: realism D(G(z))\n+ intent + uniqueness\n(capped NN distance)"),
-    ("write", "best.png, batch64.png,\nneighbours.png, scores.json"),
+    ("codes", "z0 = held-out horse codes\n+ s * wing direction\n(logistic, calibrated s)"),
+    ("project", "SDEdit through the\nlatent prior (rectified flow):\nhorse AND bird guidance"),
+    ("refine", "z <- z - eta * grad E(z)\nE = -D(G(z)) + |z - z0|^2 / 2\n+ pull to the prior (DDLS)"),
+    ("rank", "intent gate first, then\nz-scores: realism, intent,\nsharpness, uniqueness"),
+    ("write", "showcase.png, batch64.png,\nneighbours.png, scores.json"),
 ]
+
+
+def loss_line(config) -> str:
+    """The code's shape and the weighted loss terms of a run, for the diagram's caption."""
+    shape = f"{config.spatial_channels} x 4 x 4" if getattr(config, "spatial_channels", 0) else f"{config.latent_dim}-d"
+    terms = ["MSE"]
+    if getattr(config, "perceptual_weight", 0):
+        terms.append(f"{config.perceptual_weight:g} perceptual")
+    if getattr(config, "class_weight", 0):
+        terms.append(f"{config.class_weight:g} class head (linear z -> 10)")
+    terms += [f"{config.latent_weight:g} AAE", f"{config.interp_weight:g} ACAI", f"{config.image_weight:g} GAN"]
+    return f"code {shape}; losses: " + " + ".join(terms)
 
 
 @dataclass
@@ -169,8 +181,7 @@ def draw(layers: list[Layer], config: TrainConfig, parameters: dict[str, int], o
                 ax.add_patch(FancyArrowPatch((x0 - gap + 0.04, compose_h / 2 - 0.1), (x0 - 0.04, compose_h / 2 - 0.1),
                                              arrowstyle="-|>", mutation_scale=12, color="#333333"))
         ax.text(width - gap, compose_h - 0.15,
-                f"latent {config.latent_dim}-d; losses: MSE + {config.latent_weight:g} AAE + {config.interp_weight:g} "
-                f"ACAI + {config.image_weight:g} GAN", ha="right", va="center", fontsize=9, color="#333333")
+                loss_line(config), ha="right", va="center", fontsize=9, color="#333333")
         out_stem.parent.mkdir(parents=True, exist_ok=True)
         files = [out_stem.with_suffix(".png"), out_stem.with_suffix(".svg")]
         fig.savefig(files[0], dpi=110)

@@ -2,7 +2,7 @@
 
 Make the report first (the evaluator measures; the pool is composed with the Makefile's recipe):
 ``python -m latent_ops.report --run models/pegasus-cifar10 --data data --compose_pool 1024
---compose_project 0.5 --compose_refine_prior 0.1``. Then this script reads its ``report.json`` for the
+--compose_project 0.7 --compose_guidance 3 --compose_refine_prior 0.1``. Then this script reads its ``report.json`` for the
 first composed expression and compares:
 
 - the unselected pool: at least half with P(horse) >= 0.2 and P(bird)+P(airplane) >= 0.2;

@@ -8,8 +8,10 @@ probabilities of the decoded images from the project's evaluator classifier, or 
 ``--intent probe`` from a linear class probe on the codes: the expression's classes and,
 for wing directions, P(bird)+P(airplane), combined by geometric mean so it is high only
 when every part is present) and uniqueness (RMS pixel distance to the nearest CIFAR-10
-training image, counted up to that of real test images), and ranked by the sum of the
-three batch z-scores. Candidates are processed ``--chunk`` at a time, so memory stays
+training image, counted up to that of real test images) and sharpness (variance of the
+Laplacian), and ranked by the sum of their batch z-scores (sharpness weighted by
+``--rank_sharpness``: without it a blurred blob that the critic and the evaluator accept
+can come first). Candidates are processed ``--chunk`` at a time, so memory stays
 bounded for any ``--n``.
 
 Writes ``outputs/compose/<expr>-<seed>/`` (a short hash is added when the expression has
@@ -49,7 +51,7 @@ from latent_ops.encode import BANK_FILE, encode_run, load_bank
 from latent_ops.expression import ExpressionError, parse, term_parts
 from latent_ops.flow import denoise, project
 from latent_ops.images import save_grid, save_region, save_single
-from latent_ops.metrics import mean_pairwise_distance, nearest_neighbours
+from latent_ops.metrics import laplacian_variance, mean_pairwise_distance, nearest_neighbours
 from latent_ops.refine import critic_scores, refine_codes
 from latent_ops.prior import load_prior
 from latent_ops.runs import resolve_run
@@ -89,6 +91,10 @@ class ComposeConfig:
     pool: int = 0  # candidates to compose and rank (0: --n); a diverse 64 of the best are kept and shown
     dedup: float = 0.5  # no two kept images closer than this fraction of the pool's median pairwise distance
     intent: str = "auto"  # auto (the evaluator when shipped), evaluator or probe
+    rank_sharpness: float = 1.0  # weight of sharpness (Laplacian variance) in the ranking, beside realism, intent
+    #   and uniqueness (each weight 1): blurred blobs that the critic and evaluator accept sink; 0: off
+    rank_gate: float = 0.2  # candidates with every intent term >= this rank above the rest (0: no gate), so
+    #   the best shows every part of the expression (a sharp horse without wings does not come first)
     chunk: int = 256  # candidates refined and decoded at once: memory stays bounded for any --n
 
     @property
@@ -99,7 +105,8 @@ class ComposeConfig:
 COMPOSE_RANGES = {"n": (1, 10**6), "seed": (0, 2**32 - 1), "refine_steps": (0, 10**4),
                   "refine_step_size": (0, 100), "refine_anchor": (0, 1e4), "strength": (0, 100),
                   "temperature": (1e-6, 100), "chunk": (1, 65536), "guidance": (0, 100), "prior_steps": (1, 1000),
-                  "project": (0, 1), "refine_prior": (0, 1), "pool": (0, 10**6), "dedup": (0, 10)}
+                  "project": (0, 1), "refine_prior": (0, 1), "pool": (0, 10**6), "dedup": (0, 10),
+                  "rank_sharpness": (0, 100), "rank_gate": (0, 1)}
 
 
 def validate_compose_config(config: ComposeConfig) -> None:
@@ -233,6 +240,7 @@ def score_chunk(nets, z0: torch.Tensor, config: ComposeConfig, weights: dict, co
         after = nets.decoder(z).float()  # (c, 3, 32, 32)
         out = {"z": z.cpu(), "realism_before": critic_scores(nets, z0).float().cpu(),
                "realism": nets.image_critic(after).float().cpu(),
+               "sharpness": laplacian_variance(after).cpu(),
                "history": torch.tensor(history) * len(z)}
     probs = None
     if judge is not None:
@@ -263,6 +271,7 @@ def group_summary(found: dict[str, torch.Tensor], intent: torch.Tensor, intents:
                   rows: torch.Tensor, reference: float | None) -> dict:
     """Means of every score over the candidates ``rows``, and the share where every intent term is >= 0.2."""
     summary = {"count": len(rows), "realism": found["realism"][rows].mean().item(),
+               "sharpness": found["sharpness"][rows].mean().item(),
                "intent": intent[rows].mean().item(),
                "intent_terms": {k: v[rows].mean().item() for k, v in intents.items()}}
     if intents:
@@ -325,11 +334,13 @@ def run_compose(config: ComposeConfig, quiet: bool = False) -> Path:
     history = (sum(p["history"] for p in parts) / count).tolist()
     intents = {k.split("/", 1)[1]: v for k, v in found.items() if k.startswith("intent/")}
     intent = ranking.geometric_mean(torch.stack(list(intents.values()), 1)) if intents else torch.ones(count)
-    terms = {"realism": found["realism"], "intent": intent}
+    terms = {"realism": found["realism"], "intent": intent, "sharpness": found["sharpness"]}
     if reference is not None:
         terms["uniqueness"] = ranking.capped_uniqueness(found["distance"][:, 0], reference)
-    combined = ranking.combined_score(terms)
-    order = combined.argsort(descending=True)
+    combined = ranking.combined_score(terms, {"sharpness": config.rank_sharpness})
+    gated = (torch.stack(list(intents.values()), 1).min(1).values >= config.rank_gate if intents and config.rank_gate > 0
+             else torch.ones(count, dtype=torch.bool))
+    order = ranking.gated_order(combined, gated)
 
     best_ranked = order[:MAX_SAVED_IMAGES]
     with torch.no_grad():
@@ -352,6 +363,7 @@ def run_compose(config: ComposeConfig, quiet: bool = False) -> Path:
         entry = {"rank": rank, "candidate": i, "kept": i in kept_set, "combined": combined[i].item(),
                  "realism_before_refinement": found["realism_before"][i].item(),
                  "realism": found["realism"][i].item(), "intent": intent[i].item(),
+                 "sharpness": found["sharpness"][i].item(), "passed_gate": bool(gated[i]),
                  "intent_terms": {k: v[i].item() for k, v in intents.items()}}
         if reference is not None:
             entry.update(uniqueness=found["distance"][i, 0].item(),

@@ -26,6 +26,13 @@ def combined_score(terms: dict[str, torch.Tensor], weights: dict[str, float] | N
     return sum(weights.get(name, 1.0) * zscore(values.float()) for name, values in terms.items())
 
 
+def gated_order(combined: torch.Tensor, passed: torch.Tensor) -> torch.Tensor:
+    """Positions best first: every candidate that ``passed`` (N,) bool the gate, by ``combined`` (N,) score,
+    then the rest by score."""
+    key = combined.double() + passed.double() * (combined.double().abs().max() * 2 + 1)
+    return key.argsort(descending=True, stable=True)
+
+
 def capped_uniqueness(distance: torch.Tensor, reference: float) -> torch.Tensor:
     """Nearest-training-image distance counted up to ``reference`` (that of real held-out images).
 

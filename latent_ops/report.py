@@ -121,6 +121,7 @@ class ReportConfig:
     compose_pool: int = 0  # with N > 0: compose a pool of N, keep a diverse 64; rows for the pool and the kept
     compose_project: float = 0.0  # compose's --project (SDEdit noise level through the latent prior)
     compose_refine_prior: float = 0.0  # compose's --refine_prior (the prior's weight in the refinement)
+    compose_guidance: float = 2.0  # compose's --guidance (the latent prior's guidance per condition)
 
     @property
     def expression_list(self) -> list[str]:
@@ -129,7 +130,7 @@ class ReportConfig:
 
 REPORT_RANGES = {"seed": (0, 2**31 - 1), "prior_samples": (2, 10**6), "neighbour_count": (1, 10**6),
                  "kid_subset": (2, 10**5), "compose_n": (2, 10**5), "compose_pool": (0, 10**5),
-                 "compose_project": (0, 1), "compose_refine_prior": (0, 1)}
+                 "compose_project": (0, 1), "compose_refine_prior": (0, 1), "compose_guidance": (0, 100)}
 
 
 def make_report_config(**flags) -> ReportConfig:
@@ -262,7 +263,7 @@ def report(quiet: bool = False, **flags) -> Path:
         folder = compose(expression, run=str(run_dir), data=data, n=compose_n, seed=seed, cache_dir=cache_dir,
                          out=str(out_dir / "compose" / folder_name(expression, seed)), quiet=True,
                          pool=settings.compose_pool, project=settings.compose_project,
-                         refine_prior=settings.compose_refine_prior)
+                         refine_prior=settings.compose_refine_prior, guidance=settings.compose_guidance)
         images = load_file(str(folder / IMAGES_FILE))["images"]  # ranked, best first (at most 1024)
         scores = json.loads((folder / "scores.json").read_text())
         kept_ranks = [c["rank"] for c in scores["candidates"] if c["kept"] and c["rank"] < len(images)]
@@ -363,8 +364,9 @@ def render(record: dict, config, run_dir: Path, out_dir: Path, layer_count: int)
                   else "a linear class probe on the codes")
         lines += [f"## Composed: `{c['expression']}`", "",
                   f"![best]({stem}-best_x8.png)", "",
-                  f"The best-ranked image (compose's ranking: critic realism, intent from {intent}, capped "
-                  "uniqueness).", "",
+                  f"The best-ranked image (compose's ranking: candidates with every intent term at least "
+                  f"--rank_gate first, then the sum of the z-scores of critic realism, intent from {intent}, "
+                  "sharpness and capped uniqueness).", "",
                   f"| recognisability | P({subject}) | P(bird)+P(airplane) | combined 2 sqrt(P(s) P(w)) |",
                   "|---|---|---|---|",
                   f"| best image | {best[subject]:.3f} | {best['winged']:.3f} | {best['combined']:.3f} |",

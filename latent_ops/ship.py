@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import platform
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -34,6 +32,7 @@ from autoencoder.checkpoint import (CONFIG_FILE, METRICS_FILE, RunError, load_ru
 from autoencoder.config import ConfigError, dataclass_from_flags
 from autoencoder.data import SPLITS, load_split
 from autoencoder.errors import run_cli
+from autoencoder.hardware import machine_name
 from autoencoder.models import ModelConfig
 from latent_ops.concepts import fit_run_concepts, load_concepts
 from latent_ops.encode import BANK_FILE, encode_run, load_bank
@@ -56,6 +55,7 @@ class ShipConfig:
     prior_threads: int = 0  # CPU threads for the prior; 0 keeps torch's default
     targets: str = ""  # a bench/release_targets.py record (JSON) whose numbers go into the card; empty: none
     card_notes: str = ""  # a Markdown file appended to the card (hand-written sections); empty: none
+    report: str = ""  # a latent_ops.report report.json of the shipped model whose metrics go into the card; empty: none
 
 
 def data_checksums(data: str, cache_dir: str) -> dict[str, str]:
@@ -112,14 +112,32 @@ def metric_lines(file: Path) -> list[dict]:
     return [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
 
 
-def model_card(folder: Path, config: ShipConfig, record: dict, targets: dict | None, notes: str) -> str:
+def report_lines(report: dict) -> list[str]:
+    """The report's metrics with their real-data floors, as Markdown lines for the card."""
+    rec, pca = report["reconstruction"], report.get("pca_floor") or {}
+    lines = ["", f"The evaluation report (`python -m latent_ops.report --run {report['run']} --data data`; feature "
+             "numbers in this project's own evaluator's features, not Inception's):", "",
+             f"- Reconstruction of the 10,000 test images: PSNR {rec['psnr_db']:.2f} dB"
+             + (f" (PCA with as many components, the linear floor: {pca['psnr_db']:.2f} dB)" if pca else "") + ".",
+             "", "| images | Frechet | sharpness | NN train dist. (features) | diversity of 64 (features) |",
+             "|---|---|---|---|---|"]
+    rows = report["sets"] + [row for c in report.get("compositions", []) for row in c.get("sets", [])]
+    for row in rows:
+        frechet = "-" if row.get("frechet") is None else f"{row['frechet']:.3g}"
+        lines.append(f"| {row['name']} | {frechet} | {row['sharpness']:.4f} | {row['nn_feature_median']:.3f} | "
+                     f"{row['diversity_feature']:.3f} |")
+    return lines
+
+
+def model_card(folder: Path, config: ShipConfig, record: dict, targets: dict | None, notes: str,
+               report: dict | None = None) -> str:
     """MODEL_CARD.md: how the model was made, what it measured, and (from ``notes``) what it cannot do."""
     run_config = json.loads((folder / CONFIG_FILE).read_text())
     train = metric_lines(folder / METRICS_FILE)
     prior = metric_lines(folder / PRIOR_FOLDER / METRICS_FILE)
     last = train[-1] if train else {}
     lines = [
-        f"# Model card: {folder.name}",
+        f"# Model card: {Path(config.out).name}",
         "",
         "An adversarially regularised autoencoder trained from scratch on CIFAR-10 (train split), with a",
         "class-conditional latent prior (rectified flow) over its codes. No pre-trained weights went into",
@@ -155,6 +173,8 @@ def model_card(folder: Path, config: ShipConfig, record: dict, targets: dict | N
             higher = name not in ("reconstruction Frechet",)
             lines.append(f"| {name} | {v['value']:.4g} | {'>=' if higher else '<='} {v['target']:g} | "
                          f"{'yes' if v['met'] else 'no, by %.3g' % v['missed_by']} |")
+    if report:
+        lines += report_lines(report)
     lines += ["", "## Files", "",
               f"- `{CONFIG_FILE}` (the training run's config), `model.safetensors` (fp16), `{METRICS_FILE}`;",
               f"- `{BANK_FILE}`: codes of the 10,000 test images (fp16), the sources compose draws from;",
@@ -211,7 +231,7 @@ def ship(config: ShipConfig, progress: bool = True) -> Path:
     record = {"source_weights_digest": source, "source_run": str(run), "weights_digest": weights_digest(staging),
               "code_shape": list(ModelConfig.of(load_run_config(staging)).code_shape), "data": checksums,
               "prior_seconds": prior_seconds, "seconds": time.monotonic() - began,
-              "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU threads",
+              "machine": machine_name(torch.device("cpu")),
               "config": asdict(config)}
     record["bytes"] = folder_bytes(staging)
     write_json(record, stamp)
@@ -243,9 +263,10 @@ def rewrite_card(config: ShipConfig) -> Path:
     record = json.loads((out / SHIP_FILE).read_text())
     targets = json.loads(Path(config.targets).read_text()) if config.targets else None
     notes = Path(config.card_notes).read_text() if config.card_notes else ""
+    report = json.loads(Path(config.report).read_text()) if config.report else None
     shipped = ShipConfig(**{**asdict(config), "run": record["source_run"],
                             "prior_steps": record["config"]["prior_steps"]})
-    return write_text(model_card(out, shipped, record, targets, notes), out / CARD_FILE)
+    return write_text(model_card(out, shipped, record, targets, notes, report), out / CARD_FILE)
 
 
 def make_ship_config(**flags) -> ShipConfig:

@@ -184,6 +184,32 @@ def test_ranking_helpers():
     assert score[1] > score[0]
 
 
+def test_the_gate_ranks_every_passing_candidate_first_then_by_score():
+    combined = torch.tensor([5.0, -1.0, 3.0, 0.5, -4.0])
+    passed = torch.tensor([False, True, False, True, True])
+    assert ranking.gated_order(combined, passed).tolist() == [3, 1, 4, 0, 2]
+    assert ranking.gated_order(combined, torch.ones(5, dtype=torch.bool)).tolist() == [0, 2, 3, 1, 4]
+
+
+def test_sharpness_and_the_gate_decide_the_ranking(composed_run, folder_data, tmp_path, smoke_run):
+    from latent_ops.metrics import laplacian_variance
+
+    common = dict(run=str(composed_run), data=str(folder_data), cache_dir=str(smoke_run.parent / "cache"), n=40,
+                  seed=2, refine_steps=1, quiet=True)
+    sharp = compose("horse+wings", out=str(tmp_path / "sharp"), rank_sharpness=100.0, rank_gate=0.0, **common)
+    scores = json.loads((sharp / "scores.json").read_text())["candidates"]
+    assert scores[0]["sharpness"] == max(c["sharpness"] for c in scores)  # sharpness outweighs the rest
+    best = load_file(str(sharp / "images.safetensors"))["images"][:1]
+    assert laplacian_variance(to_float(best)).item() == pytest.approx(scores[0]["sharpness"], rel=0.1, abs=1e-3)
+
+    gated = compose("horse+wings", out=str(tmp_path / "gated"), rank_gate=0.05, **common)
+    ranks = json.loads((gated / "scores.json").read_text())["candidates"]
+    passed = [c["passed_gate"] for c in ranks]
+    assert 0 < sum(passed) < len(passed), "the toy pool should be split by the gate"
+    assert passed == sorted(passed, reverse=True)  # every passing candidate before every other
+    assert all(min(c["intent_terms"].values()) >= 0.05 for c in ranks if c["passed_gate"])
+
+
 def test_strength_and_weight_scale_the_calibrated_step(composed_run):
     import numpy as np
 

@@ -62,6 +62,22 @@ def test_the_shipped_folder_holds_fp16_weights_test_codes_and_a_card(shipped, sm
     notes.write_text("## What it cannot do\n\nWings.\n")
     rewrite_card(make_ship_config(out=str(out), card_notes=str(notes)))
     assert "Wings." in (out / CARD_FILE).read_text() and data["test"][:16] in (out / CARD_FILE).read_text()
+    assert card.startswith("# Model card: tiny\n")  # the model's name, not its staging folder's
+
+
+def test_the_card_carries_the_reports_numbers_beside_their_floors(shipped, tmp_path):
+    out, _ = shipped
+    row = dict(sharpness=0.0193, nn_feature_median=0.498, diversity_feature=1.646)
+    report = {"run": str(out), "reconstruction": {"psnr_db": 21.4}, "pca_floor": {"psnr_db": 24.0},
+              "sets": [dict(row, name="real: test images", frechet=None),
+                       dict(row, name="model: reconstructions of test", frechet=10.93)],
+              "compositions": [{"sets": [dict(row, name="composed horse+wings, the kept 64", frechet=None)]}]}
+    file = tmp_path / "report.json"
+    file.write_text(json.dumps(report))
+    card = rewrite_card(make_ship_config(out=str(out), report=str(file))).read_text()
+    assert "PSNR 21.40 dB (PCA with as many components, the linear floor: 24.00 dB)" in card
+    assert "| model: reconstructions of test | 10.9 | 0.0193 | 0.498 | 1.646 |" in card
+    assert "| real: test images | - |" in card and "| composed horse+wings, the kept 64 | - |" in card
 
 
 def test_compose_uses_the_shipped_model_without_data(shipped, tmp_path, capsys):

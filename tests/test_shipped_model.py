@@ -1,0 +1,46 @@
+"""The model the repository ships (models/pegasus-cifar10): complete, small, loadable, consistent with its
+config and stamps, and it decodes its own test codes to images."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from autoencoder.checkpoint import load_run, weights_digest
+from autoencoder.models import ModelConfig
+from latent_ops.concepts import load_concepts
+from latent_ops.encode import load_bank
+from latent_ops.flow import sample
+from latent_ops.prior import load_prior
+from latent_ops.runs import SHIPPED_MODEL
+from latent_ops.ship import CARD_FILE, SIZE_LIMIT, folder_bytes
+
+
+def test_the_shipped_model_loads_with_its_config_prior_concepts_and_test_codes():
+    model = SHIPPED_MODEL
+    assert folder_bytes(model) < SIZE_LIMIT
+    config, nets = load_run(model)
+    shape = ModelConfig.of(config).code_shape
+    assert config.latent_dim == int(np.prod(shape)) == 128 and config.preset == "release"
+    weights = load_file(str(model / "model.safetensors"))
+    assert {t.dtype for t in weights.values() if t.is_floating_point()} == {torch.float16}
+
+    bank = load_bank(model)  # stamped with these weights' digest, else it would be refused as stale
+    assert bank.codes["test"].shape == (10000, config.latent_dim) and len(bank.codes["train"]) == 0
+    with torch.no_grad():
+        images = nets.decoder(torch.from_numpy(bank.codes["test"][:4]))
+    assert images.shape == (4, 3, 32, 32) and images.abs().max() <= 1.0 + 1e-4
+
+    concepts = load_concepts(model)
+    assert {"horse", "bird", "horse:fullbody", "bird:flight"} <= set(concepts.densities)
+    assert "wings" in concepts.directions
+    prior = load_prior(model)
+    assert prior.dim == config.latent_dim and sample(prior, 3, [(7, 2.0)], steps=4).shape == (3, 128)
+
+    ship = json.loads((model / "ship.json").read_text())
+    assert ship["weights_digest"] == weights_digest(model)
+    card = (model / CARD_FILE).read_text()
+    data = json.loads((model / "data.json").read_text())
+    assert data["train"][:16] in card and data["test"][:16] in card and "make model" in card
