@@ -29,8 +29,8 @@ def combined_score(terms: dict[str, torch.Tensor], weights: dict[str, float] | N
 def gated_order(combined: torch.Tensor, passed: torch.Tensor) -> torch.Tensor:
     """Positions best first: every candidate that ``passed`` (N,) bool the gate, by ``combined`` (N,) score,
     then the rest by score."""
-    key = combined.double() + passed.double() * (combined.double().abs().max() * 2 + 1)
-    return key.argsort(descending=True, stable=True)
+    by_score = combined.argsort(descending=True, stable=True)
+    return by_score[passed[by_score].int().argsort(descending=True, stable=True)]  # stable: keeps the score order
 
 
 def capped_uniqueness(distance: torch.Tensor, reference: float) -> torch.Tensor:
