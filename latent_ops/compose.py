@@ -42,17 +42,18 @@ from autoencoder.checkpoint import RunError, load_run
 from autoencoder.config import CIFAR10_CLASSES, ConfigError, check_ranges, dataclass_from_flags, save_config
 from autoencoder.data import DataNotFoundError, load_split, to_float, to_uint8
 from autoencoder.errors import run_cli
-from autoencoder.evaluator import SHIPPED, WEIGHTS_FILE, load_evaluator
+from autoencoder.evaluator import SHIPPED, WEIGHTS_FILE, load_evaluator, load_perceptual
 from autoencoder.hardware import resolve_device
 from autoencoder.models import ModelConfig
 from latent_ops import ranking
 from latent_ops.concepts import DENSITIES_FILE, WINGED, Concepts, fit_run_concepts, load_concepts
 from latent_ops.encode import BANK_FILE, encode_run, load_bank
-from latent_ops.expression import ExpressionError, parse, term_parts
+from latent_ops.expression import FOLLOWING_REGIONS, ExpressionError, parse, term_parts
 from latent_ops.flow import denoise, project
-from latent_ops.images import save_grid, save_region, save_single
+from latent_ops.images import region_cells, save_grid, save_region, save_region_grid, save_single
 from latent_ops.metrics import laplacian_variance, mean_pairwise_distance, nearest_neighbours
 from latent_ops.refine import critic_scores, refine_codes
+from latent_ops.learn import learned_expression, learned_names, load_learned
 from latent_ops.prior import load_prior
 from latent_ops.runs import resolve_run
 from latent_ops.showcase import save_showcase
@@ -63,7 +64,7 @@ IMAGES_FILE = "images.safetensors"  # the best images, uint8 (k, 3, 32, 32), bes
 MAX_SAVED_IMAGES = 1024  # images.safetensors keeps at most this many (the batch is ranked in full)
 SHOWN = 64  # batch64.png: the best 64
 OUTPUT_FILES = {"best.png", "best_x8.png", "batch64.png", "neighbours.png", "refinement.png", "region.png",
-                "showcase.png", "scores.json", "config.json", IMAGES_FILE, "contact-sheet.png", "marked.json"}
+                "regions64.png", "showcase.png", "scores.json", "config.json", IMAGES_FILE, "contact-sheet.png", "marked.json"}
 PROJECTION_STRIP = (0.0, 0.15, 0.3, 0.45, 0.6, 0.75, 0.9, 1.0)  # noise levels of refinement.png's last row
 MAX_NAME = 80  # characters of the expression kept in a folder name
 
@@ -176,8 +177,11 @@ def intent_terms(weights: dict[str, float], concepts: Concepts, codes: torch.Ten
     terms = {}
     for term, weight in weights.items():
         split = term_parts(term)
-        for name, w in split.conjunction or ((split.concept, 1.0),):
+        for part, w in split.conjunction or ((split.concept, 1.0),):
+            name, _, region = part.partition("@")
             base = name.split(":")[0]
+            if region and (base in WINGED or name.startswith("wings")):
+                name = "wings"  # a winged part in a region asks for a wing, not a whole bird or plane
             if name in concepts.densities and base in probs:
                 p = probs[base]
             elif name.startswith("wings") and all(c in probs for c in WINGED):
@@ -262,9 +266,59 @@ def compose(expression: str, quiet: bool = False, **flags) -> Path:
     return run_compose(make_compose_config(expression=expression, **flags), quiet)
 
 
-def needs_prior(config: ComposeConfig, weights: dict[str, float]) -> bool:
+def needs_prior(config: ComposeConfig, weights: dict[str, float], learned: list[str]) -> bool:
     return (config.source == "prior" or config.project > 0 or config.refine_prior > 0
-            or any(term_parts(t).conjunction for t in weights))
+            or any(term_parts(t).conjunction for t in weights) or bool(named_learned(weights, learned)))
+
+
+def named_learned(weights: dict[str, float], learned: list[str]) -> list[str]:
+    """The learned concepts an expression names, anywhere in it."""
+    named = set()
+    for term in weights:
+        split = term_parts(term)
+        for part, _ in split.conjunction or ((split.concept, 1.0),):
+            if part.partition("@")[0] in learned:
+                named.add(part.partition("@")[0])
+    return sorted(named)
+
+
+def open_prior(run: Path, weights: dict[str, float], learned: list[str]):
+    """The run's prior, or the one that learned the concept the expression names (one at most)."""
+    named = named_learned(weights, learned)
+    if len(named) > 1:
+        raise ExpressionError(f"the expression names the learned concepts {' and '.join(named)}; each was learned "
+                              f"by its own prior, so an expression may use one of them")
+    return load_learned(run, named[0]) if named else load_prior(run)
+
+
+def expand_learned(weights: dict[str, float], run: Path, learned: list[str]) -> dict[str, float]:
+    """The expression with each learned concept replaced by the expression it was learned from, for the
+    intent score (``pegasus`` should show what ``horse&wings@back`` asked for)."""
+    if not named_learned(weights, learned):
+        return weights
+    expanded: dict[str, float] = {}
+    for term, weight in weights.items():
+        split = term_parts(term)
+        for part, w in split.conjunction or ((term, 1.0),):
+            name = part.partition("@")[0]
+            pieces = parse(learned_expression(run, name)) if name in learned else {part: 1.0}
+            for piece, v in pieces.items():
+                expanded[piece] = expanded.get(piece, 0.0) + v * w * weight
+    return expanded
+
+
+def expression_regions(weights: dict[str, float]) -> list[str]:
+    """Every region named in the expression, in its terms and inside its conjunctions."""
+    names = {term_parts(t).region for t in weights}
+    for term in weights:
+        names |= {name.partition("@")[2] for name, _ in term_parts(term).conjunction}
+    return sorted(names - {""})
+
+
+def cell_pictures(cells: torch.Tensor, side: int = 32) -> torch.Tensor:
+    """(N, 3, side, side) in [-1, 1]: each (rows, cols) bool cell mask, white where set, black elsewhere."""
+    pictures = torch.nn.functional.interpolate(cells[:, None].float(), size=(side, side), mode="nearest")
+    return pictures.expand(-1, 3, -1, -1) * 2 - 1
 
 
 def group_summary(found: dict[str, torch.Tensor], intent: torch.Tensor, intents: dict[str, torch.Tensor],
@@ -300,12 +354,15 @@ def run_compose(config: ComposeConfig, quiet: bool = False) -> Path:
     device = resolve_device(run_config)
     nets = nets.to(device, memory_format=torch.channels_last)  # refinement 1.9x faster on this CPU (bench/compose_speed.py)
     concepts = ensure_concepts(run_dir, config.data, config.cache_dir)
-    weights = parse(config.expression, concepts.names)
+    learned = learned_names(run_dir)
+    weights = parse(config.expression, concepts.names + learned)
     intent_source = resolve_intent(config.intent)
     judge = load_evaluator(device=device.type) if intent_source == "evaluator" else None
-    prior = load_prior(run_dir) if needs_prior(config, weights) else None
+    prior = open_prior(run_dir, weights, learned) if needs_prior(config, weights, learned) else None
+    label_names = getattr(prior, "label_names", CIFAR10_CLASSES)
+    intent_weights = expand_learned(weights, run_dir, learned)
     sources = Sources(concepts, load_bank(run_dir) if config.source != "density" else None, prior,
-                      ModelConfig.of(run_config).code_shape)
+                      ModelConfig.of(run_config).code_shape, nets.decoder, load_perceptual(device=device))
     count = config.candidates
 
     rng = np.random.default_rng(config.seed)
@@ -313,7 +370,7 @@ def run_compose(config: ComposeConfig, quiet: bool = False) -> Path:
     edited, drawn = sample_expression(weights, sources, count, rng, settings)
     codes, conditions = edited, []
     if config.project > 0:
-        conditions = projection_conditions(weights, concepts, config.guidance)
+        conditions = projection_conditions(weights, concepts, config.guidance, prior)
         codes = project(prior, torch.from_numpy(edited), config.project, conditions, config.prior_steps,
                         torch.Generator().manual_seed(config.seed)).numpy()
     reference = train_images = None
@@ -327,8 +384,8 @@ def run_compose(config: ComposeConfig, quiet: bool = False) -> Path:
     pull = None  # the prior's denoiser, which the refinement steps towards
     if prior is not None and config.refine_prior > 0:
         pull = functools.partial(denoise, prior.to(device),
-                                 conditions=conditions or projection_conditions(weights, concepts, config.guidance))
-    parts = [score_chunk(nets, torch.from_numpy(chunk).to(device), config, weights, concepts, judge,
+                                 conditions=conditions or projection_conditions(weights, concepts, config.guidance, prior))
+    parts = [score_chunk(nets, torch.from_numpy(chunk).to(device), config, intent_weights, concepts, judge,
                          train_images, pull) for chunk in np.array_split(codes, range(config.chunk, count, config.chunk))]
     found = {k: torch.cat([p[k] for p in parts]) for k in parts[0] if k != "history"}
     history = (sum(p["history"] for p in parts) / count).tolist()
@@ -375,12 +432,18 @@ def run_compose(config: ComposeConfig, quiet: bool = False) -> Path:
             entry["wings_signed_distance"] = float(
                 concepts.directions["wings"].signed_distance(found["z"][i:i + 1].numpy())[0])
         candidates.append(entry)
-    regions = sorted({term_parts(t).region for t in weights} - {""})
+    regions = expression_regions(weights)
+    grid = sources.code_shape[1:] if len(sources.code_shape) == 3 else (4, 4)
+    cells = None  # (count, rows, cols): the cells each candidate's regions took
+    if sources.placed is not None:
+        cells = sources.placed | region_cells([r for r in regions if r not in FOLLOWING_REGIONS], grid)[None]
+    elif regions:
+        cells = region_cells(regions, grid)[None].expand(count, -1, -1)
     summary = {
         "expression": config.expression, "weights": weights, "seed": config.seed, "run": str(run_dir),
         "candidates_composed": count, "strength": config.strength, "temperature": config.temperature,
         "source": config.source, "guidance": config.guidance, "project": config.project,
-        "projection_conditions": {CIFAR10_CLASSES[label]: w for label, w in conditions},
+        "projection_conditions": {label_names[label]: w for label, w in conditions},
         "projection_strip_noise": list(PROJECTION_STRIP) if strip is not None else [],
         "regions": regions, "intent_source": intent_source, "refine_steps": config.refine_steps,
         "refine_step_size": config.refine_step_size, "refine_anchor": config.refine_anchor,
@@ -407,12 +470,15 @@ def run_compose(config: ComposeConfig, quiet: bool = False) -> Path:
         save_grid(after_shown, folder / "batch64.png", nrow=8, scale=3)
         save_tensors({"images": to_uint8(ranked).contiguous()}, folder / IMAGES_FILE)
         pairs = [torch.cat([before_shown[i:i + 8], after_shown[i:i + 8]]) for i in range(0, min(16, len(shown)), 8)]
+        if cells is not None:  # the first eight kept images' region cells, white on black
+            pairs.append(cell_pictures(cells[shown[:8]]))
         if strip is not None:
             pairs.append(strip)
         save_grid(torch.cat(pairs), folder / "refinement.png", nrow=min(8, len(shown)) if strip is None else 8,
                   scale=3)
-        if regions:
-            save_region(ranked[0], regions, folder / "region.png")
+        if cells is not None:
+            save_region(ranked[0], cells[order[0]], folder / "region.png")
+            save_region_grid(after_shown, cells[shown], folder / "regions64.png")
         if reference is not None:
             rows = [torch.cat([ranked[r:r + 1], to_float(train_images[found["neighbours"][i]])])
                     for r, i in enumerate(order[:8].tolist())]

@@ -10,10 +10,14 @@ clusters and named sources within a class (``horse:2``, ``bird:flight``) and dir
   drawn from the latent prior under both conditions (Composable Diffusion, Liu et al. 2022);
   each side a weighted concept, e.g. ``horse&0.5*bird``.
 - ``concept@region``: a direction applied only to a region of a spatial code, e.g.
-  ``wings@top``; regions are REGIONS.
+  ``wings@top``; regions are REGIONS. Inside a conjunction a region says where that part is
+  asked for: ``horse&airplane@top`` is horse everywhere and airplane in the top half;
+  ``horse&wings@back`` puts the winged classes just above the horse's back, found for each
+  candidate (``back`` follows the subject; the other regions are fixed cells).
 
     horse+wings    horse+0.8*wings    horse:2+wings    0.6*horse+0.4*bird    horse-bird
     horse&bird+wings    horse+wings@top    0.5*(horse&bird)+0.8*wings@top
+    horse&1.5*airplane@back    horse&wings@back&white@back    horse:white&bird:flight@above
 
 The result is a linear form {term: weight}, where a term is a concept (``horse``), a concept
 in a region (``wings@top``) or a conjunction (``horse&0.5*bird``, its parts in order); what
@@ -60,7 +64,9 @@ MAX_WEIGHT = 100.0  # a concept weighted beyond this leaves the latent space ent
 # Regions of a 4 x 4 spatial code, as (rows, columns) of cells: halves, the centre, and the whole code.
 REGIONS = {"top": ((0, 2), (0, 4)), "bottom": ((2, 4), (0, 4)), "left": ((0, 4), (0, 2)),
            "right": ((0, 4), (2, 4)), "centre": ((1, 3), (1, 3)), "all": ((0, 4), (0, 4)),
-           "above": ((0, 1), (0, 4))}  # (rows, columns) of a 4 x 4 code; above: the top row, over the subject
+           "above": ((0, 1), (0, 4)),  # (rows, columns) of a 4 x 4 code; above: the top row, over the subject
+           "back": ((0, 2), (0, 4))}  # follows the subject (FOLLOWING_REGIONS); these cells until it is found
+FOLLOWING_REGIONS = ("back",)  # placed per candidate from its own picture (latent_ops.placement)
 
 
 class ExpressionError(UserError, ValueError):
@@ -128,12 +134,12 @@ class _ToLinearForm(Transformer):
                 raise _Fail("each side of & is one weighted concept, e.g. horse&0.5*bird", meta.column)
             name, weight = side.concepts[0]
             split = term_parts(name)
-            if split.region:
-                raise _Fail("a region cannot be part of &; write e.g. horse&bird+wings@top", meta.column)
             for part, w in split.conjunction or ((name, 1.0),):
                 parts[part] = parts.get(part, 0.0) + w * weight
         if len(parts) < 2 or any(w == 0 for w in parts.values()):
             raise _Fail("& needs two different concepts with non-zero weights, e.g. horse&bird", meta.column)
+        if all("@" in part for part in parts):
+            raise _Fail("a conjunction needs one part that is everywhere, e.g. horse&airplane@top", meta.column)
         return LinearForm(0.0, ((conjunction_name(parts), 1.0),))
 
     def add(self, meta, children):

@@ -11,6 +11,20 @@ the velocity x1 - x0 at x_t. Integrating dx/dt = v(x, t) from t = 0 to 1 turns n
 - **Guidance and composition.** v = v(x, t, none) + sum_i w_i (v(x, t, c_i) - v(x, t, none)):
   one condition with w > 1 is guidance, several are an AND of conditions (Composable
   Diffusion, Liu et al. 2022, arXiv:2206.01714).
+- **Regions.** A condition may carry a 0/1 mask over the code's numbers (its cells on a spatial
+  code): v = v_none + sum_k w_k M_k (v_k - v_none), so each class is asked for only where it
+  belongs (horse everywhere, a winged class above the back). This is Composable Diffusion with
+  a spatial weight per condition, as in MultiDiffusion's region-wise guidance (Bar-Tal et al.
+  2023, arXiv:2302.08113).
+- **Drifts.** A code direction (e.g. ``white``) enters the velocity as a constant push inside its
+  mask, so the flow moves a code along it over the integration while the learned velocity keeps
+  it among likely codes (classifier guidance with a linear classifier, Dhariwal & Nichol 2021,
+  arXiv:2105.05233).
+- **Placement.** ``integrate`` may replace its conditions once, part way through, from the
+  denoised estimate of the final codes (``latent_ops.placement`` finds the subject there and puts
+  the wing cells just above its back, per candidate).
+- **Nets.** ``VelocityNet`` is an MLP on the flat code; ``ConvVelocityNet`` a residual conv net
+  on the (C, H, W) grid of a spatial code, so neighbouring cells inform each other.
 - **Projection.** A code taken part way back towards noise, x_t = t x + (1 - t) noise with
   t = 1 - ``noise``, then integrated to t = 1, lands on codes the flow makes while keeping the
   coarse content of x (SDEdit, Meng et al. 2022, arXiv:2108.01073).
@@ -22,14 +36,34 @@ net = VelocityNet(8, 10, hidden=32, blocks=1); print(sample(net, 4, [(3, 2.0)], 
 """
 from __future__ import annotations
 
+import copy
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-Condition = tuple[int, float]  # (label, weight): a class index and its guidance weight
+
+
+class Condition(NamedTuple):
+    """A class (or learned concept) label, its guidance weight, and where it applies."""
+    label: int
+    weight: float
+    mask: torch.Tensor | None = None  # (D,) or (B, D) 0/1 over the code's numbers; None: everywhere
+    region: str = ""  # the region's name, for display and for regions placed per candidate ("" everywhere)
+
+
+class Drift(NamedTuple):
+    """A constant push along a code-space direction, inside a mask."""
+    vector: torch.Tensor  # (D,) in code space: the total move over a whole integration
+    mask: torch.Tensor | None = None  # (D,) or (B, D); None: everywhere
+    region: str = ""  # as for Condition
+
+
+Guide = Condition | Drift
+Placer = Callable[[torch.Tensor, Sequence[Guide]], Sequence[Guide]]  # (estimated codes (B, D), guides) -> guides
 
 
 class TimeFeatures(nn.Module):
@@ -101,7 +135,76 @@ class VelocityNet(nn.Module):
         return self.output(h)
 
 
-def flow_matching_loss(net: VelocityNet, x1: torch.Tensor, labels: torch.Tensor, generator: torch.Generator,
+class ConvBlock(nn.Module):
+    """x + conv(SiLU(conv(SiLU(GroupNorm(x) * (1 + scale) + shift)))), FiLM from the condition; the last
+    conv starts at zero, so the block starts as the identity."""
+
+    def __init__(self, channels: int, hidden: int):
+        super().__init__()
+        self.norm = nn.GroupNorm(8, channels, affine=False)
+        self.film = nn.Linear(hidden, 2 * channels)
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
+
+    def forward(self, x: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        scale, shift = self.film(condition)[:, :, None, None].chunk(2, dim=1)
+        h = F.silu(self.norm(x) * (1 + scale) + shift)
+        return x + self.conv2(F.silu(self.conv1(h)))
+
+
+class ConvVelocityNet(nn.Module):
+    """v(x_t, t, label) on the (C, H, W) grid of a spatial code, taking and giving flat (B, D) codes
+    like ``VelocityNet``: a residual conv net with FiLM on time and label and a learned embedding of
+    each cell's place (the top of a picture is not its bottom). With 3 x 3 convs, ``blocks`` >= 2
+    lets every cell of a 4 x 4 grid see every other."""
+
+    def __init__(self, code_shape: Sequence[int], classes: int, channels: int = 128, blocks: int = 4,
+                 hidden: int = 256):
+        super().__init__()
+        if len(code_shape) != 3:
+            raise ValueError(f"a convolutional prior needs a spatial (C, H, W) code, got shape {tuple(code_shape)}")
+        self.code_shape = tuple(int(n) for n in code_shape)
+        self.dim, self.classes = math.prod(self.code_shape), classes
+        C, H, W = self.code_shape
+        self.register_buffer("mean", torch.zeros(self.dim))
+        self.register_buffer("spread", torch.ones(self.dim))
+        self.time = nn.Sequential(TimeFeatures(), nn.Linear(64, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+        self.label = nn.Embedding(classes + 1, hidden)  # the last row: no condition
+        self.input = nn.Conv2d(C, channels, 3, padding=1)
+        self.place = nn.Parameter(torch.zeros(1, channels, H, W))
+        self.blocks = nn.ModuleList(ConvBlock(channels, hidden) for _ in range(blocks))
+        self.output = nn.Sequential(nn.GroupNorm(8, channels), nn.SiLU(), nn.Conv2d(channels, C, 3, padding=1))
+
+    unconditional = VelocityNet.unconditional
+    set_statistics = VelocityNet.set_statistics
+    standardise = VelocityNet.standardise
+    unstandardise = VelocityNet.unstandardise
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        condition = F.silu(self.time(t) + self.label(labels))
+        h = self.input(x.view(-1, *self.code_shape)) + self.place
+        for block in self.blocks:
+            h = block(h, condition)
+        return self.output(h).flatten(1)
+
+
+FlowNet = VelocityNet | ConvVelocityNet
+
+
+def with_extra_label(net: FlowNet) -> FlowNet:
+    """A copy of ``net`` that knows one more label (numbered ``net.classes``; "no condition" moves one
+    up). The new label starts as the unconditional one, so the copy's velocities equal the original's."""
+    grown = copy.deepcopy(net)
+    rows = net.label.weight.data
+    grown.label = nn.Embedding(net.classes + 2, rows.shape[1]).to(rows.device)
+    grown.label.weight.data.copy_(torch.cat([rows[:-1], rows[-1:], rows[-1:]]))
+    grown.classes = net.classes + 1
+    return grown
+
+
+def flow_matching_loss(net: FlowNet, x1: torch.Tensor, labels: torch.Tensor, generator: torch.Generator,
                        label_dropout: float = 0.1) -> torch.Tensor:
     """Mean squared error of the predicted velocity on straight noise-to-code paths.
 
@@ -117,52 +220,75 @@ def flow_matching_loss(net: VelocityNet, x1: torch.Tensor, labels: torch.Tensor,
     return F.mse_loss(net(x_t, t, labels), x1 - x0)
 
 
-def guided_velocity(net: VelocityNet, x: torch.Tensor, t: float, conditions: Sequence[Condition]) -> torch.Tensor:
-    """v(x, t, none) + sum_i w_i (v(x, t, c_i) - v(x, t, none)), all in one batched call.
+def as_guides(guides: Sequence) -> list[Guide]:
+    """Guides as Condition and Drift tuples; a plain (label, weight) pair is a Condition everywhere."""
+    return [g if isinstance(g, (Condition, Drift)) else Condition(*g) for g in guides]
 
-    No conditions: the unconditional velocity. One condition of weight 1: its conditional velocity.
+
+def guided_velocity(net: FlowNet, x: torch.Tensor, t: float, conditions: Sequence[Guide]) -> torch.Tensor:
+    """v(x, t, none) + sum_k w_k M_k (v(x, t, c_k) - v(x, t, none)) + sum_j M_j d_j, in one batched call.
+
+    ``conditions``: Condition (label, weight, mask) and Drift (vector, mask) tuples; a mask of None is
+    the whole code. No conditions: the unconditional velocity. One unmasked condition of weight 1:
+    its conditional velocity.
     """
+    guides = as_guides(conditions)
+    classes = [g for g in guides if isinstance(g, Condition)]
     B = x.shape[0]
-    labels = [net.unconditional] + [label for label, _ in conditions]
+    labels = [net.unconditional] + [c.label for c in classes]
     for label in labels:
         if not 0 <= label <= net.unconditional:
-            raise ValueError(f"label {label} is outside this prior's {net.classes} classes")
+            raise ValueError(f"label {label} is outside this prior's {net.classes} labels")
     stacked = net(x.repeat(len(labels), 1), torch.full((B * len(labels),), float(t), device=x.device),
                   torch.tensor(labels, device=x.device).repeat_interleave(B))
     velocities = stacked.view(len(labels), B, -1)
     v = velocities[0]
-    for (_, weight), conditional in zip(conditions, velocities[1:]):
-        v = v + weight * (conditional - velocities[0])
+    for condition, conditional in zip(classes, velocities[1:]):
+        push = condition.weight * (conditional - velocities[0])
+        v = v + (push if condition.mask is None else condition.mask.to(x.device) * push)
+    for drift in (g for g in guides if isinstance(g, Drift)):
+        push = drift.vector.to(x.device) / net.spread  # code units -> standardised units
+        v = v + (push if drift.mask is None else drift.mask.to(x.device) * push)
     return v
 
 
 @torch.no_grad()
-def integrate(net: VelocityNet, x: torch.Tensor, start: float, conditions: Sequence[Condition],
-              steps: int) -> torch.Tensor:
-    """Solve dx/dt = v from t = ``start`` to 1 with Heun's method (second order) in ``steps`` steps."""
+def integrate(net: FlowNet, x: torch.Tensor, start: float, conditions: Sequence[Guide], steps: int,
+              placer: Placer | None = None, place_at: float = 0.4) -> torch.Tensor:
+    """Solve dx/dt = v from t = ``start`` to 1 with Heun's method (second order) in ``steps`` steps.
+
+    ``placer``, when given, is called once, at the first step at or after time ``place_at``, with the
+    denoised estimate of the final codes (B, D) in code space (x + (1 - t) v, unstandardised) and the
+    guides; the guides it returns are used from then on (e.g. wing cells placed above each subject).
+    """
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
+    guides = as_guides(conditions)
     times = torch.linspace(start, 1.0, steps + 1).tolist()
     for t, t_next in zip(times, times[1:]):
         h = t_next - t
-        v = guided_velocity(net, x, t, conditions)
+        v = guided_velocity(net, x, t, guides)
+        if placer is not None and t >= place_at:
+            guides = as_guides(placer(net.unstandardise(x + (1 - t) * v), guides))
+            placer = None
+            v = guided_velocity(net, x, t, guides)
         guess = x + h * v
-        x = x + h * 0.5 * (v + guided_velocity(net, guess, t_next, conditions))
+        x = x + h * 0.5 * (v + guided_velocity(net, guess, t_next, guides))
     return x
 
 
 @torch.no_grad()
-def sample(net: VelocityNet, n: int, conditions: Sequence[Condition], steps: int = 32,
-           generator: torch.Generator | None = None) -> torch.Tensor:
+def sample(net: FlowNet, n: int, conditions: Sequence[Guide], steps: int = 32,
+           generator: torch.Generator | None = None, placer: Placer | None = None) -> torch.Tensor:
     """n codes (n, D) drawn from the flow under ``conditions`` (in code space, not standardised)."""
     device = net.mean.device
     x0 = torch.randn(n, net.dim, generator=generator, device=device)
-    return net.unstandardise(integrate(net, x0, 0.0, conditions, steps))
+    return net.unstandardise(integrate(net, x0, 0.0, conditions, steps, placer))
 
 
 @torch.no_grad()
-def project(net: VelocityNet, codes: torch.Tensor, noise: float, conditions: Sequence[Condition],
-            steps: int = 32, generator: torch.Generator | None = None) -> torch.Tensor:
+def project(net: FlowNet, codes: torch.Tensor, noise: float, conditions: Sequence[Guide],
+            steps: int = 32, generator: torch.Generator | None = None, placer: Placer | None = None) -> torch.Tensor:
     """SDEdit: take codes (N, D) to time 1 - ``noise`` on their noise paths, integrate back to t = 1.
 
     ``noise`` 0 returns the codes; 1 ignores them (a fresh sample); in between keeps their coarse
@@ -176,10 +302,11 @@ def project(net: VelocityNet, codes: torch.Tensor, noise: float, conditions: Seq
     x1 = net.standardise(codes)
     x0 = torch.randn(x1.shape, generator=generator, device=x1.device)
     x_t = start * x1 + (1 - start) * x0
-    return net.unstandardise(integrate(net, x_t, start, conditions, max(1, round(steps * noise))))
+    return net.unstandardise(integrate(net, x_t, start, conditions, max(1, round(steps * noise)), placer,
+                                       place_at=max(start, 0.4)))
 
 
-def denoise(net: VelocityNet, codes: torch.Tensor, conditions: Sequence[Condition], t: float = 0.95) -> torch.Tensor:
+def denoise(net: FlowNet, codes: torch.Tensor, conditions: Sequence[Guide], t: float = 0.95) -> torch.Tensor:
     """The prior's denoised estimate of codes (N, D), in code space: each code is read as the point
     x_t = t x of its straight path at time ``t`` (its noise at its mean, zero), and the velocity gives
     E[x1 | x_t] = x_t + (1 - t) v(x_t, t) (Tweedie's formula for the flow's paths). Codes the prior
@@ -189,7 +316,7 @@ def denoise(net: VelocityNet, codes: torch.Tensor, conditions: Sequence[Conditio
         return net.unstandardise(x_t + (1 - t) * guided_velocity(net, x_t, t, conditions))
 
 
-def prior_score(net: VelocityNet, codes: torch.Tensor, conditions: Sequence[Condition], t: float = 0.95
+def prior_score(net: FlowNet, codes: torch.Tensor, conditions: Sequence[Guide], t: float = 0.95
                 ) -> torch.Tensor:
     """An estimate of grad log p(code) (N, D) in code space: the score of the codes' density smoothed by
     the noise of time ``t`` (std sigma = (1 - t) / t in standardised units),

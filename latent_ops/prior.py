@@ -10,6 +10,11 @@ digest and the code size: a prior made from other weights is refused), ``model.s
 (``--source prior``), to pull edited codes back onto the codes the flow makes
 (``--project``), for AND-composition of classes (``horse&bird``), and in the refinement's energy.
 
+``--net mlp`` (the velocity MLP on the flat code) or ``--net conv`` (a residual conv net on the
+code's (C, H, W) grid, ``latent_ops.flow.ConvVelocityNet``). ``--splits both`` trains on the codes
+of both CIFAR-10 splits (but 2,000 held-out test codes that the held-out loss reads), ``--mirror``
+adds the codes of every image's mirror image (both read the data set and encode it once).
+
 Example: ``python -m latent_ops.prior --run outputs/runs/release --data data``
 """
 from __future__ import annotations
@@ -25,14 +30,18 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from autoencoder.atomic import write_json
-from autoencoder.checkpoint import (METRICS_FILE, RunError, clean_run_folder, has_checkpoint, load_train_state,
+from autoencoder.checkpoint import (METRICS_FILE, load_run_config, RunError, clean_run_folder, has_checkpoint, load_train_state,
                                     load_weights, model_file, state_file, trim_metrics, weights_digest,
                                     write_checkpoint)
 from autoencoder.config import (CIFAR10_CLASSES, ConfigError, check_ranges, dataclass_from_flags, load_config,
                                 save_config)
 from autoencoder.errors import run_cli
-from latent_ops.encode import BANK_FILE, LatentBank, StaleError, encode_run, load_bank
-from latent_ops.flow import VelocityNet, flow_matching_loss
+from autoencoder.checkpoint import load_run
+from autoencoder.data import load_cifar10
+from autoencoder.hardware import resolve_device, resolve_precision
+from autoencoder.models import ModelConfig
+from latent_ops.encode import BANK_FILE, LatentBank, StaleError, encode_images, encode_run, load_bank
+from latent_ops.flow import ConvVelocityNet, FlowNet, VelocityNet, flow_matching_loss
 from latent_ops.runs import resolve_run
 
 PRIOR_FOLDER = "prior"
@@ -42,10 +51,15 @@ SOURCE_FILE = "source.json"
 @dataclass
 class PriorConfig:
     run: str = ""  # run folder whose codes the prior models; empty: the newest in outputs/runs
+    out: str = ""  # where the prior is written; empty: RUN/prior (the prior compose uses)
     data: str = "data"  # CIFAR-10, only read when the run has no code bank yet
     cache_dir: str = "data/cache"  # decoded data cache (as for training)
-    hidden: int = 256  # width of the velocity MLP
-    blocks: int = 4  # residual FiLM blocks of the velocity MLP
+    net: str = "mlp"  # mlp (on the flat code) or conv (a residual conv net on the code's (C, H, W) grid)
+    hidden: int = 256  # width of the velocity MLP, and of the conv net's time and label features
+    channels: int = 128  # channels of the conv net (--net conv)
+    blocks: int = 4  # residual FiLM blocks of either net
+    splits: str = "train"  # train, or both (train and test but HELD_OUT test codes, kept for the held-out loss)
+    mirror: bool = False  # also train on the codes of the mirror images (encoded from --data)
     steps: int = 12000  # optimisation steps
     batch_size: int = 256  # codes per step
     lr: float = 1e-3  # AdamW learning rate, cosine-decayed to 5% at the last step
@@ -58,27 +72,80 @@ class PriorConfig:
     threads: int = 0  # CPU threads for torch; 0 keeps torch's default
 
 
-PRIOR_RANGES = {"hidden": (8, 8192), "blocks": (1, 64), "steps": (1, 10 ** 7), "batch_size": (2, 10 ** 6),
+NETS = ("mlp", "conv")
+PRIOR_SPLITS = ("train", "both")
+HELD_OUT = 2000  # test codes kept out of training under --splits both
+PRIOR_RANGES = {"hidden": (8, 8192), "channels": (8, 4096), "blocks": (1, 64), "steps": (1, 10 ** 7), "batch_size": (2, 10 ** 6),
                 "lr": (1e-8, 1.0), "weight_decay": (0, 1.0), "label_dropout": (0, 1), "ema": (0, 1),
                 "seed": (0, 2 ** 31 - 1), "log_every": (1, 10 ** 7), "checkpoint_every": (1, 10 ** 7),
                 "threads": (0, 1024)}
 # What shapes the prior; a killed run resumes only under the same values.
-RECIPE_FIELDS = ("hidden", "blocks", "steps", "batch_size", "lr", "weight_decay", "label_dropout", "ema", "seed")
+RECIPE_FIELDS = ("net", "hidden", "channels", "blocks", "splits", "mirror", "steps", "batch_size", "lr", "weight_decay", "label_dropout", "ema", "seed")
 
 
 def make_prior_config(**flags) -> PriorConfig:
     config = dataclass_from_flags(PriorConfig, {}, flags)
-    check_ranges(config, PRIOR_RANGES)
+    validate_prior_config(config)
     return config
+
+
+def validate_prior_config(config: PriorConfig) -> None:
+    check_ranges(config, PRIOR_RANGES)
+    if config.net not in NETS:
+        raise ConfigError(f"--net must be one of {', '.join(NETS)}, got {config.net!r}")
+    if config.splits not in PRIOR_SPLITS:
+        raise ConfigError(f"--splits must be one of {', '.join(PRIOR_SPLITS)}, got {config.splits!r}")
+
+
+def build_flow_net(config: PriorConfig, code_shape: tuple[int, ...], classes: int) -> FlowNet:
+    """The velocity net that ``config`` names, for codes of ``code_shape`` and ``classes`` labels."""
+    if config.net == "conv":
+        if len(code_shape) != 3:
+            raise ConfigError(f"--net conv needs a spatial code, but this run's code is flat ({code_shape[0]} "
+                              f"numbers); use --net mlp")
+        return ConvVelocityNet(code_shape, classes, config.channels, config.blocks, config.hidden)
+    return VelocityNet(math.prod(code_shape), classes, config.hidden, config.blocks)
 
 
 class PriorWeights(torch.nn.Module):
     """What a prior checkpoint holds: the trained net and its moving average."""
 
-    def __init__(self, dim: int, config: PriorConfig):
+    def __init__(self, code_shape: tuple[int, ...], config: PriorConfig, classes: int = len(CIFAR10_CLASSES)):
         super().__init__()
-        self.net = VelocityNet(dim, len(CIFAR10_CLASSES), config.hidden, config.blocks)
+        self.net = build_flow_net(config, code_shape, classes)
         self.ema = AveragedModel(self.net, multi_avg_fn=get_ema_multi_avg_fn(config.ema))
+
+
+def training_codes(run: Path, bank: LatentBank, config: PriorConfig
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(train codes, train labels, held-out codes, held-out labels) for ``config``'s splits and mirrors.
+
+    Codes come from the bank; a split the bank lacks (a shipped model keeps only the test split) and
+    the mirror images are encoded from ``config.data`` with the run's encoder.
+    """
+    wanted = ["train"] + (["test"] if config.splits == "both" else [])
+    encoder = None
+    parts = []
+    for split in wanted:
+        keep = slice(HELD_OUT, None) if split == "test" else slice(None)
+        flips = [False, True] if config.mirror else [False]
+        for flip in flips:
+            if not flip and len(bank.codes[split]):
+                parts.append((torch.from_numpy(bank.codes[split][keep]).float(),
+                              torch.from_numpy(bank.labels[split][keep]).long()))
+                continue
+            if encoder is None:
+                run_config, nets = load_run(run)
+                device = resolve_device(run_config)
+                encoder = (nets.encoder.to(device), device, resolve_precision(run_config, device), run_config.classes)
+            net, device, dtype, classes = encoder
+            images = load_cifar10(config.data, split, classes, cache_dir=config.cache_dir)
+            pixels = images.images[keep]
+            codes = encode_images(net, pixels.flip(3) if flip else pixels, device, dtype, progress=False)
+            parts.append((torch.from_numpy(codes), images.labels[keep].long()))
+    held = slice(0, HELD_OUT)
+    return (torch.cat([c for c, _ in parts]), torch.cat([lab for _, lab in parts]),
+            torch.from_numpy(bank.codes["test"][held]).float(), torch.from_numpy(bank.labels["test"][held]).long())
 
 
 def prior_folder(run: Path) -> Path:
@@ -127,15 +194,13 @@ def train_prior(config: PriorConfig, progress: bool = True) -> Path:
     if config.threads:
         torch.set_num_threads(config.threads)
     bank = ensure_bank(run, config.data, config.cache_dir)
-    folder = prior_folder(run)
-    codes = torch.from_numpy(bank.codes["train"]).float()  # (N, D)
-    labels = torch.from_numpy(bank.labels["train"]).long()
-    test_codes = torch.from_numpy(bank.codes["test"]).float()
-    test_labels = torch.from_numpy(bank.labels["test"]).long()
+    folder = Path(config.out) if config.out else prior_folder(run)
+    code_shape = ModelConfig.of(load_run_config(run)).code_shape
+    codes, labels, test_codes, test_labels = training_codes(run, bank, config)  # (N, D), (N,)
     digest = weights_digest(run)
 
     torch.manual_seed(config.seed)
-    weights = PriorWeights(codes.shape[1], config)
+    weights = PriorWeights(code_shape, config)
     net = weights.net
     optimiser = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     start = 0
@@ -156,8 +221,8 @@ def train_prior(config: PriorConfig, progress: bool = True) -> Path:
         weights.ema.module.load_state_dict(net.state_dict())
         folder.mkdir(parents=True, exist_ok=True)
         save_config(config, folder / "config.json")
-        write_json({"weights_digest": digest, "dim": int(codes.shape[1]), "codes": int(len(codes))},
-                   folder / SOURCE_FILE)
+        write_json({"weights_digest": digest, "dim": int(codes.shape[1]), "code_shape": list(code_shape),
+                    "codes": int(len(codes)), "labels": list(CIFAR10_CLASSES)}, folder / SOURCE_FILE)
         (folder / METRICS_FILE).unlink(missing_ok=True)
     if start >= config.steps:
         return folder
@@ -197,24 +262,33 @@ def train_prior(config: PriorConfig, progress: bool = True) -> Path:
     return folder
 
 
-def load_prior(run: str | Path, device: str | torch.device = "cpu") -> VelocityNet:
-    """The run's trained prior (moving-average weights, eval mode), refused when missing or stale."""
+def load_prior(run: str | Path, device: str | torch.device = "cpu", folder: Path | None = None,
+               config_file: str = "config.json") -> FlowNet:
+    """The run's trained prior (moving-average weights, eval mode), refused when missing or stale.
+
+    ``folder`` (default ``RUN/prior``) and ``config_file`` name another prior of the run, e.g. one
+    that ``latent_ops.learn`` taught a new concept; its ``source.json`` lists its labels.
+    """
     run = Path(run)
-    folder = prior_folder(run)
+    folder = prior_folder(run) if folder is None else Path(folder)
     fix = f"train it with python -m latent_ops.prior --run {run}"
     if not model_file(folder).exists():
         raise RunError(f"{run} has no latent prior ({folder / 'model.safetensors'} is missing); {fix}")
-    config = load_config(folder / "config.json", PriorConfig, lambda c: check_ranges(c, PRIOR_RANGES))
+    config = load_config(folder / config_file, PriorConfig, validate_prior_config)
     try:
         source = json.loads((folder / SOURCE_FILE).read_text())
-    except (OSError, ValueError) as error:
+        code_shape = tuple(int(n) for n in source.get("code_shape") or (source["dim"],))
+        labels = [str(name) for name in source.get("labels", CIFAR10_CLASSES)]
+    except (OSError, ValueError, KeyError, TypeError) as error:
         raise RunError(f"{folder / SOURCE_FILE} is missing or damaged ({error}); {fix}") from None
     if source.get("weights_digest") != weights_digest(run):
         raise StaleError(f"{folder} was trained on codes of other weights than {run}'s current ones; "
                          f"delete it and {fix}")
-    weights = PriorWeights(int(source["dim"]), config)
+    weights = PriorWeights(code_shape, config, len(labels))
     load_weights(weights, model_file(folder))
-    return weights.ema.module.to(device).eval()
+    net = weights.ema.module.to(device).eval()
+    net.label_names = labels  # what each label means: CIFAR-10's classes, then learned concepts
+    return net
 
 
 def main(**flags) -> None:

@@ -7,7 +7,12 @@ A term of the expression (``latent_ops.expression``) becomes codes as follows:
   or draws from the latent prior (``prior``: a class under classifier-free guidance; a
   cluster as its held-out members taken half way to noise and brought back by the prior);
 - a conjunction (``horse&bird``): draws from the prior under every part at once
-  (Composable Diffusion, Liu et al. 2022, arXiv:2206.01714); it needs the prior;
+  (Composable Diffusion, Liu et al. 2022, arXiv:2206.01714); it needs the prior. A part may
+  hold a region (``horse&airplane@top``): it guides only those cells (``latent_ops.flow``);
+  ``wings`` in a conjunction stands for the winged classes (WING_CLASSES), a direction such as
+  ``white`` for a drift along it, a cluster or named source for its class, and a concept that
+  ``latent_ops.learn`` taught the prior for its own label. A ``@back`` part is placed above each
+  candidate's subject part way through sampling (``latent_ops.placement``);
 - a direction (``wings``): its calibrated step; with a region (``wings@top``) only the cells of
   that region of a spatial code move, so the edit is local;
 - a class or cluster in a region (``bird:flight@above``): a collage. Its codes replace the cells of
@@ -31,11 +36,15 @@ import torch
 from autoencoder.config import CIFAR10_CLASSES
 from latent_ops.concepts import Concepts, heldout_members
 from latent_ops.encode import LatentBank
-from latent_ops.expression import REGIONS, ExpressionError, term_parts
-from latent_ops.flow import Condition, VelocityNet, project, sample
+from latent_ops.expression import FOLLOWING_REGIONS, REGIONS, ExpressionError, term_parts
+from latent_ops.flow import Condition, Drift, FlowNet, Guide, project, sample
+from latent_ops.placement import SubjectPlacer
 
 SOURCES = ("heldout", "density", "prior")
 CLUSTER_PRIOR_NOISE = 0.5  # how far a cluster member goes towards noise before the prior brings it back
+# What ``wings`` asks the prior for inside a conjunction: CIFAR-10's clearest wing shapes are its airplanes
+# (spread, pale) and its birds in flight; per unit of the part's weight.
+WING_CLASSES = {"airplane": 1.0, "bird": 0.5}
 
 
 @dataclass
@@ -43,8 +52,11 @@ class Sources:
     """Everything codes can be drawn from, for one run."""
     concepts: Concepts
     bank: LatentBank | None = None  # held-out codes (``heldout`` source, clusters under ``prior``)
-    prior: VelocityNet | None = None  # the run's latent prior (``prior`` source, conjunctions, projection)
+    prior: FlowNet | None = None  # the run's latent prior (``prior`` source, conjunctions, projection)
     code_shape: tuple[int, ...] = ()  # (D,) flat or (C, 4, 4) spatial
+    decoder: torch.nn.Module | None = None  # the run's decoder: regions that follow the subject decode estimates
+    perceptual: torch.nn.Module | None = None  # the perceptual classifier: where the subject is (never the evaluator)
+    placed: torch.Tensor | None = None  # set by sample_expression: (N, rows, cols) cells a following region took
 
 
 @dataclass
@@ -57,8 +69,16 @@ class DrawSettings:
     prior_steps: int = 32  # ODE steps of prior draws
 
 
-def class_label(concept: str) -> int:
-    """The CIFAR-10 label of a class or cluster concept (``horse:2`` -> 7)."""
+def learned_labels(prior: FlowNet | None) -> list[str]:
+    """The concepts a prior learned beyond CIFAR-10's classes (``latent_ops.learn``)."""
+    return list(getattr(prior, "label_names", CIFAR10_CLASSES)[len(CIFAR10_CLASSES):])
+
+
+def class_label(concept: str, prior: FlowNet | None = None) -> int:
+    """The prior's label of a class or cluster concept (``horse:2`` -> 7), or of a learned concept."""
+    learned = getattr(prior, "label_names", CIFAR10_CLASSES)
+    if concept in learned[len(CIFAR10_CLASSES):]:
+        return learned.index(concept)
     name = concept.split(":")[0]
     if name not in CIFAR10_CLASSES:
         raise ExpressionError(f"{concept!r} is not a class or cluster; & joins classes and clusters, e.g. horse&bird")
@@ -77,7 +97,7 @@ def region_mask(region: str, code_shape: tuple[int, ...]) -> np.ndarray:
     return mask.reshape(-1)
 
 
-def need_prior(sources: Sources, why: str) -> VelocityNet:
+def need_prior(sources: Sources, why: str) -> FlowNet:
     if sources.prior is None:
         raise ExpressionError(f"{why} needs the run's latent prior; train it with python -m latent_ops.prior --run RUN")
     return sources.prior
@@ -91,6 +111,10 @@ def draw_density(name: str, sources: Sources, count: int, rng: np.random.Generat
                  ) -> tuple[np.ndarray, list[int] | None]:
     """(count, D) codes of one class or cluster, and the test-split positions drawn (None when synthetic)."""
     concepts = sources.concepts
+    if name in learned_labels(sources.prior):  # a concept the prior learned: always drawn from its label
+        codes = sample(sources.prior, count, [(class_label(name, sources.prior), settings.guidance)],
+                       settings.prior_steps, prior_generator(rng))
+        return codes.numpy(), None
     if settings.source == "density":
         return concepts.sample(name, count, rng, settings.temperature), None
     if settings.source == "prior" and ":" not in name:
@@ -113,6 +137,46 @@ def draw_density(name: str, sources: Sources, count: int, rng: np.random.Generat
     return codes, drawn
 
 
+def conjunction_guides(parts: tuple[tuple[str, float], ...], sources: Sources, settings: DrawSettings
+                       ) -> list[Guide]:
+    """The guides of a conjunction's parts: a class, cluster, named source or learned concept is a
+    Condition on its label; ``wings`` the winged classes; a direction a Drift of its calibrated step.
+    A part with a region applies only to the region's cells (a following region's until it is placed)."""
+    prior = sources.prior
+    guides: list[Guide] = []
+    for name, weight in parts:
+        concept, _, region = name.partition("@")
+        mask = torch.from_numpy(region_mask(region, sources.code_shape)) if region else None
+        if concept in sources.concepts.densities or concept in learned_labels(prior):
+            guides.append(Condition(class_label(concept, prior), weight * settings.guidance, mask, region))
+        elif concept.startswith("wings"):
+            guides += [Condition(CIFAR10_CLASSES.index(c), share * weight * settings.guidance, mask, region)
+                       for c, share in WING_CLASSES.items()]
+        elif concept in sources.concepts.directions:
+            d = sources.concepts.directions[concept]
+            vector = torch.from_numpy(weight * settings.strength * d.step * d.vector).float()
+            guides.append(Drift(vector, mask, region))
+        else:
+            raise ExpressionError(f"{concept} in a conjunction is neither a class, a cluster, a learned concept "
+                                  f"nor a direction of this run")
+    return guides
+
+
+def subject_placer(guides: list[Guide], sources: Sources) -> SubjectPlacer | None:
+    """A placer for the guides' following regions (None when there are none): the subject is the first
+    condition that holds everywhere."""
+    if not any(g.region in FOLLOWING_REGIONS for g in guides):
+        return None
+    if sources.decoder is None:
+        raise ExpressionError(f"@{FOLLOWING_REGIONS[0]} follows the subject in each decoded candidate, so it needs "
+                              f"the run's decoder")
+    subject = next((g.label for g in guides if isinstance(g, Condition) and not g.region), None)
+    if subject is None or subject >= len(CIFAR10_CLASSES):
+        subject = None
+    perceptual = sources.perceptual if subject is not None else None
+    return SubjectPlacer(sources.decoder, perceptual, subject or 0, sources.code_shape)
+
+
 def sample_expression(weights: dict[str, float], sources: Sources, count: int, rng: np.random.Generator,
                       settings: DrawSettings = DrawSettings()) -> tuple[np.ndarray, dict[str, list[int]]]:
     """(count, D) float32 codes for the expression, and per drawn concept the test-split positions used."""
@@ -120,7 +184,9 @@ def sample_expression(weights: dict[str, float], sources: Sources, count: int, r
         raise ExpressionError(f"--source must be one of {', '.join(SOURCES)}, got {settings.source!r}")
     concepts = sources.concepts
     parts = {term: term_parts(term) for term in weights}
-    starts = [t for t, p in parts.items() if (p.conjunction or p.concept in concepts.densities) and not p.region]
+    learned = learned_labels(sources.prior)
+    starts = [t for t, p in parts.items()
+              if (p.conjunction or p.concept in concepts.densities or p.concept in learned) and not p.region]
     pastes = [t for t, p in parts.items() if p.concept in concepts.densities and p.region]
     if not starts:
         raise ExpressionError(f"the expression needs at least one class, cluster or conjunction to start from "
@@ -131,8 +197,11 @@ def sample_expression(weights: dict[str, float], sources: Sources, count: int, r
         split = parts[term]
         if split.conjunction:
             prior = need_prior(sources, f"the conjunction {term}")
-            conditions: list[Condition] = [(class_label(n), w * settings.guidance) for n, w in split.conjunction]
-            part = sample(prior, count, conditions, settings.prior_steps, prior_generator(rng)).numpy()
+            guides = conjunction_guides(split.conjunction, sources, settings)
+            placer = subject_placer(guides, sources)
+            part = sample(prior, count, guides, settings.prior_steps, prior_generator(rng), placer).numpy()
+            if placer is not None:
+                sources.placed = placer.cells
         else:
             part, positions = draw_density(split.concept, sources, count, rng, settings)
             if positions is not None:
@@ -158,17 +227,20 @@ def sample_expression(weights: dict[str, float], sources: Sources, count: int, r
     return np.asarray(codes, dtype=np.float32), drawn
 
 
-def projection_conditions(weights: dict[str, float], concepts: Concepts, guidance: float) -> list[Condition]:
-    """The classes an edited code is projected onto: each positive class, cluster or conjunction part
-    of the expression, and ``bird`` for a positive wing direction (horse+wings: horse AND winged)."""
+def projection_conditions(weights: dict[str, float], concepts: Concepts, guidance: float,
+                          prior: FlowNet | None = None) -> list[tuple[int, float]]:
+    """The labels an edited code is projected onto: each positive class, cluster, learned concept or
+    conjunction part that holds everywhere, and ``bird`` for a positive wing direction (horse+wings:
+    horse AND winged)."""
+    learned = learned_labels(prior)
     conditions: dict[int, float] = {}
     for term, weight in weights.items():
         split = term_parts(term)
         if weight <= 0:
             continue
         for name, w in split.conjunction or ((split.concept, 1.0),):
-            if name in concepts.densities:
-                label = class_label(name)
+            if name in concepts.densities or name in learned:
+                label = class_label(name, prior)
             elif name.startswith("wings"):
                 label = CIFAR10_CLASSES.index("bird")
             else:

@@ -1,0 +1,337 @@
+"""Learn a concept from compositions: compose a large pool, accept the good ones, teach the prior a label.
+
+``python -m latent_ops.learn pegasus --expression "horse&wings@back" --pool 8192`` draws the pool
+from the run's latent prior, decodes it, and accepts a candidate when
+
+- the *perceptual* classifier's probabilities meet every term of ``--accept`` (e.g.
+  ``horse>=0.3,wings>=0.3``; ``wings`` is P(bird)+P(airplane)). The evaluator, which measures
+  results, may never accept them: ``--judge evaluator`` is refused;
+- the image critic's realism and the sharpness (variance of the Laplacian) are at least the
+  pool's ``--critic_quantile`` and ``--sharpness_quantile``.
+
+The accepted codes, and the codes of their mirror images, become a new label of the prior: a
+copy of the prior with one more label row (starting as "no condition") is fine-tuned on batches
+that mix them with replayed real codes under their own labels (``--replay``), so the old labels
+keep their samples (rehearsal against forgetting, Robins 1995). The batch is thereby *sampled*
+from what worked, not *selected* out of what did not, and ``compose NAME`` draws from the label
+directly (it can also stand inside other expressions: ``NAME&white@back``).
+
+Writes ``RUN/learned/NAME/``: ``model.safetensors`` (the fine-tuned prior, moving average),
+``net.json`` (its net config), ``source.json`` (weights digest, labels), ``config.json`` (this
+command's flags: the expression and the acceptance rule), ``record.json`` (pool, acceptance,
+losses, how far the old labels' samples moved, times), ``accepted.npz`` (the accepted codes) and
+``accepted.png`` (64 of them decoded).
+
+Example: ``python -m latent_ops.learn pegasus --run models/pegasus-cifar10 --pool 8192``
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from autoencoder.atomic import replace_folder, write_json
+from autoencoder.checkpoint import RunError, load_run, save_weights, weights_digest
+from autoencoder.config import CIFAR10_CLASSES, ConfigError, check_ranges, dataclass_from_flags, save_config
+from autoencoder.data import to_uint8
+from autoencoder.errors import run_cli
+from autoencoder.evaluator import load_perceptual
+from autoencoder.hardware import resolve_device, resolve_precision
+from autoencoder.models import ModelConfig
+from latent_ops.concepts import WINGED, load_concepts
+from latent_ops.encode import encode_images, load_bank
+from latent_ops.expression import parse
+from latent_ops.flow import FlowNet, flow_matching_loss, sample, with_extra_label
+from latent_ops.images import save_grid
+from latent_ops.metrics import laplacian_variance
+from latent_ops.prior import PRIOR_FOLDER, SOURCE_FILE, load_prior
+from latent_ops.runs import resolve_run
+from latent_ops.sampling import DrawSettings, Sources, sample_expression
+from latent_ops.sources import classifier_views
+
+LEARNED_FOLDER = "learned"
+NET_CONFIG_FILE = "net.json"
+RECORD_FILE = "record.json"
+ACCEPTED_FILE = "accepted.npz"
+OUTPUT_FILES = {"model.safetensors", NET_CONFIG_FILE, SOURCE_FILE, "config.json", RECORD_FILE, ACCEPTED_FILE,
+                "accepted.png"}
+JUDGES = ("perceptual",)  # the evaluator measures results; it never accepts them
+RULE_TERM = re.compile(r"^([a-z]+)>=([0-9.]+)$")
+NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+
+
+@dataclass
+class LearnConfig:
+    name: str = "pegasus"  # the new concept's name (the first argument)
+    expression: str = "horse&wings@back"  # what to compose the pool from
+    run: str = ""  # run folder; empty: the newest in outputs/runs
+    out: str = ""  # where the learned prior goes; empty: RUN/learned/NAME
+    pool: int = 8192  # candidates composed
+    seed: int = 0  # the pool's draws, the fine-tuning's batches and noise
+    guidance: float = 1.0  # classifier-free guidance of the pool, per unit weight of each part
+    prior_steps: int = 32  # ODE steps of the pool's draws
+    judge: str = "perceptual"  # the classifier whose probabilities accept candidates: only the perceptual net
+    accept: str = "horse>=0.3,wings>=0.3"  # every term of the judge's probabilities at least its bound
+    #   (a class name, or wings for P(bird)+P(airplane)), comma-separated
+    critic_quantile: float = 0.5  # accepted candidates' critic realism is at least this quantile of the pool's
+    sharpness_quantile: float = 0.5  # and their sharpness at least this quantile
+    min_accepted: int = 32  # fewer accepted codes than this is an error (loosen --accept)
+    steps: int = 2000  # fine-tuning steps
+    batch_size: int = 256  # codes per fine-tuning step
+    replay: float = 0.5  # share of each batch that is real codes under their own labels
+    lr: float = 2e-4  # AdamW learning rate of the fine-tuning (constant)
+    label_dropout: float = 0.1  # as in the prior's training (classifier-free guidance)
+    ema: float = 0.998  # decay of the moving average that sampling uses
+    chunk: int = 1024  # candidates drawn and decoded at once
+
+
+LEARN_RANGES = {"pool": (2, 10 ** 6), "seed": (0, 2 ** 31 - 1), "guidance": (0, 100), "prior_steps": (1, 1000),
+                "critic_quantile": (0, 1), "sharpness_quantile": (0, 1), "min_accepted": (1, 10 ** 6),
+                "steps": (0, 10 ** 6), "batch_size": (2, 10 ** 6), "replay": (0, 0.99), "lr": (1e-8, 1.0),
+                "label_dropout": (0, 1), "ema": (0, 1), "chunk": (1, 65536)}
+
+
+def parse_rule(text: str) -> dict[str, float]:
+    """``horse>=0.3,wings>=0.3`` -> {"horse": 0.3, "wings": 0.3}; a bad term is a ConfigError naming it."""
+    rule = {}
+    for term in (t.strip() for t in str(text).split(",") if t.strip()):
+        match = RULE_TERM.match(term)
+        if not match or (match[1] not in CIFAR10_CLASSES and match[1] != "wings"):
+            raise ConfigError(f"--accept term {term!r} is not CLASS>=NUMBER or wings>=NUMBER, e.g. horse>=0.3,wings>=0.3")
+        bound = float(match[2])
+        if not 0 <= bound <= 1:
+            raise ConfigError(f"--accept term {term!r}: a probability bound lies between 0 and 1")
+        rule[match[1]] = bound
+    if not rule:
+        raise ConfigError("--accept names no term; write e.g. horse>=0.3,wings>=0.3")
+    return rule
+
+
+def validate_learn_config(config: LearnConfig) -> None:
+    check_ranges(config, LEARN_RANGES)
+    if config.judge not in JUDGES:
+        why = " (the evaluator measures the results, so it may never accept them)" if "evaluator" in config.judge else ""
+        raise ConfigError(f"--judge must be one of {', '.join(JUDGES)}, got {config.judge!r}{why}")
+    if not NAME.match(config.name) or config.name in CIFAR10_CLASSES:
+        raise ConfigError(f"the concept name {config.name!r} must be lower-case letters, digits and _, start with a "
+                          f"letter, and not be a CIFAR-10 class")
+    parse_rule(config.accept)
+    parse(config.expression)
+
+
+def make_learn_config(**flags) -> LearnConfig:
+    config = dataclass_from_flags(LearnConfig, {}, flags)
+    validate_learn_config(config)
+    return config
+
+
+def learned_folder(run: Path, name: str) -> Path:
+    return Path(run) / LEARNED_FOLDER / name
+
+
+def learned_names(run: Path) -> list[str]:
+    """The concepts learned for this run (folders of RUN/learned with a prior in them)."""
+    root = Path(run) / LEARNED_FOLDER
+    return sorted(p.name for p in root.iterdir() if (p / SOURCE_FILE).exists()) if root.is_dir() else []
+
+
+def load_learned(run: Path, name: str, device: str | torch.device = "cpu") -> FlowNet:
+    """The prior that knows ``name`` (and every CIFAR-10 class)."""
+    return load_prior(run, device, learned_folder(run, name), NET_CONFIG_FILE)
+
+
+def learned_expression(run: Path, name: str) -> str:
+    """The expression a learned concept was learned from (what its images should show)."""
+    try:
+        return str(json.loads((learned_folder(run, name) / "config.json").read_text())["expression"])
+    except (OSError, ValueError, KeyError) as error:
+        raise RunError(f"{learned_folder(run, name) / 'config.json'} is missing or damaged ({error}); learn "
+                       f"{name} again with python -m latent_ops.learn {name} --run {run}") from None
+
+
+def judge_terms(probabilities: torch.Tensor, rule: dict[str, float]) -> torch.Tensor:
+    """(N,) bool: every rule term of the class probabilities (N, 10) reaches its bound."""
+    passed = torch.ones(len(probabilities), dtype=torch.bool)
+    for name, bound in rule.items():
+        p = (sum(probabilities[:, CIFAR10_CLASSES.index(c)] for c in WINGED) if name == "wings"
+             else probabilities[:, CIFAR10_CLASSES.index(name)])
+        passed &= p >= bound
+    return passed
+
+
+@torch.no_grad()
+def compose_pool(config: LearnConfig, nets, prior: FlowNet, sources: Sources, perceptual) -> dict[str, torch.Tensor]:
+    """Draw the pool chunk by chunk: codes (N, D), the judge's probabilities (N, 10), realism, sharpness."""
+    weights = parse(config.expression, sources.concepts.names)
+    rng = np.random.default_rng(config.seed)
+    settings = DrawSettings("prior", guidance=config.guidance, prior_steps=config.prior_steps)
+    found: dict[str, list[torch.Tensor]] = {"codes": [], "probabilities": [], "realism": [], "sharpness": []}
+    for start in range(0, config.pool, config.chunk):
+        count = min(config.chunk, config.pool - start)
+        codes, _ = sample_expression(weights, sources, count, rng, settings)
+        z = torch.from_numpy(codes)
+        images = nets.decoder(z).float()
+        probabilities, _ = classifier_views(perceptual, to_uint8(images))
+        found["codes"].append(z)
+        found["probabilities"].append(probabilities)
+        found["realism"].append(nets.image_critic(images).float().flatten())
+        found["sharpness"].append(laplacian_variance(images))
+    return {k: torch.cat(v) for k, v in found.items()}
+
+
+def accept(pool: dict[str, torch.Tensor], config: LearnConfig) -> torch.Tensor:
+    """(N,) bool: the judge's rule, and realism and sharpness at least their pool quantiles."""
+    passed = judge_terms(pool["probabilities"], parse_rule(config.accept))
+    passed &= pool["realism"] >= torch.quantile(pool["realism"], config.critic_quantile)
+    passed &= pool["sharpness"] >= torch.quantile(pool["sharpness"], config.sharpness_quantile)
+    return passed
+
+
+@torch.no_grad()
+def mirrored_codes(nets, codes: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """The codes of the mirror images of what ``codes`` (N, D) decode to."""
+    images = to_uint8(nets.decoder(codes.to(device)).float().cpu())
+    return torch.from_numpy(encode_images(nets.encoder, images.flip(3), device, dtype, progress=False))
+
+
+def fine_tune(base: FlowNet, new_codes: torch.Tensor, real_codes: torch.Tensor, real_labels: torch.Tensor,
+              config: LearnConfig) -> tuple[FlowNet, list[float]]:
+    """A copy of ``base`` with one more label, fine-tuned on ``new_codes`` under it and replayed real codes
+    under theirs; returns its moving average (eval mode) and the mean loss of each tenth of the steps."""
+    grown = with_extra_label(base).train()
+    for parameter in grown.parameters():
+        parameter.requires_grad_(True)
+    average = AveragedModel(grown, multi_avg_fn=get_ema_multi_avg_fn(config.ema))
+    optimiser = torch.optim.AdamW(grown.parameters(), lr=config.lr, weight_decay=1e-4)
+    generator = torch.Generator().manual_seed(config.seed)
+    replayed = int(round(config.batch_size * config.replay))
+    label = torch.full((config.batch_size - replayed,), grown.classes - 1)
+    losses, recent = [], []
+    for step in range(config.steps):
+        new = torch.randint(len(new_codes), (config.batch_size - replayed,), generator=generator)
+        old = torch.randint(len(real_codes), (replayed,), generator=generator)
+        x1 = grown.standardise(torch.cat([new_codes[new], real_codes[old]]))
+        loss = flow_matching_loss(grown, x1, torch.cat([label, real_labels[old]]), generator, config.label_dropout)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        average.update_parameters(grown)
+        recent.append(loss.item())
+        if not math.isfinite(recent[-1]):
+            raise RunError(f"the fine-tuning loss became {recent[-1]} at step {step + 1}; try a lower --lr")
+        if (step + 1) % max(1, config.steps // 10) == 0:
+            losses.append(sum(recent) / len(recent))
+            recent = []
+    learned = average.module.eval()
+    learned.label_names = list(getattr(base, "label_names", CIFAR10_CLASSES)) + ["(learned)"]
+    return learned, losses
+
+
+@torch.no_grad()
+def drift_of_old_labels(base: FlowNet, learned: FlowNet, labels: list[int], count: int = 256) -> dict[str, float]:
+    """How far samples of old labels moved: mean distance between the two priors' samples from the same
+    noise, over the mean distance between two different samples of the base (so 0 is unchanged, 1 unrelated)."""
+    moved = {}
+    for label in labels:
+        before = sample(base, count, [(label, 1.0)], 16, torch.Generator().manual_seed(label))
+        after = sample(learned, count, [(label, 1.0)], 16, torch.Generator().manual_seed(label))
+        spread = (before - before.roll(1, 0)).norm(dim=1).mean()
+        moved[CIFAR10_CLASSES[label]] = ((after - before).norm(dim=1).mean() / spread).item()
+    return moved
+
+
+def claim_output(config: LearnConfig, run: Path) -> Path:
+    out = Path(config.out) if config.out else learned_folder(run, config.name)
+    if out.exists():
+        if not out.is_dir():
+            raise ConfigError(f"--out {out} is a file; pass a folder")
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in OUTPUT_FILES)
+        if foreign:
+            raise ConfigError(f"--out {out} is not a learned concept's folder (it holds {foreign[0]}); nothing was "
+                              f"written: pass a new --out")
+    return out
+
+
+def learn(config: LearnConfig, quiet: bool = False) -> Path:
+    began = time.monotonic()
+    run = resolve_run(config.run)
+    config.run = str(run)
+    out = claim_output(config, run)
+    run_config, nets = load_run(run)
+    device = resolve_device(run_config)
+    dtype = resolve_precision(run_config, device)
+    base = load_prior(run)
+    perceptual = load_perceptual()
+    concepts, bank = load_concepts(run), load_bank(run)
+    sources = Sources(concepts, bank, base, ModelConfig.of(run_config).code_shape, nets.decoder, perceptual)
+
+    pool = compose_pool(config, nets, base, sources, perceptual)
+    passed = accept(pool, config)
+    accepted = pool["codes"][passed]
+    if len(accepted) < config.min_accepted:
+        raise RunError(f"only {len(accepted)} of {config.pool} candidates met --accept {config.accept} and the "
+                       f"quantiles (at least --min_accepted {config.min_accepted} are needed); loosen --accept, lower "
+                       f"the quantiles or compose a larger --pool")
+    composed_at = time.monotonic()
+    new_codes = torch.cat([accepted, mirrored_codes(nets, accepted, device, dtype)])
+    real = [(bank.codes[s], bank.labels[s]) for s in ("train", "test") if len(bank.codes[s])]
+    real_codes = torch.from_numpy(np.concatenate([c for c, _ in real])).float()
+    real_labels = torch.from_numpy(np.concatenate([lab for _, lab in real])).long()
+    torch.manual_seed(config.seed)
+    learned, losses = fine_tune(base, new_codes, real_codes, real_labels, config)
+    tuned_at = time.monotonic()
+    moved = drift_of_old_labels(base, learned, [CIFAR10_CLASSES.index(c) for c in ("horse", "bird", "airplane")])
+
+    record = {"name": config.name, "expression": config.expression, "judge": config.judge, "accept": config.accept,
+              "critic_quantile": config.critic_quantile, "sharpness_quantile": config.sharpness_quantile,
+              "pool": config.pool, "accepted": int(passed.sum()), "acceptance": passed.float().mean().item(),
+              "trained_on": len(new_codes), "replayed_real_codes": len(real_codes),
+              "fine_tuning_loss_by_tenth": losses, "old_label_samples_moved": moved,
+              "old_label_samples_moved_means": "mean distance between the base's and the learned prior's samples "
+                                               "from the same noise, over that between two base samples (0: unchanged)",
+              "compose_seconds": composed_at - began, "fine_tune_seconds": tuned_at - composed_at}
+    source = json.loads((run / PRIOR_FOLDER / SOURCE_FILE).read_text())
+    labels = list(getattr(base, "label_names", CIFAR10_CLASSES)) + [config.name]
+    base_config = json.loads((run / PRIOR_FOLDER / "config.json").read_text())
+
+    def build(folder: Path) -> None:
+        save_config(config, folder / "config.json")
+        write_json(base_config, folder / NET_CONFIG_FILE)
+        weights = torch.nn.Module()
+        weights.net, weights.ema = learned, AveragedModel(learned)
+        save_weights(weights, folder / "model.safetensors")
+        write_json({**source, "weights_digest": weights_digest(run), "labels": labels,
+                    "learned_from": config.expression}, folder / SOURCE_FILE)
+        np.savez_compressed(folder / ACCEPTED_FILE, codes=accepted.numpy().astype(np.float16))
+        with torch.no_grad():
+            save_grid(nets.decoder(accepted[:64]).float(), folder / "accepted.png", nrow=8, scale=3)
+        record["seconds"] = time.monotonic() - began
+        write_json(record, folder / RECORD_FILE)
+
+    replace_folder(build, out)
+    if not quiet:
+        print(f"learned {config.name} from {config.expression}: {record['accepted']} of {config.pool} accepted "
+              f"({record['acceptance']:.1%}), fine-tuned {config.steps} steps in {record['seconds'] / 60:.1f} min "
+              f"-> {out}/")
+        print("  old labels' samples moved " + ", ".join(f"{k} {v:.2f}" for k, v in moved.items())
+              + " (0: unchanged, 1: unrelated); compose it with python -m latent_ops.compose "
+              + f"{config.name} --run {run}")
+    return out
+
+
+def main(name: str = "pegasus", **flags) -> None:
+    """Learn concept NAME from compositions of --expression (see the module's docstring)."""
+    run_cli(lambda: learn(make_learn_config(name=str(name), **flags)))
+
+
+if __name__ == "__main__":
+    import fire
+
+    fire.Fire(main)

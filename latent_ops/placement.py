@@ -1,0 +1,102 @@
+"""Regions that follow the subject: find it in each candidate part way through sampling, and put the
+cells of a ``@back`` condition just above its back.
+
+A fixed band (``@top``) puts a wing on the sky of a small horse and on the head of a big one. Here
+each candidate's own denoised estimate, decoded, says where its subject is:
+
+- **silhouette**: how far each pixel's colour is from the median colour of the picture's border
+  (the background), a figure-ground cue;
+- **evidence**: the perceptual classifier's class activation map of the subject's class (Zhou et
+  al. 2016, arXiv:1512.04150), upsampled from its 3 x 3 grid. Only the perceptual net is used,
+  never the evaluator, which measures the results.
+
+Their product, averaged over each cell of the code's grid, marks the subject's cells (those at
+least ``SUBJECT_SHARE`` of the strongest). The wing cells are, in every column the subject
+occupies, the cells above its topmost cell (at most ``ABOVE_ROWS`` of them); where the subject
+reaches the top row, its top row itself. A candidate whose subject is not found gets the top
+``ABOVE_ROWS`` rows.
+
+Example: ``python -m latent_ops.compose "horse&airplane@back" --run models/pegasus-cifar10``
+(``region.png`` and ``regions64.png`` outline the cells chosen for each image)
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from autoencoder.data import to_uint8
+from latent_ops.expression import FOLLOWING_REGIONS
+from latent_ops.flow import Condition, Drift, Guide
+from latent_ops.sources import classifier_views
+
+SUBJECT_SHARE = 0.5  # a cell is the subject's when its score is at least this share of the image's peak
+ABOVE_ROWS = 2  # how many rows above the subject's top a wing may take
+
+
+def silhouette(images: torch.Tensor, border: int = 3) -> torch.Tensor:
+    """(B, 32, 32) in [0, 1]: each pixel's colour distance from the median border colour, over its image's peak.
+    images: (B, 3, H, W) in [-1, 1]."""
+    frame = torch.cat([images[:, :, :border].flatten(2), images[:, :, -border:].flatten(2),
+                       images[:, :, :, :border].flatten(2), images[:, :, :, -border:].flatten(2)], 2)
+    background = frame.median(2).values[:, :, None, None]  # (B, 3, 1, 1)
+    distance = (images - background).norm(dim=1)
+    return distance / distance.flatten(1).amax(1)[:, None, None].clamp_min(1e-6)
+
+
+def subject_cells(images: torch.Tensor, evidence: torch.Tensor | None, grid: tuple[int, int]) -> torch.Tensor:
+    """(B, rows, cols) bool: the cells of the code grid that hold the subject.
+
+    images: (B, 3, H, W) in [-1, 1]; evidence: (B, h, w) class activation map of the subject (any
+    size, upsampled), or None for the silhouette alone.
+    """
+    score = silhouette(images)
+    if evidence is not None:
+        heat = F.interpolate(evidence[:, None].float(), size=images.shape[-2:], mode="bilinear",
+                             align_corners=False)[:, 0].clamp_min(0)
+        score = score * heat / heat.flatten(1).amax(1)[:, None, None].clamp_min(1e-6)
+    cells = F.adaptive_avg_pool2d(score[:, None], grid)[:, 0]  # (B, rows, cols)
+    return cells >= SUBJECT_SHARE * cells.flatten(1).amax(1)[:, None, None].clamp_min(1e-6)
+
+
+def cells_above(subject: torch.Tensor) -> torch.Tensor:
+    """(B, rows, cols) bool: in each column the subject occupies, up to ABOVE_ROWS cells above its top
+    cell (its top cell itself when that is the top row); the top ABOVE_ROWS rows where no subject is found."""
+    B, rows, cols = subject.shape
+    row = torch.arange(rows)[None, :, None]  # (1, rows, 1)
+    has = subject.any(1, keepdim=True)  # (B, 1, cols)
+    top = torch.where(subject, row, torch.full_like(row, rows)).amin(1, keepdim=True)  # (B, 1, cols)
+    above = (row < top) & (row >= top - ABOVE_ROWS) & has
+    above = above | ((top == 0) & (row == 0) & has)
+    missing = ~subject.flatten(1).any(1)
+    above[missing] = (row < ABOVE_ROWS).expand(int(missing.sum()), rows, cols)
+    return above
+
+
+class SubjectPlacer:
+    """Called by ``flow.integrate`` part way through: decodes the denoised estimate, finds the subject
+    and gives every guide of a following region (``back``) the cells above it. ``cells`` keeps the
+    last placement, (B, rows, cols) bool, to be shown on the output."""
+
+    def __init__(self, decoder: torch.nn.Module, perceptual: torch.nn.Module | None, subject: int,
+                 code_shape: Sequence[int]):
+        if len(code_shape) != 3:
+            raise ValueError(f"a region that follows the subject needs a spatial code, got shape {tuple(code_shape)}")
+        self.decoder, self.perceptual, self.subject = decoder, perceptual, subject
+        self.code_shape = tuple(code_shape)
+        self.cells: torch.Tensor | None = None
+
+    @torch.no_grad()
+    def __call__(self, estimate: torch.Tensor, guides: Sequence[Guide]) -> list[Guide]:
+        C, rows, cols = self.code_shape
+        device = next(self.decoder.parameters()).device
+        images = self.decoder(estimate.to(device)).float().cpu()  # (B, 3, 32, 32)
+        evidence = None
+        if self.perceptual is not None:
+            _, maps = classifier_views(self.perceptual, to_uint8(images))
+            evidence = maps[:, self.subject]
+        self.cells = cells_above(subject_cells(images, evidence, (rows, cols)))
+        mask = self.cells[:, None].expand(-1, C, -1, -1).reshape(len(images), -1).float().to(estimate.device)
+        return [g._replace(mask=mask) if isinstance(g, (Condition, Drift)) and g.region in FOLLOWING_REGIONS
+                else g for g in guides]

@@ -1,0 +1,186 @@
+"""Regional composition: masked conditions and drifts in the flow, regions inside conjunctions, the
+subject-following placement, and the convolutional prior."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from latent_ops.expression import ExpressionError, parse, term_parts, to_text
+from latent_ops.flow import (Condition, ConvVelocityNet, Drift, flow_matching_loss, guided_velocity, integrate,
+                             sample, with_extra_label)
+from latent_ops.placement import SubjectPlacer, cells_above, subject_cells
+
+
+class KnownVelocity(nn.Module):
+    """A toy flow whose velocity is the label everywhere: v(x, t, k) = k (and 10 with no condition)."""
+
+    def __init__(self, dim: int = 32):
+        super().__init__()
+        self.dim, self.classes = dim, 10
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("spread", torch.full((dim,), 2.0))
+
+    unconditional = 10
+
+    def forward(self, x, t, labels):
+        return labels[:, None].float().expand(-1, self.dim).clone()
+
+    def unstandardise(self, x):
+        return x * self.spread + self.mean
+
+
+def top_rows(rows: int, shape=(2, 4, 4)) -> torch.Tensor:
+    mask = torch.zeros(shape)
+    mask[:, :rows] = 1
+    return mask.flatten()
+
+
+def test_a_regional_condition_changes_only_the_velocity_of_its_cells():
+    net, x = KnownVelocity(), torch.randn(3, 32)
+    mask = top_rows(2)
+    v = guided_velocity(net, x, 0.5, [Condition(7, 2.0), Condition(0, 3.0, mask)])
+    inside, outside = v[:, mask.bool()], v[:, ~mask.bool()]
+    assert torch.allclose(outside, torch.full_like(outside, 10 + 2 * (7 - 10)))  # horse everywhere only
+    assert torch.allclose(inside, torch.full_like(inside, 10 + 2 * (7 - 10) + 3 * (0 - 10)))
+    # A per-candidate mask (B, D): each row its own cells; a drift pushes only inside its mask.
+    rows = torch.stack([top_rows(1), top_rows(2), top_rows(0)])
+    v = guided_velocity(net, x, 0.5, [Condition(0, 1.0, rows)])
+    assert torch.equal(v == 0, rows.bool())
+    drift = guided_velocity(net, x, 0.5, [Drift(torch.ones(32), mask)]) - guided_velocity(net, x, 0.5, [])
+    assert torch.allclose(drift, mask / 2.0)  # code units over the spread: standardised units
+    # Plain (label, weight) pairs still mean a condition everywhere.
+    assert torch.equal(guided_velocity(net, x, 0.5, [(3, 1.0)]), guided_velocity(net, x, 0.5, [Condition(3, 1.0)]))
+
+
+def test_the_placer_is_called_once_part_way_with_the_denoised_estimate():
+    net, calls = KnownVelocity(), []
+
+    def placer(estimate, guides):
+        calls.append(estimate.clone())
+        return [Condition(0, 1.0)]
+
+    x = integrate(net, torch.zeros(2, 32), 0.0, [Condition(7, 1.0)], steps=10, placer=placer, place_at=0.4)
+    assert len(calls) == 1
+    assert torch.allclose(calls[0], torch.full((2, 32), 7.0 * 2.0))  # x + (1 - t) v = 0.4*7 + 0.6*7, unstandardised
+    assert torch.allclose(x, torch.full((2, 32), 0.4 * 7 + 0.6 * 0))  # then label 0's velocity
+
+
+def blob_images(positions, size=10, seed=0):
+    """Grey pictures with a dark square of ``size`` pixels at each (top, left)."""
+    g = torch.Generator().manual_seed(seed)
+    images = 0.4 + 0.02 * torch.randn(len(positions), 3, 32, 32, generator=g)
+    for i, (top, left) in enumerate(positions):
+        images[i, :, top:top + size, left:left + size] = -0.8
+    return images
+
+
+def test_the_following_mask_lands_above_a_blob_at_random_positions():
+    g = torch.Generator().manual_seed(1)
+    positions = [(int(torch.randint(10, 22, (1,), generator=g)), int(torch.randint(0, 22, (1,), generator=g)))
+                 for _ in range(30)]
+    images = blob_images(positions)
+    subject = subject_cells(images, None, (4, 4))
+    above = cells_above(subject)
+    for i, (top, left) in enumerate(positions):
+        blob_columns = {c for c in range(4) if 8 * c < left + 10 and 8 * c + 8 > left}
+        chosen = above[i].nonzero().tolist()
+        assert chosen, (top, left)
+        for r, c in chosen:
+            assert c in blob_columns and 8 * r < top, (top, left, r, c)  # in the blob's columns, above its top
+            assert r >= top // 8 - 2  # just above, not at the far top of a tall sky
+        assert not (above[i] & subject[i]).any()
+        assert subject[i, (top + 5) // 8, (left + 5) // 8]  # the blob's centre cell is the subject's
+    # A blob that reaches the top row gets its top row; a picture with nothing in it the top two rows.
+    reaching = cells_above(subject_cells(blob_images([(0, 12)]), None, (4, 4)))
+    assert reaching[0, 0].any() and not reaching[0, 1:].any()
+    nothing = cells_above(torch.zeros(1, 4, 4, dtype=torch.bool))
+    assert nothing[0, :2].all() and not nothing[0, 2:].any()
+
+
+def test_the_subject_placer_gives_back_conditions_the_cells_above_each_subject():
+    class Painter(nn.Module):  # "decodes" a code (B, 2*4*4) to a blob whose top-left cell is where the code says
+        def __init__(self):
+            super().__init__()
+            self.anchor = nn.Parameter(torch.zeros(1))
+
+        def forward(self, codes):
+            return blob_images([(int(c[0]), int(c[1])) for c in codes], size=12)
+
+    placer = SubjectPlacer(Painter(), None, 7, (2, 4, 4))
+    estimate = torch.zeros(2, 32)
+    estimate[0, :2] = torch.tensor([18.0, 2.0])  # a blob low on the left
+    estimate[1, :2] = torch.tensor([9.0, 18.0])  # a blob on the right
+    guides = placer(estimate, [Condition(7, 2.0), Condition(0, 3.0, top_rows(2), "back"), Drift(torch.ones(32), None, "top")])
+    assert guides[0].mask is None and guides[2].mask is None  # only the following region is placed
+    mask = guides[1].mask.view(2, 2, 4, 4)
+    assert torch.equal(mask[:, 0].bool(), placer.cells) and torch.equal(mask[:, 0], mask[:, 1])
+    assert placer.cells[0, :2, :2].any() and not placer.cells[0, :, 3].any()
+    assert placer.cells[1, 0, 2:].any() and not placer.cells[1, :, 0].any()
+
+
+def test_regions_inside_conjunctions_round_trip_and_bad_forms_are_named():
+    for text in ("horse&airplane@top", "horse&1.5*wings@back&white@back", "horse:white&bird:flight@above",
+                 "0.5*(horse&airplane@back)+wings@top"):
+        weights = parse(text)
+        assert parse(to_text(weights)) == weights
+    parts = term_parts("horse&1.5*wings@back&white@back").conjunction
+    assert parts == (("horse", 1.0), ("wings@back", 1.5), ("white@back", 1.0))
+    with pytest.raises(ExpressionError, match="one part that is everywhere"):
+        parse("airplane@top&bird@back")
+    with pytest.raises(ExpressionError, match="unknown region 'wing'"):
+        parse("horse&airplane@wing")
+
+
+def toy_grid_bank(n=512, seed=0):
+    """Two classes of (1, 2, 2) codes: class 0 bright on the left column, class 1 on the right."""
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.tensor([[3.0, -3, 3, -3], [-3.0, 3, -3, 3]])
+    labels = torch.arange(n) % 2
+    return centres[labels] + 0.3 * torch.randn(n, 4, generator=g), labels, centres
+
+
+def test_the_convolutional_prior_learns_and_samples_each_class_nearer_its_own():
+    torch.manual_seed(0)
+    codes, labels, centres = toy_grid_bank()
+    net = ConvVelocityNet((1, 2, 2), 10, channels=16, blocks=2, hidden=32)
+    net.set_statistics(codes)
+    optimiser = torch.optim.Adam(net.parameters(), lr=3e-3)
+    held, held_labels, _ = toy_grid_bank(512, seed=9)
+
+    def held_out_loss():
+        with torch.no_grad():
+            return flow_matching_loss(net, net.standardise(held), held_labels, torch.Generator().manual_seed(99),
+                                      label_dropout=0.0).item()
+
+    before = held_out_loss()
+    for step in range(400):
+        g = torch.Generator().manual_seed(step)
+        pick = torch.randint(len(codes), (128,), generator=g)
+        loss = flow_matching_loss(net, net.standardise(codes[pick]), labels[pick], g, label_dropout=0.2)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    assert held_out_loss() < 0.7 * before
+    net.eval()
+    for label in (0, 1):
+        drawn = sample(net, 200, [(label, 1.0)], steps=16, generator=torch.Generator().manual_seed(label))
+        distances = torch.cdist(drawn, centres)
+        assert (distances[:, label] < distances[:, 1 - label]).float().mean() > 0.95
+    with pytest.raises(ValueError, match="spatial"):
+        ConvVelocityNet((16,), 10)
+
+
+def test_an_extra_label_starts_as_no_condition_and_keeps_the_old_ones():
+    net = ConvVelocityNet((2, 4, 4), 10, channels=16, blocks=1, hidden=32).eval()
+    with torch.no_grad():
+        net.label.weight.normal_()
+        net.blocks[0].conv2.weight.normal_(std=0.1)
+    grown = with_extra_label(net).eval()
+    x, t = torch.randn(4, 32), torch.full((4,), 0.3)
+    assert grown.classes == 11 and grown.unconditional == 11
+    for label in (0, 7):
+        same = torch.full((4,), label)
+        assert torch.allclose(grown(x, t, same), net(x, t, same))
+    assert torch.allclose(grown(x, t, torch.full((4,), 11)), net(x, t, torch.full((4,), 10)))
+    assert torch.allclose(grown(x, t, torch.full((4,), 10)), net(x, t, torch.full((4,), 10)))
