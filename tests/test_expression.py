@@ -151,7 +151,7 @@ def test_term_parts_split_every_kind_of_term():
 @pytest.mark.parametrize("text, says", [
     ("horse&2", "a number cannot be one side"),
     ("horse&(bird+wings)", "each side of & is one weighted concept"),
-    ("horse&wings@top", "a region cannot be part of &"),
+    ("wings@top&bird@left", "a conjunction needs one part that is everywhere"),
     ("horse&horse", "& needs two different concepts"),
     ("wings@up", "unknown region 'up'; regions: top, bottom"),
     ("horse&brid", "unknown concept 'brid' at column 7"),

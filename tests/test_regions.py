@@ -184,3 +184,74 @@ def test_an_extra_label_starts_as_no_condition_and_keeps_the_old_ones():
         assert torch.allclose(grown(x, t, same), net(x, t, same))
     assert torch.allclose(grown(x, t, torch.full((4,), 11)), net(x, t, torch.full((4,), 10)))
     assert torch.allclose(grown(x, t, torch.full((4,), 10)), net(x, t, torch.full((4,), 10)))
+
+
+def test_a_region_inside_a_conjunction_on_a_flat_code_is_the_clear_error():
+    from latent_ops.concepts import Concepts
+    from latent_ops.sampling import DrawSettings, Sources, conjunction_guides
+
+    sources = Sources(Concepts(densities={"horse": [], "airplane": []}), code_shape=(16,))
+    with pytest.raises(ExpressionError, match="this run's code is flat"):
+        conjunction_guides((("horse", 1.0), ("airplane@top", 1.0)), sources, DrawSettings())
+
+
+@pytest.fixture(scope="module")
+def learned_run(smoke_run, folder_data, tmp_path_factory):
+    """A copy of the smoke run with its bank, concepts, a tiny prior and a concept learned from horse&bird."""
+    import shutil
+
+    from latent_ops.concepts import fit_run_concepts
+    from latent_ops.encode import encode_run
+    from latent_ops.learn import learn, make_learn_config
+    from latent_ops.prior import make_prior_config, train_prior
+
+    run = tmp_path_factory.mktemp("learn") / "run"
+    shutil.copytree(smoke_run, run)
+    cache = str(smoke_run.parent / "cache")
+    encode_run(run, str(folder_data), cache_dir=cache, progress=False)
+    fit_run_concepts(run, str(folder_data), cache)
+    train_prior(make_prior_config(run=str(run), data=str(folder_data), cache_dir=cache, hidden=32, blocks=1,
+                                  steps=60, batch_size=32, log_every=30, checkpoint_every=60), progress=False)
+    folder = learn(make_learn_config(name="pegasus", run=str(run), expression="horse&bird", pool=64, chunk=32,
+                                     prior_steps=4, accept="horse>=0,wings>=0", critic_quantile=0.2,
+                                     sharpness_quantile=0.2, min_accepted=8, steps=40, batch_size=32), quiet=True)
+    return run, folder, cache
+
+
+def test_learn_adds_a_label_that_compose_draws_and_keeps_the_old_ones(learned_run, folder_data, tmp_path):
+    import json
+
+    from latent_ops.compose import compose
+    from latent_ops.learn import learned_names, load_learned
+    from latent_ops.prior import load_prior
+
+    run, folder, cache = learned_run
+    record = json.loads((folder / "record.json").read_text())
+    assert record["accepted"] >= 8 and record["trained_on"] == 2 * record["accepted"]  # and their mirror images
+    assert max(record["old_label_samples_moved"].values()) < 0.35  # old labels keep their samples
+    assert json.loads((folder / "config.json").read_text())["accept"] == "horse>=0,wings>=0"
+    assert learned_names(run) == ["pegasus"]
+    net, base = load_learned(run, "pegasus"), load_prior(run)
+    assert net.classes == base.classes + 1 and net.label_names[-1] == "pegasus"
+    new = sample(net, 64, [(10, 2.0)], 8, torch.Generator().manual_seed(0))
+    horse = sample(net, 64, [(7, 2.0)], 8, torch.Generator().manual_seed(0))
+    assert not torch.allclose(new, horse)  # the new label is a condition of its own
+    out = compose("pegasus", run=str(run), data=str(folder_data), cache_dir=cache, n=8, prior_steps=4,
+                  refine_steps=1, out=str(tmp_path / "pegasus"), quiet=True)
+    scores = json.loads((out / "scores.json").read_text())
+    assert set(scores["pool"]["intent_terms"]) == {"horse", "bird"}  # scored as what it was learned from
+    out = compose("pegasus&bird", run=str(run), data=str(folder_data), cache_dir=cache, n=8, prior_steps=4,
+                  refine_steps=1, out=str(tmp_path / "pegasus-bird"), quiet=True)
+    assert json.loads((out / "scores.json").read_text())["candidates_composed"] == 8
+
+
+def test_learn_refuses_the_evaluator_as_judge_and_bad_rules():
+    from autoencoder.config import ConfigError
+    from latent_ops.learn import make_learn_config
+
+    with pytest.raises(ConfigError, match="evaluator measures the results"):
+        make_learn_config(judge="evaluator")
+    with pytest.raises(ConfigError, match="not CLASS>=NUMBER"):
+        make_learn_config(accept="unicorn>=0.3")
+    with pytest.raises(ConfigError, match="not be a CIFAR-10 class"):
+        make_learn_config(name="horse")
