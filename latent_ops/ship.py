@@ -51,7 +51,7 @@ class ShipConfig:
     data: str = "data"  # CIFAR-10: encoded for the bank, concepts and prior
     cache_dir: str = "data/cache"  # decoded data cache
     out: str = str(SHIPPED_MODEL)  # the model folder to write (replaced whole at the end)
-    prior_steps: int = 12000  # steps of the latent prior (latent_ops.prior)
+    prior_steps: int = 5000  # steps of the latent prior (latent_ops.prior)
     prior_threads: int = 0  # CPU threads for the prior; 0 keeps torch's default
     targets: str = ""  # a bench/release_targets.py record (JSON) whose numbers go into the card; empty: none
     card_notes: str = ""  # a Markdown file appended to the card (hand-written sections); empty: none

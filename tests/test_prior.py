@@ -99,7 +99,7 @@ def test_guidance_and_conditions_are_checked(toy_flow):
     both = guided_velocity(net, x, 0.5, [(0, 1.0), (1, 1.0)])
     parts = [guided_velocity(net, x, 0.5, [(c, 1.0)]) for c in (0, 1)]
     assert torch.allclose(both, parts[0] + parts[1] - guided_velocity(net, x, 0.5, []), atol=1e-5)  # AND
-    with pytest.raises(ValueError, match="label 11 is outside this prior's 10 classes"):
+    with pytest.raises(ValueError, match="label 11 is outside this prior's 10 labels"):
         guided_velocity(net, x, 0.5, [(11, 1.0)])
     with pytest.raises(ValueError, match="noise must be between 0 and 1"):
         project(net, x, 1.5, [])
