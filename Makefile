@@ -26,12 +26,12 @@ data: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
-# make pegasus: horse+wings with the model the repository ships (models/pegasus-cifar10), offline.
+# make pegasus: the learned pegasus concept of the model the repository ships (models/pegasus-cifar10), offline.
 # CIFAR-10 is used when present (data/, or the shared copy beside the checkout, unpacked once) for the
 # uniqueness check and neighbour panels; without it (or with NO_DATA=1) they are skipped and the output says so.
 MODEL := models/pegasus-cifar10
-PEGASUS_EXPRESSION ?= horse+wings
-PEGASUS_FLAGS ?= --pool 1024 --project 0.7 --guidance 3 --refine_prior 0.1
+PEGASUS_EXPRESSION ?= pegasus
+PEGASUS_FLAGS ?= --pool 1024 --guidance 2.5 --prior_steps 24
 PEGASUS_OUT := outputs/compose/pegasus
 pegasus: $(STAMP)
 	@if [ -z "$(NO_DATA)" ] && [ ! -d $(DATA)/cifar10-jpeg ] && [ ! -d $(DATA)/cifar-10-batches-py ] \
@@ -41,8 +41,11 @@ pegasus: $(STAMP)
 		--data $(if $(NO_DATA),no-data,$(DATA))
 
 # Re-create the shipped model: train the release recipe (resumed when outputs/runs/release holds a checkpoint;
-# 44 min on 2 CPU cores with AVX-512 bf16), measure it against its targets, ship it (bank, concepts, prior:
-# 5.5 min), report on it (6.5 min) and write its card with the report's numbers: about 1 h in all.
+# 44 min on 2 CPU cores with AVX-512 bf16), measure it against its targets, ship it (bank, concepts, conv prior:
+# about 15 min), learn the pegasus concept from regional compositions (10 min), report on it (7 min) and write
+# its card with the report's numbers: about 1.5 h in all.
+LEARN_PEGASUS := --expression "2*horse&3*airplane@top" --pool 8192 --accept "horse>=0.3,wings>=0.3" \
+	--critic_quantile 0.3 --sharpness_quantile 0.3 --steps 1000
 RELEASE_RUN := outputs/runs/release
 model: data
 	if [ -f $(RELEASE_RUN)/checkpoint.json ]; then \
@@ -51,8 +54,9 @@ model: data
 	$(PY) bench/release_targets.py --run $(RELEASE_RUN) --data $(DATA)
 	$(PY) -m latent_ops.ship --run $(RELEASE_RUN) --data $(DATA) --out $(MODEL) \
 		--targets outputs/bench/release_targets.json --card_notes docs/model-card-notes.md
+	$(PY) -m latent_ops.learn pegasus --run $(MODEL) $(LEARN_PEGASUS)
 	$(PY) -m latent_ops.report --run $(MODEL) --data $(DATA) --out outputs/report/pegasus-cifar10 \
-		--compose_pool 1024 --compose_project 0.7 --compose_guidance 3 --compose_refine_prior 0.1
+		--expressions $(PEGASUS_EXPRESSION) --compose_pool 1024 --compose_guidance 2.5
 	$(PY) bench/manifold_targets.py --report outputs/report/pegasus-cifar10
 	$(PY) -m latent_ops.ship --card_only --out $(MODEL) --targets outputs/bench/release_targets.json \
 		--card_notes docs/model-card-notes.md --report outputs/report/pegasus-cifar10/report.json

@@ -440,7 +440,8 @@ def run_compose(config: ComposeConfig, quiet: bool = False) -> Path:
     elif regions:
         cells = region_cells(regions, grid)[None].expand(count, -1, -1)
     summary = {
-        "expression": config.expression, "weights": weights, "seed": config.seed, "run": str(run_dir),
+        "expression": config.expression, "weights": weights, "intent_weights": intent_weights, "seed": config.seed,
+        "run": str(run_dir),
         "candidates_composed": count, "strength": config.strength, "temperature": config.temperature,
         "source": config.source, "guidance": config.guidance, "project": config.project,
         "projection_conditions": {label_names[label]: w for label, w in conditions},

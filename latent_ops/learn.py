@@ -306,7 +306,7 @@ def learn(config: LearnConfig, quiet: bool = False) -> Path:
         write_json(base_config, folder / NET_CONFIG_FILE)
         weights = torch.nn.Module()
         weights.net, weights.ema = learned, AveragedModel(learned)
-        save_weights(weights, folder / "model.safetensors")
+        save_weights(weights, folder / "model.safetensors", dtype=torch.float16)  # shipped beside the model
         write_json({**source, "weights_digest": weights_digest(run), "labels": labels,
                     "learned_from": config.expression}, folder / SOURCE_FILE)
         np.savez_compressed(folder / ACCEPTED_FILE, codes=accepted.numpy().astype(np.float16))

@@ -37,7 +37,7 @@ from autoencoder.hardware import resolve_device, resolve_precision
 from latent_ops import metrics
 from latent_ops.compose import IMAGES_FILE, compose, folder_name
 from latent_ops.encode import decode_codes
-from latent_ops.expression import parse
+from latent_ops.expression import parse, term_parts
 from latent_ops.images import save_grid
 from latent_ops.runs import resolve_run
 
@@ -165,11 +165,14 @@ def latent_prior_samples(run_dir: Path, config, count: int, seed: int, device: t
 
 
 def subject_of(weights: dict[str, float]) -> str | None:
-    """The class an expression starts from (``horse`` for horse:2+wings): its first positive class or cluster."""
-    for name, weight in weights.items():
-        base = name.split(":")[0]
-        if weight > 0 and base in CIFAR10_CLASSES:
-            return base
+    """The class an expression starts from (``horse`` for horse:2+wings and for 2*horse&3*airplane@top): its first
+    positive class or cluster, in a conjunction the first part that holds everywhere."""
+    for term, weight in weights.items():
+        split = term_parts(term)
+        for name, w in split.conjunction or ((term, 1.0),):
+            base = name.split(":")[0]
+            if weight * w > 0 and "@" not in name and base in CIFAR10_CLASSES:
+                return base
     return None
 
 
@@ -267,7 +270,7 @@ def report(quiet: bool = False, **flags) -> Path:
         images = load_file(str(folder / IMAGES_FILE))["images"]  # ranked, best first (at most 1024)
         scores = json.loads((folder / "scores.json").read_text())
         kept_ranks = [c["rank"] for c in scores["candidates"] if c["kept"] and c["rank"] < len(images)]
-        subject = subject_of(scores["weights"])
+        subject = subject_of(scores.get("intent_weights", scores["weights"]))  # a learned concept: what it was learned from
         if subject is None:
             say(f"{expression} starts from no class: recognisability skipped")
             continue

@@ -44,3 +44,18 @@ def test_the_shipped_model_loads_with_its_config_prior_concepts_and_test_codes()
     card = (model / CARD_FILE).read_text()
     data = json.loads((model / "data.json").read_text())
     assert data["train"][:16] in card and data["test"][:16] in card and "make model" in card
+
+
+def test_the_shipped_model_carries_its_conv_prior_and_the_learned_pegasus():
+    from latent_ops.flow import ConvVelocityNet
+    from latent_ops.learn import learned_expression, learned_names, load_learned
+
+    model = SHIPPED_MODEL
+    assert isinstance(load_prior(model), ConvVelocityNet)
+    assert "pegasus" in learned_names(model)
+    net = load_learned(model, "pegasus")
+    assert net.label_names[-1] == "pegasus" and net.classes == 11
+    assert sample(net, 3, [(10, 1.5)], steps=4).shape == (3, 128)
+    assert "horse" in learned_expression(model, "pegasus")
+    record = json.loads((model / "learned" / "pegasus" / "record.json").read_text())
+    assert record["judge"] == "perceptual" and record["accepted"] >= 32
