@@ -181,6 +181,8 @@ def model_card(folder: Path, config: ShipConfig, record: dict, targets: dict | N
               "- `concepts.npz`, `clusters.json`, `directions.json`, `clusters/`: clusters, directions with their "
               "calibration, the class probe and named sources;",
               f"- `{PRIOR_FOLDER}/`: the latent prior (moving-average weights, config, metrics);",
+              "- `learned/<name>/`: concepts taught to a copy of the prior (`latent_ops.learn`): its weights, the "
+              "expression and acceptance rule, the accepted codes;",
               f"- `{DATA_FILE}`, `{SHIP_FILE}`: data checksums and shipping record.",
               f"- Size: {record['bytes'] / 2 ** 20:.1f} MiB.", ""]
     if notes:
