@@ -35,12 +35,12 @@ from autoencoder.atomic import replace_atomically, replace_folder, write_json
 from autoencoder.checkpoint import load_run
 from autoencoder.config import CIFAR10_CLASSES, ConfigError, check_ranges, dataclass_from_flags, parse_classes, save_config
 from autoencoder.errors import run_cli
-from latent_ops.compose import ensure_concepts, refuse_foreign_folder
+from latent_ops.compose import ensure_concepts
 from latent_ops.concepts import Concepts, heldout_members
 from latent_ops.encode import BANK_FILE, LatentBank, decode_codes, load_bank
 from latent_ops.expression import ExpressionError, parse
 from latent_ops.images import save_grid, save_single
-from latent_ops.runs import resolve_run
+from latent_ops.runs import refuse_foreign_folder, resolve_run
 
 CACHE_FOLDER = "atlas"  # inside the run folder, beside latents.npz
 OUTLINED = ("horse", "bird")  # classes whose clusters are outlined on the class map

@@ -55,7 +55,7 @@ from latent_ops.metrics import laplacian_variance, mean_pairwise_distance, neare
 from latent_ops.refine import critic_scores, refine_codes
 from latent_ops.learn import learned_expression, learned_names, load_learned
 from latent_ops.prior import load_prior
-from latent_ops.runs import resolve_run
+from latent_ops.runs import refuse_foreign_folder, resolve_run
 from latent_ops.showcase import save_showcase
 from latent_ops.sampling import SOURCES, DrawSettings, Sources, projection_conditions, sample_expression
 
@@ -212,17 +212,6 @@ def folder_name(expression: str, seed: int) -> str:
     return f"{readable}-{digest}-{seed}"
 
 
-def refuse_foreign_folder(out: Path, own_files: set[str], what: str) -> None:
-    """An output folder is replaced whole, so one holding anything but ``own_files`` is refused before any work."""
-    if out.exists():
-        if not out.is_dir():
-            raise ConfigError(f"--out {out} is a file; pass a folder")
-        foreign = sorted(p.name for p in out.iterdir() if p.name not in own_files)
-        if foreign:
-            raise ConfigError(f"--out {out} is not empty and not {what} output (it holds {foreign[0]}); "
-                              f"nothing was written: pass a new --out")
-
-
 def output_folder(config: ComposeConfig) -> Path:
     """Where compose writes; an existing folder that is not a compose output is refused before any work."""
     out = Path(config.out) if config.out else Path("outputs/compose") / folder_name(config.expression, config.seed)
@@ -315,6 +304,16 @@ def expression_regions(weights: dict[str, float]) -> list[str]:
     return sorted(names - {""})
 
 
+def candidate_cells(regions: list[str], sources: Sources, count: int) -> torch.Tensor | None:
+    """(count, rows, cols) bool: the cells each candidate's regions took (fixed regions, and those placed
+    above its subject); None when the expression names no region."""
+    grid = sources.code_shape[1:] if len(sources.code_shape) == 3 else (4, 4)
+    fixed = region_cells([r for r in regions if r not in FOLLOWING_REGIONS], grid)[None]
+    if sources.placed is not None:
+        return sources.placed | fixed
+    return fixed.expand(count, -1, -1) if regions else None
+
+
 def cell_pictures(cells: torch.Tensor, side: int = 32) -> torch.Tensor:
     """(N, 3, side, side) in [-1, 1]: each (rows, cols) bool cell mask, white where set, black elsewhere."""
     pictures = torch.nn.functional.interpolate(cells[:, None].float(), size=(side, side), mode="nearest")
@@ -362,7 +361,8 @@ def run_compose(config: ComposeConfig, quiet: bool = False) -> Path:
     label_names = getattr(prior, "label_names", CIFAR10_CLASSES)
     intent_weights = expand_learned(weights, run_dir, learned)
     sources = Sources(concepts, load_bank(run_dir) if config.source != "density" else None, prior,
-                      ModelConfig.of(run_config).code_shape, nets.decoder, load_perceptual(device=device))
+                      ModelConfig.of(run_config).code_shape, nets.decoder,
+                      load_perceptual(device=device) if set(expression_regions(weights)) & set(FOLLOWING_REGIONS) else None)
     count = config.candidates
 
     rng = np.random.default_rng(config.seed)
@@ -433,12 +433,7 @@ def run_compose(config: ComposeConfig, quiet: bool = False) -> Path:
                 concepts.directions["wings"].signed_distance(found["z"][i:i + 1].numpy())[0])
         candidates.append(entry)
     regions = expression_regions(weights)
-    grid = sources.code_shape[1:] if len(sources.code_shape) == 3 else (4, 4)
-    cells = None  # (count, rows, cols): the cells each candidate's regions took
-    if sources.placed is not None:
-        cells = sources.placed | region_cells([r for r in regions if r not in FOLLOWING_REGIONS], grid)[None]
-    elif regions:
-        cells = region_cells(regions, grid)[None].expand(count, -1, -1)
+    cells = candidate_cells(regions, sources, count)
     summary = {
         "expression": config.expression, "weights": weights, "intent_weights": intent_weights, "seed": config.seed,
         "run": str(run_dir),

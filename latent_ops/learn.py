@@ -52,7 +52,7 @@ from latent_ops.flow import FlowNet, flow_matching_loss, sample, with_extra_labe
 from latent_ops.images import save_grid
 from latent_ops.metrics import laplacian_variance
 from latent_ops.prior import PRIOR_FOLDER, SOURCE_FILE, load_prior
-from latent_ops.runs import resolve_run
+from latent_ops.runs import refuse_foreign_folder, resolve_run
 from latent_ops.sampling import DrawSettings, Sources, sample_expression
 from latent_ops.sources import classifier_views
 
@@ -249,13 +249,7 @@ def drift_of_old_labels(base: FlowNet, learned: FlowNet, labels: list[int], coun
 
 def claim_output(config: LearnConfig, run: Path) -> Path:
     out = Path(config.out) if config.out else learned_folder(run, config.name)
-    if out.exists():
-        if not out.is_dir():
-            raise ConfigError(f"--out {out} is a file; pass a folder")
-        foreign = sorted(p.name for p in out.iterdir() if p.name not in OUTPUT_FILES)
-        if foreign:
-            raise ConfigError(f"--out {out} is not a learned concept's folder (it holds {foreign[0]}); nothing was "
-                              f"written: pass a new --out")
+    refuse_foreign_folder(out, OUTPUT_FILES, "a learned concept's")
     return out
 
 

@@ -29,10 +29,11 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from autoencoder.atomic import write_json
-from autoencoder.checkpoint import (METRICS_FILE, RunError, clean_run_folder, has_checkpoint, load_run,
-                                    load_run_config, load_train_state, load_weights, model_file, state_file,
-                                    trim_metrics, weights_digest, write_checkpoint)
+from autoencoder.atomic import TEMPORARY_MARK, write_json
+from autoencoder.checkpoint import (CHECKPOINTS_FOLDER, METRICS_FILE, MODEL_FILE, POINTER_FILE, STATE_FILE,
+                                    RunError, clean_run_folder, has_checkpoint, load_run, load_run_config,
+                                    load_train_state, load_weights, model_file, state_file, trim_metrics,
+                                    weights_digest, write_checkpoint)
 from autoencoder.config import (CIFAR10_CLASSES, ConfigError, check_ranges, dataclass_from_flags, load_config,
                                 save_config)
 from autoencoder.data import load_cifar10
@@ -41,10 +42,11 @@ from autoencoder.hardware import resolve_device, resolve_precision
 from autoencoder.models import ModelConfig
 from latent_ops.encode import BANK_FILE, LatentBank, StaleError, encode_images, encode_run, load_bank
 from latent_ops.flow import ConvVelocityNet, FlowNet, VelocityNet, flow_matching_loss
-from latent_ops.runs import resolve_run
+from latent_ops.runs import refuse_foreign_folder, resolve_run
 
 PRIOR_FOLDER = "prior"
 SOURCE_FILE = "source.json"
+PRIOR_FILES = {"config.json", SOURCE_FILE, MODEL_FILE, METRICS_FILE, POINTER_FILE, STATE_FILE, CHECKPOINTS_FOLDER}
 
 
 @dataclass
@@ -178,6 +180,15 @@ def ensure_bank(run: Path, data: str, cache_dir: str) -> LatentBank:
         return load_bank(run)
 
 
+def claim_prior_folder(folder: Path) -> None:
+    """A prior is written into a new folder or one that holds a prior; anything else is refused before any work."""
+    temporaries = {p.name for p in folder.glob(f".*{TEMPORARY_MARK}*")}  # a killed write's, cleaned on resume
+    refuse_foreign_folder(folder, PRIOR_FILES | temporaries, "a prior's")
+    if (folder / "config.json").exists() and not (folder / SOURCE_FILE).exists():
+        raise ConfigError(f"--out {folder} holds a config.json but no {SOURCE_FILE}: it is not a prior's folder; "
+                          f"nothing was written: pass a new --out")
+
+
 def check_resumable(folder: Path, config: PriorConfig) -> None:
     """Refuse to continue a prior trained with other recipe values (they would mix two priors)."""
     saved = load_config(folder / "config.json", PriorConfig)
@@ -195,6 +206,7 @@ def train_prior(config: PriorConfig, progress: bool = True) -> Path:
         torch.set_num_threads(config.threads)
     bank = ensure_bank(run, config.data, config.cache_dir)
     folder = Path(config.out) if config.out else prior_folder(run)
+    claim_prior_folder(folder)
     code_shape = ModelConfig.of(load_run_config(run)).code_shape
     codes, labels, test_codes, test_labels = training_codes(run, bank, config)  # (N, D), (N,)
     digest = weights_digest(run)

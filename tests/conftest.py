@@ -108,3 +108,29 @@ def tiny_evaluator(folder_data, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("evaluator") / "tiny"
     return out, train_evaluator(tiny_evaluator_config(folder_data, out), progress=False)
+
+
+def fit_toy_flow(net, codes, labels, held_out, held_out_labels, steps: int, lr: float = 3e-3):
+    """Train a flow net on toy codes (Adam, batches of 128, seeded); returns (held-out loss before, after)."""
+    import torch
+
+    from latent_ops.flow import flow_matching_loss
+
+    net.set_statistics(codes)
+    optimiser = torch.optim.Adam(net.parameters(), lr=lr)
+
+    def held_out_loss():
+        with torch.no_grad():
+            return flow_matching_loss(net, net.standardise(held_out), held_out_labels,
+                                      torch.Generator().manual_seed(99), label_dropout=0.0).item()
+
+    before = held_out_loss()
+    for step in range(steps):
+        g = torch.Generator().manual_seed(step)
+        pick = torch.randint(len(codes), (128,), generator=g)
+        loss = flow_matching_loss(net, net.standardise(codes[pick]), labels[pick], g, label_dropout=0.2)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    net.eval()
+    return before, held_out_loss()

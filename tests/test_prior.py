@@ -12,9 +12,9 @@ from safetensors.torch import load_file
 from autoencoder.config import ConfigError
 from latent_ops import prior as prior_module
 from latent_ops.encode import StaleError
-from latent_ops.flow import VelocityNet, denoise, flow_matching_loss, guided_velocity, prior_score, project, sample
+from latent_ops.flow import VelocityNet, denoise, guided_velocity, prior_score, project, sample
 from latent_ops.prior import load_prior, make_prior_config, train_prior
-from conftest import dies_on_call
+from conftest import dies_on_call, fit_toy_flow
 
 CENTRES = torch.tensor([[3.0, 0, 0, 0], [-3.0, 0, 0, 0]])  # class 0 and class 1 of a 4-number toy code
 
@@ -32,24 +32,8 @@ def toy_flow():
     torch.manual_seed(0)
     codes, labels = toy_bank()
     net = VelocityNet(4, 10, hidden=64, blocks=2)
-    net.set_statistics(codes)
-    optimiser = torch.optim.Adam(net.parameters(), lr=3e-3)
-    held_out, held_out_labels = toy_bank(1024, seed=9)
-
-    def held_out_loss():
-        with torch.no_grad():
-            return flow_matching_loss(net, net.standardise(held_out), held_out_labels,
-                                      torch.Generator().manual_seed(99), label_dropout=0.0).item()
-
-    before = held_out_loss()
-    for step in range(600):
-        g = torch.Generator().manual_seed(step)
-        pick = torch.randint(len(codes), (128,), generator=g)
-        loss = flow_matching_loss(net, net.standardise(codes[pick]), labels[pick], g, label_dropout=0.2)
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-    return net.eval(), before, held_out_loss()
+    before, after = fit_toy_flow(net, codes, labels, *toy_bank(1024, seed=9), steps=600)
+    return net, before, after
 
 
 def test_the_flow_loss_goes_down(toy_flow):

@@ -7,9 +7,10 @@ import torch
 from torch import nn
 
 from latent_ops.expression import ExpressionError, parse, term_parts, to_text
-from latent_ops.flow import (Condition, ConvVelocityNet, Drift, flow_matching_loss, guided_velocity, integrate,
+from latent_ops.flow import (Condition, ConvVelocityNet, Drift, guided_velocity, integrate,
                              sample, with_extra_label)
 from latent_ops.placement import SubjectPlacer, cells_above, subject_cells
+from conftest import fit_toy_flow
 
 
 class KnownVelocity(nn.Module):
@@ -144,25 +145,9 @@ def test_the_convolutional_prior_learns_and_samples_each_class_nearer_its_own():
     torch.manual_seed(0)
     codes, labels, centres = toy_grid_bank()
     net = ConvVelocityNet((1, 2, 2), 10, channels=16, blocks=2, hidden=32)
-    net.set_statistics(codes)
-    optimiser = torch.optim.Adam(net.parameters(), lr=3e-3)
     held, held_labels, _ = toy_grid_bank(512, seed=9)
-
-    def held_out_loss():
-        with torch.no_grad():
-            return flow_matching_loss(net, net.standardise(held), held_labels, torch.Generator().manual_seed(99),
-                                      label_dropout=0.0).item()
-
-    before = held_out_loss()
-    for step in range(400):
-        g = torch.Generator().manual_seed(step)
-        pick = torch.randint(len(codes), (128,), generator=g)
-        loss = flow_matching_loss(net, net.standardise(codes[pick]), labels[pick], g, label_dropout=0.2)
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-    assert held_out_loss() < 0.7 * before
-    net.eval()
+    before, after = fit_toy_flow(net, codes, labels, held, held_labels, steps=400)
+    assert after < 0.7 * before
     for label in (0, 1):
         drawn = sample(net, 200, [(label, 1.0)], steps=16, generator=torch.Generator().manual_seed(label))
         distances = torch.cdist(drawn, centres)
@@ -255,3 +240,26 @@ def test_learn_refuses_the_evaluator_as_judge_and_bad_rules():
         make_learn_config(accept="unicorn>=0.3")
     with pytest.raises(ConfigError, match="not be a CIFAR-10 class"):
         make_learn_config(name="horse")
+
+
+def test_a_prior_out_folder_that_is_not_a_prior_is_refused_before_any_work(tmp_path):
+    from autoencoder.config import ConfigError
+    from latent_ops.prior import claim_prior_folder
+
+    claim_prior_folder(tmp_path / "new")  # a new folder is fine
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="holds notes.txt"):
+        claim_prior_folder(theirs)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    with pytest.raises(ConfigError, match="not a prior's folder"):
+        claim_prior_folder(run)
+    assert (theirs / "notes.txt").read_text() == "mine" and (run / "config.json").read_text() == "{}"
+    prior = tmp_path / "prior"
+    prior.mkdir()
+    for name in ("config.json", "source.json", ".model.tmp42.safetensors"):
+        (prior / name).write_text("{}")
+    claim_prior_folder(prior)  # a prior's own folder, with a killed write's temporary, resumes
