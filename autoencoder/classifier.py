@@ -1,4 +1,10 @@
-"""The evaluator network: a small CIFAR-10 classifier whose penultimate layer is the metrics' feature space.
+"""The project's CIFAR-10 classifiers, for inference: the network, its small config, loading, batched predictions.
+
+Two are trained from scratch here (``python -m autoencoder.train_evaluator``) and committed in
+``autoencoder/weights/``: the *evaluator*, whose penultimate layer is the metrics' feature space
+and whose softmax answers "does this look like a horse, does it look winged" (it only
+measures: no loss, guidance or acceptance uses it), and the *perceptual* net, whose features
+drive the perceptual loss, the pool's judge and the subject placer.
 
 The design follows two fast-CIFAR-10 recipes (ideas only, the code is ours):
 - a frozen first convolution that whitens 2x2 patches (PCA of the training patches, each
@@ -7,7 +13,7 @@ The design follows two fast-CIFAR-10 recipes (ideas only, the code is ours):
 - three conv-pool-BN-GELU groups of two convolutions (widths 64/256/256), global max
   pooling, and a bias-free linear head whose logits are scaled down (x1/9);
 - batch norms with a fixed scale of 1 (only their biases learn, at 64x the learning
-  rate, see evaluator.py) and convolutions that start as identity maps on their first
+  rate, see train_evaluator.py) and convolutions that start as identity maps on their first
   channels (torch's dirac init), both from Jordan's published ablations.
 
 Images come in as float in [-1, 1], (B, 3, 32, 32); ``features`` is the 256-d pooled vector.
@@ -16,9 +22,24 @@ Example: ``python -c "from autoencoder.classifier import EvaluatorNet; print(Eva
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from autoencoder.cli import ConfigError, check_choice, check_ranges, load_config
+from autoencoder.compute import autocast, resolve_device, resolve_precision
+from autoencoder.data import to_float
+from autoencoder.run_folder import RunError, load_weights, model_file
+
+WEIGHTS = Path(__file__).parent / "weights"
+SHIPPED = WEIGHTS / "evaluator"  # the committed evaluator
+SHIPPED_PERCEPTUAL = WEIGHTS / "perceptual"  # the committed feature net of the perceptual loss
+WEIGHTS_FILE = "classifier.safetensors"  # fp16 weights of a finished classifier
+CONFIG_FILE = "config.json"
+ROLES = ("evaluator", "perceptual")
 
 PATCH = 2  # side of the whitened patches
 
@@ -97,3 +118,112 @@ class EvaluatorNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x)) * self.logit_scale  # (B, num_classes)
+
+
+@dataclass
+class ClassifierConfig:
+    """What a trained classifier is made of, read from its folder's config.json (ModelConfig's pattern)."""
+    widths: str = "64,256,256"  # channels of the three conv groups
+    logit_scale: float = 1 / 9  # the head's logits are multiplied by this
+    role: str = "evaluator"  # evaluator (measures; never guides training) or perceptual (features of a loss)
+
+    @property
+    def width_tuple(self) -> tuple[int, int, int]:
+        return parse_widths(self.widths)
+
+
+def parse_widths(text: str | tuple) -> tuple[int, int, int]:
+    """``"64,256,256"`` -> (64, 256, 256); anything else is a ConfigError."""
+    parts = text if isinstance(text, (tuple, list)) else str(text).split(",")
+    try:
+        widths = tuple(int(p) for p in parts)
+    except ValueError:
+        widths = ()
+    if len(widths) != 3 or min(widths) < 1 or max(widths) > 8192:
+        raise ConfigError(f"--widths takes three channel counts from 1 to 8192 like 64,256,256, got {text!r}")
+    return widths
+
+
+def check_classifier_config(config: ClassifierConfig) -> None:
+    parse_widths(config.widths)
+    check_choice("role", config.role, ROLES)
+    check_ranges(config, {"logit_scale": (1e-6, 1e6)})
+
+
+def build_classifier(config: ClassifierConfig) -> EvaluatorNet:
+    return EvaluatorNet(config.width_tuple, logit_scale=config.logit_scale)
+
+
+class Evaluator:
+    """A trained EvaluatorNet with batched, autocast inference on float images in [-1, 1]."""
+
+    def __init__(self, net: EvaluatorNet, device: torch.device, dtype: torch.dtype, batch_size: int = 500):
+        self.net, self.device, self.dtype, self.batch_size = net.to(device).eval(), device, dtype, batch_size
+
+    @torch.no_grad()
+    def _batched(self, images: torch.Tensor, fn) -> torch.Tensor:
+        outs = []
+        for start in range(0, len(images), self.batch_size):
+            x = images[start:start + self.batch_size]
+            x = (to_float(x) if x.dtype == torch.uint8 else x.float()).to(
+                self.device, memory_format=torch.channels_last)
+            with autocast(self.device, self.dtype):
+                outs.append(fn(x).float().cpu())
+        return torch.cat(outs) if outs else torch.empty(0)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, 3, 32, 32) uint8 or float [-1, 1] -> (N, feature_dim) penultimate features."""
+        return self._batched(images, self.net.features)
+
+    def logits(self, images: torch.Tensor, flip_tta: bool = True) -> torch.Tensor:
+        """(N, 10) logits, averaged over the image and its mirror when ``flip_tta``."""
+        if flip_tta:
+            return self._batched(images, lambda x: (self.net(x) + self.net(x.flip(-1))) / 2)
+        return self._batched(images, self.net)
+
+    def probabilities(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, 10) class probabilities, in CIFAR10_CLASSES order."""
+        return self.logits(images).softmax(dim=1)
+
+    def accuracy(self, images: torch.Tensor, labels: torch.Tensor, flip_tta: bool = True) -> float:
+        return (self.logits(images, flip_tta).argmax(1) == labels).float().mean().item()
+
+
+def load_classifier(folder: str | Path, role: str) -> tuple[ClassifierConfig, EvaluatorNet]:
+    """The config and network (CPU, eval mode) of a trained classifier folder of the given ``role``.
+
+    The roles never mix: the evaluator measures and must not guide training, and a perceptual
+    net must not measure, or every metric would flatter the model trained against it.
+    """
+    folder = Path(folder)
+    weights = folder / WEIGHTS_FILE
+    if not weights.exists():
+        weights = model_file(folder)  # an unfinished run folder: its last epoch's checkpoint
+    if not (folder / CONFIG_FILE).exists() or not weights.exists():
+        raise RunError(f"no {role} network in {folder} (needs {CONFIG_FILE} and {WEIGHTS_FILE}); train one with "
+                       f"python -m autoencoder.train_evaluator --role {role} --data data --out {folder}")
+    try:
+        config = load_config(folder / CONFIG_FILE, ClassifierConfig, check_classifier_config)
+    except ConfigError as error:
+        raise RunError(f"{error}; it is not a classifier's config") from None
+    if config.role != role:
+        raise RunError(f"{folder} holds the {config.role} network, not a {role} one: the evaluator only "
+                       f"measures and a perceptual net only trains; pass a network trained with --role {role}")
+    net = build_classifier(config)
+    load_weights(net, weights)
+    return config, net.eval()
+
+
+def load_evaluator(folder: str | Path = SHIPPED, device: str = "cpu", precision: str = "auto") -> Evaluator:
+    """The evaluator in ``folder`` (the committed one by default), ready for inference."""
+    _, net = load_classifier(folder, "evaluator")
+    where = resolve_device(device)
+    return Evaluator(net.to(memory_format=torch.channels_last), where, resolve_precision(precision, where))
+
+
+def load_perceptual(folder: str | Path = SHIPPED_PERCEPTUAL, device: torch.device | str = "cpu") -> EvaluatorNet:
+    """The frozen feature network of the perceptual loss (role perceptual), on ``device``."""
+    _, net = load_classifier(folder, "perceptual")
+    for parameter in net.parameters():
+        parameter.requires_grad_(False)
+    return net.to(device)

@@ -8,20 +8,11 @@ Example: ``python -m autoencoder.train --preset cpu --latent_dim 64``
 """
 from __future__ import annotations
 
-import dataclasses
-import json
-import math
 import typing
 from dataclasses import dataclass
-from pathlib import Path
 
-from autoencoder.errors import UserError
-
-CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-
-
-class ConfigError(UserError, ValueError):
-    """A flag or config value that cannot be used; the message says what to do."""
+from autoencoder.cifar10 import CACHE_FOLDER, DATA_FOLDER, parse_classes
+from autoencoder.cli import ConfigError, check_ranges, dataclass_from_flags, load_config
 
 
 @dataclass
@@ -35,10 +26,10 @@ class TrainConfig:
     channels_last: bool = True  # NHWC memory layout for the convolutions
     threads: int = 0  # CPU threads for torch; 0 keeps torch's default
     # --- data ---
-    data: str = "data"  # folder with CIFAR-10 (torchvision layout or train/<class>/ image folders)
+    data: str = DATA_FOLDER  # folder with CIFAR-10 (torchvision layout or train/<class>/ image folders)
     download: bool = False  # fetch CIFAR-10 with torchvision when the folder has none
     classes: str = ""  # comma-separated class names to train on; empty: all ten
-    cache_dir: str = "data/cache"  # where the decoded uint8 tensors are cached
+    cache_dir: str = CACHE_FOLDER  # where the decoded uint8 tensors are cached
     # --- model ---
     latent_dim: int = 128  # size of the code z
     width: int = 32  # channels of the first autoencoder stage (doubles per stage, capped at 4x)
@@ -108,59 +99,6 @@ PRESETS: dict[str, dict[str, typing.Any]] = {
 }
 
 
-def parse_classes(text: str | typing.Sequence[str]) -> tuple[str, ...]:
-    """Class names from ``"horse,bird"`` (or a sequence), checked and put in label order."""
-    names = [text] if isinstance(text, str) else list(text)
-    names = [n.strip().lower() for part in names for n in str(part).split(",") if n.strip()]
-    if not names:
-        return CIFAR10_CLASSES
-    unknown = [n for n in names if n not in CIFAR10_CLASSES]
-    if unknown:
-        raise ConfigError(f"unknown class name(s) {', '.join(unknown)}; "
-                          f"CIFAR-10's classes are: {', '.join(CIFAR10_CLASSES)}")
-    return tuple(c for c in CIFAR10_CLASSES if c in names)
-
-
-def _coerce(name: str, value: typing.Any, kind: type) -> typing.Any:
-    """Turn a flag value (fire may give str, int, float, tuple...) into the field's type.
-
-    Non-finite numbers (nan, inf, 1e999) and fractional or boolean values for integer
-    fields are refused here, where they enter, so that no run silently trains on them.
-    """
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-        if str(value).lower() in ("true", "1", "yes"):
-            return True
-        if str(value).lower() in ("false", "0", "no"):
-            return False
-        raise ConfigError(f"--{name} takes true or false, got {value!r}")
-    if kind is str:
-        if isinstance(value, (tuple, list)):
-            return ",".join(str(v) for v in value)  # fire reads "horse,bird" as a tuple
-        if isinstance(value, (dict, bool)) or value is None:
-            raise ConfigError(f"--{name} takes text, got {value!r}")
-        return str(value)
-    if isinstance(value, bool) or isinstance(value, (tuple, list, dict)) or value is None:
-        raise ConfigError(f"--{name} takes a {kind.__name__}, got {value!r}")
-    try:
-        number = float(value)
-    except (TypeError, ValueError, OverflowError):
-        raise ConfigError(f"--{name} takes a {kind.__name__}, got {value!r}") from None
-    if not math.isfinite(number):
-        raise ConfigError(f"--{name} must be a finite number, got {value!r}")
-    if kind is int:
-        if isinstance(value, int):
-            return value
-        if not number.is_integer():
-            raise ConfigError(f"--{name} takes a whole number, got {value!r}")
-        try:
-            return int(str(value)) if isinstance(value, str) else int(number)
-        except ValueError:
-            return int(number)  # "1e3"
-    return number
-
-
 def make_config(preset: str = "cpu", **overrides: typing.Any) -> TrainConfig:
     """A config from a preset plus flag overrides; an unknown flag or bad value is an error."""
     if preset not in PRESETS:
@@ -168,19 +106,6 @@ def make_config(preset: str = "cpu", **overrides: typing.Any) -> TrainConfig:
     config = dataclass_from_flags(TrainConfig, dict(PRESETS[preset], preset=preset), overrides)
     validate(config)
     return config
-
-
-def dataclass_from_flags(kind: type, base: dict[str, typing.Any], flags: dict[str, typing.Any]) -> typing.Any:
-    """An instance of the config dataclass ``kind``: ``base`` values, then ``flags`` coerced to
-    each field's type; an unknown flag is a ConfigError that lists the known ones."""
-    types = typing.get_type_hints(kind)
-    unknown = sorted(set(flags) - set(types))
-    if unknown:
-        raise ConfigError(f"unknown flag(s) {', '.join('--' + u for u in unknown)}; "
-                          f"known flags: {', '.join('--' + f for f in types)}")
-    values = dict(base)
-    values.update({k: _coerce(k, v, types[k]) for k, v in flags.items()})
-    return kind(**values)
 
 
 # Inclusive ranges of the numeric fields: a value outside is refused with the field's name.
@@ -197,14 +122,6 @@ TRAIN_RANGES: dict[str, tuple[float, float]] = {
     "log_every": (1, 10**9), "sample_every": (1, 10**9), "checkpoint_every": (1, 10**9),
     "eval_images": (1, 10**6), "max_minutes": (0, 10**7),
 }
-
-
-def check_ranges(config: typing.Any, ranges: dict[str, tuple[float, float]]) -> None:
-    """Refuse a field outside its inclusive range, naming the flag and the range."""
-    for name, (low, high) in ranges.items():
-        value = getattr(config, name)
-        if not low <= value <= high:
-            raise ConfigError(f"--{name} must be between {low:g} and {high:g}, got {value!r}")
 
 
 def validate(config: TrainConfig) -> None:
@@ -237,40 +154,6 @@ GAN_LOSSES = ("nonsaturating", "hinge")
 PERCEPTUAL_SOURCES = ("net", "critic")
 
 
-def save_config(config: typing.Any, path: Path) -> None:
-    """A config dataclass as JSON, replaced atomically."""
-    from autoencoder.atomic import write_text
-
-    write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n", path)
-
-
-def read_json(path: Path, what: str = "file") -> typing.Any:
-    """A JSON file; a missing, unreadable or damaged one is a ConfigError naming it."""
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path} is missing") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
-        raise ConfigError(f"{path} is damaged or not a {what} ({type(error).__name__}: "
-                          f"{str(error)[:120]})") from None
-
-
-def load_config(path: Path, kind: type = TrainConfig, check: typing.Callable | None = None) -> typing.Any:
-    """The config saved in a run folder, every field type- and range-checked like a flag.
-
-    Fields added since the file was written take their defaults; unknown keys are ignored.
-    ``check`` validates the result (``validate`` for TrainConfig). A bad value is a
-    ConfigError naming the file and the field.
-    """
-    values = read_json(path, "config file")
-    if not isinstance(values, dict):
-        raise ConfigError(f"{path} is not a config (a JSON object was expected)")
-    known = set(typing.get_type_hints(kind))
-    check = check if check is not None else (validate if kind is TrainConfig else None)
-    try:
-        config = dataclass_from_flags(kind, {}, {k: v for k, v in values.items() if k in known})
-        if check is not None:
-            check(config)
-    except ConfigError as error:
-        raise ConfigError(f"{path}: {error}") from None
-    return config
+def load_train_config(path) -> TrainConfig:
+    """A run's saved training config, checked like flags (``validate``)."""
+    return load_config(path, TrainConfig, validate)

@@ -24,9 +24,8 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from autoencoder.atomic import save_tensors
-from autoencoder.config import CIFAR10_CLASSES, parse_classes
-from autoencoder.distributed import SINGLE, Shard
-from autoencoder.errors import UserError, run_cli
+from autoencoder.cifar10 import CIFAR10_CLASSES, parse_classes
+from autoencoder.cli import UserError, run_cli
 
 TORCHVISION_FOLDER = "cifar-10-batches-py"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -214,45 +213,14 @@ def random_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tenso
     return mirror(images, torch.rand(images.shape[0], generator=generator, device="cpu") < 0.5)
 
 
+def upscale(image: torch.Tensor, scale: int) -> torch.Tensor:
+    """(..., H, W) -> (..., H*scale, W*scale), nearest neighbour: pixels stay visible as pixels."""
+    return image.repeat_interleave(scale, -2).repeat_interleave(scale, -1)
+
+
 def epoch_order(seed: int, epoch: int, count: int) -> torch.Tensor:
     """The order in which epoch ``epoch`` visits the ``count`` training images."""
     return torch.randperm(count, generator=torch.Generator().manual_seed(seed * 7_919 + epoch + 1))
-
-
-class BatchSampler:
-    """Batches of training images for any step, without replacement within an epoch.
-
-    Under torchrun each rank gets its contiguous share of every global batch (a distributed
-    sampler addressed by step, so that a resumed run takes up exactly where it stopped).
-    """
-
-    def __init__(self, images: torch.Tensor, batch_size: int, seed: int, shard: Shard = SINGLE,
-                 labels: torch.Tensor | None = None):
-        self.images, self.batch_size, self.seed, self.shard = images, batch_size, seed, shard
-        self.labels = labels  # (N,) on the images' device, when the step needs them
-        self.steps_per_epoch = max(1, len(images) // batch_size)
-        self._epoch, self._order = -1, None
-
-    def batch(self, step: int) -> torch.Tensor:
-        """This rank's images of the global batch of ``step``: (batch_size / world_size, 3, 32, 32) uint8."""
-        return self.images[self._index(step)]
-
-    def batch_labels(self, step: int) -> torch.Tensor:
-        """The labels of ``batch(step)``, in the same order."""
-        if self.labels is None:
-            raise ValueError("this sampler was built without labels")
-        return self.labels[self._index(step)]
-
-    def _index(self, step: int) -> torch.Tensor:
-        epoch, i = divmod(step, self.steps_per_epoch)
-        if epoch != self._epoch:  # the order goes to the images' device: indexing copies nothing per step
-            self._epoch = epoch
-            self._order = epoch_order(self.seed, epoch, len(self.images)).to(self.images.device)
-        index = self._order[i * self.batch_size:(i + 1) * self.batch_size]
-        if len(index) < self.batch_size:  # fewer images than one batch: wrap around
-            index = torch.arange(i * self.batch_size, (i + 1) * self.batch_size,
-                                 device=self.images.device) % len(self.images)
-        return index[self.shard.part(self.batch_size)]
 
 
 def main(data: str = "data", cache_dir: str = "data/cache", download: bool = False) -> None:

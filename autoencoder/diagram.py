@@ -15,9 +15,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from autoencoder.checkpoint import CONFIG_FILE, RunError
-from autoencoder.config import TrainConfig, load_config
+from autoencoder.cli import CONFIG_FILE
+from autoencoder.config import TrainConfig, load_train_config
 from autoencoder.models import Networks, ResBlock, build_networks
+from autoencoder.run_folder import RunError
 
 NETWORK_TITLES = {"latent_critic": "Latent critic L (AAE)", "encoder": "Encoder E", "decoder": "Decoder G",
                   "image_critic": "Image critic D", "interp_critic": "Interpolation critic C (ACAI)"}
@@ -195,7 +196,7 @@ def draw_run(run: str | Path, out: str | Path = "") -> tuple[list[Path], list[La
     run = Path(run)
     if not (run / CONFIG_FILE).exists():
         raise RunError(f"{run / CONFIG_FILE} is missing: {run} is not a run folder")
-    config = load_config(run / CONFIG_FILE)
+    config = load_train_config(run / CONFIG_FILE)
     networks = build_networks(config)  # shapes and layers only depend on the config, not the weights
     layers = trace_layers(networks, config)
     parameters = {n: sum(p.numel() for p in getattr(networks, n).parameters()) for n in NETWORK_TITLES}
@@ -206,7 +207,7 @@ def draw_run(run: str | Path, out: str | Path = "") -> tuple[list[Path], list[La
 
 def main(run: str, out: str = "") -> None:
     """Write architecture.png and architecture.svg for RUN (default folder: outputs/report/<run>)."""
-    from autoencoder.errors import run_cli
+    from autoencoder.cli import run_cli
 
     files, layers = run_cli(lambda: draw_run(run, out))
     print(f"{len(layers)} layers drawn -> {files[0]} and {files[1]}")

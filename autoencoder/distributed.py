@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from autoencoder.data import epoch_order
 from autoencoder.models import Networks
 
 
@@ -118,3 +119,39 @@ def barrier(shard: Shard) -> None:
     """Wait until every rank has arrived here."""
     if shard.world_size > 1:
         dist.barrier()
+
+
+class BatchSampler:
+    """Batches of training images for any step, without replacement within an epoch.
+
+    Under torchrun each rank gets its contiguous share of every global batch (a distributed
+    sampler addressed by step, so that a resumed run takes up exactly where it stopped).
+    """
+
+    def __init__(self, images: torch.Tensor, batch_size: int, seed: int, shard: Shard = SINGLE,
+                 labels: torch.Tensor | None = None):
+        self.images, self.batch_size, self.seed, self.shard = images, batch_size, seed, shard
+        self.labels = labels  # (N,) on the images' device, when the step needs them
+        self.steps_per_epoch = max(1, len(images) // batch_size)
+        self._epoch, self._order = -1, None
+
+    def batch(self, step: int) -> torch.Tensor:
+        """This rank's images of the global batch of ``step``: (batch_size / world_size, 3, 32, 32) uint8."""
+        return self.images[self._index(step)]
+
+    def batch_labels(self, step: int) -> torch.Tensor:
+        """The labels of ``batch(step)``, in the same order."""
+        if self.labels is None:
+            raise ValueError("this sampler was built without labels")
+        return self.labels[self._index(step)]
+
+    def _index(self, step: int) -> torch.Tensor:
+        epoch, i = divmod(step, self.steps_per_epoch)
+        if epoch != self._epoch:  # the order goes to the images' device: indexing copies nothing per step
+            self._epoch = epoch
+            self._order = epoch_order(self.seed, epoch, len(self.images)).to(self.images.device)
+        index = self._order[i * self.batch_size:(i + 1) * self.batch_size]
+        if len(index) < self.batch_size:  # fewer images than one batch: wrap around
+            index = torch.arange(i * self.batch_size, (i + 1) * self.batch_size,
+                                 device=self.images.device) % len(self.images)
+        return index[self.shard.part(self.batch_size)]

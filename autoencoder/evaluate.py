@@ -12,12 +12,12 @@ from pathlib import Path
 import torch
 
 from autoencoder.atomic import write_json
-from autoencoder.checkpoint import load_run, weights_digest
-from autoencoder.config import CIFAR10_CLASSES
+from autoencoder.cifar10 import CIFAR10_CLASSES
+from autoencoder.cli import run_cli
+from autoencoder.compute import autocast
 from autoencoder.data import load_cifar10, to_float
-from autoencoder.errors import run_cli
-from autoencoder.losses import psnr
-from autoencoder.hardware import autocast, resolve_device, resolve_precision
+from autoencoder.metrics import psnr, reconstruction
+from autoencoder.run_folder import load_run, weights_digest
 
 
 @torch.no_grad()
@@ -31,32 +31,20 @@ def reconstruct(nets, images: torch.Tensor, device: torch.device, dtype: torch.d
     return torch.cat(out)
 
 
-def reconstruction_metrics(originals: torch.Tensor, reconstructions: torch.Tensor) -> dict[str, float]:
-    """MSE (pixels in [-1, 1]), mean per-image PSNR and PSNR of the mean MSE (dB): the one reconstruction
-    metric of the project. originals: (N, 3, H, W) uint8 or float in [-1, 1]; reconstructions: float, same shape."""
-    if originals.shape != reconstructions.shape:
-        raise ValueError(f"originals {tuple(originals.shape)} and reconstructions "
-                         f"{tuple(reconstructions.shape)} must have the same shape")
-    x = to_float(originals) if originals.dtype == torch.uint8 else originals.float()
-    per_image = (reconstructions.float() - x).pow(2).flatten(1).mean(1)
-    mse = per_image.mean()
-    return {"mse": mse.item(), "psnr_db": psnr(x, reconstructions).mean().item(),
-            "psnr_of_mean_mse_db": (10 * torch.log10(4 / mse.clamp_min(1e-10))).item()}
-
-
 @torch.no_grad()
 def reconstruction_psnr(run: str | Path, data: str, cache_dir: str = "data/cache",
                         batch_size: int = 500) -> dict:
     """Mean MSE and PSNR (dB) over the test split of the run's classes, overall and per class."""
-    config, nets = load_run(run)
-    device = resolve_device(config)
-    dtype = resolve_precision(config, device)
+    opened = load_run(run)
+    config, nets = opened.config, opened.nets
+    device = opened.device
+    dtype = opened.dtype
     nets = nets.to(device)
     held_out = load_cifar10(data, "test", config.classes, cache_dir=cache_dir)
     x = to_float(held_out.images)
     x_rec = reconstruct(nets, held_out.images, device, dtype, batch_size)
     db = psnr(x, x_rec)
-    result = {"images": len(db), **reconstruction_metrics(x, x_rec), "per_class_psnr_db": {}}
+    result = {"images": len(db), **reconstruction(x, x_rec), "per_class_psnr_db": {}}
     for label in held_out.labels.unique().tolist():
         result["per_class_psnr_db"][CIFAR10_CLASSES[label]] = db[held_out.labels == label].mean().item()
     return result

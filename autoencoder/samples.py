@@ -16,8 +16,9 @@ from pathlib import Path
 import torch
 from torchvision.utils import make_grid, save_image
 
-from autoencoder.config import CIFAR10_CLASSES, TrainConfig
-from autoencoder.data import ImageSet, to_float
+from autoencoder.cifar10 import CIFAR10_CLASSES
+from autoencoder.config import TrainConfig
+from autoencoder.data import ImageSet, to_float, upscale
 from autoencoder.models import Networks
 
 COLUMNS = 10
@@ -88,11 +89,6 @@ def render_grid(networks: Networks, inputs: SampleInputs, device: torch.device) 
     return make_grid(images, nrow=COLUMNS, padding=2, pad_value=1.0)
 
 
-def upscale(image: torch.Tensor, scale: int) -> torch.Tensor:
-    """(..., H, W) -> (..., H*scale, W*scale), nearest neighbour: pixels stay visible as pixels."""
-    return image.repeat_interleave(scale, -2).repeat_interleave(scale, -1)
-
-
 def save_grid(grid: torch.Tensor, file: Path, scale: int = 2) -> None:
     """Write the grid as PNG, upscaled ``scale`` times (nearest) so 32x32 images can be seen."""
     from autoencoder.atomic import replace_atomically
@@ -103,11 +99,12 @@ def save_grid(grid: torch.Tensor, file: Path, scale: int = 2) -> None:
 
 def main(run: str, data: str = "data", out: str = "", seed: int = 0, cache_dir: str = "data/cache") -> None:
     """Render a grid for a finished run (default file: RUN/samples/final.png)."""
-    from autoencoder.checkpoint import load_run
+    from autoencoder.cli import run_cli
     from autoencoder.data import load_cifar10
-    from autoencoder.errors import run_cli
+    from autoencoder.run_folder import load_run
 
-    config, networks = run_cli(lambda: load_run(run))
+    opened = run_cli(lambda: load_run(run))
+    config, networks = opened.config, opened.nets
     held_out = run_cli(lambda: load_cifar10(data, "test", config.classes, cache_dir=cache_dir))
     grid = render_grid(networks, choose_sample_inputs(held_out, config, seed), torch.device("cpu"))
     file = Path(out) if out else Path(run) / "samples" / "final.png"

@@ -20,10 +20,10 @@ from typing import Any
 import torch
 
 from autoencoder import losses
+from autoencoder.compute import autocast
 from autoencoder.config import TrainConfig
 from autoencoder.data import mirror, to_float
 from autoencoder.distributed import SINGLE, Shard
-from autoencoder.hardware import autocast
 from autoencoder.models import Networks
 
 

@@ -25,16 +25,31 @@ import torch
 from tqdm import tqdm
 
 from autoencoder import distributed
-from autoencoder.checkpoint import (CONFIG_FILE, METRICS_FILE, MODEL_FILE, POINTER_FILE, RunError,
-                                    clean_run_folder, has_checkpoint, load_run_config, load_train_state, load_weights,
-                                    model_file, state_file, trim_metrics, weights_metadata, write_checkpoint)
-from autoencoder.config import ConfigError, TrainConfig, make_config, save_config
-from autoencoder.data import BatchSampler, load_cifar10
-from autoencoder.errors import UserError, run_cli
-from autoencoder.evaluate import reconstruct, reconstruction_metrics
-from autoencoder.distributed import SINGLE, Shard
-from autoencoder.hardware import resolve_device, resolve_precision
+from autoencoder.checkpoint import (
+    clean_run_folder,
+    has_checkpoint,
+    load_train_state,
+    state_file,
+    trim_metrics,
+    write_checkpoint,
+)
+from autoencoder.cli import CONFIG_FILE, ConfigError, UserError, run_cli, save_config
+from autoencoder.compute import resolve_device, resolve_precision
+from autoencoder.config import TrainConfig, load_train_config, make_config
+from autoencoder.data import load_cifar10
+from autoencoder.distributed import SINGLE, BatchSampler, Shard
+from autoencoder.evaluate import reconstruct
+from autoencoder.metrics import reconstruction
 from autoencoder.models import Networks, build_networks
+from autoencoder.run_folder import (
+    METRICS_FILE,
+    MODEL_FILE,
+    POINTER_FILE,
+    RunError,
+    load_weights,
+    model_file,
+    weights_metadata,
+)
 from autoencoder.samples import choose_sample_inputs, render_grid, save_grid
 from autoencoder.step import make_optimisers, set_learning_rates, step_generator, train_step
 
@@ -56,7 +71,7 @@ def held_out_reconstruction(nets: Networks, images: torch.Tensor, device: torch.
     """Mean squared error and mean PSNR (dB) of reconstructions of uint8 images (N, 3, 32, 32)."""
     was_training = nets.training
     nets.eval()
-    result = reconstruction_metrics(images, reconstruct(nets, images, device, dtype))
+    result = reconstruction(images, reconstruct(nets, images, device, dtype))
     nets.train(was_training)
     return {"eval/mse": result["mse"], "eval/psnr": result["psnr_db"]}
 
@@ -99,8 +114,8 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, shar
     check_shardable(config, shard)
     if config.threads > 0:
         torch.set_num_threads(config.threads)
-    device = resolve_device(config, shard)
-    dtype = resolve_precision(config, device)
+    device = resolve_device(config.device, shard.local_rank)
+    dtype = resolve_precision(config.precision, device)
 
     torch.manual_seed(config.seed)
     nets = build_networks(config).to(device)
@@ -130,7 +145,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, shar
 
     perceptual = None
     if config.perceptual_weight > 0 and config.perceptual_source == "net":  # frozen, never the evaluator
-        from autoencoder.evaluator import SHIPPED_PERCEPTUAL, load_perceptual
+        from autoencoder.classifier import SHIPPED_PERCEPTUAL, load_perceptual
 
         perceptual = load_perceptual(config.perceptual_net or SHIPPED_PERCEPTUAL, device)
         if config.channels_last:
@@ -233,7 +248,10 @@ def config_for(preset: str, resume: bool, flags: dict[str, Any]) -> TrainConfig:
     if not (run_dir / CONFIG_FILE).exists() or not has_checkpoint(run_dir):
         raise RunError(f"{run_dir} has no checkpoint to resume ({CONFIG_FILE} and a checkpoint needed); "
                        f"start a new run without --resume")
-    saved = load_run_config(run_dir)
+    try:
+        saved = load_train_config(run_dir / CONFIG_FILE)
+    except ConfigError as error:
+        raise RunError(str(error)) from None
     if not saved.schedule_steps:  # written before schedule_steps existed: its decay spanned its steps
         saved.schedule_steps = saved.steps
     kept = {k: v for k, v in vars(saved).items() if k not in ("preset", *PATH_FLAGS)}
@@ -259,7 +277,7 @@ def main(preset: str = "cpu", resume: bool = False, **flags: Any) -> None:
     def body() -> None:
         config = config_for(preset, resume, flags)
         check_shardable(config, shard)
-        with distributed.process_group(shard, resolve_device(config, shard).type):
+        with distributed.process_group(shard, resolve_device(config.device, shard.local_rank).type):
             config.out = distributed.from_main(config.out, shard)  # one timestamped folder for all ranks
             if shard.is_main:
                 print(f"run folder: {config.out}" +

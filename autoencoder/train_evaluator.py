@@ -8,7 +8,7 @@ rate, batch-norm biases at 64x the learning rate, label smoothing 0.2, flips and
 translations, bf16 autocast where the CPU or GPU supports it, and left-right flip
 test-time augmentation (Page 2018; Jordan 2024, airbench, see ``classifier.py``). Each epoch
 ends with an atomic checkpoint; ``--resume true`` goes on from the last one. The finished
-run writes ``evaluator.safetensors`` (fp16), ``config.json``, ``result.json`` and
+run writes ``classifier.safetensors`` (fp16), ``config.json``, ``result.json`` and
 ``card.md`` (all of it generated here); ``--ship DIR`` copies them where the package finds them.
 
 Example: ``python -m autoencoder.train_evaluator --data data --out outputs/evaluator/main --ship autoencoder/weights/evaluator``
@@ -20,6 +20,7 @@ import json
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -27,15 +28,89 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from autoencoder.atomic import write_json, write_text
-from autoencoder.checkpoint import (METRICS_FILE, clean_run_folder, has_checkpoint, load_train_state, load_weights,
-                                    model_file, save_weights, state_file, write_checkpoint)
-from autoencoder.classifier import EvaluatorNet
-from autoencoder.config import CIFAR10_CLASSES, ConfigError, load_config, save_config
+from autoencoder.checkpoint import (
+    clean_run_folder,
+    has_checkpoint,
+    load_train_state,
+    save_weights,
+    state_file,
+    write_checkpoint,
+)
+from autoencoder.cifar10 import CACHE_FOLDER, CIFAR10_CLASSES, DATA_FOLDER
+from autoencoder.classifier import CONFIG_FILE, ROLES, WEIGHTS_FILE, Evaluator, EvaluatorNet, parse_widths
+from autoencoder.classifier import build_classifier as build_net
+from autoencoder.cli import (
+    ConfigError,
+    check_choice,
+    check_ranges,
+    dataclass_from_flags,
+    load_config,
+    run_cli,
+    save_config,
+)
+from autoencoder.compute import DEVICES, PRECISIONS, autocast, machine_name, resolve_device, resolve_precision
 from autoencoder.data import epoch_order, load_cifar10, random_flip, to_float
-from autoencoder.errors import run_cli
-from autoencoder.evaluator import (CARD_FILE, CONFIG_FILE, RESULT_FILE, WEIGHTS_FILE, Evaluator, EvaluatorConfig,
-                                   build_net, make_evaluator_config, validate_evaluator_config)
-from autoencoder.hardware import autocast, machine_name, resolve_device, resolve_precision
+from autoencoder.run_folder import METRICS_FILE, load_weights, model_file
+
+CARD_FILE = "card.md"
+RESULT_FILE = "result.json"
+
+
+@dataclass
+class EvaluatorConfig:
+    """How a classifier is trained (``python -m autoencoder.train_evaluator``); its network part is
+    ``ClassifierConfig``."""
+    out: str = "outputs/evaluator/main"  # run folder
+    seed: int = 0  # data order, augmentation and initialisation
+    data: str = DATA_FOLDER  # folder with CIFAR-10 (torchvision layout or train/<class>/ image folders)
+    cache_dir: str = CACHE_FOLDER  # where the decoded uint8 tensors are cached
+    download: bool = False  # fetch CIFAR-10 with torchvision when the folder has none
+    widths: str = "64,256,256"  # channels of the three conv groups
+    logit_scale: float = 1 / 9  # the head's logits are multiplied by this
+    epochs: int = 12  # passes over the train split
+    batch_size: int = 1024  # images per step
+    lr: float = 1.3  # peak SGD learning rate (mean loss over the batch)
+    bias_lr_scale: float = 64.0  # batch-norm biases learn this much faster (their decay per step is unchanged)
+    momentum: float = 0.85  # Nesterov momentum
+    weight_decay: float = 1.53e-3  # L2 coefficient; the decay per step is lr * weight_decay
+    label_smoothing: float = 0.2  # cross-entropy label smoothing
+    warmup: float = 0.2  # fraction of all steps over which the learning rate rises linearly from 0
+    translate: int = 2  # random translation in pixels, with reflected borders
+    train_images: int = 0  # use only the first N training images (tests); 0: all
+    precision: str = "auto"  # auto (bf16 autocast where supported), bf16 or fp32
+    channels_last: bool = True  # NHWC memory layout for the convolutions
+    device: str = "auto"  # auto (CUDA if present, else CPU), cpu or cuda
+    threads: int = 0  # CPU threads for torch; 0 keeps torch's default
+    ship: str = ""  # after training, copy weights, config and card into this folder
+    role: str = "evaluator"  # evaluator (measures; never guides training) or perceptual (features of a loss)
+
+    @property
+    def width_tuple(self) -> tuple[int, int, int]:
+        return parse_widths(self.widths)
+
+
+EVALUATOR_RANGES = {"seed": (0, 2**31 - 1), "logit_scale": (1e-6, 1e6), "epochs": (1, 10**4),
+                    "batch_size": (1, 65536), "lr": (1e-9, 100), "bias_lr_scale": (1e-6, 1e6),
+                    "momentum": (0, 0.999999), "weight_decay": (0, 1), "label_smoothing": (0, 0.999999),
+                    "warmup": (0, 0.999999), "translate": (0, 16), "train_images": (0, 10**7), "threads": (0, 1024)}
+
+
+
+def validate_evaluator_config(config: EvaluatorConfig) -> None:
+    parse_widths(config.widths)
+    if config.role not in ROLES:
+        raise ConfigError(f"--role must be one of {', '.join(ROLES)}, got {config.role!r}")
+    check_ranges(config, EVALUATOR_RANGES)
+    check_choice("precision", config.precision, PRECISIONS)
+    check_choice("device", config.device, DEVICES)
+
+
+def make_evaluator_config(**flags) -> EvaluatorConfig:
+    config = dataclass_from_flags(EvaluatorConfig, {}, flags)
+    validate_evaluator_config(config)
+    return config
+
+
 
 RESUMABLE_FLAGS = {"data", "cache_dir", "download", "threads", "ship", "out"}
 
@@ -163,8 +238,8 @@ def train_evaluator(config: EvaluatorConfig, resume: bool = False, progress: boo
     out = Path(config.out)
     if config.threads:
         torch.set_num_threads(config.threads)
-    device = resolve_device(config)
-    dtype = resolve_precision(config, device)
+    device = resolve_device(config.device)
+    dtype = resolve_precision(config.precision, device)
     if out.is_dir():
         clean_run_folder(out)
     if resume and not has_checkpoint(out):

@@ -30,15 +30,16 @@ from pathlib import Path
 import fire
 from record import write_record  # bench/record.py, beside this script
 
+from autoencoder import metrics
 from autoencoder.atomic import write_json, write_text
-from autoencoder.checkpoint import has_checkpoint, load_run
+from autoencoder.checkpoint import has_checkpoint
+from autoencoder.cifar10 import CIFAR10_CLASSES
+from autoencoder.classifier import load_evaluator
 from autoencoder.config import make_config
 from autoencoder.data import load_cifar10, to_float, to_uint8
-from autoencoder.evaluate import reconstruct, reconstruction_metrics
-from autoencoder.evaluator import load_evaluator
-from autoencoder.hardware import resolve_device, resolve_precision
+from autoencoder.evaluate import reconstruct
+from autoencoder.run_folder import load_run
 from autoencoder.train import train
-from latent_ops import metrics
 from latent_ops.compose import IMAGES_FILE, compose, ensure_concepts
 
 # Each recipe adds its own flags to those of the recipe it builds on. ``critic-features`` is the
@@ -77,14 +78,15 @@ def images_per_second(preset: str, flags: dict, data: str, cache_dir: str, out: 
 
 def measure(run: Path, data: str, cache_dir: str, seed: int = 0) -> dict:
     """Every column of the table for a finished run."""
-    config, nets = load_run(run)
-    device = resolve_device(config)
-    dtype = resolve_precision(config, device)
+    opened = load_run(run)
+    config, nets = opened.config, opened.nets
+    device = opened.device
+    dtype = opened.dtype
     nets = nets.to(device)
     test = load_cifar10(data, "test", config.classes, cache_dir=cache_dir)
     judge = load_evaluator(device=device.type)
     rec = reconstruct(nets, test.images, device, dtype)
-    row = {"psnr_db": reconstruction_metrics(test.images, rec)["psnr_db"]}
+    row = {"psnr_db": metrics.reconstruction(test.images, rec)["psnr_db"]}
     rec_uint8 = to_uint8(rec)
     row["recon_frechet"] = metrics.frechet_distance(judge.features(rec_uint8), judge.features(test.images))
     row["recon_sharpness"] = metrics.laplacian_variance(to_float(rec_uint8)).mean().item()
@@ -97,7 +99,7 @@ def measure(run: Path, data: str, cache_dir: str, seed: int = 0) -> dict:
     from safetensors.torch import load_file
 
     images = load_file(str(folder / IMAGES_FILE))["images"]
-    recognised = metrics.recognisability(judge.probabilities(images))
+    recognised = metrics.recognisability(judge.probabilities(images), CIFAR10_CLASSES)
     row["recognisability_mean"] = recognised["combined"].mean().item()
     row["recognisability_share_over_half"] = (recognised["combined"] > 0.5).float().mean().item()
     speeds = [json.loads(line)["images_per_s"] for line in (run / "metrics.jsonl").read_text().splitlines()]

@@ -23,10 +23,11 @@ PEGASUS_FLAGS = dict(pool=1024, project=0.5, refine_prior=0.1)  # the Makefile's
 
 
 def refine_step_seconds(run: str, channels_last: bool, count: int = 256, rounds: int = 3) -> float:
-    from autoencoder.checkpoint import load_run
+    from autoencoder.run_folder import load_run
     from latent_ops.refine import critic_scores
 
-    config, nets = load_run(run)
+    opened = load_run(run)
+    config, nets = opened.config, opened.nets
     if channels_last:
         nets = nets.to(memory_format=torch.channels_last)
     z = torch.randn((count, config.latent_dim), generator=torch.Generator().manual_seed(0))

@@ -24,11 +24,12 @@ def _peak_rss_gib() -> float:
 
 
 def encode_speed(run: str, data: str, precision: str, channels_last: bool, cache_dir: str) -> tuple[float, float]:
-    from autoencoder.checkpoint import load_run
     from autoencoder.data import load_cifar10
+    from autoencoder.run_folder import load_run
     from latent_ops.encode import encode_images
 
-    _, nets = load_run(run)
+    opened = load_run(run)
+    _, nets = opened.config, opened.nets
     if channels_last:
         nets = nets.to(memory_format=torch.channels_last)
     images = load_cifar10(data, "test", cache_dir=cache_dir).images

@@ -24,18 +24,18 @@ import numpy as np
 import torch
 from record import RECORDS, write_record  # bench/record.py, beside this script
 
-from autoencoder.checkpoint import load_run
-from autoencoder.config import CIFAR10_CLASSES
-from autoencoder.evaluator import load_evaluator, load_perceptual
+from autoencoder.cifar10 import CIFAR10_CLASSES
+from autoencoder.classifier import load_evaluator, load_perceptual
 from autoencoder.models import ModelConfig
+from autoencoder.run_folder import load_run
 from latent_ops.concepts import load_concepts
 from latent_ops.encode import load_bank
 from latent_ops.expression import parse
 from latent_ops.flow import sample
 from latent_ops.images import save_grid
-from latent_ops.learn import ACCEPTED_FILE, learned_folder, load_learned
-from latent_ops.prior import load_prior
+from latent_ops.learn import ACCEPTED_FILE
 from latent_ops.sampling import DrawSettings, Sources, sample_expression
+from latent_ops.trained_prior import learned_folder, load_learned, load_prior
 
 
 def shares(images: torch.Tensor, judge) -> dict[str, float]:
@@ -59,7 +59,8 @@ def main(run: str = "models/pegasus-cifar10", name: str = "pegasus", count: int 
     run = Path(run)
     folder = learned_folder(run, name)
     learned_config = json.loads((folder / "config.json").read_text())
-    run_config, nets = load_run(run)
+    opened = load_run(run)
+    run_config, nets = opened.config, opened.nets
     judge = load_evaluator()
     sources = Sources(load_concepts(run), load_bank(run), load_prior(run), ModelConfig.of(run_config).code_shape,
                       nets.decoder, load_perceptual())

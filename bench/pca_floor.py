@@ -11,7 +11,7 @@ import fire
 from record import write_record  # bench/record.py, beside this script
 
 from autoencoder.data import load_cifar10, to_float
-from latent_ops.metrics import pca_reconstruction, reconstruction
+from autoencoder.metrics import pca_reconstruction, reconstruction
 
 
 def main(data: str = "data", components: str | tuple = "128", cache_dir: str = "data/cache", seed: int = 0) -> None:

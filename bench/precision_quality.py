@@ -21,7 +21,7 @@ from pathlib import Path
 import fire
 from record import write_record  # bench/record.py, beside this script
 
-from autoencoder.config import TrainConfig, load_config, make_config
+from autoencoder.config import TrainConfig, load_train_config, make_config
 from autoencoder.train import train
 
 
@@ -36,7 +36,7 @@ def is_finished(run: Path, config: TrainConfig) -> bool:
     if not (run / "config.json").exists() or not (run / "metrics.jsonl").exists():
         return False
     lines = (run / "metrics.jsonl").read_text().splitlines()
-    saved, wanted = dataclasses.asdict(load_config(run / "config.json")), dataclasses.asdict(config)
+    saved, wanted = dataclasses.asdict(load_train_config(run / "config.json")), dataclasses.asdict(config)
     saved.pop("out"), wanted.pop("out")
     return (saved == wanted
             and bool(lines) and json.loads(lines[-1])["step"] == config.steps)

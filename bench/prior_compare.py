@@ -26,19 +26,19 @@ import numpy as np
 import torch
 from record import write_record  # bench/record.py, beside this script
 
-from autoencoder.checkpoint import load_run
-from autoencoder.config import CIFAR10_CLASSES
+from autoencoder.cifar10 import CIFAR10_CLASSES
+from autoencoder.classifier import load_evaluator, load_perceptual
 from autoencoder.data import load_split, to_float
-from autoencoder.evaluator import load_evaluator, load_perceptual
+from autoencoder.metrics import frechet_distance
 from autoencoder.models import ModelConfig
+from autoencoder.run_folder import load_run
 from latent_ops.concepts import load_concepts
 from latent_ops.encode import load_bank
 from latent_ops.expression import parse
 from latent_ops.flow import sample
 from latent_ops.images import save_grid
-from latent_ops.metrics import frechet_distance
-from latent_ops.prior import load_prior
 from latent_ops.sampling import DrawSettings, Sources, sample_expression
+from latent_ops.trained_prior import load_prior
 
 GRIDS = Path("outputs/bench/prior_compare")
 
@@ -79,7 +79,8 @@ def main(run: str = "models/pegasus-cifar10", priors: str = "", data: str = "dat
          expressions: str = "2*horse&3*airplane@top;2*horse&3*airplane@back;2*horse&2*wings@back") -> None:
     run = Path(run)
     folders = [Path(p) for p in str(priors).split(",") if p] or [run / "prior"]
-    run_config, nets = load_run(run)
+    opened = load_run(run)
+    run_config, nets = opened.config, opened.nets
     judge = load_evaluator()
     reference = judge.features(to_float(load_split(data, "test", cache_dir).images))
     sources = Sources(load_concepts(run), load_bank(run), None, ModelConfig.of(run_config).code_shape,

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from autoencoder.atomic import write_json
-from autoencoder.hardware import machine_name
+from autoencoder.compute import machine_name
 
 RECORDS = Path("outputs/bench")
 BUSY_SPREAD = 0.15  # (max - min) / median above this: the machine was busy, the figure is unreliable

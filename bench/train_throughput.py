@@ -17,13 +17,12 @@ import time
 
 import fire
 import torch
-
-from autoencoder.config import make_config
-from autoencoder.models import build_networks
-from autoencoder.hardware import resolve_device, resolve_precision
-from autoencoder.step import make_optimisers, step_generator, train_step
 from record import busy_warning, summarise, write_record  # bench/record.py, beside this script
 
+from autoencoder.compute import resolve_device, resolve_precision
+from autoencoder.config import make_config
+from autoencoder.models import build_networks
+from autoencoder.step import make_optimisers, step_generator, train_step
 
 # Dense bf16 tensor-core peaks (TFLOP/s, without sparsity) from NVIDIA's data sheets, by a
 # part of the name torch.cuda.get_device_name() gives; the first match counts.
@@ -59,7 +58,7 @@ def measure(preset: str, precision: str, channels_last: bool, compiled: bool, st
             flags: dict) -> tuple[float, float, float]:
     """(images per second, peak RSS in GiB of this process, peak GPU memory in GiB or 0) for one combination."""
     config = make_config(preset, precision=precision, channels_last=channels_last, **flags)
-    device = resolve_device(config)
+    device = resolve_device(config.device)
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     torch.manual_seed(0)
     nets = build_networks(config).to(device)
@@ -102,11 +101,11 @@ def main(preset: str = "cpu", steps: int = 20, warmup: int = 3, compile: bool = 
     default's speedup. Rounds interleave the combinations, each round in a rotated order, so a
     passing load touches all of them alike; the spread says whether the machine was quiet."""
     config = make_config(preset, **flags)
-    device = resolve_device(config)
+    device = resolve_device(config.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"preset {preset} {flags or ''} on {name}; {rounds} interleaved rounds of {steps} steps")
     compile = str(compile).lower() not in ("false", "0", "no")  # fire reads --compile false as a string
-    native_bf16 = resolve_precision(make_config(preset, **{**flags, "precision": "auto"}), device) == torch.bfloat16
+    native_bf16 = resolve_precision("auto", device) == torch.bfloat16
     precisions = ("fp32", "bf16") if native_bf16 else ("fp32",)
     if not native_bf16:
         print("bf16 is not native on this machine (no AVX-512 bf16 / GPU bf16): emulated it is many times slower "
@@ -137,7 +136,7 @@ def main(preset: str = "cpu", steps: int = 20, warmup: int = 3, compile: bool = 
     base = results[("fp32", False, False)]
     best = max(results, key=results.get)
     print(f"best: {label(best)}, {results[best] / base:.2f}x")
-    default = ("bf16" if resolve_precision(config, device) == torch.bfloat16 else "fp32", config.channels_last, False)
+    default = ("bf16" if resolve_precision(config.precision, device) == torch.bfloat16 else "fp32", config.channels_last, False)
     flops = flops_per_image(preset, flags)
     achieved = flops * results[default]
     print(f"one step: {flops / 1e9:.2f} GFLOP per image; the default achieves {achieved / 1e12:.3f} TFLOP/s")

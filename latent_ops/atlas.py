@@ -32,9 +32,9 @@ import numpy as np
 import torch
 
 from autoencoder.atomic import replace_atomically, replace_folder, write_json
-from autoencoder.checkpoint import load_run
-from autoencoder.config import CIFAR10_CLASSES, ConfigError, check_ranges, dataclass_from_flags, parse_classes, save_config
-from autoencoder.errors import run_cli
+from autoencoder.cifar10 import CIFAR10_CLASSES, parse_classes
+from autoencoder.cli import ConfigError, check_ranges, dataclass_from_flags, run_cli, save_config
+from autoencoder.run_folder import load_run
 from latent_ops.compose import ensure_concepts
 from latent_ops.concepts import Concepts, heldout_members
 from latent_ops.encode import BANK_FILE, LatentBank, decode_codes, load_bank
@@ -323,7 +323,8 @@ def build_atlas(quiet: bool = False, **flags) -> dict:
     strengths = config.strength_list
     concepts = ensure_concepts(run_dir, config.data, config.cache_dir)
     bank = load_bank(run_dir)
-    _, nets = load_run(run_dir)
+    opened = load_run(run_dir)
+    _, nets = opened.config, opened.nets
     atlas = fit_or_load(run_dir, bank, config.split, config.classes, config.seed, config.neighbours, config.min_dist)
     say(f"{'reused the cached' if atlas.reused else 'fitted the'} map of {len(atlas.rows)} codes "
         f"in {atlas.seconds:.1f} s")

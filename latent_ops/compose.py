@@ -38,26 +38,24 @@ import numpy as np
 import torch
 
 from autoencoder.atomic import replace_folder, save_tensors, write_json
-from autoencoder.checkpoint import RunError, load_run
-from autoencoder.config import CIFAR10_CLASSES, ConfigError, check_ranges, dataclass_from_flags, save_config
+from autoencoder.cifar10 import CIFAR10_CLASSES
+from autoencoder.classifier import SHIPPED, WEIGHTS_FILE, load_evaluator, load_perceptual
+from autoencoder.cli import ConfigError, check_ranges, dataclass_from_flags, run_cli, save_config
 from autoencoder.data import DataNotFoundError, load_split, to_float, to_uint8
-from autoencoder.errors import run_cli
-from autoencoder.evaluator import SHIPPED, WEIGHTS_FILE, load_evaluator, load_perceptual
-from autoencoder.hardware import resolve_device
+from autoencoder.metrics import laplacian_variance, mean_pairwise_distance, nearest_neighbours
 from autoencoder.models import ModelConfig
+from autoencoder.run_folder import RunError, load_run
 from latent_ops import ranking
 from latent_ops.concepts import DENSITIES_FILE, WINGED, Concepts, fit_run_concepts, load_concepts
 from latent_ops.encode import BANK_FILE, encode_run, load_bank
 from latent_ops.expression import FOLLOWING_REGIONS, ExpressionError, parse, term_parts
 from latent_ops.flow import denoise, project
 from latent_ops.images import region_cells, save_grid, save_region, save_region_grid, save_single
-from latent_ops.metrics import laplacian_variance, mean_pairwise_distance, nearest_neighbours
 from latent_ops.refine import critic_scores, refine_codes
-from latent_ops.learn import learned_expression, learned_names, load_learned
-from latent_ops.prior import load_prior
 from latent_ops.runs import refuse_foreign_folder, resolve_run
-from latent_ops.showcase import save_showcase
 from latent_ops.sampling import SOURCES, DrawSettings, Sources, projection_conditions, sample_expression
+from latent_ops.showcase import save_showcase
+from latent_ops.trained_prior import learned_expression, learned_names, load_learned, load_prior
 
 INTENTS = ("auto", "evaluator", "probe")
 IMAGES_FILE = "images.safetensors"  # the best images, uint8 (k, 3, 32, 32), best first
@@ -349,8 +347,9 @@ def run_compose(config: ComposeConfig, quiet: bool = False) -> Path:
     began = time.monotonic()
     run_dir = resolve_run(config.run)
     out_dir = output_folder(config)
-    run_config, nets = load_run(run_dir)
-    device = resolve_device(run_config)
+    opened = load_run(run_dir)
+    run_config, nets = opened.config, opened.nets
+    device = opened.device
     nets = nets.to(device, memory_format=torch.channels_last)  # refinement 1.9x faster on this CPU (bench/compose_speed.py)
     concepts = ensure_concepts(run_dir, config.data, config.cache_dir)
     learned = learned_names(run_dir)

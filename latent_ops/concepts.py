@@ -38,7 +38,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from autoencoder.atomic import replace_atomically, write_json
-from autoencoder.config import CIFAR10_CLASSES
+from autoencoder.cifar10 import CIFAR10_CLASSES
 from latent_ops.encode import LatentBank
 
 CLUSTERS_FILE = "clusters.json"
@@ -405,7 +405,7 @@ def save_concepts(concepts: Concepts, record: dict, run: Path, digest: str = "")
 
 def load_concepts(run: Path) -> Concepts:
     """The concepts of a run; a missing, damaged or stale file is a RunError saying to refit them."""
-    from autoencoder.checkpoint import RunError
+    from autoencoder.run_folder import RunError
     from latent_ops.encode import read_stamped_npz
 
     fix = f"fit them again with python -m latent_ops.concepts --run {run} --data PATH"
@@ -460,8 +460,8 @@ def write_cluster_grids(record: dict, train_images: torch.Tensor, folder: Path, 
 def fit_run_concepts(run: Path, data: str, cache_dir: str = "data/cache", max_clusters: int = 6,
                      cross_fraction: float = 0.9, seed: int = 0) -> Concepts:
     """Fit, save and return the concepts of a run from its latent bank (pixels for ``white`` and grids)."""
-    from autoencoder.checkpoint import weights_digest
     from autoencoder.data import load_split
+    from autoencoder.run_folder import weights_digest
     from latent_ops.encode import load_bank
 
     bank = load_bank(run)
@@ -469,7 +469,7 @@ def fit_run_concepts(run: Path, data: str, cache_dir: str = "data/cache", max_cl
     test_images = load_split(data, "test", cache_dir).images
     white_train = whiteness_labels(train_images[bank.indices["train"]])
     white_test = whiteness_labels(test_images[bank.indices["test"]])
-    from autoencoder.evaluator import SHIPPED_PERCEPTUAL, load_perceptual
+    from autoencoder.classifier import SHIPPED_PERCEPTUAL, load_perceptual
     from latent_ops.sources import source_masks
 
     perceptual = load_perceptual(SHIPPED_PERCEPTUAL).eval()  # never the evaluator: it measures the results
@@ -518,7 +518,7 @@ def heldout_members(name: str, concepts: Concepts, bank: LatentBank) -> np.ndarr
 def main(run: str = "", data: str = "data", cache_dir: str = "data/cache", max_clusters: int = 6,
          cross_fraction: float = 0.9, seed: int = 0) -> None:
     """Fit clusters and directions of a run (default: the newest) and print what was found."""
-    from autoencoder.errors import run_cli
+    from autoencoder.cli import run_cli
     from latent_ops.runs import resolve_run
 
     run_dir = run_cli(lambda: resolve_run(run))

@@ -31,9 +31,10 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from autoencoder.errors import UserError
 from lark import Lark, Token, Transformer, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
+
+from autoencoder.cli import UserError
 
 GRAMMAR = r"""
     ?sum: conj
@@ -257,7 +258,7 @@ def parse(text: str, known: Iterable[str] = ()) -> dict[str, float]:
 
 def main(expression: str) -> None:
     """Print the weighted concepts an expression stands for."""
-    from autoencoder.errors import run_cli
+    from autoencoder.cli import run_cli
 
     for name, weight in run_cli(lambda: parse(str(expression))).items():
         print(f"{weight:+.3f} * {name}")

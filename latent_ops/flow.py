@@ -46,7 +46,6 @@ import torch.nn.functional as F
 from torch import nn
 
 
-
 class Condition(NamedTuple):
     """A class (or learned concept) label, its guidance weight, and where it applies."""
     label: int

@@ -10,7 +10,7 @@ import torch
 from torchvision.utils import make_grid, save_image
 
 from autoencoder.atomic import replace_atomically
-from autoencoder.samples import upscale
+from autoencoder.data import upscale
 from latent_ops.expression import REGIONS
 
 

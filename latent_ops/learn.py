@@ -38,26 +38,24 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from autoencoder.atomic import replace_folder, write_json
-from autoencoder.checkpoint import RunError, load_run, save_weights, weights_digest
-from autoencoder.config import CIFAR10_CLASSES, ConfigError, check_ranges, dataclass_from_flags, save_config
+from autoencoder.checkpoint import save_weights
+from autoencoder.cifar10 import CIFAR10_CLASSES
+from autoencoder.classifier import load_perceptual
+from autoencoder.cli import ConfigError, check_ranges, dataclass_from_flags, run_cli, save_config
 from autoencoder.data import to_uint8
-from autoencoder.errors import run_cli
-from autoencoder.evaluator import load_perceptual
-from autoencoder.hardware import resolve_device, resolve_precision
+from autoencoder.metrics import laplacian_variance
 from autoencoder.models import ModelConfig
+from autoencoder.run_folder import RunError, load_run, weights_digest
 from latent_ops.concepts import WINGED, load_concepts
 from latent_ops.encode import encode_images, load_bank
 from latent_ops.expression import parse
 from latent_ops.flow import FlowNet, flow_matching_loss, sample, with_extra_label
 from latent_ops.images import save_grid
-from latent_ops.metrics import laplacian_variance
-from latent_ops.prior import PRIOR_FOLDER, SOURCE_FILE, load_prior
 from latent_ops.runs import refuse_foreign_folder, resolve_run
 from latent_ops.sampling import DrawSettings, Sources, sample_expression
 from latent_ops.sources import classifier_views
+from latent_ops.trained_prior import NET_CONFIG_FILE, PRIOR_FOLDER, SOURCE_FILE, learned_folder, load_prior
 
-LEARNED_FOLDER = "learned"
-NET_CONFIG_FILE = "net.json"
 RECORD_FILE = "record.json"
 ACCEPTED_FILE = "accepted.npz"
 OUTPUT_FILES = {"model.safetensors", NET_CONFIG_FILE, SOURCE_FILE, "config.json", RECORD_FILE, ACCEPTED_FILE,
@@ -130,30 +128,6 @@ def make_learn_config(**flags) -> LearnConfig:
     config = dataclass_from_flags(LearnConfig, {}, flags)
     validate_learn_config(config)
     return config
-
-
-def learned_folder(run: Path, name: str) -> Path:
-    return Path(run) / LEARNED_FOLDER / name
-
-
-def learned_names(run: Path) -> list[str]:
-    """The concepts learned for this run (folders of RUN/learned with a prior in them)."""
-    root = Path(run) / LEARNED_FOLDER
-    return sorted(p.name for p in root.iterdir() if (p / SOURCE_FILE).exists()) if root.is_dir() else []
-
-
-def load_learned(run: Path, name: str, device: str | torch.device = "cpu") -> FlowNet:
-    """The prior that knows ``name`` (and every CIFAR-10 class)."""
-    return load_prior(run, device, learned_folder(run, name), NET_CONFIG_FILE)
-
-
-def learned_expression(run: Path, name: str) -> str:
-    """The expression a learned concept was learned from (what its images should show)."""
-    try:
-        return str(json.loads((learned_folder(run, name) / "config.json").read_text())["expression"])
-    except (OSError, ValueError, KeyError) as error:
-        raise RunError(f"{learned_folder(run, name) / 'config.json'} is missing or damaged ({error}); learn "
-                       f"{name} again with python -m latent_ops.learn {name} --run {run}") from None
 
 
 def judge_terms(probabilities: torch.Tensor, rule: dict[str, float]) -> torch.Tensor:
@@ -258,9 +232,10 @@ def learn(config: LearnConfig, quiet: bool = False) -> Path:
     run = resolve_run(config.run)
     config.run = str(run)
     out = claim_output(config, run)
-    run_config, nets = load_run(run)
-    device = resolve_device(run_config)
-    dtype = resolve_precision(run_config, device)
+    opened = load_run(run)
+    run_config, nets = opened.config, opened.nets
+    device = opened.device
+    dtype = opened.dtype
     base = load_prior(run)
     perceptual = load_perceptual()
     concepts, bank = load_concepts(run), load_bank(run)

@@ -26,26 +26,40 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from autoencoder.atomic import TEMPORARY_MARK, write_json
-from autoencoder.checkpoint import (CHECKPOINTS_FOLDER, METRICS_FILE, MODEL_FILE, POINTER_FILE, STATE_FILE,
-                                    RunError, clean_run_folder, has_checkpoint, load_run, load_run_config,
-                                    load_train_state, load_weights, model_file, state_file, trim_metrics,
-                                    weights_digest, write_checkpoint)
-from autoencoder.config import (CIFAR10_CLASSES, ConfigError, check_ranges, dataclass_from_flags, load_config,
-                                save_config)
+from autoencoder.checkpoint import (
+    clean_run_folder,
+    has_checkpoint,
+    load_train_state,
+    state_file,
+    trim_metrics,
+    write_checkpoint,
+)
+from autoencoder.cifar10 import CIFAR10_CLASSES
+from autoencoder.cli import ConfigError, check_ranges, dataclass_from_flags, load_config, run_cli, save_config
+from autoencoder.compute import resolve_precision
 from autoencoder.data import load_cifar10
-from autoencoder.errors import run_cli
-from autoencoder.hardware import resolve_device, resolve_precision
 from autoencoder.models import ModelConfig
+from autoencoder.run_folder import (
+    CHECKPOINTS_FOLDER,
+    METRICS_FILE,
+    MODEL_FILE,
+    POINTER_FILE,
+    STATE_FILE,
+    RunError,
+    load_run,
+    load_run_config,
+    load_weights,
+    model_file,
+    weights_digest,
+)
 from latent_ops.encode import BANK_FILE, LatentBank, StaleError, encode_images, encode_run, load_bank
-from latent_ops.flow import ConvVelocityNet, FlowNet, VelocityNet, flow_matching_loss
+from latent_ops.flow import VelocityNet, flow_matching_loss
 from latent_ops.runs import refuse_foreign_folder, resolve_run
+from latent_ops.trained_prior import NETS, SOURCE_FILE, PriorWeights, prior_folder
 
-PRIOR_FOLDER = "prior"
-SOURCE_FILE = "source.json"
 PRIOR_FILES = {"config.json", SOURCE_FILE, MODEL_FILE, METRICS_FILE, POINTER_FILE, STATE_FILE, CHECKPOINTS_FOLDER}
 
 
@@ -74,7 +88,7 @@ class PriorConfig:
     threads: int = 0  # CPU threads for torch; 0 keeps torch's default
 
 
-NETS = ("auto", "conv", "mlp")
+
 PRIOR_SPLITS = ("train", "both")
 HELD_OUT = 2000  # test codes kept out of training under --splits both
 PRIOR_RANGES = {"hidden": (8, 8192), "channels": (8, 4096), "blocks": (1, 64), "steps": (1, 10 ** 7), "batch_size": (2, 10 ** 6),
@@ -99,25 +113,6 @@ def validate_prior_config(config: PriorConfig) -> None:
         raise ConfigError(f"--splits must be one of {', '.join(PRIOR_SPLITS)}, got {config.splits!r}")
 
 
-def build_flow_net(config: PriorConfig, code_shape: tuple[int, ...], classes: int) -> FlowNet:
-    """The velocity net that ``config`` names, for codes of ``code_shape`` and ``classes`` labels."""
-    if config.net == "conv" or (config.net == "auto" and len(code_shape) == 3):
-        if len(code_shape) != 3:
-            raise ConfigError(f"--net conv needs a spatial code, but this run's code is flat ({code_shape[0]} "
-                              f"numbers); use --net mlp")
-        return ConvVelocityNet(code_shape, classes, config.channels, config.blocks, config.hidden)
-    return VelocityNet(math.prod(code_shape), classes, config.hidden, config.blocks)
-
-
-class PriorWeights(torch.nn.Module):
-    """What a prior checkpoint holds: the trained net and its moving average."""
-
-    def __init__(self, code_shape: tuple[int, ...], config: PriorConfig, classes: int = len(CIFAR10_CLASSES)):
-        super().__init__()
-        self.net = build_flow_net(config, code_shape, classes)
-        self.ema = AveragedModel(self.net, multi_avg_fn=get_ema_multi_avg_fn(config.ema))
-
-
 def training_codes(run: Path, bank: LatentBank, config: PriorConfig
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(train codes, train labels, held-out codes, held-out labels) for ``config``'s splits and mirrors.
@@ -137,9 +132,10 @@ def training_codes(run: Path, bank: LatentBank, config: PriorConfig
                               torch.from_numpy(bank.labels[split][keep]).long()))
                 continue
             if encoder is None:
-                run_config, nets = load_run(run)
-                device = resolve_device(run_config)
-                encoder = (nets.encoder.to(device), device, resolve_precision(run_config, device), run_config.classes)
+                opened = load_run(run)
+                run_config, nets = opened.config, opened.nets
+                device = opened.device
+                encoder = (nets.encoder.to(device), device, resolve_precision(run_config.precision, device), run_config.classes)
             net, device, dtype, classes = encoder
             images = load_cifar10(config.data, split, classes, cache_dir=config.cache_dir)
             pixels = images.images[keep]
@@ -148,10 +144,6 @@ def training_codes(run: Path, bank: LatentBank, config: PriorConfig
     held = slice(0, HELD_OUT)
     return (torch.cat([c for c, _ in parts]), torch.cat([lab for _, lab in parts]),
             torch.from_numpy(bank.codes["test"][held]).float(), torch.from_numpy(bank.labels["test"][held]).long())
-
-
-def prior_folder(run: Path) -> Path:
-    return Path(run) / PRIOR_FOLDER
 
 
 def lr_factor(step: int, steps: int) -> float:
@@ -272,35 +264,6 @@ def train_prior(config: PriorConfig, progress: bool = True) -> Path:
             save(done)
     metrics.close()
     return folder
-
-
-def load_prior(run: str | Path, device: str | torch.device = "cpu", folder: Path | None = None,
-               config_file: str = "config.json") -> FlowNet:
-    """The run's trained prior (moving-average weights, eval mode), refused when missing or stale.
-
-    ``folder`` (default ``RUN/prior``) and ``config_file`` name another prior of the run, e.g. one
-    that ``latent_ops.learn`` taught a new concept; its ``source.json`` lists its labels.
-    """
-    run = Path(run)
-    folder = prior_folder(run) if folder is None else Path(folder)
-    fix = f"train it with python -m latent_ops.prior --run {run}"
-    if not model_file(folder).exists():
-        raise RunError(f"{run} has no latent prior ({folder / 'model.safetensors'} is missing); {fix}")
-    config = load_config(folder / config_file, PriorConfig, validate_prior_config)
-    try:
-        source = json.loads((folder / SOURCE_FILE).read_text())
-        code_shape = tuple(int(n) for n in source.get("code_shape") or (source["dim"],))
-        labels = [str(name) for name in source.get("labels", CIFAR10_CLASSES)]
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise RunError(f"{folder / SOURCE_FILE} is missing or damaged ({error}); {fix}") from None
-    if source.get("weights_digest") != weights_digest(run):
-        raise StaleError(f"{folder} was trained on codes of other weights than {run}'s current ones; "
-                         f"delete it and {fix}")
-    weights = PriorWeights(code_shape, config, len(labels))
-    load_weights(weights, model_file(folder))
-    net = weights.ema.module.to(device).eval()
-    net.label_names = labels  # what each label means: CIFAR-10's classes, then learned concepts
-    return net
 
 
 def main(**flags) -> None:

@@ -14,9 +14,9 @@ Example: see ``latent_ops.compose`` (``--refine_steps``, ``--refine_step_size``)
 """
 from __future__ import annotations
 
-import torch
-
 from collections.abc import Callable
+
+import torch
 
 from autoencoder.models import Networks
 

@@ -1,4 +1,4 @@
-"""The evaluation report of a run: every metric of latent_ops.metrics beside its real-vs-real floor, with figures.
+"""The evaluation report of a run: every metric of autoencoder.metrics beside its real-vs-real floor, with figures.
 
 For the run's reconstructions, for samples of its prior N(0, I), and for each composed
 expression (default ``horse+wings``), it answers: how close, how realistic (Frechet and
@@ -24,17 +24,16 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from autoencoder import metrics
 from autoencoder.atomic import save_tensors, write_json, write_text
-from autoencoder.checkpoint import load_run, weights_digest
-from autoencoder.config import CIFAR10_CLASSES, ConfigError, check_ranges, dataclass_from_flags, save_config
-from autoencoder.errors import run_cli
+from autoencoder.cifar10 import CIFAR10_CLASSES
+from autoencoder.classifier import SHIPPED, WEIGHTS_FILE, Evaluator, load_evaluator
+from autoencoder.cli import ConfigError, check_ranges, dataclass_from_flags, run_cli, save_config
+from autoencoder.compute import machine_name
 from autoencoder.data import load_cifar10, to_float, to_uint8
 from autoencoder.diagram import draw_run
 from autoencoder.evaluate import reconstruct
-from autoencoder.evaluator import SHIPPED, WEIGHTS_FILE, Evaluator, load_evaluator
-from autoencoder.hardware import machine_name
-from autoencoder.hardware import resolve_device, resolve_precision
-from latent_ops import metrics
+from autoencoder.run_folder import load_run, weights_digest
 from latent_ops.compose import IMAGES_FILE, compose, folder_name
 from latent_ops.encode import decode_codes
 from latent_ops.expression import parse, term_parts
@@ -148,7 +147,7 @@ def latent_prior_samples(run_dir: Path, config, count: int, seed: int, device: t
     """``count`` codes from the run's latent prior, the run's classes in turn (guidance ``guidance``);
     None when the run has no prior."""
     from latent_ops.flow import sample
-    from latent_ops.prior import load_prior, prior_folder
+    from latent_ops.trained_prior import load_prior, prior_folder
 
     if not (prior_folder(run_dir) / "model.safetensors").exists():
         return None
@@ -191,9 +190,10 @@ def report(quiet: bool = False, **flags) -> Path:
     prior_samples, neighbour_count, kid_subset = settings.prior_samples, settings.neighbour_count, settings.kid_subset
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(settings, out_dir / "config.json")
-    config, nets = load_run(run_dir)
-    device = resolve_device(config)
-    dtype = resolve_precision(config, device)
+    opened = load_run(run_dir)
+    config, nets = opened.config, opened.nets
+    device = opened.device
+    dtype = opened.dtype
     nets = nets.to(device)
     evaluator_dir = Path(settings.evaluator) if settings.evaluator else SHIPPED
     judge = load_evaluator(evaluator_dir, device=device.type)
@@ -276,7 +276,7 @@ def report(quiet: bool = False, **flags) -> Path:
             continue
         subject_test = test.labels == CIFAR10_CLASSES.index(subject)
         features = judge.features(images)
-        recognised = metrics.recognisability(judge.probabilities(images), subject=subject)
+        recognised = metrics.recognisability(judge.probabilities(images), CIFAR10_CLASSES, subject=subject)
         entry = {"expression": expression, "subject": subject, "folder": str(folder),
                  "intent_source": scores["intent_source"], "critic_mean_after": scores["critic_mean_after"],
                  "candidates_composed": scores["candidates_composed"], "pool": scores["pool"],
@@ -303,7 +303,7 @@ def report(quiet: bool = False, **flags) -> Path:
                                horse_features[pick], horse_features, train_floats, train_features, seed,
                                neighbour_count, kid_subset),
         ]
-        real_recognised = metrics.recognisability(judge.probabilities(real_horses[pick]), subject=subject)
+        real_recognised = metrics.recognisability(judge.probabilities(real_horses[pick]), CIFAR10_CLASSES, subject=subject)
         entry["recognisability_real_subject_mean"] = {k: v.mean().item() for k, v in real_recognised.items()}
         best_pixel, _ = metrics.nearest_distances(to_float(images[:1]), train_floats)
         best_feature, _ = metrics.nearest_distances(features[:1], train_features)

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from autoencoder.checkpoint import MODEL_FILE, RunError, model_file
-from autoencoder.config import ConfigError
+from autoencoder.cli import ConfigError
+from autoencoder.run_folder import MODEL_FILE, RunError, model_file
 
 RUNS_FOLDER = Path("outputs/runs")
 SHIPPED_MODEL = Path(__file__).resolve().parent.parent / "models" / "pegasus-cifar10"

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from autoencoder.config import CIFAR10_CLASSES
+from autoencoder.cifar10 import CIFAR10_CLASSES
 from latent_ops.concepts import Concepts, heldout_members
 from latent_ops.encode import LatentBank
 from latent_ops.expression import FOLLOWING_REGIONS, REGIONS, ExpressionError, term_parts

@@ -27,17 +27,25 @@ import numpy as np
 import torch
 
 from autoencoder.atomic import replace_atomically, save_tensors, write_json, write_text
-from autoencoder.checkpoint import (CONFIG_FILE, METRICS_FILE, RunError, load_run, load_run_config, model_file,
-                                    read_tensors, save_weights, weights_digest)
-from autoencoder.config import ConfigError, dataclass_from_flags
+from autoencoder.checkpoint import save_weights
+from autoencoder.cli import CONFIG_FILE, ConfigError, dataclass_from_flags, run_cli
+from autoencoder.compute import machine_name
 from autoencoder.data import SPLITS, load_split
-from autoencoder.errors import run_cli
-from autoencoder.hardware import machine_name
 from autoencoder.models import ModelConfig
+from autoencoder.run_folder import (
+    METRICS_FILE,
+    RunError,
+    load_run,
+    load_run_config,
+    model_file,
+    read_tensors,
+    weights_digest,
+)
 from latent_ops.concepts import fit_run_concepts, load_concepts
 from latent_ops.encode import BANK_FILE, encode_run, load_bank
-from latent_ops.prior import PRIOR_FOLDER, make_prior_config, train_prior
+from latent_ops.prior import make_prior_config, train_prior
 from latent_ops.runs import SHIPPED_MODEL
+from latent_ops.trained_prior import PRIOR_FOLDER
 
 CARD_FILE = "MODEL_CARD.md"
 DATA_FILE = "data.json"
@@ -72,7 +80,8 @@ def data_checksums(data: str, cache_dir: str) -> dict[str, str]:
 
 def write_fp16_weights(run: Path, folder: Path) -> None:
     """The run's config and weights (floating tensors in fp16) into ``folder``."""
-    _, nets = load_run(run)
+    opened = load_run(run)
+    _, nets = opened.config, opened.nets
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copy2(run / CONFIG_FILE, folder / CONFIG_FILE)
     if (run / METRICS_FILE).exists():

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from autoencoder.atomic import replace_atomically, write_json
-from autoencoder.errors import UserError, run_cli
+from autoencoder.cli import UserError, run_cli
 from latent_ops.images import to_unit
 
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from autoencoder.config import CIFAR10_CLASSES
+from autoencoder.cifar10 import CIFAR10_CLASSES
 from autoencoder.data import to_float
 
 SOURCE_NAMES = ("bird:flight", "horse:white", "horse:fullbody")

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from autoencoder.config import CIFAR10_CLASSES
+from autoencoder.cifar10 import CIFAR10_CLASSES
 
 FAKE_CLASSES = ("bird", "cat", "horse")
 TRAIN_PER_CLASS, TEST_PER_CLASS = 16, 8
@@ -94,7 +94,7 @@ TINY_EVALUATOR = dict(widths="8,16,16", epochs=3, batch_size=16, warmup=0.3, lr=
 
 
 def tiny_evaluator_config(folder_data: Path, out: Path, **extra):
-    from autoencoder.evaluator import make_evaluator_config
+    from autoencoder.train_evaluator import make_evaluator_config
 
     flags = dict(TINY_EVALUATOR, data=str(folder_data), cache_dir=str(out.parent / "cache"), out=str(out))
     flags.update(extra)

@@ -12,8 +12,9 @@ import pytest
 from nbclient import NotebookClient
 from PIL import Image
 
-from autoencoder.config import ConfigError
-from latent_ops.atlas import build_atlas, cluster_outline, fit_or_load, main as atlas_main
+from autoencoder.cli import ConfigError
+from latent_ops.atlas import build_atlas, cluster_outline, fit_or_load
+from latent_ops.atlas import main as atlas_main
 from latent_ops.compose import ensure_concepts
 from latent_ops.encode import load_bank
 

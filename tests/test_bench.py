@@ -42,7 +42,8 @@ def test_repeated_measurements_are_summarised_and_a_busy_machine_is_flagged(tmp_
 def test_ablation_trains_a_recipe_for_its_minutes_measures_it_and_skips_it_after(folder_data, tmp_path, capsys):
     import json
 
-    from ablation import main as ablation_main, recipe_flags
+    from ablation import main as ablation_main
+    from ablation import recipe_flags
 
     assert recipe_flags("hinge")["perceptual_weight"] == 1.0 and recipe_flags("baseline") == {}
     assert recipe_flags("critic-features") == {"perceptual_weight": 1.0, "perceptual_source": "critic"}

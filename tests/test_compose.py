@@ -7,18 +7,19 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
 from PIL import Image
+from safetensors.torch import load_file
 
-from autoencoder.checkpoint import load_run
-from autoencoder.config import CIFAR10_CLASSES
+from autoencoder.cifar10 import CIFAR10_CLASSES
 from autoencoder.data import load_split, to_float
+from autoencoder.metrics import nearest_neighbours
+from autoencoder.run_folder import load_run
 from latent_ops import ranking
-from latent_ops.compose import compose, intent_terms, main as compose_main, resolve_intent
-from latent_ops.expression import ExpressionError
+from latent_ops.compose import compose, intent_terms, resolve_intent
+from latent_ops.compose import main as compose_main
 from latent_ops.concepts import heldout_members, load_concepts
 from latent_ops.encode import encode_run, load_bank
-from latent_ops.metrics import nearest_neighbours
+from latent_ops.expression import ExpressionError
 from latent_ops.refine import refine_codes
 
 
@@ -36,7 +37,8 @@ def composed_run(smoke_run, folder_data, tmp_path_factory):
 
 def test_bank_holds_both_splits(composed_run):
     bank = load_bank(composed_run)
-    config, _ = load_run(composed_run)
+    opened = load_run(composed_run)
+    config, _ = opened.config, opened.nets
     assert bank.codes["train"].shape == (48, config.latent_dim) and bank.codes["test"].shape == (24, config.latent_dim)
     assert set(bank.labels["train"].tolist()) == {2, 3, 7}
 
@@ -71,7 +73,7 @@ def test_compose_writes_every_output(composed_run, folder_data, tmp_path, smoke_
 
 def test_the_contact_sheet_frames_the_marked_cells_and_refuses_bad_positions(composed_run, folder_data, tmp_path,
                                                                             smoke_run):
-    from autoencoder.errors import UserError
+    from autoencoder.cli import UserError
     from latent_ops.showcase import contact_sheet
 
     out = compose("horse+wings", out=str(tmp_path / "sheet"), n=16, dedup=0.0, refine_steps=0,
@@ -140,7 +142,8 @@ def test_heldout_source_draws_real_test_codes_of_the_class(composed_run):
 
 
 def test_the_prior_pull_moves_codes_its_share_of_the_way_to_the_denoised_code(composed_run):
-    _, nets = load_run(composed_run)
+    opened = load_run(composed_run)
+    _, nets = opened.config, opened.nets
     z0 = torch.from_numpy(load_bank(composed_run).codes["test"][:4])
     target = torch.zeros_like(z0)
     for weight in (0.0, 0.5, 1.0):
@@ -149,7 +152,8 @@ def test_the_prior_pull_moves_codes_its_share_of_the_way_to_the_denoised_code(co
 
 
 def test_refinement_raises_the_critic_score(composed_run):
-    _, nets = load_run(composed_run)
+    opened = load_run(composed_run)
+    _, nets = opened.config, opened.nets
     torch.manual_seed(0)
     z0 = torch.randn(32, nets.decoder.project.in_features)
     z, history = refine_codes(nets, z0, steps=10, step_size=0.05, anchor=0.1)
@@ -192,7 +196,7 @@ def test_the_gate_ranks_every_passing_candidate_first_then_by_score():
 
 
 def test_sharpness_and_the_gate_decide_the_ranking(composed_run, folder_data, tmp_path, smoke_run):
-    from latent_ops.metrics import laplacian_variance
+    from autoencoder.metrics import laplacian_variance
 
     common = dict(run=str(composed_run), data=str(folder_data), cache_dir=str(smoke_run.parent / "cache"), n=40,
                   seed=2, refine_steps=1, quiet=True)
@@ -230,7 +234,7 @@ def test_strength_and_weight_scale_the_calibrated_step(composed_run):
 def test_newest_run_is_the_default(tmp_path, smoke_run):
     import os
 
-    from autoencoder.checkpoint import RunError
+    from autoencoder.run_folder import RunError
     from latent_ops.runs import resolve_run
 
     with pytest.raises(RunError, match="no trained run"):
@@ -294,7 +298,7 @@ def test_a_compose_that_fails_leaves_the_previous_output_whole(composed_run, fol
 
 
 def test_a_folder_that_is_not_a_compose_output_is_refused(composed_run, folder_data, tmp_path, smoke_run):
-    from autoencoder.config import ConfigError
+    from autoencoder.cli import ConfigError
 
     mine = tmp_path / "mine"
     mine.mkdir()
@@ -337,9 +341,9 @@ def test_many_candidates_are_composed_in_chunks(composed_run, folder_data, tmp_p
 
 
 def test_stale_or_damaged_concepts_are_refitted(composed_run, folder_data, tmp_path, smoke_run):
-    from autoencoder.checkpoint import RunError
-    from autoencoder.train import train
     from autoencoder.config import make_config
+    from autoencoder.run_folder import RunError
+    from autoencoder.train import train
 
     run = tmp_path / "run"
     shutil.copytree(composed_run, run)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from autoencoder.config import CIFAR10_CLASSES
+from autoencoder.cifar10 import CIFAR10_CLASSES
 from latent_ops import concepts as C
 from latent_ops.encode import LatentBank
 

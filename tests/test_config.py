@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from autoencoder.config import (CIFAR10_CLASSES, ConfigError, PRESETS, load_config, make_config,
-                                parse_classes, save_config)
+from autoencoder.cifar10 import CIFAR10_CLASSES, parse_classes
+from autoencoder.cli import ConfigError, save_config
+from autoencoder.config import PRESETS, load_train_config, make_config
 
 
 def test_presets_build():
@@ -49,4 +50,4 @@ def test_parse_classes():
 def test_json_round_trip(tmp_path):
     config = make_config("cpu", seed=7, classes="horse")
     save_config(config, tmp_path / "config.json")
-    assert load_config(tmp_path / "config.json") == config
+    assert load_train_config(tmp_path / "config.json") == config

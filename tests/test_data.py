@@ -4,16 +4,24 @@ from __future__ import annotations
 import shutil
 
 import numpy as np
-
 import pytest
 import torch
+from conftest import FAKE_CLASSES, TEST_PER_CLASS, TRAIN_PER_CLASS, write_folders, write_torchvision_batches
 from PIL import Image
 
 from autoencoder import data as data_module
-from autoencoder.config import CIFAR10_CLASSES, ConfigError
-from autoencoder.data import (DataNotFoundError, find_source, load_cifar10, load_split, mirror, random_flip,
-                              to_float, to_uint8)
-from conftest import FAKE_CLASSES, TEST_PER_CLASS, TRAIN_PER_CLASS, write_folders, write_torchvision_batches
+from autoencoder.cifar10 import CIFAR10_CLASSES
+from autoencoder.cli import ConfigError
+from autoencoder.data import (
+    DataNotFoundError,
+    find_source,
+    load_cifar10,
+    load_split,
+    mirror,
+    random_flip,
+    to_float,
+    to_uint8,
+)
 
 
 def test_folder_layout_loads_uint8_with_cifar_labels(folder_data, cache_dir):

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import smoke_flags
 from safetensors.torch import load_file
 
-from autoencoder.config import ConfigError, make_config
-from autoencoder.distributed import Shard
-from autoencoder.data import BatchSampler
+from autoencoder.cli import ConfigError
+from autoencoder.config import make_config
+from autoencoder.distributed import BatchSampler, Shard
 from autoencoder.step import pair_partners
 from autoencoder.train import check_shardable, train
-from conftest import smoke_flags
 
 TOLERANCE = 1e-5
 REPO = Path(__file__).resolve().parents[1]

@@ -6,16 +6,20 @@ import json
 import fire
 import pytest
 import torch
+from conftest import tiny_evaluator_config as tiny_config
 from safetensors.torch import load_file
 
 import autoencoder.train_evaluator as evaluator_module
-from autoencoder.classifier import EvaluatorNet, patch_whitening
-from autoencoder.config import ConfigError
-from autoencoder.evaluator import SHIPPED, EvaluatorConfig, load_evaluator, make_evaluator_config
-from autoencoder.train_evaluator import (learning_rate, main,
-                                         random_translate, train_evaluator)
-
-from conftest import tiny_evaluator_config as tiny_config
+from autoencoder.classifier import SHIPPED, EvaluatorNet, load_evaluator, patch_whitening
+from autoencoder.cli import ConfigError
+from autoencoder.train_evaluator import (
+    EvaluatorConfig,
+    learning_rate,
+    main,
+    make_evaluator_config,
+    random_translate,
+    train_evaluator,
+)
 
 
 def test_patch_whitening_whitens_patches():
@@ -54,9 +58,9 @@ def test_training_lowers_the_loss_and_writes_a_finished_evaluator(tiny_evaluator
     out, result = tiny_evaluator
     losses = [e["train_loss"] for e in result["epochs"]]
     assert len(losses) == 3 and losses[-1] < losses[0]
-    for name in ("evaluator.safetensors", "config.json", "card.md", "result.json", "metrics.jsonl"):
+    for name in ("classifier.safetensors", "config.json", "card.md", "result.json", "metrics.jsonl"):
         assert (out / name).exists(), name
-    assert all(t.dtype == torch.float16 for t in load_file(str(out / "evaluator.safetensors")).values()
+    assert all(t.dtype == torch.float16 for t in load_file(str(out / "classifier.safetensors")).values()
                if t.is_floating_point())
     assert "from scratch" in (out / "card.md").read_text() and "not** Inception" in (out / "card.md").read_text()
     assert [json.loads(l)["epoch"] for l in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
@@ -91,7 +95,7 @@ def test_a_killed_run_resumes_to_the_same_weights(tiny_evaluator, folder_data, t
     with pytest.raises(ConfigError, match="--epochs"):
         train_evaluator(tiny_config(folder_data, killed, epochs=4), resume=True, progress=False)
     train_evaluator(tiny_config(folder_data, killed), resume=True, progress=False)
-    a, b = load_file(str(whole / "evaluator.safetensors")), load_file(str(killed / "evaluator.safetensors"))
+    a, b = load_file(str(whole / "classifier.safetensors")), load_file(str(killed / "classifier.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert [json.loads(l)["epoch"] for l in (killed / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
 
@@ -111,28 +115,27 @@ def test_bad_flags_name_the_flag(folder_data, tmp_path, capsys):
         load_evaluator(tmp_path)
 
 
-@pytest.mark.skipif(not (SHIPPED / "evaluator.safetensors").exists(), reason="no shipped evaluator yet")
+@pytest.mark.skipif(not (SHIPPED / "classifier.safetensors").exists(), reason="no shipped evaluator yet")
 def test_the_shipped_evaluator_loads_and_its_card_comes_from_its_result(tmp_path):
-    from autoencoder.checkpoint import weights_metadata
-    from autoencoder.config import load_config
-    from autoencoder.evaluator import validate_evaluator_config
-    from autoencoder.train_evaluator import write_card
+    from autoencoder.cli import load_config
+    from autoencoder.run_folder import weights_metadata
+    from autoencoder.train_evaluator import validate_evaluator_config, write_card
 
     evaluator = load_evaluator()
     assert isinstance(evaluator.net, EvaluatorNet)
     result = json.loads((SHIPPED / "result.json").read_text())
     assert evaluator.features(torch.zeros(2, 3, 32, 32)).shape == (2, result["feature_dim"])
     # the weights are the ones the result describes, and the card is what write_card makes of it
-    assert float(weights_metadata(SHIPPED / "evaluator.safetensors")["test_accuracy"]) == pytest.approx(
+    assert float(weights_metadata(SHIPPED / "classifier.safetensors")["test_accuracy"]) == pytest.approx(
         result["test_accuracy"], abs=1e-4)
     write_card(tmp_path, load_config(SHIPPED / "config.json", EvaluatorConfig, validate_evaluator_config), result)
     assert (tmp_path / "card.md").read_text() == (SHIPPED / "card.md").read_text(), "card.md was edited by hand"
 
 
-@pytest.mark.skipif(not (SHIPPED / "evaluator.safetensors").exists(), reason="no shipped nets yet")
+@pytest.mark.skipif(not (SHIPPED / "classifier.safetensors").exists(), reason="no shipped nets yet")
 def test_the_shipped_perceptual_net_is_a_different_network_that_only_trains():
-    from autoencoder.checkpoint import RunError
-    from autoencoder.evaluator import SHIPPED_PERCEPTUAL, load_perceptual
+    from autoencoder.classifier import SHIPPED_PERCEPTUAL, load_perceptual
+    from autoencoder.run_folder import RunError
 
     net = load_perceptual()
     assert not any(p.requires_grad for p in net.parameters())

@@ -72,7 +72,8 @@ def test_any_unicode_parses_or_raises_expression_error(text):
         pass
 
 
-from autoencoder.config import TRAIN_RANGES, ConfigError, make_config  # noqa: E402
+from autoencoder.cli import ConfigError
+from autoencoder.config import TRAIN_RANGES, make_config
 
 FUZZ_KNOWN = ["horse", "bird", "wings", "horse:0", "white"]
 PIECES = st.sampled_from(["horse", "bird", "wings", "horse:0", "white", "+", "-", "*", "/", "(", ")", " ",

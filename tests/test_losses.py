@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from autoencoder import losses
+from autoencoder import losses, metrics
 
 
 def test_reconstruction_zero_for_identical_and_known_value():
@@ -18,8 +18,8 @@ def test_reconstruction_zero_for_identical_and_known_value():
 def test_psnr_known_values():
     x = torch.zeros(2, 3, 4, 4)
     # MSE 0.04 on a peak-to-peak range of 2: 10*log10(4/0.04) = 20 dB
-    assert torch.allclose(losses.psnr(x, x + 0.2), torch.full((2,), 20.0), atol=1e-4)
-    assert losses.psnr(x, x).min() > 90  # identical images: clamped, very high
+    assert torch.allclose(metrics.psnr(x, x + 0.2), torch.full((2,), 20.0), atol=1e-4)
+    assert metrics.psnr(x, x).min() > 90  # identical images: clamped, very high
 
 
 def test_critic_loss_low_when_critic_is_right():

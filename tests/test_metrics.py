@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from latent_ops import metrics
+from autoencoder import metrics
+from autoencoder.cifar10 import CIFAR10_CLASSES
 
 
 def gaussian_features(n: int, d: int, seed: int, shift: float = 0.0, scale: float = 1.0) -> torch.Tensor:
@@ -66,14 +67,14 @@ def test_recognisability_is_high_only_when_both_are_present():
     p[0, 7], p[0, 2], p[0, 0] = 0.5, 0.3, 0.2  # horse, bird, airplane
     p[1, 7] = 1.0  # a plain horse
     p[2, 2] = 1.0  # a plain bird
-    r = metrics.recognisability(p)
+    r = metrics.recognisability(p, CIFAR10_CLASSES)
     assert r["horse"].tolist() == pytest.approx([0.5, 1.0, 0.0])
     assert r["winged"].tolist() == pytest.approx([0.5, 0.0, 1.0])
     assert r["combined"].tolist() == pytest.approx([1.0, 0.0, 0.0])
     with pytest.raises(ValueError, match=r"\(N, 10\)"):
-        metrics.recognisability(torch.zeros(2, 9))
+        metrics.recognisability(torch.zeros(2, 9), CIFAR10_CLASSES)
     with pytest.raises(ValueError, match="pegasus"):
-        metrics.recognisability(p, subject="pegasus")
+        metrics.recognisability(p, CIFAR10_CLASSES, subject="pegasus")
 
 
 def test_a_copied_training_image_has_zero_uniqueness():

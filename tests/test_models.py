@@ -74,7 +74,7 @@ def test_networks_take_their_own_model_config():
 
 
 def test_a_spatial_code_round_trips_and_its_cells_act_locally():
-    from autoencoder.config import ConfigError
+    from autoencoder.cli import ConfigError
 
     torch.manual_seed(0)
     nets = build_networks(make_config("smoke", latent_dim=32, spatial_channels=2)).eval()

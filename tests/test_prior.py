@@ -7,14 +7,15 @@ import shutil
 
 import pytest
 import torch
+from conftest import dies_on_call, fit_toy_flow
 from safetensors.torch import load_file
 
-from autoencoder.config import ConfigError
+from autoencoder.cli import ConfigError
 from latent_ops import prior as prior_module
 from latent_ops.encode import StaleError
 from latent_ops.flow import VelocityNet, denoise, guided_velocity, prior_score, project, sample
-from latent_ops.prior import load_prior, make_prior_config, train_prior
-from conftest import dies_on_call, fit_toy_flow
+from latent_ops.prior import make_prior_config, train_prior
+from latent_ops.trained_prior import load_prior
 
 CENTRES = torch.tensor([[3.0, 0, 0, 0], [-3.0, 0, 0, 0]])  # class 0 and class 1 of a 4-number toy code
 

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import fit_toy_flow
 from torch import nn
 
 from latent_ops.expression import ExpressionError, parse, term_parts, to_text
-from latent_ops.flow import (Condition, ConvVelocityNet, Drift, guided_velocity, integrate,
-                             sample, with_extra_label)
+from latent_ops.flow import Condition, ConvVelocityNet, Drift, guided_velocity, integrate, sample, with_extra_label
 from latent_ops.placement import SubjectPlacer, cells_above, subject_cells
-from conftest import fit_toy_flow
 
 
 class KnownVelocity(nn.Module):
@@ -207,8 +206,7 @@ def test_learn_adds_a_label_that_compose_draws_and_keeps_the_old_ones(learned_ru
     import json
 
     from latent_ops.compose import compose
-    from latent_ops.learn import learned_names, load_learned
-    from latent_ops.prior import load_prior
+    from latent_ops.trained_prior import learned_names, load_learned, load_prior
 
     run, folder, cache = learned_run
     record = json.loads((folder / "record.json").read_text())
@@ -231,7 +229,7 @@ def test_learn_adds_a_label_that_compose_draws_and_keeps_the_old_ones(learned_ru
 
 
 def test_learn_refuses_the_evaluator_as_judge_and_bad_rules():
-    from autoencoder.config import ConfigError
+    from autoencoder.cli import ConfigError
     from latent_ops.learn import make_learn_config
 
     with pytest.raises(ConfigError, match="evaluator measures the results"):
@@ -243,7 +241,7 @@ def test_learn_refuses_the_evaluator_as_judge_and_bad_rules():
 
 
 def test_a_prior_out_folder_that_is_not_a_prior_is_refused_before_any_work(tmp_path):
-    from autoencoder.config import ConfigError
+    from autoencoder.cli import ConfigError
     from latent_ops.prior import claim_prior_folder
 
     claim_prior_folder(tmp_path / "new")  # a new folder is fine

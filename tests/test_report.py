@@ -7,8 +7,9 @@ import shutil
 import pytest
 from torch import nn
 
-from autoencoder.checkpoint import load_run
-from autoencoder.diagram import NETWORK_TITLES, draw_run, main as diagram_main
+from autoencoder.diagram import NETWORK_TITLES, draw_run
+from autoencoder.diagram import main as diagram_main
+from autoencoder.run_folder import load_run
 from latent_ops.report import report
 
 
@@ -21,7 +22,8 @@ def test_diagram_draws_every_module_of_every_network(smoke_run, tmp_path):
     files, layers = draw_run(smoke_run, tmp_path)
     assert [f.name for f in files] == ["architecture.png", "architecture.svg"]
     assert all(f.stat().st_size > 10_000 for f in files)
-    _, networks = load_run(smoke_run)
+    opened = load_run(smoke_run)
+    _, networks = opened.config, opened.nets
     svg = files[1].read_text()
     for name, title in NETWORK_TITLES.items():
         network = getattr(networks, name)
@@ -34,7 +36,8 @@ def test_diagram_draws_every_module_of_every_network(smoke_run, tmp_path):
         assert all(layer.label.replace(">", "&gt;") in svg for layer in mine)
     encoder_out = [l.shape for l in layers if l.network == "encoder"][-1]
     decoder_out = [l.shape for l in layers if l.network == "decoder"][-1]
-    config, _ = load_run(smoke_run)
+    opened = load_run(smoke_run)
+    config, _ = opened.config, opened.nets
     assert encoder_out == (config.latent_dim,) and decoder_out == (3, 32, 32)
     assert "compose pipeline" in svg.lower() and "refine" in svg
 

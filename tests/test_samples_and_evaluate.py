@@ -7,11 +7,12 @@ import pytest
 import torch
 from PIL import Image
 
-from autoencoder.checkpoint import RunError, load_run
-from autoencoder.config import CIFAR10_CLASSES
+from autoencoder.cifar10 import CIFAR10_CLASSES
 from autoencoder.data import load_cifar10
 from autoencoder.evaluate import main as evaluate_main
-from autoencoder.samples import choose_sample_inputs, main as samples_main, pick_pair_classes, render_grid
+from autoencoder.run_folder import RunError, load_run
+from autoencoder.samples import choose_sample_inputs, pick_pair_classes, render_grid
+from autoencoder.samples import main as samples_main
 
 HORSE, BIRD, CAT = (CIFAR10_CLASSES.index(c) for c in ("horse", "bird", "cat"))
 
@@ -23,7 +24,8 @@ def test_pair_classes_prefer_horse_and_bird():
 
 
 def test_sample_inputs_use_horses_and_birds(smoke_run, folder_data):
-    config, nets = load_run(smoke_run)
+    opened = load_run(smoke_run)
+    config, nets = opened.config, opened.nets
     held_out = load_cifar10(folder_data, "test", cache_dir=smoke_run.parent / "cache")
     inputs = choose_sample_inputs(held_out, config, seed=0)
     horses = held_out.images[held_out.labels == HORSE].float() / 127.5 - 1

@@ -8,10 +8,10 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from conftest import dies_on_call
 from safetensors.torch import load_file
 
-from autoencoder.checkpoint import RunError, load_run
-from conftest import dies_on_call
+from autoencoder.run_folder import RunError, load_run
 from latent_ops import prior as prior_module
 from latent_ops.compose import compose
 from latent_ops.encode import load_bank
@@ -48,8 +48,10 @@ def test_the_shipped_folder_holds_fp16_weights_test_codes_and_a_card(shipped, sm
     assert bank.codes["test"].dtype == np.float32 and len(bank.codes["test"]) == len(bank.labels["test"]) > 0
 
     # The fp16 weights decode the test codes as the run's fp32 weights do, to fp16 precision.
-    _, original = load_run(smoke_run)
-    _, copy = load_run(out)
+    opened = load_run(smoke_run)
+    _, original = opened.config, opened.nets
+    opened = load_run(out)
+    _, copy = opened.config, opened.nets
     z = torch.from_numpy(bank.codes["test"][:8])
     with torch.no_grad():
         assert (original.decoder(z) - copy.decoder(z)).abs().max() < 0.02

@@ -8,20 +8,21 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from autoencoder.checkpoint import load_run, weights_digest
 from autoencoder.models import ModelConfig
+from autoencoder.run_folder import load_run, weights_digest
 from latent_ops.concepts import load_concepts
 from latent_ops.encode import load_bank
 from latent_ops.flow import sample
-from latent_ops.prior import load_prior
 from latent_ops.runs import SHIPPED_MODEL
 from latent_ops.ship import CARD_FILE, SIZE_LIMIT, folder_bytes
+from latent_ops.trained_prior import load_prior
 
 
 def test_the_shipped_model_loads_with_its_config_prior_concepts_and_test_codes():
     model = SHIPPED_MODEL
     assert folder_bytes(model) < SIZE_LIMIT
-    config, nets = load_run(model)
+    opened = load_run(model)
+    config, nets = opened.config, opened.nets
     shape = ModelConfig.of(config).code_shape
     assert config.latent_dim == int(np.prod(shape)) == 128 and config.preset == "release"
     weights = load_file(str(model / "model.safetensors"))
@@ -48,7 +49,7 @@ def test_the_shipped_model_loads_with_its_config_prior_concepts_and_test_codes()
 
 def test_the_shipped_model_carries_its_conv_prior_and_the_learned_pegasus():
     from latent_ops.flow import ConvVelocityNet
-    from latent_ops.learn import learned_expression, learned_names, load_learned
+    from latent_ops.trained_prior import learned_expression, learned_names, load_learned
 
     model = SHIPPED_MODEL
     assert isinstance(load_prior(model), ConvVelocityNet)

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from autoencoder.cifar10 import CIFAR10_CLASSES
 from autoencoder.classifier import EvaluatorNet
-from autoencoder.config import CIFAR10_CLASSES
 from latent_ops.sources import SOURCE_NAMES, fullbody, source_masks
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from conftest import smoke_flags
 from PIL import Image
 
 from autoencoder.config import make_config
@@ -18,7 +19,6 @@ from latent_ops.encode import load_bank
 from latent_ops.prior import make_prior_config, train_prior
 from latent_ops.report import report
 from latent_ops.sampling import Sources, sample_expression
-from conftest import smoke_flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 

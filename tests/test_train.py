@@ -7,16 +7,17 @@ import math
 import fire
 import pytest
 import torch
+from conftest import dies_on_call, smoke_flags
 from PIL import Image
 from safetensors.torch import load_file
 
 from autoencoder import atomic, checkpoint
-from autoencoder.checkpoint import load_run, load_train_state, state_file
-from autoencoder.config import PRESETS, make_config
 from autoencoder import train as train_module
-from autoencoder.data import BatchSampler
+from autoencoder.checkpoint import load_train_state, state_file
+from autoencoder.config import PRESETS, load_train_config, make_config
+from autoencoder.distributed import BatchSampler
+from autoencoder.run_folder import load_run
 from autoencoder.train import main, train
-from conftest import dies_on_call, smoke_flags
 
 
 def read_metrics(run):
@@ -47,7 +48,8 @@ def test_run_folder_contents(smoke_run):
 
 
 def test_run_loads_without_executing_code(smoke_run):
-    config, nets = load_run(smoke_run)
+    opened = load_run(smoke_run)
+    config, nets = opened.config, opened.nets
     assert config.steps == 60
     assert load_train_state(state_file(smoke_run))["step"] == 60  # weights_only=True
     keys = load_file(str(smoke_run / "model.safetensors")).keys()
@@ -116,7 +118,7 @@ def test_the_release_recipe_resumes_exactly(folder_data, tmp_path, monkeypatch):
     if parts.get("spatial_channels"):
         parts["spatial_channels"] = 1  # the smoke preset's 16-number code as 1 x 4 x 4
     whole, killed = kill_and_resume(folder_data, tmp_path, monkeypatch, **parts)
-    config, nets = load_run(killed)
+    config = load_train_config(killed / "config.json")
     for name, value in parts.items():
         assert getattr(config, name) == value, name
     assert_resumed_exactly(whole, killed)
@@ -377,7 +379,8 @@ def test_a_pointer_cannot_lead_outside_the_run(smoke_run, tmp_path, capsys):
 def test_weights_holding_nan_are_refused_with_the_file_named(smoke_run, tmp_path):
     import shutil
 
-    from autoencoder.checkpoint import RunError, model_file, save_tensors
+    from autoencoder.checkpoint import save_tensors
+    from autoencoder.run_folder import RunError, model_file
 
     run = tmp_path / "copy"
     shutil.copytree(smoke_run, run)
@@ -392,6 +395,7 @@ def test_weights_holding_nan_are_refused_with_the_file_named(smoke_run, tmp_path
 def test_a_perceptual_term_trains_with_its_own_net_and_never_the_evaluator(folder_data, tmp_path, tiny_evaluator,
                                                                            capsys):
     from conftest import tiny_evaluator_config
+
     from autoencoder.train_evaluator import train_evaluator
 
     net = tmp_path / "perceptual"
@@ -413,7 +417,8 @@ def test_hinge_critic_with_adaptive_weight_trains_and_logs_its_balance(folder_da
     records = read_metrics(run)
     assert all(r["loss/image_balance"] > 0 and math.isfinite(r["loss/image_balance"]) for r in records)
     assert records[-1]["eval/mse"] < records[0]["eval/mse"] * 1.5
-    _, nets = load_run(run)
+    opened = load_run(run)
+    _, nets = opened.config, opened.nets
     assert nets.image_critic.net[0].out_channels == 12 and nets.interp_critic.net[0].out_channels == 8
 
 
@@ -427,10 +432,12 @@ def test_a_class_head_learns_the_labels_of_the_images_it_sees(folder_data, tmp_p
                             **smoke_flags(folder_data, tmp_path / "classes")), progress=False)
     records = read_metrics(run)
     assert records[-1]["loss/class"] < records[0]["loss/class"]
-    _, nets = load_run(run)
+    opened = load_run(run)
+    _, nets = opened.config, opened.nets
     assert nets.class_head is not None and nets.class_head.out_features == 10
     assert "class_head" in nets.names and nets.class_head.weight in set(nets.autoencoder_parameters())
-    _, plain = load_run(unbroken_path(folder_data, tmp_path))
+    opened = load_run(unbroken_path(folder_data, tmp_path))
+    _, plain = opened.config, opened.nets
     assert plain.class_head is None and "class_head" not in plain.names
 
 

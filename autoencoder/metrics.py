@@ -1,6 +1,6 @@
 """Sample-quality metrics as pure functions of tensors: each answers one of the users' questions.
 
-- reconstruction: MSE and PSNR of reconstructions (images in [-1, 1]);
+- psnr, reconstruction: PSNR per image, and MSE and PSNR of reconstructions (images in [-1, 1]);
 - pca_reconstruction: the same for PCA with k components, the linear floor to beat;
 - frechet_distance: the Frechet distance between Gaussians fitted to two feature sets
   (Heusel et al. 2017, arXiv:1706.08500), here in the project's own evaluator features:
@@ -16,7 +16,9 @@
 - laplacian_variance: a blur measure (Pech-Pacheco et al. 2000): variance of the 3x3
   Laplacian of the grey image, lower for blurrier images.
 
-Example: ``python -c "import torch; from latent_ops.metrics import frechet_distance as f; x=torch.randn(500,8); print(f(x, x))"``
+They import nothing from the project: images, features and probabilities come in as tensors.
+
+Example: ``python -c "import torch; from autoencoder.metrics import frechet_distance as f; x=torch.randn(500,8); print(f(x, x))"``
 """
 from __future__ import annotations
 
@@ -24,10 +26,25 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from autoencoder.config import CIFAR10_CLASSES
-from autoencoder.evaluate import reconstruction_metrics as reconstruction  # the one reconstruction metric
-
 WINGED_CLASSES = ("bird", "airplane")
+
+
+def psnr(x: torch.Tensor, x_rec: torch.Tensor) -> torch.Tensor:
+    """Peak signal-to-noise ratio in dB per image, for images in [-1, 1] (peak-to-peak 2). -> (B,)"""
+    mse = (x_rec.float() - x.float()).pow(2).flatten(1).mean(1)
+    return 10.0 * torch.log10(4.0 / mse.clamp_min(1e-10))
+
+
+def reconstruction(originals: torch.Tensor, reconstructions: torch.Tensor) -> dict[str, float]:
+    """MSE (pixels in [-1, 1]), mean per-image PSNR and PSNR of the mean MSE (dB): the one reconstruction
+    metric of the project. originals: (N, 3, H, W) uint8 or float in [-1, 1]; reconstructions: float, same shape."""
+    if originals.shape != reconstructions.shape:
+        raise ValueError(f"originals {tuple(originals.shape)} and reconstructions "
+                         f"{tuple(reconstructions.shape)} must have the same shape")
+    x = originals.float() / 127.5 - 1 if originals.dtype == torch.uint8 else originals.float()
+    mse = (reconstructions.float() - x).pow(2).flatten(1).mean(1).mean()
+    return {"mse": mse.item(), "psnr_db": psnr(x, reconstructions).mean().item(),
+            "psnr_of_mean_mse_db": (10 * torch.log10(4 / mse.clamp_min(1e-10))).item()}
 
 
 def pca_reconstruction(train: torch.Tensor, test: torch.Tensor, components: int, seed: int = 0) -> torch.Tensor:
@@ -88,17 +105,17 @@ def kernel_distance(features_a: torch.Tensor, features_b: torch.Tensor, subsets:
     return values.mean().item(), (values.std().item() if len(values) > 1 else 0.0)
 
 
-def recognisability(probabilities: torch.Tensor, subject: str = "horse",
+def recognisability(probabilities: torch.Tensor, class_names: tuple[str, ...], subject: str = "horse",
                     winged: tuple[str, ...] = WINGED_CLASSES) -> dict[str, torch.Tensor]:
     """Per image (N,): P(subject), P(winged) summed over the winged classes, and their combined
-    score 2 * sqrt(P(subject) * P(winged)) in [0, 1]. probabilities: (N, 10) in CIFAR-10 order."""
-    if probabilities.ndim != 2 or probabilities.shape[1] != len(CIFAR10_CLASSES):
-        raise ValueError(f"probabilities must be (N, {len(CIFAR10_CLASSES)}), got {tuple(probabilities.shape)}")
-    unknown = [c for c in (subject, *winged) if c not in CIFAR10_CLASSES]
+    score 2 * sqrt(P(subject) * P(winged)) in [0, 1]. probabilities: (N, K), columns named by ``class_names``."""
+    if probabilities.ndim != 2 or probabilities.shape[1] != len(class_names):
+        raise ValueError(f"probabilities must be (N, {len(class_names)}), got {tuple(probabilities.shape)}")
+    unknown = [c for c in (subject, *winged) if c not in class_names]
     if unknown:
-        raise ValueError(f"unknown class(es) {', '.join(unknown)}; known: {', '.join(CIFAR10_CLASSES)}")
-    p_subject = probabilities[:, CIFAR10_CLASSES.index(subject)]
-    p_winged = probabilities[:, [CIFAR10_CLASSES.index(c) for c in winged]].sum(1)
+        raise ValueError(f"unknown class(es) {', '.join(unknown)}; known: {', '.join(class_names)}")
+    p_subject = probabilities[:, class_names.index(subject)]
+    p_winged = probabilities[:, [class_names.index(c) for c in winged]].sum(1)
     return {subject: p_subject, "winged": p_winged, "combined": 2 * (p_subject * p_winged).clamp_min(0).sqrt()}
 
 

@@ -1,0 +1,248 @@
+"""The one command pattern every command line follows, and the errors a user can cause.
+
+flags -> a typed config dataclass (``dataclass_from_flags``: unknown flags, wrong types,
+non-finite numbers and values out of range are refused) -> checks -> the output folder
+claimed (``claim_output``: writable, not someone else's, locked against a second writer)
+-> ``config.json`` -> the work. ``run_cli`` turns every ``UserError`` and every
+``OSError`` (a read-only folder, a full disk) into one line on stderr and exit status 2.
+
+Values read from files go through the same coercion (``load_config``, ``finite``), so a
+NaN in a file is refused where it enters, like a flag.
+
+Example: ``python -c "from autoencoder.cli import run_cli, UserError; run_cli(lambda: (_ for _ in ()).throw(UserError('x')))"``
+"""
+from __future__ import annotations
+
+import dataclasses
+import errno
+import fcntl
+import json
+import math
+import os
+import sys
+import typing
+from pathlib import Path
+from typing import Any, Callable
+
+CONFIG_FILE = "config.json"
+
+
+class UserError(Exception):
+    """Bad input (a flag, a file, a folder); the message says what was wrong and what to do."""
+
+
+class ConfigError(UserError, ValueError):
+    """A flag or config value that cannot be used; the message says what to do."""
+
+
+def os_error_line(error: OSError) -> str:
+    """One line for an OSError: what failed, on which file, and what to do."""
+    where = f" {error.filename}" if error.filename else ""
+    reason = error.strerror or str(error) or type(error).__name__
+    fix = {errno.ENOSPC: "free some space and run the command again (finished outputs were kept)",
+           errno.EACCES: "choose a folder you can write to, or fix its permissions",
+           errno.EROFS: "choose a folder on a writable disk",
+           errno.EDQUOT: "free some space and run the command again"}.get(error.errno, "check the path and run again")
+    return f"cannot use{where}: {reason}; {fix}"
+
+
+def run_cli(call: Callable[[], Any], is_main: bool = True) -> Any:
+    """Run a command's body; a UserError or an OSError becomes one line on stderr and exit status 2.
+
+    ``is_main``: under torchrun only rank 0 prints.
+    """
+    try:
+        return call()
+    except UserError as error:
+        message = str(error)
+    except OSError as error:
+        message = os_error_line(error)
+    if is_main:
+        print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def coerce(name: str, value: Any, kind: type) -> Any:
+    """Turn a flag or file value (fire may give str, int, float, tuple...) into the field's type.
+
+    Non-finite numbers (nan, inf, 1e999) and fractional or boolean values for integer
+    fields are refused here, where they enter, so that no command silently works on them.
+    """
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in ("true", "1", "yes"):
+            return True
+        if str(value).lower() in ("false", "0", "no"):
+            return False
+        raise ConfigError(f"--{name} takes true or false, got {value!r}")
+    if kind is str:
+        if isinstance(value, (tuple, list)):
+            return ",".join(str(v) for v in value)  # fire reads "horse,bird" as a tuple
+        if isinstance(value, (dict, bool)) or value is None:
+            raise ConfigError(f"--{name} takes text, got {value!r}")
+        return str(value)
+    if isinstance(value, bool) or isinstance(value, (tuple, list, dict)) or value is None:
+        raise ConfigError(f"--{name} takes a {kind.__name__}, got {value!r}")
+    number = finite(f"--{name}", value, kind.__name__)
+    if kind is int:
+        if isinstance(value, int):
+            return value
+        if not number.is_integer():
+            raise ConfigError(f"--{name} takes a whole number, got {value!r}")
+        try:
+            return int(str(value)) if isinstance(value, str) else int(number)
+        except ValueError:
+            return int(number)  # "1e3"
+    return number
+
+
+def finite(label: str, value: Any, what: str = "number") -> float:
+    """``value`` as a finite float; NaN, infinities and non-numbers are a ConfigError naming ``label``
+    (``--flag`` for a flag, ``FILE: field`` for a value read from a file)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise ConfigError(f"{label} takes a {what}, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ConfigError(f"{label} must be a finite number, got {value!r}")
+    return number
+
+
+def dataclass_from_flags(kind: type, base: dict[str, Any], flags: dict[str, Any]) -> Any:
+    """An instance of the config dataclass ``kind``: ``base`` values, then ``flags`` coerced to
+    each field's type; an unknown flag is a ConfigError that lists the known ones."""
+    types = typing.get_type_hints(kind)
+    unknown = sorted(set(flags) - set(types))
+    if unknown:
+        raise ConfigError(f"unknown flag(s) {', '.join('--' + u for u in unknown)}; "
+                          f"known flags: {', '.join('--' + f for f in types)}")
+    values = dict(base)
+    values.update({k: coerce(k, v, types[k]) for k, v in flags.items()})
+    return kind(**values)
+
+
+def check_ranges(config: Any, ranges: dict[str, tuple[float, float]]) -> None:
+    """Refuse a field outside its inclusive range, naming the flag and the range."""
+    for name, (low, high) in ranges.items():
+        value = getattr(config, name)
+        if not low <= value <= high:
+            raise ConfigError(f"--{name} must be between {low:g} and {high:g}, got {value!r}")
+
+
+def check_choice(name: str, value: str, choices: typing.Sequence[str]) -> None:
+    """Refuse a value that is not one of ``choices``, listing them."""
+    if value not in choices:
+        raise ConfigError(f"--{name} must be one of {', '.join(choices)}, got {value!r}")
+
+
+def save_config(config: Any, path: str | Path) -> None:
+    """A config dataclass as JSON, replaced atomically."""
+    from autoencoder.atomic import write_text
+
+    write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n", Path(path))
+
+
+def read_json(path: str | Path, what: str = "file") -> Any:
+    """A JSON file; a missing, unreadable or damaged one is a ConfigError naming it. Its numbers are
+    checked where they are used (``coerce``, ``finite``)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path} is missing") from None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as error:
+        raise ConfigError(f"{path} is damaged or not a {what} ({type(error).__name__}: "
+                          f"{str(error)[:120]})") from None
+
+
+def load_config(path: str | Path, kind: type, check: Callable | None = None) -> Any:
+    """A saved config, every field type- and range-checked like a flag.
+
+    Fields added since the file was written take their defaults; unknown keys are ignored,
+    but a file that shares no field with ``kind`` is refused as not that config.
+    ``check`` validates the result. A bad value is a ConfigError naming the file and the field.
+    """
+    values = read_json(path, "config file")
+    known = set(typing.get_type_hints(kind))
+    if not isinstance(values, dict) or (values and not known & set(values)):
+        raise ConfigError(f"{path} is not a {kind.__name__} file (none of its fields are there)")
+    try:
+        config = dataclass_from_flags(kind, {}, {k: v for k, v in values.items() if k in known})
+        if check is not None:
+            check(config)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
+    return config
+
+
+_HELD_LOCKS: dict[str, int] = {}
+
+
+def lock_folder(folder: Path) -> None:
+    """Hold an exclusive lock on ``folder`` for the life of this process: a second writer is refused.
+
+    The lock file sits beside the folder (``.NAME.lock``), so a folder that is replaced whole
+    keeps its lock.
+    """
+    folder = Path(folder).resolve()
+    key = str(folder)
+    if key in _HELD_LOCKS:
+        return
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    handle = os.open(folder.parent / f".{folder.name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(handle)
+        raise ConfigError(f"{folder} is being written by another command; wait for it to finish, "
+                          f"or pass another --out") from None
+    _HELD_LOCKS[key] = handle
+
+
+def release_folder(folder: Path) -> None:
+    """Drop the lock ``lock_folder`` took (tests and long-lived processes)."""
+    handle = _HELD_LOCKS.pop(str(Path(folder).resolve()), None)
+    if handle is not None:
+        os.close(handle)
+
+
+def check_writable(folder: Path) -> None:
+    """Refuse, before any work, a folder (or its nearest existing parent) that cannot be written."""
+    place = Path(folder)
+    while not place.exists() and place != place.parent:
+        place = place.parent
+    if not place.is_dir():
+        raise ConfigError(f"{place} is a file, so {folder} cannot be made; pass another --out")
+    probe = place / f".write-probe{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise ConfigError(f"cannot write in {place} ({error.strerror}); choose a folder you can write to, "
+                          f"nothing was computed") from None
+
+
+def claim_output(out: str | Path, own_files: typing.Iterable[str] | None, what: str,
+                 config: Any = None) -> Path:
+    """Claim a command's output folder before any work, the same way for every command.
+
+    The folder must be writable; when it exists, it may hold only ``own_files`` (names
+    this command writes; None: any), so a folder the user made is never replaced; it is
+    locked against a second writer; then ``config`` is saved in it as ``config.json``.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; pass a folder")
+    check_writable(out)
+    lock_folder(out)
+    if out.is_dir() and own_files is not None:
+        allowed = set(own_files) | {CONFIG_FILE}
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in allowed and not p.name.startswith("."))
+        if foreign:
+            release_folder(out)
+            raise ConfigError(f"--out {out} is not empty and not {what} output (it holds {foreign[0]}); "
+                              f"nothing was written: pass a new --out")
+    if config is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(config, out / CONFIG_FILE)
+    return out
