@@ -13,6 +13,7 @@ Example: ``python -c "from autoencoder.cli import run_cli, UserError; run_cli(la
 """
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import errno
 import fcntl
@@ -189,7 +190,7 @@ def lock_folder(folder: Path) -> None:
     if key in _HELD_LOCKS:
         return
     folder.parent.mkdir(parents=True, exist_ok=True)
-    handle = os.open(folder.parent / f".{folder.name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    handle = os.open(lock_file(folder), os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -199,11 +200,23 @@ def lock_folder(folder: Path) -> None:
     _HELD_LOCKS[key] = handle
 
 
+def lock_file(folder: Path) -> Path:
+    return folder.parent / f".{folder.name}.lock"
+
+
 def release_folder(folder: Path) -> None:
-    """Drop the lock ``lock_folder`` took (tests and long-lived processes)."""
-    handle = _HELD_LOCKS.pop(str(Path(folder).resolve()), None)
+    """Drop the lock ``lock_folder`` took, and its file, once the command's writing is done."""
+    folder = Path(folder).resolve()
+    handle = _HELD_LOCKS.pop(str(folder), None)
     if handle is not None:
+        lock_file(folder).unlink(missing_ok=True)  # before the close: a waiting writer then fails, never mixes
         os.close(handle)
+
+
+@atexit.register
+def _release_all() -> None:
+    for key in list(_HELD_LOCKS):
+        release_folder(Path(key))
 
 
 def check_writable(folder: Path) -> None:

@@ -223,6 +223,21 @@ def epoch_order(seed: int, epoch: int, count: int) -> torch.Tensor:
     return torch.randperm(count, generator=torch.Generator().manual_seed(seed * 7_919 + epoch + 1))
 
 
+DATA_FILE = "data.json"  # a shipped model's record of its data's checksums
+
+
+def data_checksums(data: str, cache_dir: str) -> dict[str, str]:
+    """SHA-256 of each split's uint8 images and labels, in the order the loader gives them: the
+    same for the JPEG folders and torchvision's copy only if their pixels are the same."""
+    sums = {}
+    for split in SPLITS:
+        images = load_split(data, split, cache_dir)
+        digest = hashlib.sha256(images.images.numpy().tobytes())
+        digest.update(images.labels.numpy().astype(np.int64).tobytes())
+        sums[split] = digest.hexdigest()
+    return sums
+
+
 def main(data: str = "data", cache_dir: str = "data/cache", download: bool = False) -> None:
     """Decode both splits into the cache and print what was found."""
     for split in SPLITS:

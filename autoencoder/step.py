@@ -49,6 +49,50 @@ def optimised_parameters(optimiser: torch.optim.Optimizer) -> list[torch.Tensor]
     return [p for group in optimiser.param_groups for p in group["params"]]
 
 
+def critic_outputs(nets: Any, config: TrainConfig, x: torch.Tensor, z: torch.Tensor, z_prior: torch.Tensor,
+                   alpha: torch.Tensor, decoded: torch.Tensor, perceptual: torch.nn.Module | None):
+    """Each critic on real and fake in one call (one forward per network per step), and the feature maps the
+    perceptual term compares: (CriticOutputs, (data maps, reconstruction maps) or None)."""
+    B = x.shape[0]
+    x_rec = decoded[:B]
+    out = losses.CriticOutputs(hinge=config.gan_loss == "hinge")
+    if config.latent_weight > 0:
+        out.latent_prior, out.latent_codes = nets.latent_critic(torch.cat([z_prior[0], z])).split(B)
+    if config.interp_weight > 0:
+        g = config.interp_gamma
+        blend = g * x + (1 - g) * x_rec.detach()
+        out.alpha = alpha
+        out.alpha_mix, out.alpha_blend = nets.interp_critic(torch.cat([decoded[B:2 * B], blend])).split(B)
+    features = None
+    critic_features = config.perceptual_weight > 0 and config.perceptual_source == "critic"
+    if config.image_weight > 0:
+        if critic_features:  # the same one call also gives the feature maps of data and reconstruction
+            logits, maps = nets.image_critic(torch.cat([x, decoded]), features=True)
+            features = ([m[:B].detach() for m in maps], [m[B:2 * B] for m in maps])
+        else:
+            logits = nets.image_critic(torch.cat([x, decoded]))
+        out.image_real, out.image_fake = logits[:B], logits[B:]
+    if perceptual is not None and config.perceptual_weight > 0 and not critic_features:
+        with torch.no_grad():
+            target = perceptual.feature_maps(x)
+        features = (target, perceptual.feature_maps(x_rec))
+    return out, features
+
+
+def loss_weights(nets: Any, config: TrainConfig, ae_terms: dict[str, torch.Tensor]):
+    """The autoencoder terms' weights, the image term's scaled by the adaptive balance when it is on
+    (VQGAN, Esser et al. 2021); returns (weights, balance or None)."""
+    weights = {"latent": config.latent_weight, "interp": config.interp_weight, "image": config.image_weight,
+               "perceptual": config.perceptual_weight, "class": config.class_weight}
+    if not (config.adaptive_image_weight and "image" in ae_terms):
+        return weights, None
+    reconstruction = losses.total({k: v for k, v in ae_terms.items() if k in ("recon", "perceptual")}, weights)
+    decoder = getattr(nets.decoder, "module", nets.decoder)  # the network inside a DDP replica
+    balance = losses.adaptive_weight(reconstruction, ae_terms["image"], decoder.last_layer)
+    weights["image"] = config.image_weight * balance
+    return weights, balance
+
+
 def train_step(nets: Any, batch: torch.Tensor, config: TrainConfig, generator: torch.Generator,
                opt_ae: torch.optim.Optimizer, opt_critic: torch.optim.Optimizer,
                device: torch.device, dtype: torch.dtype, shard: Shard = SINGLE,
@@ -85,42 +129,14 @@ def train_step(nets: Any, batch: torch.Tensor, config: TrainConfig, generator: t
         decoded = nets.decoder(torch.cat(codes)).float()  # (len(codes)*B, 3, 32, 32)
         x_rec = decoded[:B]
 
-        # Each critic sees real and fake in one call: one forward per network per step.
-        out = losses.CriticOutputs(hinge=config.gan_loss == "hinge")
-        if config.latent_weight > 0:
-            out.latent_prior, out.latent_codes = nets.latent_critic(torch.cat([z_prior[0], z])).split(B)
-        if config.interp_weight > 0:
-            g = config.interp_gamma
-            blend = g * x + (1 - g) * x_rec.detach()
-            out.alpha = alpha
-            out.alpha_mix, out.alpha_blend = nets.interp_critic(torch.cat([decoded[B:2 * B], blend])).split(B)
-        features = None
-        critic_features = config.perceptual_weight > 0 and config.perceptual_source == "critic"
-        if config.image_weight > 0:
-            if critic_features:  # the same one call also gives the feature maps of data and reconstruction
-                logits, maps = nets.image_critic(torch.cat([x, decoded]), features=True)
-                features = ([m[:B].detach() for m in maps], [m[B:2 * B] for m in maps])
-            else:
-                logits = nets.image_critic(torch.cat([x, decoded]))
-            out.image_real, out.image_fake = logits[:B], logits[B:]
-        if perceptual is not None and config.perceptual_weight > 0 and not critic_features:
-            with torch.no_grad():
-                target = perceptual.feature_maps(x)
-            features = (target, perceptual.feature_maps(x_rec))
+        out, features = critic_outputs(nets, config, x, z, z_prior, alpha, decoded, perceptual)
         classes = None
         if config.class_weight > 0 and labels is not None:
             classes = (nets.class_head(z), labels.to(device))
         ae_terms = losses.autoencoder_terms(x, x_rec, out, features, classes)
         critic_terms = losses.critic_terms(out)
 
-    weights = {"latent": config.latent_weight, "interp": config.interp_weight, "image": config.image_weight,
-               "perceptual": config.perceptual_weight, "class": config.class_weight}
-    balance = None
-    if config.adaptive_image_weight and "image" in ae_terms:
-        reconstruction = losses.total({k: v for k, v in ae_terms.items() if k in ("recon", "perceptual")}, weights)
-        decoder = getattr(nets.decoder, "module", nets.decoder)  # the network inside a DDP replica
-        balance = losses.adaptive_weight(reconstruction, ae_terms["image"], decoder.last_layer)
-        weights["image"] = config.image_weight * balance
+    weights, balance = loss_weights(nets, config, ae_terms)
     opt_critic.zero_grad(set_to_none=True)
     opt_ae.zero_grad(set_to_none=True)
     # Both losses share one forward pass and each backward reaches only its own networks'

@@ -18,6 +18,7 @@ import contextlib
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +34,11 @@ from autoencoder.checkpoint import (
     trim_metrics,
     write_checkpoint,
 )
+from autoencoder.cifar10 import CIFAR10_CLASSES
 from autoencoder.cli import CONFIG_FILE, ConfigError, UserError, run_cli, save_config
 from autoencoder.compute import resolve_device, resolve_precision
 from autoencoder.config import TrainConfig, load_train_config, make_config
-from autoencoder.data import load_cifar10
+from autoencoder.data import DataNotFoundError, load_cifar10
 from autoencoder.distributed import SINGLE, BatchSampler, Shard
 from autoencoder.evaluate import reconstruct
 from autoencoder.metrics import reconstruction
@@ -104,6 +106,82 @@ def out_of_time(began: float, step: int, config: TrainConfig, shard: Shard, devi
     return step % config.log_every == 0 and distributed.any_rank(late, shard, device)
 
 
+def restore(run_dir: Path, nets: Networks, opt_ae, opt_critic, shard: Shard) -> int:
+    """Weights, optimiser states and RNG of the run's checkpoint; returns the step it was taken at."""
+    state = load_train_state(state_file(run_dir))
+    weights_step = weights_metadata(model_file(run_dir)).get("step")
+    if weights_step is not None and weights_step != str(state["step"]):  # None: unstamped, older file
+        raise RunError(f"{run_dir} holds weights of step {weights_step} but training state of step "
+                       f"{state['step']}; start the run again")
+    load_weights(nets, model_file(run_dir))
+    try:
+        opt_ae.load_state_dict(state["opt_ae"])
+        opt_critic.load_state_dict(state["opt_critic"])
+        torch.set_rng_state(state["torch_rng"])
+    except (KeyError, ValueError, RuntimeError, TypeError) as error:
+        raise RunError(f"{state_file(run_dir)} does not fit this run's networks ({error}); start a new run") from None
+    if shard.is_main:
+        trim_metrics(run_dir / METRICS_FILE, int(state["step"]))
+    return int(state["step"])
+
+
+def perceptual_net(config: TrainConfig, device: torch.device) -> torch.nn.Module | None:
+    """The frozen feature net of the perceptual term (never the evaluator), or None."""
+    if config.perceptual_weight <= 0 or config.perceptual_source != "net":
+        return None
+    from autoencoder.classifier import SHIPPED_PERCEPTUAL, load_perceptual
+
+    net = load_perceptual(config.perceptual_net or SHIPPED_PERCEPTUAL, device)
+    return net.to(memory_format=torch.channels_last) if config.channels_last else net
+
+
+def training_data(config: TrainConfig):
+    """(train split, test split, the held-out images of the PSNR log); a class --classes names that the data
+    lacks is an error (with no --classes, the run trains on the classes the data has)."""
+    train_set = load_cifar10(config.data, "train", config.classes, config.cache_dir, config.download)
+    held_out = load_cifar10(config.data, "test", config.classes, config.cache_dir, config.download)
+    for name, split in (("train", train_set), ("test", held_out)) if config.classes else ():
+        present = set(split.labels.unique().tolist())
+        missing = [c for c in config.class_names if CIFAR10_CLASSES.index(c) not in present]
+        if missing:
+            raise DataNotFoundError(f"--data {config.data} has no {name} images of {', '.join(missing)}; "
+                                    f"add them, or leave them out of --classes")
+    # A seeded random subset: the split is sorted by class, so its head would be airplanes only.
+    eval_order = torch.randperm(len(held_out), generator=torch.Generator().manual_seed(config.seed))
+    return train_set, held_out, held_out.images[eval_order[:config.eval_images]]
+
+
+class Interval:
+    """Loss sums since the last log line, on the device; evaluation, grids and checkpoints stay out of its time."""
+
+    def __init__(self, device: torch.device):
+        self.started, self.sums, self.steps = time.monotonic(), {}, 0
+        self.finite = torch.ones((), dtype=torch.bool, device=device)  # every loss since the last check was finite
+
+    def add(self, terms: dict[str, torch.Tensor]) -> None:
+        for k, v in terms.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+            self.finite &= v.isfinite()  # read only at log and checkpoint steps
+        self.steps += 1
+
+    def restart(self) -> None:
+        self.started, self.sums, self.steps = time.monotonic(), {}, 0
+
+
+def log_record(step: int, interval: Interval, config: TrainConfig, steps_per_epoch: int, nets: Networks,
+               eval_images: torch.Tensor, device: torch.device, dtype: torch.dtype, shard: Shard) -> dict | None:
+    """The metrics line of ``step`` (rank 0; None on the others): interval means, speed, held-out PSNR."""
+    seconds = time.monotonic() - interval.started
+    means = distributed.mean_over_ranks({k: v / interval.steps for k, v in interval.sums.items()}, shard)
+    if not shard.is_main:
+        return None
+    record: dict[str, Any] = {"step": step, "epoch": step / steps_per_epoch,
+                              "images_per_s": interval.steps * config.batch_size / seconds}
+    record.update({k: v.item() for k, v in means.items()})
+    record.update(held_out_reconstruction(nets, eval_images, device, dtype))
+    return record
+
+
 def train(config: TrainConfig, resume: bool = False, progress: bool = True, shard: Shard = SINGLE) -> Path:
     """Run (or continue) training as ``config`` says; returns the run folder.
 
@@ -116,111 +194,98 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, shar
         torch.set_num_threads(config.threads)
     device = resolve_device(config.device, shard.local_rank)
     dtype = resolve_precision(config.precision, device)
-
     torch.manual_seed(config.seed)
     nets = build_networks(config).to(device)
     if config.channels_last:
         nets = nets.to(memory_format=torch.channels_last)
     opt_ae, opt_critic = make_optimisers(nets, config, device)
-    start = 0
     if shard.is_main and run_dir.is_dir():
         clean_run_folder(run_dir)  # temporary files and unfinished checkpoints of a killed run
-    if resume:
-        state = load_train_state(state_file(run_dir))
-        weights_step = weights_metadata(model_file(run_dir)).get("step")
-        if weights_step is not None and weights_step != str(state["step"]):  # None: unstamped, older file
-            raise RunError(f"{run_dir} holds weights of step {weights_step} but training state of step "
-                           f"{state['step']}; start the run again")
-        load_weights(nets, model_file(run_dir))
-        try:
-            opt_ae.load_state_dict(state["opt_ae"])
-            opt_critic.load_state_dict(state["opt_critic"])
-            torch.set_rng_state(state["torch_rng"])
-        except (KeyError, ValueError, RuntimeError, TypeError) as error:
-            raise RunError(f"{state_file(run_dir)} does not fit this run's networks ({error}); "
-                           f"start a new run") from None
-        start = int(state["step"])
-        if shard.is_main:
-            trim_metrics(run_dir / METRICS_FILE, start)
-
-    perceptual = None
-    if config.perceptual_weight > 0 and config.perceptual_source == "net":  # frozen, never the evaluator
-        from autoencoder.classifier import SHIPPED_PERCEPTUAL, load_perceptual
-
-        perceptual = load_perceptual(config.perceptual_net or SHIPPED_PERCEPTUAL, device)
-        if config.channels_last:
-            perceptual = perceptual.to(memory_format=torch.channels_last)
-
+    start = restore(run_dir, nets, opt_ae, opt_critic, shard) if resume else 0
+    perceptual = perceptual_net(config, device)
     # The data is read after the checkpoint (a damaged run is reported before a long decode)
     # and before a new run writes anything (missing data leaves no half-made run folder).
-    train_set = load_cifar10(config.data, "train", config.classes, config.cache_dir, config.download)
-    held_out = load_cifar10(config.data, "test", config.classes, config.cache_dir, config.download)
-    # A seeded random subset: the split is sorted by class, so its head would be airplanes only.
-    eval_order = torch.randperm(len(held_out), generator=torch.Generator().manual_seed(config.seed))
-    eval_images = held_out.images[eval_order[:config.eval_images]]
+    train_set, held_out, eval_images = training_data(config)
     if not resume and shard.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, run_dir / CONFIG_FILE)
-    step_nets = distributed.replicate(nets, shard, device)
     sampler = BatchSampler(train_set.images.to(device), config.batch_size, config.seed, shard,
                            train_set.labels.to(device) if config.class_weight > 0 else None)
-    sample_inputs = choose_sample_inputs(held_out, config, config.seed)
-    nets.train()
-    began = time.monotonic()
-    interval_start, interval_sums, interval_steps = time.monotonic(), {}, 0
-    bar = tqdm(total=config.steps, initial=start, disable=not (progress and shard.is_main), dynamic_ncols=True,
-               desc=f"train {run_dir.name}")
-    step = start
-    finite = torch.ones((), dtype=torch.bool, device=device)  # every loss since the last check was finite
-    metrics_file = open(run_dir / METRICS_FILE, "a") if shard.is_main else contextlib.nullcontext()
-    with metrics_file:
-        while step < config.steps:
-            set_learning_rates(opt_ae, opt_critic, step, config)
-            terms = train_step(step_nets, sampler.batch(step), config, step_generator(config.seed, step, device),
-                               opt_ae, opt_critic, device, dtype, shard, perceptual,
-                               sampler.batch_labels(step) if config.class_weight > 0 else None)
-            step += 1
-            bar.update(1)
-            for k, v in terms.items():
-                interval_sums[k] = interval_sums.get(k, 0.0) + v
-                finite &= v.isfinite()  # stays on the device: read only at log and checkpoint steps
-            interval_steps += 1
-            stop = out_of_time(began, step, config, shard, device)
-            last = step == config.steps or stop
-            if step % config.log_every == 0 or step % config.checkpoint_every == 0 or last:
-                if distributed.any_rank(not bool(finite), shard, device):
-                    raise TrainingDiverged(
-                        f"training diverged: a loss became NaN or infinite before step {step}; nothing more "
-                        f"was saved, {run_dir} keeps its last good checkpoint. Lower --lr or the loss weights "
-                        f"and start a new run")
-            if step % config.log_every == 0 or last:
-                seconds = time.monotonic() - interval_start
-                means = distributed.mean_over_ranks({k: v / interval_steps for k, v in interval_sums.items()}, shard)
-                if shard.is_main:
-                    record: dict[str, Any] = {"step": step, "epoch": step / sampler.steps_per_epoch,
-                                              "images_per_s": interval_steps * config.batch_size / seconds}
-                    record.update({k: v.item() for k, v in means.items()})
-                    record.update(held_out_reconstruction(nets, eval_images, device, dtype))
-                    record["elapsed_s"] = time.monotonic() - began
-                    metrics_file.write(json.dumps(record) + "\n")
-                    metrics_file.flush()
-                    bar.set_postfix({"psnr": f"{record['eval/psnr']:.2f}", "recon": f"{record['loss/recon']:.4f}",
-                                     "img/s": f"{record['images_per_s']:.0f}"})
-                interval_sums, interval_steps = {}, 0
-            if shard.is_main and (step % config.sample_every == 0 or last):
-                save_grid(render_grid(nets, sample_inputs, device), run_dir / "samples" / f"step_{step:06d}.png")
-            if shard.is_main and (step % config.checkpoint_every == 0 or last):
-                save_checkpoint(run_dir, nets, opt_ae, opt_critic, step)
-            if interval_steps == 0:  # evaluation, grids and checkpoints stay out of images_per_s
-                interval_start = time.monotonic()
-            if stop:
-                if shard.is_main:
-                    print(f"stopped at step {step}: --max_minutes {config.max_minutes} reached; "
-                          f"continue with --resume", file=sys.stderr)
-                break
-    bar.close()
+    loop = Loop(config, run_dir, nets, distributed.replicate(nets, shard, device), opt_ae, opt_critic, sampler,
+                perceptual, eval_images, choose_sample_inputs(held_out, config, config.seed), device, dtype, shard)
+    loop.run(start, progress)
     distributed.barrier(shard)  # the run folder is complete when train returns on any rank
     return run_dir
+
+
+@dataclass
+class Loop:
+    """The training loop's parts; ``run`` is the loop: for each step (1) critics and (2) autoencoder
+    (``train_step``), then log, sample and checkpoint."""
+    config: TrainConfig
+    run_dir: Path
+    nets: Networks
+    step_nets: Any  # the nets, or their DDP replicas under torchrun
+    opt_ae: torch.optim.Optimizer
+    opt_critic: torch.optim.Optimizer
+    sampler: BatchSampler
+    perceptual: torch.nn.Module | None
+    eval_images: torch.Tensor
+    sample_inputs: Any
+    device: torch.device
+    dtype: torch.dtype
+    shard: Shard
+
+    def run(self, start: int, progress: bool) -> None:
+        config, shard = self.config, self.shard
+        began, interval, step = time.monotonic(), Interval(self.device), start
+        bar = tqdm(total=config.steps, initial=start, disable=not (progress and shard.is_main), dynamic_ncols=True,
+                   desc=f"train {self.run_dir.name}")
+        metrics_file = open(self.run_dir / METRICS_FILE, "a") if shard.is_main else contextlib.nullcontext()
+        with metrics_file:
+            while step < config.steps:
+                set_learning_rates(self.opt_ae, self.opt_critic, step, config)
+                labels = self.sampler.batch_labels(step) if config.class_weight > 0 else None
+                interval.add(train_step(self.step_nets, self.sampler.batch(step), config,
+                                        step_generator(config.seed, step, self.device), self.opt_ae, self.opt_critic,
+                                        self.device, self.dtype, shard, self.perceptual, labels))
+                step += 1
+                bar.update(1)
+                stop = out_of_time(began, step, config, shard, self.device)
+                self.after_step(step, interval, step == config.steps or stop, metrics_file, bar, began)
+                if stop:
+                    if shard.is_main:
+                        print(f"stopped at step {step}: --max_minutes {config.max_minutes} reached; "
+                              f"continue with --resume", file=sys.stderr)
+                    break
+        bar.close()
+
+    def after_step(self, step: int, interval: Interval, last: bool, metrics_file, bar, began: float) -> None:
+        """Check the losses, log, sample and checkpoint when ``step`` is due for each."""
+        config, shard = self.config, self.shard
+        if step % config.log_every == 0 or step % config.checkpoint_every == 0 or last:
+            if distributed.any_rank(not bool(interval.finite), shard, self.device):
+                raise TrainingDiverged(
+                    f"training diverged: a loss became NaN or infinite before step {step}; nothing more "
+                    f"was saved, {self.run_dir} keeps its last good checkpoint. Lower --lr or the loss weights "
+                    f"and start a new run")
+        if step % config.log_every == 0 or last:
+            record = log_record(step, interval, config, self.sampler.steps_per_epoch, self.nets, self.eval_images,
+                                self.device, self.dtype, shard)
+            if record is not None:
+                record["elapsed_s"] = time.monotonic() - began
+                metrics_file.write(json.dumps(record) + "\n")
+                metrics_file.flush()
+                bar.set_postfix({"psnr": f"{record['eval/psnr']:.2f}", "recon": f"{record['loss/recon']:.4f}",
+                                 "img/s": f"{record['images_per_s']:.0f}"})
+            interval.sums, interval.steps = {}, 0
+        if shard.is_main and (step % config.sample_every == 0 or last):
+            save_grid(render_grid(self.nets, self.sample_inputs, self.device),
+                      self.run_dir / "samples" / f"step_{step:06d}.png")
+        if shard.is_main and (step % config.checkpoint_every == 0 or last):
+            save_checkpoint(self.run_dir, self.nets, self.opt_ae, self.opt_critic, step)
+        if interval.steps == 0:  # evaluation, grids and checkpoints stay out of images_per_s
+            interval.restart()
 
 
 def config_for(preset: str, resume: bool, flags: dict[str, Any]) -> TrainConfig:

@@ -37,14 +37,25 @@ from autoencoder.checkpoint import (
     write_checkpoint,
 )
 from autoencoder.cifar10 import CACHE_FOLDER, CIFAR10_CLASSES, DATA_FOLDER
-from autoencoder.classifier import CONFIG_FILE, ROLES, WEIGHTS_FILE, Evaluator, EvaluatorNet, parse_widths
+from autoencoder.classifier import (
+    CONFIG_FILE,
+    ROLES,
+    WEIGHTS_FILE,
+    ClassifierConfig,
+    Evaluator,
+    EvaluatorNet,
+    check_classifier_config,
+    parse_widths,
+)
 from autoencoder.classifier import build_classifier as build_net
 from autoencoder.cli import (
     ConfigError,
     check_choice,
     check_ranges,
+    claim_output,
     dataclass_from_flags,
     load_config,
+    release_folder,
     run_cli,
     save_config,
 )
@@ -54,6 +65,7 @@ from autoencoder.run_folder import METRICS_FILE, load_weights, model_file
 
 CARD_FILE = "card.md"
 RESULT_FILE = "result.json"
+SHIPPED_FILES = (WEIGHTS_FILE, CONFIG_FILE, CARD_FILE, RESULT_FILE)  # what --ship copies
 
 
 @dataclass
@@ -233,13 +245,22 @@ All on the same 2-core CPU, 12 epochs each, seed 0 (`python -m autoencoder.train
     write_text(card, out / CARD_FILE)
 
 
-def train_evaluator(config: EvaluatorConfig, resume: bool = False, progress: bool = True) -> dict:
-    """Train (or resume) the evaluator in ``config.out``; returns the result record."""
-    out = Path(config.out)
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    device = resolve_device(config.device)
-    dtype = resolve_precision(config.precision, device)
+def claim_ship_folder(config: EvaluatorConfig) -> Path | None:
+    """The --ship folder, checked before any training: it may hold only a shipped classifier's files."""
+    if not config.ship:
+        return None
+    ship = claim_output(Path(config.ship), SHIPPED_FILES, "a shipped classifier's")
+    if (ship / CONFIG_FILE).exists():
+        try:
+            load_config(ship / CONFIG_FILE, ClassifierConfig, check_classifier_config)
+        except ConfigError as error:
+            release_folder(ship)
+            raise ConfigError(f"--ship {ship} holds another command's {CONFIG_FILE} ({error}); nothing was "
+                              f"written: pass a new --ship") from None
+    return ship
+
+
+def check_run_folder(out: Path, resume: bool) -> None:
     if out.is_dir():
         clean_run_folder(out)
     if resume and not has_checkpoint(out):
@@ -247,85 +268,59 @@ def train_evaluator(config: EvaluatorConfig, resume: bool = False, progress: boo
     if not resume and has_checkpoint(out):
         raise ConfigError(f"{out} already holds an evaluator run; pass --resume true to go on, "
                           f"or choose another --out")
-    if resume:
-        _check_resume(out, config)
-    train = load_cifar10(config.data, "train", cache_dir=config.cache_dir, download=config.download)
-    test = load_cifar10(config.data, "test", cache_dir=config.cache_dir)
-    images, labels = train.images, train.labels
-    if config.train_images:
-        images, labels = images[:config.train_images], labels[:config.train_images]
 
+
+def new_classifier(config: EvaluatorConfig, images: torch.Tensor, device: torch.device):
+    """The network (whitening fitted to ``images``, seeded) and its optimiser."""
     torch.manual_seed(config.seed)
     net = build_net(config)
     fit = torch.Generator().manual_seed(config.seed)
     net.set_whitening(to_float(images[torch.randperm(len(images), generator=fit)[:5000]]))
     net = net.to(device, memory_format=torch.channels_last)
-    optimiser = torch.optim.SGD(_parameter_groups(net, config), lr=config.lr,
-                                momentum=config.momentum, nesterov=True)
+    optimiser = torch.optim.SGD(_parameter_groups(net, config), lr=config.lr, momentum=config.momentum,
+                                nesterov=True)
+    return net, optimiser
+
+
+def train_epoch(net, optimiser, config: EvaluatorConfig, epoch: int, images: torch.Tensor, labels: torch.Tensor,
+                device: torch.device, dtype: torch.dtype, progress: bool) -> float:
+    """One pass over the training images; returns the mean loss."""
+    net.train()
     steps_per_epoch = max(1, len(images) // config.batch_size)
     total_steps = steps_per_epoch * config.epochs
-    start_epoch, train_seconds, wall_seconds, history = 0, 0.0, 0.0, []
-    out.mkdir(parents=True, exist_ok=True)
-    if resume:
-        state = load_train_state(state_file(out))
-        load_weights(net, model_file(out))
-        optimiser.load_state_dict(state["optimiser"])
-        start_epoch, history = state["epoch"], state["history"]
-        train_seconds, wall_seconds = state["train_seconds"], state["wall_seconds"]
-    else:
-        save_config(config, out / CONFIG_FILE)
-        write_text("", out / METRICS_FILE)
-    evaluator = Evaluator(net, device, dtype)
+    order = epoch_order(config.seed, epoch, len(images))
+    generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
+    losses = []
+    bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress,
+               file=sys.stderr)
+    for i in bar:
+        for group in optimiser.param_groups:
+            group["lr"] = group["lr_scale"] * learning_rate(epoch * steps_per_epoch + i, total_steps, config)
+        index = order[i * config.batch_size:(i + 1) * config.batch_size]
+        if len(index) < config.batch_size:  # fewer images than a batch (tests): wrap around
+            index = torch.arange(i * config.batch_size, (i + 1) * config.batch_size) % len(images)
+        batch = random_translate(random_flip(images[index], generator), config.translate, generator)
+        x = to_float(batch).to(device, memory_format=torch.channels_last)  # (B, 3, 32, 32)
+        with autocast(device, dtype):
+            loss = F.cross_entropy(net(x).float(), labels[index].to(device), label_smoothing=config.label_smoothing)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        losses.append(loss.detach())
+    return torch.stack(losses).mean().item()
 
-    for epoch in range(start_epoch, config.epochs):
-        net.train()
-        order = epoch_order(config.seed, epoch, len(images))
-        generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
-        epoch_start, losses = time.time(), []
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress,
-                   file=sys.stderr)
-        for i in bar:
-            for group in optimiser.param_groups:
-                group["lr"] = group["lr_scale"] * learning_rate(epoch * steps_per_epoch + i, total_steps, config)
-            index = order[i * config.batch_size:(i + 1) * config.batch_size]
-            if len(index) < config.batch_size:  # fewer images than a batch (tests): wrap around
-                index = torch.arange(i * config.batch_size, (i + 1) * config.batch_size) % len(images)
-            batch = random_translate(random_flip(images[index], generator), config.translate, generator)
-            x = to_float(batch).to(device, memory_format=torch.channels_last)  # (B, 3, 32, 32)
-            y = labels[index].to(device)
-            with autocast(device, dtype):
-                loss = F.cross_entropy(net(x).float(), y, label_smoothing=config.label_smoothing)
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            losses.append(loss.detach())
-        train_seconds += time.time() - epoch_start
-        net.eval()
-        record = dict(epoch=epoch + 1, train_loss=torch.stack(losses).mean().item(),
-                      test_accuracy=evaluator.accuracy(test.images, test.labels, flip_tta=False),
-                      seconds=train_seconds)
-        history.append(record)
-        wall_seconds += time.time() - epoch_start
-        write_checkpoint(out, net, dict(optimiser=optimiser.state_dict(), epoch=epoch + 1,
-                                        train_seconds=train_seconds, wall_seconds=wall_seconds, history=history),
-                         step=epoch + 1)
-        # the log line follows the checkpoint, so a resumed run never logs an epoch twice
-        with open(out / METRICS_FILE, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        if progress:
-            print(f"epoch {epoch + 1}: loss {record['train_loss']:.3f}, test accuracy "
-                  f"{100 * record['test_accuracy']:.2f}% (no TTA), {train_seconds:.0f} s of training", flush=True)
 
-    net.eval()
-    final_start = time.time()
+def final_result(evaluator: Evaluator, test, config: EvaluatorConfig, state: dict) -> dict:
+    """Accuracy (with and without flip TTA, per class), size, machine and the command that made it."""
+    net, device = evaluator.net, evaluator.device
     predictions = evaluator.logits(test.images, flip_tta=True).argmax(1)  # one pass: overall and per class
     result = dict(
         test_accuracy=(predictions == test.labels).float().mean().item(),
         test_accuracy_no_tta=evaluator.accuracy(test.images, test.labels, flip_tta=False),
-        per_class_accuracy={}, train_seconds=train_seconds,
-        epochs=history, parameters=sum(p.numel() for p in net.parameters()), feature_dim=net.feature_dim,
+        per_class_accuracy={}, train_seconds=state["train_seconds"],
+        epochs=state["history"], parameters=sum(p.numel() for p in net.parameters()), feature_dim=net.feature_dim,
         machine=machine_name(device), threads=torch.get_num_threads(),
-        precision=str(dtype).replace("torch.", ""),
+        precision=str(evaluator.dtype).replace("torch.", ""),
         command="python -m autoencoder.train_evaluator " + " ".join(
             f"--{k} {v}" for k, v in dataclasses.asdict(config).items()
             if v != getattr(EvaluatorConfig, k) and k not in ("ship",)),
@@ -334,15 +329,61 @@ def train_evaluator(config: EvaluatorConfig, resume: bool = False, progress: boo
         mine = test.labels == label
         if mine.any():
             result["per_class_accuracy"][name] = (predictions[mine] == label).float().mean().item()
-    result["wall_seconds"] = wall_seconds + time.time() - final_start
-    save_weights(net, out / WEIGHTS_FILE, dtype=torch.float16,
-                 metadata={"test_accuracy": f"{result['test_accuracy']:.4f}"})
+    return result
+
+
+def train_evaluator(config: EvaluatorConfig, resume: bool = False, progress: bool = True) -> dict:
+    """Train (or resume) the evaluator in ``config.out``; returns the result record."""
+    out = Path(config.out)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = resolve_device(config.device)
+    dtype = resolve_precision(config.precision, device)
+    check_run_folder(out, resume)
+    if resume:
+        _check_resume(out, config)
+    ship = claim_ship_folder(config)
+    train = load_cifar10(config.data, "train", cache_dir=config.cache_dir, download=config.download)
+    test = load_cifar10(config.data, "test", cache_dir=config.cache_dir)
+    images, labels = train.images, train.labels
+    if config.train_images:
+        images, labels = images[:config.train_images], labels[:config.train_images]
+    net, optimiser = new_classifier(config, images, device)
+    state = dict(epoch=0, train_seconds=0.0, wall_seconds=0.0, history=[])
+    out.mkdir(parents=True, exist_ok=True)
+    if resume:
+        saved = load_train_state(state_file(out))
+        load_weights(net, model_file(out))
+        optimiser.load_state_dict(saved["optimiser"])
+        state.update({k: saved[k] for k in state})
+    else:
+        save_config(config, out / CONFIG_FILE)
+        write_text("", out / METRICS_FILE)
+    evaluator = Evaluator(net, device, dtype)
+    for epoch in range(state["epoch"], config.epochs):
+        epoch_start = time.time()
+        loss = train_epoch(net, optimiser, config, epoch, images, labels, device, dtype, progress)
+        state["train_seconds"] += time.time() - epoch_start
+        net.eval()
+        record = dict(epoch=epoch + 1, train_loss=loss, seconds=state["train_seconds"],
+                      test_accuracy=evaluator.accuracy(test.images, test.labels, flip_tta=False))
+        state["history"].append(record)
+        state.update(epoch=epoch + 1, wall_seconds=state["wall_seconds"] + time.time() - epoch_start)
+        write_checkpoint(out, net, dict(optimiser=optimiser.state_dict(), **state), step=epoch + 1)
+        with open(out / METRICS_FILE, "a") as f:  # after the checkpoint: a resumed run never logs an epoch twice
+            f.write(json.dumps(record) + "\n")
+        if progress:
+            print(f"epoch {epoch + 1}: loss {loss:.3f}, test accuracy {100 * record['test_accuracy']:.2f}% "
+                  f"(no TTA), {state['train_seconds']:.0f} s of training", flush=True)
+    net.eval()
+    final_start = time.time()
+    result = final_result(evaluator, test, config, state)
+    result["wall_seconds"] = state["wall_seconds"] + time.time() - final_start
+    save_weights(net, out / WEIGHTS_FILE, dtype=torch.float16, metadata={"test_accuracy": f"{result['test_accuracy']:.4f}"})
     write_json(result, out / RESULT_FILE, indent=2)
     write_card(out, config, result)
-    if config.ship:
-        ship = Path(config.ship)
-        ship.mkdir(parents=True, exist_ok=True)
-        for name in (WEIGHTS_FILE, CONFIG_FILE, CARD_FILE, RESULT_FILE):
+    if ship is not None:
+        for name in SHIPPED_FILES:
             shutil.copyfile(out / name, ship / f".{name}.tmp")
             (ship / f".{name}.tmp").replace(ship / name)
     return result

@@ -40,7 +40,9 @@ from autoencoder.data import load_cifar10, to_float, to_uint8
 from autoencoder.evaluate import reconstruct
 from autoencoder.run_folder import load_run
 from autoencoder.train import train
-from latent_ops.compose import IMAGES_FILE, compose, ensure_concepts
+from latent_ops.compose import compose
+from latent_ops.compose_files import IMAGES_FILE
+from latent_ops.run_concepts import ensure_concepts
 
 # Each recipe adds its own flags to those of the recipe it builds on. ``critic-features`` is the
 # other answer to the perceptual term's question: the image critic's own features instead of a

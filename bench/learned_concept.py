@@ -28,7 +28,7 @@ from autoencoder.cifar10 import CIFAR10_CLASSES
 from autoencoder.classifier import load_evaluator, load_perceptual
 from autoencoder.models import ModelConfig
 from autoencoder.run_folder import load_run
-from latent_ops.concepts import load_concepts
+from latent_ops.run_concepts import load_concepts
 from latent_ops.encode import load_bank
 from latent_ops.expression import parse
 from latent_ops.flow import sample

@@ -42,7 +42,7 @@ def targets_of(record: dict) -> dict[str, dict]:
     learned = find_set(record["sets"], "model: latent prior samples")
     best = c["recognisability_best"]
     rows = {
-        "pool share with both terms >= 0.2": (c["pool"]["share_every_intent_term_at_least_0.2"], 0.5, True),
+        "pool share with both terms >= 0.2": (c["pool"]["share_every_intent_term_at_least_gate"], 0.5, True),
         f"best P({subject})": (best[subject], 0.35, True),
         "best P(bird)+P(airplane)": (best["winged"], 0.35, True),
         f"kept sharpness / real {subject}s": (kept["sharpness"] / real_subject["sharpness"], 0.9, True),

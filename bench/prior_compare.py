@@ -32,7 +32,7 @@ from autoencoder.data import load_split, to_float
 from autoencoder.metrics import frechet_distance
 from autoencoder.models import ModelConfig
 from autoencoder.run_folder import load_run
-from latent_ops.concepts import load_concepts
+from latent_ops.run_concepts import load_concepts
 from latent_ops.encode import load_bank
 from latent_ops.expression import parse
 from latent_ops.flow import sample

@@ -35,11 +35,11 @@ from autoencoder.atomic import replace_atomically, replace_folder, write_json
 from autoencoder.cifar10 import CIFAR10_CLASSES, parse_classes
 from autoencoder.cli import ConfigError, check_ranges, dataclass_from_flags, run_cli, save_config
 from autoencoder.run_folder import load_run
-from latent_ops.compose import ensure_concepts
 from latent_ops.concepts import Concepts, heldout_members
 from latent_ops.encode import BANK_FILE, LatentBank, decode_codes, load_bank
 from latent_ops.expression import ExpressionError, parse
 from latent_ops.images import save_grid, save_single
+from latent_ops.run_concepts import ensure_concepts
 from latent_ops.runs import refuse_foreign_folder, resolve_run
 
 CACHE_FOLDER = "atlas"  # inside the run folder, beside latents.npz

@@ -18,13 +18,14 @@
 - Strength: a direction's unit step is the distance along it at which
   ``cross_fraction`` of the held-out codes on its negative side cross its boundary.
 
-Example: ``python -m latent_ops.concepts --run outputs/runs/cpu-main --data data``
+Pure fitting: codes in, concepts out. Reading and writing a run's concept files is
+``latent_ops/run_concepts.py``, which is also the command line.
+
+Example: ``python -m latent_ops.run_concepts --run outputs/runs/cpu-main --data data``
 """
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -37,13 +38,9 @@ from sklearn.model_selection import cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from autoencoder.atomic import replace_atomically, write_json
 from autoencoder.cifar10 import CIFAR10_CLASSES
 from latent_ops.encode import LatentBank
 
-CLUSTERS_FILE = "clusters.json"
-DIRECTIONS_FILE = "directions.json"
-DENSITIES_FILE = "concepts.npz"
 WINGED = ("bird", "airplane")
 WINGLESS = ("cat", "deer", "dog", "frog", "horse")
 WING_METHODS = ("linear", "meandiff", "flight")
@@ -377,123 +374,6 @@ def horse_edit_probe(bank: LatentBank, concepts: Concepts, subject: str = "horse
     return out
 
 
-def save_concepts(concepts: Concepts, record: dict, run: Path, digest: str = "") -> None:
-    """concepts.npz, clusters.json and directions.json, each written atomically and stamped with ``digest``
-    (the SHA-256 of the weights the codes came from)."""
-    arrays = {"weights_digest": np.array(digest)}
-    for name, mixture in concepts.densities.items():
-        for k, (w, g) in enumerate(mixture):
-            arrays[f"density/{name}/{k}/weight"] = np.array(w)
-            arrays[f"density/{name}/{k}/mean"] = g.mean
-            arrays[f"density/{name}/{k}/chol"] = g.chol
-    for name, d in concepts.directions.items():
-        arrays[f"direction/{name}"] = d.vector
-    for name, positions in concepts.sources.items():
-        arrays[f"source/{name}"] = positions
-    if concepts.probe is not None:
-        arrays.update({"probe/coef": concepts.probe.coef, "probe/intercept": concepts.probe.intercept,
-                       "probe/labels": concepts.probe.labels,
-                       "probe/held_out_accuracy": np.array(concepts.probe.held_out_accuracy)})
-    write_json({"weights_digest": digest, **record}, run / CLUSTERS_FILE)
-    directions = {name: d.summary() for name, d in concepts.directions.items()}
-    directions["_default_wings"] = {"method": DEFAULT_WING_METHOD, "why": WHY_DEFAULT_WINGS,
-                                    "horse_edit_probe": concepts.horse_edit_probe}
-    directions["_weights_digest"] = digest
-    write_json(directions, run / DIRECTIONS_FILE)
-    replace_atomically(lambda tmp: np.savez_compressed(tmp, **arrays), run / DENSITIES_FILE)  # last: marks completion
-
-
-def load_concepts(run: Path) -> Concepts:
-    """The concepts of a run; a missing, damaged or stale file is a RunError saying to refit them."""
-    from autoencoder.run_folder import RunError
-    from latent_ops.encode import read_stamped_npz
-
-    fix = f"fit them again with python -m latent_ops.concepts --run {run} --data PATH"
-    arrays = read_stamped_npz(run / DENSITIES_FILE, run, fix)
-    try:
-        summaries = json.loads((run / DIRECTIONS_FILE).read_text())
-        if summaries.get("_weights_digest") != str(arrays["weights_digest"]):
-            raise ValueError(f"{DIRECTIONS_FILE} and {DENSITIES_FILE} come from different fits")
-        concepts = Concepts()
-        parts: dict[str, dict[int, dict[str, np.ndarray]]] = {}
-        for key, value in arrays.items():
-            kind, *rest = key.split("/")
-            if kind == "density":
-                name, k, what = rest
-                parts.setdefault(name, {}).setdefault(int(k), {})[what] = value
-            elif kind == "source":
-                concepts.sources[rest[0]] = value.astype(np.int64)
-            elif kind == "direction":
-                s = summaries[rest[0]]
-                concepts.directions[rest[0]] = Direction(value, float(s["offset"]), float(s["step"]), s["method"],
-                                                         s["held_out_accuracy"], s["train_accuracy"], s["note"])
-        if "probe/coef" in arrays:
-            concepts.probe = ClassProbe(arrays["probe/coef"], arrays["probe/intercept"], arrays["probe/labels"],
-                                        float(arrays["probe/held_out_accuracy"]))
-        for name, comps in parts.items():
-            concepts.densities[name] = [(float(c["weight"]), Gaussian(c["mean"], c["chol"]))
-                                        for _, c in sorted(comps.items())]
-    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError) as error:
-        raise RunError(f"{run / DENSITIES_FILE} or {run / DIRECTIONS_FILE} is damaged "
-                       f"({type(error).__name__}: {str(error)[:80]}); {fix}") from None
-    return concepts
-
-
-def write_cluster_grids(record: dict, train_images: torch.Tensor, folder: Path, per_row: int = 12) -> list[Path]:
-    """One PNG per class: a row per cluster of its most typical members (real train images)."""
-    from latent_ops.images import save_grid
-
-    files = []
-    for name, entry in record.items():
-        if name.startswith("_") or not isinstance(entry, dict):
-            continue
-        rows = []
-        for cluster in entry["clusters"]:
-            index = torch.tensor(cluster["typical_train_indices"][:per_row])
-            index = index[torch.arange(per_row) % len(index)]
-            rows.append(train_images[index])
-        images = torch.cat(rows).float() / 127.5 - 1
-        files.append(save_grid(images, folder / f"{name}.png", nrow=per_row, scale=2))
-    return files
-
-
-def fit_run_concepts(run: Path, data: str, cache_dir: str = "data/cache", max_clusters: int = 6,
-                     cross_fraction: float = 0.9, seed: int = 0) -> Concepts:
-    """Fit, save and return the concepts of a run from its latent bank (pixels for ``white`` and grids)."""
-    from autoencoder.data import load_split
-    from autoencoder.run_folder import weights_digest
-    from latent_ops.encode import load_bank
-
-    bank = load_bank(run)
-    train_images = load_split(data, "train", cache_dir).images
-    test_images = load_split(data, "test", cache_dir).images
-    white_train = whiteness_labels(train_images[bank.indices["train"]])
-    white_test = whiteness_labels(test_images[bank.indices["test"]])
-    from autoencoder.classifier import SHIPPED_PERCEPTUAL, load_perceptual
-    from latent_ops.sources import source_masks
-
-    perceptual = load_perceptual(SHIPPED_PERCEPTUAL).eval()  # never the evaluator: it measures the results
-    train_masks = source_masks(train_images[bank.indices["train"]], bank.labels["train"], perceptual)
-    test_masks = source_masks(test_images[bank.indices["test"]], bank.labels["test"], perceptual)
-    sources = {name: (train_masks[name], test_masks[name]) for name in train_masks}
-    concepts, record = fit_concepts(bank, white_train, white_test, max_clusters, cross_fraction, seed, sources)
-    save_concepts(concepts, record, run, weights_digest(run))
-    write_cluster_grids(record, train_images, run / "clusters")
-    write_source_grid(record["_sources"], train_images, run / "clusters" / "sources.png")
-    return concepts
-
-
-def write_source_grid(sources: dict, train_images: torch.Tensor, file: Path, per_row: int = 12) -> Path | None:
-    """A row per named source of its most typical members (real train images)."""
-    from latent_ops.images import save_grid
-
-    rows = []
-    for entry in sources.values():
-        index = torch.tensor(entry["typical_train_indices"][:per_row])
-        rows.append(train_images[index[torch.arange(per_row) % len(index)]])
-    return save_grid(torch.cat(rows).float() / 127.5 - 1, file, nrow=per_row, scale=2) if rows else None
-
-
 def heldout_members(name: str, concepts: Concepts, bank: LatentBank) -> np.ndarray:
     """Positions (in the test split of the bank) of the held-out codes of a class or cluster concept.
 
@@ -513,33 +393,3 @@ def heldout_members(name: str, concepts: Concepts, bank: LatentBank) -> np.ndarr
         white = np.linalg.solve(g.chol, (codes - g.mean).T)  # (D, N): L^-1 (x - mean)
         loglik[:, k] = -0.5 * (white ** 2).sum(0) - np.log(np.diag(g.chol)).sum()
     return rows[loglik.argmax(1) == int(cluster)]
-
-
-def main(run: str = "", data: str = "data", cache_dir: str = "data/cache", max_clusters: int = 6,
-         cross_fraction: float = 0.9, seed: int = 0) -> None:
-    """Fit clusters and directions of a run (default: the newest) and print what was found."""
-    from autoencoder.cli import run_cli
-    from latent_ops.runs import resolve_run
-
-    run_dir = run_cli(lambda: resolve_run(run))
-    concepts = run_cli(lambda: fit_run_concepts(run_dir, data, cache_dir, max_clusters, cross_fraction, seed))
-    record = json.loads((run_dir / CLUSTERS_FILE).read_text())
-    for name, entry in record.items():
-        if name.startswith("_") or not isinstance(entry, dict):
-            continue
-        sizes = ", ".join(str(c["size"]) for c in entry["clusters"])
-        print(f"{name:10s} {entry['bic_search']['chosen']} clusters by BIC (sizes {sizes})")
-    if concepts.probe is not None:
-        print(f"class probe (logistic regression on codes): held-out accuracy {concepts.probe.held_out_accuracy:.3f}")
-    for name, d in concepts.directions.items():
-        print(f"{name:15s} held-out balanced accuracy {d.held_out_accuracy:.3f} (train {d.train_accuracy:.3f}), "
-              f"unit step {d.step:.2f}: {d.note}")
-    print(f"wrote {run_dir / CLUSTERS_FILE}, {run_dir / DIRECTIONS_FILE}, {run_dir / DENSITIES_FILE}, "
-          f"{run_dir / 'clusters'}/<class>.png")
-
-
-if __name__ == "__main__":
-    import fire
-
-    fire.Fire(main)
-

@@ -46,11 +46,12 @@ from autoencoder.data import to_uint8
 from autoencoder.metrics import laplacian_variance
 from autoencoder.models import ModelConfig
 from autoencoder.run_folder import RunError, load_run, weights_digest
-from latent_ops.concepts import WINGED, load_concepts
+from latent_ops.concepts import WINGED
 from latent_ops.encode import encode_images, load_bank
 from latent_ops.expression import parse
 from latent_ops.flow import FlowNet, flow_matching_loss, sample, with_extra_label
 from latent_ops.images import save_grid
+from latent_ops.run_concepts import load_concepts
 from latent_ops.runs import refuse_foreign_folder, resolve_run
 from latent_ops.sampling import DrawSettings, Sources, sample_expression
 from latent_ops.sources import classifier_views

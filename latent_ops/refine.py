@@ -10,6 +10,9 @@ polished, not replaced by whatever the critic likes best. With the latent prior
 code moves ``prior_weight`` of the way towards the prior's denoised estimate of it
 (``latent_ops.flow.denoise``, a step along the prior's score scaled so that 1 lands on the estimate).
 
+Each step's length is capped at ``MAX_STEP`` times the typical length of a code (sqrt(D)), a trust
+region: a large ``--refine_step_size`` then takes long steps instead of diverging to NaN.
+
 Example: see ``latent_ops.compose`` (``--refine_steps``, ``--refine_step_size``).
 """
 from __future__ import annotations
@@ -19,6 +22,15 @@ from collections.abc import Callable
 import torch
 
 from autoencoder.models import Networks
+
+MAX_STEP = 0.25  # a step moves a code by at most this times sqrt(D), the length of a typical N(0, I) code
+
+
+def capped(step: torch.Tensor, limit: float) -> torch.Tensor:
+    """``step`` (N, D) with each row's length cut to at most ``limit``; non-finite rows become zero."""
+    step = torch.nan_to_num(step, nan=0.0, posinf=0.0, neginf=0.0)
+    length = step.flatten(1).norm(dim=1).clamp_min(1e-12)
+    return step * (limit / length).clamp(max=1.0).view(-1, *[1] * (step.dim() - 1))
 
 
 def critic_scores(nets: Networks, codes: torch.Tensor) -> torch.Tensor:
@@ -46,7 +58,7 @@ def refine_codes(nets: Networks, z0: torch.Tensor, steps: int, step_size: float 
         (grad,) = torch.autograd.grad(energy, z)
         history.append(score.mean().item())
         with torch.no_grad():
-            z = z - step_size * grad
+            z = z - capped(step_size * grad, MAX_STEP * z[0].numel() ** 0.5)
             if prior_denoise is not None and prior_weight > 0:
                 z = z + prior_weight * (prior_denoise(z) - z)
             if noise > 0:

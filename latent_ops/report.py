@@ -20,21 +20,24 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from safetensors.torch import load_file
 
 from autoencoder import metrics
 from autoencoder.atomic import save_tensors, write_json, write_text
-from autoencoder.cifar10 import CIFAR10_CLASSES
+from autoencoder.cifar10 import CACHE_FOLDER, CIFAR10_CLASSES, DATA_FOLDER
 from autoencoder.classifier import SHIPPED, WEIGHTS_FILE, Evaluator, load_evaluator
-from autoencoder.cli import ConfigError, check_ranges, dataclass_from_flags, run_cli, save_config
+from autoencoder.cli import ConfigError, check_ranges, claim_output, dataclass_from_flags, run_cli
 from autoencoder.compute import machine_name
-from autoencoder.data import load_cifar10, to_float, to_uint8
+from autoencoder.data import ImageSet, load_cifar10, to_float, to_uint8
 from autoencoder.diagram import draw_run
 from autoencoder.evaluate import reconstruct
-from autoencoder.run_folder import load_run, weights_digest
-from latent_ops.compose import IMAGES_FILE, compose, folder_name
+from autoencoder.models import Networks
+from autoencoder.run_folder import RunConfig, load_run, weights_digest
+from latent_ops.compose import DEFAULT_EXPRESSION, compose, folder_name, read_recipe
+from latent_ops.compose_files import IMAGES_FILE
 from latent_ops.encode import decode_codes
 from latent_ops.expression import parse, term_parts
 from latent_ops.images import save_grid
@@ -106,21 +109,17 @@ def quality_table(rows: list[dict]) -> str:
 @dataclass
 class ReportConfig:
     run: str = ""  # run folder; empty: the newest trained run in outputs/runs
-    data: str = "data"  # CIFAR-10 folder (needed: every metric compares with real images)
-    cache_dir: str = "data/cache"  # decoded data and evaluator features are cached here
+    data: str = DATA_FOLDER  # CIFAR-10 folder (needed: every metric compares with real images)
+    cache_dir: str = CACHE_FOLDER  # decoded data and evaluator features are cached here
     out: str = ""  # output folder; empty: outputs/report/<run>
-    expressions: str = "horse+wings"  # ';'-separated expressions to compose and score
+    expressions: str = ""  # ';'-separated expressions to compose and score; empty: the run's compose recipe's
+    #   expression (RUN/compose.json), else horse+wings. Each is composed with the run's recipe.
     seed: int = 0  # prior draws, subsets and compose seeds
     prior_samples: int = 10000  # N(0, I) samples decoded for the prior's row
     neighbour_count: int = 1000  # images per set searched for their nearest training image
     kid_subset: int = 1000  # subset size of the kernel distance
     pca_floor: bool = True  # also fit PCA with latent_dim components (the linear floor)
     evaluator: str = ""  # evaluator folder; empty: the committed one
-    compose_n: int = 64  # images composed per expression (without a pool)
-    compose_pool: int = 0  # with N > 0: compose a pool of N, keep a diverse 64; rows for the pool and the kept
-    compose_project: float = 0.0  # compose's --project (SDEdit noise level through the latent prior)
-    compose_refine_prior: float = 0.0  # compose's --refine_prior (the prior's weight in the refinement)
-    compose_guidance: float = 2.0  # compose's --guidance (the latent prior's guidance per condition)
 
     @property
     def expression_list(self) -> list[str]:
@@ -128,18 +127,30 @@ class ReportConfig:
 
 
 REPORT_RANGES = {"seed": (0, 2**31 - 1), "prior_samples": (2, 10**6), "neighbour_count": (1, 10**6),
-                 "kid_subset": (2, 10**5), "compose_n": (2, 10**5), "compose_pool": (0, 10**5),
-                 "compose_project": (0, 1), "compose_refine_prior": (0, 1), "compose_guidance": (0, 100)}
+                 "kid_subset": (2, 10**5)}
+REPORT_FILES = {"report.md", "report.json", "config.json", "architecture.png", "architecture.svg", "compose",
+                "prior-samples.png", "latent-prior-samples.png", "reconstructions.png"}
+COPIED_SUFFIXES = ("-best_x8.png", "-batch64.png", "-neighbours.png", "-refinement.png", "-evaluator-top8.png")
+MIN_IMAGES = 8  # per split: fewer, and no metric means anything
+
+
+def report_files(folder: Path) -> set[str]:
+    """The names in ``folder`` that a report writes (its own files and the compose figures it copies)."""
+    copied = {p.name for p in folder.glob("*.png") if p.name.endswith(COPIED_SUFFIXES)} if folder.is_dir() else set()
+    return REPORT_FILES | copied
 
 
 def make_report_config(**flags) -> ReportConfig:
     config = dataclass_from_flags(ReportConfig, {}, flags)
     check_ranges(config, REPORT_RANGES)
-    if not config.expression_list:
-        raise ConfigError("--expressions is empty; give one or more, ';'-separated, e.g. horse+wings")
     for expression in config.expression_list:
         parse(expression)
     return config
+
+
+def report_expressions(settings: ReportConfig, run: Path) -> list[str]:
+    """The expressions to compose: the flag's, else the run's recipe's, else compose's default."""
+    return settings.expression_list or [read_recipe(str(run)).get("expression", DEFAULT_EXPRESSION)]
 
 
 def latent_prior_samples(run_dir: Path, config, count: int, seed: int, device: torch.device,
@@ -175,6 +186,167 @@ def subject_of(weights: dict[str, float]) -> str | None:
     return None
 
 
+@dataclass
+class Evidence:
+    """What every section of the report measures against: the run, the evaluator, the data and their features."""
+    run: Path
+    out: Path
+    config: RunConfig  # the run's config
+    nets: Networks
+    device: torch.device
+    dtype: torch.dtype
+    judge: Evaluator
+    train: ImageSet
+    test: ImageSet
+    train_floats: torch.Tensor  # (N, 3, 32, 32) in [-1, 1], once: every nearest-neighbour search reads it
+    train_features: torch.Tensor
+    test_features: torch.Tensor
+    settings: ReportConfig
+    say: Callable[..., None]
+
+    def measure(self, name: str, images: torch.Tensor, features: torch.Tensor | None = None,
+                reference: torch.Tensor | None = None, train_rows: torch.Tensor | None = None) -> dict:
+        """sample_set_metrics of ``images`` against the test features (or ``reference``) and the training set
+        (or its ``train_rows``)."""
+        features = self.judge.features(images) if features is None else features
+        floats = self.train_floats if train_rows is None else self.train_floats[train_rows]
+        train_features = self.train_features if train_rows is None else self.train_features[train_rows]
+        reference = self.test_features if reference is None else reference
+        s = self.settings
+        return sample_set_metrics(name, images, features, reference, floats, train_features, s.seed,
+                                  s.neighbour_count, s.kid_subset)
+
+
+def gather_evidence(settings: ReportConfig, run_dir: Path, out_dir: Path, say) -> Evidence:
+    opened = load_run(run_dir)
+    evaluator_dir = Path(settings.evaluator) if settings.evaluator else SHIPPED
+    judge = load_evaluator(evaluator_dir, device=opened.device.type)
+    classes = opened.config.classes
+    train = load_cifar10(settings.data, "train", classes, cache_dir=settings.cache_dir)
+    test = load_cifar10(settings.data, "test", classes, cache_dir=settings.cache_dir)
+    small = [f"{name} has {len(split)}" for name, split in (("train", train), ("test", test)) if len(split) < MIN_IMAGES]
+    if small:
+        raise ConfigError(f"--data {settings.data} is too small for a report: its {' and '.join(small)} images of the "
+                          f"run's classes; every metric needs at least {MIN_IMAGES} per split")
+    say(f"evaluator features of {len(train)} train and {len(test)} test images (cached after the first time)")
+    train_features = cached_features(judge, evaluator_dir, train.images, "train", settings.cache_dir)
+    test_features = cached_features(judge, evaluator_dir, test.images, "test", settings.cache_dir)
+    return Evidence(run_dir, out_dir, opened.config, opened.nets, opened.device, opened.dtype, judge, train, test,
+                    to_float(train.images), train_features, test_features, settings, say)
+
+
+def reconstruction_section(ev: Evidence, record: dict) -> torch.Tensor:
+    """Reconstruction MSE and PSNR of the test split, beside the PCA floor; returns the reconstructions (uint8)."""
+    ev.say("reconstructions of the test split")
+    test_floats = to_float(ev.test.images)
+    rec = reconstruct(ev.nets, ev.test.images, ev.device, ev.dtype)
+    record["reconstruction"] = metrics.reconstruction(test_floats, rec)
+    if ev.settings.pca_floor:
+        components = min(ev.config.latent_dim, len(ev.train) - 1)
+        ev.say(f"PCA floor with {components} components")
+        pca = metrics.pca_reconstruction(ev.train_floats, test_floats, components, ev.settings.seed)
+        record["pca_floor"] = {"components": components, **metrics.reconstruction(test_floats, pca)}
+    rec_uint8 = to_uint8(rec)
+    pairs = torch.stack([test_floats[:32], to_float(rec_uint8[:32])], 1).flatten(0, 1)
+    save_grid(pairs, ev.out / "reconstructions.png", nrow=16, scale=3)
+    return rec_uint8
+
+
+def floor_rows(ev: Evidence, generator: torch.Generator) -> list[dict]:
+    """The real-vs-real floors: a train subset against the test split, and the test split itself."""
+    size = max(2, min(len(ev.test), ev.settings.prior_samples, len(ev.train) // 2))
+    train_pick = torch.randperm(len(ev.train), generator=generator)[:size]
+    held = torch.ones(len(ev.train), dtype=torch.bool)
+    held[train_pick] = False  # the train subset is compared with the rest of train in the NN columns
+    rows = [ev.measure("real: train subset vs test (the floor)", ev.train.images[train_pick],
+                       ev.train_features[train_pick], train_rows=held),
+            ev.measure("real: test images", ev.test.images, ev.test_features)]
+    for key in ("frechet", "kid", "kid_std"):  # the test split against itself
+        rows[1].pop(key, None)
+    return rows
+
+
+def sample_sets_section(ev: Evidence, record: dict, rec_uint8: torch.Tensor) -> None:
+    """Quality, sharpness, uniqueness and diversity of reconstructions and prior samples, beside the real floors."""
+    generator = torch.Generator().manual_seed(ev.settings.seed)
+    ev.say("real-vs-real floors")
+    rows = floor_rows(ev, generator)
+    rows.append(ev.measure("model: reconstructions of test", rec_uint8))
+    count = ev.settings.prior_samples
+    ev.say(f"{count} prior samples")
+    prior_codes = torch.randn(count, ev.config.latent_dim, generator=generator)
+    prior = to_uint8(decode_codes(ev.nets, prior_codes.to(ev.device), dtype=ev.dtype).cpu())
+    rows.append(ev.measure("model: prior samples N(0, I)", prior))
+    learned = latent_prior_samples(ev.run, ev.config, count, ev.settings.seed, ev.device)
+    if learned is None:
+        ev.say("no latent prior in the run (python -m latent_ops.prior trains one): its row is skipped")
+    else:
+        ev.say(f"{count} latent prior samples")
+        learned_images = to_uint8(decode_codes(ev.nets, learned.to(ev.device), dtype=ev.dtype).cpu())
+        rows.append(ev.measure("model: latent prior samples (classes in turn)", learned_images))
+        save_grid(to_float(learned_images[:64]), ev.out / "latent-prior-samples.png", nrow=8, scale=3)
+    record["sets"] = rows
+    prior_classes = torch.bincount(ev.judge.logits(prior).argmax(1), minlength=10) / len(prior)
+    record["prior_class_shares"] = dict(zip(CIFAR10_CLASSES, prior_classes.tolist()))
+    save_grid(to_float(prior[:64]), ev.out / "prior-samples.png", nrow=8, scale=3)
+
+
+def composition_entry(ev: Evidence, expression: str) -> dict | None:
+    """Compose ``expression`` with the run's recipe and measure it: recognisability, quality, uniqueness, diversity."""
+    s = ev.settings
+    ev.say(f"compose {expression}")
+    folder = compose(expression, run=str(ev.run), data=s.data, seed=s.seed, cache_dir=s.cache_dir,
+                     out=str(ev.out / "compose" / folder_name(expression, s.seed)), quiet=True)
+    images = load_file(str(folder / IMAGES_FILE))["images"]  # ranked, best first (at most 1024)
+    scores = json.loads((folder / "scores.json").read_text())
+    subject = subject_of(scores.get("intent_weights", scores["weights"]))  # a learned concept: what it was learned from
+    if subject is None:
+        ev.say(f"{expression} starts from no class: recognisability skipped")
+        return None
+    features = ev.judge.features(images)
+    recognised = metrics.recognisability(ev.judge.probabilities(images), CIFAR10_CLASSES, subject=subject)
+    entry = {"expression": expression, "subject": subject, "folder": str(folder),
+             "intent_source": scores["intent_source"], "critic_mean_after": scores["critic_mean_after"],
+             "candidates_composed": scores["candidates_composed"], "pool": scores["pool"],
+             "kept": scores["kept"], "best": scores["best"], "rank_gate": scores.get("rank_gate", 0.2),
+             "recognisability_best": {k: v[0].item() for k, v in recognised.items()},
+             "recognisability_mean": {k: v.mean().item() for k, v in recognised.items()},
+             "share_combined_over_half": (recognised["combined"] > 0.5).float().mean().item()}
+    by_evaluator = recognised["combined"].argsort(descending=True)
+    entry["evaluator_top"] = [{"rank_in_batch": int(i), **{k: v[i].item() for k, v in recognised.items()}}
+                              for i in by_evaluator[:8]]
+    save_grid(to_float(images[by_evaluator[:8]]), ev.out / f"{folder.name}-evaluator-top8.png", nrow=8, scale=4)
+    kept_ranks = [c["rank"] for c in scores["candidates"] if c["kept"] and c["rank"] < len(images)]
+    entry["sets"], real = composition_sets(ev, expression, subject, images, features, kept_ranks,
+                                           json.loads((folder / "config.json").read_text())["pool"] > 0)
+    real_recognised = metrics.recognisability(ev.judge.probabilities(real), CIFAR10_CLASSES, subject=subject)
+    entry["recognisability_real_subject_mean"] = {k: v.mean().item() for k, v in real_recognised.items()}
+    best_pixel, _ = metrics.nearest_distances(to_float(images[:1]), ev.train_floats)
+    best_feature, _ = metrics.nearest_distances(features[:1], ev.train_features)
+    entry["best_nn_pixel"], entry["best_nn_feature"] = best_pixel.item(), best_feature.item()
+    for name in ("best_x8.png", "batch64.png", "neighbours.png", "refinement.png"):
+        if (folder / name).exists():
+            shutil.copyfile(folder / name, ev.out / f"{folder.name}-{name}")
+    return entry
+
+
+def composition_sets(ev: Evidence, expression: str, subject: str, images: torch.Tensor, features: torch.Tensor,
+                     kept_ranks: list[int], pooled: bool) -> tuple[list[dict], torch.Tensor]:
+    """The composed images' rows (the pool, the kept) beside real test images of the subject; and those images."""
+    subject_test = ev.test.labels == CIFAR10_CLASSES.index(subject)
+    real = ev.test.images[subject_test] if subject_test.any() else ev.test.images
+    real_features = ev.test_features[subject_test] if subject_test.any() else ev.test_features
+    pick = torch.randperm(len(real), generator=torch.Generator().manual_seed(ev.settings.seed))[:len(images)]
+    rows = [ev.measure(f"composed {expression}" + (f", the unselected pool of {len(images)}" if pooled else ""),
+                       images, features, real_features)]
+    if pooled:
+        rows.append(ev.measure(f"composed {expression}, the kept {len(kept_ranks)}", images[kept_ranks],
+                               features[kept_ranks], real_features))
+    rows.append(ev.measure(f"real: {len(pick)} test {subject} images (the floor)", real[pick], real_features[pick],
+                           real_features))
+    return rows, real[pick]
+
+
 def report(quiet: bool = False, **flags) -> Path:
     """Write the report of a run into ``out`` (default outputs/report/<run>); returns the folder.
 
@@ -186,143 +358,27 @@ def report(quiet: bool = False, **flags) -> Path:
     say = (lambda *a: None) if quiet else (lambda *a: print("report:", *a, flush=True))
     run_dir = resolve_run(settings.run)
     out_dir = Path(settings.out) if settings.out else Path("outputs/report") / run_dir.name
-    data, cache_dir, seed, compose_n = settings.data, settings.cache_dir, settings.seed, settings.compose_n
-    prior_samples, neighbour_count, kid_subset = settings.prior_samples, settings.neighbour_count, settings.kid_subset
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_config(settings, out_dir / "config.json")
-    opened = load_run(run_dir)
-    config, nets = opened.config, opened.nets
-    device = opened.device
-    dtype = opened.dtype
-    nets = nets.to(device)
-    evaluator_dir = Path(settings.evaluator) if settings.evaluator else SHIPPED
-    judge = load_evaluator(evaluator_dir, device=device.type)
-    expressions = settings.expression_list
-
-    train = load_cifar10(data, "train", config.classes, cache_dir=cache_dir)
-    test = load_cifar10(data, "test", config.classes, cache_dir=cache_dir)
-    say(f"evaluator features of {len(train)} train and {len(test)} test images (cached after the first time)")
-    train_features = cached_features(judge, evaluator_dir, train.images, "train", cache_dir)
-    test_features = cached_features(judge, evaluator_dir, test.images, "test", cache_dir)
-    generator = torch.Generator().manual_seed(seed)
-    record: dict = {"run": str(run_dir), "weights_digest": weights_digest(run_dir), "seed": seed, "classes": list(config.class_names),
-                    "evaluator": str(evaluator_dir), "neighbour_count": neighbour_count, "machine": machine_name(device)}
-    accuracy = judge.accuracy(test.images, test.labels)
-    record["evaluator_test_accuracy"] = accuracy
-
-    # --- reconstruction ---
-    say("reconstructions of the test split")
-    rec = reconstruct(nets, test.images, device, dtype)
-    record["reconstruction"] = metrics.reconstruction(to_float(test.images), rec)
-    if settings.pca_floor:
-        say(f"PCA floor with {config.latent_dim} components")
-        pca = metrics.pca_reconstruction(to_float(train.images), to_float(test.images), config.latent_dim, seed)
-        record["pca_floor"] = {"components": config.latent_dim, **metrics.reconstruction(to_float(test.images), pca)}
-    rec_uint8 = to_uint8(rec)
-
-    # --- real floors and model sets ---
-    say("real-vs-real floors")
-    size = min(len(test), prior_samples)
-    train_pick = torch.randperm(len(train), generator=generator)[:size]
-    held = torch.ones(len(train), dtype=torch.bool)
-    held[train_pick] = False  # the train subset is compared with the rest of train in the NN columns
-    train_floats = to_float(train.images)  # (N, 3, 32, 32), once: every NN search reads it
-    rows = [sample_set_metrics("real: train subset vs test (the floor)", train.images[train_pick],
-                               train_features[train_pick], test_features, train_floats[held],
-                               train_features[held], seed, neighbour_count, kid_subset),
-            sample_set_metrics("real: test images", test.images, test_features, test_features,
-                               train_floats, train_features, seed, neighbour_count, kid_subset)]
-    rows[1].pop("frechet", None), rows[1].pop("kid", None), rows[1].pop("kid_std", None)  # test vs itself
-    rec_features = judge.features(rec_uint8)
-    rows.append(sample_set_metrics("model: reconstructions of test", rec_uint8, rec_features, test_features,
-                                   train_floats, train_features, seed, neighbour_count, kid_subset))
-    say(f"{prior_samples} prior samples")
-    prior_codes = torch.randn(prior_samples, config.latent_dim, generator=generator)
-    prior = to_uint8(decode_codes(nets, prior_codes.to(device), dtype=dtype).cpu())
-    prior_features = judge.features(prior)
-    rows.append(sample_set_metrics("model: prior samples N(0, I)", prior, prior_features, test_features,
-                                   train_floats, train_features, seed, neighbour_count, kid_subset))
-    learned = latent_prior_samples(run_dir, config, prior_samples, seed, device)
-    if learned is None:
-        say("no latent prior in the run (python -m latent_ops.prior trains one): its row is skipped")
-    else:
-        say(f"{prior_samples} latent prior samples")
-        learned_images = to_uint8(decode_codes(nets, learned.to(device), dtype=dtype).cpu())
-        rows.append(sample_set_metrics("model: latent prior samples (classes in turn)", learned_images,
-                                       judge.features(learned_images), test_features, train_floats, train_features,
-                                       seed, neighbour_count, kid_subset))
-        save_grid(to_float(learned_images[:64]), out_dir / "latent-prior-samples.png", nrow=8, scale=3)
-    record["sets"] = rows
-    prior_classes = torch.bincount(judge.logits(prior).argmax(1), minlength=10) / len(prior)
-    record["prior_class_shares"] = dict(zip(CIFAR10_CLASSES, prior_classes.tolist()))
-    save_grid(to_float(prior[:64]), out_dir / "prior-samples.png", nrow=8, scale=3)
-    pairs = torch.stack([to_float(test.images[:32]), to_float(rec_uint8[:32])], 1).flatten(0, 1)
-    save_grid(pairs, out_dir / "reconstructions.png", nrow=16, scale=3)
-
-    # --- composed expressions ---
-    record["compositions"] = []
-    for expression in expressions:
-        say(f"compose {expression}")
-        folder = compose(expression, run=str(run_dir), data=data, n=compose_n, seed=seed, cache_dir=cache_dir,
-                         out=str(out_dir / "compose" / folder_name(expression, seed)), quiet=True,
-                         pool=settings.compose_pool, project=settings.compose_project,
-                         refine_prior=settings.compose_refine_prior, guidance=settings.compose_guidance)
-        images = load_file(str(folder / IMAGES_FILE))["images"]  # ranked, best first (at most 1024)
-        scores = json.loads((folder / "scores.json").read_text())
-        kept_ranks = [c["rank"] for c in scores["candidates"] if c["kept"] and c["rank"] < len(images)]
-        subject = subject_of(scores.get("intent_weights", scores["weights"]))  # a learned concept: what it was learned from
-        if subject is None:
-            say(f"{expression} starts from no class: recognisability skipped")
-            continue
-        subject_test = test.labels == CIFAR10_CLASSES.index(subject)
-        features = judge.features(images)
-        recognised = metrics.recognisability(judge.probabilities(images), CIFAR10_CLASSES, subject=subject)
-        entry = {"expression": expression, "subject": subject, "folder": str(folder),
-                 "intent_source": scores["intent_source"], "critic_mean_after": scores["critic_mean_after"],
-                 "candidates_composed": scores["candidates_composed"], "pool": scores["pool"],
-                 "kept": scores["kept"], "best": scores["best"]}
-        entry["recognisability_best"] = {k: v[0].item() for k, v in recognised.items()}
-        entry["recognisability_mean"] = {k: v.mean().item() for k, v in recognised.items()}
-        entry["share_combined_over_half"] = (recognised["combined"] > 0.5).float().mean().item()
-        by_evaluator = recognised["combined"].argsort(descending=True)
-        entry["evaluator_top"] = [{"rank_in_batch": int(i), **{k: v[i].item() for k, v in recognised.items()}}
-                                  for i in by_evaluator[:8]]
-        save_grid(to_float(images[by_evaluator[:8]]), out_dir / f"{folder.name}-evaluator-top8.png", nrow=8, scale=4)
-        real_horses = test.images[subject_test] if subject_test.any() else test.images
-        horse_features = test_features[subject_test] if subject_test.any() else test_features
-        pick = torch.randperm(len(real_horses), generator=torch.Generator().manual_seed(seed))[:len(images)]
-        pooled = settings.compose_pool > 0
-        entry["sets"] = [
-            sample_set_metrics(f"composed {expression}" + (f", the unselected pool of {len(images)}" if pooled else ""),
-                               images, features, horse_features, train_floats, train_features, seed,
-                               neighbour_count, kid_subset),
-            *([sample_set_metrics(f"composed {expression}, the kept {len(kept_ranks)}", images[kept_ranks],
-                                  features[kept_ranks], horse_features, train_floats, train_features, seed,
-                                  neighbour_count, kid_subset)] if pooled else []),
-            sample_set_metrics(f"real: {len(pick)} test {subject} images (the floor)", real_horses[pick],
-                               horse_features[pick], horse_features, train_floats, train_features, seed,
-                               neighbour_count, kid_subset),
-        ]
-        real_recognised = metrics.recognisability(judge.probabilities(real_horses[pick]), CIFAR10_CLASSES, subject=subject)
-        entry["recognisability_real_subject_mean"] = {k: v.mean().item() for k, v in real_recognised.items()}
-        best_pixel, _ = metrics.nearest_distances(to_float(images[:1]), train_floats)
-        best_feature, _ = metrics.nearest_distances(features[:1], train_features)
-        entry["best_nn_pixel"], entry["best_nn_feature"] = best_pixel.item(), best_feature.item()
-        for name in ("best_x8.png", "batch64.png", "neighbours.png", "refinement.png"):
-            shutil.copyfile(folder / name, out_dir / f"{folder.name}-{name}")
-        record["compositions"].append(entry)
-
+    claim_output(out_dir, report_files(out_dir), "a report", settings)
+    ev = gather_evidence(settings, run_dir, out_dir, say)
+    record: dict = {"run": str(run_dir), "weights_digest": weights_digest(run_dir), "seed": settings.seed,
+                    "classes": list(ev.config.class_names), "evaluator": str(settings.evaluator or SHIPPED),
+                    "neighbour_count": settings.neighbour_count, "machine": machine_name(ev.device),
+                    "evaluator_test_accuracy": ev.judge.accuracy(ev.test.images, ev.test.labels)}
+    rec_uint8 = reconstruction_section(ev, record)
+    sample_sets_section(ev, record, rec_uint8)
+    entries = [composition_entry(ev, expression) for expression in report_expressions(settings, run_dir)]
+    record["compositions"] = [entry for entry in entries if entry is not None]
     say("architecture diagram")
     files, layers = draw_run(run_dir, out_dir)
     record["diagram"] = [str(f) for f in files]
     record["seconds"] = time.monotonic() - began
     write_json(record, out_dir / "report.json")
-    write_text(render(record, config, run_dir, out_dir, len(layers)), out_dir / "report.md")
+    write_text(render(record, ev.config, run_dir, len(layers)), out_dir / "report.md")
     say(f"written {out_dir / 'report.md'} in {record['seconds']:.0f} s")
     return out_dir
 
 
-def render(record: dict, config, run_dir: Path, out_dir: Path, layer_count: int) -> str:
+def render_header(record: dict, config, run_dir: Path, layer_count: int) -> list[str]:
     r = record["reconstruction"]
     lines = [f"# Report: run `{run_dir.name}`", "",
              f"Generated by `python -m latent_ops.report --run {run_dir} --data DATA --seed {record['seed']}` on "
@@ -330,9 +386,9 @@ def render(record: dict, config, run_dir: Path, out_dir: Path, layer_count: int)
              f"Latent size {config.latent_dim}, width {config.width}, {config.steps} steps.", "",
              "Feature-space numbers use this project's own evaluator (a CIFAR-10 classifier trained from "
              f"scratch here, test accuracy {100 * record['evaluator_test_accuracy']:.2f}% with flip TTA as "
-             "loaded here; see its card, `autoencoder/weights/evaluator/card.md`). **They are not Inception FID/KID numbers** and cannot be compared with "
-             "published ones: compare each with the real-vs-real floor beside it.", "",
-             "## Model", "", "![architecture](architecture.png)", "",
+             "loaded here; see its card, `autoencoder/weights/evaluator/card.md`). **They are not Inception FID/KID "
+             "numbers** and cannot be compared with published ones: compare each with the real-vs-real floor beside it.",
+             "", "## Model", "", "![architecture](architecture.png)", "",
              f"`architecture.svg` / `architecture.png`: {layer_count} layers traced from the run's own networks, "
              "with their output shapes, the data flow between the networks and the compose pipeline.", "",
              "## Reconstruction (test split)", "",
@@ -342,57 +398,62 @@ def render(record: dict, config, run_dir: Path, out_dir: Path, layer_count: int)
         p = record["pca_floor"]
         lines.append(f"| PCA, {p['components']} components (linear floor) | {p['mse']:.5f} | {p['psnr_db']:.2f} | "
                      f"{p['psnr_of_mean_mse_db']:.2f} |")
-    lines += ["", "![reconstructions](reconstructions.png)", "",
-              "Pairs of columns: test image, then its reconstruction.", "",
-              "## Samples: quality, sharpness, uniqueness, diversity", "",
-              "Frechet distance and KID against the test split's evaluator features; sharpness is the mean "
-              "variance of the Laplacian (higher is sharper); NN columns give the median RMS distance to the "
-              f"nearest training image (over up to {record['neighbour_count']} images of each set; a copy of a "
-              "training image scores 0); diversity is the mean pairwise RMS "
-              "distance within 64 images.", "",
-              quality_table(record["sets"]),
-              "![prior samples](prior-samples.png)", "",
-              "Samples of N(0, I), the prior the latent critic pulls codes towards."
-              + (" Below: samples of the learned latent prior (`latent_ops.prior`), the run's classes in turn."
-                 if any("latent prior" in r["name"] for r in record["sets"]) else ""), "",
-              *(["![latent prior samples](latent-prior-samples.png)", ""]
-                if any("latent prior" in r["name"] for r in record["sets"]) else []),
-              "Prior samples, as the evaluator classifies them: " + ", ".join(
-                  f"{k} {100 * v:.0f}%" for k, v in sorted(record["prior_class_shares"].items(),
-                                                          key=lambda kv: -kv[1])) + ".", ""]
+    return lines + ["", "![reconstructions](reconstructions.png)", "", "Pairs of columns: test image, then its "
+                    "reconstruction.", ""]
+
+
+def render_samples(record: dict) -> list[str]:
+    latent = any("latent prior" in r["name"] for r in record["sets"])
+    shares = ", ".join(f"{k} {100 * v:.0f}%" for k, v in sorted(record["prior_class_shares"].items(),
+                                                                key=lambda kv: -kv[1]))
+    return ["## Samples: quality, sharpness, uniqueness, diversity", "",
+            "Frechet distance and KID against the test split's evaluator features; sharpness is the mean "
+            "variance of the Laplacian (higher is sharper); NN columns give the median RMS distance to the "
+            f"nearest training image (over up to {record['neighbour_count']} images of each set; a copy of a "
+            "training image scores 0); diversity is the mean pairwise RMS distance within 64 images.", "",
+            quality_table(record["sets"]), "![prior samples](prior-samples.png)", "",
+            "Samples of N(0, I), the prior the latent critic pulls codes towards."
+            + (" Below: samples of the learned latent prior (`latent_ops.prior`), the run's classes in turn."
+               if latent else ""), "",
+            *(["![latent prior samples](latent-prior-samples.png)", ""] if latent else []),
+            f"Prior samples, as the evaluator classifies them: {shares}.", ""]
+
+
+def render_composition(c: dict) -> list[str]:
+    best, mean, real = c["recognisability_best"], c["recognisability_mean"], c["recognisability_real_subject_mean"]
+    stem, subject, gate = Path(c["folder"]).name, c["subject"], c.get("rank_gate", 0.2)
+    intent = ("the evaluator's class probabilities of the decoded images" if c["intent_source"] == "evaluator"
+              else "a linear class probe on the codes")
+    share = ([f"Of the whole unselected pool of {c['candidates_composed']}, "
+              f"{100 * c['pool']['share_every_intent_term_at_least_gate']:.0f}% have every intent term "
+              f"(P({subject}), P(bird)+P(airplane)) at least {gate:g}; of the kept {c['kept']['count']}, "
+              f"{100 * c['kept']['share_every_intent_term_at_least_gate']:.0f}%.", ""]
+             if "share_every_intent_term_at_least_gate" in c.get("pool", {}) else [])
+    return [f"## Composed: `{c['expression']}`", "", f"![best]({stem}-best_x8.png)", "",
+            f"The best-ranked image (compose's ranking: candidates with every intent term at least {gate:g} first, "
+            f"then the sum of the z-scores of critic realism, intent from {intent}, sharpness and capped "
+            "uniqueness).", "",
+            f"| recognisability | P({subject}) | P(bird)+P(airplane) | combined 2 sqrt(P(s) P(w)) |", "|---|---|---|---|",
+            f"| best image | {best[subject]:.3f} | {best['winged']:.3f} | {best['combined']:.3f} |",
+            f"| batch mean | {mean[subject]:.3f} | {mean['winged']:.3f} | {mean['combined']:.3f} |",
+            f"| real test {subject} images (mean) | {real[subject]:.3f} | {real['winged']:.3f} | "
+            f"{real['combined']:.3f} |", "", *share,
+            f"{100 * c['share_combined_over_half']:.0f}% of the saved images score a combined value over 0.5. "
+            f"The best image's nearest training image is {c['best_nn_pixel']:.3f} away in pixels (RMS) and "
+            f"{c['best_nn_feature']:.3f} in features.", "",
+            f"![neighbours]({stem}-neighbours.png)", "",
+            "Each row: a top-ranked composed image, then its three nearest training images (pixels).", "",
+            quality_table(c["sets"]), f"![batch]({stem}-batch64.png)", "", "The batch of 64, ranked best first.", "",
+            f"![evaluator top 8]({stem}-evaluator-top8.png)", "",
+            f"The 8 the evaluator finds most {subject}-and-winged (combined score, highest first): "
+            + ", ".join(f"{t['combined']:.2f}" for t in c["evaluator_top"]) + ". Chosen by the same "
+            "classifier that scores them, so these scores are optimistic.", ""]
+
+
+def render(record: dict, config, run_dir: Path, layer_count: int) -> str:
+    lines = render_header(record, config, run_dir, layer_count) + render_samples(record)
     for c in record["compositions"]:
-        best, mean, real = c["recognisability_best"], c["recognisability_mean"], c["recognisability_real_subject_mean"]
-        stem, subject = Path(c["folder"]).name, c["subject"]
-        intent = ("the evaluator's class probabilities of the decoded images" if c["intent_source"] == "evaluator"
-                  else "a linear class probe on the codes")
-        lines += [f"## Composed: `{c['expression']}`", "",
-                  f"![best]({stem}-best_x8.png)", "",
-                  f"The best-ranked image (compose's ranking: candidates with every intent term at least "
-                  f"--rank_gate first, then the sum of the z-scores of critic realism, intent from {intent}, "
-                  "sharpness and capped uniqueness).", "",
-                  f"| recognisability | P({subject}) | P(bird)+P(airplane) | combined 2 sqrt(P(s) P(w)) |",
-                  "|---|---|---|---|",
-                  f"| best image | {best[subject]:.3f} | {best['winged']:.3f} | {best['combined']:.3f} |",
-                  f"| batch mean | {mean[subject]:.3f} | {mean['winged']:.3f} | {mean['combined']:.3f} |",
-                  f"| real test {subject} images (mean) | {real[subject]:.3f} | {real['winged']:.3f} | "
-                  f"{real['combined']:.3f} |",
-                  "", *([f"Of the whole unselected pool of {c['candidates_composed']}, "
-                        f"{100 * c['pool']['share_every_intent_term_at_least_0.2']:.0f}% have every intent term "
-                        f"(P({subject}), P(bird)+P(airplane)) at least 0.2; of the kept {c['kept']['count']}, "
-                        f"{100 * c['kept']['share_every_intent_term_at_least_0.2']:.0f}%.", ""]
-                       if "share_every_intent_term_at_least_0.2" in c.get("pool", {}) else []),
-                  f"{100 * c['share_combined_over_half']:.0f}% of the saved images score a combined value over 0.5. "
-                  f"The best image's nearest training image is {c['best_nn_pixel']:.3f} away in pixels (RMS) and "
-                  f"{c['best_nn_feature']:.3f} in features.", "",
-                  f"![neighbours]({stem}-neighbours.png)", "",
-                  "Each row: a top-ranked composed image, then its three nearest training images (pixels).", "",
-                  quality_table(c["sets"]),
-                  f"![batch]({stem}-batch64.png)", "",
-                  "The batch of 64, ranked best first.", "",
-                  f"![evaluator top 8]({stem}-evaluator-top8.png)", "",
-                  f"The 8 the evaluator finds most {subject}-and-winged (combined score, highest first): "
-                  + ", ".join(f"{t['combined']:.2f}" for t in c["evaluator_top"]) + ". Chosen by the same "
-                  "classifier that scores them, so these scores are optimistic.", ""]
+        lines += render_composition(c)
     return "\n".join(lines) + "\n"
 
 

@@ -16,7 +16,6 @@ The folder is built beside its destination and put in place whole; a killed ship
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
@@ -30,7 +29,7 @@ from autoencoder.atomic import replace_atomically, save_tensors, write_json, wri
 from autoencoder.checkpoint import save_weights
 from autoencoder.cli import CONFIG_FILE, ConfigError, dataclass_from_flags, run_cli
 from autoencoder.compute import machine_name
-from autoencoder.data import SPLITS, load_split
+from autoencoder.data import DATA_FILE, SPLITS, data_checksums
 from autoencoder.models import ModelConfig
 from autoencoder.run_folder import (
     METRICS_FILE,
@@ -41,14 +40,14 @@ from autoencoder.run_folder import (
     read_tensors,
     weights_digest,
 )
-from latent_ops.concepts import fit_run_concepts, load_concepts
 from latent_ops.encode import BANK_FILE, encode_run, load_bank
 from latent_ops.prior import make_prior_config, train_prior
+from latent_ops.run_concepts import fit_run_concepts, load_concepts
 from latent_ops.runs import SHIPPED_MODEL
 from latent_ops.trained_prior import PRIOR_FOLDER
 
 CARD_FILE = "MODEL_CARD.md"
-DATA_FILE = "data.json"
+
 SHIP_FILE = "ship.json"
 SIZE_LIMIT = 25 * 2 ** 20  # bytes: the shipped folder must stay under 25 MiB
 
@@ -64,18 +63,6 @@ class ShipConfig:
     targets: str = ""  # a bench/release_targets.py record (JSON) whose numbers go into the card; empty: none
     card_notes: str = ""  # a Markdown file appended to the card (hand-written sections); empty: none
     report: str = ""  # a latent_ops.report report.json of the shipped model whose metrics go into the card; empty: none
-
-
-def data_checksums(data: str, cache_dir: str) -> dict[str, str]:
-    """SHA-256 of each split's uint8 images and labels, in the order the loader gives them: the
-    same for the JPEG folders and torchvision's copy only if their pixels are the same."""
-    sums = {}
-    for split in SPLITS:
-        images = load_split(data, split, cache_dir)
-        digest = hashlib.sha256(images.images.numpy().tobytes())
-        digest.update(images.labels.numpy().astype(np.int64).tobytes())
-        sums[split] = digest.hexdigest()
-    return sums
 
 
 def write_fp16_weights(run: Path, folder: Path) -> None:

@@ -15,8 +15,8 @@ from PIL import Image
 from autoencoder.cli import ConfigError
 from latent_ops.atlas import build_atlas, cluster_outline, fit_or_load
 from latent_ops.atlas import main as atlas_main
-from latent_ops.compose import ensure_concepts
 from latent_ops.encode import load_bank
+from latent_ops.run_concepts import ensure_concepts
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 SMALL = dict(neighbours=5, cells=8, path_codes=4, strengths="0,1,2")

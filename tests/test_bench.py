@@ -81,7 +81,7 @@ def test_manifold_targets_read_a_pooled_report_and_give_each_verdict():
     record = {"sets": [row("real: test images", nn_feature_median=1.0),
                        row("model: prior samples N(0, I)", frechet=100.0),
                        row("model: latent prior samples (classes in turn)", frechet=40.0)],
-              "compositions": [{"subject": "horse", "pool": {"share_every_intent_term_at_least_0.2": 0.3},
+              "compositions": [{"subject": "horse", "pool": {"share_every_intent_term_at_least_gate": 0.3},
                                 "recognisability_best": {"horse": 0.5, "winged": 0.2, "combined": 0.6},
                                 "sets": [row("composed horse+wings, the unselected pool of 1024"),
                                          row("composed horse+wings, the kept 64", sharpness=0.02,

@@ -15,18 +15,20 @@ from autoencoder.data import load_split, to_float
 from autoencoder.metrics import nearest_neighbours
 from autoencoder.run_folder import load_run
 from latent_ops import ranking
-from latent_ops.compose import compose, intent_terms, resolve_intent
+from latent_ops.compose import compose
 from latent_ops.compose import main as compose_main
-from latent_ops.concepts import heldout_members, load_concepts
+from latent_ops.concepts import heldout_members
 from latent_ops.encode import encode_run, load_bank
 from latent_ops.expression import ExpressionError
+from latent_ops.intent import intent_terms, resolve_intent
 from latent_ops.refine import refine_codes
+from latent_ops.run_concepts import load_concepts
 
 
 @pytest.fixture(scope="module")
 def composed_run(smoke_run, folder_data, tmp_path_factory):
     """A copy of the smoke run with its latent bank and concepts, so the shared run stays as trained."""
-    from latent_ops.concepts import fit_run_concepts
+    from latent_ops.run_concepts import fit_run_concepts
 
     run = tmp_path_factory.mktemp("compose") / "run"
     shutil.copytree(smoke_run, run)
@@ -99,7 +101,8 @@ def test_intent_reads_class_probabilities_of_the_decoded_images(composed_run):
     terms = intent_terms({"horse": 1.0, "wings": 1.0, "bird": -1.0}, concepts, codes, probs)
     assert terms["horse"].tolist() == pytest.approx([0.5, 1.0])
     assert terms["wings"].tolist() == pytest.approx([0.5, 0.0])
-    assert terms["bird"].tolist() == pytest.approx([0.7, 1.0])  # a negative term counts its absence
+    assert terms["not bird"].tolist() == pytest.approx([0.7, 1.0])  # a negative term counts its absence
+    assert "bird" not in terms  # and is never reported as P(bird)
     with pytest.raises(ExpressionError, match="--intent must be one of"):
         resolve_intent("oracle")
     assert resolve_intent("probe") == "probe"
@@ -285,7 +288,7 @@ def test_two_composes_into_one_folder_leave_one_consistent_output(composed_run, 
 
 def test_a_compose_that_fails_leaves_the_previous_output_whole(composed_run, folder_data, tmp_path, smoke_run,
                                                               monkeypatch):
-    import latent_ops.compose as compose_module
+    import latent_ops.compose_files as compose_module
 
     out = tmp_path / "kept"
     compose("horse+wings", out=str(out), n=4, refine_steps=1, **kwargs(composed_run, folder_data, smoke_run))

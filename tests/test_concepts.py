@@ -6,6 +6,7 @@ import torch
 
 from autoencoder.cifar10 import CIFAR10_CLASSES
 from latent_ops import concepts as C
+from latent_ops import run_concepts
 from latent_ops.encode import LatentBank
 
 D = 12
@@ -110,8 +111,8 @@ def test_fit_concepts_on_a_toy_bank_and_round_trip(tmp_path):
     base = concepts.probe.probabilities(torch.from_numpy(bank.codes["test"][-80:]))
     assert edits["linear"]["winged"] > float((base["bird"] + base["airplane"]).mean())
 
-    C.save_concepts(concepts, record, tmp_path)
-    loaded = C.load_concepts(tmp_path)
+    run_concepts.save_concepts(concepts, record, tmp_path)
+    loaded = run_concepts.load_concepts(tmp_path)
     assert loaded.names == concepts.names
     assert np.array_equal(loaded.directions["white"].vector, concepts.directions["white"].vector)
     a = loaded.sample("horse", 5, np.random.default_rng(0))

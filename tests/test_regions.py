@@ -184,10 +184,10 @@ def learned_run(smoke_run, folder_data, tmp_path_factory):
     """A copy of the smoke run with its bank, concepts, a tiny prior and a concept learned from horse&bird."""
     import shutil
 
-    from latent_ops.concepts import fit_run_concepts
     from latent_ops.encode import encode_run
     from latent_ops.learn import learn, make_learn_config
     from latent_ops.prior import make_prior_config, train_prior
+    from latent_ops.run_concepts import fit_run_concepts
 
     run = tmp_path_factory.mktemp("learn") / "run"
     shutil.copytree(smoke_run, run)

@@ -7,9 +7,11 @@ import shutil
 import pytest
 from torch import nn
 
+from autoencoder.cli import save_config
 from autoencoder.diagram import NETWORK_TITLES, draw_run
 from autoencoder.diagram import main as diagram_main
 from autoencoder.run_folder import load_run
+from latent_ops.compose import RECIPE_FILE, ComposeConfig
 from latent_ops.report import report
 
 
@@ -53,9 +55,10 @@ def tiny_report(smoke_run, folder_data, tiny_evaluator, tmp_path_factory):
     run = tmp_path_factory.mktemp("report") / "run"
     shutil.copytree(smoke_run, run)
     out = run.parent / "report"
+    save_config(ComposeConfig(n=16), run / RECIPE_FILE)  # the run's compose recipe, which the report composes with
     report(run=str(run), data=str(folder_data), out=str(out), expressions="horse+wings;bird+wings", prior_samples=64, neighbour_count=16,
            kid_subset=16, evaluator=str(tiny_evaluator[0]), cache_dir=str(smoke_run.parent / "cache"),
-           compose_n=16, quiet=True)
+           quiet=True)
     return out
 
 
@@ -76,7 +79,8 @@ def test_report_writes_every_metric_with_its_floor(tiny_report):
     birds = record["compositions"][1]  # scored against its own subject, not against horses
     assert birds["subject"] == "bird" and set(birds["recognisability_best"]) == {"bird", "winged", "combined"}
     assert birds["sets"][1]["name"].startswith("real: 8 test bird images")
-    assert record["weights_digest"] and json.loads((tiny_report / "config.json").read_text())["compose_n"] == 16
+    assert record["weights_digest"] and "expressions" in json.loads((tiny_report / "config.json").read_text())
+    assert record["compositions"][0]["candidates_composed"] == 16  # the run's recipe
     text = (tiny_report / "report.md").read_text()
     for heading in ("## Model", "## Reconstruction", "## Samples", "## Composed: `horse+wings`",
                     "## Composed: `bird+wings`", "P(bird) |"):
@@ -94,7 +98,7 @@ def test_report_writes_every_metric_with_its_floor(tiny_report):
 def test_report_is_deterministic_for_a_seed(tiny_report, smoke_run, folder_data, tiny_evaluator, tmp_path):
     again = report(run=str(tiny_report.parent / "run"), data=str(folder_data), out=str(tmp_path / "again"),
                    expressions="horse+wings", prior_samples=64, neighbour_count=16, kid_subset=16,
-                   evaluator=str(tiny_evaluator[0]), cache_dir=str(smoke_run.parent / "cache"), compose_n=16,
+                   evaluator=str(tiny_evaluator[0]), cache_dir=str(smoke_run.parent / "cache"),
                    pca_floor=False, quiet=True)
     first = json.loads((tiny_report / "report.json").read_text())
     second = json.loads((again / "report.json").read_text())

@@ -10,9 +10,9 @@ from safetensors.torch import load_file
 
 from autoencoder.models import ModelConfig
 from autoencoder.run_folder import load_run, weights_digest
-from latent_ops.concepts import load_concepts
 from latent_ops.encode import load_bank
 from latent_ops.flow import sample
+from latent_ops.run_concepts import load_concepts
 from latent_ops.runs import SHIPPED_MODEL
 from latent_ops.ship import CARD_FILE, SIZE_LIMIT, folder_bytes
 from latent_ops.trained_prior import load_prior

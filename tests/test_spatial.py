@@ -10,14 +10,15 @@ import torch
 from conftest import smoke_flags
 from PIL import Image
 
+from autoencoder.cli import save_config
 from autoencoder.config import make_config
 from autoencoder.train import train
 from latent_ops.atlas import build_atlas
-from latent_ops.compose import compose
-from latent_ops.concepts import load_concepts
+from latent_ops.compose import RECIPE_FILE, ComposeConfig, compose
 from latent_ops.encode import load_bank
 from latent_ops.prior import make_prior_config, train_prior
 from latent_ops.report import report
+from latent_ops.run_concepts import load_concepts
 from latent_ops.sampling import Sources, sample_expression
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
@@ -35,8 +36,9 @@ def test_a_spatial_run_goes_through_encode_concepts_compose_atlas_and_report(fol
     record = build_atlas(run=str(run), data=str(folder_data), cache_dir=cache, out=str(tmp_path / "atlas"),
                          neighbours=5, cells=4, path_codes=3, strengths="0,1", quiet=True)
     assert record["codes"] == 24
+    save_config(ComposeConfig(n=8), run / RECIPE_FILE)  # the report composes with the run's recipe
     folder = report(run=str(run), data=str(folder_data), cache_dir=cache, out=str(tmp_path / "report"),
-                    prior_samples=32, neighbour_count=8, kid_subset=8, compose_n=8,
+                    prior_samples=32, neighbour_count=8, kid_subset=8,
                     evaluator=str(tiny_evaluator[0]), quiet=True)
     assert (folder / "report.md").exists() and (folder / "architecture.png").exists()
 
@@ -83,8 +85,9 @@ def test_a_spatial_run_goes_through_encode_concepts_compose_atlas_and_report(fol
     assert (again / "batch64.png").read_bytes() == (out / "batch64.png").read_bytes()  # seeded
 
     # The report with a pool: rows for the unselected pool and the kept ones, which the targets bench reads.
+    save_config(ComposeConfig(pool=24, project=0.5), run / RECIPE_FILE)
     folder = report(run=str(run), data=str(folder_data), cache_dir=cache, out=str(tmp_path / "pool-report"),
-                    prior_samples=32, neighbour_count=8, kid_subset=8, compose_pool=24, compose_project=0.5,
+                    prior_samples=32, neighbour_count=8, kid_subset=8,
                     pca_floor=False, evaluator=str(tiny_evaluator[0]), quiet=True)
     record = json.loads((folder / "report.json").read_text())
     names = [r["name"] for r in record["compositions"][0]["sets"]]

@@ -1,0 +1,91 @@
+"""What compose writes: the figures, scores.json and images.safetensors of one compose, built in a temporary
+folder and put in place whole, and the lines it prints.
+
+Example: see ``latent_ops.compose`` (``write_outputs`` is its last stage).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from autoencoder.atomic import save_tensors, write_json
+from autoencoder.cli import save_config
+from autoencoder.data import to_float, to_uint8
+from latent_ops.images import save_grid, save_region, save_region_grid, save_single
+from latent_ops.showcase import save_showcase
+
+IMAGES_FILE = "images.safetensors"  # the best images, uint8 (k, 3, 32, 32), best first
+OUTPUT_FILES = {"best.png", "best_x8.png", "batch64.png", "neighbours.png", "refinement.png", "region.png",
+                "regions64.png", "showcase.png", "scores.json", "config.json", IMAGES_FILE}
+BY_EYE_FILES = ("marked.json", "contact-sheet.png")  # a person's marks of the images (latent_ops.showcase)
+
+
+def cell_pictures(cells: torch.Tensor, side: int = 32) -> torch.Tensor:
+    """(N, 3, side, side) in [-1, 1]: each (rows, cols) bool cell mask, white where set, black elsewhere."""
+    pictures = torch.nn.functional.interpolate(cells[:, None].float(), size=(side, side), mode="nearest")
+    return pictures.expand(-1, 3, -1, -1) * 2 - 1
+
+
+def showcase_caption(expression: str, seed: int, best: dict, summary: dict, kept: int) -> str:
+    """The showcase's caption: what was composed, the best image's scores, and what was kept."""
+    terms = ", ".join(f"{k} {v:.2f}" for k, v in best["intent_terms"].items())
+    unique = (f", nearest training image {best['uniqueness']:.3f} away (RMS pixels; real test images: "
+              f"{summary['uniqueness_reference']:.3f})" if "uniqueness" in best else
+              "; uniqueness not measured (no CIFAR-10 given)")
+    return (f"{expression}, seed {seed}: {summary['candidates_composed']} composed, {kept} kept. "
+            f"Best: critic realism {best['realism']:.2f}, intent {best['intent']:.2f} ({terms}){unique}.")
+
+
+def refinement_rows(kept, cells: torch.Tensor | None) -> tuple[torch.Tensor, int]:
+    """refinement.png's rows: kept images before and after refinement, their region cells, the projection strip."""
+    count = len(kept.shown)
+    rows = [torch.cat([kept.before[i:i + 8], kept.after[i:i + 8]]) for i in range(0, min(16, count), 8)]
+    if cells is not None:  # the first eight kept images' region cells, white on black
+        rows.append(cell_pictures(cells[kept.shown[:8]]))
+    if kept.strip is not None:
+        rows.append(kept.strip)
+    return torch.cat(rows), min(8, count) if kept.strip is None else 8
+
+
+def write_outputs(folder: Path, config, kept, scored, reference, summary: dict, cells: torch.Tensor | None) -> None:
+    """Every file of one compose into ``folder`` (a temporary folder that is then put in place whole)."""
+    best_image = kept.ranked[0]
+    save_config(config, folder / "config.json")
+    save_single(best_image, folder / "best.png")
+    save_single(best_image, folder / "best_x8.png", scale=8)
+    save_grid(kept.after, folder / "batch64.png", nrow=8, scale=3)
+    save_tensors({"images": to_uint8(kept.ranked).contiguous()}, folder / IMAGES_FILE)
+    rows, per_row = refinement_rows(kept, cells)
+    save_grid(rows, folder / "refinement.png", nrow=per_row, scale=3)
+    if cells is not None:
+        save_region(best_image, cells[scored.order[0]], folder / "region.png")
+        save_region_grid(kept.after, cells[kept.shown], folder / "regions64.png")
+    nearest = None
+    if reference.distance is not None:
+        neighbours = scored.found["neighbours"]
+        rows = [torch.cat([kept.ranked[r:r + 1], to_float(reference.train_images[neighbours[i]])])
+                for r, i in enumerate(scored.order[:8].tolist())]
+        save_grid(torch.cat(rows), folder / "neighbours.png", nrow=4, scale=3)
+        nearest = to_float(reference.train_images[neighbours[scored.order[0]]])
+    caption = showcase_caption(config.expression, config.seed, summary["candidates"][0], summary, len(kept.shown))
+    save_showcase(best_image, nearest, kept.after, caption, folder / "showcase.png")
+    write_json(summary, folder / "scores.json")
+
+
+def print_summary(config, summary: dict, out: Path) -> None:
+    """What a compose found, in five lines."""
+    best, pool, gate = summary["candidates"][0], summary["pool"], config.rank_gate
+    print(f"{config.expression}: {summary['candidates_composed']} candidates in {summary['seconds']:.1f} s -> {out}/")
+    print(f"  critic mean {summary['critic_mean_before']:.3f} -> {summary['critic_mean_after']:.3f} after "
+          f"{config.refine_steps} refinement steps; diversity of the kept {summary['kept']['count']} "
+          f"{summary['diversity_before']:.3f} -> {summary['diversity_after']:.3f} (mean pairwise RMS pixel distance)")
+    if "share_every_intent_term_at_least_gate" in pool:
+        print(f"  whole pool: {pool['share_every_intent_term_at_least_gate']:.0%} have every intent term >= {gate:g} "
+              f"(" + ", ".join(f"{k} {v:.2f}" for k, v in pool["intent_terms"].items()) + " on average)")
+    print(f"  best: realism {best['realism']:.3f}, intent {best['intent']:.3f} ("
+          + ", ".join(f"{k} {v:.2f}" for k, v in best["intent_terms"].items()) + ")"
+          + (f", uniqueness {best['uniqueness']:.3f}" if "uniqueness" in best else ""))
+    if summary.get("data_matches_run") is False:
+        print(f"  note: uniqueness was measured against --data {config.data}, not the data the run was trained on")
+    print(f"  look at {out / 'showcase.png'} (best x8, its neighbours, the kept batch); scores in {out / 'scores.json'}")

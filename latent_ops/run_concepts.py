@@ -1,0 +1,246 @@
+"""A run's concept files: fitting them from its latent bank, writing them, reading them back, and the
+command line. The fitting itself is pure (``latent_ops/concepts.py``).
+
+Writes ``clusters.json``, ``directions.json`` and ``concepts.npz`` (no pickles; stamped with the
+weights' digest, so concepts of other weights are refused as stale) and ``clusters/<class>.png``.
+Every number read back is checked: a NaN or infinity in a file is refused where it enters.
+
+Example: ``python -m latent_ops.run_concepts --run outputs/runs/cpu-main --data data``
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from autoencoder.atomic import replace_atomically, write_json
+from autoencoder.cifar10 import CACHE_FOLDER, DATA_FOLDER
+from autoencoder.classifier import SHIPPED_PERCEPTUAL, load_perceptual
+from autoencoder.cli import (
+    ConfigError,
+    check_ranges,
+    check_writable,
+    dataclass_from_flags,
+    finite,
+    lock_folder,
+    run_cli,
+    save_config,
+)
+from autoencoder.data import load_split
+from autoencoder.run_folder import RunError, weights_digest
+from latent_ops.concepts import (
+    DEFAULT_WING_METHOD,
+    WHY_DEFAULT_WINGS,
+    ClassProbe,
+    Concepts,
+    Direction,
+    Gaussian,
+    fit_concepts,
+    whiteness_labels,
+)
+from latent_ops.encode import BANK_FILE, encode_run, load_bank, read_stamped_npz
+from latent_ops.images import save_grid
+from latent_ops.runs import resolve_run
+from latent_ops.sources import source_masks
+
+CLUSTERS_FILE = "clusters.json"
+DIRECTIONS_FILE = "directions.json"
+DENSITIES_FILE = "concepts.npz"
+CONFIG_FILE = "concepts-config.json"  # in the run folder, whose config.json is the training's
+
+
+@dataclass
+class ConceptsConfig:
+    run: str = ""  # run folder; empty: the newest trained run in outputs/runs
+    data: str = DATA_FOLDER  # CIFAR-10 folder (pixels for white, the sources and the cluster grids)
+    cache_dir: str = CACHE_FOLDER  # decoded data cache
+    max_clusters: int = 6  # most clusters per class (BIC picks 2 to this many)
+    cross_fraction: float = 0.9  # a direction's unit step moves this share of held-out negatives across
+    seed: int = 0  # the seed of every fit
+
+
+CONCEPTS_RANGES = {"max_clusters": (2, 64), "cross_fraction": (0.01, 0.999), "seed": (0, 2**31 - 1)}
+
+
+def make_concepts_config(**flags) -> ConceptsConfig:
+    config = dataclass_from_flags(ConceptsConfig, {}, flags)
+    check_ranges(config, CONCEPTS_RANGES)
+    return config
+
+
+def finite_array(label: str, value: np.ndarray) -> np.ndarray:
+    """``value`` when every number in it is finite; else a ConfigError naming ``label``."""
+    if np.issubdtype(value.dtype, np.number) and not np.isfinite(value).all():
+        raise ConfigError(f"{label} holds NaN or infinity")
+    return value
+
+
+def save_concepts(concepts: Concepts, record: dict, run: Path, digest: str = "") -> None:
+    """concepts.npz, clusters.json and directions.json, each written atomically and stamped with ``digest``
+    (the SHA-256 of the weights the codes came from)."""
+    arrays = {"weights_digest": np.array(digest)}
+    for name, mixture in concepts.densities.items():
+        for k, (w, g) in enumerate(mixture):
+            arrays[f"density/{name}/{k}/weight"] = np.array(w)
+            arrays[f"density/{name}/{k}/mean"] = g.mean
+            arrays[f"density/{name}/{k}/chol"] = g.chol
+    for name, d in concepts.directions.items():
+        arrays[f"direction/{name}"] = d.vector
+    for name, positions in concepts.sources.items():
+        arrays[f"source/{name}"] = positions
+    if concepts.probe is not None:
+        arrays.update({"probe/coef": concepts.probe.coef, "probe/intercept": concepts.probe.intercept,
+                       "probe/labels": concepts.probe.labels,
+                       "probe/held_out_accuracy": np.array(concepts.probe.held_out_accuracy)})
+    write_json({"weights_digest": digest, **record}, run / CLUSTERS_FILE)
+    directions = {name: d.summary() for name, d in concepts.directions.items()}
+    directions["_default_wings"] = {"method": DEFAULT_WING_METHOD, "why": WHY_DEFAULT_WINGS,
+                                    "horse_edit_probe": concepts.horse_edit_probe}
+    directions["_weights_digest"] = digest
+    write_json(directions, run / DIRECTIONS_FILE)
+    replace_atomically(lambda tmp: np.savez_compressed(tmp, **arrays), run / DENSITIES_FILE)  # last: marks completion
+
+
+def load_concepts(run: Path) -> Concepts:
+    """The concepts of a run; a missing, damaged or stale file is a RunError saying to refit them."""
+    fix = f"fit them again with python -m latent_ops.run_concepts --run {run} --data PATH"
+    arrays = read_stamped_npz(run / DENSITIES_FILE, run, fix)
+    try:
+        summaries = json.loads((run / DIRECTIONS_FILE).read_text())
+        if summaries.get("_weights_digest") != str(arrays["weights_digest"]):
+            raise ValueError(f"{DIRECTIONS_FILE} and {DENSITIES_FILE} come from different fits")
+        concepts = Concepts()
+        parts: dict[str, dict[int, dict[str, np.ndarray]]] = {}
+        for key, value in arrays.items():
+            kind, *rest = key.split("/")
+            if kind == "density":
+                name, k, what = rest
+                parts.setdefault(name, {}).setdefault(int(k), {})[what] = finite_array(f"{run / DENSITIES_FILE}: {key}", value)
+            elif kind == "source":
+                concepts.sources[rest[0]] = value.astype(np.int64)
+            elif kind == "direction":
+                s = summaries[rest[0]]
+                where = f"{run / DIRECTIONS_FILE}: {rest[0]}"
+                concepts.directions[rest[0]] = Direction(
+                    finite_array(f"{run / DENSITIES_FILE}: direction/{rest[0]}", value),
+                    finite(f"{where} offset", s["offset"]), finite(f"{where} step", s["step"]), s["method"],
+                    s["held_out_accuracy"], s["train_accuracy"], s["note"])
+        if "probe/coef" in arrays:
+            concepts.probe = ClassProbe(arrays["probe/coef"], arrays["probe/intercept"], arrays["probe/labels"],
+                                        float(arrays["probe/held_out_accuracy"]))
+        for name, comps in parts.items():
+            concepts.densities[name] = [(float(c["weight"]), Gaussian(c["mean"], c["chol"]))
+                                        for _, c in sorted(comps.items())]
+    except ConfigError as error:
+        raise RunError(f"{error}; {fix}") from None
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError) as error:
+        raise RunError(f"{run / DENSITIES_FILE} or {run / DIRECTIONS_FILE} is damaged "
+                       f"({type(error).__name__}: {str(error)[:80]}); {fix}") from None
+    return concepts
+
+
+def write_cluster_grids(record: dict, train_images: torch.Tensor, folder: Path, per_row: int = 12) -> list[Path]:
+    """One PNG per class: a row per cluster of its most typical members (real train images)."""
+    files = []
+    for name, entry in record.items():
+        if name.startswith("_") or not isinstance(entry, dict):
+            continue
+        rows = []
+        for cluster in entry["clusters"]:
+            index = torch.tensor(cluster["typical_train_indices"][:per_row])
+            index = index[torch.arange(per_row) % len(index)]
+            rows.append(train_images[index])
+        images = torch.cat(rows).float() / 127.5 - 1
+        files.append(save_grid(images, folder / f"{name}.png", nrow=per_row, scale=2))
+    return files
+
+
+def fit_run_concepts(run: Path, data: str, cache_dir: str = "data/cache", max_clusters: int = 6,
+                     cross_fraction: float = 0.9, seed: int = 0) -> Concepts:
+    """Fit, save and return the concepts of a run from its latent bank (pixels for ``white`` and grids)."""
+    bank = load_bank(run)
+    train_images = load_split(data, "train", cache_dir).images
+    test_images = load_split(data, "test", cache_dir).images
+    white_train = whiteness_labels(train_images[bank.indices["train"]])
+    white_test = whiteness_labels(test_images[bank.indices["test"]])
+    perceptual = load_perceptual(SHIPPED_PERCEPTUAL).eval()  # never the evaluator: it measures the results
+    train_masks = source_masks(train_images[bank.indices["train"]], bank.labels["train"], perceptual)
+    test_masks = source_masks(test_images[bank.indices["test"]], bank.labels["test"], perceptual)
+    sources = {name: (train_masks[name], test_masks[name]) for name in train_masks}
+    concepts, record = fit_concepts(bank, white_train, white_test, max_clusters, cross_fraction, seed, sources)
+    save_concepts(concepts, record, run, weights_digest(run))
+    write_cluster_grids(record, train_images, run / "clusters")
+    write_source_grid(record["_sources"], train_images, run / "clusters" / "sources.png")
+    return concepts
+
+
+def write_source_grid(sources: dict, train_images: torch.Tensor, file: Path, per_row: int = 12) -> Path | None:
+    """A row per named source of its most typical members (real train images)."""
+    rows = []
+    for entry in sources.values():
+        index = torch.tensor(entry["typical_train_indices"][:per_row])
+        rows.append(train_images[index[torch.arange(per_row) % len(index)]])
+    return save_grid(torch.cat(rows).float() / 127.5 - 1, file, nrow=per_row, scale=2) if rows else None
+
+
+def ensure_concepts(run: Path, data: str, cache_dir: str) -> Concepts:
+    """The run's concepts; the data set is encoded and the concepts fitted again when either is
+    missing, damaged or was made from other weights than the run's current ones."""
+    def why(file: Path, problem: RunError) -> str:
+        return "(once)" if not file.exists() else f"again: {problem}"
+
+    try:
+        return load_concepts(run)
+    except RunError as problem:
+        try:
+            load_bank(run)
+        except RunError as bank_problem:
+            print(f"concepts: encoding the data set into {run / BANK_FILE} {why(run / BANK_FILE, bank_problem)}")
+            encode_run(run, data, cache_dir)
+        print(f"concepts: fitting clusters and directions of {run} {why(run / DENSITIES_FILE, problem)}")
+        return fit_run_concepts(run, data, cache_dir)
+
+
+def print_concepts(run_dir: Path, concepts: Concepts) -> None:
+    record = json.loads((run_dir / CLUSTERS_FILE).read_text())
+    for name, entry in record.items():
+        if name.startswith("_") or not isinstance(entry, dict):
+            continue
+        sizes = ", ".join(str(c["size"]) for c in entry["clusters"])
+        print(f"{name:10s} {entry['bic_search']['chosen']} clusters by BIC (sizes {sizes})")
+    if concepts.probe is not None:
+        print(f"class probe (logistic regression on codes): held-out accuracy {concepts.probe.held_out_accuracy:.3f}")
+    for name, d in concepts.directions.items():
+        print(f"{name:15s} held-out balanced accuracy {d.held_out_accuracy:.3f} (train {d.train_accuracy:.3f}), "
+              f"unit step {d.step:.2f}: {d.note}")
+    print(f"wrote {run_dir / CLUSTERS_FILE}, {run_dir / DIRECTIONS_FILE}, {run_dir / DENSITIES_FILE}, "
+          f"{run_dir / 'clusters'}/<class>.png")
+
+
+def run_concepts(config: ConceptsConfig) -> tuple[Path, Concepts]:
+    """Fit the run's concepts; the config is saved beside them as ``concepts-config.json``."""
+    run_dir = resolve_run(config.run)
+    check_writable(run_dir)
+    lock_folder(run_dir / "clusters")
+    concepts = fit_run_concepts(run_dir, config.data, config.cache_dir, config.max_clusters, config.cross_fraction,
+                                config.seed)
+    save_config(config, run_dir / CONFIG_FILE)
+    return run_dir, concepts
+
+
+def main(**flags) -> None:
+    """Fit clusters and directions of a run (default: the newest) and print what was found.
+
+    Every field of ConceptsConfig is a flag: --run, --data, --max_clusters, --cross_fraction, --seed.
+    """
+    run_dir, concepts = run_cli(lambda: run_concepts(make_concepts_config(**flags)))
+    print_concepts(run_dir, concepts)
+
+
+if __name__ == "__main__":
+    import fire
+
+    fire.Fire(main)
