@@ -26,12 +26,13 @@ data: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
-# make pegasus: the learned pegasus concept of the model the repository ships (models/pegasus-cifar10), offline.
-# CIFAR-10 is used when present (data/, or the shared copy beside the checkout, unpacked once) for the
-# uniqueness check and neighbour panels; without it (or with NO_DATA=1) they are skipped and the output says so.
+# make pegasus: compose with the recipe the shipped model carries (models/pegasus-cifar10/compose.json: the learned
+# pegasus concept, a pool of 1024), offline. CIFAR-10 is used when present (data/, or the shared copy beside the
+# checkout, unpacked once) for the uniqueness check and neighbour panels; without it (or with NO_DATA=1) they are
+# skipped and the output says so. PEGASUS_EXPRESSION and PEGASUS_FLAGS override the recipe.
 MODEL := models/pegasus-cifar10
-PEGASUS_EXPRESSION ?= pegasus
-PEGASUS_FLAGS ?= --pool 1024 --guidance 2.5 --prior_steps 24
+PEGASUS_EXPRESSION ?=
+PEGASUS_FLAGS ?=
 PEGASUS_OUT := outputs/compose/pegasus
 pegasus: $(STAMP)
 	@if [ -z "$(NO_DATA)" ] && [ ! -d $(DATA)/cifar10-jpeg ] && [ ! -d $(DATA)/cifar-10-batches-py ] \
@@ -42,10 +43,11 @@ pegasus: $(STAMP)
 
 # Re-create the shipped model: train the release recipe (resumed when outputs/runs/release holds a checkpoint;
 # 44 min on 2 CPU cores with AVX-512 bf16), measure it against its targets, ship it (bank, concepts, conv prior:
-# about 15 min), learn the pegasus concept from regional compositions (10 min), report on it (7 min) and write
+# about 15 min), learn the pegasus concept from regional compositions (10 min), store its compose recipe, report on it (7 min) and write
 # its card with the report's numbers: about 1.5 h in all.
 LEARN_PEGASUS := --expression "2*horse&3*airplane@top" --pool 8192 --accept "horse>=0.3,wings>=0.3" \
 	--critic_quantile 0.3 --sharpness_quantile 0.3 --steps 1000
+PEGASUS_RECIPE := --pool 1024 --guidance 2.5 --prior_steps 24  # stored as the model's compose.json
 RELEASE_RUN := outputs/runs/release
 model: data
 	if [ -f $(RELEASE_RUN)/checkpoint.json ]; then \
@@ -55,8 +57,9 @@ model: data
 	$(PY) -m latent_ops.ship --run $(RELEASE_RUN) --data $(DATA) --out $(MODEL) \
 		--targets outputs/bench/release_targets.json --card_notes docs/model-card-notes.md
 	$(PY) -m latent_ops.learn pegasus --run $(MODEL) $(LEARN_PEGASUS)
-	$(PY) -m latent_ops.report --run $(MODEL) --data $(DATA) --out outputs/report/pegasus-cifar10 \
-		--expressions $(PEGASUS_EXPRESSION) --compose_pool 1024 --compose_guidance 2.5
+	$(PY) -m latent_ops.compose pegasus --run $(MODEL) --data $(DATA) $(PEGASUS_RECIPE) --save_recipe true \
+		--out outputs/compose/pegasus-recipe
+	$(PY) -m latent_ops.report --run $(MODEL) --data $(DATA) --out outputs/report/pegasus-cifar10
 	$(PY) bench/manifold_targets.py --report outputs/report/pegasus-cifar10
 	$(PY) -m latent_ops.ship --card_only --out $(MODEL) --targets outputs/bench/release_targets.json \
 		--card_notes docs/model-card-notes.md --report outputs/report/pegasus-cifar10/report.json

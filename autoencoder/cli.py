@@ -63,6 +63,18 @@ def run_cli(call: Callable[[], Any], is_main: bool = True) -> Any:
     raise SystemExit(2)
 
 
+def command(kind: type, flags: dict[str, Any], body: Callable[[Any], Any], check: Callable | None = None,
+            is_main: bool = True) -> Any:
+    """The command pattern in one call: ``flags`` -> a ``kind`` config (unknown flags, types and ``check``
+    refused) -> ``body(config)``, which claims its output and saves the config; errors are one line."""
+    def build_and_run() -> Any:
+        config = dataclass_from_flags(kind, {}, flags)
+        if check is not None:
+            check(config)
+        return body(config)
+    return run_cli(build_and_run, is_main)
+
+
 def coerce(name: str, value: Any, kind: type) -> Any:
     """Turn a flag or file value (fire may give str, int, float, tuple...) into the field's type.
 

@@ -24,8 +24,8 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from autoencoder.atomic import save_tensors
-from autoencoder.cifar10 import CIFAR10_CLASSES, parse_classes
-from autoencoder.cli import UserError, run_cli
+from autoencoder.cifar10 import CACHE_FOLDER, CIFAR10_CLASSES, DATA_FOLDER, parse_classes
+from autoencoder.cli import UserError
 
 TORCHVISION_FOLDER = "cifar-10-batches-py"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -238,12 +238,33 @@ def data_checksums(data: str, cache_dir: str) -> dict[str, str]:
     return sums
 
 
-def main(data: str = "data", cache_dir: str = "data/cache", download: bool = False) -> None:
-    """Decode both splits into the cache and print what was found."""
+@dataclass
+class DataConfig:
+    data: str = DATA_FOLDER  # folder with CIFAR-10 (torchvision layout or train/<class>/ image folders)
+    cache_dir: str = CACHE_FOLDER  # where the decoded uint8 tensors are cached
+    download: bool = False  # fetch CIFAR-10 with torchvision when the folder has none
+
+
+def decode_data(config: DataConfig) -> dict[str, list[int]]:
+    """Decode both splits into the cache; returns the images per class of each split. The config is saved
+    as ``CACHE/data-config.json``."""
+    from autoencoder.cli import check_writable, save_config
+
+    check_writable(Path(config.cache_dir))
+    counts = {}
     for split in SPLITS:
-        s = run_cli(lambda: load_cifar10(data, split, cache_dir=cache_dir, download=download))
-        counts = torch.bincount(s.labels, minlength=10).tolist()
-        print(f"{split}: {len(s)} images; per class " +
+        images = load_cifar10(config.data, split, cache_dir=config.cache_dir, download=config.download)
+        counts[split] = torch.bincount(images.labels, minlength=10).tolist()
+    save_config(config, Path(config.cache_dir) / "data-config.json")
+    return counts
+
+
+def main(**flags) -> None:
+    """Decode both splits into the cache and print what was found; every field of DataConfig is a flag."""
+    from autoencoder.cli import command
+
+    for split, counts in command(DataConfig, flags, decode_data).items():
+        print(f"{split}: {sum(counts)} images; per class " +
               ", ".join(f"{n} {c}" for n, c in zip(CIFAR10_CLASSES, counts)))
 
 

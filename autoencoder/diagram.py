@@ -17,7 +17,7 @@ from torch import nn
 
 from autoencoder.cli import CONFIG_FILE
 from autoencoder.config import TrainConfig, load_train_config
-from autoencoder.models import Networks, ResBlock, build_networks
+from autoencoder.models import ModelConfig, Networks, ResBlock, build_networks
 from autoencoder.run_folder import RunError
 
 NETWORK_TITLES = {"latent_critic": "Latent critic L (AAE)", "encoder": "Encoder E", "decoder": "Decoder G",
@@ -43,7 +43,8 @@ COMPOSE_STEPS = [
 
 def loss_line(config) -> str:
     """The code's shape and the weighted loss terms of a run, for the diagram's caption."""
-    shape = f"{config.spatial_channels} x 4 x 4" if getattr(config, "spatial_channels", 0) else f"{config.latent_dim}-d"
+    code_shape = ModelConfig.of(config).code_shape
+    shape = " x ".join(str(n) for n in code_shape) if len(code_shape) > 1 else f"{code_shape[0]}-d"
     terms = ["MSE"]
     if getattr(config, "perceptual_weight", 0):
         terms.append(f"{config.perceptual_weight:g} perceptual")
@@ -205,11 +206,29 @@ def draw_run(run: str | Path, out: str | Path = "") -> tuple[list[Path], list[La
     return draw(layers, config, parameters, out_dir / "architecture", title), layers
 
 
-def main(run: str, out: str = "") -> None:
-    """Write architecture.png and architecture.svg for RUN (default folder: outputs/report/<run>)."""
-    from autoencoder.cli import run_cli
+@dataclass
+class DiagramConfig:
+    run: str = ""  # the run folder to draw (required)
+    out: str = ""  # folder of architecture.png/.svg; empty: outputs/report/<run>
 
-    files, layers = run_cli(lambda: draw_run(run, out))
+
+def draw_command(config: DiagramConfig) -> tuple[list[Path], list[Layer]]:
+    from autoencoder.cli import ConfigError, check_writable, save_config
+
+    if not config.run:
+        raise ConfigError("--run is required: the run folder whose networks to draw")
+    out = Path(config.out) if config.out else Path("outputs/report") / Path(config.run).name
+    check_writable(out)
+    files, layers = draw_run(config.run, out)
+    save_config(config, out / "diagram-config.json")
+    return files, layers
+
+
+def main(run: str = "", **flags) -> None:
+    """Write architecture.png and architecture.svg for RUN (default folder: outputs/report/<run>)."""
+    from autoencoder.cli import command
+
+    files, layers = command(DiagramConfig, dict(flags, run=run), draw_command)
     print(f"{len(layers)} layers drawn -> {files[0]} and {files[1]}")
 
 

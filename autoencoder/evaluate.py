@@ -7,13 +7,14 @@ Example: ``python -m autoencoder.evaluate --run outputs/runs/cpu-main --data dat
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from autoencoder.atomic import write_json
-from autoencoder.cifar10 import CIFAR10_CLASSES
-from autoencoder.cli import run_cli
+from autoencoder.cifar10 import CACHE_FOLDER, CIFAR10_CLASSES, DATA_FOLDER
+from autoencoder.cli import ConfigError, check_ranges, check_writable, command, save_config
 from autoencoder.compute import autocast
 from autoencoder.data import load_cifar10, to_float
 from autoencoder.metrics import psnr, reconstruction
@@ -32,14 +33,11 @@ def reconstruct(nets, images: torch.Tensor, device: torch.device, dtype: torch.d
 
 
 @torch.no_grad()
-def reconstruction_psnr(run: str | Path, data: str, cache_dir: str = "data/cache",
+def reconstruction_psnr(run: str | Path, data: str, cache_dir: str = CACHE_FOLDER,
                         batch_size: int = 500) -> dict:
     """Mean MSE and PSNR (dB) over the test split of the run's classes, overall and per class."""
     opened = load_run(run)
-    config, nets = opened.config, opened.nets
-    device = opened.device
-    dtype = opened.dtype
-    nets = nets.to(device)
+    config, nets, device, dtype = opened.config, opened.nets, opened.device, opened.dtype
     held_out = load_cifar10(data, "test", config.classes, cache_dir=cache_dir)
     x = to_float(held_out.images)
     x_rec = reconstruct(nets, held_out.images, device, dtype, batch_size)
@@ -50,10 +48,33 @@ def reconstruction_psnr(run: str | Path, data: str, cache_dir: str = "data/cache
     return result
 
 
-def main(run: str, data: str = "data", cache_dir: str = "data/cache") -> None:
-    result = run_cli(lambda: reconstruction_psnr(run, data, cache_dir))
+@dataclass
+class EvaluateConfig:
+    run: str = ""  # the run folder to measure (required)
+    data: str = DATA_FOLDER  # CIFAR-10 folder
+    cache_dir: str = CACHE_FOLDER  # decoded data cache
+    batch_size: int = 500  # images reconstructed at once
+
+
+def evaluate(config: EvaluateConfig) -> dict:
+    """Measure the run's reconstructions; writes RUN/reconstruction.json (stamped with the weights' digest)
+    and the config beside it as RUN/reconstruction-config.json."""
+    if not config.run:
+        raise ConfigError("--run is required: the run folder to measure")
+    check_ranges(config, {"batch_size": (1, 65536)})
+    run = Path(config.run)
+    check_writable(run)
+    result = reconstruction_psnr(run, config.data, config.cache_dir, config.batch_size)
     result["weights_digest"] = weights_digest(run)  # the stamp: which weights were measured
-    write_json(result, Path(run) / "reconstruction.json", indent=2)
+    write_json(result, run / "reconstruction.json", indent=2)
+    save_config(config, run / "reconstruction-config.json")
+    return result
+
+
+def main(run: str = "", **flags) -> None:
+    """Print and record the test split's reconstruction MSE and PSNR of RUN; every field of EvaluateConfig
+    is a flag."""
+    result = command(EvaluateConfig, dict(flags, run=run), evaluate)
     print(f"test split, {result['images']} images: MSE {result['mse']:.5f} (pixels in [-1, 1]), "
           f"mean PSNR {result['psnr_db']:.2f} dB, PSNR of mean MSE {result['psnr_of_mean_mse_db']:.2f} dB")
     for name, value in result["per_class_psnr_db"].items():

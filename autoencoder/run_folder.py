@@ -93,8 +93,12 @@ def check_run_config(config: RunConfig) -> None:
 
 def load_run_config(run_dir: str | Path) -> RunConfig:
     """A run's config.json, checked like flags; a bad or foreign one is a RunError naming the file."""
+    file = Path(run_dir) / CONFIG_FILE
     try:
-        return load_config(Path(run_dir) / CONFIG_FILE, RunConfig, check_run_config)
+        values = read_json(file, "run config")
+        if not isinstance(values, dict) or "latent_dim" not in values:
+            raise ConfigError(f"{file} is not a run config (it has no latent_dim)")
+        return load_config(file, RunConfig, check_run_config)
     except ConfigError as error:
         raise RunError(f"{error}; it is not a run config: pass --run a folder made by python -m autoencoder.train") \
             from None

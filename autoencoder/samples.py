@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torchvision.utils import make_grid, save_image
 
-from autoencoder.cifar10 import CIFAR10_CLASSES
+from autoencoder.cifar10 import CACHE_FOLDER, CIFAR10_CLASSES, DATA_FOLDER
 from autoencoder.config import TrainConfig
 from autoencoder.data import ImageSet, to_float, upscale
 from autoencoder.models import Networks
@@ -97,19 +97,39 @@ def save_grid(grid: torch.Tensor, file: Path, scale: int = 2) -> None:
     replace_atomically(lambda tmp: save_image(image, str(tmp)), file)
 
 
-def main(run: str, data: str = "data", out: str = "", seed: int = 0, cache_dir: str = "data/cache") -> None:
-    """Render a grid for a finished run (default file: RUN/samples/final.png)."""
-    from autoencoder.cli import run_cli
+@dataclass
+class SamplesConfig:
+    run: str = ""  # the finished run folder (required)
+    data: str = DATA_FOLDER  # CIFAR-10 folder: the held-out images of the grid's rows
+    out: str = ""  # the PNG to write; empty: RUN/samples/final.png
+    seed: int = 0  # which held-out images and prior draws
+    cache_dir: str = CACHE_FOLDER  # decoded data cache
+
+
+def render_run(config: SamplesConfig) -> Path:
+    """Render the run's sample grid; the config is saved beside the PNG as ``<name>-config.json``."""
+    from autoencoder.cli import ConfigError, check_writable, save_config
     from autoencoder.data import load_cifar10
     from autoencoder.run_folder import load_run
 
-    opened = run_cli(lambda: load_run(run))
-    config, networks = opened.config, opened.nets
-    held_out = run_cli(lambda: load_cifar10(data, "test", config.classes, cache_dir=cache_dir))
-    grid = render_grid(networks, choose_sample_inputs(held_out, config, seed), torch.device("cpu"))
-    file = Path(out) if out else Path(run) / "samples" / "final.png"
-    save_grid(grid, file)
-    print(f"wrote {file}")
+    if not config.run:
+        raise ConfigError("--run is required: the finished run folder")
+    file = Path(config.out) if config.out else Path(config.run) / "samples" / "final.png"
+    check_writable(file.parent)
+    opened = load_run(config.run, device="cpu")
+    held_out = load_cifar10(config.data, "test", opened.config.classes, cache_dir=config.cache_dir)
+    save_grid(render_grid(opened.nets, choose_sample_inputs(held_out, opened.config, config.seed),
+                          torch.device("cpu")), file)
+    save_config(config, file.with_name(f"{file.stem}-config.json"))
+    return file
+
+
+def main(run: str = "", **flags) -> None:
+    """Render a grid for a finished run (default file: RUN/samples/final.png); every field of SamplesConfig
+    is a flag."""
+    from autoencoder.cli import command
+
+    print(f"wrote {command(SamplesConfig, dict(flags, run=run), render_run)}")
 
 
 if __name__ == "__main__":

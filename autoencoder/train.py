@@ -35,7 +35,8 @@ from autoencoder.checkpoint import (
     write_checkpoint,
 )
 from autoencoder.cifar10 import CIFAR10_CLASSES
-from autoencoder.cli import CONFIG_FILE, ConfigError, UserError, run_cli, save_config
+from autoencoder.cli import (CONFIG_FILE, ConfigError, UserError, check_writable, lock_folder, release_folder, run_cli,
+                             save_config)
 from autoencoder.compute import resolve_device, resolve_precision
 from autoencoder.config import TrainConfig, load_train_config, make_config
 from autoencoder.data import DataNotFoundError, load_cifar10
@@ -190,6 +191,17 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, shar
     """
     run_dir = Path(config.out)
     check_shardable(config, shard)
+    if shard.is_main:  # a second training into the same folder is refused, not mixed in
+        check_writable(run_dir)
+        lock_folder(run_dir)
+    try:
+        return train_locked(config, run_dir, resume, progress, shard)
+    finally:
+        if shard.is_main:
+            release_folder(run_dir)
+
+
+def train_locked(config: TrainConfig, run_dir: Path, resume: bool, progress: bool, shard: Shard) -> Path:
     if config.threads > 0:
         torch.set_num_threads(config.threads)
     device = resolve_device(config.device, shard.local_rank)

@@ -1,4 +1,4 @@
-"""The ablation of the sharper-model issue: each recipe trained for the same wall time, then measured alike.
+"""The ablation of the training recipes: each recipe trained for the same wall time, then measured alike.
 
 Recipes build on each other: the `cpu` preset's recipe (``baseline``), then each change
 added to the one before (a perceptual term, a hinge critic with adaptive weight and its own
@@ -7,7 +7,7 @@ term matched in the image critic's features instead of the perceptual net's; ``n
 ``classes`` without the hinge critic (the spatial code and class head on the perceptual recipe). Each recipe is first timed for a few steps, so that
 its run gets the steps that fill ``--minutes`` (its cosine schedule then ends on time), and
 ``--max_minutes`` guards the budget. A finished recipe is skipped and an unfinished one
-resumed, so the table can be built over several sessions. Run it alone: the runs are
+resumed, so the table can be built over several sittings. Run it alone: the runs are
 compared at equal CPU time.
 
 For every recipe it writes ``outputs/ablation/<recipe>/ablation.json`` and the table
@@ -25,15 +25,16 @@ import json
 import shutil
 import statistics
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import fire
-from record import write_record  # bench/record.py, beside this script
+from record import bench_main, write_record  # bench/record.py, beside this script
 
 from autoencoder import metrics
 from autoencoder.atomic import write_json, write_text
 from autoencoder.checkpoint import has_checkpoint
-from autoencoder.cifar10 import CIFAR10_CLASSES
+from autoencoder.cifar10 import CACHE_FOLDER, CIFAR10_CLASSES, DATA_FOLDER
 from autoencoder.classifier import load_evaluator
 from autoencoder.config import make_config
 from autoencoder.data import load_cifar10, to_float, to_uint8
@@ -121,8 +122,18 @@ def table(rows: dict[str, dict]) -> str:
     return head + "\n".join(lines) + "\n"
 
 
-def main(data: str = "data", minutes: float = 20.0, recipes: str | tuple = ",".join(RECIPES),
-         cache_dir: str = "data/cache", folder: str = str(FOLDER), seed: int = 0, preset: str = "cpu") -> None:
+@dataclass
+class AblationConfig:
+    data: str = DATA_FOLDER  # CIFAR-10 folder
+    minutes: float = 20.0  # wall time each recipe trains for, alone
+    recipes: str = ",".join(RECIPES)  # comma-separated recipes to train, in order
+    cache_dir: str = CACHE_FOLDER  # decoded data cache
+    folder: str = str(FOLDER)  # where the recipes' runs and table go
+    seed: int = 0  # the seed of every draw
+    preset: str = "cpu"  # the training preset measured
+
+
+def run_ablation(data: str, minutes: float, recipes: str, cache_dir: str, folder: str, seed: int, preset: str) -> None:
     """Train (or resume) each recipe for ``minutes`` of wall time, measure it, and print the table."""
     names = [n.strip() for n in (recipes.split(",") if isinstance(recipes, str) else recipes) if n.strip()]
     root = Path(folder)
@@ -161,6 +172,12 @@ def main(data: str = "data", minutes: float = 20.0, recipes: str | tuple = ",".j
     write_text(text, root / "table.md")
     print(text)
     write_record("ablation", {"minutes": minutes, "rows": rows}, root)
+
+
+def main(**flags) -> None:
+    """Train (or resume) each recipe for ``minutes`` of wall time, measure it, and print the table. Every field of
+    AblationConfig is a flag."""
+    bench_main(AblationConfig, flags, run_ablation)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
-"""Speed of ``make pegasus``'s compose: the pool of 1024 with projection and refinement, against its 60 s budget.
+"""Speed of ``make pegasus``'s compose: the model's recipe (its compose.json), against its 60 s budget.
 
 Two parts, each in a fresh process, run alone:
 - refinement's step (critic through the decoder, forward and backward, 256 codes) in the
   NCHW and channels_last layouts: why compose turns the networks channels_last;
-- the whole compose (``--pool 1024 --project ... --refine_prior ...``, the Makefile's recipe),
+- the whole compose with the run's recipe (``RUN/compose.json``; other flags go over it),
   ``rounds`` times: compose's own seconds and the process's wall time with imports.
 
 Example: ``python bench/compose_speed.py --run models/pegasus-cifar10 --data data``
@@ -14,12 +14,13 @@ import json
 import multiprocessing
 import tempfile
 import time
+from dataclasses import dataclass
 
 import fire
 import torch
-from record import summarise, write_record  # bench/record.py, beside this script
+from record import bench_main, summarise, write_record  # bench/record.py, beside this script
 
-PEGASUS_FLAGS = dict(pool=1024, project=0.5, refine_prior=0.1)  # the Makefile's PEGASUS_FLAGS
+from autoencoder.cifar10 import CACHE_FOLDER, DATA_FOLDER
 
 
 def refine_step_seconds(run: str, channels_last: bool, count: int = 256, rounds: int = 3) -> float:
@@ -55,19 +56,34 @@ def _fresh(fn, *args):
         return pool.apply(fn, args)
 
 
-def main(run: str, data: str = "data", cache_dir: str = "data/cache", expression: str = "horse+wings",
-         rounds: int = 2, **flags) -> None:
-    """Print the refinement step per layout and the pegasus compose's seconds (flags override PEGASUS_FLAGS)."""
+@dataclass
+class ComposeSpeedConfig:
+    run: str = ""  # the run (or shipped model) folder
+    data: str = DATA_FOLDER  # CIFAR-10 folder
+    cache_dir: str = CACHE_FOLDER  # decoded data cache
+    expression: str = ""  # the expression composed; empty: the run's recipe's
+    rounds: int = 2  # interleaved rounds of each measurement
+
+
+def run_compose_speed(run: str, data: str, cache_dir: str, expression: str, rounds: int, extra: dict | None = None) -> None:
+    """Print the refinement step per layout and the seconds of a compose with the run's recipe (``extra``: compose
+    flags over it)."""
     layout = {name: _fresh(refine_step_seconds, run, cl) for name, cl in (("NCHW", False), ("channels_last", True))}
     print(f"refinement step, 256 codes: NCHW {layout['NCHW']:.3f} s, channels_last {layout['channels_last']:.3f} s "
           f"({layout['NCHW'] / layout['channels_last']:.2f}x)")
-    recipe = {**PEGASUS_FLAGS, **flags}
+    recipe = dict(extra or {})
     inside, wall = zip(*[_fresh(compose_seconds, expression, run, data, cache_dir, recipe) for _ in range(rounds)])
     inside, wall = summarise(list(inside)), summarise(list(wall))
     print(f"compose {expression} {recipe}: {inside['median']:.1f} s in compose (min {inside['min']:.1f}, "
           f"max {inside['max']:.1f}), {wall['median']:.1f} s with imports; budget 60 s")
     write_record("compose_speed", {"run": run, "data": data, "expression": expression, "flags": recipe,
                                    "refine_step_seconds": layout, "compose_seconds": inside, "wall_seconds": wall})
+
+
+def main(**flags) -> None:
+    """Print the refinement step per layout and the pegasus compose's seconds (with the run's compose recipe). Every
+    field of ComposeSpeedConfig is a flag (other flags go to the measured command)."""
+    bench_main(ComposeSpeedConfig, flags, run_compose_speed, passthrough=True)
 
 
 if __name__ == "__main__":

@@ -15,10 +15,13 @@ import os
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import fire
-from record import write_record  # bench/record.py, beside this script
+from record import bench_main, write_record  # bench/record.py, beside this script
+
+from autoencoder.cifar10 import DATA_FOLDER
 
 
 def run(processes: int, preset: str, data: str, steps: int, threads: int, flags: dict) -> dict:
@@ -38,16 +41,23 @@ def run(processes: int, preset: str, data: str, steps: int, threads: int, flags:
         return json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
 
 
-def main(data: str = "data", preset: str = "cpu", processes: str | int | tuple = "1,2", steps: int = 40,
-         **flags) -> None:
+@dataclass
+class DistributedThroughputConfig:
+    data: str = DATA_FOLDER  # CIFAR-10 folder
+    preset: str = "cpu"  # the training preset measured
+    processes: str = "1,2"  # comma-separated process counts
+    steps: int = 40  # steps per measurement
+
+
+def run_distributed_throughput(data: str, preset: str, processes: str, steps: int, extra: dict | None = None) -> None:
     """Print images/s for each process count, and each count's speed relative to one process."""
     counts = [int(n) for n in str(processes).strip("()[] ").split(",") if n.strip()]  # fire: "1,2" -> (1, 2)
     cores = os.cpu_count() or 1
-    print(f"preset {preset}, {steps} steps, {cores} cores {flags or ''}")
+    print(f"preset {preset}, {steps} steps, {cores} cores {extra or ''}")
     results = {}
     for n in counts:
         threads = max(1, cores // n)
-        record = run(n, preset, data, steps, threads, flags)
+        record = run(n, preset, data, steps, threads, (extra or {}))
         results[n] = record["images_per_s"]
         print(f"{n} process(es) x {threads} thread(s): {results[n]:8.1f} images/s   "
               f"loss/recon {record['loss/recon']:.4f}", flush=True)
@@ -55,6 +65,12 @@ def main(data: str = "data", preset: str = "cpu", processes: str | int | tuple =
     for n in counts[1:]:
         print(f"{n} processes vs {counts[0]}: {results[n] / base:.2f}x")
     write_record("distributed_throughput", {"preset": preset, "steps": steps, "images_per_s": results})
+
+
+def main(**flags) -> None:
+    """Print images/s for each process count, and each count's speed relative to one process. Every field of
+    DistributedThroughputConfig is a flag (other flags go to the measured command)."""
+    bench_main(DistributedThroughputConfig, flags, run_distributed_throughput, passthrough=True)
 
 
 if __name__ == "__main__":

@@ -13,10 +13,13 @@ import multiprocessing
 import resource
 import tempfile
 import time
+from dataclasses import dataclass
 
 import fire
 import torch
-from record import write_record  # bench/record.py, beside this script
+from record import bench_main, write_record  # bench/record.py, beside this script
+
+from autoencoder.cifar10 import CACHE_FOLDER, DATA_FOLDER
 
 
 def _peak_rss_gib() -> float:
@@ -56,7 +59,14 @@ def _fresh(fn, *args):
         return pool.apply(fn, args)
 
 
-def main(run: str, data: str = "data", cache_dir: str = "data/cache") -> None:
+@dataclass
+class LatentOpsSpeedConfig:
+    run: str = ""  # the run (or shipped model) folder
+    data: str = DATA_FOLDER  # CIFAR-10 folder
+    cache_dir: str = CACHE_FOLDER  # decoded data cache
+
+
+def run_latent_ops_speed(run: str, data: str, cache_dir: str) -> None:
     """Print encode images/s per precision and layout, and compose's seconds and peak RSS."""
     print(f"run {run}, threads {torch.get_num_threads()}")
     results = {}
@@ -73,6 +83,12 @@ def main(run: str, data: str = "data", cache_dir: str = "data/cache") -> None:
     write_record("latent_ops_speed", {"run": run, "compose_seconds": seconds, "compose_peak_rss_gib": rss,
                                       "encode_images_per_s": {f"{p} {'channels_last' if c else 'NCHW'}": v
                                                               for (p, c), v in results.items()}})
+
+
+def main(**flags) -> None:
+    """Print encode images/s per precision and layout, and compose's seconds and peak RSS. Every field of
+    LatentOpsSpeedConfig is a flag."""
+    bench_main(LatentOpsSpeedConfig, flags, run_latent_ops_speed)
 
 
 if __name__ == "__main__":

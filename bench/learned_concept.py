@@ -17,23 +17,24 @@ Example: ``python bench/learned_concept.py --run models/pegasus-cifar10 --name p
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import fire
 import numpy as np
 import torch
-from record import RECORDS, write_record  # bench/record.py, beside this script
+from record import RECORDS, bench_main, write_record  # bench/record.py, beside this script
 
 from autoencoder.cifar10 import CIFAR10_CLASSES
 from autoencoder.classifier import load_evaluator, load_perceptual
 from autoencoder.models import ModelConfig
 from autoencoder.run_folder import load_run
-from latent_ops.run_concepts import load_concepts
 from latent_ops.encode import load_bank
 from latent_ops.expression import parse
 from latent_ops.flow import sample
 from latent_ops.images import save_grid
 from latent_ops.learn import ACCEPTED_FILE
+from latent_ops.run_concepts import load_concepts
 from latent_ops.sampling import DrawSettings, Sources, sample_expression
 from latent_ops.trained_prior import learned_folder, load_learned, load_prior
 
@@ -54,8 +55,16 @@ def nearest_rms(a: torch.Tensor, b: torch.Tensor, exclude_self: bool = False) ->
     return d.min(1).values
 
 
-def main(run: str = "models/pegasus-cifar10", name: str = "pegasus", count: int = 1024, guidance: float = 3.0,
-         seed: int = 1) -> None:
+@dataclass
+class LearnedConceptConfig:
+    run: str = "models/pegasus-cifar10"  # the run (or shipped model) folder
+    name: str = "pegasus"  # the learned concept
+    count: int = 1024  # samples drawn
+    guidance: float = 3.0  # classifier-free guidance of the prior
+    seed: int = 1  # the seed of every draw
+
+
+def run_learned_concept(run: str, name: str, count: int, guidance: float, seed: int) -> None:
     run = Path(run)
     folder = learned_folder(run, name)
     learned_config = json.loads((folder / "config.json").read_text())
@@ -94,6 +103,11 @@ def main(run: str = "models/pegasus-cifar10", name: str = "pegasus", count: int 
           f"{record['label_to_nearest_accepted_median']:.3f}, of an accepted code to its nearest other one "
           f"{record['accepted_to_nearest_other_accepted_median']:.3f}")
     print(f"wrote {write_record('learned_concept', record)}")
+
+
+def main(**flags) -> None:
+    """Run the learned concept bench. Every field of LearnedConceptConfig is a flag."""
+    bench_main(LearnedConceptConfig, flags, run_learned_concept)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
-"""The on-manifold-edits issue's targets, read from a report made with a compose pool, each with its verdict.
+"""The composition targets, read from a report made with a compose pool, each with its verdict.
 
 Make the report first (the evaluator measures; the pool is composed with the Makefile's recipe):
-``python -m latent_ops.report --run models/pegasus-cifar10 --data data --compose_pool 1024
---compose_project 0.7 --compose_guidance 3 --compose_refine_prior 0.1``. Then this script reads its ``report.json`` for the
+``python -m latent_ops.report --run models/pegasus-cifar10 --data data`` (it composes with the model's
+recipe, ``compose.json``, a pool of 1,024). Then this script reads its ``report.json`` for the
 first composed expression and compares:
 
 - the unselected pool: at least half with P(horse) >= 0.2 and P(bird)+P(airplane) >= 0.2;
@@ -18,17 +18,18 @@ Example: ``python bench/manifold_targets.py --report outputs/report/pegasus-cifa
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import fire
-from record import write_record  # bench/record.py, beside this script
+from record import bench_main, write_record  # bench/record.py, beside this script
 
 
 def find_set(sets: list[dict], starts: str, contains: str = "") -> dict:
     for row in sets:
         if row["name"].startswith(starts) and contains in row["name"]:
             return row
-    raise KeyError(f"no row named {starts!r}...{contains!r}; was the report made with --compose_pool?")
+    raise KeyError(f"no row named {starts!r}...{contains!r}; was the report's compose recipe a pool (compose.json with pool > 0)?")
 
 
 def targets_of(record: dict) -> dict[str, dict]:
@@ -60,7 +61,12 @@ def targets_of(record: dict) -> dict[str, dict]:
     return out
 
 
-def main(report: str) -> None:
+@dataclass
+class ManifoldTargetsConfig:
+    report: str = ""  # a report folder (python -m latent_ops.report)
+
+
+def run_manifold_targets(report: str) -> None:
     """Print each target's verdict for the report folder REPORT."""
     record = json.loads((Path(report) / "report.json").read_text())
     result = targets_of(record)
@@ -70,6 +76,11 @@ def main(report: str) -> None:
         goal = f"{'>=' if v['higher_is_better'] else '<='} {v['target']:g}"
         print(f"| {name} | {v['value']:.4g} | {goal} | {'yes' if v['met'] else 'no, by %.3g' % v['missed_by']} |")
     write_record("manifold_targets", {"report": report, "targets": result}, Path("outputs/bench"))
+
+
+def main(**flags) -> None:
+    """Print each target's verdict for the report folder REPORT. Every field of ManifoldTargetsConfig is a flag."""
+    bench_main(ManifoldTargetsConfig, flags, run_manifold_targets)
 
 
 if __name__ == "__main__":

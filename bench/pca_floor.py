@@ -7,14 +7,25 @@ Example: ``python bench/pca_floor.py --data data --components 64,128,256``
 """
 from __future__ import annotations
 
-import fire
-from record import write_record  # bench/record.py, beside this script
+from dataclasses import dataclass
 
+import fire
+from record import bench_main, write_record  # bench/record.py, beside this script
+
+from autoencoder.cifar10 import CACHE_FOLDER, DATA_FOLDER
 from autoencoder.data import load_cifar10, to_float
 from autoencoder.metrics import pca_reconstruction, reconstruction
 
 
-def main(data: str = "data", components: str | tuple = "128", cache_dir: str = "data/cache", seed: int = 0) -> None:
+@dataclass
+class PcaFloorConfig:
+    data: str = DATA_FOLDER  # CIFAR-10 folder
+    components: str = "128"  # comma-separated PCA component counts
+    cache_dir: str = CACHE_FOLDER  # decoded data cache
+    seed: int = 0  # the seed of every draw
+
+
+def run_pca_floor(data: str, components: str, cache_dir: str, seed: int) -> None:
     ks = [int(k) for k in (components.split(",") if isinstance(components, str) else components)]
     train = to_float(load_cifar10(data, "train", cache_dir=cache_dir).images)
     test = to_float(load_cifar10(data, "test", cache_dir=cache_dir).images)
@@ -24,6 +35,11 @@ def main(data: str = "data", components: str | tuple = "128", cache_dir: str = "
         print(f"PCA {k:4d}: mean per-image PSNR {result['psnr_db']:.2f} dB, "
               f"PSNR of mean MSE {result['psnr_of_mean_mse_db']:.2f} dB")
     write_record("pca_floor", {"components": results})
+
+
+def main(**flags) -> None:
+    """Run the pca floor bench. Every field of PcaFloorConfig is a flag."""
+    bench_main(PcaFloorConfig, flags, run_pca_floor)
 
 
 if __name__ == "__main__":

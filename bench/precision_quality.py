@@ -16,11 +16,13 @@ import dataclasses
 import json
 import shutil
 import statistics
+from dataclasses import dataclass
 from pathlib import Path
 
 import fire
-from record import write_record  # bench/record.py, beside this script
+from record import bench_main, write_record  # bench/record.py, beside this script
 
+from autoencoder.cifar10 import DATA_FOLDER
 from autoencoder.config import TrainConfig, load_train_config, make_config
 from autoencoder.train import train
 
@@ -42,8 +44,16 @@ def is_finished(run: Path, config: TrainConfig) -> bool:
             and bool(lines) and json.loads(lines[-1])["step"] == config.steps)
 
 
-def main(data: str = "data", preset: str = "cpu", steps: int = 600, seeds: str | int | tuple = "0,1,2",
-         out: str = "outputs/runs/bench-precision") -> None:
+@dataclass
+class PrecisionQualityConfig:
+    data: str = DATA_FOLDER  # CIFAR-10 folder
+    preset: str = "cpu"  # the training preset measured
+    steps: int = 600  # steps per measurement
+    seeds: str = "0,1,2"  # comma-separated training seeds
+    out: str = "outputs/runs/bench-precision"  # where the runs are written
+
+
+def run_precision_quality(data: str, preset: str, steps: int, seeds: str, out: str) -> None:
     seed_list = [int(s) for s in str(seeds).strip("()[] ").split(",") if s.strip()]  # fire: "0,1,2" -> (0, 1, 2)
     differences = []
     for seed in seed_list:
@@ -66,6 +76,11 @@ def main(data: str = "data", preset: str = "cpu", steps: int = 600, seeds: str |
           f"({'within' if abs(mean) <= 0.2 else 'outside'} 0.2 dB)")
     write_record("precision_quality", {"preset": preset, "steps": steps, "differences_db": differences,
                                        "mean_difference_db": mean})
+
+
+def main(**flags) -> None:
+    """Run the precision quality bench. Every field of PrecisionQualityConfig is a flag."""
+    bench_main(PrecisionQualityConfig, flags, run_precision_quality)
 
 
 if __name__ == "__main__":

@@ -19,24 +19,25 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import fire
 import numpy as np
 import torch
-from record import write_record  # bench/record.py, beside this script
+from record import bench_main, write_record  # bench/record.py, beside this script
 
-from autoencoder.cifar10 import CIFAR10_CLASSES
+from autoencoder.cifar10 import CACHE_FOLDER, CIFAR10_CLASSES, DATA_FOLDER
 from autoencoder.classifier import load_evaluator, load_perceptual
 from autoencoder.data import load_split, to_float
 from autoencoder.metrics import frechet_distance
 from autoencoder.models import ModelConfig
 from autoencoder.run_folder import load_run
-from latent_ops.run_concepts import load_concepts
 from latent_ops.encode import load_bank
 from latent_ops.expression import parse
 from latent_ops.flow import sample
 from latent_ops.images import save_grid
+from latent_ops.run_concepts import load_concepts
 from latent_ops.sampling import DrawSettings, Sources, sample_expression
 from latent_ops.trained_prior import load_prior
 
@@ -74,9 +75,21 @@ def regional_row(expression: str, prior, nets, judge, sources: Sources, count: i
             "draw_seconds": seconds, "grid": str(grid)}
 
 
-def main(run: str = "models/pegasus-cifar10", priors: str = "", data: str = "data", cache_dir: str = "data/cache",
-         per_class: int = 500, guidance: float = 2.0, steps: int = 32, count: int = 512,
-         expressions: str = "2*horse&3*airplane@top;2*horse&3*airplane@back;2*horse&2*wings@back") -> None:
+@dataclass
+class PriorCompareConfig:
+    run: str = "models/pegasus-cifar10"  # the run (or shipped model) folder
+    priors: str = ""  # comma-separated prior folders to compare; empty: RUN/prior and its learned concepts
+    data: str = DATA_FOLDER  # CIFAR-10 folder
+    cache_dir: str = CACHE_FOLDER  # decoded data cache
+    per_class: int = 500  # prior samples per class
+    guidance: float = 2.0  # classifier-free guidance of the prior
+    steps: int = 32  # steps per measurement
+    count: int = 512  # samples drawn
+    expressions: str = "2*horse&3*airplane@top;2*horse&3*airplane@back;2*horse&2*wings@back"  # ';'-separated expressions composed per prior
+
+
+def run_prior_compare(run: str, priors: str, data: str, cache_dir: str, per_class: int, guidance: float, steps: int,
+                      count: int, expressions: str) -> None:
     run = Path(run)
     folders = [Path(p) for p in str(priors).split(",") if p] or [run / "prior"]
     opened = load_run(run)
@@ -105,6 +118,11 @@ def main(run: str = "models/pegasus-cifar10", priors: str = "", data: str = "dat
             print(f"  {expression}: {r['share_both_at_least_0.2']:.0%} with both >= 0.2 (P(horse) {r['p_horse']:.2f}, "
                   f"P(wings) {r['p_wings']:.2f}), {r['count']} drawn in {r['draw_seconds']:.1f} s -> {r['grid']}")
     print(f"wrote {write_record('prior_compare', record)}")
+
+
+def main(**flags) -> None:
+    """Run the prior compare bench. Every field of PriorCompareConfig is a flag."""
+    bench_main(PriorCompareConfig, flags, run_prior_compare)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The sharper-model issue's targets, measured on a trained run (the release run), each with its verdict.
+"""The release targets, measured on a trained run (the release run), each with its verdict.
 
 Measures the run exactly as an ablation row (``bench/ablation.py``'s ``measure``: the whole test
 split) and compares with the targets: reconstruction sharpness at least 0.8x that of real
@@ -11,11 +11,14 @@ Example: ``python bench/release_targets.py --run outputs/runs/release --data dat
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import fire
 from ablation import measure  # bench/ablation.py, beside this script
-from record import write_record  # bench/record.py
+from record import bench_main, write_record  # bench/record.py, beside this script
+
+from autoencoder.cifar10 import CACHE_FOLDER, DATA_FOLDER
 
 # name: (value of a measured row, target, True when higher is better)
 TARGETS = {
@@ -37,7 +40,15 @@ def verdicts(row: dict) -> dict[str, dict]:
     return out
 
 
-def main(run: str, data: str = "data", cache_dir: str = "data/cache", seed: int = 0) -> None:
+@dataclass
+class ReleaseTargetsConfig:
+    run: str = ""  # the run (or shipped model) folder
+    data: str = DATA_FOLDER  # CIFAR-10 folder
+    cache_dir: str = CACHE_FOLDER  # decoded data cache
+    seed: int = 0  # the seed of every draw
+
+
+def run_release_targets(run: str, data: str, cache_dir: str, seed: int) -> None:
     """Measure RUN and print each target's verdict."""
     row = measure(Path(run), data, cache_dir, seed)
     row["steps"] = json.loads((Path(run) / "metrics.jsonl").read_text().splitlines()[-1])["step"]
@@ -47,6 +58,11 @@ def main(run: str, data: str = "data", cache_dir: str = "data/cache", seed: int 
         goal = f"{'>=' if TARGETS[name][2] else '<='} {v['target']:g}"
         print(f"| {name} | {v['value']:.4g} | {goal} | {'yes' if v['met'] else 'no, by %.3g' % v['missed_by']} |")
     write_record("release_targets", {"run": run, "row": row, "targets": result}, Path("outputs/bench"))
+
+
+def main(**flags) -> None:
+    """Measure RUN and print each target's verdict. Every field of ReleaseTargetsConfig is a flag."""
+    bench_main(ReleaseTargetsConfig, flags, run_release_targets)
 
 
 if __name__ == "__main__":

@@ -14,10 +14,11 @@ from __future__ import annotations
 import multiprocessing
 import resource
 import time
+from dataclasses import dataclass
 
 import fire
 import torch
-from record import busy_warning, summarise, write_record  # bench/record.py, beside this script
+from record import bench_main, busy_warning, summarise, write_record  # bench/record.py, beside this script
 
 from autoencoder.compute import resolve_device, resolve_precision
 from autoencoder.config import make_config
@@ -95,15 +96,23 @@ def label(key: tuple[str, bool, bool]) -> str:
     return f"{precision} {'channels_last' if channels_last else 'NCHW'} {'compiled' if compiled else 'eager'}"
 
 
-def main(preset: str = "cpu", steps: int = 20, warmup: int = 3, compile: bool = True, rounds: int = 3,
-         **flags) -> None:
+@dataclass
+class TrainThroughputConfig:
+    preset: str = "cpu"  # the training preset measured
+    steps: int = 20  # steps per measurement
+    warmup: int = 3  # untimed steps before each measurement
+    compile: bool = True  # also time torch.compile
+    rounds: int = 3  # interleaved rounds of each measurement
+
+
+def run_train_throughput(preset: str, steps: int, warmup: int, compile: bool, rounds: int, extra: dict | None = None) -> None:
     """Print images/s (median and spread over ``rounds``) and peak RSS for every combination, then the
     default's speedup. Rounds interleave the combinations, each round in a rotated order, so a
     passing load touches all of them alike; the spread says whether the machine was quiet."""
-    config = make_config(preset, **flags)
+    config = make_config(preset, **(extra or {}))
     device = resolve_device(config.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"preset {preset} {flags or ''} on {name}; {rounds} interleaved rounds of {steps} steps")
+    print(f"preset {preset} {extra or ''} on {name}; {rounds} interleaved rounds of {steps} steps")
     compile = str(compile).lower() not in ("false", "0", "no")  # fire reads --compile false as a string
     native_bf16 = resolve_precision("auto", device) == torch.bfloat16
     precisions = ("fp32", "bf16") if native_bf16 else ("fp32",)
@@ -119,7 +128,7 @@ def main(preset: str = "cpu", steps: int = 20, warmup: int = 3, compile: bool = 
             precision, channels_last, compiled = key
             warm = warmup + (3 if compiled else 0)  # compilation happens in the first steps
             ips, rss, gpu_memory = _in_fresh_process((preset, precision, channels_last, compiled, steps, warm,
-                                                      flags))
+                                                      (extra or {})))
             samples[key].append(ips)
             memory[key] = (max(rss, memory.get(key, (0, 0))[0]), max(gpu_memory, memory.get(key, (0, 0))[1]))
             print(f"  round {r + 1}: {label(key):28s} {ips:8.1f} images/s", flush=True)
@@ -137,7 +146,7 @@ def main(preset: str = "cpu", steps: int = 20, warmup: int = 3, compile: bool = 
     best = max(results, key=results.get)
     print(f"best: {label(best)}, {results[best] / base:.2f}x")
     default = ("bf16" if resolve_precision(config.precision, device) == torch.bfloat16 else "fp32", config.channels_last, False)
-    flops = flops_per_image(preset, flags)
+    flops = flops_per_image(preset, (extra or {}))
     achieved = flops * results[default]
     print(f"one step: {flops / 1e9:.2f} GFLOP per image; the default achieves {achieved / 1e12:.3f} TFLOP/s")
     share = None
@@ -152,6 +161,12 @@ def main(preset: str = "cpu", steps: int = 20, warmup: int = 3, compile: bool = 
         "peak_rss_gib": {label(k): v[0] for k, v in memory.items()}, "default": label(default),
         "speedup_default_over_fp32_eager": results[default] / base, "gflop_per_image": flops / 1e9,
         "share_of_bf16_peak": share, "busy_warning": warning})
+
+
+def main(**flags) -> None:
+    """Print images/s (median and spread over ``rounds``) and peak RSS for every combination, then the Every field of
+    TrainThroughputConfig is a flag (other flags go to the measured command)."""
+    bench_main(TrainThroughputConfig, flags, run_train_throughput, passthrough=True)
 
 
 if __name__ == "__main__":

@@ -1,1 +1,1 @@
-"""Latent-space editing on a trained run: concepts, expressions, refinement (built in later issues)."""
+"""Latent-space editing on a trained run: the latent bank, concepts, expressions, the latent prior, compose, report."""

@@ -33,14 +33,15 @@ import torch
 
 from autoencoder.atomic import replace_atomically, replace_folder, write_json
 from autoencoder.cifar10 import CIFAR10_CLASSES, parse_classes
-from autoencoder.cli import ConfigError, check_ranges, dataclass_from_flags, run_cli, save_config
+from autoencoder.cli import ConfigError, check_ranges, claim_output, dataclass_from_flags, run_cli, save_config
 from autoencoder.run_folder import load_run
+from latent_ops.compose import folder_name
 from latent_ops.concepts import Concepts, heldout_members
 from latent_ops.encode import BANK_FILE, LatentBank, decode_codes, load_bank
 from latent_ops.expression import ExpressionError, parse
 from latent_ops.images import save_grid, save_single
 from latent_ops.run_concepts import ensure_concepts
-from latent_ops.runs import refuse_foreign_folder, resolve_run
+from latent_ops.runs import resolve_run
 
 CACHE_FOLDER = "atlas"  # inside the run folder, beside latents.npz
 OUTLINED = ("horse", "bird")  # classes whose clusters are outlined on the class map
@@ -273,7 +274,7 @@ class AtlasConfig:
     run: str = ""  # run folder; empty: the newest trained run in outputs/runs
     data: str = "data"  # CIFAR-10 folder (to fit concepts when the run has none)
     cache_dir: str = "data/cache"  # where the decoded data is cached
-    out: str = ""  # output folder; empty: outputs/atlas/<run>
+    out: str = ""  # output folder; empty: outputs/atlas/<run>-<expression>-<seed>, one per expression
     classes: str = ""  # comma-separated classes to map; empty: all of the run's
     split: str = "test"  # the bank split to map
     expression: str = "horse+wings"  # the composed path drawn on the map
@@ -310,6 +311,13 @@ def make_atlas_config(**flags) -> AtlasConfig:
     return config
 
 
+def atlas_folder(config: AtlasConfig, run_dir: Path) -> Path:
+    """--out, or one folder per run, expression and seed: two atlases never share a default folder."""
+    if config.out:
+        return Path(config.out)
+    return Path("outputs/atlas") / f"{run_dir.name}-{folder_name(config.expression, config.seed)}"
+
+
 def build_atlas(quiet: bool = False, **flags) -> dict:
     """Fit (or reuse) the map of a run and write every atlas figure; returns the atlas.json record.
 
@@ -318,8 +326,8 @@ def build_atlas(quiet: bool = False, **flags) -> dict:
     config = make_atlas_config(**flags)
     say = (lambda *a: None) if quiet else (lambda *a: print("atlas:", *a, flush=True))
     run_dir = resolve_run(config.run)
-    out_dir = Path(config.out) if config.out else Path("outputs/atlas") / run_dir.name
-    refuse_foreign_folder(out_dir, ATLAS_FILES, "an atlas")
+    out_dir = atlas_folder(config, run_dir)
+    claim_output(out_dir, ATLAS_FILES, "an atlas")
     strengths = config.strength_list
     concepts = ensure_concepts(run_dir, config.data, config.cache_dir)
     bank = load_bank(run_dir)

@@ -18,7 +18,7 @@ from latent_ops.showcase import save_showcase
 IMAGES_FILE = "images.safetensors"  # the best images, uint8 (k, 3, 32, 32), best first
 OUTPUT_FILES = {"best.png", "best_x8.png", "batch64.png", "neighbours.png", "refinement.png", "region.png",
                 "regions64.png", "showcase.png", "scores.json", "config.json", IMAGES_FILE}
-BY_EYE_FILES = ("marked.json", "contact-sheet.png")  # a person's marks of the images (latent_ops.showcase)
+BY_EYE_FILES = ("marked.json", "contact-sheet.png", "showcase-config.json")  # a person's marks of the images (latent_ops.showcase)
 
 
 def cell_pictures(cells: torch.Tensor, side: int = 32) -> torch.Tensor:

@@ -8,6 +8,7 @@ Example: ``python -m latent_ops.encode --run outputs/runs/cpu-main --data data``
 """
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +17,8 @@ import torch
 from tqdm import tqdm
 
 from autoencoder.atomic import replace_atomically
-from autoencoder.cli import run_cli
+from autoencoder.cifar10 import CACHE_FOLDER, DATA_FOLDER
+from autoencoder.cli import check_ranges, check_writable, command, save_config
 from autoencoder.compute import autocast
 from autoencoder.data import SPLITS, load_cifar10, to_float
 from autoencoder.models import Networks
@@ -56,7 +58,7 @@ def decode_codes(nets: Networks, codes: torch.Tensor, batch_size: int = 500,
     return torch.cat(out)
 
 
-def encode_run(run: str | Path, data: str, cache_dir: str = "data/cache", batch_size: int = 500,
+def encode_run(run: str | Path, data: str, cache_dir: str = CACHE_FOLDER, batch_size: int = 500,
                progress: bool = True) -> Path:
     """Encode both splits of the run's classes with its encoder; returns the bank's path."""
     run = Path(run)
@@ -88,11 +90,18 @@ def read_stamped_npz(file: Path, run: Path, fix: str) -> dict[str, np.ndarray]:
     file is a RunError naming it and saying ``fix``."""
     if not file.exists():
         raise RunError(f"{file} is missing; {fix}")
+    if not zipfile.is_zipfile(file):  # numpy would try it as a pickle, and its message says to allow pickles
+        raise RunError(f"{file} is damaged: it is not an npz archive; {fix}")
     try:
         with np.load(file, allow_pickle=False) as saved:
             arrays = {key: saved[key] for key in saved.files}
-    except Exception as error:  # a torn zip, a pickled array, not an npz at all
-        raise RunError(f"{file} is damaged ({type(error).__name__}: {str(error)[:80]}); {fix}") from None
+    except ValueError as error:  # an array stored as pickled objects: never loaded
+        if "pickle" not in str(error):
+            raise RunError(f"{file} is damaged ({' '.join(str(error).split()[:12])}); {fix}") from None
+        raise RunError(f"{file} holds pickled objects, which this project never loads; {fix}") from None
+    except Exception as error:  # a torn zip
+        raise RunError(f"{file} is damaged ({type(error).__name__}: {' '.join(str(error).split()[:12])}); "
+                       f"{fix}") from None
     stamp = str(arrays.get("weights_digest", ""))
     if stamp != weights_digest(run):
         raise StaleError(f"{file} was made from other weights than {run}'s current ones; {fix}")
@@ -116,9 +125,27 @@ def load_bank(run: str | Path) -> LatentBank:
     return bank
 
 
-def main(run: str = "", data: str = "data", cache_dir: str = "data/cache", batch_size: int = 500) -> None:
-    """Write RUN/latents.npz (default run: the newest in outputs/runs)."""
-    file = run_cli(lambda: encode_run(resolve_run(run), data, cache_dir, batch_size))
+@dataclass
+class EncodeConfig:
+    run: str = ""  # run folder; empty: the newest trained run in outputs/runs
+    data: str = DATA_FOLDER  # CIFAR-10 folder
+    cache_dir: str = CACHE_FOLDER  # decoded data cache
+    batch_size: int = 500  # images encoded at once
+
+
+def encode_command(config: EncodeConfig) -> Path:
+    """Write RUN/latents.npz; the config is saved beside it as RUN/encode-config.json."""
+    check_ranges(config, {"batch_size": (1, 65536)})
+    run = resolve_run(config.run)
+    check_writable(run)
+    file = encode_run(run, config.data, config.cache_dir, config.batch_size)
+    save_config(config, run / "encode-config.json")
+    return file
+
+
+def main(**flags) -> None:
+    """Write RUN/latents.npz (default run: the newest in outputs/runs); every field of EncodeConfig is a flag."""
+    file = command(EncodeConfig, flags, encode_command)
     bank = load_bank(file.parent)
     print(f"wrote {file}: " + ", ".join(f"{s} {len(bank.labels[s])} codes" for s in SPLITS))
 

@@ -28,8 +28,10 @@ Example: ``python -m latent_ops.expression "0.5*(horse+bird)+wings"``
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from lark import Lark, Token, Transformer, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
@@ -256,11 +258,32 @@ def parse(text: str, known: Iterable[str] = ()) -> dict[str, float]:
     return weights
 
 
-def main(expression: str) -> None:
-    """Print the weighted concepts an expression stands for."""
-    from autoencoder.cli import run_cli
+@dataclass
+class ExpressionConfig:
+    expression: str = ""  # the expression to parse (the first argument on the command line)
+    out: str = "outputs/expressions"  # where the parsed record is written, as <expression>.json
 
-    for name, weight in run_cli(lambda: parse(str(expression))).items():
+
+def parse_command(config: ExpressionConfig) -> dict[str, float]:
+    """Parse the expression; the record (this config and the weighted concepts) goes to OUT/<expression>.json."""
+    import hashlib
+
+    from autoencoder.atomic import write_json
+    from autoencoder.cli import check_writable
+
+    weights = parse(config.expression)
+    name = re.sub(r"[^A-Za-z0-9+.\-_]", "", config.expression)[:60]
+    digest = hashlib.sha1(config.expression.encode()).hexdigest()[:8]
+    check_writable(Path(config.out))
+    write_json({"config": asdict(config), "weights": weights}, Path(config.out) / f"{name}-{digest}.json")
+    return weights
+
+
+def main(expression: str = "", **flags) -> None:
+    """Print the weighted concepts an expression stands for."""
+    from autoencoder.cli import command
+
+    for name, weight in command(ExpressionConfig, dict(flags, expression=str(expression)), parse_command).items():
         print(f"{weight:+.3f} * {name}")
 
 

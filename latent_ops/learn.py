@@ -41,7 +41,7 @@ from autoencoder.atomic import replace_folder, write_json
 from autoencoder.checkpoint import save_weights
 from autoencoder.cifar10 import CIFAR10_CLASSES
 from autoencoder.classifier import load_perceptual
-from autoencoder.cli import ConfigError, check_ranges, dataclass_from_flags, run_cli, save_config
+from autoencoder.cli import ConfigError, check_ranges, claim_output, dataclass_from_flags, run_cli, save_config
 from autoencoder.data import to_uint8
 from autoencoder.metrics import laplacian_variance
 from autoencoder.models import ModelConfig
@@ -52,7 +52,7 @@ from latent_ops.expression import parse
 from latent_ops.flow import FlowNet, flow_matching_loss, sample, with_extra_label
 from latent_ops.images import save_grid
 from latent_ops.run_concepts import load_concepts
-from latent_ops.runs import refuse_foreign_folder, resolve_run
+from latent_ops.runs import resolve_run
 from latent_ops.sampling import DrawSettings, Sources, sample_expression
 from latent_ops.sources import classifier_views
 from latent_ops.trained_prior import NET_CONFIG_FILE, PRIOR_FOLDER, SOURCE_FILE, learned_folder, load_prior
@@ -222,17 +222,16 @@ def drift_of_old_labels(base: FlowNet, learned: FlowNet, labels: list[int], coun
     return moved
 
 
-def claim_output(config: LearnConfig, run: Path) -> Path:
+def claim_learned_folder(config: LearnConfig, run: Path) -> Path:
     out = Path(config.out) if config.out else learned_folder(run, config.name)
-    refuse_foreign_folder(out, OUTPUT_FILES, "a learned concept's")
-    return out
+    return claim_output(out, OUTPUT_FILES, "a learned concept's")
 
 
 def learn(config: LearnConfig, quiet: bool = False) -> Path:
     began = time.monotonic()
     run = resolve_run(config.run)
     config.run = str(run)
-    out = claim_output(config, run)
+    out = claim_learned_folder(config, run)
     opened = load_run(run)
     run_config, nets = opened.config, opened.nets
     device = opened.device

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from autoencoder.atomic import TEMPORARY_MARK, write_json
+from autoencoder.atomic import write_json
 from autoencoder.checkpoint import (
     clean_run_folder,
     has_checkpoint,
@@ -38,7 +38,15 @@ from autoencoder.checkpoint import (
     write_checkpoint,
 )
 from autoencoder.cifar10 import CIFAR10_CLASSES
-from autoencoder.cli import ConfigError, check_ranges, dataclass_from_flags, load_config, run_cli, save_config
+from autoencoder.cli import (
+    ConfigError,
+    check_ranges,
+    claim_output,
+    dataclass_from_flags,
+    load_config,
+    run_cli,
+    save_config,
+)
 from autoencoder.compute import resolve_precision
 from autoencoder.data import load_cifar10
 from autoencoder.models import ModelConfig
@@ -57,7 +65,7 @@ from autoencoder.run_folder import (
 )
 from latent_ops.encode import BANK_FILE, LatentBank, StaleError, encode_images, encode_run, load_bank
 from latent_ops.flow import VelocityNet, flow_matching_loss
-from latent_ops.runs import refuse_foreign_folder, resolve_run
+from latent_ops.runs import resolve_run
 from latent_ops.trained_prior import NETS, SOURCE_FILE, PriorWeights, prior_folder
 
 PRIOR_FILES = {"config.json", SOURCE_FILE, MODEL_FILE, METRICS_FILE, POINTER_FILE, STATE_FILE, CHECKPOINTS_FOLDER}
@@ -174,8 +182,7 @@ def ensure_bank(run: Path, data: str, cache_dir: str) -> LatentBank:
 
 def claim_prior_folder(folder: Path) -> None:
     """A prior is written into a new folder or one that holds a prior; anything else is refused before any work."""
-    temporaries = {p.name for p in folder.glob(f".*{TEMPORARY_MARK}*")}  # a killed write's, cleaned on resume
-    refuse_foreign_folder(folder, PRIOR_FILES | temporaries, "a prior's")
+    claim_output(folder, PRIOR_FILES, "a prior's")  # a killed write's hidden temporaries are cleaned on resume
     if (folder / "config.json").exists() and not (folder / SOURCE_FILE).exists():
         raise ConfigError(f"--out {folder} holds a config.json but no {SOURCE_FILE}: it is not a prior's folder; "
                           f"nothing was written: pass a new --out")
@@ -196,9 +203,13 @@ def train_prior(config: PriorConfig, progress: bool = True) -> Path:
     config.run = str(run)
     if config.threads:
         torch.set_num_threads(config.threads)
-    bank = ensure_bank(run, config.data, config.cache_dir)
     folder = Path(config.out) if config.out else prior_folder(run)
     claim_prior_folder(folder)
+    if has_checkpoint(folder) and not state_file(folder).exists():
+        raise ConfigError(f"{folder} holds a finished prior that was shipped without its training state, so it "
+                          f"cannot be trained further; to train a new prior of {run}, pass --out NEW_FOLDER "
+                          f"(compose reads RUN/prior: move the new one there when it is done)")
+    bank = ensure_bank(run, config.data, config.cache_dir)
     code_shape = ModelConfig.of(load_run_config(run)).code_shape
     codes, labels, test_codes, test_labels = training_codes(run, bank, config)  # (N, D), (N,)
     digest = weights_digest(run)

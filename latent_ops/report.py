@@ -54,7 +54,13 @@ def cached_features(evaluator: Evaluator, evaluator_dir: Path, images: torch.Ten
     digest.update(str(tuple(images.shape)).encode())
     file = Path(cache_dir) / f"features-{what}-{digest.hexdigest()[:12]}.safetensors"
     if file.exists():
-        return load_file(str(file))["features"]
+        try:
+            cached = load_file(str(file))["features"]
+            if cached.shape[0] == len(images) and cached.isfinite().all():
+                return cached
+        except Exception:  # a damaged cache file is computed again  # noqa: BLE001
+            pass
+        print(f"report: {file} is damaged or holds NaN; computing the features again")
     features = evaluator.features(images)
     save_tensors({"features": features.contiguous()}, file)  # atomic: a killed report leaves no half cache
     return features

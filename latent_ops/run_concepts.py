@@ -225,6 +225,11 @@ def run_concepts(config: ConceptsConfig) -> tuple[Path, Concepts]:
     run_dir = resolve_run(config.run)
     check_writable(run_dir)
     lock_folder(run_dir / "clusters")
+    try:
+        load_bank(run_dir)
+    except RunError as problem:
+        print(f"concepts: encoding the data set into {run_dir / BANK_FILE} first ({problem})")
+        encode_run(run_dir, config.data, config.cache_dir)
     concepts = fit_run_concepts(run_dir, config.data, config.cache_dir, config.max_clusters, config.cross_fraction,
                                 config.seed)
     save_config(config, run_dir / CONFIG_FILE)

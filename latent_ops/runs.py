@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from autoencoder.cli import ConfigError
 from autoencoder.run_folder import MODEL_FILE, RunError, model_file
 
 RUNS_FOLDER = Path("outputs/runs")
@@ -30,14 +29,3 @@ def resolve_run(run: str | Path = "", runs_folder: Path = RUNS_FOLDER, shipped: 
         raise RunError(f"no trained run in {runs_folder}/ and no --run given: train one with "
                        f"python -m autoencoder.train, or pass --run RUN_FOLDER")
     return runs[-1].parent
-
-
-def refuse_foreign_folder(out: Path, own_files: set[str], what: str) -> None:
-    """An output folder is replaced whole, so one holding anything but ``own_files`` is refused before any work."""
-    if out.exists():
-        if not out.is_dir():
-            raise ConfigError(f"--out {out} is a file; pass a folder")
-        foreign = sorted(p.name for p in out.iterdir() if p.name not in own_files)
-        if foreign:
-            raise ConfigError(f"--out {out} is not empty and not {what} output (it holds {foreign[0]}); "
-                              f"nothing was written: pass a new --out")

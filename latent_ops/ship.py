@@ -27,7 +27,7 @@ import torch
 
 from autoencoder.atomic import replace_atomically, save_tensors, write_json, write_text
 from autoencoder.checkpoint import save_weights
-from autoencoder.cli import CONFIG_FILE, ConfigError, dataclass_from_flags, run_cli
+from autoencoder.cli import CONFIG_FILE, ConfigError, claim_output, dataclass_from_flags, read_json, run_cli
 from autoencoder.compute import machine_name
 from autoencoder.data import DATA_FILE, SPLITS, data_checksums
 from autoencoder.models import ModelConfig
@@ -162,7 +162,7 @@ def model_card(folder: Path, config: ShipConfig, record: dict, targets: dict | N
         lines.append(f"- Latent prior flow loss: train {prior[-1]['loss']:.4f}, held out "
                      f"{prior[-1]['held_out_loss']:.4f} (test-split codes).")
     if targets:
-        lines += ["", "Targets of the sharper-model issue (`python bench/release_targets.py --run "
+        lines += ["", "Release targets (`python bench/release_targets.py --run "
                   f"{targets.get('run', config.run)} --data data`, whole test split):", "",
                   "| target | measured | goal | met |", "|---|---|---|---|"]
         for name, v in targets["targets"].items():
@@ -190,6 +190,19 @@ def model_card(folder: Path, config: ShipConfig, record: dict, targets: dict | N
     return "\n".join(lines)
 
 
+def claim_model_folder(run: Path, out: Path) -> Path:
+    """--out, checked before any work: it is replaced whole, so it must be new, empty or a shipped model, and
+    neither the run being shipped nor a folder holding it."""
+    if run.resolve() == out.resolve() or out.resolve() in run.resolve().parents:
+        raise ConfigError(f"--out {out} is the run being shipped or holds it ({run}); replacing it would delete "
+                          f"the run: pass a new --out")
+    if out.is_dir() and any(out.iterdir()) and not (out / SHIP_FILE).exists():
+        first = sorted(p.name for p in out.iterdir())[0]
+        raise ConfigError(f"--out {out} is not a shipped model (no {SHIP_FILE}; it holds {first}) and it would be "
+                          f"replaced whole; nothing was written: pass a new --out")
+    return claim_output(out, None, "a shipped model's")
+
+
 def ship(config: ShipConfig, progress: bool = True) -> Path:
     """Build the model folder from ``config.run``; returns its path."""
     began = time.monotonic()
@@ -197,7 +210,8 @@ def ship(config: ShipConfig, progress: bool = True) -> Path:
     if not model_file(run).exists():
         raise RunError(f"{run} has no trained weights to ship; train it with "
                        f"python -m autoencoder.train --preset release --out {run}")
-    targets = json.loads(Path(config.targets).read_text()) if config.targets else None
+    claim_model_folder(run, out)
+    targets = read_json(config.targets, "targets record") if config.targets else None
     notes = Path(config.card_notes).read_text() if config.card_notes else ""
     staging = out.parent / f".{out.name}.partial"
     source = weights_digest(run)
@@ -259,9 +273,9 @@ def rewrite_card(config: ShipConfig) -> Path:
     if not (out / SHIP_FILE).exists():
         raise RunError(f"{out} is not a shipped model (no {SHIP_FILE}); ship one with python -m latent_ops.ship")
     record = json.loads((out / SHIP_FILE).read_text())
-    targets = json.loads(Path(config.targets).read_text()) if config.targets else None
+    targets = read_json(config.targets, "targets record") if config.targets else None
     notes = Path(config.card_notes).read_text() if config.card_notes else ""
-    report = json.loads(Path(config.report).read_text()) if config.report else None
+    report = read_json(config.report, "report record") if config.report else None
     shipped = ShipConfig(**{**asdict(config), "run": record["source_run"],
                             "prior_steps": record["config"]["prior_steps"]})
     return write_text(model_card(out, shipped, record, targets, notes, report), out / CARD_FILE)

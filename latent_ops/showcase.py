@@ -13,12 +13,13 @@ writes ``contact-sheet.png`` (every cell numbered, the marked ones framed) and `
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from autoencoder.atomic import replace_atomically, write_json
-from autoencoder.cli import UserError, run_cli
+from autoencoder.cli import UserError, check_writable, command, save_config
 from latent_ops.images import to_unit
 
 
@@ -120,10 +121,26 @@ def contact_sheet(compose: str, marked="", what: str = "wing-like shape") -> Pat
     return save_contact_sheet(images, positions, what, folder / "contact-sheet.png")
 
 
-def main(compose: str, marked="", what: str = "wing-like shape") -> None:
+@dataclass
+class ShowcaseConfig:
+    compose: str = ""  # the compose output folder whose batch64.png was looked at (required)
+    marked: str = ""  # positions (0-63, row by row) where the counted thing was seen, e.g. 3,17,40
+    what: str = "wing-like shape"  # what was counted
+
+
+def showcase_command(config: ShowcaseConfig) -> Path:
+    """contact-sheet.png and marked.json into the compose folder, and this config as showcase-config.json."""
+    if not config.compose:
+        raise UserError("--compose is required: the compose output folder whose batch was looked at")
+    check_writable(Path(config.compose))
+    file = contact_sheet(config.compose, config.marked, config.what)
+    save_config(config, Path(config.compose) / "showcase-config.json")
+    return file
+
+
+def main(**flags) -> None:
     """Write the numbered contact sheet of COMPOSE's batch with the --marked positions framed."""
-    file = run_cli(lambda: contact_sheet(compose, marked, what))
-    print(f"wrote {file}")
+    print(f"wrote {command(ShowcaseConfig, flags, showcase_command)}")
 
 
 if __name__ == "__main__":
