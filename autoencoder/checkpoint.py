@@ -24,7 +24,14 @@ from typing import Any
 
 import torch
 
-from autoencoder.atomic import remove_temporaries, replace_atomically, save_tensors, write_json, write_text
+from autoencoder.atomic import (
+    remove_temporaries,
+    replace_atomically,
+    replace_folder,
+    save_tensors,
+    write_json,
+    write_text,
+)
 from autoencoder.run_folder import (
     CHECKPOINTS_FOLDER,
     MODEL_FILE,
@@ -32,6 +39,7 @@ from autoencoder.run_folder import (
     STATE_FILE,
     STEP_FOLDER,
     RunError,
+    checkpoint_file,
     checkpoint_folder,
     damaged,
     weights_metadata,
@@ -69,8 +77,8 @@ def load_train_state(file: Path) -> dict[str, Any]:
 
 
 def state_file(run_dir: str | Path) -> Path:
-    folder = checkpoint_folder(Path(run_dir))
-    return (folder if folder is not None else Path(run_dir)) / STATE_FILE
+    """The training state a run resumes from (beside the weights it loads)."""
+    return checkpoint_file(run_dir, STATE_FILE)
 
 
 def has_checkpoint(run_dir: str | Path) -> bool:
@@ -91,8 +99,6 @@ def write_checkpoint(run_dir: Path, networks: torch.nn.Module, state: dict[str, 
     def build(tmp: Path) -> None:
         save_weights(networks, tmp / MODEL_FILE, metadata={"step": str(step)})
         save_train_state(state, tmp / STATE_FILE)
-
-    from autoencoder.atomic import replace_folder
 
     replace_folder(build, folder)
     write_json({"step": step, "folder": name}, run_dir / POINTER_FILE)

@@ -13,6 +13,22 @@ DATA_FOLDER = "data"  # the default --data of every command
 CACHE_FOLDER = "data/cache"  # the default --cache_dir: where the decoded uint8 tensors are cached
 
 
+class SelectsClasses:
+    """For a config with ``classes`` and ``class_weight`` fields (a run's, for training or reading)."""
+    classes: str
+    class_weight: float
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """The selected class names, in CIFAR-10 label order."""
+        return parse_classes(self.classes)
+
+    @property
+    def class_head(self) -> bool:
+        """Whether the networks include the class head (read by models.ModelConfig.of)."""
+        return self.class_weight > 0
+
+
 def parse_classes(text: str | typing.Sequence[str]) -> tuple[str, ...]:
     """Class names from ``"horse,bird"`` (or a sequence), checked and put in label order."""
     names = [text] if isinstance(text, str) else list(text)

@@ -11,12 +11,12 @@ from __future__ import annotations
 import typing
 from dataclasses import dataclass
 
-from autoencoder.cifar10 import CACHE_FOLDER, DATA_FOLDER, parse_classes
+from autoencoder.cifar10 import CACHE_FOLDER, DATA_FOLDER, SelectsClasses, parse_classes
 from autoencoder.cli import ConfigError, check_ranges, dataclass_from_flags, load_config
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(SelectsClasses):
     # --- run ---
     out: str = ""  # run folder; empty: outputs/runs/<preset>-<YYYYmmdd-HHMMSS>
     seed: int = 0  # one seed for data order, augmentation, mixing coefficients and prior draws
@@ -67,16 +67,6 @@ class TrainConfig:
     checkpoint_every: int = 1000  # steps between checkpoints
     eval_images: int = 2000  # held-out test images for reconstruction MSE/PSNR
     max_minutes: float = 0.0  # stop (with a checkpoint) after this wall time; 0: no limit
-
-    @property
-    def class_head(self) -> bool:
-        """Whether the networks include the class head (read by models.ModelConfig.of)."""
-        return self.class_weight > 0
-
-    @property
-    def class_names(self) -> tuple[str, ...]:
-        """The selected class names, in CIFAR-10 label order."""
-        return parse_classes(self.classes)
 
 
 PRESETS: dict[str, dict[str, typing.Any]] = {

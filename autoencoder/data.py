@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 
 from autoencoder.atomic import save_tensors
 from autoencoder.cifar10 import CACHE_FOLDER, CIFAR10_CLASSES, DATA_FOLDER, parse_classes
-from autoencoder.cli import UserError
+from autoencoder.cli import UserError, check_writable, command, save_config
 
 TORCHVISION_FOLDER = "cifar-10-batches-py"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -248,8 +248,6 @@ class DataConfig:
 def decode_data(config: DataConfig) -> dict[str, list[int]]:
     """Decode both splits into the cache; returns the images per class of each split. The config is saved
     as ``CACHE/data-config.json``."""
-    from autoencoder.cli import check_writable, save_config
-
     check_writable(Path(config.cache_dir))
     counts = {}
     for split in SPLITS:
@@ -261,8 +259,6 @@ def decode_data(config: DataConfig) -> dict[str, list[int]]:
 
 def main(**flags) -> None:
     """Decode both splits into the cache and print what was found; every field of DataConfig is a flag."""
-    from autoencoder.cli import command
-
     for split, counts in command(DataConfig, flags, decode_data).items():
         print(f"{split}: {sum(counts)} images; per class " +
               ", ".join(f"{n} {c}" for n, c in zip(CIFAR10_CLASSES, counts)))

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from autoencoder.cli import CONFIG_FILE
+from autoencoder.cli import CONFIG_FILE, ConfigError, check_writable, command, save_config
 from autoencoder.config import TrainConfig, load_train_config
 from autoencoder.models import ModelConfig, Networks, ResBlock, build_networks
 from autoencoder.run_folder import RunError
@@ -213,8 +213,6 @@ class DiagramConfig:
 
 
 def draw_command(config: DiagramConfig) -> tuple[list[Path], list[Layer]]:
-    from autoencoder.cli import ConfigError, check_writable, save_config
-
     if not config.run:
         raise ConfigError("--run is required: the run folder whose networks to draw")
     out = Path(config.out) if config.out else Path("outputs/report") / Path(config.run).name
@@ -225,9 +223,8 @@ def draw_command(config: DiagramConfig) -> tuple[list[Path], list[Layer]]:
 
 
 def main(run: str = "", **flags) -> None:
-    """Write architecture.png and architecture.svg for RUN (default folder: outputs/report/<run>)."""
-    from autoencoder.cli import command
-
+    """Write architecture.png and architecture.svg for RUN (default folder: outputs/report/<run>); every field of
+    DiagramConfig is a flag."""
     files, layers = command(DiagramConfig, dict(flags, run=run), draw_command)
     print(f"{len(layers)} layers drawn -> {files[0]} and {files[1]}")
 

@@ -19,7 +19,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from autoencoder.cifar10 import CACHE_FOLDER, DATA_FOLDER, parse_classes
+from autoencoder.cifar10 import CACHE_FOLDER, DATA_FOLDER, SelectsClasses, parse_classes
 from autoencoder.cli import CONFIG_FILE, ConfigError, UserError, check_ranges, load_config, read_json
 from autoencoder.compute import resolve_device, resolve_precision
 from autoencoder.models import ModelConfig, Networks, build_networks
@@ -37,7 +37,7 @@ class RunError(UserError, FileNotFoundError):
 
 
 @dataclass
-class RunConfig:
+class RunConfig(SelectsClasses):
     """What inference reads from a run's ``config.json``: the networks and the data they were trained on.
 
     The training config (``autoencoder.config.TrainConfig``) has these fields and more; the rest
@@ -60,14 +60,6 @@ class RunConfig:
     device: str = "auto"  # the device it asked for
     precision: str = "auto"  # the precision it asked for
     channels_last: bool = True  # NHWC memory layout for the convolutions
-
-    @property
-    def class_head(self) -> bool:
-        return self.class_weight > 0
-
-    @property
-    def class_names(self) -> tuple[str, ...]:
-        return parse_classes(self.classes)
 
     @property
     def model(self) -> ModelConfig:
@@ -166,10 +158,15 @@ def checkpoint_folder(run_dir: Path) -> Path | None:
     return folder
 
 
+def checkpoint_file(run_dir: str | Path, name: str) -> Path:
+    """File ``name`` of the current checkpoint, else of the run folder's top (shipped models, older runs)."""
+    folder = checkpoint_folder(Path(run_dir))
+    return (folder if folder is not None else Path(run_dir)) / name
+
+
 def model_file(run_dir: str | Path) -> Path:
     """The weights a run is loaded from: the current checkpoint's, else ``model.safetensors`` at the top."""
-    folder = checkpoint_folder(Path(run_dir))
-    return (folder if folder is not None else Path(run_dir)) / MODEL_FILE
+    return checkpoint_file(run_dir, MODEL_FILE)
 
 
 def weights_digest(run_dir: str | Path) -> str:

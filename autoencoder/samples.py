@@ -16,10 +16,13 @@ from pathlib import Path
 import torch
 from torchvision.utils import make_grid, save_image
 
+from autoencoder.atomic import replace_atomically
 from autoencoder.cifar10 import CACHE_FOLDER, CIFAR10_CLASSES, DATA_FOLDER
+from autoencoder.cli import ConfigError, check_writable, command, save_config
 from autoencoder.config import TrainConfig
-from autoencoder.data import ImageSet, to_float, upscale
+from autoencoder.data import ImageSet, load_cifar10, to_float, upscale
 from autoencoder.models import Networks
+from autoencoder.run_folder import load_run
 
 COLUMNS = 10
 RECON_PAIRS = 2
@@ -91,8 +94,6 @@ def render_grid(networks: Networks, inputs: SampleInputs, device: torch.device) 
 
 def save_grid(grid: torch.Tensor, file: Path, scale: int = 2) -> None:
     """Write the grid as PNG, upscaled ``scale`` times (nearest) so 32x32 images can be seen."""
-    from autoencoder.atomic import replace_atomically
-
     image = upscale(grid, scale)
     replace_atomically(lambda tmp: save_image(image, str(tmp)), file)
 
@@ -108,10 +109,6 @@ class SamplesConfig:
 
 def render_run(config: SamplesConfig) -> Path:
     """Render the run's sample grid; the config is saved beside the PNG as ``<name>-config.json``."""
-    from autoencoder.cli import ConfigError, check_writable, save_config
-    from autoencoder.data import load_cifar10
-    from autoencoder.run_folder import load_run
-
     if not config.run:
         raise ConfigError("--run is required: the finished run folder")
     file = Path(config.out) if config.out else Path(config.run) / "samples" / "final.png"
@@ -127,8 +124,6 @@ def render_run(config: SamplesConfig) -> Path:
 def main(run: str = "", **flags) -> None:
     """Render a grid for a finished run (default file: RUN/samples/final.png); every field of SamplesConfig
     is a flag."""
-    from autoencoder.cli import command
-
     print(f"wrote {command(SamplesConfig, dict(flags, run=run), render_run)}")
 
 

@@ -35,8 +35,16 @@ from autoencoder.checkpoint import (
     write_checkpoint,
 )
 from autoencoder.cifar10 import CIFAR10_CLASSES
-from autoencoder.cli import (CONFIG_FILE, ConfigError, UserError, check_writable, lock_folder, release_folder, run_cli,
-                             save_config)
+from autoencoder.cli import (
+    CONFIG_FILE,
+    ConfigError,
+    UserError,
+    check_writable,
+    lock_folder,
+    release_folder,
+    run_cli,
+    save_config,
+)
 from autoencoder.compute import resolve_device, resolve_precision
 from autoencoder.config import TrainConfig, load_train_config, make_config
 from autoencoder.data import DataNotFoundError, load_cifar10

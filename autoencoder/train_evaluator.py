@@ -390,7 +390,8 @@ def train_evaluator(config: EvaluatorConfig, resume: bool = False, progress: boo
 
 
 def main(resume: bool = False, **flags) -> None:
-    """Train the evaluator; prints test accuracy with and without flip TTA."""
+    """Train the evaluator; prints test accuracy with and without flip TTA. Every field of EvaluatorConfig is a
+    flag."""
     config = run_cli(lambda: make_evaluator_config(**flags))
     result = run_cli(lambda: train_evaluator(config, resume=resume))
     print(f"test accuracy {100 * result['test_accuracy']:.2f}% with flip TTA "

@@ -27,6 +27,7 @@ Example: ``python -m latent_ops.expression "0.5*(horse+bird)+wings"``
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from collections.abc import Iterable
@@ -36,7 +37,8 @@ from pathlib import Path
 from lark import Lark, Token, Transformer, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
 
-from autoencoder.cli import UserError
+from autoencoder.atomic import write_json
+from autoencoder.cli import UserError, check_writable, command
 
 GRAMMAR = r"""
     ?sum: conj
@@ -266,11 +268,6 @@ class ExpressionConfig:
 
 def parse_command(config: ExpressionConfig) -> dict[str, float]:
     """Parse the expression; the record (this config and the weighted concepts) goes to OUT/<expression>.json."""
-    import hashlib
-
-    from autoencoder.atomic import write_json
-    from autoencoder.cli import check_writable
-
     weights = parse(config.expression)
     name = re.sub(r"[^A-Za-z0-9+.\-_]", "", config.expression)[:60]
     digest = hashlib.sha1(config.expression.encode()).hexdigest()[:8]
@@ -280,9 +277,7 @@ def parse_command(config: ExpressionConfig) -> dict[str, float]:
 
 
 def main(expression: str = "", **flags) -> None:
-    """Print the weighted concepts an expression stands for."""
-    from autoencoder.cli import command
-
+    """Print the weighted concepts an expression stands for; every field of ExpressionConfig is a flag."""
     for name, weight in command(ExpressionConfig, dict(flags, expression=str(expression)), parse_command).items():
         print(f"{weight:+.3f} * {name}")
 

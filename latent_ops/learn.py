@@ -296,7 +296,8 @@ def learn(config: LearnConfig, quiet: bool = False) -> Path:
 
 
 def main(name: str = "pegasus", **flags) -> None:
-    """Learn concept NAME from compositions of --expression (see the module's docstring)."""
+    """Learn concept NAME from compositions of --expression (see the module's docstring); every field of
+    LearnConfig is a flag."""
     run_cli(lambda: learn(make_learn_config(name=str(name), **flags)))
 
 

@@ -278,7 +278,8 @@ def train_prior(config: PriorConfig, progress: bool = True) -> Path:
 
 
 def main(**flags) -> None:
-    """Train RUN/prior (default run: the newest in outputs/runs); the same command resumes a killed one."""
+    """Train RUN/prior (default run: the newest in outputs/runs); the same command resumes a killed one. Every
+    field of PriorConfig is a flag."""
     folder = run_cli(lambda: train_prior(make_prior_config(**flags)))
     last = json.loads((folder / METRICS_FILE).read_text().splitlines()[-1])
     print(f"wrote {folder}: step {last['step']}, flow loss {last['loss']:.4f}, held-out {last['held_out_loss']:.4f}")

@@ -40,8 +40,10 @@ from latent_ops.compose import DEFAULT_EXPRESSION, compose, folder_name, read_re
 from latent_ops.compose_files import IMAGES_FILE
 from latent_ops.encode import decode_codes
 from latent_ops.expression import parse, term_parts
+from latent_ops.flow import sample
 from latent_ops.images import save_grid
 from latent_ops.runs import resolve_run
+from latent_ops.trained_prior import load_prior, prior_folder
 
 
 def cached_features(evaluator: Evaluator, evaluator_dir: Path, images: torch.Tensor, what: str,
@@ -163,9 +165,6 @@ def latent_prior_samples(run_dir: Path, config, count: int, seed: int, device: t
                          guidance: float = 2.0, steps: int = 32, chunk: int = 1000) -> torch.Tensor | None:
     """``count`` codes from the run's latent prior, the run's classes in turn (guidance ``guidance``);
     None when the run has no prior."""
-    from latent_ops.flow import sample
-    from latent_ops.trained_prior import load_prior, prior_folder
-
     if not (prior_folder(run_dir) / "model.safetensors").exists():
         return None
     prior = load_prior(run_dir, device)

@@ -179,6 +179,11 @@ def model_card(folder: Path, config: ShipConfig, record: dict, targets: dict | N
               f"- `{PRIOR_FOLDER}/`: the latent prior (moving-average weights, config, metrics);",
               "- `learned/<name>/`: concepts taught to a copy of the prior (`latent_ops.learn`): its weights, the "
               "expression and acceptance rule, the accepted codes;",
+              "- `compose.json`: the compose recipe, the defaults of every compose of this model (`make pegasus`), "
+              "written by `python -m latent_ops.compose ... --save_recipe true`;",
+              "- the classifiers it uses are the committed ones: `autoencoder/weights/perceptual/` (the judge of "
+              "learned concepts and the subject placer) and `autoencoder/weights/evaluator/` (ranking and "
+              "measuring), each a `classifier.safetensors` with its config and card;",
               f"- `{DATA_FILE}`, `{SHIP_FILE}`: data checksums and shipping record.",
               f"- Size: {record['bytes'] / 2 ** 20:.1f} MiB.", ""]
     if notes:
@@ -290,7 +295,7 @@ def make_ship_config(**flags) -> ShipConfig:
 
 def main(card_only: bool = False, **flags) -> None:
     """Write the shipped model folder (default models/pegasus-cifar10) from --run; with --card_only,
-    only its MODEL_CARD.md again (from --targets and --card_notes)."""
+    only its MODEL_CARD.md again (from --targets and --card_notes). Every field of ShipConfig is a flag."""
     if card_only:
         print(f"wrote {run_cli(lambda: rewrite_card(make_ship_config(**flags)))}")
         return

@@ -20,6 +20,7 @@ import torch
 
 from autoencoder.atomic import replace_atomically, write_json
 from autoencoder.cli import UserError, check_writable, command, save_config
+from autoencoder.data import to_float
 from latent_ops.images import to_unit
 
 
@@ -106,8 +107,6 @@ def contact_sheet(compose: str, marked="", what: str = "wing-like shape") -> Pat
     """Write ``contact-sheet.png`` and ``marked.json`` into the compose folder ``compose``."""
     from safetensors.torch import load_file
 
-    from autoencoder.data import to_float
-
     folder = Path(compose)
     scores_file = folder / "scores.json"
     if not scores_file.exists():
@@ -139,7 +138,8 @@ def showcase_command(config: ShowcaseConfig) -> Path:
 
 
 def main(**flags) -> None:
-    """Write the numbered contact sheet of COMPOSE's batch with the --marked positions framed."""
+    """Write the numbered contact sheet of COMPOSE's batch with the --marked positions framed; every field of
+    ShowcaseConfig is a flag."""
     print(f"wrote {command(ShowcaseConfig, flags, showcase_command)}")
 
 

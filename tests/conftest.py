@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pickle
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -134,3 +135,17 @@ def fit_toy_flow(net, codes, labels, held_out, held_out_labels, steps: int, lr: 
         optimiser.step()
     net.eval()
     return before, held_out_loss()
+
+
+@pytest.fixture(scope="module")
+def composed_run(smoke_run, folder_data, tmp_path_factory):
+    """A copy of the smoke run with its latent bank and concepts (one per test module), so the shared run stays
+    as trained."""
+    from latent_ops.encode import encode_run
+    from latent_ops.run_concepts import fit_run_concepts
+
+    run = tmp_path_factory.mktemp("compose") / "run"
+    shutil.copytree(smoke_run, run)
+    encode_run(run, str(folder_data), cache_dir=str(smoke_run.parent / "cache"), progress=False)
+    fit_run_concepts(run, str(folder_data), str(smoke_run.parent / "cache"))
+    return run

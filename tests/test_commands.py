@@ -74,7 +74,8 @@ def test_data_diagram_evaluate_samples_and_encode_save_their_configs(run_copy, f
 def test_concepts_expression_and_showcase_save_their_configs(run_copy, folder_data, tmp_path, monkeypatch):
     from latent_ops.compose import compose
     from latent_ops.expression import main as expression_main
-    from latent_ops.run_concepts import CONFIG_FILE, main as concepts_main
+    from latent_ops.run_concepts import CONFIG_FILE
+    from latent_ops.run_concepts import main as concepts_main
     from latent_ops.showcase import main as showcase_main
 
     cache = str(tmp_path / "cache")

@@ -18,23 +18,11 @@ from latent_ops import ranking
 from latent_ops.compose import compose
 from latent_ops.compose import main as compose_main
 from latent_ops.concepts import heldout_members
-from latent_ops.encode import encode_run, load_bank
+from latent_ops.encode import load_bank
 from latent_ops.expression import ExpressionError
 from latent_ops.intent import intent_terms, resolve_intent
 from latent_ops.refine import refine_codes
 from latent_ops.run_concepts import load_concepts
-
-
-@pytest.fixture(scope="module")
-def composed_run(smoke_run, folder_data, tmp_path_factory):
-    """A copy of the smoke run with its latent bank and concepts, so the shared run stays as trained."""
-    from latent_ops.run_concepts import fit_run_concepts
-
-    run = tmp_path_factory.mktemp("compose") / "run"
-    shutil.copytree(smoke_run, run)
-    encode_run(run, str(folder_data), cache_dir=str(smoke_run.parent / "cache"), progress=False)
-    fit_run_concepts(run, str(folder_data), str(smoke_run.parent / "cache"))
-    return run
 
 
 def test_bank_holds_both_splits(composed_run):

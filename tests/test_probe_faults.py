@@ -23,19 +23,6 @@ from tests.conftest import write_folders
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module")
-def concept_run(smoke_run, folder_data, tmp_path_factory):
-    """A copy of the smoke run with its latent bank and concepts."""
-    from latent_ops.encode import encode_run
-    from latent_ops.run_concepts import fit_run_concepts
-
-    run = tmp_path_factory.mktemp("faults") / "run"
-    shutil.copytree(smoke_run, run)
-    encode_run(run, str(folder_data), cache_dir=str(smoke_run.parent / "cache"), progress=False)
-    fit_run_concepts(run, str(folder_data), str(smoke_run.parent / "cache"))
-    return run
-
-
 def copy_run(run: Path, tmp_path: Path) -> Path:
     copy = tmp_path / "copy"
     shutil.copytree(run, copy)
@@ -153,12 +140,12 @@ def test_a_named_class_the_data_lacks_is_refused_before_a_run_folder_is_made(fol
         assert not out.exists()
 
 
-def test_uniqueness_against_other_data_than_the_runs_is_said(concept_run, folder_data, tmp_path, smoke_run, capsys):
+def test_uniqueness_against_other_data_than_the_runs_is_said(composed_run, folder_data, tmp_path, smoke_run, capsys):
     from autoencoder.data import DATA_FILE, data_checksums
     from latent_ops.compose import data_matches_run
 
     cache = str(smoke_run.parent / "cache")
-    run = copy_run(concept_run, tmp_path)
+    run = copy_run(composed_run, tmp_path)
     assert data_matches_run(run, str(folder_data), cache) is None  # nothing recorded
     (run / DATA_FILE).write_text(json.dumps(data_checksums(str(folder_data), cache)))
     assert data_matches_run(run, str(folder_data), cache) is True
@@ -169,16 +156,16 @@ def test_uniqueness_against_other_data_than_the_runs_is_said(concept_run, folder
 
 # --- tracebacks -----------------------------------------------------------------------------------------------------
 
-def test_nan_in_a_concept_file_is_refused_where_it_enters(concept_run, tmp_path):
+def test_nan_in_a_concept_file_is_refused_where_it_enters(composed_run, tmp_path):
     from latent_ops.run_concepts import DENSITIES_FILE, DIRECTIONS_FILE, load_concepts
 
-    run = copy_run(concept_run, tmp_path)
+    run = copy_run(composed_run, tmp_path)
     directions = json.loads((run / DIRECTIONS_FILE).read_text())
     directions["wings"]["step"] = float("nan")
     (run / DIRECTIONS_FILE).write_text(json.dumps(directions))
     with pytest.raises(RunError, match="wings step must be a finite number"):
         load_concepts(run)
-    (run / DIRECTIONS_FILE).write_text((concept_run / DIRECTIONS_FILE).read_text())
+    (run / DIRECTIONS_FILE).write_text((composed_run / DIRECTIONS_FILE).read_text())
     with np.load(run / DENSITIES_FILE) as saved:
         arrays = {k: saved[k] for k in saved.files}
     arrays["direction/wings"] = np.full_like(arrays["direction/wings"], np.nan)
@@ -239,10 +226,10 @@ def test_an_unwritable_or_full_output_is_one_line_before_the_work(tmp_path, monk
 
 # --- unclear messages -----------------------------------------------------------------------------------------------
 
-def test_a_bank_of_random_bytes_is_named_without_a_word_about_pickles(concept_run, tmp_path):
+def test_a_bank_of_random_bytes_is_named_without_a_word_about_pickles(composed_run, tmp_path):
     from latent_ops.encode import BANK_FILE, load_bank
 
-    run = copy_run(concept_run, tmp_path)
+    run = copy_run(composed_run, tmp_path)
     (run / BANK_FILE).write_bytes(np.random.default_rng(0).bytes(4096))
     with pytest.raises(RunError) as error:
         load_bank(run)

@@ -172,6 +172,7 @@ def test_a_kill_inside_a_checkpoint_write_loses_nothing(fault, unbroken_run, fol
     monkeypatch.setattr(atomic, "replace_atomically", dying_replace)
     monkeypatch.setattr(checkpoint, "replace_atomically", dying_replace)
     monkeypatch.setattr(atomic, "replace_folder", dying_folder)
+    monkeypatch.setattr(checkpoint, "replace_folder", dying_folder)
     monkeypatch.setattr(checkpoint, "write_json", dying_json)
     with pytest.raises(KeyboardInterrupt):
         train(make_config("smoke", **FAULT_FLAGS, **smoke_flags(folder_data, out)), progress=False)
