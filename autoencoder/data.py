@@ -142,7 +142,7 @@ def _cache_file(cache_dir: Path, kind: str, path: Path, split: str) -> Path:
     return cache_dir / f"cifar10-{kind}-{digest.hexdigest()[:12]}-{split}.safetensors"
 
 
-def load_split(root: str | Path, split: str, cache_dir: str | Path = "data/cache",
+def load_split(root: str | Path, split: str, cache_dir: str | Path = CACHE_FOLDER,
                download: bool = False) -> ImageSet:
     """The whole split as uint8 tensors, from the cache when it is there."""
     if split not in SPLITS:
@@ -188,7 +188,7 @@ def select_classes(data: ImageSet, classes: str | tuple[str, ...] = "") -> Image
 
 
 def load_cifar10(root: str | Path, split: str, classes: str | tuple[str, ...] = "",
-                 cache_dir: str | Path = "data/cache", download: bool = False) -> ImageSet:
+                 cache_dir: str | Path = CACHE_FOLDER, download: bool = False) -> ImageSet:
     """One split of CIFAR-10, restricted to ``classes`` (all ten when empty)."""
     return select_classes(load_split(root, split, cache_dir, download), classes)
 

@@ -82,10 +82,7 @@ def images_per_second(preset: str, flags: dict, data: str, cache_dir: str, out: 
 def measure(run: Path, data: str, cache_dir: str, seed: int = 0) -> dict:
     """Every column of the table for a finished run."""
     opened = load_run(run)
-    config, nets = opened.config, opened.nets
-    device = opened.device
-    dtype = opened.dtype
-    nets = nets.to(device)
+    config, nets, device, dtype = opened.config, opened.nets, opened.device, opened.dtype
     test = load_cifar10(data, "test", config.classes, cache_dir=cache_dir)
     judge = load_evaluator(device=device.type)
     rec = reconstruct(nets, test.images, device, dtype)

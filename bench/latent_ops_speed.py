@@ -31,8 +31,7 @@ def encode_speed(run: str, data: str, precision: str, channels_last: bool, cache
     from autoencoder.run_folder import load_run
     from latent_ops.encode import encode_images
 
-    opened = load_run(run)
-    _, nets = opened.config, opened.nets
+    nets = load_run(run).nets
     if channels_last:
         nets = nets.to(memory_format=torch.channels_last)
     images = load_cifar10(data, "test", cache_dir=cache_dir).images

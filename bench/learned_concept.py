@@ -27,7 +27,6 @@ from record import RECORDS, bench_main, write_record  # bench/record.py, beside 
 
 from autoencoder.cifar10 import CIFAR10_CLASSES
 from autoencoder.classifier import load_evaluator, load_perceptual
-from autoencoder.models import ModelConfig
 from autoencoder.run_folder import load_run
 from latent_ops.encode import load_bank
 from latent_ops.expression import parse
@@ -71,7 +70,7 @@ def run_learned_concept(run: str, name: str, count: int, guidance: float, seed: 
     opened = load_run(run)
     run_config, nets = opened.config, opened.nets
     judge = load_evaluator()
-    sources = Sources(load_concepts(run), load_bank(run), load_prior(run), ModelConfig.of(run_config).code_shape,
+    sources = Sources(load_concepts(run), load_bank(run), load_prior(run), run_config.code_shape,
                       nets.decoder, load_perceptual())
     settings = DrawSettings("prior", guidance=learned_config["guidance"], prior_steps=learned_config["prior_steps"])
     pool_codes, _ = sample_expression(parse(learned_config["expression"], sources.concepts.names), sources, count,

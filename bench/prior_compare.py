@@ -31,7 +31,6 @@ from autoencoder.cifar10 import CACHE_FOLDER, CIFAR10_CLASSES, DATA_FOLDER
 from autoencoder.classifier import load_evaluator, load_perceptual
 from autoencoder.data import load_split, to_float
 from autoencoder.metrics import frechet_distance
-from autoencoder.models import ModelConfig
 from autoencoder.run_folder import load_run
 from latent_ops.encode import load_bank
 from latent_ops.expression import parse
@@ -96,7 +95,7 @@ def run_prior_compare(run: str, priors: str, data: str, cache_dir: str, per_clas
     run_config, nets = opened.config, opened.nets
     judge = load_evaluator()
     reference = judge.features(to_float(load_split(data, "test", cache_dir).images))
-    sources = Sources(load_concepts(run), load_bank(run), None, ModelConfig.of(run_config).code_shape,
+    sources = Sources(load_concepts(run), load_bank(run), None, run_config.code_shape,
                       nets.decoder, load_perceptual())
     GRIDS.mkdir(parents=True, exist_ok=True)
     record = {"run": str(run), "guidance": guidance, "steps": steps, "per_class": per_class, "priors": {}}

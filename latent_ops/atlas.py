@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from autoencoder.atomic import replace_atomically, replace_folder, write_json
-from autoencoder.cifar10 import CIFAR10_CLASSES, parse_classes
+from autoencoder.cifar10 import CACHE_FOLDER, CIFAR10_CLASSES, DATA_FOLDER, parse_classes
 from autoencoder.cli import ConfigError, check_ranges, claim_output, dataclass_from_flags, run_cli, save_config
 from autoencoder.run_folder import load_run
 from latent_ops.compose import folder_name
@@ -43,7 +43,7 @@ from latent_ops.images import save_grid, save_single
 from latent_ops.run_concepts import ensure_concepts
 from latent_ops.runs import resolve_run
 
-CACHE_FOLDER = "atlas"  # inside the run folder, beside latents.npz
+ATLAS_CACHE = "atlas"  # inside the run folder, beside latents.npz
 OUTLINED = ("horse", "bird")  # classes whose clusters are outlined on the class map
 CLASS_COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
                  "#bcbd22", "#17becf"]
@@ -83,7 +83,7 @@ def cache_stem(run: Path, split: str, classes: tuple[str, ...], seed: int, neigh
     """The cache files' path without suffix; the key covers the bank's bytes and every setting."""
     key = hashlib.sha1(f"{_sha256(run / BANK_FILE)}|{split}|{','.join(classes)}|{seed}|{neighbours}|{min_dist}"
                        .encode()).hexdigest()[:12]
-    return run / CACHE_FOLDER / f"umap-{split}-{key}"
+    return run / ATLAS_CACHE / f"umap-{split}-{key}"
 
 
 def fit_or_load(run: Path, bank: LatentBank, split: str = "test", classes: str = "", seed: int = 0,
@@ -272,8 +272,8 @@ def plot_direction(atlas: Atlas, codes: np.ndarray, direction, paths: np.ndarray
 @dataclass
 class AtlasConfig:
     run: str = ""  # run folder; empty: the newest trained run in outputs/runs
-    data: str = "data"  # CIFAR-10 folder (to fit concepts when the run has none)
-    cache_dir: str = "data/cache"  # where the decoded data is cached
+    data: str = DATA_FOLDER  # CIFAR-10 folder (to fit concepts when the run has none)
+    cache_dir: str = CACHE_FOLDER  # where the decoded data is cached
     out: str = ""  # output folder; empty: outputs/atlas/<run>-<expression>-<seed>, one per expression
     classes: str = ""  # comma-separated classes to map; empty: all of the run's
     split: str = "test"  # the bank split to map
@@ -331,8 +331,7 @@ def build_atlas(quiet: bool = False, **flags) -> dict:
     strengths = config.strength_list
     concepts = ensure_concepts(run_dir, config.data, config.cache_dir)
     bank = load_bank(run_dir)
-    opened = load_run(run_dir)
-    _, nets = opened.config, opened.nets
+    nets = load_run(run_dir).nets
     atlas = fit_or_load(run_dir, bank, config.split, config.classes, config.seed, config.neighbours, config.min_dist)
     say(f"{'reused the cached' if atlas.reused else 'fitted the'} map of {len(atlas.rows)} codes "
         f"in {atlas.seconds:.1f} s")

@@ -63,10 +63,7 @@ def encode_run(run: str | Path, data: str, cache_dir: str = CACHE_FOLDER, batch_
     """Encode both splits of the run's classes with its encoder; returns the bank's path."""
     run = Path(run)
     opened = load_run(run)
-    config, nets = opened.config, opened.nets
-    device = opened.device
-    dtype = opened.dtype
-    nets = nets.to(device)
+    config, nets, device, dtype = opened.config, opened.nets, opened.device, opened.dtype
     if config.channels_last:  # 1.45x faster encoding with bf16 here (bench/latent_ops_speed.py)
         nets = nets.to(memory_format=torch.channels_last)
     arrays = {}

@@ -44,7 +44,6 @@ from autoencoder.classifier import load_perceptual
 from autoencoder.cli import ConfigError, check_ranges, claim_output, dataclass_from_flags, run_cli, save_config
 from autoencoder.data import to_uint8
 from autoencoder.metrics import laplacian_variance
-from autoencoder.models import ModelConfig
 from autoencoder.run_folder import RunError, load_run, weights_digest
 from latent_ops.concepts import WINGED
 from latent_ops.encode import encode_images, load_bank
@@ -233,13 +232,11 @@ def learn(config: LearnConfig, quiet: bool = False) -> Path:
     config.run = str(run)
     out = claim_learned_folder(config, run)
     opened = load_run(run)
-    run_config, nets = opened.config, opened.nets
-    device = opened.device
-    dtype = opened.dtype
+    run_config, nets, device, dtype = opened.config, opened.nets, opened.device, opened.dtype
     base = load_prior(run)
     perceptual = load_perceptual()
     concepts, bank = load_concepts(run), load_bank(run)
-    sources = Sources(concepts, bank, base, ModelConfig.of(run_config).code_shape, nets.decoder, perceptual)
+    sources = Sources(concepts, bank, base, run_config.code_shape, nets.decoder, perceptual)
 
     pool = compose_pool(config, nets, base, sources, perceptual)
     passed = accept(pool, config)

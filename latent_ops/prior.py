@@ -37,7 +37,7 @@ from autoencoder.checkpoint import (
     trim_metrics,
     write_checkpoint,
 )
-from autoencoder.cifar10 import CIFAR10_CLASSES
+from autoencoder.cifar10 import CACHE_FOLDER, CIFAR10_CLASSES, DATA_FOLDER
 from autoencoder.cli import (
     ConfigError,
     check_ranges,
@@ -47,9 +47,7 @@ from autoencoder.cli import (
     run_cli,
     save_config,
 )
-from autoencoder.compute import resolve_precision
 from autoencoder.data import load_cifar10
-from autoencoder.models import ModelConfig
 from autoencoder.run_folder import (
     CHECKPOINTS_FOLDER,
     METRICS_FILE,
@@ -75,8 +73,8 @@ PRIOR_FILES = {"config.json", SOURCE_FILE, MODEL_FILE, METRICS_FILE, POINTER_FIL
 class PriorConfig:
     run: str = ""  # run folder whose codes the prior models; empty: the newest in outputs/runs
     out: str = ""  # where the prior is written; empty: RUN/prior (the prior compose uses)
-    data: str = "data"  # CIFAR-10, only read when the run has no code bank yet
-    cache_dir: str = "data/cache"  # decoded data cache (as for training)
+    data: str = DATA_FOLDER  # CIFAR-10, only read when the run has no code bank yet
+    cache_dir: str = CACHE_FOLDER  # decoded data cache (as for training)
     net: str = "auto"  # conv (a residual conv net on the code's (C, H, W) grid), mlp (on the flat code), or auto:
     #   conv on a spatial code, mlp on a flat one (conv made better class samples at equal time: docs/priors.md)
     hidden: int = 256  # width of the velocity MLP, and of the conv net's time and label features
@@ -141,9 +139,7 @@ def training_codes(run: Path, bank: LatentBank, config: PriorConfig
                 continue
             if encoder is None:
                 opened = load_run(run)
-                run_config, nets = opened.config, opened.nets
-                device = opened.device
-                encoder = (nets.encoder.to(device), device, resolve_precision(run_config.precision, device), run_config.classes)
+                encoder = (opened.nets.encoder, opened.device, opened.dtype, opened.config.classes)
             net, device, dtype, classes = encoder
             images = load_cifar10(config.data, split, classes, cache_dir=config.cache_dir)
             pixels = images.images[keep]
@@ -210,7 +206,7 @@ def train_prior(config: PriorConfig, progress: bool = True) -> Path:
                           f"cannot be trained further; to train a new prior of {run}, pass --out NEW_FOLDER "
                           f"(compose reads RUN/prior: move the new one there when it is done)")
     bank = ensure_bank(run, config.data, config.cache_dir)
-    code_shape = ModelConfig.of(load_run_config(run)).code_shape
+    code_shape = load_run_config(run).code_shape
     codes, labels, test_codes, test_labels = training_codes(run, bank, config)  # (N, D), (N,)
     digest = weights_digest(run)
 

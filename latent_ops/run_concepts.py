@@ -158,7 +158,7 @@ def write_cluster_grids(record: dict, train_images: torch.Tensor, folder: Path, 
     return files
 
 
-def fit_run_concepts(run: Path, data: str, cache_dir: str = "data/cache", max_clusters: int = 6,
+def fit_run_concepts(run: Path, data: str, cache_dir: str = CACHE_FOLDER, max_clusters: int = 6,
                      cross_fraction: float = 0.9, seed: int = 0) -> Concepts:
     """Fit, save and return the concepts of a run from its latent bank (pixels for ``white`` and grids)."""
     bank = load_bank(run)

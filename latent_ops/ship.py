@@ -27,10 +27,10 @@ import torch
 
 from autoencoder.atomic import replace_atomically, save_tensors, write_json, write_text
 from autoencoder.checkpoint import save_weights
+from autoencoder.cifar10 import CACHE_FOLDER, DATA_FOLDER
 from autoencoder.cli import CONFIG_FILE, ConfigError, claim_output, dataclass_from_flags, read_json, run_cli
 from autoencoder.compute import machine_name
 from autoencoder.data import DATA_FILE, SPLITS, data_checksums
-from autoencoder.models import ModelConfig
 from autoencoder.run_folder import (
     METRICS_FILE,
     RunError,
@@ -55,8 +55,8 @@ SIZE_LIMIT = 25 * 2 ** 20  # bytes: the shipped folder must stay under 25 MiB
 @dataclass
 class ShipConfig:
     run: str = "outputs/runs/release"  # the trained run to ship
-    data: str = "data"  # CIFAR-10: encoded for the bank, concepts and prior
-    cache_dir: str = "data/cache"  # decoded data cache
+    data: str = DATA_FOLDER  # CIFAR-10: encoded for the bank, concepts and prior
+    cache_dir: str = CACHE_FOLDER  # decoded data cache
     out: str = str(SHIPPED_MODEL)  # the model folder to write (replaced whole at the end)
     prior_steps: int = 5000  # steps of the latent prior (latent_ops.prior)
     prior_threads: int = 0  # CPU threads for the prior; 0 keeps torch's default
@@ -67,8 +67,7 @@ class ShipConfig:
 
 def write_fp16_weights(run: Path, folder: Path) -> None:
     """The run's config and weights (floating tensors in fp16) into ``folder``."""
-    opened = load_run(run)
-    _, nets = opened.config, opened.nets
+    nets = load_run(run, device="cpu").nets
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copy2(run / CONFIG_FILE, folder / CONFIG_FILE)
     if (run / METRICS_FILE).exists():
@@ -246,7 +245,7 @@ def ship(config: ShipConfig, progress: bool = True) -> Path:
     slim_prior(staging)
 
     record = {"source_weights_digest": source, "source_run": str(run), "weights_digest": weights_digest(staging),
-              "code_shape": list(ModelConfig.of(load_run_config(staging)).code_shape), "data": checksums,
+              "code_shape": list(load_run_config(staging).code_shape), "data": checksums,
               "prior_seconds": prior_seconds, "seconds": time.monotonic() - began,
               "machine": machine_name(torch.device("cpu")),
               "config": asdict(config)}
