@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from autoencoder.cifar10 import CACHE_FOLDER, DATA_FOLDER, SelectsClasses, parse_classes
 from autoencoder.cli import ConfigError, check_ranges, dataclass_from_flags, load_config
+from autoencoder.models import check_code_grid
 
 
 @dataclass
@@ -37,6 +38,8 @@ class TrainConfig(SelectsClasses):
     critic_width: int = 16  # channels of the first stage of the image and interpolation critics
     image_critic_width: int = 0  # channels of the image critic's first stage; 0: --critic_width
     spatial_channels: int = 0  # 0: a flat code; C: a C x 4 x 4 code, so --latent_dim must be 16 C (e.g. 8 for 128)
+    code_grid: int = 4  # cells per side of a spatial code: 4 (8 x 8 pixels a cell) or 8 (4 x 4 pixels; then
+    #   --latent_dim must be 64 C, e.g. 2, 4 or 8 channels: 128, 256 or 512 numbers)
     latent_critic_hidden: int = 512  # hidden units of the latent critic MLP
     # --- losses (a weight of 0 switches that part off) ---
     latent_weight: float = 0.005  # adversarial autoencoder term pulling codes to N(0, I)
@@ -127,9 +130,7 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError(f"--precision must be auto, bf16 or fp32, got {config.precision!r}")
     if config.device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"--device must be auto, cpu or cuda, got {config.device!r}")
-    if config.spatial_channels and config.latent_dim != 16 * config.spatial_channels:
-        raise ConfigError(f"--spatial_channels {config.spatial_channels} makes a {config.spatial_channels} x 4 x 4 "
-                          f"code: --latent_dim must be {16 * config.spatial_channels}, got {config.latent_dim}")
+    check_code_grid(config)
     if config.perceptual_source not in PERCEPTUAL_SOURCES:
         raise ConfigError(f"--perceptual_source must be one of {', '.join(PERCEPTUAL_SOURCES)}, "
                           f"got {config.perceptual_source!r}")

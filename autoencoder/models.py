@@ -2,8 +2,10 @@
 
 - Encoder x -> z and decoder z -> x: a small residual convolutional autoencoder
   (32x32x3 <-> latent_dim), three resolution stages (32, 16, 8) and a 4x4 bottleneck. The
-  code is flat (a linear bottleneck) or, with ``spatial_channels`` C, C x 4 x 4: each cell
-  comes from its own place in the image, so an edit of a cell is local (stored flat).
+  code is flat (a linear bottleneck) or, with ``spatial_channels`` C, C x G x G on a grid of
+  ``code_grid`` G = 4 (cells of 8 x 8 pixels) or 8 (the code taken at the 8 x 8 stage, cells of
+  4 x 4 pixels): each cell comes from its own place in the image, so an edit of a cell is local
+  (stored flat).
 - Latent critic: an MLP telling encoded codes from N(0, I) samples, so that codes
   drawn from the prior decode to images (adversarial autoencoder, Makhzani et al. 2015,
   arXiv:1511.05644; ARAE, Zhao et al. 2018, arXiv:1706.04223).
@@ -28,6 +30,8 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
+from autoencoder.cli import ConfigError
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -40,16 +44,31 @@ class ModelConfig:
     image_critic_width: int = 0  # channels of the image critic's first stage; 0: critic_width
     spatial_channels: int = 0  # 0: a flat code; C: a C x 4 x 4 code (latent_dim = 16 C), stored flat
     class_head: bool = False  # a linear CIFAR-10 classifier on the code, trained with the autoencoder
+    code_grid: int = 4  # cells per side of a spatial code: 4 (8 x 8 pixels a cell) or 8 (4 x 4 pixels)
 
     @property
     def code_shape(self) -> tuple[int, ...]:
-        """The code's shape: (latent_dim,) or (C, 4, 4); codes are stored flat, channel-major."""
-        return (self.spatial_channels, 4, 4) if self.spatial_channels else (self.latent_dim,)
+        """The code's shape: (latent_dim,) or (C, G, G); codes are stored flat, channel-major."""
+        grid = self.code_grid
+        return (self.spatial_channels, grid, grid) if self.spatial_channels else (self.latent_dim,)
 
     @classmethod
     def of(cls, config: Any) -> "ModelConfig":
         """The model part of any config with these fields (a run's TrainConfig, or a ModelConfig)."""
         return cls(**{f.name: getattr(config, f.name, f.default) for f in fields(cls)})
+
+
+def check_code_grid(config) -> None:
+    """A spatial code of C channels on a G x G grid has C G^2 numbers; G is 4 or 8."""
+    grid = config.code_grid
+    if grid not in CODE_GRIDS:
+        raise ConfigError(f"--code_grid must be one of {', '.join(map(str, CODE_GRIDS))}, got {grid!r}")
+    if config.code_grid != 4 and not config.spatial_channels:
+        raise ConfigError(f"--code_grid {grid} shapes a spatial code: set --spatial_channels too")
+    if config.spatial_channels and config.latent_dim != config.spatial_channels * grid ** 2:
+        raise ConfigError(f"--spatial_channels {config.spatial_channels} makes a {config.spatial_channels} x {grid} x "
+                          f"{grid} code: --latent_dim must be {config.spatial_channels * grid ** 2}, "
+                          f"got {config.latent_dim}")
 
 
 def stage_channels(width: int) -> list[int]:
@@ -76,15 +95,17 @@ class ResBlock(nn.Module):
 class Encoder(nn.Module):
     """(B, 3, 32, 32) in [-1, 1] -> (B, latent_dim)."""
 
-    def __init__(self, latent_dim: int, width: int, res_blocks: int, spatial_channels: int = 0):
+    def __init__(self, latent_dim: int, width: int, res_blocks: int, spatial_channels: int = 0, code_grid: int = 4):
         super().__init__()
         c = stage_channels(width)
         layers: list[nn.Module] = [nn.Conv2d(3, c[0], 3, padding=1)]
-        for i in range(3):  # 32 -> 16 -> 8 -> 4
+        stages = 2 if spatial_channels and code_grid == 8 else 3  # 32 -> 16 -> 8 (-> 4)
+        for i in range(stages):
             layers += [ResBlock(c[i]) for _ in range(res_blocks)]
             layers += [nn.SiLU(), nn.Conv2d(c[i], c[i + 1], 4, stride=2, padding=1)]
-        if spatial_channels:  # each 4x4 cell its own code: (B, C, 4, 4) stored flat, channel-major
-            layers += [nn.SiLU(), nn.Conv2d(c[3], spatial_channels, 1), nn.Flatten()]
+        if spatial_channels:  # each cell its own code: (B, C, G, G) stored flat, channel-major
+            layers += [ResBlock(c[stages]) for _ in range(res_blocks if stages == 2 else 0)]
+            layers += [nn.SiLU(), nn.Conv2d(c[stages], spatial_channels, 1), nn.Flatten()]
         else:
             layers += [nn.SiLU(), nn.Flatten(), nn.Linear(c[3] * 16, latent_dim)]
         self.net = nn.Sequential(*layers)
@@ -96,15 +117,17 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
     """(B, latent_dim) -> (B, 3, 32, 32) in [-1, 1]."""
 
-    def __init__(self, latent_dim: int, width: int, res_blocks: int, spatial_channels: int = 0):
+    def __init__(self, latent_dim: int, width: int, res_blocks: int, spatial_channels: int = 0, code_grid: int = 4):
         super().__init__()
         c = stage_channels(width)
-        self.top_channels, self.spatial_channels = c[3], spatial_channels
+        self.grid = code_grid if spatial_channels else 4
+        top = 3 if self.grid == 4 else 2  # the stage the code enters: 4 x 4 (c[3]) or 8 x 8 (c[2])
+        self.top_channels, self.spatial_channels = c[top], spatial_channels
         # flat: one linear map from the whole code; spatial: a 3x3 convolution over the code's cells
-        self.project = (nn.Conv2d(spatial_channels, c[3], 3, padding=1) if spatial_channels
+        self.project = (nn.Conv2d(spatial_channels, c[top], 3, padding=1) if spatial_channels
                         else nn.Linear(latent_dim, c[3] * 16))
-        layers: list[nn.Module] = []
-        for i in (3, 2, 1):  # 4 -> 8 -> 16 -> 32
+        layers: list[nn.Module] = [ResBlock(c[top]) for _ in range(res_blocks if top == 2 else 0)]
+        for i in range(top, 0, -1):  # (4 ->) 8 -> 16 -> 32
             layers += [nn.SiLU(), nn.Upsample(scale_factor=2, mode="nearest"),
                        nn.Conv2d(c[i], c[i - 1], 3, padding=1)]
             layers += [ResBlock(c[i - 1]) for _ in range(res_blocks)]
@@ -118,7 +141,7 @@ class Decoder(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         if self.spatial_channels:
-            h = self.project(z.reshape(-1, self.spatial_channels, 4, 4))  # (B, C, 4, 4)
+            h = self.project(z.reshape(-1, self.spatial_channels, self.grid, self.grid))  # (B, C', G, G)
         else:
             h = self.project(z).view(-1, self.top_channels, 4, 4)  # (B, C, 4, 4)
         return self.net(h)
@@ -171,6 +194,7 @@ class LatentCritic(nn.Module):
         return self.net(z).squeeze(1)
 
 
+CODE_GRIDS = (4, 8)  # cells per side of a spatial code
 NETWORK_NAMES = ("encoder", "decoder", "latent_critic", "interp_critic", "image_critic")
 CLASS_COUNT = 10  # CIFAR-10
 
@@ -180,11 +204,14 @@ class Networks(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        if config.spatial_channels and config.latent_dim != 16 * config.spatial_channels:
-            raise ValueError(f"a spatial code of {config.spatial_channels} x 4 x 4 needs latent_dim "
-                             f"{16 * config.spatial_channels}, got {config.latent_dim}")
-        self.encoder = Encoder(config.latent_dim, config.width, config.res_blocks, config.spatial_channels)
-        self.decoder = Decoder(config.latent_dim, config.width, config.res_blocks, config.spatial_channels)
+        if config.spatial_channels and config.latent_dim != config.spatial_channels * config.code_grid ** 2:
+            raise ValueError(f"a spatial code of {config.spatial_channels} x {config.code_grid} x {config.code_grid} "
+                             f"needs latent_dim {config.spatial_channels * config.code_grid ** 2}, got {config.latent_dim}")
+        if config.code_grid not in CODE_GRIDS:
+            raise ValueError(f"code_grid must be one of {CODE_GRIDS}, got {config.code_grid}")
+        spatial = (config.spatial_channels, config.code_grid)
+        self.encoder = Encoder(config.latent_dim, config.width, config.res_blocks, *spatial)
+        self.decoder = Decoder(config.latent_dim, config.width, config.res_blocks, *spatial)
         self.latent_critic = LatentCritic(config.latent_dim, config.latent_critic_hidden)
         self.interp_critic = ConvCritic(config.critic_width, spectral=False)
         self.image_critic = ConvCritic(config.image_critic_width or config.critic_width, spectral=True)

@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 from autoencoder.cifar10 import CACHE_FOLDER, DATA_FOLDER, SelectsClasses, parse_classes
 from autoencoder.cli import CONFIG_FILE, ConfigError, UserError, check_ranges, load_config, read_json
 from autoencoder.compute import resolve_device, resolve_precision
-from autoencoder.models import ModelConfig, Networks, build_networks
+from autoencoder.models import ModelConfig, Networks, build_networks, check_code_grid
 
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "train_state.pt"
@@ -49,7 +49,8 @@ class RunConfig(SelectsClasses):
     critic_width: int = 16  # channels of the critics' first stage
     latent_critic_hidden: int = 512  # hidden units of the latent critic
     image_critic_width: int = 0  # channels of the image critic's first stage; 0: critic_width
-    spatial_channels: int = 0  # 0: a flat code; C: a C x 4 x 4 code
+    spatial_channels: int = 0  # 0: a flat code; C: a C x G x G code
+    code_grid: int = 4  # G: cells per side of a spatial code
     class_weight: float = 0.0  # > 0: the networks include the class head
     classes: str = ""  # the classes it was trained on; empty: all ten
     data: str = DATA_FOLDER  # the data folder it was trained from
@@ -78,9 +79,7 @@ RUN_RANGES = {"latent_dim": (1, 65536), "width": (1, 4096), "res_blocks": (0, 64
 def check_run_config(config: RunConfig) -> None:
     check_ranges(config, RUN_RANGES)
     parse_classes(config.classes)
-    if config.spatial_channels and config.latent_dim != 16 * config.spatial_channels:
-        raise ConfigError(f"spatial_channels {config.spatial_channels} needs latent_dim {16 * config.spatial_channels}, "
-                          f"got {config.latent_dim}")
+    check_code_grid(config)
 
 
 def load_run_config(run_dir: str | Path) -> RunConfig:

@@ -66,12 +66,22 @@ _PARSER = Lark(GRAMMAR, start="sum", parser="lalr", propagate_positions=True)
 
 MAX_LENGTH = 500  # characters; a longer expression is refused before parsing
 MAX_WEIGHT = 100.0  # a concept weighted beyond this leaves the latent space entirely
-# Regions of a 4 x 4 spatial code, as (rows, columns) of cells: halves, the centre, and the whole code.
+# Regions by their place in the picture, as (rows, columns) in quarters of its height and width: halves,
+# the centre, the whole picture. On a code grid of any size they take the cells of that place
+# (``region_slices``), so the grammar reads the same on a 4 x 4 and an 8 x 8 code.
 REGIONS = {"top": ((0, 2), (0, 4)), "bottom": ((2, 4), (0, 4)), "left": ((0, 4), (0, 2)),
            "right": ((0, 4), (2, 4)), "centre": ((1, 3), (1, 3)), "all": ((0, 4), (0, 4)),
-           "above": ((0, 1), (0, 4)),  # (rows, columns) of a 4 x 4 code; above: the top row, over the subject
+           "above": ((0, 1), (0, 4)),  # the top quarter, over the subject
            "back": ((0, 2), (0, 4))}  # follows the subject (FOLLOWING_REGIONS); these cells until it is found
 FOLLOWING_REGIONS = ("back",)  # placed per candidate from its own picture (latent_ops.placement)
+QUARTERS = 4  # REGIONS count in quarters of the picture
+
+
+def region_slices(region: str, grid: tuple[int, int]) -> tuple[slice, slice]:
+    """The (rows, columns) of ``region`` on a code grid of ``grid`` cells (a multiple of 4 on each side)."""
+    (r0, r1), (c0, c1) = REGIONS[region]
+    rows, cols = grid
+    return (slice(r0 * rows // QUARTERS, r1 * rows // QUARTERS), slice(c0 * cols // QUARTERS, c1 * cols // QUARTERS))
 
 
 class ExpressionError(UserError, ValueError):

@@ -157,7 +157,7 @@ class ConvVelocityNet(nn.Module):
     """v(x_t, t, label) on the (C, H, W) grid of a spatial code, taking and giving flat (B, D) codes
     like ``VelocityNet``: a residual conv net with FiLM on time and label and a learned embedding of
     each cell's place (the top of a picture is not its bottom). With 3 x 3 convs, ``blocks`` >= 2
-    lets every cell of a 4 x 4 grid see every other."""
+    lets every cell of a 4 x 4 grid see every other, and ``blocks`` >= 3 every cell of an 8 x 8 grid."""
 
     def __init__(self, code_shape: Sequence[int], classes: int, channels: int = 128, blocks: int = 4,
                  hidden: int = 256):

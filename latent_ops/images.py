@@ -11,7 +11,7 @@ from torchvision.utils import make_grid, save_image
 
 from autoencoder.atomic import replace_atomically
 from autoencoder.data import upscale
-from latent_ops.expression import REGIONS
+from latent_ops.expression import region_slices
 
 
 def to_unit(images: torch.Tensor) -> torch.Tensor:
@@ -34,8 +34,7 @@ def region_cells(regions: list[str], grid: tuple[int, int] = (4, 4)) -> torch.Te
     """(rows, cols) bool: the cells of fixed REGIONS on the code grid."""
     cells = torch.zeros(grid, dtype=torch.bool)
     for region in regions:
-        (r0, r1), (c0, c1) = REGIONS[region]
-        cells[r0:r1, c0:c1] = True
+        cells[region_slices(region, grid)] = True
     return cells
 
 

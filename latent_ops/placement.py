@@ -12,9 +12,9 @@ each candidate's own denoised estimate, decoded, says where its subject is:
 
 Their product, averaged over each cell of the code's grid, marks the subject's cells (those at
 least ``SUBJECT_SHARE`` of the strongest). The wing cells are, in every column the subject
-occupies, the cells above its topmost cell (at most ``ABOVE_ROWS`` of them); where the subject
+occupies, the cells above its topmost cell (at most ``ABOVE_SHARE`` of the grid's rows); where the subject
 reaches the top row, its top row itself. A candidate whose subject is not found gets the top
-``ABOVE_ROWS`` rows.
+``ABOVE_SHARE`` of the rows.
 
 Example: ``python -m latent_ops.compose "horse&airplane@back" --run models/pegasus-cifar10``
 (``region.png`` and ``regions64.png`` outline the cells chosen for each image)
@@ -32,7 +32,7 @@ from latent_ops.flow import Condition, Drift, Guide
 from latent_ops.sources import classifier_views
 
 SUBJECT_SHARE = 0.5  # a cell is the subject's when its score is at least this share of the image's peak
-ABOVE_ROWS = 2  # how many rows above the subject's top a wing may take
+ABOVE_SHARE = 0.5  # how far above the subject's top a wing may reach, as a share of the picture's height
 
 
 def silhouette(images: torch.Tensor, border: int = 3) -> torch.Tensor:
@@ -61,16 +61,17 @@ def subject_cells(images: torch.Tensor, evidence: torch.Tensor | None, grid: tup
 
 
 def cells_above(subject: torch.Tensor) -> torch.Tensor:
-    """(B, rows, cols) bool: in each column the subject occupies, up to ABOVE_ROWS cells above its top
-    cell (its top cell itself when that is the top row); the top ABOVE_ROWS rows where no subject is found."""
+    """(B, rows, cols) bool: in each column the subject occupies, up to ABOVE_SHARE of the grid's rows
+    above its top cell (its top cell itself when that is the top row); those top rows where no subject is found."""
     B, rows, cols = subject.shape
+    above_rows = max(1, round(ABOVE_SHARE * rows))  # 2 cells of a 4 x 4 grid, 4 of an 8 x 8
     row = torch.arange(rows)[None, :, None]  # (1, rows, 1)
     has = subject.any(1, keepdim=True)  # (B, 1, cols)
     top = torch.where(subject, row, torch.full_like(row, rows)).amin(1, keepdim=True)  # (B, 1, cols)
-    above = (row < top) & (row >= top - ABOVE_ROWS) & has
+    above = (row < top) & (row >= top - above_rows) & has
     above = above | ((top == 0) & (row == 0) & has)
     missing = ~subject.flatten(1).any(1)
-    above[missing] = (row < ABOVE_ROWS).expand(int(missing.sum()), rows, cols)
+    above[missing] = (row < above_rows).expand(int(missing.sum()), rows, cols)
     return above
 
 

@@ -36,7 +36,7 @@ import torch
 from autoencoder.cifar10 import CIFAR10_CLASSES
 from latent_ops.concepts import Concepts, heldout_members
 from latent_ops.encode import LatentBank
-from latent_ops.expression import FOLLOWING_REGIONS, REGIONS, ExpressionError, term_parts
+from latent_ops.expression import FOLLOWING_REGIONS, ExpressionError, region_slices, term_parts
 from latent_ops.flow import Condition, Drift, FlowNet, Guide, project, sample
 from latent_ops.placement import SubjectPlacer
 
@@ -86,14 +86,14 @@ def class_label(concept: str, prior: FlowNet | None = None) -> int:
 
 
 def region_mask(region: str, code_shape: tuple[int, ...]) -> np.ndarray:
-    """A flat (D,) 0/1 mask of the cells of ``region`` in a (C, 4, 4) code."""
+    """A flat (D,) 0/1 mask of the cells of ``region`` in a (C, H, W) code."""
     if len(code_shape) != 3:
         raise ExpressionError(f"@{region} moves one region of a spatial code, but this run's code is flat "
                               f"({code_shape[0] if code_shape else '?'} numbers): train a run with "
                               f"--spatial_channels (e.g. 8 with --latent_dim 128), or drop @{region}")
-    (r0, r1), (c0, c1) = REGIONS[region]
+    rows, cols = region_slices(region, code_shape[1:])
     mask = np.zeros(code_shape, dtype=np.float32)
-    mask[:, r0:r1, c0:c1] = 1
+    mask[:, rows, cols] = 1
     return mask.reshape(-1)
 
 

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from conftest import smoke_flags
 from PIL import Image
@@ -16,21 +17,26 @@ from autoencoder.train import train
 from latent_ops.atlas import build_atlas
 from latent_ops.compose import RECIPE_FILE, ComposeConfig, compose
 from latent_ops.encode import load_bank
+from latent_ops.learn import learn, make_learn_config
 from latent_ops.prior import make_prior_config, train_prior
 from latent_ops.report import report
 from latent_ops.run_concepts import load_concepts
 from latent_ops.sampling import Sources, sample_expression
+from latent_ops.ship import make_ship_config, ship
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
 
-def test_a_spatial_run_goes_through_encode_concepts_compose_atlas_and_report(folder_data, tmp_path, tiny_evaluator):
-    run = train(make_config("smoke", latent_dim=32, spatial_channels=2, steps=20, log_every=10,
+@pytest.mark.parametrize("grid", [4, 8])
+def test_a_spatial_run_goes_through_every_latent_ops_command(grid, folder_data, tmp_path, tiny_evaluator):
+    """On a 2 x 4 x 4 and a 2 x 8 x 8 code: encode, concepts, compose, atlas, report, regions, prior, learn, ship."""
+    half, quarter, dim = grid // 2, grid // 4, 2 * grid * grid
+    run = train(make_config("smoke", latent_dim=dim, spatial_channels=2, code_grid=grid, steps=20, log_every=10,
                             **smoke_flags(folder_data, tmp_path / "spatial")), progress=False)
     cache = str(tmp_path / "cache")
     out = compose("horse+wings", run=str(run), data=str(folder_data), cache_dir=cache, n=6,
                   out=str(tmp_path / "compose"), quiet=True)
-    assert load_bank(run).codes["test"].shape == (24, 32)  # 2 x 4 x 4, stored flat
+    assert load_bank(run).codes["test"].shape == (24, dim)  # 2 x grid x grid, stored flat
     scores = json.loads((out / "scores.json").read_text())
     assert len(scores["candidates"]) == 6 and "wings_signed_distance" in scores["candidates"][0]
     record = build_atlas(run=str(run), data=str(folder_data), cache_dir=cache, out=str(tmp_path / "atlas"),
@@ -42,24 +48,25 @@ def test_a_spatial_run_goes_through_encode_concepts_compose_atlas_and_report(fol
                     evaluator=str(tiny_evaluator[0]), quiet=True)
     assert (folder / "report.md").exists() and (folder / "architecture.png").exists()
 
-    # A direction in a region moves only that region's cells (here the top two rows of 2 x 4 x 4).
+    # A direction in a region moves only that region's cells (the top half: 2 rows of 4, 4 of 8).
     concepts, bank = load_concepts(run), load_bank(run)
-    sources = Sources(concepts, bank, code_shape=(2, 4, 4))
+    sources = Sources(concepts, bank, code_shape=(2, grid, grid))
     plain, _ = sample_expression({"horse": 1.0}, sources, 5, np.random.default_rng(3))
     edited, _ = sample_expression({"horse": 1.0, "wings@top": 1.0}, sources, 5, np.random.default_rng(3))
-    moved = (edited - plain).reshape(5, 2, 4, 4)
-    assert np.abs(moved[:, :, 2:]).max() == 0 and np.abs(moved[:, :, :2]).max() > 0
+    moved = (edited - plain).reshape(5, 2, grid, grid)
+    assert np.abs(moved[:, :, half:]).max() == 0 and np.abs(moved[:, :, :half]).max() > 0
 
-    # A class in a region is a collage: the top row of cells comes from held-out birds, the rest is the horse's.
+    # A class in a region is a collage: the top quarter's cells come from held-out birds, the rest is the horse's.
     pasted, drawn = sample_expression({"horse": 1.0, "bird@above": 1.0}, sources, 5, np.random.default_rng(3))
-    cells, base = pasted.reshape(5, 2, 4, 4), plain.reshape(5, 2, 4, 4)
-    assert np.array_equal(cells[:, :, 1:], base[:, :, 1:]) and not np.array_equal(cells, base)
+    cells, base = pasted.reshape(5, 2, grid, grid), plain.reshape(5, 2, grid, grid)
+    assert np.array_equal(cells[:, :, quarter:], base[:, :, quarter:]) and not np.array_equal(cells, base)
     row_of = {int(i): r for r, i in enumerate(bank.indices["test"])}
-    birds = bank.codes["test"][[row_of[i] for i in drawn["bird@above"]]].reshape(5, 2, 4, 4)
+    birds = bank.codes["test"][[row_of[i] for i in drawn["bird@above"]]].reshape(5, 2, grid, grid)
     assert (bank.labels["test"][[row_of[i] for i in drawn["bird@above"]]] == 2).all()
-    assert np.allclose(cells[:, :, :1], birds[:, :, :1])
-    half, _ = sample_expression({"horse": 1.0, "bird@above": 0.5}, sources, 5, np.random.default_rng(3))
-    assert np.allclose(half.reshape(5, 2, 4, 4)[:, :, :1], (base[:, :, :1] + birds[:, :, :1]) / 2, atol=1e-6)
+    assert np.allclose(cells[:, :, :quarter], birds[:, :, :quarter])
+    mixed, _ = sample_expression({"horse": 1.0, "bird@above": 0.5}, sources, 5, np.random.default_rng(3))
+    assert np.allclose(mixed.reshape(5, 2, grid, grid)[:, :, :quarter],
+                       (base[:, :, :quarter] + birds[:, :, :quarter]) / 2, atol=1e-6)
 
     # The latent prior on the spatial codes, then everything compose does with it.
     train_prior(make_prior_config(run=str(run), data=str(folder_data), cache_dir=cache, hidden=32, blocks=1,
@@ -95,3 +102,15 @@ def test_a_spatial_run_goes_through_encode_concepts_compose_atlas_and_report(fol
     assert "Of the whole unselected pool of 24" in (folder / "report.md").read_text()
     from manifold_targets import targets_of
     assert all(0 <= v["missed_by"] for v in targets_of(record).values())
+
+    # A concept learned from regional compositions, and the run shipped with it.
+    learned = learn(make_learn_config(name="pegasus", run=str(run), expression="horse&bird@top", pool=32, chunk=16,
+                                      prior_steps=4, accept="horse>=0,wings>=0", critic_quantile=0.2,
+                                      sharpness_quantile=0.2, min_accepted=4, steps=10, batch_size=16), quiet=True)
+    assert json.loads((learned / "record.json").read_text())["accepted"] >= 4
+    shipped = ship(make_ship_config(run=str(run), data=str(folder_data), cache_dir=cache, prior_steps=10,
+                                    out=str(tmp_path / "models" / f"grid{grid}")), progress=False)
+    assert json.loads((shipped / "ship.json").read_text())["code_shape"] == [2, grid, grid]
+    composed = compose("horse+wings@top", run=str(shipped), data="no-data", n=4, refine_steps=1,
+                       out=str(tmp_path / "shipped-compose"), quiet=True)
+    assert json.loads((composed / "scores.json").read_text())["regions"] == ["top"]
