@@ -64,6 +64,8 @@ class TrainConfig(SelectsClasses):
     critic_beta1: float = 0.5  # Adam beta1 of the critics (GAN practice: short momentum)
     beta2: float = 0.99  # Adam beta2 of all optimisers
     lr_min_ratio: float = 0.05  # cosine decay of both learning rates to this fraction at the last step; 1: constant
+    ema: float = 0.0  # decay of a moving average of the autoencoder's weights, which the run evaluates, saves and
+    #   ships (autoencoder/averaging.py); 0: off, the trained weights themselves
     # --- bookkeeping ---
     log_every: int = 200  # steps between metrics.jsonl lines (with held-out PSNR)
     sample_every: int = 2000  # steps between sample grids
@@ -111,7 +113,7 @@ TRAIN_RANGES: dict[str, tuple[float, float]] = {
     "latent_weight": (0, 1e4), "interp_weight": (0, 1e4), "interp_gamma": (0, 1), "image_weight": (0, 1e4), "perceptual_weight": (0, 1e4), "class_weight": (0, 1e4),
     "batch_size": (2, 65536), "steps": (1, 10**9), "schedule_steps": (0, 10**9),
     "lr": (1e-12, 10), "critic_lr": (1e-12, 10), "beta1": (0, 0.999999), "critic_beta1": (0, 0.999999),
-    "beta2": (0, 0.999999), "lr_min_ratio": (1e-9, 1),
+    "beta2": (0, 0.999999), "lr_min_ratio": (1e-9, 1), "ema": (0, 0.99999),
     "log_every": (1, 10**9), "sample_every": (1, 10**9), "checkpoint_every": (1, 10**9),
     "eval_images": (1, 10**6), "max_minutes": (0, 10**7),
 }

@@ -26,6 +26,7 @@ import torch
 from tqdm import tqdm
 
 from autoencoder import distributed
+from autoencoder.averaging import WeightAverage, averaged
 from autoencoder.checkpoint import (
     clean_run_folder,
     has_checkpoint,
@@ -87,15 +88,20 @@ def held_out_reconstruction(nets: Networks, images: torch.Tensor, device: torch.
     return {"eval/mse": result["mse"], "eval/psnr": result["psnr_db"]}
 
 
-def save_checkpoint(run_dir: Path, nets: Networks, opt_ae, opt_critic, step: int) -> None:
-    """Weights, optimiser state, step and RNG as one atomic unit (autoencoder/checkpoint.py)."""
+def save_checkpoint(run_dir: Path, nets: Networks, opt_ae, opt_critic, step: int,
+                    average: WeightAverage | None = None) -> None:
+    """Weights, optimiser state, step and RNG as one atomic unit (autoencoder/checkpoint.py). With a weight
+    average, ``model.safetensors`` holds the averaged autoencoder and the training state its raw weights."""
     nonfinite = [name for name, t in nets.state_dict().items() if t.is_floating_point() and not t.isfinite().all()]
     if nonfinite:
         raise TrainingDiverged(f"training diverged: {nonfinite[0]} holds NaN or infinity at step {step}; "
                                f"nothing was saved, the last good checkpoint is kept")
-    write_checkpoint(run_dir, nets, {"step": step, "opt_ae": opt_ae.state_dict(),
-                                     "opt_critic": opt_critic.state_dict(), "torch_rng": torch.get_rng_state()},
-                     step)
+    state = {"step": step, "opt_ae": opt_ae.state_dict(), "opt_critic": opt_critic.state_dict(),
+             "torch_rng": torch.get_rng_state()}
+    if average is not None:
+        state["raw_autoencoder"] = average.raw(nets)
+    with averaged(average, nets):
+        write_checkpoint(run_dir, nets, state, step)
 
 
 def check_shardable(config: TrainConfig, shard: Shard) -> None:
@@ -115,8 +121,9 @@ def out_of_time(began: float, step: int, config: TrainConfig, shard: Shard, devi
     return step % config.log_every == 0 and distributed.any_rank(late, shard, device)
 
 
-def restore(run_dir: Path, nets: Networks, opt_ae, opt_critic, shard: Shard) -> int:
-    """Weights, optimiser states and RNG of the run's checkpoint; returns the step it was taken at."""
+def restore(run_dir: Path, nets: Networks, opt_ae, opt_critic, shard: Shard) -> tuple[int, dict | None]:
+    """Weights, optimiser states and RNG of the run's checkpoint; returns the step it was taken at and the raw
+    autoencoder weights a run with a weight average kept (None without one)."""
     state = load_train_state(state_file(run_dir))
     weights_step = weights_metadata(model_file(run_dir)).get("step")
     if weights_step is not None and weights_step != str(state["step"]):  # None: unstamped, older file
@@ -131,7 +138,7 @@ def restore(run_dir: Path, nets: Networks, opt_ae, opt_critic, shard: Shard) -> 
         raise RunError(f"{state_file(run_dir)} does not fit this run's networks ({error}); start a new run") from None
     if shard.is_main:
         trim_metrics(run_dir / METRICS_FILE, int(state["step"]))
-    return int(state["step"])
+    return int(state["step"]), state.get("raw_autoencoder")
 
 
 def perceptual_net(config: TrainConfig, device: torch.device) -> torch.nn.Module | None:
@@ -221,7 +228,12 @@ def train_locked(config: TrainConfig, run_dir: Path, resume: bool, progress: boo
     opt_ae, opt_critic = make_optimisers(nets, config, device)
     if shard.is_main and run_dir.is_dir():
         clean_run_folder(run_dir)  # temporary files and unfinished checkpoints of a killed run
-    start = restore(run_dir, nets, opt_ae, opt_critic, shard) if resume else 0
+    start, raw = restore(run_dir, nets, opt_ae, opt_critic, shard) if resume else (0, None)
+    average = WeightAverage(nets, config.ema) if config.ema > 0 else None  # from the saved average on resume
+    if average is not None and resume:
+        if raw is None:
+            raise RunError(f"{run_dir}'s checkpoint keeps no raw weights for --ema; start a new run")
+        average.load_raw(nets, raw)
     perceptual = perceptual_net(config, device)
     # The data is read after the checkpoint (a damaged run is reported before a long decode)
     # and before a new run writes anything (missing data leaves no half-made run folder).
@@ -231,7 +243,7 @@ def train_locked(config: TrainConfig, run_dir: Path, resume: bool, progress: boo
         save_config(config, run_dir / CONFIG_FILE)
     sampler = BatchSampler(train_set.images.to(device), config.batch_size, config.seed, shard,
                            train_set.labels.to(device) if config.class_weight > 0 else None)
-    loop = Loop(config, run_dir, nets, distributed.replicate(nets, shard, device), opt_ae, opt_critic, sampler,
+    loop = Loop(config, run_dir, nets, average, distributed.replicate(nets, shard, device), opt_ae, opt_critic, sampler,
                 perceptual, eval_images, choose_sample_inputs(held_out, config, config.seed), device, dtype, shard)
     loop.run(start, progress)
     distributed.barrier(shard)  # the run folder is complete when train returns on any rank
@@ -245,6 +257,7 @@ class Loop:
     config: TrainConfig
     run_dir: Path
     nets: Networks
+    average: WeightAverage | None  # the moving average of the autoencoder's weights (--ema), or None
     step_nets: Any  # the nets, or their DDP replicas under torchrun
     opt_ae: torch.optim.Optimizer
     opt_critic: torch.optim.Optimizer
@@ -269,6 +282,8 @@ class Loop:
                 interval.add(train_step(self.step_nets, self.sampler.batch(step), config,
                                         step_generator(config.seed, step, self.device), self.opt_ae, self.opt_critic,
                                         self.device, self.dtype, shard, self.perceptual, labels))
+                if self.average is not None:
+                    self.average.update(self.nets)
                 step += 1
                 bar.update(1)
                 stop = out_of_time(began, step, config, shard, self.device)
@@ -290,8 +305,9 @@ class Loop:
                     f"was saved, {self.run_dir} keeps its last good checkpoint. Lower --lr or the loss weights "
                     f"and start a new run")
         if step % config.log_every == 0 or last:
-            record = log_record(step, interval, config, self.sampler.steps_per_epoch, self.nets, self.eval_images,
-                                self.device, self.dtype, shard)
+            with averaged(self.average, self.nets):  # what the run saves is what it measures
+                record = log_record(step, interval, config, self.sampler.steps_per_epoch, self.nets,
+                                    self.eval_images, self.device, self.dtype, shard)
             if record is not None:
                 record["elapsed_s"] = time.monotonic() - began
                 metrics_file.write(json.dumps(record) + "\n")
@@ -300,10 +316,11 @@ class Loop:
                                  "img/s": f"{record['images_per_s']:.0f}"})
             interval.sums, interval.steps = {}, 0
         if shard.is_main and (step % config.sample_every == 0 or last):
-            save_grid(render_grid(self.nets, self.sample_inputs, self.device),
-                      self.run_dir / "samples" / f"step_{step:06d}.png")
+            with averaged(self.average, self.nets):
+                save_grid(render_grid(self.nets, self.sample_inputs, self.device),
+                          self.run_dir / "samples" / f"step_{step:06d}.png")
         if shard.is_main and (step % config.checkpoint_every == 0 or last):
-            save_checkpoint(self.run_dir, self.nets, self.opt_ae, self.opt_critic, step)
+            save_checkpoint(self.run_dir, self.nets, self.opt_ae, self.opt_critic, step, self.average)
         if interval.steps == 0:  # evaluation, grids and checkpoints stay out of images_per_s
             interval.restart()
 

@@ -56,7 +56,13 @@ RECIPES: dict[str, tuple[str | None, dict]] = {
                              "image_critic_width": 32}),
     "spatial": ("hinge", {"spatial_channels": 8, "latent_dim": 128}),
     "classes": ("spatial", {"class_weight": 0.1}),
-    "no-hinge": ("perceptual", {"spatial_channels": 8, "latent_dim": 128, "class_weight": 0.1}),
+    "no-hinge": ("perceptual", {"spatial_channels": 8, "latent_dim": 128, "class_weight": 0.1}),  # the shipped one
+    # the finer grid and what it may need: a 4 x 8 x 8 code, a wider residual autoencoder, the adaptive image
+    # weight with a wider critic, and the moving average of the autoencoder's weights
+    "grid8": ("no-hinge", {"spatial_channels": 4, "latent_dim": 256, "code_grid": 8}),
+    "grid8-wide": ("grid8", {"width": 64, "res_blocks": 1}),
+    "grid8-adaptive": ("grid8-wide", {"adaptive_image_weight": True, "image_weight": 0.1, "image_critic_width": 32}),
+    "grid8-ema": ("grid8-adaptive", {"ema": 0.999}),
 }
 FOLDER = Path("outputs/ablation")
 

@@ -48,6 +48,9 @@ def test_ablation_trains_a_recipe_for_its_minutes_measures_it_and_skips_it_after
     assert recipe_flags("hinge")["perceptual_weight"] == 1.0 and recipe_flags("baseline") == {}
     assert recipe_flags("critic-features") == {"perceptual_weight": 1.0, "perceptual_source": "critic"}
     assert recipe_flags("classes")["spatial_channels"] == 8 and "perceptual_source" not in recipe_flags("classes")
+    finest = recipe_flags("grid8-ema")
+    assert finest["code_grid"] == 8 and finest["latent_dim"] == 4 * 8 * 8 and finest["ema"] == 0.999
+    assert finest["class_weight"] == 0.1 and finest["res_blocks"] == 1 and "gan_loss" not in finest
     folder = tmp_path / "ablation"
     ablation_main(data=str(folder_data), minutes=0.02, recipes="baseline", cache_dir=str(tmp_path / "cache"),
                   folder=str(folder), preset="smoke")

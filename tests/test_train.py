@@ -445,3 +445,38 @@ def test_a_class_head_learns_the_labels_of_the_images_it_sees(folder_data, tmp_p
 def unbroken_path(folder_data, tmp_path):
     return train(make_config("smoke", steps=2, log_every=2, **smoke_flags(folder_data, tmp_path / "plain")),
                  progress=False)
+
+
+def test_the_weight_average_is_what_a_run_saves_and_it_resumes_exactly(folder_data, tmp_path, monkeypatch):
+    whole, killed = kill_and_resume(folder_data, tmp_path, monkeypatch, ema=0.9)
+    assert_resumed_exactly(whole, killed)
+    saved = weights(whole)
+    raw = load_train_state(state_file(whole))["raw_autoencoder"]
+    assert set(raw) and all(name.startswith(("encoder.", "decoder.")) for name in raw)
+    moved = [name for name in raw if not torch.allclose(saved[name].float(), raw[name].float())]
+    assert moved, "the saved autoencoder is the average, not the trained weights"
+    plain = train(make_config("smoke", steps=20, log_every=5, checkpoint_every=10, sample_every=100,
+                              **smoke_flags(folder_data, tmp_path / "plain")), progress=False)
+    critics = [n for n in saved if n.startswith("image_critic.")]
+    assert all(torch.equal(saved[n], weights(plain)[n]) for n in critics)  # the critics train alike, unaveraged
+    assert "raw_autoencoder" not in load_train_state(state_file(plain))
+
+
+def test_the_weight_average_moves_its_share_of_the_way():
+    from autoencoder.averaging import WeightAverage
+    from autoencoder.models import ModelConfig, Networks
+
+    torch.manual_seed(0)
+    nets = Networks(ModelConfig(latent_dim=8, width=4, critic_width=4, latent_critic_hidden=8))
+    average = WeightAverage(nets, decay=0.75)
+    start = {n: t.clone() for n, t in average.average.items()}
+    with torch.no_grad():
+        for p in nets.encoder.parameters():
+            p.add_(1.0)
+    average.update(nets)
+    name = next(n for n in average.names if n.startswith("encoder."))
+    assert torch.allclose(average.average[name], start[name] + 0.25)
+    with average.swapped_in(nets):
+        assert torch.allclose(nets.state_dict()[name], start[name] + 0.25)
+    assert torch.allclose(nets.state_dict()[name], start[name] + 1.0)  # the trained weights are back
+    assert not any(n.startswith(("image_critic.", "latent_critic.")) for n in average.names)
