@@ -17,6 +17,18 @@ images' sharpness beside), the linear class probe's and the wing direction's hel
 accuracy, ``horse+wings`` recognisability over a batch of 64 (the evaluator's combined
 score, batch mean and share above 0.5), and training images per second.
 
+With ``--prior true`` (the default) each row also gets the prior's columns: a small conv prior
+(``--prior_steps``, ``--prior_channels``, the same recipe for every row; an MLP on a flat code) is trained on the row's codes,
+then ``--per_class`` samples of each class guided at 2 are scored by the evaluator (mean P(that class),
+and the Frechet distance of all of them to the test split), and an unselected batch of 64 of
+``--pegasus`` (the regional conjunction the learned ``pegasus`` concept is taught from) gives the
+share with P(horse) >= 0.2 and P(bird)+P(airplane) >= 0.2, written as ``<recipe>-pegasus.png`` for
+a count by eye. The evaluator only measures. Rows measured before without these columns get them.
+
+``--raw`` names recipes trained with ``--ema`` whose raw (unaveraged) weights are measured as a row
+of their own, ``<recipe>-raw``: the same trajectory without the average (the checkpoint keeps the
+raw weights), which stands in for the recipe without ``--ema`` at the same step count.
+
 Example: ``python bench/ablation.py --data data --minutes 20 --recipes baseline,perceptual``
 """
 from __future__ import annotations
@@ -29,21 +41,27 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import fire
+from prior_compare import class_rows, regional_row  # bench/prior_compare.py, beside this script
 from record import bench_main, write_record  # bench/record.py, beside this script
 
 from autoencoder import metrics
 from autoencoder.atomic import write_json, write_text
-from autoencoder.checkpoint import has_checkpoint
+from autoencoder.checkpoint import has_checkpoint, load_train_state, save_weights, state_file
 from autoencoder.cifar10 import CACHE_FOLDER, CIFAR10_CLASSES, DATA_FOLDER
-from autoencoder.classifier import load_evaluator
+from autoencoder.classifier import load_evaluator, load_perceptual
 from autoencoder.config import make_config
 from autoencoder.data import load_cifar10, to_float, to_uint8
 from autoencoder.evaluate import reconstruct
-from autoencoder.run_folder import load_run
-from autoencoder.train import train
+from autoencoder.models import Networks
+from autoencoder.run_folder import MODEL_FILE, load_run, load_run_config, load_weights, model_file
+from autoencoder.train import config_for, train
 from latent_ops.compose import compose
 from latent_ops.compose_files import IMAGES_FILE
-from latent_ops.run_concepts import ensure_concepts
+from latent_ops.encode import load_bank
+from latent_ops.prior import make_prior_config, train_prior
+from latent_ops.run_concepts import ensure_concepts, load_concepts
+from latent_ops.sampling import Sources
+from latent_ops.trained_prior import load_prior
 
 # Each recipe adds its own flags to those of the recipe it builds on. ``critic-features`` is the
 # other answer to the perceptual term's question: the image critic's own features instead of a
@@ -113,18 +131,6 @@ def measure(run: Path, data: str, cache_dir: str, seed: int = 0) -> dict:
     return row
 
 
-def table(rows: dict[str, dict]) -> str:
-    head = ("| recipe | PSNR dB | recon. Frechet | sharpness (real) | probe acc. | wing acc. | horse+wings "
-            "combined (share > 0.5) | images/s | steps |\n|---|---|---|---|---|---|---|---|---|\n")
-    lines = []
-    for name, r in rows.items():
-        lines.append(f"| {name} | {r['psnr_db']:.2f} | {r['recon_frechet']:.1f} | {r['recon_sharpness']:.4f} "
-                     f"({r['real_sharpness']:.4f}) | {r['probe_accuracy']:.3f} | {r['wing_accuracy']:.3f} | "
-                     f"{r['recognisability_mean']:.3f} ({r['recognisability_share_over_half']:.0%}) | "
-                     f"{r['images_per_s']:.0f} | {r['steps']} |")
-    return head + "\n".join(lines) + "\n"
-
-
 @dataclass
 class AblationConfig:
     data: str = DATA_FOLDER  # CIFAR-10 folder
@@ -134,47 +140,139 @@ class AblationConfig:
     folder: str = str(FOLDER)  # where the recipes' runs and table go
     seed: int = 0  # the seed of every draw
     preset: str = "cpu"  # the training preset measured
+    raw: str = ""  # comma-separated recipes trained with --ema whose raw weights are also measured, as <recipe>-raw
+    prior: bool = True  # add the prior's columns (a small conv prior per row; module doc)
+    prior_steps: int = 1000  # steps of each row's prior (about 4 min alone on an 8 x 8 code)
+    prior_channels: int = 64  # channels of each row's conv prior
+    per_class: int = 100  # guided prior samples per class
+    pegasus: str = "2*horse&3*airplane@top"  # the regional conjunction drawn unselected for the Pegasus columns
 
 
-def run_ablation(data: str, minutes: float, recipes: str, cache_dir: str, folder: str, seed: int, preset: str) -> None:
-    """Train (or resume) each recipe for ``minutes`` of wall time, measure it, and print the table."""
-    names = [n.strip() for n in (recipes.split(",") if isinstance(recipes, str) else recipes) if n.strip()]
-    root = Path(folder)
-    rows = {}
-    for name in names:
-        flags = recipe_flags(name)
-        run = root / name
-        record_file = run / "ablation.json"
-        if record_file.exists():
-            rows[name] = json.loads(record_file.read_text())
-            print(f"{name}: measured before, {record_file}", flush=True)
-            continue
-        if not has_checkpoint(run):
-            speed = images_per_second(preset, flags, data, cache_dir, root / f".{name}-timing")
-            batch = make_config(preset).batch_size
-            steps = max(10, int(minutes * 60 * speed / batch))
-            print(f"{name}: {speed:.0f} images/s, so {steps} steps fill {minutes:g} minutes", flush=True)
-            shutil.rmtree(run, ignore_errors=True)
-            config = make_config(preset, steps=steps, seed=seed, data=data, cache_dir=cache_dir, out=str(run),
-                                 max_minutes=1.15 * minutes, sample_every=max(1, steps // 2), **flags)
-            config.schedule_steps = steps
-            train(config, progress=sys.stderr.isatty())
-        else:
-            print(f"{name}: resuming {run}", flush=True)
-            from autoencoder.train import config_for
+def raw_weights_run(run: Path, out: Path) -> Path:
+    """A run folder holding ``run``'s raw (unaveraged) autoencoder weights, from its checkpoint's training state,
+    with its critics and its metrics: the same trajectory without the moving average."""
+    state = load_train_state(state_file(run))
+    raw = state.get("raw_autoencoder")
+    if raw is None:
+        raise SystemExit(f"error: {run} was not trained with --ema, so it has no raw weights to measure apart")
+    config = json.loads((run / "config.json").read_text())
+    nets = Networks(load_run_config(run).model)
+    load_weights(nets, model_file(run))
+    nets.load_state_dict({**nets.state_dict(), **raw})
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    write_json({**config, "ema": 0.0, "out": str(out)}, out / "config.json")
+    shutil.copyfile(run / "metrics.jsonl", out / "metrics.jsonl")
+    save_weights(nets, out / MODEL_FILE, metadata={"step": str(state["step"]), "raw_of": str(run)})
+    return out
 
-            train(config_for(preset, True, dict(out=str(run), data=data, cache_dir=cache_dir)), resume=True,
-                  progress=sys.stderr.isatty())
-        row = measure(run, data, cache_dir, seed)
-        row.update(recipe=name, flags=flags, minutes=minutes,
+
+def prior_columns(run: Path, data: str, cache_dir: str, config: AblationConfig) -> dict:
+    """The prior's columns of a row: guided class samples and an unselected regional Pegasus batch (module doc)."""
+    folder = run / "prior"
+    shutil.rmtree(folder, ignore_errors=True)  # the same small recipe on every row, never another's prior
+    prior_config = make_prior_config(run=str(run), data=data, cache_dir=cache_dir, net="auto",
+                                     channels=config.prior_channels, steps=config.prior_steps, mirror=False,
+                                     seed=config.seed, log_every=max(1, config.prior_steps // 4),
+                                     checkpoint_every=config.prior_steps)
+    train_prior(prior_config, progress=False)
+    trained = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()][-1]
+    opened = load_run(run)
+    nets = opened.nets.float().cpu()
+    judge = load_evaluator()
+    reference = judge.features(to_float(load_cifar10(data, "test", opened.config.classes, cache_dir=cache_dir).images))
+    prior = load_prior(run)
+    classes = class_rows(prior, nets, judge, reference, config.per_class, 2.0, 24)
+    sources = Sources(load_concepts(run), load_bank(run), None, opened.config.code_shape, nets.decoder,
+                      load_perceptual())
+    grid = run.parent / f"{run.name}-pegasus.png"
+    pegasus = regional_row(config.pegasus, prior, nets, judge, sources, 64, 24, grid)
+    return {"prior_seconds": trained.get("seconds"), "prior_held_out_loss": trained["held_out_loss"],
+            "prior_p_class_mean": classes["p_class_mean"], "prior_p_class": classes["p_class"],
+            "prior_frechet": classes["frechet"], "pegasus_expression": config.pegasus,
+            "pegasus_share": pegasus["share_both_at_least_0.2"], "pegasus_p_horse": pegasus["p_horse"],
+            "pegasus_p_wings": pegasus["p_wings"], "pegasus_grid": str(grid)}
+
+
+def cell(row: dict, key: str, spec: str) -> str:
+    return format(row[key], spec) if row.get(key) is not None else "-"
+
+
+def table(rows: dict[str, dict]) -> str:
+    head = ("| recipe | PSNR dB | recon. Frechet | sharpness (real) | probe acc. | wing acc. | horse+wings "
+            "combined (share > 0.5) | prior P(class) | Pegasus share | images/s | steps |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|\n")
+    lines = []
+    for name, r in rows.items():
+        lines.append(f"| {name} | {r['psnr_db']:.2f} | {r['recon_frechet']:.1f} | {r['recon_sharpness']:.4f} "
+                     f"({r['real_sharpness']:.4f}) | {r['probe_accuracy']:.3f} | {r['wing_accuracy']:.3f} | "
+                     f"{r['recognisability_mean']:.3f} ({r['recognisability_share_over_half']:.0%}) | "
+                     f"{cell(r, 'prior_p_class_mean', '.3f')} | {cell(r, 'pegasus_share', '.0%')} | "
+                     f"{r['images_per_s']:.0f} | {r['steps']} |")
+    return head + "\n".join(lines) + "\n"
+
+
+def train_row(name: str, run: Path, config: AblationConfig) -> None:
+    """Train a recipe for ``config.minutes`` (timed first), or resume its unfinished run."""
+    flags, data, cache_dir = recipe_flags(name), config.data, config.cache_dir
+    if has_checkpoint(run):
+        print(f"{name}: resuming {run}", flush=True)
+        train(config_for(config.preset, True, {"out": str(run), "data": data, "cache_dir": cache_dir}),
+              resume=True, progress=sys.stderr.isatty())
+        return
+    speed = images_per_second(config.preset, flags, data, cache_dir, run.parent / f".{name}-timing")
+    steps = max(10, int(config.minutes * 60 * speed / make_config(config.preset).batch_size))
+    print(f"{name}: {speed:.0f} images/s, so {steps} steps fill {config.minutes:g} minutes", flush=True)
+    shutil.rmtree(run, ignore_errors=True)
+    train_config = make_config(config.preset, steps=steps, seed=config.seed, data=data, cache_dir=cache_dir,
+                               out=str(run), max_minutes=1.15 * config.minutes, sample_every=max(1, steps // 2),
+                               **flags)
+    train_config.schedule_steps = steps
+    train(train_config, progress=sys.stderr.isatty())
+
+
+def measured_row(name: str, run: Path, config: AblationConfig, flags: dict) -> dict:
+    """The row of a trained run: measured now, or read from its record; the prior's columns added when missing."""
+    record_file = run / "ablation.json"
+    if record_file.exists():
+        row = json.loads(record_file.read_text())
+        print(f"{name}: measured before, {record_file}", flush=True)
+    else:
+        row = measure(run, config.data, config.cache_dir, config.seed)
+        row.update(recipe=name, flags=flags, minutes=config.minutes,
                    steps=json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["step"])
         write_json(row, record_file)
-        rows[name] = row
-        print(table({name: row}), flush=True)
+    if config.prior and row.get("prior_p_class_mean") is None:
+        row.update(prior_columns(run, config.data, config.cache_dir, config))
+        write_json(row, record_file)
+    print(table({name: row}), flush=True)
+    return row
+
+
+def run_ablation(**fields) -> None:
+    """Train (or resume) each recipe for ``minutes`` of wall time, measure it, and print the table."""
+    config = AblationConfig(**fields)
+    names = [n.strip() for n in str(config.recipes).split(",") if n.strip()]
+    raw = {n.strip() for n in str(config.raw).split(",") if n.strip()}
+    unknown = sorted(raw - set(names))
+    if unknown:
+        raise SystemExit(f"error: --raw names {unknown[0]!r}, which is not among --recipes")
+    root = Path(config.folder)
+    rows = {}
+    for name in names:
+        run = root / name
+        if not (run / "ablation.json").exists():
+            train_row(name, run, config)
+        rows[name] = measured_row(name, run, config, recipe_flags(name))
+        if name in raw:
+            raw_run = root / f"{name}-raw"
+            if not (raw_run / "ablation.json").exists():
+                raw_weights_run(run, raw_run)
+            rows[raw_run.name] = measured_row(raw_run.name, raw_run, config, {**recipe_flags(name), "ema": 0.0})
     text = table(rows)
     write_text(text, root / "table.md")
     print(text)
-    write_record("ablation", {"minutes": minutes, "rows": rows}, root)
+    write_record("ablation", {"minutes": config.minutes, "rows": rows}, root)
 
 
 def main(**flags) -> None:

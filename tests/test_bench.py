@@ -53,15 +53,47 @@ def test_ablation_trains_a_recipe_for_its_minutes_measures_it_and_skips_it_after
     assert finest["class_weight"] == 0.1 and finest["res_blocks"] == 1 and "gan_loss" not in finest
     folder = tmp_path / "ablation"
     ablation_main(data=str(folder_data), minutes=0.02, recipes="baseline", cache_dir=str(tmp_path / "cache"),
-                  folder=str(folder), preset="smoke")
+                  folder=str(folder), preset="smoke", prior=False)
     row = json.loads((folder / "baseline" / "ablation.json").read_text())
     for key in ("psnr_db", "recon_frechet", "recon_sharpness", "probe_accuracy", "wing_accuracy",
                 "recognisability_mean", "images_per_s", "steps"):
         assert row[key] is not None, key
     assert "| baseline |" in (folder / "table.md").read_text()
     ablation_main(data=str(folder_data), minutes=0.02, recipes="baseline", cache_dir=str(tmp_path / "cache"),
-                  folder=str(folder), preset="smoke")
+                  folder=str(folder), preset="smoke", prior=False)
     assert "measured before" in capsys.readouterr().out
+
+
+def test_ablation_measures_an_averaged_run_and_its_raw_weights_each_with_the_prior_columns(folder_data, tmp_path):
+    import json
+
+    from ablation import main as ablation_main
+    from safetensors.torch import load_file
+
+    folder = tmp_path / "ablation"
+    ablation_main(data=str(folder_data), minutes=0.02, recipes="grid8-ema", raw="grid8-ema", preset="smoke",
+                  cache_dir=str(tmp_path / "cache"), folder=str(folder), prior_steps=4, prior_channels=8, per_class=2,
+                  pegasus="2*horse&3*bird@top")  # the tiny data has no airplanes
+    averaged, raw = (json.loads((folder / name / "ablation.json").read_text()) for name in ("grid8-ema", "grid8-ema-raw"))
+    assert raw["flags"]["ema"] == 0.0 and raw["steps"] == averaged["steps"]
+    for row in (averaged, raw):
+        assert 0 <= row["prior_p_class_mean"] <= 1 and 0 <= row["pegasus_share"] <= 1
+        assert set(row["prior_p_class"]) >= {"horse", "bird"} and Path(row["pegasus_grid"]).is_file()
+    mean_weights = load_file(str(folder / "grid8-ema" / "model.safetensors"))
+    raw_weights = load_file(str(folder / "grid8-ema-raw" / "model.safetensors"))
+    first = next(n for n in mean_weights if n.startswith("decoder.") and n.endswith("weight"))
+    assert not mean_weights[first].equal(raw_weights[first])  # the average is not the raw trajectory
+    critic = next(n for n in mean_weights if n.startswith("image_critic."))
+    assert mean_weights[critic].equal(raw_weights[critic])  # the critics are not averaged
+    table = (folder / "table.md").read_text()
+    assert "| grid8-ema-raw |" in table and "Pegasus share" in table
+
+
+def test_ablation_refuses_raw_weights_of_a_recipe_it_does_not_run(folder_data, tmp_path):
+    from ablation import main as ablation_main
+
+    with pytest.raises(SystemExit, match="grid8-wide"):
+        ablation_main(data=str(folder_data), recipes="grid8-ema", raw="grid8-wide", folder=str(tmp_path / "a"))
 
 
 def test_release_targets_say_which_are_met_and_by_how_much_the_others_miss():
