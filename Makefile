@@ -53,9 +53,8 @@ model: data
 	if [ -f $(RELEASE_RUN)/checkpoint.json ]; then \
 		$(PY) -m autoencoder.train --out $(RELEASE_RUN) --resume; \
 	else $(PY) -m autoencoder.train --preset release --data $(DATA) --out $(RELEASE_RUN); fi
-	$(PY) bench/release_targets.py --run $(RELEASE_RUN) --data $(DATA)
-	$(PY) -m latent_ops.ship --run $(RELEASE_RUN) --data $(DATA) --out $(MODEL) \
-		--targets outputs/bench/release_targets.json --card_notes docs/model-card-notes.md
+	$(PY) -m latent_ops.ship --run $(RELEASE_RUN) --data $(DATA) --out $(MODEL) --card_notes docs/model-card-notes.md
+	$(PY) bench/release_targets.py --run $(MODEL) --data $(DATA)
 	$(PY) -m latent_ops.learn pegasus --run $(MODEL) $(LEARN_PEGASUS)
 	$(PY) -m latent_ops.compose pegasus --run $(MODEL) --data $(DATA) $(PEGASUS_RECIPE) --save_recipe true \
 		--out outputs/compose/pegasus-recipe

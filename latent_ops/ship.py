@@ -59,6 +59,7 @@ class ShipConfig:
     cache_dir: str = CACHE_FOLDER  # decoded data cache
     out: str = str(SHIPPED_MODEL)  # the model folder to write (replaced whole at the end)
     prior_steps: int = 5000  # steps of the latent prior (latent_ops.prior)
+    prior_channels: int = 128  # channels of the conv prior on a spatial code (its cost grows with the grid's cells)
     prior_threads: int = 0  # CPU threads for the prior; 0 keeps torch's default
     targets: str = ""  # a bench/release_targets.py record (JSON) whose numbers go into the card; empty: none
     card_notes: str = ""  # a Markdown file appended to the card (hand-written sections); empty: none
@@ -124,6 +125,15 @@ def report_lines(report: dict) -> list[str]:
     return lines
 
 
+def target_line(name: str, verdict: dict) -> str:
+    """One row of the card's targets table (a target without a measurement says so)."""
+    goal = f"{'<=' if name == 'reconstruction Frechet' else '>='} {verdict['target']:g}"
+    if verdict["value"] is None:
+        return f"| {name} | - | {goal} | not measured |"
+    met = "yes" if verdict["met"] else f"no, by {verdict['missed_by']:.3g}"
+    return f"| {name} | {verdict['value']:.4g} | {goal} | {met} |"
+
+
 def model_card(folder: Path, config: ShipConfig, record: dict, targets: dict | None, notes: str,
                report: dict | None = None) -> str:
     """MODEL_CARD.md: how the model was made, what it measured, and (from ``notes``) what it cannot do."""
@@ -145,7 +155,8 @@ def model_card(folder: Path, config: ShipConfig, record: dict, targets: dict | N
         f"--out {config.run}` ({last.get('step', '?')} steps, "
         f"{last.get('elapsed_s', 0) / 3600:.2f} h of training time as logged by the run).",
         f"- Shipping: `python -m latent_ops.ship --run {config.run} --data data` (`make model`): fp16 weights, "
-        f"the bank, concepts and a {config.prior_steps}-step prior ({record['prior_seconds'] / 60:.1f} min), "
+        f"the bank, concepts and a {config.prior_steps}-step prior of {config.prior_channels} channels "
+        f"({record['prior_seconds'] / 60:.1f} min), "
         f"{record['seconds'] / 60:.1f} min in all on {record['machine']}.",
         f"- Data: CIFAR-10, SHA-256 of the uint8 images and labels, train `{record['data']['train'][:16]}...`, "
         f"test `{record['data']['test'][:16]}...` (full digests in `{DATA_FILE}`).",
@@ -165,9 +176,7 @@ def model_card(folder: Path, config: ShipConfig, record: dict, targets: dict | N
                   f"{targets.get('run', config.run)} --data data`, whole test split):", "",
                   "| target | measured | goal | met |", "|---|---|---|---|"]
         for name, v in targets["targets"].items():
-            higher = name not in ("reconstruction Frechet",)
-            lines.append(f"| {name} | {v['value']:.4g} | {'>=' if higher else '<='} {v['target']:g} | "
-                         f"{'yes' if v['met'] else 'no, by %.3g' % v['missed_by']} |")
+            lines.append(target_line(name, v))
     if report:
         lines += report_lines(report)
     lines += ["", "## Files", "",
@@ -236,7 +245,8 @@ def ship(config: ShipConfig, progress: bool = True) -> Path:
     slimmed = not (staging / PRIOR_FOLDER / "checkpoint.json").exists()  # a finished, slimmed prior of a ship killed later
     if not (slimmed and lines and lines[-1]["step"] == config.prior_steps):
         train_prior(make_prior_config(run=str(staging), data=config.data, cache_dir=config.cache_dir,
-                                      steps=config.prior_steps, threads=config.prior_threads), progress=progress)
+                                      steps=config.prior_steps, channels=config.prior_channels,
+                                      threads=config.prior_threads), progress=progress)
     # the seconds its log counts since the prior (last) started training
     prior_seconds = metric_lines(staging / PRIOR_FOLDER / METRICS_FILE)[-1]["seconds"]
     checksums = data_checksums(config.data, config.cache_dir)
@@ -281,7 +291,8 @@ def rewrite_card(config: ShipConfig) -> Path:
     notes = Path(config.card_notes).read_text() if config.card_notes else ""
     report = read_json(config.report, "report record") if config.report else None
     shipped = ShipConfig(**{**asdict(config), "run": record["source_run"],
-                            "prior_steps": record["config"]["prior_steps"]})
+                            "prior_steps": record["config"]["prior_steps"],
+                            "prior_channels": record["config"].get("prior_channels", 128)})
     return write_text(model_card(out, shipped, record, targets, notes, report), out / CARD_FILE)
 
 
@@ -289,6 +300,8 @@ def make_ship_config(**flags) -> ShipConfig:
     config = dataclass_from_flags(ShipConfig, {}, flags)
     if config.prior_steps < 1:
         raise ConfigError(f"--prior_steps must be at least 1, got {config.prior_steps}")
+    if config.prior_channels < 8:
+        raise ConfigError(f"--prior_channels must be at least 8, got {config.prior_channels}")
     return config
 
 

@@ -99,12 +99,15 @@ def test_ablation_refuses_raw_weights_of_a_recipe_it_does_not_run(folder_data, t
 def test_release_targets_say_which_are_met_and_by_how_much_the_others_miss():
     from release_targets import verdicts
 
-    row = {"recon_sharpness": 0.03, "real_sharpness": 0.036, "recon_frechet": 25.0, "probe_accuracy": 0.7,
-           "wing_accuracy": 0.8, "psnr_db": 22.5}
+    row = {"recon_sharpness": 0.03, "real_sharpness": 0.036, "recon_frechet": 13.0, "probe_accuracy": 0.7,
+           "wing_accuracy": 0.8, "psnr_db": 24.5}
     result = verdicts(row)
     assert result["sharpness / real"]["met"] and result["probe accuracy"]["met"] and result["PSNR dB"]["met"]
     assert not result["reconstruction Frechet"]["met"] and result["reconstruction Frechet"]["missed_by"] == 5.0
     assert not result["wing accuracy"]["met"] and abs(result["wing accuracy"]["missed_by"] - 0.05) < 1e-12
+    assert result["guided prior P(class)"] == {"value": None, "target": 0.7, "met": False, "missed_by": None}
+    guided = verdicts({**row, "psnr_db": 23.9, "prior_p_class_mean": 0.65})
+    assert not guided["PSNR dB"]["met"] and abs(guided["guided prior P(class)"]["missed_by"] - 0.05) < 1e-12
 
 
 def test_manifold_targets_read_a_pooled_report_and_give_each_verdict():

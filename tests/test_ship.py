@@ -120,3 +120,12 @@ def test_a_killed_ship_resumes_and_refuses_a_run_without_weights(shipped, tmp_pa
 
     with pytest.raises(RunError, match="no trained weights to ship"):
         ship(make_ship_config(**dict(flags, run=str(tmp_path / "nothing"))), progress=False)
+
+
+def test_a_card_target_row_says_when_it_was_not_measured_and_by_how_much_it_was_missed():
+    from latent_ops.ship import target_line
+
+    assert target_line("guided prior P(class)", {"value": None, "target": 0.7, "met": False, "missed_by": None}) \
+        == "| guided prior P(class) | - | >= 0.7 | not measured |"
+    assert target_line("reconstruction Frechet", {"value": 9.5, "target": 8.0, "met": False, "missed_by": 1.5}) \
+        == "| reconstruction Frechet | 9.5 | <= 8 | no, by 1.5 |"

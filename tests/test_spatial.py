@@ -109,8 +109,9 @@ def test_a_spatial_run_goes_through_every_latent_ops_command(grid, folder_data, 
                                       sharpness_quantile=0.2, min_accepted=4, steps=10, batch_size=16), quiet=True)
     assert json.loads((learned / "record.json").read_text())["accepted"] >= 4
     shipped = ship(make_ship_config(run=str(run), data=str(folder_data), cache_dir=cache, prior_steps=10,
-                                    out=str(tmp_path / "models" / f"grid{grid}")), progress=False)
+                                    prior_channels=16, out=str(tmp_path / "models" / f"grid{grid}")), progress=False)
     assert json.loads((shipped / "ship.json").read_text())["code_shape"] == [2, grid, grid]
+    assert json.loads((shipped / "prior" / "config.json").read_text())["channels"] == 16
     composed = compose("horse+wings@top", run=str(shipped), data="no-data", n=4, refine_steps=1,
                        out=str(tmp_path / "shipped-compose"), quiet=True)
     assert json.loads((composed / "scores.json").read_text())["regions"] == ["top"]
