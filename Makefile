@@ -42,18 +42,24 @@ pegasus: $(STAMP)
 		--data $(if $(NO_DATA),no-data,$(DATA))
 
 # Re-create the shipped model: train the release recipe (resumed when outputs/runs/release holds a checkpoint;
-# 44 min on 2 CPU cores with AVX-512 bf16), measure it against its targets, ship it (bank, concepts, conv prior:
-# about 15 min), learn the pegasus concept from regional compositions (10 min), store its compose recipe, report on it (7 min) and write
-# its card with the report's numbers: about 1.5 h in all.
+# 44 min on 2 CPU cores with AVX-512 bf16), ship it (bank, concepts, conv prior: about 15 min), measure the shipped
+# folder against its targets (with its prior's guided class samples), learn the pegasus concept from regional
+# compositions (10 min), store its compose recipe, report on it (7 min) and write its card with the report's
+# numbers: about 1.5 h in all. Training and shipping resume where a killed call stopped; the later steps run again.
 LEARN_PEGASUS := --expression "2*horse&3*airplane@top" --pool 8192 --accept "horse>=0.3,wings>=0.3" \
 	--critic_quantile 0.3 --sharpness_quantile 0.3 --steps 1000
 PEGASUS_RECIPE := --pool 1024 --guidance 2.5 --prior_steps 24  # stored as the model's compose.json
-RELEASE_RUN := outputs/runs/release
+# The next release: make model RELEASE_PRESET=release-grid8 SHIP_FLAGS="--prior_channels 128 --prior_steps 5000"
+# (training about 2.3 h, the conv prior on its 8 x 8 code about an hour; docs/training.md).
+RELEASE_PRESET ?= release
+RELEASE_RUN ?= outputs/runs/$(RELEASE_PRESET)
+SHIP_FLAGS ?=
 model: data
 	if [ -f $(RELEASE_RUN)/checkpoint.json ]; then \
 		$(PY) -m autoencoder.train --out $(RELEASE_RUN) --resume; \
-	else $(PY) -m autoencoder.train --preset release --data $(DATA) --out $(RELEASE_RUN); fi
-	$(PY) -m latent_ops.ship --run $(RELEASE_RUN) --data $(DATA) --out $(MODEL) --card_notes docs/model-card-notes.md
+	else $(PY) -m autoencoder.train --preset $(RELEASE_PRESET) --data $(DATA) --out $(RELEASE_RUN); fi
+	$(PY) -m latent_ops.ship --run $(RELEASE_RUN) --data $(DATA) --out $(MODEL) --card_notes docs/model-card-notes.md \
+		$(SHIP_FLAGS)
 	$(PY) bench/release_targets.py --run $(MODEL) --data $(DATA)
 	$(PY) -m latent_ops.learn pegasus --run $(MODEL) $(LEARN_PEGASUS)
 	$(PY) -m latent_ops.compose pegasus --run $(MODEL) --data $(DATA) $(PEGASUS_RECIPE) --save_recipe true \

@@ -282,9 +282,9 @@ class Loop:
                 interval.add(train_step(self.step_nets, self.sampler.batch(step), config,
                                         step_generator(config.seed, step, self.device), self.opt_ae, self.opt_critic,
                                         self.device, self.dtype, shard, self.perceptual, labels))
-                if self.average is not None:
-                    self.average.update(self.nets)
                 step += 1
+                if self.average is not None:
+                    self.average.update(self.nets, step)
                 bar.update(1)
                 stop = out_of_time(began, step, config, shard, self.device)
                 self.after_step(step, interval, step == config.steps or stop, metrics_file, bar, began)

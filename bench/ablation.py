@@ -29,6 +29,11 @@ a count by eye. The evaluator only measures. Rows measured before without these 
 of their own, ``<recipe>-raw``: the same trajectory without the average (the checkpoint keeps the
 raw weights), which stands in for the recipe without ``--ema`` at the same step count.
 
+``--correct`` names recipes with ``--ema`` trained before the average was bias-corrected (plain
+``1 - d`` steps from the random initial weights W0): their average A after t steps is corrected
+exactly, (A - d^t W0) / (1 - d^t), W0 rebuilt from the run's seed, and measured as
+``<recipe>-corrected``; this is the average a run makes now.
+
 Example: ``python bench/ablation.py --data data --minutes 20 --recipes baseline,perceptual``
 """
 from __future__ import annotations
@@ -41,18 +46,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import fire
+import torch
 from prior_compare import class_rows, regional_row  # bench/prior_compare.py, beside this script
 from record import bench_main, write_record  # bench/record.py, beside this script
 
 from autoencoder import metrics
 from autoencoder.atomic import write_json, write_text
+from autoencoder.averaging import AVERAGED
 from autoencoder.checkpoint import has_checkpoint, load_train_state, save_weights, state_file
 from autoencoder.cifar10 import CACHE_FOLDER, CIFAR10_CLASSES, DATA_FOLDER
 from autoencoder.classifier import load_evaluator, load_perceptual
-from autoencoder.config import make_config
+from autoencoder.config import load_train_config, make_config
 from autoencoder.data import load_cifar10, to_float, to_uint8
 from autoencoder.evaluate import reconstruct
-from autoencoder.models import Networks
+from autoencoder.models import Networks, build_networks
 from autoencoder.run_folder import MODEL_FILE, load_run, load_run_config, load_weights, model_file
 from autoencoder.train import config_for, train
 from latent_ops.compose import compose
@@ -141,6 +148,7 @@ class AblationConfig:
     seed: int = 0  # the seed of every draw
     preset: str = "cpu"  # the training preset measured
     raw: str = ""  # comma-separated recipes trained with --ema whose raw weights are also measured, as <recipe>-raw
+    correct: str = ""  # comma-separated --ema recipes trained before the bias correction, measured as <recipe>-corrected
     prior: bool = True  # add the prior's columns (a small conv prior per row; module doc)
     prior_steps: int = 1000  # steps of each row's prior (about 4 min alone on an 8 x 8 code)
     prior_channels: int = 64  # channels of each row's conv prior
@@ -164,6 +172,29 @@ def raw_weights_run(run: Path, out: Path) -> Path:
     write_json({**config, "ema": 0.0, "out": str(out)}, out / "config.json")
     shutil.copyfile(run / "metrics.jsonl", out / "metrics.jsonl")
     save_weights(nets, out / MODEL_FILE, metadata={"step": str(state["step"]), "raw_of": str(run)})
+    return out
+
+
+def corrected_average_run(run: Path, out: Path) -> Path:
+    """A run folder holding ``run``'s average without its share of the initial weights (module doc)."""
+    state = load_train_state(state_file(run))
+    if state.get("raw_autoencoder") is None:
+        raise SystemExit(f"error: {run} was not trained with --ema, so it has no average to correct")
+    config = load_train_config(run / "config.json")
+    steps, decay = int(state["step"]), config.ema
+    torch.manual_seed(config.seed)  # as training builds its networks
+    initial = build_networks(config).state_dict()
+    nets = Networks(load_run_config(run).model)
+    load_weights(nets, model_file(run))
+    left = decay ** steps  # the initial weights' share of the uncorrected average
+    corrected = {name: (t - left * initial[name]) / (1 - left) for name, t in nets.state_dict().items()
+                 if name.startswith(AVERAGED) and t.is_floating_point()}
+    nets.load_state_dict({**nets.state_dict(), **corrected})
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    write_json({**json.loads((run / "config.json").read_text()), "out": str(out)}, out / "config.json")
+    shutil.copyfile(run / "metrics.jsonl", out / "metrics.jsonl")
+    save_weights(nets, out / MODEL_FILE, metadata={"step": str(steps), "corrected_average_of": str(run)})
     return out
 
 
@@ -254,9 +285,11 @@ def run_ablation(**fields) -> None:
     config = AblationConfig(**fields)
     names = [n.strip() for n in str(config.recipes).split(",") if n.strip()]
     raw = {n.strip() for n in str(config.raw).split(",") if n.strip()}
-    unknown = sorted(raw - set(names))
-    if unknown:
-        raise SystemExit(f"error: --raw names {unknown[0]!r}, which is not among --recipes")
+    correct = {n.strip() for n in str(config.correct).split(",") if n.strip()}
+    for flag, named in (("raw", raw), ("correct", correct)):
+        unknown = sorted(named - set(names))
+        if unknown:
+            raise SystemExit(f"error: --{flag} names {unknown[0]!r}, which is not among --recipes")
     root = Path(config.folder)
     rows = {}
     for name in names:
@@ -264,11 +297,14 @@ def run_ablation(**fields) -> None:
         if not (run / "ablation.json").exists():
             train_row(name, run, config)
         rows[name] = measured_row(name, run, config, recipe_flags(name))
-        if name in raw:
-            raw_run = root / f"{name}-raw"
-            if not (raw_run / "ablation.json").exists():
-                raw_weights_run(run, raw_run)
-            rows[raw_run.name] = measured_row(raw_run.name, raw_run, config, {**recipe_flags(name), "ema": 0.0})
+        for suffix, make, flags in (("raw", raw_weights_run, {**recipe_flags(name), "ema": 0.0}),
+                                    ("corrected", corrected_average_run, recipe_flags(name))):
+            if name not in (raw if suffix == "raw" else correct):
+                continue
+            derived = root / f"{name}-{suffix}"
+            if not (derived / "ablation.json").exists():
+                make(run, derived)
+            rows[derived.name] = measured_row(derived.name, derived, config, flags)
     text = table(rows)
     write_text(text, root / "table.md")
     print(text)

@@ -1,6 +1,7 @@
 """Benchmark helpers: the FLOP count of a training step and the GPU peak table."""
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -133,3 +134,31 @@ def test_manifold_targets_read_a_pooled_report_and_give_each_verdict():
     assert result["kept sharpness / real horses"]["met"] and result["kept diversity / 64 real horses"]["met"]
     assert result["kept NN feature distance - real test median"]["met"]
     assert result["latent prior Frechet / N(0, I) Frechet"]["met"]  # 0.4 <= 0.5
+
+
+def test_an_average_made_without_the_bias_correction_is_corrected_exactly(folder_data, tmp_path):
+    import torch
+    from ablation import corrected_average_run
+    from safetensors.torch import load_file, save_file
+
+    from autoencoder.config import make_config
+    from autoencoder.models import build_networks
+    from autoencoder.train import train
+
+    run = train(make_config("smoke", steps=12, ema=0.9, checkpoint_every=12, log_every=12, sample_every=100,
+                            data=str(folder_data), cache_dir=str(tmp_path / "cache"), out=str(tmp_path / "run")),
+                progress=False)
+    made_now = load_file(str(run / "model.safetensors"))  # the bias-corrected average of steps 1..12
+    torch.manual_seed(0)
+    initial = build_networks(make_config("smoke")).state_dict()
+    left = 0.9 ** 12
+    old = {n: (left * initial[n] + (1 - left) * t) if n.startswith(("encoder.", "decoder.")) else t
+           for n, t in made_now.items()}  # what plain (1 - d) steps from the initial weights would have saved
+    old_run = tmp_path / "old"
+    shutil.copytree(run, old_run)
+    for file in (old_run / "model.safetensors", *old_run.glob("checkpoints/*/model.safetensors")):
+        save_file(old, str(file))
+    fixed = load_file(str(corrected_average_run(old_run, tmp_path / "corrected") / "model.safetensors"))
+    name = next(n for n in made_now if n.startswith("decoder.") and n.endswith("weight"))
+    assert not torch.allclose(old[name], made_now[name], atol=1e-4)
+    assert all(torch.allclose(fixed[n], made_now[n], atol=1e-5) for n in made_now)

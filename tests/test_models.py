@@ -8,7 +8,7 @@ from autoencoder.config import make_config
 from autoencoder.models import ModelConfig, ResBlock, build_networks
 
 
-@pytest.mark.parametrize("preset", ["smoke", "cpu", "release", "gpu"])
+@pytest.mark.parametrize("preset", ["smoke", "cpu", "release", "release-grid8", "gpu"])
 def test_shapes(preset):
     config = make_config(preset)
     nets = build_networks(config)

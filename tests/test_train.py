@@ -109,14 +109,16 @@ def test_same_seed_same_weights_and_resume_is_exact(folder_data, tmp_path, monke
 
 # The parts of the release recipe that are not sizes or schedule: they are what resume must carry.
 RELEASE_PARTS = ("perceptual_weight", "gan_loss", "adaptive_image_weight", "image_weight", "image_critic_width",
-                 "class_weight", "spatial_channels")
+                 "class_weight", "spatial_channels", "code_grid", "ema", "res_blocks")
 
 
-def test_the_release_recipe_resumes_exactly(folder_data, tmp_path, monkeypatch):
-    parts = {k: v for k, v in PRESETS["release"].items() if k in RELEASE_PARTS}
-    assert parts, "the release preset changes none of the recipe's parts"
-    if parts.get("spatial_channels"):
-        parts["spatial_channels"] = 1  # the smoke preset's 16-number code as 1 x 4 x 4
+@pytest.mark.parametrize("preset", ["release", "release-grid8"])
+def test_the_release_recipe_resumes_exactly(preset, folder_data, tmp_path, monkeypatch):
+    parts = {k: v for k, v in PRESETS[preset].items() if k in RELEASE_PARTS}
+    assert parts, f"the {preset} preset changes none of the recipe's parts"
+    if parts.get("spatial_channels"):  # the smallest code of the recipe's grid: 1 x G x G
+        parts["spatial_channels"] = 1
+        parts["latent_dim"] = parts.get("code_grid", 4) ** 2
     whole, killed = kill_and_resume(folder_data, tmp_path, monkeypatch, **parts)
     config = load_train_config(killed / "config.json")
     for name, value in parts.items():
@@ -470,13 +472,23 @@ def test_the_weight_average_moves_its_share_of_the_way():
     nets = Networks(ModelConfig(latent_dim=8, width=4, critic_width=4, latent_critic_hidden=8))
     average = WeightAverage(nets, decay=0.75)
     start = {n: t.clone() for n, t in average.average.items()}
+    name = next(n for n in average.names if n.startswith("encoder."))
     with torch.no_grad():
         for p in nets.encoder.parameters():
             p.add_(1.0)
-    average.update(nets)
-    name = next(n for n in average.names if n.startswith("encoder."))
-    assert torch.allclose(average.average[name], start[name] + 0.25)
+    average.update(nets, 1)  # the first step takes the trained weights whole: nothing of the initial ones
+    assert torch.allclose(average.average[name], start[name] + 1.0)
+    with torch.no_grad():
+        for p in nets.encoder.parameters():
+            p.add_(1.0)
+    average.update(nets, 2)  # (0.75 * 0.25 * w1 + 0.25 * w2) / (1 - 0.75^2)
+    assert torch.allclose(average.average[name], start[name] + 1.0 + 0.25 / (1 - 0.75 ** 2))
     with average.swapped_in(nets):
-        assert torch.allclose(nets.state_dict()[name], start[name] + 0.25)
-    assert torch.allclose(nets.state_dict()[name], start[name] + 1.0)  # the trained weights are back
+        assert torch.allclose(nets.state_dict()[name], average.average[name])
+    assert torch.allclose(nets.state_dict()[name], start[name] + 2.0)  # the trained weights are back
+    for _ in range(3, 200):
+        average.update(nets, _)
+    assert abs(average.share(10_000) - 0.25) < 1e-12 and torch.allclose(average.average[name], start[name] + 2.0)
+    with pytest.raises(ValueError, match="from 1"):
+        average.update(nets, 0)
     assert not any(n.startswith(("image_critic.", "latent_critic.")) for n in average.names)
