@@ -50,7 +50,7 @@ LEARN_PEGASUS := --expression "2*horse&3*airplane@top" --pool 8192 --accept "hor
 	--critic_quantile 0.3 --sharpness_quantile 0.3 --steps 1000
 PEGASUS_RECIPE := --pool 1024 --guidance 2.5 --prior_steps 24  # stored as the model's compose.json
 # The next release: make model RELEASE_PRESET=release-grid8 SHIP_FLAGS="--prior_channels 128 --prior_steps 5000"
-# (training about 2.3 h, the conv prior on its 8 x 8 code about an hour; docs/training.md).
+# (9,500 steps, about 2.3 h of training; the conv prior on its 8 x 8 code about an hour; docs/training.md).
 RELEASE_PRESET ?= release
 RELEASE_RUN ?= outputs/runs/$(RELEASE_PRESET)
 SHIP_FLAGS ?=

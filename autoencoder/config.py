@@ -88,10 +88,10 @@ PRESETS: dict[str, dict[str, typing.Any]] = {
     "release": dict(perceptual_weight=1.0, spatial_channels=8, latent_dim=128, class_weight=0.1, steps=12000,
                     log_every=250, sample_every=1000, checkpoint_every=250),
     # the next release, the winner of the 30-minute ablation (docs/training.md): the release recipe on a 4 x 8 x 8
-    # code with a wider residual autoencoder and a moving average of its weights; 10,000 steps take about 2.3 h
-    # alone on 2 CPU cores with AVX-512 bf16 (about 76 images/s); a killed run resumes exactly (--resume)
+    # code with a wider residual autoencoder and a moving average of its weights; 9,500 steps take about 2.3 h
+    # alone on 2 CPU cores with AVX-512 bf16 (about 72 images/s); a killed run resumes exactly (--resume)
     "release-grid8": dict(perceptual_weight=1.0, spatial_channels=4, latent_dim=256, code_grid=8, class_weight=0.1,
-                          width=64, res_blocks=1, ema=0.999, steps=10000,
+                          width=64, res_blocks=1, ema=0.999, steps=9500,
                           log_every=250, sample_every=1000, checkpoint_every=250),
     # full size for one GPU
     "gpu": dict(width=64, res_blocks=2, critic_width=64, batch_size=256, steps=100000, perceptual_weight=1.0,
