@@ -47,7 +47,7 @@ from pathlib import Path
 
 import fire
 import torch
-from prior_compare import class_rows, regional_row  # bench/prior_compare.py, beside this script
+from prior_compare import guided_class_samples, regional_row  # bench/prior_compare.py, beside this script
 from record import bench_main, write_record  # bench/record.py, beside this script
 
 from autoencoder import metrics
@@ -60,7 +60,7 @@ from autoencoder.config import load_train_config, make_config
 from autoencoder.data import load_cifar10, to_float, to_uint8
 from autoencoder.evaluate import reconstruct
 from autoencoder.models import Networks, build_networks
-from autoencoder.run_folder import MODEL_FILE, load_run, load_run_config, load_weights, model_file
+from autoencoder.run_folder import MODEL_FILE, load_run, load_run_config, load_weights, model_file, weights_metadata
 from autoencoder.train import config_for, train
 from latent_ops.compose import compose
 from latent_ops.compose_files import IMAGES_FILE
@@ -156,6 +156,19 @@ class AblationConfig:
     pegasus: str = "2*horse&3*airplane@top"  # the regional conjunction drawn unselected for the Pegasus columns
 
 
+DERIVED_MARKS = ("raw_of", "corrected_average_of")  # weights metadata of the rows made from another run
+
+
+def clear_derived(out: Path) -> None:
+    """Remove a derived row's folder left by an earlier (killed) call; refuse any other folder at that place."""
+    if not out.exists():
+        return
+    if not any(mark in weights_metadata(out / MODEL_FILE) for mark in DERIVED_MARKS if (out / MODEL_FILE).exists()):
+        raise SystemExit(f"error: {out} exists and was not made by the ablation from another run; "
+                         f"move it away or pass another --folder")
+    shutil.rmtree(out)
+
+
 def raw_weights_run(run: Path, out: Path) -> Path:
     """A run folder holding ``run``'s raw (unaveraged) autoencoder weights, from its checkpoint's training state,
     with its critics and its metrics: the same trajectory without the moving average."""
@@ -167,7 +180,7 @@ def raw_weights_run(run: Path, out: Path) -> Path:
     nets = Networks(load_run_config(run).model)
     load_weights(nets, model_file(run))
     nets.load_state_dict({**nets.state_dict(), **raw})
-    shutil.rmtree(out, ignore_errors=True)
+    clear_derived(out)
     out.mkdir(parents=True)
     write_json({**config, "ema": 0.0, "out": str(out)}, out / "config.json")
     shutil.copyfile(run / "metrics.jsonl", out / "metrics.jsonl")
@@ -190,7 +203,7 @@ def corrected_average_run(run: Path, out: Path) -> Path:
     corrected = {name: (t - left * initial[name]) / (1 - left) for name, t in nets.state_dict().items()
                  if name.startswith(AVERAGED) and t.is_floating_point()}
     nets.load_state_dict({**nets.state_dict(), **corrected})
-    shutil.rmtree(out, ignore_errors=True)
+    clear_derived(out)
     out.mkdir(parents=True)
     write_json({**json.loads((run / "config.json").read_text()), "out": str(out)}, out / "config.json")
     shutil.copyfile(run / "metrics.jsonl", out / "metrics.jsonl")
@@ -208,16 +221,12 @@ def prior_columns(run: Path, data: str, cache_dir: str, config: AblationConfig) 
                                      checkpoint_every=config.prior_steps)
     train_prior(prior_config, progress=False)
     trained = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()][-1]
-    opened = load_run(run)
-    nets = opened.nets.float().cpu()
-    judge = load_evaluator()
-    reference = judge.features(to_float(load_cifar10(data, "test", opened.config.classes, cache_dir=cache_dir).images))
-    prior = load_prior(run)
-    classes = class_rows(prior, nets, judge, reference, config.per_class, 2.0, 24)
+    classes, opened, judge = guided_class_samples(run, data, cache_dir, config.per_class)
+    nets = opened.nets
     sources = Sources(load_concepts(run), load_bank(run), None, opened.config.code_shape, nets.decoder,
                       load_perceptual())
     grid = run.parent / f"{run.name}-pegasus.png"
-    pegasus = regional_row(config.pegasus, prior, nets, judge, sources, 64, 24, grid)
+    pegasus = regional_row(config.pegasus, load_prior(run), nets, judge, sources, 64, 24, grid)
     return {"prior_seconds": trained.get("seconds"), "prior_held_out_loss": trained["held_out_loss"],
             "prior_p_class_mean": classes["p_class_mean"], "prior_p_class": classes["p_class"],
             "prior_frechet": classes["frechet"], "pegasus_expression": config.pegasus,

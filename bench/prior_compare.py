@@ -29,7 +29,7 @@ from record import bench_main, write_record  # bench/record.py, beside this scri
 
 from autoencoder.cifar10 import CACHE_FOLDER, CIFAR10_CLASSES, DATA_FOLDER
 from autoencoder.classifier import load_evaluator, load_perceptual
-from autoencoder.data import load_split, to_float
+from autoencoder.data import load_cifar10, load_split, to_float
 from autoencoder.metrics import frechet_distance
 from autoencoder.run_folder import load_run
 from latent_ops.encode import load_bank
@@ -54,6 +54,17 @@ def class_rows(prior, nets, judge, reference: torch.Tensor, per_class: int, guid
         p_class[name] = judge.probabilities(images)[:, label].mean().item()
     return {"frechet": frechet_distance(torch.cat(features), reference), "p_class": p_class,
             "p_class_mean": float(np.mean(list(p_class.values())))}
+
+
+def guided_class_samples(run: Path, data: str, cache_dir: str, per_class: int, guidance: float = 2.0,
+                         steps: int = 24) -> tuple[dict, object, object]:
+    """The class rows of the folder's own prior (never trained here), with the run opened on the CPU and the
+    evaluator, which only measures: (class rows, opened run, evaluator)."""
+    opened = load_run(run)
+    opened.nets.float().cpu()
+    judge = load_evaluator()
+    reference = judge.features(to_float(load_cifar10(data, "test", opened.config.classes, cache_dir=cache_dir).images))
+    return class_rows(load_prior(run), opened.nets, judge, reference, per_class, guidance, steps), opened, judge
 
 
 def regional_row(expression: str, prior, nets, judge, sources: Sources, count: int, steps: int, grid: Path) -> dict:

@@ -19,14 +19,11 @@ from pathlib import Path
 
 import fire
 from ablation import measure  # bench/ablation.py, beside this script
-from prior_compare import class_rows  # bench/prior_compare.py, beside this script
+from prior_compare import guided_class_samples  # bench/prior_compare.py, beside this script
 from record import bench_main, write_record  # bench/record.py, beside this script
 
 from autoencoder.cifar10 import CACHE_FOLDER, DATA_FOLDER
-from autoencoder.classifier import load_evaluator
-from autoencoder.data import load_cifar10, to_float
-from autoencoder.run_folder import load_run
-from latent_ops.trained_prior import PRIOR_FOLDER, load_prior
+from latent_ops.trained_prior import PRIOR_FOLDER
 
 # name: (value of a measured row, target, True when higher is better)
 TARGETS = {
@@ -61,15 +58,6 @@ class ReleaseTargetsConfig:
     per_class: int = 500  # guided prior samples per class, when the folder holds a prior
 
 
-def prior_class_samples(run: Path, data: str, cache_dir: str, per_class: int) -> dict:
-    """The folder's own prior (never trained here): its class samples guided at 2, 24 steps."""
-    opened = load_run(run)
-    nets = opened.nets.float().cpu()
-    judge = load_evaluator()
-    reference = judge.features(to_float(load_cifar10(data, "test", opened.config.classes, cache_dir=cache_dir).images))
-    return class_rows(load_prior(run), nets, judge, reference, per_class, 2.0, 24)
-
-
 def verdict_text(v: dict) -> str:
     if v["value"] is None:
         return "not measured (no prior in the folder)"
@@ -81,7 +69,7 @@ def run_release_targets(run: str, data: str, cache_dir: str, seed: int, per_clas
     row = measure(Path(run), data, cache_dir, seed)
     row["steps"] = json.loads((Path(run) / "metrics.jsonl").read_text().splitlines()[-1])["step"]
     if (Path(run) / PRIOR_FOLDER).is_dir():
-        classes = prior_class_samples(Path(run), data, cache_dir, per_class)
+        classes, _, _ = guided_class_samples(Path(run), data, cache_dir, per_class)
         row.update(prior_p_class_mean=classes["p_class_mean"], prior_p_class=classes["p_class"],
                    prior_frechet=classes["frechet"])
     result = verdicts(row)
