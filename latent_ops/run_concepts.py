@@ -9,6 +9,7 @@ Example: ``python -m latent_ops.run_concepts --run outputs/runs/cpu-main --data 
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,11 +83,19 @@ def save_concepts(concepts: Concepts, record: dict, run: Path, digest: str = "")
     """concepts.npz, clusters.json and directions.json, each written atomically and stamped with ``digest``
     (the SHA-256 of the weights the codes came from)."""
     arrays = {"weights_digest": np.array(digest)}
+    stored: dict[bytes, str] = {}  # a Gaussian shared by several concepts is written once
     for name, mixture in concepts.densities.items():
         for k, (w, g) in enumerate(mixture):
-            arrays[f"density/{name}/{k}/weight"] = np.array(w)
-            arrays[f"density/{name}/{k}/mean"] = g.mean
-            arrays[f"density/{name}/{k}/chol"] = g.chol
+            key = f"density/{name}/{k}"
+            arrays[f"{key}/weight"] = np.array(w)
+            # a class's mixture component and its named cluster (horse:0) are the same Gaussian
+            seen = hashlib.sha256(np.ascontiguousarray(g.mean).tobytes() + np.ascontiguousarray(g.chol).tobytes()).digest()
+            if seen in stored:
+                arrays[f"{key}/same_as"] = np.array(stored[seen])
+                continue
+            stored[seen] = key
+            arrays[f"{key}/mean"] = g.mean
+            arrays[f"{key}/chol"] = g.chol.astype(np.float32)  # float32 halves the file (shipped models are capped)
     for name, d in concepts.directions.items():
         arrays[f"direction/{name}"] = d.vector
     for name, positions in concepts.sources.items():
@@ -104,6 +113,14 @@ def save_concepts(concepts: Concepts, record: dict, run: Path, digest: str = "")
     replace_atomically(lambda tmp: np.savez_compressed(tmp, **arrays), run / DENSITIES_FILE)  # last: marks completion
 
 
+def stored_gaussian(parts: dict[str, dict[int, dict[str, np.ndarray]]], component: dict[str, np.ndarray]) -> Gaussian:
+    """The Gaussian of a stored mixture component, following ``same_as`` to the one it shares (in float64)."""
+    if "same_as" in component:
+        _, name, k = str(component["same_as"]).split("/")
+        component = parts[name][int(k)]
+    return Gaussian(component["mean"].astype(np.float64), component["chol"].astype(np.float64))
+
+
 def load_concepts(run: Path) -> Concepts:
     """The concepts of a run; a missing, damaged or stale file is a RunError saying to refit them."""
     fix = f"fit them again with python -m latent_ops.run_concepts --run {run} --data PATH"
@@ -118,7 +135,8 @@ def load_concepts(run: Path) -> Concepts:
             kind, *rest = key.split("/")
             if kind == "density":
                 name, k, what = rest
-                parts.setdefault(name, {}).setdefault(int(k), {})[what] = finite_array(f"{run / DENSITIES_FILE}: {key}", value)
+                parts.setdefault(name, {}).setdefault(int(k), {})[what] = (
+                    value if what == "same_as" else finite_array(f"{run / DENSITIES_FILE}: {key}", value))
             elif kind == "source":
                 concepts.sources[rest[0]] = value.astype(np.int64)
             elif kind == "direction":
@@ -132,7 +150,7 @@ def load_concepts(run: Path) -> Concepts:
             concepts.probe = ClassProbe(arrays["probe/coef"], arrays["probe/intercept"], arrays["probe/labels"],
                                         float(arrays["probe/held_out_accuracy"]))
         for name, comps in parts.items():
-            concepts.densities[name] = [(float(c["weight"]), Gaussian(c["mean"], c["chol"]))
+            concepts.densities[name] = [(float(c["weight"]), stored_gaussian(parts, c))
                                         for _, c in sorted(comps.items())]
     except ConfigError as error:
         raise RunError(f"{error}; {fix}") from None

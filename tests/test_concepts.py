@@ -118,6 +118,14 @@ def test_fit_concepts_on_a_toy_bank_and_round_trip(tmp_path):
     a = loaded.sample("horse", 5, np.random.default_rng(0))
     b = concepts.sample("horse", 5, np.random.default_rng(0))
     assert np.allclose(a, b)
+    for name in ("horse", "horse:0", "horse:1"):  # a named cluster is its class's component, stored once
+        for (w, g), (w2, g2) in zip(concepts.densities[name], loaded.densities[name]):
+            assert w == w2 and np.array_equal(g.mean, g2.mean) and np.allclose(g.chol, g2.chol, rtol=1e-6, atol=1e-7)
+            assert g2.chol.dtype == np.float64
+    stored = np.load(tmp_path / run_concepts.DENSITIES_FILE, allow_pickle=False)
+    shared = {k: str(stored[k]) for k in stored.files if k.endswith("/same_as")}
+    assert shared.get("density/horse/0/same_as") == "density/horse:0/0" or shared.get("density/horse:0/0/same_as") == "density/horse/0"
+    assert all(stored[f"{target}/chol"].dtype == np.float32 for target in shared.values())
     p = loaded.probe.probabilities(torch.from_numpy(bank.codes["test"][-80:]))  # the test horses
     assert (p["horse"] > 0.5).float().mean() > 0.9
 
