@@ -87,9 +87,9 @@ PRESETS: dict[str, dict[str, typing.Any]] = {
     # without bf16 runs at 54 images/s, about 4 hours), checkpointed every 250 steps
     "release": dict(perceptual_weight=1.0, spatial_channels=8, latent_dim=128, class_weight=0.1, steps=12000,
                     log_every=250, sample_every=1000, checkpoint_every=250),
-    # the next release, the winner of the 30-minute ablation (docs/training.md): the release recipe on a 4 x 8 x 8
-    # code with a wider residual autoencoder and a moving average of its weights; 4,800 steps take about 84 min
-    # alone on 2 CPU cores with AVX-512 bf16 (about 61 images/s), sized so that training and shipping fit in 3 h;
+    # the shipped release, the winner of the 30-minute ablation (docs/training.md): the release recipe on a 4 x 8 x 8
+    # code with a wider residual autoencoder and a moving average of its weights; 4,800 steps take about 69 min
+    # alone on 2 CPU cores with AVX-512 bf16 (about 79 images/s), sized so that training and shipping fit in 3 h;
     # a killed run resumes exactly (--resume), so a longer run (--steps) can span several sittings
     "release-grid8": dict(perceptual_weight=1.0, spatial_channels=4, latent_dim=256, code_grid=8, class_weight=0.1,
                           width=64, res_blocks=1, ema=0.999, steps=4800,

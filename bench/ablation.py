@@ -110,8 +110,9 @@ def images_per_second(preset: str, flags: dict, data: str, cache_dir: str, out: 
     return speed
 
 
-def measure(run: Path, data: str, cache_dir: str, seed: int = 0) -> dict:
-    """Every column of the table for a finished run."""
+def measure(run: Path, data: str, cache_dir: str, seed: int = 0, compose_out: Path | None = None) -> dict:
+    """Every column of the table for a finished run; its horse+wings batch goes to ``compose_out``
+    (default: ``<run>-compose`` beside the run)."""
     opened = load_run(run)
     config, nets, device, dtype = opened.config, opened.nets, opened.device, opened.dtype
     test = load_cifar10(data, "test", config.classes, cache_dir=cache_dir)
@@ -126,7 +127,7 @@ def measure(run: Path, data: str, cache_dir: str, seed: int = 0) -> dict:
     row["probe_accuracy"] = concepts.probe.held_out_accuracy if concepts.probe is not None else None
     row["wing_accuracy"] = concepts.directions["wings"].held_out_accuracy if "wings" in concepts.directions else None
     folder = compose("horse+wings", run=str(run), data=data, cache_dir=cache_dir, n=64, seed=seed,
-                     out=str(run.parent / f"{run.name}-compose"), quiet=True)
+                     out=str(compose_out or run.parent / f"{run.name}-compose"), quiet=True)
     from safetensors.torch import load_file
 
     images = load_file(str(folder / IMAGES_FILE))["images"]

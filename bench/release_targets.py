@@ -20,7 +20,7 @@ from pathlib import Path
 import fire
 from ablation import measure  # bench/ablation.py, beside this script
 from prior_compare import guided_class_samples  # bench/prior_compare.py, beside this script
-from record import bench_main, write_record  # bench/record.py, beside this script
+from record import RECORDS, bench_main, write_record  # bench/record.py, beside this script
 
 from autoencoder.cifar10 import CACHE_FOLDER, DATA_FOLDER
 from latent_ops.trained_prior import PRIOR_FOLDER
@@ -66,7 +66,8 @@ def verdict_text(v: dict) -> str:
 
 def run_release_targets(run: str, data: str, cache_dir: str, seed: int, per_class: int) -> None:
     """Measure RUN and print each target's verdict."""
-    row = measure(Path(run), data, cache_dir, seed)
+    # its horse+wings batch goes under outputs/bench, never beside a shipped model in models/
+    row = measure(Path(run), data, cache_dir, seed, compose_out=RECORDS / f"{Path(run).name}-compose")
     row["steps"] = json.loads((Path(run) / "metrics.jsonl").read_text().splitlines()[-1])["step"]
     if (Path(run) / PRIOR_FOLDER).is_dir():
         classes, _, _ = guided_class_samples(Path(run), data, cache_dir, per_class)

@@ -157,7 +157,8 @@ def model_card(folder: Path, config: ShipConfig, record: dict, targets: dict | N
         f"- Shipping: `python -m latent_ops.ship --run {config.run} --data data` (`make model`): fp16 weights, "
         f"the bank, concepts and a {config.prior_steps}-step prior of {config.prior_channels} channels "
         f"({record['prior_seconds'] / 60:.1f} min), "
-        f"{record['seconds'] / 60:.1f} min in all on {record['machine']}.",
+        f"the last call {record['seconds'] / 60:.1f} min (a resumed call reuses what a killed one made), "
+        f"on {record['machine']}.",
         f"- Data: CIFAR-10, SHA-256 of the uint8 images and labels, train `{record['data']['train'][:16]}...`, "
         f"test `{record['data']['test'][:16]}...` (full digests in `{DATA_FILE}`).",
         f"- Code: {run_config.get('latent_dim', '?')} numbers per image "

@@ -24,7 +24,9 @@ def test_the_shipped_model_loads_with_its_config_prior_concepts_and_test_codes()
     opened = load_run(model)
     config, nets = opened.config, opened.nets
     shape = ModelConfig.of(config).code_shape
-    assert config.latent_dim == int(np.prod(shape)) == 128 and config.preset == "release"
+    assert shape == (4, 8, 8) and config.latent_dim == int(np.prod(shape)) == 256
+    trained = json.loads((model / "config.json").read_text())
+    assert config.preset == "release-grid8" and trained["ema"] > 0  # the shipped weights are the average
     weights = load_file(str(model / "model.safetensors"))
     assert {t.dtype for t in weights.values() if t.is_floating_point()} == {torch.float16}
 
@@ -38,7 +40,7 @@ def test_the_shipped_model_loads_with_its_config_prior_concepts_and_test_codes()
     assert {"horse", "bird", "horse:fullbody", "bird:flight"} <= set(concepts.densities)
     assert "wings" in concepts.directions
     prior = load_prior(model)
-    assert prior.dim == config.latent_dim and sample(prior, 3, [(7, 2.0)], steps=4).shape == (3, 128)
+    assert prior.dim == config.latent_dim and sample(prior, 3, [(7, 2.0)], steps=4).shape == (3, 256)
 
     ship = json.loads((model / "ship.json").read_text())
     assert ship["weights_digest"] == weights_digest(model)
@@ -56,7 +58,7 @@ def test_the_shipped_model_carries_its_conv_prior_and_the_learned_pegasus():
     assert "pegasus" in learned_names(model)
     net = load_learned(model, "pegasus")
     assert net.label_names[-1] == "pegasus" and net.classes == 11
-    assert sample(net, 3, [(10, 1.5)], steps=4).shape == (3, 128)
+    assert sample(net, 3, [(10, 1.5)], steps=4).shape == (3, 256)
     assert "horse" in learned_expression(model, "pegasus")
     record = json.loads((model / "learned" / "pegasus" / "record.json").read_text())
     assert record["judge"] == "perceptual" and record["accepted"] >= 32
