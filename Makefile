@@ -42,11 +42,11 @@ pegasus: $(STAMP)
 		--data $(if $(NO_DATA),no-data,$(DATA))
 
 # Re-create the shipped model: train the release recipe (resumed when the run folder holds a checkpoint; 69 min
-# alone on 2 CPU cores with AVX-512 bf16), ship it (bank, concepts, conv prior: 17 min), measure the shipped folder
+# alone on 2 CPU cores with AVX-512 bf16), ship it (bank, concepts, conv prior: 38 min), measure the shipped folder
 # against its targets (with its prior's guided class samples: 6 min), learn the pegasus concept from regional
 # compositions (26 min), store its compose recipe (3 min), report on it (1,000 latent prior samples: 10,000 take
 # about 30 min on the 8 x 8 code) and write its card with the report's
-# numbers: about 2.2 h in all. Training and shipping resume where a killed call stopped; the later steps run again.
+# numbers: about 2.6 h in all. Training and shipping resume where a killed call stopped; the later steps run again.
 LEARN_PEGASUS := --expression "2*horse&3*airplane@top" --pool 8192 --accept "horse>=0.3,wings>=0.3" \
 	--critic_quantile 0.3 --sharpness_quantile 0.3 --steps 1000
 PEGASUS_RECIPE := --pool 1024 --guidance 2.5 --prior_steps 24  # stored as the model's compose.json
@@ -55,7 +55,7 @@ PEGASUS_RECIPE := --pool 1024 --guidance 2.5 --prior_steps 24  # stored as the m
 # 8 x 8 code, the targets, the learned pegasus and the report; docs/training.md).
 RELEASE_PRESET ?= release-grid8
 RELEASE_RUN ?= outputs/runs/$(RELEASE_PRESET)
-SHIP_FLAGS ?= --prior_channels 96 --prior_steps 2500
+SHIP_FLAGS ?= --prior_channels 96 --prior_steps 6000
 model: data
 	if [ -f $(RELEASE_RUN)/checkpoint.json ]; then \
 		$(PY) -m autoencoder.train --out $(RELEASE_RUN) --resume; \

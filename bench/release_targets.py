@@ -9,7 +9,13 @@ shipped model does), its class samples guided at 2: mean evaluator P(that class)
 (``--per_class`` of each class). A target that was not measured says so. Writes
 ``outputs/bench/release_targets.json``.
 
+``--raw true`` measures a run trained with ``--ema`` on its raw (unaveraged) weights instead, read from
+its training state (``bench/ablation.py``'s ``raw_weights_run``, into ``outputs/bench/<run>-raw``), and
+writes ``outputs/bench/release_targets_raw.json``: the same trajectory without the average (Polyak &
+Juditsky 1992). A shipped model keeps no training state, so pass its run folder.
+
 Example: ``python bench/release_targets.py --run models/pegasus-cifar10 --data data``
+(raw weights: ``python bench/release_targets.py --run outputs/runs/release-grid8 --data data --raw true``)
 """
 from __future__ import annotations
 
@@ -18,10 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import fire
-from ablation import measure  # bench/ablation.py, beside this script
+from ablation import measure, raw_weights_run  # bench/ablation.py, beside this script
 from prior_compare import guided_class_samples  # bench/prior_compare.py, beside this script
 from record import RECORDS, bench_main, write_record  # bench/record.py, beside this script
 
+from autoencoder.checkpoint import state_file
 from autoencoder.cifar10 import CACHE_FOLDER, DATA_FOLDER
 from latent_ops.trained_prior import PRIOR_FOLDER
 
@@ -56,6 +63,7 @@ class ReleaseTargetsConfig:
     cache_dir: str = CACHE_FOLDER  # decoded data cache
     seed: int = 0  # the seed of every draw
     per_class: int = 500  # guided prior samples per class, when the folder holds a prior
+    raw: bool = False  # measure the run's raw (unaveraged) weights from its training state (a run with --ema)
 
 
 def verdict_text(v: dict) -> str:
@@ -64,13 +72,19 @@ def verdict_text(v: dict) -> str:
     return "yes" if v["met"] else f"no, by {v['missed_by']:.3g}"
 
 
-def run_release_targets(run: str, data: str, cache_dir: str, seed: int, per_class: int) -> None:
-    """Measure RUN and print each target's verdict."""
+def run_release_targets(run: str, data: str, cache_dir: str, seed: int, per_class: int, raw: bool = False) -> None:
+    """Measure RUN (or its raw weights) and print each target's verdict."""
+    folder = Path(run)
+    if raw:
+        if not state_file(folder).exists():
+            raise SystemExit(f"error: {run} holds no training state (a checkpoint), so its raw weights cannot "
+                             f"be read; pass the run folder it was shipped from (its ship.json names it)")
+        folder = raw_weights_run(folder, RECORDS / f"{folder.name}-raw")
     # its horse+wings batch goes under outputs/bench, never beside a shipped model in models/
-    row = measure(Path(run), data, cache_dir, seed, compose_out=RECORDS / f"{Path(run).name}-compose")
-    row["steps"] = json.loads((Path(run) / "metrics.jsonl").read_text().splitlines()[-1])["step"]
-    if (Path(run) / PRIOR_FOLDER).is_dir():
-        classes, _, _ = guided_class_samples(Path(run), data, cache_dir, per_class)
+    row = measure(folder, data, cache_dir, seed, compose_out=RECORDS / f"{folder.name}-compose")
+    row["steps"] = json.loads((folder / "metrics.jsonl").read_text().splitlines()[-1])["step"]
+    if (folder / PRIOR_FOLDER).is_dir():
+        classes, _, _ = guided_class_samples(folder, data, cache_dir, per_class)
         row.update(prior_p_class_mean=classes["p_class_mean"], prior_p_class=classes["p_class"],
                    prior_frechet=classes["frechet"])
     result = verdicts(row)
@@ -79,7 +93,8 @@ def run_release_targets(run: str, data: str, cache_dir: str, seed: int, per_clas
         goal = f"{'>=' if TARGETS[name][2] else '<='} {v['target']:g}"
         value = "-" if v["value"] is None else f"{v['value']:.4g}"
         print(f"| {name} | {value} | {goal} | {verdict_text(v)} |")
-    write_record("release_targets", {"run": run, "row": row, "targets": result}, Path("outputs/bench"))
+    write_record("release_targets_raw" if raw else "release_targets",
+                 {"run": run, "raw_weights": raw, "row": row, "targets": result}, Path("outputs/bench"))
 
 
 def main(**flags) -> None:

@@ -180,3 +180,32 @@ def test_a_derived_row_replaces_only_a_folder_the_ablation_derived_before(tmp_pa
     save_file({"w": torch.zeros(1)}, str(derived / "model.safetensors"), metadata={"corrected_average_of": "run"})
     clear_derived(derived)
     assert not derived.exists()
+
+
+def test_release_targets_measure_raw_weights_apart_and_refuse_a_folder_without_training_state(
+        folder_data, tmp_path, monkeypatch):
+    import json
+
+    from release_targets import run_release_targets
+    from safetensors.torch import load_file
+
+    from autoencoder.config import make_config
+    from autoencoder.train import train
+
+    run = train(make_config("smoke", steps=6, ema=0.9, checkpoint_every=6, log_every=6, sample_every=100,
+                            data=str(folder_data), cache_dir=str(tmp_path / "cache"), out=str(tmp_path / "run")),
+                progress=False)
+    monkeypatch.chdir(tmp_path)  # the records go to outputs/bench under it
+    shipped_like = tmp_path / "shipped"
+    shipped_like.mkdir()
+    (shipped_like / "model.safetensors").write_bytes((run / "model.safetensors").read_bytes())
+    with pytest.raises(SystemExit, match="holds no training state"):
+        run_release_targets(str(shipped_like), str(folder_data), str(tmp_path / "cache"), 0, 2, raw=True)
+    run_release_targets(str(run), str(folder_data), str(tmp_path / "cache"), 0, 2, raw=True)
+    record = json.loads((tmp_path / "outputs/bench/release_targets_raw.json").read_text())
+    assert record["raw_weights"] and record["row"]["psnr_db"] > 0
+    assert record["targets"]["guided prior P(class)"]["value"] is None  # a run folder holds no prior
+    raw = load_file(str(tmp_path / "outputs/bench/run-raw/model.safetensors"))
+    mean = load_file(str(run / "model.safetensors"))
+    name = next(n for n in mean if n.startswith("decoder.") and n.endswith("weight"))
+    assert not (raw[name] == mean[name]).all()  # the average of 6 steps is not the last step's weights

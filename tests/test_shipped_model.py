@@ -62,3 +62,19 @@ def test_the_shipped_model_carries_its_conv_prior_and_the_learned_pegasus():
     assert "horse" in learned_expression(model, "pegasus")
     record = json.loads((model / "learned" / "pegasus" / "record.json").read_text())
     assert record["judge"] == "perceptual" and record["accepted"] >= 32
+
+
+def test_make_model_recreates_the_shipped_model_with_the_flags_it_was_shipped_with():
+    import re
+    import shlex
+    from pathlib import Path
+
+    makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
+    preset = re.search(r"^RELEASE_PRESET \?= (\S+)$", makefile, re.M).group(1)
+    flags = shlex.split(re.search(r"^SHIP_FLAGS \?= (.*)$", makefile, re.M).group(1))
+    given = {flags[i].lstrip("-"): flags[i + 1] for i in range(0, len(flags), 2)}
+    shipped = json.loads((SHIPPED_MODEL / "ship.json").read_text())["config"]
+    prior = json.loads((SHIPPED_MODEL / "prior" / "config.json").read_text())
+    assert json.loads((SHIPPED_MODEL / "config.json").read_text())["preset"] == preset
+    assert {k: shipped[k] for k in given} == {k: int(v) for k, v in given.items()}
+    assert (prior["steps"], prior["channels"]) == (shipped["prior_steps"], shipped["prior_channels"])
