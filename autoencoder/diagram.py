@@ -32,9 +32,9 @@ NETWORK_ROLES = {
     "latent_critic": "z ~ N(0, I) vs E(x)",
 }
 COMPOSE_STEPS = [
-    ("expression", "'horse+wings'\nlark grammar ->\n{horse: 1, wings: 1}"),
-    ("codes", "z0 = held-out horse codes\n+ s * wing direction\n(logistic, calibrated s)"),
-    ("project", "SDEdit through the\nlatent prior (rectified flow):\nhorse AND bird guidance"),
+    ("expression", "'pegasus', 'horse+wings',\n'horse&airplane@top'\nlark grammar -> terms, regions"),
+    ("codes", "z0 from the latent prior\n(rectified flow, guided): a learned\nlabel, or a class per region"),
+    ("project", "edits of real codes\n(horse + s * wing direction):\nSDEdit back through the prior"),
     ("refine", "z <- z - eta * grad E(z)\nE = -D(G(z)) + |z - z0|^2 / 2\n+ pull to the prior (DDLS)"),
     ("rank", "intent gate first, then\nz-scores: realism, intent,\nsharpness, uniqueness"),
     ("write", "showcase.png, batch64.png,\nneighbours.png, scores.json"),
