@@ -56,7 +56,11 @@ PEGASUS_RECIPE := --pool 1024 --guidance 2.5 --prior_steps 24  # stored as the m
 RELEASE_PRESET ?= release-grid8
 RELEASE_RUN ?= outputs/runs/$(RELEASE_PRESET)
 SHIP_FLAGS ?= --prior_channels 96 --prior_steps 6000
+RECIPE_OUT := outputs/compose/pegasus-recipe
 model: data
+	@if [ -f $(RECIPE_OUT)/marked.json ]; then echo "make model: $(RECIPE_OUT) holds marked.json, a person's \
+	marks, which its compose step (two hours in) would refuse to replace; nothing was done: move that folder away" >&2; \
+		exit 2; fi
 	if [ -f $(RELEASE_RUN)/checkpoint.json ]; then \
 		$(PY) -m autoencoder.train --out $(RELEASE_RUN) --resume; \
 	else $(PY) -m autoencoder.train --preset $(RELEASE_PRESET) --data $(DATA) --out $(RELEASE_RUN); fi
@@ -65,7 +69,7 @@ model: data
 	$(PY) bench/release_targets.py --run $(MODEL) --data $(DATA)
 	$(PY) -m latent_ops.learn pegasus --run $(MODEL) $(LEARN_PEGASUS)
 	$(PY) -m latent_ops.compose pegasus --run $(MODEL) --data $(DATA) $(PEGASUS_RECIPE) --save_recipe true \
-		--out outputs/compose/pegasus-recipe
+		--out $(RECIPE_OUT)
 	$(PY) -m latent_ops.report --run $(MODEL) --data $(DATA) --out outputs/report/pegasus-cifar10 --prior_samples 1000
 	$(PY) bench/manifold_targets.py --report outputs/report/pegasus-cifar10
 	$(PY) -m latent_ops.ship --card_only --out $(MODEL) --targets outputs/bench/release_targets.json \
