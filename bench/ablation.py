@@ -173,6 +173,9 @@ def clear_derived(out: Path) -> None:
 def raw_weights_run(run: Path, out: Path) -> Path:
     """A run folder holding ``run``'s raw (unaveraged) autoencoder weights, from its checkpoint's training state,
     with its critics and its metrics: the same trajectory without the moving average."""
+    if not state_file(run).exists():
+        raise SystemExit(f"error: {run} holds no training state (a checkpoint), so its raw weights cannot be read; "
+                         f"pass the run folder it was trained in (a shipped model's ship.json names it)")
     state = load_train_state(state_file(run))
     raw = state.get("raw_autoencoder")
     if raw is None:

@@ -28,7 +28,6 @@ from ablation import measure, raw_weights_run  # bench/ablation.py, beside this 
 from prior_compare import guided_class_samples  # bench/prior_compare.py, beside this script
 from record import RECORDS, bench_main, write_record  # bench/record.py, beside this script
 
-from autoencoder.checkpoint import state_file
 from autoencoder.cifar10 import CACHE_FOLDER, DATA_FOLDER
 from latent_ops.trained_prior import PRIOR_FOLDER
 
@@ -76,9 +75,6 @@ def run_release_targets(run: str, data: str, cache_dir: str, seed: int, per_clas
     """Measure RUN (or its raw weights) and print each target's verdict."""
     folder = Path(run)
     if raw:
-        if not state_file(folder).exists():
-            raise SystemExit(f"error: {run} holds no training state (a checkpoint), so its raw weights cannot "
-                             f"be read; pass the run folder it was shipped from (its ship.json names it)")
         folder = raw_weights_run(folder, RECORDS / f"{folder.name}-raw")
     # its horse+wings batch goes under outputs/bench, never beside a shipped model in models/
     row = measure(folder, data, cache_dir, seed, compose_out=RECORDS / f"{folder.name}-compose")
@@ -94,7 +90,7 @@ def run_release_targets(run: str, data: str, cache_dir: str, seed: int, per_clas
         value = "-" if v["value"] is None else f"{v['value']:.4g}"
         print(f"| {name} | {value} | {goal} | {verdict_text(v)} |")
     write_record("release_targets_raw" if raw else "release_targets",
-                 {"run": run, "raw_weights": raw, "row": row, "targets": result}, Path("outputs/bench"))
+                 {"run": run, "raw_weights": raw, "row": row, "targets": result}, RECORDS)
 
 
 def main(**flags) -> None:
