@@ -102,8 +102,8 @@ class CriticOutputs:
     alpha: torch.Tensor | None = None  # (B,) mixing coefficients of the decoded mixes, in [0, 1/2]
     alpha_mix: torch.Tensor | None = None  # (B,) interpolation critic on decoded mixes
     alpha_blend: torch.Tensor | None = None  # (B,) interpolation critic on blends of data and reconstruction
-    image_real: torch.Tensor | None = None  # (B,) image critic on data
-    image_fake: torch.Tensor | None = None  # (n*B,) image critic on decoded images (reconstructions, mixes, prior)
+    image_real: torch.Tensor | None = None  # (B,) or (B, patches): image critic on data
+    image_fake: torch.Tensor | None = None  # (n*B,) or (n*B, patches): image critic on decoded images (reconstructions, mixes, prior)
     hinge: bool = False  # the image critic plays the hinge game instead of the non-saturating one
 
 

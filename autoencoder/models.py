@@ -42,6 +42,7 @@ class ModelConfig:
     critic_width: int = 16  # channels of the first stage of the image and interpolation critics
     latent_critic_hidden: int = 512  # hidden units of the latent critic MLP
     image_critic_width: int = 0  # channels of the image critic's first stage; 0: critic_width
+    image_critic_patches: bool = False  # the image critic judges each 20-pixel patch on an 8 x 8 grid (PatchGAN)
     spatial_channels: int = 0  # 0: a flat code; C: a C x 4 x 4 code (latent_dim = 16 C), stored flat
     class_head: bool = False  # a linear CIFAR-10 classifier on the code, trained with the autoencoder
     code_grid: int = 4  # cells per side of a spatial code: 4 (8 x 8 pixels a cell) or 8 (4 x 4 pixels)
@@ -151,32 +152,38 @@ class ConvCritic(nn.Module):
     """(B, 3, 32, 32) -> (B,): a strided conv net with one scalar output per image.
 
     ``spectral=True`` wraps every layer in spectral normalisation (image critic); the
-    interpolation critic is left plain, as in ACAI.
+    interpolation critic is left plain, as in ACAI. ``patches=True`` stops at 8 x 8 and gives a logit per
+    20-pixel patch there (PatchGAN, Isola et al. 2017, arXiv:1611.07004; VQGAN's critic): each place in the
+    picture is judged on its own, so blur anywhere is penalised where it is; the image's logit is their mean.
     """
 
-    def __init__(self, width: int, spectral: bool = False):
+    def __init__(self, width: int, spectral: bool = False, patches: bool = False):
         super().__init__()
         wrap = spectral_norm if spectral else (lambda m: m)
         c = stage_channels(width)
+        stages = 2 if patches else 3  # 32 -> 16 -> 8 (-> 4)
         layers: list[nn.Module] = [wrap(nn.Conv2d(3, c[0], 3, padding=1))]
-        for i in range(3):  # 32 -> 16 -> 8 -> 4
+        for i in range(stages):
             layers += [nn.LeakyReLU(0.2), wrap(nn.Conv2d(c[i], c[i + 1], 4, stride=2, padding=1))]
-        layers += [nn.LeakyReLU(0.2), nn.Flatten(), wrap(nn.Linear(c[3] * 16, 1))]
+        if patches:
+            layers += [nn.LeakyReLU(0.2), wrap(nn.Conv2d(c[2], 1, 3, padding=1)), nn.Flatten()]
+        else:
+            layers += [nn.LeakyReLU(0.2), nn.Flatten(), wrap(nn.Linear(c[3] * 16, 1))]
         self.net = nn.Sequential(*layers)
 
-    def forward(self, x: torch.Tensor, features: bool = False
+    def forward(self, x: torch.Tensor, features: bool = False, per_patch: bool = False
                 ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
-        """The logits (B,); with ``features``, also the feature map after each activation
-        (at 32, 16, 8 and 4 pixels): what matching the critic's features compares
-        (learned similarity, Larsen et al. 2016, arXiv:1512.09300)."""
-        if not features:
-            return self.net(x).squeeze(1)
+        """The logits (B,), or with ``per_patch`` (B, P): P = 64 patches, or 1 for a whole-image critic (what
+        the GAN losses average over); with ``features``, also the feature map after each activation (at 32, 16,
+        8 (and 4) pixels): what matching the critic's features compares (learned similarity, Larsen et al. 2016,
+        arXiv:1512.09300)."""
         maps = []
         for layer in self.net:
             x = layer(x)
-            if isinstance(layer, nn.LeakyReLU):
+            if features and isinstance(layer, nn.LeakyReLU):
                 maps.append(x)
-        return x.squeeze(1), maps
+        logits = x if per_patch else x.mean(1)
+        return (logits, maps) if features else logits
 
 
 class LatentCritic(nn.Module):
@@ -214,7 +221,8 @@ class Networks(nn.Module):
         self.decoder = Decoder(config.latent_dim, config.width, config.res_blocks, *spatial)
         self.latent_critic = LatentCritic(config.latent_dim, config.latent_critic_hidden)
         self.interp_critic = ConvCritic(config.critic_width, spectral=False)
-        self.image_critic = ConvCritic(config.image_critic_width or config.critic_width, spectral=True)
+        self.image_critic = ConvCritic(config.image_critic_width or config.critic_width, spectral=True,
+                                       patches=config.image_critic_patches)
         self.class_head = nn.Linear(config.latent_dim, CLASS_COUNT) if config.class_head else None
 
     @property
@@ -222,7 +230,11 @@ class Networks(nn.Module):
         """The networks this run has: NETWORK_NAMES, and the class head when there is one."""
         return NETWORK_NAMES + (("class_head",) if self.class_head is not None else ())
 
-    def autoencoder_parameters(self) -> list[nn.Parameter]:
+    def autoencoder_parameters(self, encoder: bool = True) -> list[nn.Parameter]:
+        """The weights the autoencoder's optimiser steps; ``encoder=False``: the decoder's alone (a decoder
+        fine-tune that keeps every code, and so the latent bank and prior, as they were)."""
+        if not encoder:
+            return [*self.decoder.parameters()]
         head = [*self.class_head.parameters()] if self.class_head is not None else []
         return [*self.encoder.parameters(), *self.decoder.parameters(), *head]
 

@@ -49,6 +49,7 @@ class RunConfig(SelectsClasses):
     critic_width: int = 16  # channels of the critics' first stage
     latent_critic_hidden: int = 512  # hidden units of the latent critic
     image_critic_width: int = 0  # channels of the image critic's first stage; 0: critic_width
+    image_critic_patches: bool = False  # the image critic judges 20-pixel patches (PatchGAN)
     spatial_channels: int = 0  # 0: a flat code; C: a C x G x G code
     code_grid: int = 4  # G: cells per side of a spatial code
     class_weight: float = 0.0  # > 0: the networks include the class head
@@ -128,6 +129,40 @@ def load_weights(networks: torch.nn.Module, file: Path) -> None:
         raise RunError(f"{file}: tensor {broken} holds NaN or infinity (weights of a diverged run); "
                        f"use an earlier checkpoint or train again")
     networks.load_state_dict({k: v.to(own[k].dtype) for k, v in tensors.items() if k in own})
+
+
+CRITIC_NAMES = ("latent_critic", "interp_critic", "image_critic")
+
+
+def load_start_weights(networks: torch.nn.Module, run_dir: str | Path) -> list[str]:
+    """Start ``networks`` from another run's saved weights (``--init_from``); returns the critics that start fresh.
+
+    The autoencoder's tensors (encoder, decoder, class head) must all be there with the same shapes; a critic
+    whose tensors are missing or shaped otherwise (a wider image critic) keeps its fresh initialisation.
+    """
+    run_dir = Path(run_dir)
+    file = model_file(run_dir)
+    if not (run_dir / CONFIG_FILE).exists() or not file.exists():
+        raise RunError(f"--init_from {run_dir} is not a run folder with weights (it needs {CONFIG_FILE} and "
+                       f"{MODEL_FILE}); pass a folder made by python -m autoencoder.train")
+    tensors = read_tensors(file, "pass another --init_from run")
+    own = networks.state_dict()
+
+    def fits(name: str) -> bool:
+        return name in tensors and tensors[name].shape == own[name].shape
+
+    misfit = [k for k in own if not k.startswith(CRITIC_NAMES) and not fits(k)]
+    if misfit:
+        raise RunError(f"--init_from {run_dir}: its autoencoder does not fit this config's networks ({misfit[0]} is "
+                       f"missing or shaped otherwise); give the same --latent_dim, --width, --res_blocks, "
+                       f"--spatial_channels, --code_grid and --class_weight as that run")
+    fresh = sorted({k.split(".")[0] for k in own if k.startswith(CRITIC_NAMES) and not fits(k)})
+    loaded = {k: tensors[k].to(own[k].dtype) for k in own if not k.startswith(tuple(fresh)) and fits(k)}
+    broken = next((k for k, v in loaded.items() if v.is_floating_point() and not v.isfinite().all()), None)
+    if broken is not None:
+        raise RunError(f"--init_from {run_dir}: tensor {broken} holds NaN or infinity; pass a run that did not diverge")
+    networks.load_state_dict(loaded, strict=False)
+    return fresh
 
 
 def weights_metadata(file: Path) -> dict[str, str]:

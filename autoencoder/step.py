@@ -14,6 +14,7 @@ step.step_generator(0, 0), *opts, torch.device('cpu'), torch.float32))"
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any
 
@@ -67,10 +68,10 @@ def critic_outputs(nets: Any, config: TrainConfig, x: torch.Tensor, z: torch.Ten
     critic_features = config.perceptual_weight > 0 and config.perceptual_source == "critic"
     if config.image_weight > 0:
         if critic_features:  # the same one call also gives the feature maps of data and reconstruction
-            logits, maps = nets.image_critic(torch.cat([x, decoded]), features=True)
+            logits, maps = nets.image_critic(torch.cat([x, decoded]), features=True, per_patch=True)
             features = ([m[:B].detach() for m in maps], [m[B:2 * B] for m in maps])
         else:
-            logits = nets.image_critic(torch.cat([x, decoded]))
+            logits = nets.image_critic(torch.cat([x, decoded]), per_patch=True)  # (N, patches): each judged
         out.image_real, out.image_fake = logits[:B], logits[B:]
     if perceptual is not None and config.perceptual_weight > 0 and not critic_features:
         with torch.no_grad():
@@ -120,7 +121,8 @@ def train_step(nets: Any, batch: torch.Tensor, config: TrainConfig, generator: t
     use_prior = config.image_weight > 0
 
     with autocast(device, dtype):
-        z = nets.encoder(x)  # (B, D)
+        with contextlib.nullcontext() if config.train_encoder else torch.no_grad():  # a frozen encoder: no graph
+            z = nets.encoder(x)  # (B, D)
         codes = [z]
         if use_mix:
             codes.append(alpha[:, None] * z + (1 - alpha[:, None]) * pair_partners(z))
@@ -159,7 +161,7 @@ def make_optimisers(nets: Networks, config: TrainConfig, device: torch.device = 
                     ) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
     """Adam for the autoencoder and for the critics; on a GPU the fused kernels (one launch per step)."""
     fused = True if device.type == "cuda" else None
-    opt_ae = torch.optim.Adam(nets.autoencoder_parameters(), lr=config.lr, betas=(config.beta1, config.beta2),
+    opt_ae = torch.optim.Adam(nets.autoencoder_parameters(config.train_encoder), lr=config.lr, betas=(config.beta1, config.beta2),
                               fused=fused)
     opt_critic = torch.optim.Adam(nets.critic_parameters(), lr=config.critic_lr,
                                   betas=(config.critic_beta1, config.beta2), fused=fused)

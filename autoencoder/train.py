@@ -48,16 +48,17 @@ from autoencoder.cli import (
 )
 from autoencoder.compute import resolve_device, resolve_precision
 from autoencoder.config import TrainConfig, load_train_config, make_config
-from autoencoder.data import DataNotFoundError, load_cifar10
+from autoencoder.data import DataNotFoundError, load_cifar10, to_float
 from autoencoder.distributed import SINGLE, BatchSampler, Shard
 from autoencoder.evaluate import reconstruct
-from autoencoder.metrics import reconstruction
+from autoencoder.metrics import laplacian_variance, reconstruction
 from autoencoder.models import Networks, build_networks
 from autoencoder.run_folder import (
     METRICS_FILE,
     MODEL_FILE,
     POINTER_FILE,
     RunError,
+    load_start_weights,
     load_weights,
     model_file,
     weights_metadata,
@@ -80,12 +81,15 @@ class TrainingDiverged(UserError):
 
 def held_out_reconstruction(nets: Networks, images: torch.Tensor, device: torch.device,
                             dtype: torch.dtype) -> dict[str, float]:
-    """Mean squared error and mean PSNR (dB) of reconstructions of uint8 images (N, 3, 32, 32)."""
+    """Mean squared error, mean PSNR (dB) and sharpness ratio (mean Laplacian variance of the reconstructions over
+    that of the images) of reconstructions of uint8 images (N, 3, 32, 32)."""
     was_training = nets.training
     nets.eval()
-    result = reconstruction(images, reconstruct(nets, images, device, dtype))
+    rebuilt = reconstruct(nets, images, device, dtype)
+    result = reconstruction(images, rebuilt)
     nets.train(was_training)
-    return {"eval/mse": result["mse"], "eval/psnr": result["psnr_db"]}
+    sharpness = laplacian_variance(rebuilt).mean() / laplacian_variance(to_float(images)).mean()
+    return {"eval/mse": result["mse"], "eval/psnr": result["psnr_db"], "eval/sharpness": sharpness.item()}
 
 
 def save_checkpoint(run_dir: Path, nets: Networks, opt_ae, opt_critic, step: int,
@@ -228,6 +232,15 @@ def train_locked(config: TrainConfig, run_dir: Path, resume: bool, progress: boo
     opt_ae, opt_critic = make_optimisers(nets, config, device)
     if shard.is_main and run_dir.is_dir():
         clean_run_folder(run_dir)  # temporary files and unfinished checkpoints of a killed run
+    if config.init_from and not resume:
+        fresh = load_start_weights(nets, config.init_from)
+        if shard.is_main:
+            print(f"started from {config.init_from}'s weights" + (f"; fresh: {', '.join(fresh)}" if fresh else ""),
+                  file=sys.stderr)
+    if not config.train_encoder:  # kept as loaded: no gradients, so DDP waits for none
+        for part in (nets.encoder, nets.class_head):
+            if part is not None:
+                part.requires_grad_(False)
     start, raw = restore(run_dir, nets, opt_ae, opt_critic, shard) if resume else (0, None)
     average = WeightAverage(nets, config.ema) if config.ema > 0 else None  # from the saved average on resume
     if average is not None and resume:
@@ -240,6 +253,7 @@ def train_locked(config: TrainConfig, run_dir: Path, resume: bool, progress: boo
     train_set, held_out, eval_images = training_data(config)
     if not resume and shard.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
+    if shard.is_main:  # a resumed run records what it continues with (a longer --steps, the paths it read)
         save_config(config, run_dir / CONFIG_FILE)
     sampler = BatchSampler(train_set.images.to(device), config.batch_size, config.seed, shard,
                            train_set.labels.to(device) if config.class_weight > 0 else None)
@@ -339,6 +353,8 @@ def config_for(preset: str, resume: bool, flags: dict[str, Any]) -> TrainConfig:
         if has_checkpoint(run_dir):
             raise ConfigError(f"{run_dir} already holds a run; continue it with --resume, "
                               f"or pass a new --out")
+        if config.init_from:  # a start run that does not fit is refused before the run folder is named
+            load_start_weights(build_networks(config), config.init_from)
         foreign = sorted(p.name for p in run_dir.iterdir() if p.name not in RUN_FILES) if run_dir.is_dir() else []
         if foreign:
             raise ConfigError(f"--out {run_dir} is not empty and not a run folder (it holds {foreign[0]}"

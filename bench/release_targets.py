@@ -6,7 +6,9 @@ images, reconstruction Frechet distance (evaluator features) at most 8, linear c
 codes at least 0.70 held out, wing direction at least 0.85 held-out balanced accuracy, PSNR at
 least 24 dB (the PCA-128 floor of this data copy), and, when the folder holds a latent prior (a
 shipped model does), its class samples guided at 2: mean evaluator P(that class) at least 0.7
-(``--per_class`` of each class). A target that was not measured says so. Writes
+(``--per_class`` of each class), printed beside the mean P(true class) the same evaluator gives the real test
+images and their reconstructions (its label smoothing keeps even real images near 0.68). A target that was not
+measured says so. Writes
 ``outputs/bench/release_targets.json``.
 
 ``--raw true`` measures a run trained with ``--ema`` on its raw (unaveraged) weights instead, read from
@@ -25,10 +27,11 @@ from pathlib import Path
 
 import fire
 from ablation import measure, raw_weights_run  # bench/ablation.py, beside this script
-from prior_compare import guided_class_samples  # bench/prior_compare.py, beside this script
+from prior_compare import guided_class_samples, true_class_probability  # bench/prior_compare.py, beside this script
 from record import RECORDS, bench_main, write_record  # bench/record.py, beside this script
 
 from autoencoder.cifar10 import CACHE_FOLDER, DATA_FOLDER
+from autoencoder.data import load_cifar10
 from latent_ops.trained_prior import PRIOR_FOLDER
 
 # name: (value of a measured row, target, True when higher is better)
@@ -80,15 +83,20 @@ def run_release_targets(run: str, data: str, cache_dir: str, seed: int, per_clas
     row = measure(folder, data, cache_dir, seed, compose_out=RECORDS / f"{folder.name}-compose")
     row["steps"] = json.loads((folder / "metrics.jsonl").read_text().splitlines()[-1])["step"]
     if (folder / PRIOR_FOLDER).is_dir():
-        classes, _, _ = guided_class_samples(folder, data, cache_dir, per_class)
+        classes, opened, judge = guided_class_samples(folder, data, cache_dir, per_class)
         row.update(prior_p_class_mean=classes["p_class_mean"], prior_p_class=classes["p_class"],
                    prior_frechet=classes["frechet"])
+        test = load_cifar10(data, "test", opened.config.classes, cache_dir=cache_dir)
+        row["p_true_class"] = true_class_probability(opened.nets, judge, test.images, test.labels)
     result = verdicts(row)
     print("| target | measured | goal | met |\n|---|---|---|---|")
     for name, v in result.items():
         goal = f"{'>=' if TARGETS[name][2] else '<='} {v['target']:g}"
         value = "-" if v["value"] is None else f"{v['value']:.4g}"
         print(f"| {name} | {value} | {goal} | {verdict_text(v)} |")
+    if "p_true_class" in row:
+        print(f"guided prior P(class) reads against the same evaluator's mean P(true class) of the test images: "
+              f"{row['p_true_class']['real']:.3f} real, {row['p_true_class']['reconstructions']:.3f} reconstructed")
     write_record("release_targets_raw" if raw else "release_targets",
                  {"run": run, "raw_weights": raw, "row": row, "targets": result}, RECORDS)
 

@@ -209,3 +209,21 @@ def test_release_targets_measure_raw_weights_apart_and_refuse_a_folder_without_t
     mean = load_file(str(run / "model.safetensors"))
     name = next(n for n in mean if n.startswith("decoder.") and n.endswith("weight"))
     assert not (raw[name] == mean[name]).all()  # the average of 6 steps is not the last step's weights
+
+
+def test_true_class_probability_reads_real_images_and_their_reconstructions(smoke_run, tiny_evaluator, folder_data,
+                                                                            tmp_path):
+    import torch
+    from prior_compare import true_class_probability
+
+    from autoencoder.classifier import load_evaluator
+    from autoencoder.data import load_cifar10, to_float
+    from autoencoder.run_folder import load_run
+
+    judge = load_evaluator(tiny_evaluator[0])
+    nets = load_run(smoke_run, device="cpu").nets.float()
+    test = load_cifar10(str(folder_data), "test", cache_dir=str(tmp_path / "cache"))
+    got = true_class_probability(nets, judge, test.images, test.labels)
+    p = judge.probabilities(to_float(test.images))
+    assert got["real"] == pytest.approx(p[torch.arange(len(p)), test.labels].mean().item(), abs=1e-5)
+    assert 0 < got["reconstructions"] < 1 and got["reconstructions"] != pytest.approx(got["real"], abs=1e-6)

@@ -33,6 +33,22 @@ def test_the_image_critic_gives_its_feature_maps_with_the_same_logits():
                                                                     (32, 16, 8, 4))]
 
 
+def test_a_patch_critic_judges_each_patch_and_gives_the_image_their_mean():
+    critic = build_networks(make_config("smoke", image_critic_patches=True)).image_critic.eval()
+    x = torch.rand(3, 3, 32, 32) * 2 - 1
+    patches = critic(x, per_patch=True)
+    assert patches.shape == (3, 64)
+    assert torch.allclose(critic(x), patches.mean(1))
+    logits, maps = critic(x, features=True)
+    assert torch.allclose(logits, critic(x)) and [m.shape[-1] for m in maps] == [32, 16, 8]
+    changed = x.clone()
+    changed[:, :, :8, :8] = 1.0  # a white corner moves the corner's logits, not the far corner's
+    moved = (critic(changed, per_patch=True) - patches).abs().view(3, 8, 8)
+    assert moved[:, :2, :2].min() > 0 and torch.equal(moved[:, 6:, 6:], torch.zeros(3, 2, 2))
+    whole = build_networks(make_config("smoke")).image_critic.eval()
+    assert whole(x, per_patch=True).shape == (3, 1)
+
+
 def test_latent_size_follows_config():
     nets = build_networks(make_config("smoke", latent_dim=7))
     assert nets.encoder(torch.zeros(2, 3, 32, 32)).shape == (2, 7)
@@ -50,6 +66,7 @@ def test_parameter_groups_split_autoencoder_and_critics():
     critics = {id(p) for p in nets.critic_parameters()}
     assert ae and critics and not ae & critics
     assert ae | critics == {id(p) for p in nets.parameters()}
+    assert {id(p) for p in nets.autoencoder_parameters(encoder=False)} == {id(p) for p in nets.decoder.parameters()}
 
 
 def test_channels_last_gives_same_output():

@@ -492,3 +492,40 @@ def test_the_weight_average_moves_its_share_of_the_way():
     with pytest.raises(ValueError, match="from 1"):
         average.update(nets, 0)
     assert not any(n.startswith(("image_critic.", "latent_critic.")) for n in average.names)
+
+
+def test_a_decoder_fine_tune_keeps_every_code_and_trains_the_decoder(folder_data, tmp_path, smoke_run):
+    flags = dict(steps=10, log_every=5, checkpoint_every=10, sample_every=100, latent_weight=0.0,
+                 image_critic_width=16, image_critic_patches=True, image_weight=0.1)
+    tuned = train(make_config("smoke", init_from=str(smoke_run), train_encoder=False, ema=0.9, **flags,
+                              **smoke_flags(folder_data, tmp_path / "tuned")), progress=False)
+    start, after = weights(smoke_run), weights(tuned)
+    encoder = [n for n in start if n.startswith("encoder.")]
+    assert encoder and all(torch.equal(start[n], after[n]) for n in encoder), "the frozen encoder moved"
+    assert any(not torch.equal(start[n], after[n]) for n in start if n.startswith("decoder."))
+    assert any(start[n].shape != after[n].shape for n in after if n.startswith("image_critic.")), \
+        "the image critic should be the wider one of the config"
+    codes = [load_run(run).nets.encoder(torch.zeros(2, 3, 32, 32)) for run in (smoke_run, tuned)]
+    assert torch.equal(*codes)
+    record = read_metrics(tuned)[-1]
+    assert 0 < record["eval/sharpness"] < 10
+
+
+def test_init_from_starts_where_the_other_run_stopped(folder_data, tmp_path, smoke_run):
+    started = train(make_config("smoke", init_from=str(smoke_run), steps=1, log_every=1, lr=1e-9, critic_lr=1e-9,
+                                **smoke_flags(folder_data, tmp_path / "next")), progress=False)
+    first = read_metrics(started)[0]["eval/psnr"]
+    assert abs(first - read_metrics(smoke_run)[-1]["eval/psnr"]) < 0.05, "it did not start from the run's weights"
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--train_encoder", "false"], "needs --init_from"),
+    (["--train_encoder", "false", "--init_from", "RUN"], "--latent_weight 0.005"),
+    (["--init_from", "nowhere"], "--init_from nowhere is not a run folder"),
+    (["--init_from", "RUN", "--width", "16"], "its autoencoder does not fit"),
+])
+def test_fine_tune_flags_are_refused_with_one_line(flags, message, folder_data, smoke_run, tmp_path, capsys):
+    flags = [str(smoke_run) if f == "RUN" else f for f in flags]
+    code, err = run_cli(capsys, "--preset", "smoke", "--data", str(folder_data), "--out", str(tmp_path / "r"), *flags)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "r" / "model.safetensors").exists()
