@@ -41,17 +41,17 @@ pegasus: $(STAMP)
 	$(PY) -m latent_ops.compose $(PEGASUS_EXPRESSION) --run $(MODEL) $(PEGASUS_FLAGS) --out $(PEGASUS_OUT) \
 		--data $(if $(NO_DATA),no-data,$(DATA))
 
-# Re-create the shipped model: train the release recipe (resumed when the run folder holds a checkpoint; 69 min
-# alone on 2 CPU cores with AVX-512 bf16), ship it (bank, concepts, conv prior: 38 min), measure the shipped folder
+# Re-create the shipped model: train the release recipe (resumed when the run folder holds a checkpoint; 6,000 steps,
+# 82 min alone on 2 CPU cores with AVX-512 bf16), ship it (bank, concepts, conv prior: 38 min), measure the shipped folder
 # against its targets (with its prior's guided class samples: 6 min), learn the pegasus concept from regional
 # compositions (26 min), store its compose recipe (3 min), report on it (1,000 latent prior samples: 10,000 take
 # about 30 min on the 8 x 8 code) and write its card with the report's
-# numbers: about 2.6 h in all. Training and shipping resume where a killed call stopped; the later steps run again.
+# numbers: about 2.8 h in all. Training and shipping resume where a killed call stopped; the later steps run again.
 LEARN_PEGASUS := --expression "2*horse&3*airplane@top" --pool 8192 --accept "horse>=0.3,wings>=0.3" \
 	--critic_quantile 0.3 --sharpness_quantile 0.3 --steps 1000
 PEGASUS_RECIPE := --pool 1024 --guidance 2.5 --prior_steps 24  # stored as the model's compose.json
 # The release, re-created by `make model` (an older one: make model RELEASE_PRESET=release SHIP_FLAGS=)
-# (4,800 steps, 69 min of training alone on 2 AVX-512 bf16 cores; then shipping with the conv prior on the
+# (6,000 steps, 82 min of training alone on 2 AVX-512 bf16 cores; then shipping with the conv prior on the
 # 8 x 8 code, the targets, the learned pegasus and the report; docs/training.md).
 RELEASE_PRESET ?= release-grid8
 RELEASE_RUN ?= outputs/runs/$(RELEASE_PRESET)

@@ -45,20 +45,23 @@ GRIDS = Path("outputs/bench/prior_compare")
 
 def class_rows(prior, nets, judge, reference: torch.Tensor, per_class: int, guidance: float, steps: int) -> dict:
     """Frechet of all class samples against the test split, and the mean P(class) of each class's samples."""
-    features, p_class = [], {}
+    features, p_class, named = [], {}, {}
     for label, name in enumerate(CIFAR10_CLASSES):
         codes = sample(prior, per_class, [(label, guidance)], steps, torch.Generator().manual_seed(label))
         with torch.no_grad():
             images = nets.decoder(codes).float()
         features.append(judge.features(images))
-        p_class[name] = judge.probabilities(images)[:, label].mean().item()
+        p = judge.probabilities(images)
+        p_class[name] = p[:, label].mean().item()
+        named[name] = (p.argmax(1) == label).float().mean().item()  # the evaluator's top class is the guided one
     return {"frechet": frechet_distance(torch.cat(features), reference), "p_class": p_class,
-            "p_class_mean": float(np.mean(list(p_class.values())))}
+            "p_class_mean": float(np.mean(list(p_class.values()))), "named_share": named,
+            "named_share_mean": float(np.mean(list(named.values())))}
 
 
 def true_class_probability(nets, judge, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    """Mean evaluator P(true class) of real images (uint8 (N, 3, 32, 32)) and of their reconstructions: what the
-    guided prior's P(class) reads against. The evaluator trained with label smoothing 0.2, so even real test images
+    """Mean evaluator P(true class) of real images (uint8 (N, 3, 32, 32)) and of their reconstructions, and the
+    share of each that the evaluator names right (``*_named_share``): what the guided prior's P(class) reads against. The evaluator trained with label smoothing 0.2, so even real test images
     score well below 1 (about 0.68), though it names 0.90 of them right."""
     out = {}
     with torch.no_grad():
@@ -66,6 +69,7 @@ def true_class_probability(nets, judge, images: torch.Tensor, labels: torch.Tens
         for name, pictures in (("real", to_float(images)), ("reconstructions", rebuilt)):
             p = torch.cat([judge.probabilities(chunk) for chunk in pictures.split(1000)])
             out[name] = p[torch.arange(len(p)), labels].mean().item()
+            out[f"{name}_named_share"] = (p.argmax(1) == labels).float().mean().item()
     return out
 
 

@@ -85,7 +85,7 @@ def run_release_targets(run: str, data: str, cache_dir: str, seed: int, per_clas
     if (folder / PRIOR_FOLDER).is_dir():
         classes, opened, judge = guided_class_samples(folder, data, cache_dir, per_class)
         row.update(prior_p_class_mean=classes["p_class_mean"], prior_p_class=classes["p_class"],
-                   prior_frechet=classes["frechet"])
+                   prior_frechet=classes["frechet"], prior_named_share=classes["named_share_mean"])
         test = load_cifar10(data, "test", opened.config.classes, cache_dir=cache_dir)
         row["p_true_class"] = true_class_probability(opened.nets, judge, test.images, test.labels)
     result = verdicts(row)
@@ -96,7 +96,10 @@ def run_release_targets(run: str, data: str, cache_dir: str, seed: int, per_clas
         print(f"| {name} | {value} | {goal} | {verdict_text(v)} |")
     if "p_true_class" in row:
         print(f"guided prior P(class) reads against the same evaluator's mean P(true class) of the test images: "
-              f"{row['p_true_class']['real']:.3f} real, {row['p_true_class']['reconstructions']:.3f} reconstructed")
+              f"{row['p_true_class']['real']:.3f} real, {row['p_true_class']['reconstructions']:.3f} reconstructed; "
+              f"it names the guided class for {row['prior_named_share']:.3f} of the samples "
+              f"({row['p_true_class']['real_named_share']:.3f} of real test images, "
+              f"{row['p_true_class']['reconstructions_named_share']:.3f} reconstructed)")
     write_record("release_targets_raw" if raw else "release_targets",
                  {"run": run, "raw_weights": raw, "row": row, "targets": result}, RECORDS)
 

@@ -227,3 +227,5 @@ def test_true_class_probability_reads_real_images_and_their_reconstructions(smok
     p = judge.probabilities(to_float(test.images))
     assert got["real"] == pytest.approx(p[torch.arange(len(p)), test.labels].mean().item(), abs=1e-5)
     assert 0 < got["reconstructions"] < 1 and got["reconstructions"] != pytest.approx(got["real"], abs=1e-6)
+    assert got["real_named_share"] == pytest.approx((p.argmax(1) == test.labels).float().mean().item())
+    assert 0 <= got["reconstructions_named_share"] <= 1
