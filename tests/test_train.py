@@ -247,6 +247,11 @@ def test_resuming_with_more_steps_never_raises_the_learning_rate(folder_data, tm
     assert rates[9] == rates[29] == pytest.approx(resumed.lr_min_ratio)
     shorter = train_module.config_for("smoke", True, dict(out=str(tmp_path / "r"), steps=5))
     assert [lr_factor(s, shorter) for s in range(5)] == rates[:5]
+    train(train_module.config_for("smoke", True, dict(out=str(tmp_path / "r"), steps=12)), resume=True,
+          progress=False)
+    saved = load_train_config(tmp_path / "r" / "config.json")
+    assert (saved.steps, saved.schedule_steps) == (12, 10), "config.json does not say what the run was trained for"
+    assert read_metrics(tmp_path / "r")[-1]["step"] == 12
 
 
 @pytest.mark.parametrize("off", ["latent_weight", "interp_weight", "image_weight"])
