@@ -39,6 +39,8 @@ class TrainConfig(SelectsClasses):
     image_critic_width: int = 0  # channels of the image critic's first stage; 0: --critic_width
     image_critic_patches: bool = False  # the image critic gives a logit per 20-pixel patch on an 8 x 8 grid (PatchGAN,
     #   Isola et al. 2017) instead of one per image
+    image_critic_spectral: bool = True  # spectral normalisation in the image critic (Miyato et al. 2018); false: a
+    #   free critic, which --r1_weight should hold in check
     spatial_channels: int = 0  # 0: a flat code; C: a C x 4 x 4 code, so --latent_dim must be 16 C (e.g. 8 for 128)
     code_grid: int = 4  # cells per side of a spatial code: 4 (8 x 8 pixels a cell) or 8 (4 x 4 pixels; then
     #   --latent_dim must be 64 C, e.g. 2, 4 or 8 channels: 128, 256 or 512 numbers)
@@ -48,6 +50,8 @@ class TrainConfig(SelectsClasses):
     interp_weight: float = 0.5  # ACAI term: decoded mixes should fool the interpolation critic
     interp_gamma: float = 0.2  # ACAI regulariser: blend of data and reconstruction shown to the critic
     image_weight: float = 0.005  # GAN term: decoded images should fool the image critic
+    r1_weight: float = 0.0  # gamma of the R1 penalty, gamma/2 E||grad_x D(x)||^2 on real images, added to the image
+    #   critic's loss (Mescheder et al. 2018); 0: off
     gan_loss: str = "nonsaturating"  # image critic's loss: nonsaturating (Goodfellow et al. 2014) or hinge
     adaptive_image_weight: bool = False  # scale the image term so its gradient at the decoder's last layer
     #   matches the reconstruction's (VQGAN, Esser et al. 2021); --image_weight then multiplies that balance
@@ -124,7 +128,7 @@ TRAIN_RANGES: dict[str, tuple[float, float]] = {
     "latent_dim": (1, 65536), "width": (1, 4096), "res_blocks": (0, 64), "critic_width": (1, 4096),
     "image_critic_width": (0, 4096), "spatial_channels": (0, 4096),
     "latent_critic_hidden": (1, 65536),
-    "latent_weight": (0, 1e4), "interp_weight": (0, 1e4), "interp_gamma": (0, 1), "image_weight": (0, 1e4), "perceptual_weight": (0, 1e4), "class_weight": (0, 1e4),
+    "latent_weight": (0, 1e4), "interp_weight": (0, 1e4), "interp_gamma": (0, 1), "image_weight": (0, 1e4), "r1_weight": (0, 1e4), "perceptual_weight": (0, 1e4), "class_weight": (0, 1e4),
     "batch_size": (2, 65536), "steps": (1, 10**9), "schedule_steps": (0, 10**9),
     "lr": (1e-12, 10), "critic_lr": (1e-12, 10), "beta1": (0, 0.999999), "critic_beta1": (0, 0.999999),
     "beta2": (0, 0.999999), "lr_min_ratio": (1e-9, 1), "ema": (0, 0.99999),
@@ -161,6 +165,9 @@ def validate(config: TrainConfig) -> None:
         if acting:
             raise ConfigError(f"--train_encoder false leaves nothing for {', '.join(acting)} to train (it acts on "
                               f"the encoder's codes); set it to 0")
+    if config.r1_weight > 0 and config.image_weight == 0:
+        raise ConfigError("--r1_weight penalises the image critic, which --image_weight 0 switches off: set "
+                          "--image_weight above 0 or --r1_weight 0")
     if config.gan_loss not in GAN_LOSSES:
         raise ConfigError(f"--gan_loss must be one of {', '.join(GAN_LOSSES)}, got {config.gan_loss!r}")
 

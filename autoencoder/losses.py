@@ -104,6 +104,7 @@ class CriticOutputs:
     alpha_blend: torch.Tensor | None = None  # (B,) interpolation critic on blends of data and reconstruction
     image_real: torch.Tensor | None = None  # (B,) or (B, patches): image critic on data
     image_fake: torch.Tensor | None = None  # (n*B,) or (n*B, patches): image critic on decoded images (reconstructions, mixes, prior)
+    image_r1: torch.Tensor | None = None  # () the R1 penalty on the image critic's real inputs, weighted (gamma / 2)
     hinge: bool = False  # the image critic plays the hinge game instead of the non-saturating one
 
 
@@ -136,4 +137,14 @@ def critic_terms(out: CriticOutputs) -> dict[str, torch.Tensor]:
         terms["interp"] = acai_critic_loss(out.alpha_mix, out.alpha, out.alpha_blend)
     if out.image_fake is not None:
         terms["image"] = (hinge_critic_loss if out.hinge else critic_loss_real_fake)(out.image_real, out.image_fake)
+    if out.image_r1 is not None:
+        terms["image_r1"] = out.image_r1
     return terms
+
+
+def r1_penalty(real_logits: torch.Tensor, real_images: torch.Tensor) -> torch.Tensor:
+    """E ||grad_x D(x)||^2 over real images (Mescheder et al. 2018, arXiv:1801.04406): the critic's slope at the
+    data, kept in the graph so that the critic's step lowers it. real_images must require grad and have made
+    real_logits ((B,) or (B, patches))."""
+    (slope,) = torch.autograd.grad(real_logits.float().sum(), real_images, create_graph=True)
+    return slope.float().pow(2).flatten(1).sum(1).mean()

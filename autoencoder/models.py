@@ -43,6 +43,7 @@ class ModelConfig:
     latent_critic_hidden: int = 512  # hidden units of the latent critic MLP
     image_critic_width: int = 0  # channels of the image critic's first stage; 0: critic_width
     image_critic_patches: bool = False  # the image critic judges each 20-pixel patch on an 8 x 8 grid (PatchGAN)
+    image_critic_spectral: bool = True  # spectral normalisation in the image critic (off: hold it with --r1_weight)
     spatial_channels: int = 0  # 0: a flat code; C: a C x 4 x 4 code (latent_dim = 16 C), stored flat
     class_head: bool = False  # a linear CIFAR-10 classifier on the code, trained with the autoencoder
     code_grid: int = 4  # cells per side of a spatial code: 4 (8 x 8 pixels a cell) or 8 (4 x 4 pixels)
@@ -221,8 +222,8 @@ class Networks(nn.Module):
         self.decoder = Decoder(config.latent_dim, config.width, config.res_blocks, *spatial)
         self.latent_critic = LatentCritic(config.latent_dim, config.latent_critic_hidden)
         self.interp_critic = ConvCritic(config.critic_width, spectral=False)
-        self.image_critic = ConvCritic(config.image_critic_width or config.critic_width, spectral=True,
-                                       patches=config.image_critic_patches)
+        self.image_critic = ConvCritic(config.image_critic_width or config.critic_width,
+                                       spectral=config.image_critic_spectral, patches=config.image_critic_patches)
         self.class_head = nn.Linear(config.latent_dim, CLASS_COUNT) if config.class_head else None
 
     @property

@@ -50,6 +50,7 @@ class RunConfig(SelectsClasses):
     latent_critic_hidden: int = 512  # hidden units of the latent critic
     image_critic_width: int = 0  # channels of the image critic's first stage; 0: critic_width
     image_critic_patches: bool = False  # the image critic judges 20-pixel patches (PatchGAN)
+    image_critic_spectral: bool = True  # spectral normalisation in the image critic
     spatial_channels: int = 0  # 0: a flat code; C: a C x G x G code
     code_grid: int = 4  # G: cells per side of a spatial code
     class_weight: float = 0.0  # > 0: the networks include the class head

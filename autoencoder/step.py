@@ -67,12 +67,15 @@ def critic_outputs(nets: Any, config: TrainConfig, x: torch.Tensor, z: torch.Ten
     features = None
     critic_features = config.perceptual_weight > 0 and config.perceptual_source == "critic"
     if config.image_weight > 0:
+        real = x.detach().requires_grad_(True) if config.r1_weight > 0 else x  # the R1 slope is taken at the data
         if critic_features:  # the same one call also gives the feature maps of data and reconstruction
-            logits, maps = nets.image_critic(torch.cat([x, decoded]), features=True, per_patch=True)
+            logits, maps = nets.image_critic(torch.cat([real, decoded]), features=True, per_patch=True)
             features = ([m[:B].detach() for m in maps], [m[B:2 * B] for m in maps])
         else:
-            logits = nets.image_critic(torch.cat([x, decoded]), per_patch=True)  # (N, patches): each judged
+            logits = nets.image_critic(torch.cat([real, decoded]), per_patch=True)  # (N, patches): each judged
         out.image_real, out.image_fake = logits[:B], logits[B:]
+        if config.r1_weight > 0:
+            out.image_r1 = config.r1_weight / 2 * losses.r1_penalty(out.image_real, real)
     if perceptual is not None and config.perceptual_weight > 0 and not critic_features:
         with torch.no_grad():
             target = perceptual.feature_maps(x)

@@ -109,6 +109,9 @@ def save_checkpoint(run_dir: Path, nets: Networks, opt_ae, opt_critic, step: int
 
 
 def check_shardable(config: TrainConfig, shard: Shard) -> None:
+    if shard.world_size > 1 and config.r1_weight > 0:
+        raise ConfigError("--r1_weight takes a second derivative through the critic, which DistributedDataParallel "
+                          "does not support; train it in one process")
     if config.batch_size % (2 * shard.world_size):
         raise ConfigError(f"--batch_size {config.batch_size} cannot be split into {shard.world_size} equal "
                           f"shares of whole pairs; use a multiple of {2 * shard.world_size} "

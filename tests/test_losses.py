@@ -176,3 +176,17 @@ def test_adaptive_weight_balances_the_gradients_at_the_last_layer():
     assert g_balanced.norm() == pytest.approx(3 * 2 ** 0.5, rel=1e-4)  # equal pull on the layer
     silent = 0 * (layer ** 2).sum()
     assert adaptive_weight(reconstruction, silent, layer) == 1e4  # clamped when the critic is silent
+
+
+def test_the_r1_penalty_is_the_squared_slope_of_the_critic_at_the_data():
+    from autoencoder.losses import r1_penalty
+
+    w = torch.randn(3, 4, 4)
+    x = torch.randn(5, 3, 4, 4, requires_grad=True)
+    logits = (x * w).flatten(1).sum(1)  # a linear critic: its slope is w everywhere
+    assert r1_penalty(logits, x).item() == pytest.approx(w.pow(2).sum().item(), rel=1e-5)
+    quadratic = x.pow(2).flatten(1).sum(1)  # slope 2x: the penalty is kept in the graph, so it can be lowered
+    penalty = r1_penalty(quadratic, x)
+    penalty.backward()
+    assert penalty.item() == pytest.approx(4 * x.detach().pow(2).flatten(1).sum(1).mean().item(), rel=1e-5)
+    assert x.grad is not None and x.grad.abs().sum() > 0

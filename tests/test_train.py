@@ -534,3 +534,15 @@ def test_fine_tune_flags_are_refused_with_one_line(flags, message, folder_data, 
     code, err = run_cli(capsys, "--preset", "smoke", "--data", str(folder_data), "--out", str(tmp_path / "r"), *flags)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "r" / "model.safetensors").exists()
+
+
+def test_a_free_image_critic_held_by_r1_trains_and_logs_its_penalty(folder_data, tmp_path, capsys):
+    run = train(make_config("smoke", steps=6, log_every=3, image_critic_spectral=False, r1_weight=1.0,
+                            image_critic_patches=True, **smoke_flags(folder_data, tmp_path / "r1")), progress=False)
+    record = read_metrics(run)[-1]
+    assert record["critic/image_r1"] > 0 and math.isfinite(record["critic/image"])
+    critic = load_run(run).nets.image_critic
+    assert not any(hasattr(m, "parametrizations") for m in critic.modules()), "the critic is still normalised"
+    code, err = run_cli(capsys, "--preset", "smoke", "--out", str(tmp_path / "x"), "--r1_weight", "1",
+                        "--image_weight", "0")
+    assert code == 2 and "--r1_weight penalises the image critic" in err
