@@ -20,7 +20,7 @@ Writes ``RUN/learned/NAME/``: ``model.safetensors`` (the fine-tuned prior, movin
 ``net.json`` (its net config), ``source.json`` (weights digest, labels), ``config.json`` (this
 command's flags: the expression and the acceptance rule), ``record.json`` (pool, acceptance,
 losses, how far the old labels' samples moved, times), ``accepted.npz`` (the accepted codes) and
-``accepted.png`` (64 of them decoded).
+``accepted.png`` (32 of them decoded).
 
 Example: ``python -m latent_ops.learn pegasus --run models/pegasus-cifar10 --pool 8192``
 """
@@ -277,7 +277,7 @@ def learn(config: LearnConfig, quiet: bool = False) -> Path:
                     "learned_from": config.expression}, folder / SOURCE_FILE)
         np.savez_compressed(folder / ACCEPTED_FILE, codes=accepted.numpy().astype(np.float16))
         with torch.no_grad():
-            save_grid(nets.decoder(accepted[:64]).float(), folder / "accepted.png", nrow=8, scale=3)
+            save_grid(nets.decoder(accepted[:32]).float(), folder / "accepted.png", nrow=8, scale=3)  # 25 MiB in all
         record["seconds"] = time.monotonic() - began
         write_json(record, folder / RECORD_FILE)
 

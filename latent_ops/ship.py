@@ -288,6 +288,7 @@ def rewrite_card(config: ShipConfig) -> Path:
     if not (out / SHIP_FILE).exists():
         raise RunError(f"{out} is not a shipped model (no {SHIP_FILE}); ship one with python -m latent_ops.ship")
     record = json.loads((out / SHIP_FILE).read_text())
+    record["bytes"] = folder_bytes(out)  # as it is now: learned concepts and the compose recipe came after shipping
     targets = read_json(config.targets, "targets record") if config.targets else None
     notes = Path(config.card_notes).read_text() if config.card_notes else ""
     report = read_json(config.report, "report record") if config.report else None

@@ -129,3 +129,18 @@ def test_a_card_target_row_says_when_it_was_not_measured_and_by_how_much_it_was_
         == "| guided prior P(class) | - | >= 0.7 | not measured |"
     assert target_line("reconstruction Frechet", {"value": 9.5, "target": 8.0, "met": False, "missed_by": 1.5}) \
         == "| reconstruction Frechet | 9.5 | <= 8 | no, by 1.5 |"
+
+
+def test_a_rewritten_card_gives_the_folder_size_as_it_is_now(shipped, tmp_path):
+    from latent_ops.ship import folder_bytes
+
+    out, _ = shipped
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    shipped_size = json.loads((copy / "ship.json").read_text())["bytes"] / 2 ** 20
+    (copy / "learned").mkdir(exist_ok=True)
+    (copy / "learned" / "added.bin").write_bytes(b"\0" * 3 * 2 ** 20)  # what learn adds after shipping
+    rewrite_card(make_ship_config(out=str(copy)))
+    card = (copy / CARD_FILE).read_text()
+    assert f"- Size: {folder_bytes(copy) / 2 ** 20:.1f} MiB." in card
+    assert f"- Size: {shipped_size:.1f} MiB." not in card
