@@ -247,7 +247,8 @@ def test_resuming_with_more_steps_never_raises_the_learning_rate(folder_data, tm
     assert rates[9] == rates[29] == pytest.approx(resumed.lr_min_ratio)
     shorter = train_module.config_for("smoke", True, dict(out=str(tmp_path / "r"), steps=5))
     assert [lr_factor(s, shorter) for s in range(5)] == rates[:5]
-    train(train_module.config_for("smoke", True, dict(out=str(tmp_path / "r"), steps=12)), resume=True,
+    paths = {k: v for k, v in smoke_flags(folder_data, tmp_path / "r").items() if k != "out"}
+    train(train_module.config_for("smoke", True, dict(out=str(tmp_path / "r"), steps=12, **paths)), resume=True,
           progress=False)
     saved = load_train_config(tmp_path / "r" / "config.json")
     assert (saved.steps, saved.schedule_steps) == (12, 10), "config.json does not say what the run was trained for"
