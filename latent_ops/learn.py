@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,7 @@ from latent_ops.images import save_grid
 from latent_ops.run_concepts import load_concepts
 from latent_ops.runs import resolve_run
 from latent_ops.sampling import DrawSettings, Sources, sample_expression
+from latent_ops.ship import SHIP_FILE, SIZE_LIMIT, folder_bytes
 from latent_ops.sources import classifier_views
 from latent_ops.trained_prior import NET_CONFIG_FILE, PRIOR_FOLDER, SOURCE_FILE, learned_folder, load_prior
 
@@ -282,6 +284,10 @@ def learn(config: LearnConfig, quiet: bool = False) -> Path:
         write_json(record, folder / RECORD_FILE)
 
     replace_folder(build, out)
+    if (run / SHIP_FILE).exists() and folder_bytes(run) > SIZE_LIMIT:  # a shipped model must stay committable
+        print(f"warning: {run} now holds {folder_bytes(run) / 2 ** 20:.2f} MiB, over the "
+              f"{SIZE_LIMIT / 2 ** 20:.0f} MiB a shipped model may take: remove a learned concept it no longer "
+              f"needs (its folder under {out.parent}), or learn into a copy of it", file=sys.stderr)
     if not quiet:
         print(f"learned {config.name} from {config.expression}: {record['accepted']} of {config.pool} accepted "
               f"({record['acceptance']:.1%}), fine-tuned {config.steps} steps in {record['seconds'] / 60:.1f} min "

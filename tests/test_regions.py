@@ -228,6 +228,26 @@ def test_learn_adds_a_label_that_compose_draws_and_keeps_the_old_ones(learned_ru
     assert json.loads((out / "scores.json").read_text())["candidates_composed"] == 8
 
 
+def test_learning_into_a_shipped_model_warns_when_it_outgrows_the_size_limit(learned_run, folder_data, tmp_path,
+                                                                               monkeypatch, capsys):
+    import shutil
+
+    from latent_ops import learn as learn_module
+
+    run, _, _ = learned_run
+    shipped = tmp_path / "shipped"
+    shutil.copytree(run, shipped)
+    (shipped / "ship.json").write_text("{}")  # what makes it a shipped model
+    monkeypatch.setattr(learn_module, "SIZE_LIMIT", 1024)
+    folder = learn_module.learn(learn_module.make_learn_config(
+        name="pegasus2", run=str(shipped), expression="horse&bird", pool=64, chunk=32, prior_steps=4,
+        accept="horse>=0,wings>=0", critic_quantile=0.2, sharpness_quantile=0.2, min_accepted=8, steps=4,
+        batch_size=32), quiet=True)
+    err = capsys.readouterr().err
+    assert (folder / "model.safetensors").exists(), "the concept is learned all the same"
+    assert "over the 0 MiB a shipped model may take" in err and str(shipped) in err
+
+
 def test_learn_refuses_the_evaluator_as_judge_and_bad_rules():
     from autoencoder.cli import ConfigError
     from latent_ops.learn import make_learn_config
