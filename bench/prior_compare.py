@@ -30,6 +30,7 @@ from record import bench_main, write_record  # bench/record.py, beside this scri
 from autoencoder.cifar10 import CACHE_FOLDER, CIFAR10_CLASSES, DATA_FOLDER
 from autoencoder.classifier import load_evaluator, load_perceptual
 from autoencoder.data import load_cifar10, load_split, to_float
+from autoencoder.evaluate import reconstruct
 from autoencoder.metrics import frechet_distance
 from autoencoder.run_folder import load_run
 from latent_ops.encode import load_bank
@@ -60,16 +61,16 @@ def class_rows(prior, nets, judge, reference: torch.Tensor, per_class: int, guid
 
 
 def true_class_probability(nets, judge, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    """Mean evaluator P(true class) of real images (uint8 (N, 3, 32, 32)) and of their reconstructions, and the
-    share of each that the evaluator names right (``*_named_share``): what the guided prior's P(class) reads against. The evaluator trained with label smoothing 0.2, so even real test images
+    """Mean evaluator P(true class) of real images (uint8 (N, 3, 32, 32), on the CPU like ``nets``) and of their
+    reconstructions, and the share of each that the evaluator names right (``*_named_share``): what the guided
+    prior's P(class) reads against. The evaluator trained with label smoothing 0.2, so even real test images
     score well below 1 (about 0.68), though it names 0.90 of them right."""
     out = {}
-    with torch.no_grad():
-        rebuilt = torch.cat([nets.decoder(nets.encoder(to_float(chunk))).float() for chunk in images.split(500)])
-        for name, pictures in (("real", to_float(images)), ("reconstructions", rebuilt)):
-            p = torch.cat([judge.probabilities(chunk) for chunk in pictures.split(1000)])
-            out[name] = p[torch.arange(len(p)), labels].mean().item()
-            out[f"{name}_named_share"] = (p.argmax(1) == labels).float().mean().item()
+    rebuilt = reconstruct(nets, images, torch.device("cpu"), torch.float32)
+    for name, pictures in (("real", images), ("reconstructions", rebuilt)):
+        p = judge.probabilities(pictures)
+        out[name] = p[torch.arange(len(p)), labels].mean().item()
+        out[f"{name}_named_share"] = (p.argmax(1) == labels).float().mean().item()
     return out
 
 
