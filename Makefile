@@ -42,19 +42,24 @@ pegasus: $(STAMP)
 		--data $(if $(NO_DATA),no-data,$(DATA))
 
 # Re-create the shipped model: train the release recipe (resumed when the run folder holds a checkpoint; 6,000 steps,
-# 82 min alone on 2 CPU cores with AVX-512 bf16), ship it (bank, concepts, conv prior: 38 min), measure the shipped folder
+# 82 min alone on 2 CPU cores with AVX-512 bf16), fine-tune its decoder with the encoder frozen (release-grid8-sharpen:
+# 1,200 steps, about 13 min), ship that (bank, concepts, conv prior: 38 min), measure the shipped folder
 # against its targets (with its prior's guided class samples: 6 min), learn the pegasus concept from regional
 # compositions (26 min), store its compose recipe (3 min), report on it (1,000 latent prior samples: 10,000 take
 # about 30 min on the 8 x 8 code) and write its card with the report's
-# numbers: about 2.8 h in all. Training and shipping resume where a killed call stopped; the later steps run again.
+# numbers: about 3 h in all. Training and shipping resume where a killed call stopped; the later steps run again.
 LEARN_PEGASUS := --expression "2*horse&3*airplane@top" --pool 8192 --accept "horse>=0.3,wings>=0.3" \
 	--critic_quantile 0.3 --sharpness_quantile 0.3 --steps 1000
 PEGASUS_RECIPE := --pool 1024 --guidance 2.5 --prior_steps 24  # stored as the model's compose.json
-# The release, re-created by `make model` (an older one: make model RELEASE_PRESET=release SHIP_FLAGS=)
+# The release, re-created by `make model` (an older one: make model RELEASE_PRESET=release SHARPEN_PRESET= SHIP_FLAGS=)
 # (6,000 steps, 82 min of training alone on 2 AVX-512 bf16 cores; then shipping with the conv prior on the
 # 8 x 8 code, the targets, the learned pegasus and the report; docs/training.md).
 RELEASE_PRESET ?= release-grid8
 RELEASE_RUN ?= outputs/runs/$(RELEASE_PRESET)
+# the decoder fine-tune that ships (empty: ship the release run itself)
+SHARPEN_PRESET ?= release-grid8-sharpen
+SHARPEN_RUN ?= outputs/runs/$(SHARPEN_PRESET)
+SHIPPED_RUN := $(if $(SHARPEN_PRESET),$(SHARPEN_RUN),$(RELEASE_RUN))
 SHIP_FLAGS ?= --prior_channels 96 --prior_steps 6000
 RECIPE_OUT := outputs/compose/pegasus-recipe
 model: data
@@ -64,7 +69,11 @@ model: data
 	if [ -f $(RELEASE_RUN)/checkpoint.json ]; then \
 		$(PY) -m autoencoder.train --out $(RELEASE_RUN) --resume; \
 	else $(PY) -m autoencoder.train --preset $(RELEASE_PRESET) --data $(DATA) --out $(RELEASE_RUN); fi
-	$(PY) -m latent_ops.ship --run $(RELEASE_RUN) --data $(DATA) --out $(MODEL) --card_notes docs/model-card-notes.md \
+	if [ -z "$(SHARPEN_PRESET)" ]; then :; elif [ -f $(SHARPEN_RUN)/checkpoint.json ]; then \
+		$(PY) -m autoencoder.train --out $(SHARPEN_RUN) --resume; \
+	else $(PY) -m autoencoder.train --preset $(SHARPEN_PRESET) --init_from $(RELEASE_RUN) --data $(DATA) \
+		--out $(SHARPEN_RUN); fi
+	$(PY) -m latent_ops.ship --run $(SHIPPED_RUN) --data $(DATA) --out $(MODEL) --card_notes docs/model-card-notes.md \
 		$(SHIP_FLAGS)
 	$(PY) bench/release_targets.py --run $(MODEL) --data $(DATA)
 	$(PY) -m latent_ops.learn pegasus --run $(MODEL) $(LEARN_PEGASUS)

@@ -50,8 +50,14 @@ def loss_line(config) -> str:
         terms.append(f"{config.perceptual_weight:g} perceptual")
     if getattr(config, "class_weight", 0):
         terms.append(f"{config.class_weight:g} class head (linear z -> 10)")
-    terms += [f"{config.latent_weight:g} AAE", f"{config.interp_weight:g} ACAI", f"{config.image_weight:g} GAN"]
-    return f"code {shape}; losses: " + " + ".join(terms)
+    if getattr(config, "spectral_weight", 0):
+        terms.append(f"{config.spectral_weight:g} spectral")
+    terms += [f"{weight:g} {name}" for weight, name in
+              ((config.latent_weight, "AAE"), (config.interp_weight, "ACAI"), (config.image_weight, "GAN")) if weight]
+    line = f"code {shape}; losses: " + " + ".join(terms)
+    if getattr(config, "init_from", "") and not getattr(config, "train_encoder", True):
+        line += f"\n(the decoder fine-tuned from {config.init_from}, its encoder frozen)"
+    return line
 
 
 @dataclass

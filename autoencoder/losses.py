@@ -86,6 +86,40 @@ def perceptual_loss(features_x: list[torch.Tensor], features_y: list[torch.Tenso
     return torch.stack(distances).mean()
 
 
+SPECTRUM_FLOOR = 1e-4  # added to each ring's power before the log: about the faintest finest-ring power of real CIFAR-10
+#   images (in [-1, 1]), so that a ring the decoder left empty does not pull with a gradient of 1 / power
+
+
+def radial_log_spectrum(images: torch.Tensor, rings: int = 16) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, R): the log of each channel's mean power in R rings of equal width around the
+    centre of its 2-D Fourier spectrum, from the lowest frequencies (ring 0, the mean colour) to the highest;
+    R = rings, or fewer for a small image (one ring per frequency step: min(H, W) / 2), so that none is empty.
+
+    The spectrum's magnitude only: it says how much detail an image has at each scale, not where it lies.
+    """
+    if images.ndim != 4:
+        raise ValueError(f"images must be (B, C, H, W), got {tuple(images.shape)}")
+    h, w = images.shape[-2:]
+    rings = max(1, min(rings, min(h, w) // 2))
+    power = torch.view_as_real(torch.fft.fft2(images.float(), norm="ortho")).pow(2).sum(-1)  # (B, C, H, W); no
+    #   abs(), whose gradient at a zero coefficient is not a number
+    fy, fx = torch.fft.fftfreq(h, device=images.device), torch.fft.fftfreq(w, device=images.device)
+    radius = (fy[:, None].pow(2) + fx[None, :].pow(2)).sqrt() / 0.5  # 1 at the Nyquist frequency of an axis
+    ring = (radius * rings).long().clamp(max=rings - 1).flatten()  # corners beyond Nyquist join the last ring
+    counts = torch.bincount(ring, minlength=rings).to(power.dtype)
+    sums = torch.zeros(*power.shape[:2], rings, device=power.device).index_add_(2, ring, power.flatten(2))
+    return (sums / counts + SPECTRUM_FLOOR).log()
+
+
+def spectral_loss(x: torch.Tensor, x_rec: torch.Tensor, rings: int = 16) -> torch.Tensor:
+    """Mean absolute difference of the radial log power spectra of each image and its reconstruction (the
+    spectral term of Durall et al. 2020, arXiv:2003.01826, taken per image; a frequency-domain loss as in Jiang et
+    al. 2021, arXiv:2012.12821, but on magnitudes only). A blurred reconstruction lacks power in the outer rings;
+    since phase is free, the decoder may put back detail of the right amount at each scale without having to
+    place it exactly, which the pixel loss would otherwise average away. x, x_rec: (B, 3, H, W)."""
+    return (radial_log_spectrum(x_rec, rings) - radial_log_spectrum(x, rings)).abs().mean()
+
+
 def total(terms: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:
     """Weighted sum of named terms; a term whose weight is missing counts with weight 1."""
     return sum(weights.get(name, 1.0) * value for name, value in terms.items())
@@ -110,11 +144,14 @@ class CriticOutputs:
 
 def autoencoder_terms(x: torch.Tensor, x_rec: torch.Tensor, out: CriticOutputs,
                       features: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None,
-                      classes: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+                      classes: tuple[torch.Tensor, torch.Tensor] | None = None, spectral: bool = False
+                      ) -> dict[str, torch.Tensor]:
     """The autoencoder's side, as named terms: reconstruction (in pixels and, given the feature
     maps of data and reconstruction, in features), the class head's cross-entropy (given its
-    logits and the labels), and fooling each critic that is on."""
+    logits and the labels), the spectral term (with ``spectral``), and fooling each critic that is on."""
     terms = {"recon": reconstruction_loss(x, x_rec)}
+    if spectral:
+        terms["spectral"] = spectral_loss(x, x_rec)
     if features is not None:
         terms["perceptual"] = perceptual_loss(*features)
     if classes is not None:

@@ -87,10 +87,10 @@ def loss_weights(nets: Any, config: TrainConfig, ae_terms: dict[str, torch.Tenso
     """The autoencoder terms' weights, the image term's scaled by the adaptive balance when it is on
     (VQGAN, Esser et al. 2021); returns (weights, balance or None)."""
     weights = {"latent": config.latent_weight, "interp": config.interp_weight, "image": config.image_weight,
-               "perceptual": config.perceptual_weight, "class": config.class_weight}
+               "perceptual": config.perceptual_weight, "class": config.class_weight, "spectral": config.spectral_weight}
     if not (config.adaptive_image_weight and "image" in ae_terms):
         return weights, None
-    reconstruction = losses.total({k: v for k, v in ae_terms.items() if k in ("recon", "perceptual")}, weights)
+    reconstruction = losses.total({k: v for k, v in ae_terms.items() if k in ("recon", "perceptual", "spectral")}, weights)
     decoder = getattr(nets.decoder, "module", nets.decoder)  # the network inside a DDP replica
     balance = losses.adaptive_weight(reconstruction, ae_terms["image"], decoder.last_layer)
     weights["image"] = config.image_weight * balance
@@ -138,7 +138,7 @@ def train_step(nets: Any, batch: torch.Tensor, config: TrainConfig, generator: t
         classes = None
         if config.class_weight > 0 and labels is not None:
             classes = (nets.class_head(z), labels.to(device))
-        ae_terms = losses.autoencoder_terms(x, x_rec, out, features, classes)
+        ae_terms = losses.autoencoder_terms(x, x_rec, out, features, classes, config.spectral_weight > 0)
         critic_terms = losses.critic_terms(out)
 
     weights, balance = loss_weights(nets, config, ae_terms)

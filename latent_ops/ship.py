@@ -13,6 +13,10 @@ sections).
 
 The folder is built beside its destination and put in place whole; a killed ship resumes
 (the prior from its checkpoint, the bank and concepts when their stamps still match).
+
+``--prior_from MODEL`` takes the prior of another shipped model instead of training one, when the two
+share every encoder weight (a decoder fine-tuned with ``--train_encoder false`` keeps every code, and so
+the prior's training data): it is refused when they do not, or when the prior's steps, channels or data differ.
 """
 from __future__ import annotations
 
@@ -64,6 +68,8 @@ class ShipConfig:
     targets: str = ""  # a bench/release_targets.py record (JSON) whose numbers go into the card; empty: none
     card_notes: str = ""  # a Markdown file appended to the card (hand-written sections); empty: none
     report: str = ""  # a latent_ops.report report.json of the shipped model whose metrics go into the card; empty: none
+    prior_from: str = ""  # a shipped model with the same encoder (so the same codes) whose prior is taken as it is;
+    #   empty: train the prior
 
 
 def write_fp16_weights(run: Path, folder: Path) -> None:
@@ -75,6 +81,37 @@ def write_fp16_weights(run: Path, folder: Path) -> None:
         shutil.copy2(run / METRICS_FILE, folder / METRICS_FILE)
     save_weights(nets, model_file(folder), dtype=torch.float16,
                  metadata={"shipped_from": str(run), "source_weights_digest": weights_digest(run)})
+
+
+ENCODER_PREFIX = "encoder."
+
+
+def adopt_prior(source: Path, staging: Path, config: ShipConfig, data: dict[str, str]) -> None:
+    """Copy ``source``'s prior into ``staging`` and stamp it with staging's weights; refused (RunError, nothing
+    copied) unless both folders hold the same fp16 encoder weights, and so the same codes of the same data,
+    and the prior has the steps and channels this ship was asked for."""
+    fix = "ship without --prior_from to train the prior"
+    if not (source / SHIP_FILE).exists() or not (source / PRIOR_FOLDER / "source.json").exists():
+        raise RunError(f"--prior_from {source} is not a shipped model with a prior; {fix}")
+    theirs = read_tensors(model_file(source), fix)
+    ours = read_tensors(model_file(staging), "ship again")
+    encoder = sorted(k for k in ours if k.startswith(ENCODER_PREFIX))
+    if sorted(k for k in theirs if k.startswith(ENCODER_PREFIX)) != encoder \
+            or any(not torch.equal(ours[k], theirs[k]) for k in encoder):
+        raise RunError(f"--prior_from {source} has other encoder weights than {config.run}, so other codes; {fix}")
+    if read_json(source / DATA_FILE, "shipped data record") != data:
+        raise RunError(f"--prior_from {source} was made from other data than {config.data}; {fix}")
+    prior_config = read_json(source / PRIOR_FOLDER / CONFIG_FILE, "prior config")
+    asked = {"steps": config.prior_steps, "channels": config.prior_channels}
+    if any(prior_config.get(k) != v for k, v in asked.items()):
+        raise RunError(f"--prior_from {source} has a prior of {prior_config.get('steps')} steps and "
+                       f"{prior_config.get('channels')} channels, not the {asked['steps']} and {asked['channels']} asked "
+                       f"for; pass --prior_steps and --prior_channels to match, or {fix}")
+    target = staging / PRIOR_FOLDER
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(source / PRIOR_FOLDER, target)
+    stamp = json.loads((target / "source.json").read_text())
+    write_json({**stamp, "weights_digest": weights_digest(staging), "adopted_from": str(source)}, target / "source.json")
 
 
 def test_split_bank(folder: Path) -> None:
@@ -154,9 +191,14 @@ def model_card(folder: Path, config: ShipConfig, record: dict, targets: dict | N
         f"- Training: `python -m autoencoder.train --preset {run_config.get('preset', '?')} --data data "
         f"--out {config.run}` ({last.get('step', '?')} steps, "
         f"{last.get('elapsed_s', 0) / 3600:.2f} h of training time as logged by the run).",
+        *([f"- Fine-tuned from the weights of `{run_config['init_from']}`"
+           + (", its encoder frozen (every code as there)." if not run_config.get("train_encoder", True) else ".")]
+          if run_config.get("init_from") else []),
         f"- Shipping: `python -m latent_ops.ship --run {config.run} --data data` (`make model`): fp16 weights, "
         f"the bank, concepts and a {config.prior_steps}-step prior of {config.prior_channels} channels "
-        f"({record['prior_seconds'] / 60:.1f} min), "
+        f"({record['prior_seconds'] / 60:.1f} min"
+        + (f", trained when `{config.prior_from}` was shipped and taken from it: the same encoder, so the same codes"
+           if config.prior_from else "") + "), "
         f"the last call {record['seconds'] / 60:.1f} min (a resumed call reuses what a killed one made), "
         f"on {record['machine']}.",
         f"- Data: CIFAR-10, SHA-256 of the uint8 images and labels, train `{record['data']['train'][:16]}...`, "
@@ -242,6 +284,9 @@ def ship(config: ShipConfig, progress: bool = True) -> Path:
         load_concepts(staging)
     except RunError:
         fit_run_concepts(staging, config.data, config.cache_dir)
+    checksums = data_checksums(config.data, config.cache_dir)
+    if config.prior_from:
+        adopt_prior(Path(config.prior_from), staging, config, checksums)
     lines = metric_lines(staging / PRIOR_FOLDER / METRICS_FILE)
     slimmed = not (staging / PRIOR_FOLDER / "checkpoint.json").exists()  # a finished, slimmed prior of a ship killed later
     if not (slimmed and lines and lines[-1]["step"] == config.prior_steps):
@@ -250,7 +295,6 @@ def ship(config: ShipConfig, progress: bool = True) -> Path:
                                       threads=config.prior_threads), progress=progress)
     # the seconds its log counts since the prior (last) started training
     prior_seconds = metric_lines(staging / PRIOR_FOLDER / METRICS_FILE)[-1]["seconds"]
-    checksums = data_checksums(config.data, config.cache_dir)
     write_json(checksums, staging / DATA_FILE)
     test_split_bank(staging)
     slim_prior(staging)
@@ -294,7 +338,8 @@ def rewrite_card(config: ShipConfig) -> Path:
     report = read_json(config.report, "report record") if config.report else None
     shipped = ShipConfig(**{**asdict(config), "run": record["source_run"],
                             "prior_steps": record["config"]["prior_steps"],
-                            "prior_channels": record["config"].get("prior_channels", 128)})
+                            "prior_channels": record["config"].get("prior_channels", 128),
+                            "prior_from": record["config"].get("prior_from", "")})
     return write_text(model_card(out, shipped, record, targets, notes, report), out / CARD_FILE)
 
 

@@ -190,3 +190,37 @@ def test_the_r1_penalty_is_the_squared_slope_of_the_critic_at_the_data():
     penalty.backward()
     assert penalty.item() == pytest.approx(4 * x.detach().pow(2).flatten(1).sum(1).mean().item(), rel=1e-5)
     assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_spectral_loss_grows_with_blur_and_ignores_where_detail_lies():
+    images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    assert losses.spectral_loss(images, images).item() == 0
+    values = [losses.spectral_loss(images, blurred(images, s)).item() for s in (0.5, 1, 2)]
+    assert 0 < values[0] < values[1] < values[2], values
+    outer = losses.radial_log_spectrum(blurred(images, 1)) - losses.radial_log_spectrum(images)
+    assert outer[..., -4:].mean() < -1 < outer[..., 1:4].mean()  # the fine scales lose power, the coarse ones keep it
+    shifted = images.roll(5, dims=-1)  # the same detail elsewhere: a large pixel error, no spectral one
+    assert losses.spectral_loss(images, shifted).item() < 1e-4 < losses.reconstruction_loss(images, shifted).item()
+    with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
+        losses.radial_log_spectrum(images[0])
+
+
+def test_the_spectral_loss_sharpens_a_blurred_image_by_gradient_descent():
+    images = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    guess = blurred(images, 1.5).clone().requires_grad_(True)
+    opt = torch.optim.Adam([guess], lr=0.01)
+    start = losses.spectral_loss(images, guess).item()
+    for _ in range(50):
+        opt.zero_grad()
+        losses.spectral_loss(images, guess).backward()
+        opt.step()
+    assert losses.spectral_loss(images, guess).item() < start / 2
+    assert metrics.laplacian_variance(guess.detach()).mean() > metrics.laplacian_variance(blurred(images, 1.5)).mean()
+
+
+def test_the_spectral_term_is_named_only_when_switched_on():
+    from autoencoder.losses import CriticOutputs, autoencoder_terms
+
+    x = torch.rand(2, 3, 8, 8)
+    assert "spectral" not in autoencoder_terms(x, x, CriticOutputs())
+    assert set(autoencoder_terms(x, x * 0.5, CriticOutputs(), spectral=True)) == {"recon", "spectral"}

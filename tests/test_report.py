@@ -104,3 +104,14 @@ def test_report_is_deterministic_for_a_seed(tiny_report, smoke_run, folder_data,
     second = json.loads((again / "report.json").read_text())
     assert first["sets"] == second["sets"]
     assert first["compositions"][0]["recognisability_best"] == second["compositions"][0]["recognisability_best"]
+
+
+def test_the_diagram_caption_names_the_terms_that_trained_and_a_frozen_encoder():
+    from autoencoder.config import make_config
+    from autoencoder.diagram import loss_line
+
+    release = loss_line(make_config("release-grid8"))
+    assert "0.005 AAE" in release and "0.1 class head" in release and "spectral" not in release
+    tuned = loss_line(make_config("release-grid8-sharpen"))
+    assert "0.3 spectral" in tuned and "AAE" not in tuned and "class head" not in tuned
+    assert "fine-tuned from outputs/runs/release-grid8, its encoder frozen" in tuned

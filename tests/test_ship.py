@@ -144,3 +144,38 @@ def test_a_rewritten_card_gives_the_folder_size_as_it_is_now(shipped, tmp_path):
     card = (copy / CARD_FILE).read_text()
     assert f"- Size: {folder_bytes(copy) / 2 ** 20:.1f} MiB." in card
     assert f"- Size: {shipped_size:.1f} MiB." not in card
+
+
+def test_a_decoder_fine_tune_takes_the_prior_of_the_model_it_came_from(shipped, tmp_path):
+    from autoencoder.checkpoint import save_weights
+    from autoencoder.run_folder import model_file, weights_digest
+    from latent_ops.trained_prior import load_prior
+
+    model, flags = shipped
+    tuned = tmp_path / "tuned"
+    shutil.copytree(flags["run"], tuned)
+    nets = load_run(tuned, device="cpu").nets
+    with torch.no_grad():
+        next(nets.decoder.parameters()).add_(0.01)  # a new decoder, the same encoder
+    save_weights(nets, model_file(tuned))
+    assert weights_digest(tuned) != weights_digest(flags["run"])
+    out = ship(make_ship_config(**dict(flags, run=str(tuned), out=str(tmp_path / "models" / "tuned"),
+                                       prior_from=str(model))), progress=False)
+    theirs, ours = load_file(model / "prior" / "model.safetensors"), load_file(out / "prior" / "model.safetensors")
+    assert theirs.keys() == ours.keys() and all(torch.equal(theirs[k], ours[k]) for k in theirs)
+    assert load_prior(out) is not None  # stamped with the new weights, so not stale
+    assert json.loads((out / "prior" / "source.json").read_text())["adopted_from"] == str(model)
+    card = (out / CARD_FILE).read_text()
+    assert "taken from it: the same encoder" in card and str(model) in card
+
+    with torch.no_grad():
+        next(nets.encoder.parameters()).add_(0.01)  # other codes: the prior does not fit them
+    save_weights(nets, model_file(tuned))
+    again = dict(flags, run=str(tuned), out=str(tmp_path / "models" / "other"), prior_from=str(model))
+    with pytest.raises(RunError, match="other encoder weights.*ship without --prior_from"):
+        ship(make_ship_config(**again), progress=False)
+    with pytest.raises(RunError, match="prior of 20 steps.*not the 30"):
+        ship(make_ship_config(**dict(again, run=flags["run"], prior_steps=30)), progress=False)
+    with pytest.raises(RunError, match="not a shipped model with a prior"):
+        ship(make_ship_config(**dict(again, prior_from=str(tmp_path))), progress=False)
+    assert not (tmp_path / "models" / "other").exists()

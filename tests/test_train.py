@@ -517,6 +517,16 @@ def test_a_decoder_fine_tune_keeps_every_code_and_trains_the_decoder(folder_data
     assert 0 < record["eval/sharpness"] < 10
 
 
+def test_the_sharpen_recipe_logs_its_spectral_term_and_resumes_exactly(folder_data, tmp_path, monkeypatch, smoke_run):
+    recipe = {k: v for k, v in PRESETS["release-grid8-sharpen"].items()
+              if k in ("train_encoder", "latent_weight", "class_weight", "spectral_weight", "ema")}
+    assert recipe["spectral_weight"] > 0 and recipe["train_encoder"] is False
+    whole, killed = kill_and_resume(folder_data, tmp_path, monkeypatch, init_from=str(smoke_run), **recipe)
+    assert_resumed_exactly(whole, killed)
+    assert all(m["loss/spectral"] > 0 for m in read_metrics(killed))
+    assert load_train_config(killed / "config.json").spectral_weight == recipe["spectral_weight"]
+
+
 def test_init_from_starts_where_the_other_run_stopped(folder_data, tmp_path, smoke_run):
     started = train(make_config("smoke", init_from=str(smoke_run), steps=1, log_every=1, lr=1e-9, critic_lr=1e-9,
                                 **smoke_flags(folder_data, tmp_path / "next")), progress=False)
