@@ -70,11 +70,19 @@ def test_make_model_recreates_the_shipped_model_with_the_flags_it_was_shipped_wi
     from pathlib import Path
 
     makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
-    preset = re.search(r"^RELEASE_PRESET \?= (\S+)$", makefile, re.M).group(1)
+    release = re.search(r"^RELEASE_PRESET \?= (\S+)$", makefile, re.M).group(1)
+    sharpen = re.search(r"^SHARPEN_PRESET \?= ?(\S*)$", makefile, re.M).group(1)
+    preset = sharpen or release  # the run that ships: the decoder fine-tune when there is one
     flags = shlex.split(re.search(r"^SHIP_FLAGS \?= (.*)$", makefile, re.M).group(1))
     given = {flags[i].lstrip("-"): flags[i + 1] for i in range(0, len(flags), 2)}
     shipped = json.loads((SHIPPED_MODEL / "ship.json").read_text())["config"]
     prior = json.loads((SHIPPED_MODEL / "prior" / "config.json").read_text())
-    assert json.loads((SHIPPED_MODEL / "config.json").read_text())["preset"] == preset
+    run_config = json.loads((SHIPPED_MODEL / "config.json").read_text())
+    assert run_config["preset"] == preset
+    if sharpen:  # fine-tuned as the preset says, from the release run, its encoder frozen
+        from autoencoder.config import PRESETS
+
+        assert {k: run_config[k] for k in PRESETS[sharpen]} == {**PRESETS[sharpen], "init_from": run_config["init_from"]}
+        assert run_config["train_encoder"] is False and release in run_config["init_from"]
     assert {k: shipped[k] for k in given} == {k: int(v) for k, v in given.items()}
     assert (prior["steps"], prior["channels"]) == (shipped["prior_steps"], shipped["prior_channels"])
