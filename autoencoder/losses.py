@@ -13,6 +13,8 @@ Example (20 dB for an error of 0.2 everywhere)::
 """
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass
 
 import torch
@@ -100,15 +102,23 @@ def radial_log_spectrum(images: torch.Tensor, rings: int = 16) -> torch.Tensor:
     if images.ndim != 4:
         raise ValueError(f"images must be (B, C, H, W), got {tuple(images.shape)}")
     h, w = images.shape[-2:]
-    rings = max(1, min(rings, min(h, w) // 2))
+    ring, counts = spectrum_rings(h, w, rings, images.device)
     power = torch.view_as_real(torch.fft.fft2(images.float(), norm="ortho")).pow(2).sum(-1)  # (B, C, H, W); no
     #   abs(), whose gradient at a zero coefficient is not a number
-    fy, fx = torch.fft.fftfreq(h, device=images.device), torch.fft.fftfreq(w, device=images.device)
+    sums = power.new_zeros(*power.shape[:2], len(counts)).index_add_(2, ring, power.flatten(2))
+    return (sums / counts + SPECTRUM_FLOOR).log()
+
+
+@functools.lru_cache(maxsize=8)
+def spectrum_rings(h: int, w: int, rings: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ring of each frequency of an H x W spectrum (flattened, (H W,)) and the frequencies in each ring (R,):
+    R = rings, or fewer for a small image (one per frequency step), so that none is empty. Made once per shape
+    and device, not at every training step."""
+    rings = max(1, min(rings, min(h, w) // 2))
+    fy, fx = torch.fft.fftfreq(h, device=device), torch.fft.fftfreq(w, device=device)
     radius = (fy[:, None].pow(2) + fx[None, :].pow(2)).sqrt() / 0.5  # 1 at the Nyquist frequency of an axis
     ring = (radius * rings).long().clamp(max=rings - 1).flatten()  # corners beyond Nyquist join the last ring
-    counts = torch.bincount(ring, minlength=rings).to(power.dtype)
-    sums = torch.zeros(*power.shape[:2], rings, device=power.device).index_add_(2, ring, power.flatten(2))
-    return (sums / counts + SPECTRUM_FLOOR).log()
+    return ring, torch.bincount(ring, minlength=rings).float()
 
 
 def spectral_loss(x: torch.Tensor, x_rec: torch.Tensor, rings: int = 16) -> torch.Tensor:

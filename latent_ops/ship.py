@@ -48,7 +48,7 @@ from latent_ops.encode import BANK_FILE, encode_run, load_bank
 from latent_ops.prior import make_prior_config, train_prior
 from latent_ops.run_concepts import fit_run_concepts, load_concepts
 from latent_ops.runs import SHIPPED_MODEL
-from latent_ops.trained_prior import PRIOR_FOLDER
+from latent_ops.trained_prior import PRIOR_FOLDER, SOURCE_FILE
 
 CARD_FILE = "MODEL_CARD.md"
 
@@ -91,7 +91,7 @@ def adopt_prior(source: Path, staging: Path, config: ShipConfig, data: dict[str,
     copied) unless both folders hold the same fp16 encoder weights, and so the same codes of the same data,
     and the prior has the steps and channels this ship was asked for."""
     fix = "ship without --prior_from to train the prior"
-    if not (source / SHIP_FILE).exists() or not (source / PRIOR_FOLDER / "source.json").exists():
+    if not (source / SHIP_FILE).exists() or not (source / PRIOR_FOLDER / SOURCE_FILE).exists():
         raise RunError(f"--prior_from {source} is not a shipped model with a prior; {fix}")
     theirs = read_tensors(model_file(source), fix)
     ours = read_tensors(model_file(staging), "ship again")
@@ -110,8 +110,8 @@ def adopt_prior(source: Path, staging: Path, config: ShipConfig, data: dict[str,
     target = staging / PRIOR_FOLDER
     shutil.rmtree(target, ignore_errors=True)
     shutil.copytree(source / PRIOR_FOLDER, target)
-    stamp = json.loads((target / "source.json").read_text())
-    write_json({**stamp, "weights_digest": weights_digest(staging), "adopted_from": str(source)}, target / "source.json")
+    stamp = json.loads((target / SOURCE_FILE).read_text())
+    write_json({**stamp, "weights_digest": weights_digest(staging), "adopted_from": str(source)}, target / SOURCE_FILE)
 
 
 def test_split_bank(folder: Path) -> None:
