@@ -157,7 +157,7 @@ def build_classifier(config: ClassifierConfig) -> EvaluatorNet:
 class Evaluator:
     """A trained EvaluatorNet with batched, autocast inference on float images in [-1, 1]."""
 
-    def __init__(self, net: EvaluatorNet, device: torch.device, dtype: torch.dtype, batch_size: int = 500):
+    def __init__(self, net: EvaluatorNet, device: torch.device, dtype: torch.dtype, batch_size: int = 256):
         self.net, self.device, self.dtype, self.batch_size = net.to(device).eval(), device, dtype, batch_size
 
     @torch.no_grad()

@@ -119,24 +119,33 @@ def recognisability(probabilities: torch.Tensor, class_names: tuple[str, ...], s
     return {subject: p_subject, "winged": p_winged, "combined": 2 * (p_subject * p_winged).clamp_min(0).sqrt()}
 
 
+def _as_float(x: torch.Tensor) -> torch.Tensor:
+    """(N, ...) uint8 images or float vectors -> (N, size) float32 (uint8 mapped to [-1, 1])."""
+    return x.flatten(1).float().div(127.5).sub(1) if x.dtype == torch.uint8 else x.flatten(1).float()
+
+
 @torch.no_grad()
-def nearest_neighbours(queries: torch.Tensor, reference: torch.Tensor, k: int = 1, chunk: int = 4096
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
+def nearest_neighbours(queries: torch.Tensor, reference: torch.Tensor, k: int = 1, chunk: int = 4096,
+                       shortlist: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """RMS distances (N, k) to the k nearest reference vectors, nearest first, and their indices (N, k).
 
     The one nearest-neighbour search of the project. queries (N, ...) and reference (M, ...)
     are flattened to vectors of one size; images may be float in [-1, 1] or uint8 (converted
     chunk by chunk, so a uint8 training set is never held as floats); features are (N, D).
     RMS = L2 / sqrt(size), so pixel distances read as a typical per-pixel difference.
-    """
-    def as_float(x: torch.Tensor) -> torch.Tensor:
-        return x.flatten(1).float().div(127.5).sub(1) if x.dtype == torch.uint8 else x.flatten(1).float()
 
-    q = as_float(queries)
+    ``shortlist`` > k: a first pass in bf16 (3x faster on CPUs with native bf16) keeps that many
+    candidates per query, whose distances are then computed exactly in fp32; only a true neighbour
+    that bf16's rounding (about 1% of a squared distance) pushes out of the shortlist can be missed.
+    """
+    q = _as_float(queries)
     if q.shape[1] != reference[:1].flatten(1).shape[1]:
         raise ValueError(f"queries have {q.shape[1]} values each, reference {reference[:1].flatten(1).shape[1]}")
     if len(reference) < 1 or k < 1:
         raise ValueError(f"need k >= 1 and a non-empty reference, got k={k} and {len(reference)} vectors")
+    if shortlist > k and len(reference) > shortlist:
+        return _shortlisted(q, reference, k, chunk, shortlist)
+    as_float = _as_float
     best_d = torch.full((len(q), 0), float("inf"))
     best_i = torch.zeros((len(q), 0), dtype=torch.long)
     for start in range(0, len(reference), chunk):
@@ -147,6 +156,24 @@ def nearest_neighbours(queries: torch.Tensor, reference: torch.Tensor, k: int = 
         keep = best_d.topk(min(k, best_d.shape[1]), largest=False)
         best_d, best_i = keep.values, best_i.gather(1, keep.indices)
     return best_d / q.shape[1] ** 0.5, best_i
+
+
+def _shortlisted(q: torch.Tensor, reference: torch.Tensor, k: int, chunk: int, shortlist: int
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``nearest_neighbours`` by a bf16 shortlist of ``shortlist`` per query, ranked again exactly."""
+    q16 = q.bfloat16()
+    best_s = torch.full((len(q), 0), float("inf"))
+    best_i = torch.zeros((len(q), 0), dtype=torch.long)
+    for start in range(0, len(reference), chunk):
+        r = _as_float(reference[start:start + chunk])
+        score = r.pow(2).sum(1)[None] - 2 * (q16 @ r.bfloat16().T).float()  # squared distance minus |q|^2
+        top = score.topk(min(shortlist, score.shape[1]), largest=False)
+        best_s, best_i = torch.cat([best_s, top.values], 1), torch.cat([best_i, top.indices + start], 1)
+        keep = best_s.topk(min(shortlist, best_s.shape[1]), largest=False)
+        best_s, best_i = keep.values, best_i.gather(1, keep.indices)
+    exact = torch.stack([(_as_float(reference[rows]) - q[i]).pow(2).sum(1) for i, rows in enumerate(best_i)])
+    keep = exact.topk(k, largest=False)
+    return keep.values.sqrt() / q.shape[1] ** 0.5, best_i.gather(1, keep.indices)
 
 
 def nearest_distances(queries: torch.Tensor, reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

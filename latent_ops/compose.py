@@ -37,10 +37,8 @@ Examples:
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import re
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,8 +60,9 @@ from autoencoder.cli import (
     run_cli,
     save_config,
 )
+from autoencoder.compute import PRECISIONS, autocast
 from autoencoder.data import DATA_FILE, DataNotFoundError, data_checksums, load_split, to_float
-from autoencoder.metrics import laplacian_variance, mean_pairwise_distance, nearest_neighbours
+from autoencoder.metrics import mean_pairwise_distance, nearest_neighbours
 from autoencoder.models import Networks
 from autoencoder.run_folder import RunError, load_run
 from latent_ops import ranking
@@ -71,21 +70,14 @@ from latent_ops.compose_files import BY_EYE_FILES, OUTPUT_FILES, print_summary, 
 from latent_ops.concepts import Concepts
 from latent_ops.encode import load_bank
 from latent_ops.expression import FOLLOWING_REGIONS, parse
-from latent_ops.flow import FlowNet, denoise, project
+from latent_ops.flow import SOLVERS, FlowNet, project
 from latent_ops.images import region_cells
-from latent_ops.intent import (
-    INTENTS,
-    expand_learned,
-    expression_regions,
-    intent_terms,
-    needs_prior,
-    open_prior,
-    resolve_intent,
-)
-from latent_ops.refine import critic_scores, refine_codes
+from latent_ops.intent import INTENTS, expand_learned, expression_regions, needs_prior, open_prior, resolve_intent
 from latent_ops.run_concepts import ensure_concepts
 from latent_ops.runs import resolve_run
 from latent_ops.sampling import SOURCES, DrawSettings, Sources, projection_conditions, sample_expression
+from latent_ops.scoring import SHORTLIST, Scored, score
+from latent_ops.timing import StageClock
 from latent_ops.trained_prior import learned_names
 
 RECIPE_FILE = "compose.json"  # a run's compose recipe: the defaults of its composes
@@ -104,7 +96,7 @@ class ComposeConfig:
     data: str = DATA_FOLDER  # CIFAR-10 folder, for uniqueness and neighbour panels (skipped when absent)
     cache_dir: str = CACHE_FOLDER  # where the decoded data is cached
     out: str = ""  # output folder; empty: outputs/compose/<expression>-<seed>
-    n: int = 64  # candidates to compose and rank
+    n: int = 64  # images kept (a diverse set of the best, at most 64); candidates composed when --pool is 0
     seed: int = 0  # draws of source codes and density samples
     refine_steps: int = 10  # critic refinement steps (0: none)
     refine_step_size: float = 0.02  # gradient step size of the refinement (each step's length is capped)
@@ -114,35 +106,55 @@ class ComposeConfig:
     source: str = "heldout"  # heldout (codes of real test images), density (the fitted Gaussian mixture)
     #   or prior (the run's latent prior, latent_ops.prior)
     guidance: float = 2.0  # classifier-free guidance of the latent prior per condition (prior draws, a&b, --project)
-    prior_steps: int = 32  # ODE steps of the latent prior
+    prior_steps: int = 12  # ODE steps of the latent prior
+    solver: str = "ab2"  # the prior's ODE solver: ab2 or dpmpp2m (one evaluation a step), heun (two; latent_ops.flow)
+    guidance_from: float = 0.0  # guidance applies from this time of the prior's flow (0: noise) ...
+    guidance_until: float = 1.0  # ... until this one (1: the codes); outside, the plain conditional velocity
     project: float = 0.0  # SDEdit: edited codes go this far towards noise and the prior brings them back; 0: off
     refine_prior: float = 0.0  # each refinement step moves this share (0-1) of the way to the prior's denoised code
-    pool: int = 0  # candidates to compose and rank (0: --n); a diverse 64 of the best are kept and shown
+    pool: int = 0  # candidates to compose and rank (0: --n); a diverse min(n, 64) of the best are kept and shown
     dedup: float = 0.5  # no two kept images closer than this fraction of the pool's median pairwise distance
     intent: str = "auto"  # auto (the evaluator when shipped), evaluator or probe
     rank_sharpness: float = 1.0  # weight of sharpness (Laplacian variance) in the ranking, beside realism, intent
     #   and uniqueness (each weight 1): blurred blobs that the critic and evaluator accept sink; 0: off
     rank_gate: float = 0.2  # candidates with every intent term >= this rank above the rest (0: no gate), so
     #   the best shows every part of the expression (a sharp horse without wings does not come first)
-    chunk: int = 256  # candidates refined and decoded at once: memory stays bounded for any --n
+    chunk: int = 64  # candidates refined and decoded at once (64: fastest on a 2-core CPU, bench/compose_speed.py)
+    refine_top: int = 192  # refine only this many of a first ranking's best, then rank again (0: every candidate);
+    #   at least the number kept, min(n, 64)
+    precision: str = "auto"  # auto (bf16 where the CPU or GPU has it natively, else fp32), bf16 or fp32
     save_recipe: bool = False  # also store these settings as the run's compose.json, the defaults of its composes
 
     @property
     def candidates(self) -> int:
         return self.pool or self.n
 
+    @property
+    def kept(self) -> int:
+        """The images kept and shown: a diverse set of the best."""
+        return min(self.n, SHOWN)
+
 
 COMPOSE_RANGES = {"n": (1, 10**6), "seed": (0, 2**32 - 1), "refine_steps": (0, 10**4),
                   "refine_step_size": (0, 100), "refine_anchor": (0, 1e4), "strength": (0, 100),
                   "temperature": (1e-6, 100), "chunk": (1, 65536), "guidance": (0, 100), "prior_steps": (1, 1000),
                   "project": (0, 1), "refine_prior": (0, 1), "pool": (0, 10**6), "dedup": (0, 10),
-                  "rank_sharpness": (0, 100), "rank_gate": (0, 1)}
+                  "rank_sharpness": (0, 100), "rank_gate": (0, 1), "guidance_from": (0, 1), "guidance_until": (0, 1),
+                  "refine_top": (0, 10**6)}
 
 
 def validate_compose_config(config: ComposeConfig) -> None:
     check_ranges(config, COMPOSE_RANGES)
     check_choice("source", config.source, SOURCES)
     check_choice("intent", config.intent, INTENTS)
+    check_choice("solver", config.solver, SOLVERS)
+    check_choice("precision", config.precision, PRECISIONS)
+    if config.guidance_from > config.guidance_until:
+        raise ConfigError(f"--guidance_from {config.guidance_from} is after --guidance_until {config.guidance_until}: "
+                          f"guidance applies between them; give from <= until (0 and 1: throughout)")
+    if 0 < config.refine_top < config.kept:
+        raise ConfigError(f"--refine_top {config.refine_top} refines fewer candidates than the {config.kept} kept "
+                          f"(min(--n, {SHOWN})); give at least {config.kept}, or 0 to refine every candidate")
     parse(config.expression)  # grammar, length and numbers checked before any work
 
 
@@ -213,15 +225,24 @@ class Setting:
     prior: FlowNet | None
     sources: Sources
     regions: list[str]
+    dtype: torch.dtype  # the networks' precision: bf16 autocast or fp32
 
     @property
     def label_names(self) -> tuple[str, ...]:
         return tuple(getattr(self.prior, "label_names", CIFAR10_CLASSES))
 
+    @property
+    def precision(self) -> str:
+        return "bf16" if self.dtype == torch.bfloat16 else "fp32"
+
+    def autocast(self):
+        """The networks' precision: bf16 autocast where native (codes, ODE states and scores stay fp32)."""
+        return autocast(self.device, self.dtype)
+
 
 def open_setting(config: ComposeConfig) -> Setting:
     run_dir = resolve_run(config.run)
-    opened = load_run(run_dir)
+    opened = load_run(run_dir, precision=config.precision)
     nets = opened.nets.to(memory_format=torch.channels_last)  # refinement 1.9x faster on this CPU (bench/compose_speed.py)
     concepts = ensure_concepts(run_dir, config.data, config.cache_dir)
     learned = learned_names(run_dir)
@@ -229,12 +250,14 @@ def open_setting(config: ComposeConfig) -> Setting:
     intent_source = resolve_intent(config.intent)
     judge = load_evaluator(device=opened.device.type) if intent_source == "evaluator" else None
     prior = open_prior(run_dir, weights, learned) if needs_prior(config, weights, learned) else None
+    if prior is not None and opened.dtype == torch.bfloat16:
+        prior = prior.to(memory_format=torch.channels_last)  # its convolutions: 1.3x faster in bf16 on this CPU
     regions = expression_regions(weights)
     perceptual = load_perceptual(device=opened.device) if set(regions) & set(FOLLOWING_REGIONS) else None
     bank = load_bank(run_dir) if config.source != "density" else None
     sources = Sources(concepts, bank, prior, opened.code_shape, nets.decoder, perceptual)
     return Setting(run_dir, nets, opened.device, concepts, weights, expand_learned(weights, run_dir, learned),
-                   intent_source, judge, prior, sources, regions)
+                   intent_source, judge, prior, sources, regions, opened.dtype)
 
 
 # --- stage 2: draw -------------------------------------------------------------------------------------------------
@@ -247,15 +270,21 @@ class Drawn:
     conditions: list  # the prior's (label, weight) conditions of the projection
 
 
-def draw(config: ComposeConfig, setting: Setting) -> Drawn:
+def draw_settings(config: ComposeConfig, progress: bool = False) -> DrawSettings:
+    return DrawSettings(config.source, config.strength, config.temperature, config.guidance, config.prior_steps,
+                        config.solver, config.guidance_from, config.guidance_until, "sampling" if progress else "")
+
+
+def draw(config: ComposeConfig, setting: Setting, progress: bool = False) -> Drawn:
     rng = np.random.default_rng(config.seed)
-    settings = DrawSettings(config.source, config.strength, config.temperature, config.guidance, config.prior_steps)
-    edited, drawn = sample_expression(setting.weights, setting.sources, config.candidates, rng, settings)
-    codes, conditions = edited, []
-    if config.project > 0:
-        conditions = projection_conditions(setting.weights, setting.concepts, config.guidance, setting.prior)
-        codes = project(setting.prior, torch.from_numpy(edited), config.project, conditions, config.prior_steps,
-                        torch.Generator().manual_seed(config.seed)).numpy()
+    settings = draw_settings(config, progress)
+    with torch.inference_mode(), setting.autocast():
+        edited, drawn = sample_expression(setting.weights, setting.sources, config.candidates, rng, settings)
+        codes, conditions = edited, []
+        if config.project > 0:
+            conditions = projection_conditions(setting.weights, setting.concepts, config.guidance, setting.prior)
+            codes = project(setting.prior, torch.from_numpy(edited), config.project, conditions, settings.schedule,
+                            torch.Generator().manual_seed(config.seed)).numpy()
     return Drawn(edited, codes, drawn, conditions)
 
 
@@ -272,7 +301,7 @@ def uniqueness_reference(data: str, cache_dir: str, train_images: torch.Tensor, 
     """Median distance from real held-out images to their nearest training image."""
     test = load_split(data, "test", cache_dir).images
     pick = torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))[:count]
-    distance, _ = nearest_neighbours(to_float(test[pick]), train_images, k=1)
+    distance, _ = nearest_neighbours(to_float(test[pick]), train_images, k=1, shortlist=SHORTLIST)
     return distance[:, 0].median().item()
 
 
@@ -298,70 +327,6 @@ def open_reference(config: ComposeConfig, run: Path) -> Reference:
     return Reference(train_images, distance, data_matches_run(run, config.data, config.cache_dir))
 
 
-# --- stage 3: score ------------------------------------------------------------------------------------------------
-
-@dataclass
-class Scored:
-    found: dict[str, torch.Tensor]  # per candidate: z, realism_before, realism, sharpness, intent/*, distance, ...
-    history: list[float]  # mean critic logit before each refinement step and after the last
-    intents: dict[str, torch.Tensor]  # per intent term (N,)
-    intent: torch.Tensor  # (N,) their geometric mean
-    combined: torch.Tensor  # (N,) the ranking score
-    gated: torch.Tensor  # (N,) bool: every intent term >= --rank_gate
-    order: torch.Tensor  # candidates, best first
-
-
-def score_chunk(setting: Setting, z0: torch.Tensor, config: ComposeConfig, train_images: torch.Tensor | None,
-                prior_denoise=None) -> dict[str, torch.Tensor]:
-    """Refine, decode and score one chunk of candidate codes; returns per-candidate tensors on the CPU."""
-    nets = setting.nets
-    z, history = refine_codes(nets, z0, config.refine_steps, config.refine_step_size, config.refine_anchor,
-                              prior_denoise=prior_denoise, prior_weight=config.refine_prior)
-    with torch.no_grad():
-        after = nets.decoder(z).float()  # (c, 3, 32, 32)
-        out = {"z": z.cpu(), "realism_before": critic_scores(nets, z0).float().cpu(),
-               "realism": nets.image_critic(after).float().cpu(), "sharpness": laplacian_variance(after).cpu(),
-               "history": torch.tensor(history) * len(z)}
-    probs = None
-    if setting.judge is not None:
-        p = setting.judge.probabilities(after.cpu())  # (c, 10)
-        probs = {name: p[:, i] for i, name in enumerate(CIFAR10_CLASSES)}
-    for name, value in intent_terms(setting.intent_weights, setting.concepts, z, probs).items():
-        out[f"intent/{name}"] = value.float().cpu()
-    if train_images is not None:
-        distance, index = nearest_neighbours(after.cpu(), train_images, k=3)
-        out["distance"], out["neighbours"] = distance, index
-    return out
-
-
-def score(config: ComposeConfig, setting: Setting, drawn: Drawn, reference: Reference) -> Scored:
-    pull = None  # the prior's denoiser, which the refinement steps towards
-    if setting.prior is not None and config.refine_prior > 0:
-        conditions = drawn.conditions or projection_conditions(setting.weights, setting.concepts, config.guidance,
-                                                               setting.prior)
-        pull = functools.partial(denoise, setting.prior.to(setting.device), conditions=conditions)
-    count = config.candidates
-    parts = [score_chunk(setting, torch.from_numpy(chunk).to(setting.device), config, reference.train_images, pull)
-             for chunk in np.array_split(drawn.codes, range(config.chunk, count, config.chunk))]
-    found = {k: torch.cat([p[k] for p in parts]) for k in parts[0] if k != "history"}
-    history = (sum(p["history"] for p in parts) / count).tolist()
-    intents = {k.split("/", 1)[1]: v for k, v in found.items() if k.startswith("intent/")}
-    intent = ranking.geometric_mean(torch.stack(list(intents.values()), 1)) if intents else torch.ones(count)
-    terms = {"realism": found["realism"], "intent": intent, "sharpness": found["sharpness"]}
-    if reference.distance is not None:
-        terms["uniqueness"] = ranking.capped_uniqueness(found["distance"][:, 0], reference.distance)
-    combined = ranking.combined_score(terms, {"sharpness": config.rank_sharpness})
-    gated = passes_gate(intents, config.rank_gate, count)
-    return Scored(found, history, intents, intent, combined, gated, ranking.gated_order(combined, gated))
-
-
-def passes_gate(intents: dict[str, torch.Tensor], gate: float, count: int) -> torch.Tensor:
-    """(count,) bool: every intent term >= ``gate`` (all True without terms or with gate 0)."""
-    if not intents or gate <= 0:
-        return torch.ones(count, dtype=torch.bool)
-    return torch.stack(list(intents.values()), 1).min(1).values >= gate
-
-
 # --- stage 4: rank -------------------------------------------------------------------------------------------------
 
 @dataclass
@@ -375,26 +340,24 @@ class Kept:
 
 
 @torch.no_grad()
-def decode(nets: Networks, codes: torch.Tensor, chunk: int) -> torch.Tensor:
-    return torch.cat([nets.decoder(part).float().cpu() for part in codes.split(chunk)])
-
-
-@torch.no_grad()
 def projection_strip(config: ComposeConfig, setting: Setting, drawn: Drawn, best: int) -> torch.Tensor:
     """The best candidate's edit, projected at every noise level of PROJECTION_STRIP, decoded."""
     prior, device = setting.prior.to(setting.device), setting.device
     edit = torch.from_numpy(drawn.edited)[best:best + 1].to(device)
-    return torch.cat([decode(setting.nets, project(prior, edit, level, drawn.conditions, config.prior_steps,
-                                                   torch.Generator(device).manual_seed(0)), 1)
-                      for level in PROJECTION_STRIP])
+    schedule = draw_settings(config).schedule
+    with setting.autocast():
+        codes = [project(prior, edit, level, drawn.conditions, schedule, torch.Generator(device).manual_seed(0))
+                 for level in PROJECTION_STRIP]
+        return torch.cat([setting.nets.decoder(code).float().cpu() for code in codes])
 
 
 def rank(config: ComposeConfig, setting: Setting, drawn: Drawn, scored: Scored) -> Kept:
+    """The saved images (best first), a diverse kept set of the best, and the kept images before refinement."""
     saved = scored.order[:MAX_SAVED_IMAGES]
-    ranked = decode(setting.nets, scored.found["z"][saved].to(setting.device), config.chunk)  # best first
-    picked = ranking.diverse_subset(ranked, SHOWN, config.dedup)  # positions in ranked, best first
+    ranked = to_float(scored.found["image"][saved])  # best first
+    picked = ranking.diverse_subset(ranked, config.kept, config.dedup)  # positions in ranked, best first
     shown = saved[picked]
-    before = decode(setting.nets, torch.from_numpy(drawn.codes)[shown].to(setting.device), config.chunk)
+    before = to_float(scored.found["image_before"][shown])
     strip = None
     if setting.prior is not None and config.project > 0:
         strip = projection_strip(config, setting, drawn, int(scored.order[0]))
@@ -422,9 +385,10 @@ def candidate_rows(setting: Setting, drawn: Drawn, scored: Scored, kept: Kept, r
     """One entry per candidate, best first, with every score that ranked it."""
     found, kept_set, rows = scored.found, set(kept.shown.tolist()), []
     wings = setting.concepts.directions.get("wings")
+    signed = wings.signed_distance(found["z"].numpy()) if wings is not None else None
     for rank_, i in enumerate(scored.order.tolist()):
         entry = {"rank": rank_, "candidate": i, "kept": i in kept_set, "combined": scored.combined[i].item(),
-                 "realism_before_refinement": found["realism_before"][i].item(),
+                 "refined": bool(found["refined"][i]), "realism_before_refinement": found["realism_before"][i].item(),
                  "realism": found["realism"][i].item(), "intent": scored.intent[i].item(),
                  "sharpness": found["sharpness"][i].item(), "passed_gate": bool(scored.gated[i]),
                  "intent_terms": {k: v[i].item() for k, v in scored.intents.items()}}
@@ -434,8 +398,8 @@ def candidate_rows(setting: Setting, drawn: Drawn, scored: Scored, kept: Kept, r
                          nearest_train_distances=found["distance"][i].tolist())
         if drawn.sources:
             entry["source_test_indices"] = {name: idx[i] for name, idx in drawn.sources.items()}
-        if wings is not None:
-            entry["wings_signed_distance"] = float(wings.signed_distance(found["z"][i:i + 1].numpy())[0])
+        if signed is not None:
+            entry["wings_signed_distance"] = float(signed[i])
         rows.append(entry)
     return rows
 
@@ -452,7 +416,10 @@ def summarise(config: ComposeConfig, setting: Setting, drawn: Drawn, scored: Sco
               reference: Reference) -> dict:
     found, order, gate = scored.found, scored.order, config.rank_gate
     diverse = len(kept.shown) > 1
+    refined = found["refined"] if found["refined"].any() else torch.ones_like(found["refined"])
     return {
+        "precision": setting.precision, "solver": config.solver, "prior_steps": config.prior_steps,
+        "guidance_interval": [config.guidance_from, config.guidance_until], "refine_top": config.refine_top,
         "expression": config.expression, "weights": setting.weights, "intent_weights": setting.intent_weights,
         "seed": config.seed, "run": str(setting.run), "candidates_composed": config.candidates,
         "strength": config.strength, "temperature": config.temperature, "source": config.source,
@@ -461,8 +428,10 @@ def summarise(config: ComposeConfig, setting: Setting, drawn: Drawn, scored: Sco
         "projection_strip_noise": list(PROJECTION_STRIP) if kept.strip is not None else [],
         "regions": setting.regions, "intent_source": setting.intent_source, "refine_steps": config.refine_steps,
         "refine_step_size": config.refine_step_size, "refine_anchor": config.refine_anchor,
-        "refine_prior": config.refine_prior, "critic_mean_per_refine_step": scored.history,
-        "critic_mean_before": found["realism_before"].mean().item(), "critic_mean_after": found["realism"].mean().item(),
+        "refine_prior": config.refine_prior, "refined": int(refined.sum()),
+        "critic_mean_per_refine_step": scored.history, "critic_means_of": f"the {int(refined.sum())} refined",
+        "critic_mean_before": found["realism_before"][refined].mean().item(),
+        "critic_mean_after": found["realism"][refined].mean().item(),
         "diversity_before": mean_pairwise_distance(kept.before) if diverse else 0.0,
         "diversity_after": mean_pairwise_distance(kept.after) if diverse else 0.0,
         "diversity_of": f"the kept {len(kept.shown)} before and after refinement",
@@ -488,25 +457,37 @@ def candidate_cells(regions: list[str], sources: Sources, count: int) -> torch.T
 
 def run_compose(config: ComposeConfig, quiet: bool = False) -> Path:
     """Claim the output folder, then the six stages; returns the folder."""
-    began = time.monotonic()
+    clock = StageClock()
     out = output_folder(config)
     try:
-        return compose_into(out, config, began, quiet)
+        return compose_into(out, config, clock, quiet)
     finally:
         release_folder(out)
 
 
-def compose_into(out: Path, config: ComposeConfig, began: float, quiet: bool) -> Path:
+def compose_into(out: Path, config: ComposeConfig, clock: StageClock, quiet: bool) -> Path:
+    """The stages, each timed (scores.json's ``stage_seconds``); the files are written into a temporary folder
+    and put in place whole."""
+    with clock("setup"):
+        setting = open_setting(config)
+        reference = open_reference(config, setting.run)
+    with clock("sampling"):
+        drawn = draw(config, setting, progress=not quiet)
+    scored = score(config, setting, drawn, reference, clock, progress=not quiet)
+    with clock("ranking"):
+        kept = rank(config, setting, drawn, scored)
+    with clock("writing"):
+        summary = summarise(config, setting, drawn, scored, kept, reference)
+        cells = candidate_cells(setting.regions, setting.sources, config.candidates)
 
-    setting = open_setting(config)
-    drawn = draw(config, setting)
-    reference = open_reference(config, setting.run)
-    scored = score(config, setting, drawn, reference)
-    kept = rank(config, setting, drawn, scored)
-    summary = summarise(config, setting, drawn, scored, kept, reference)
-    cells = candidate_cells(setting.regions, setting.sources, config.candidates)
-    summary["seconds"] = time.monotonic() - began
-    replace_folder(lambda folder: write_outputs(folder, config, kept, scored, reference, summary, cells), out)
+    def stamp(summary: dict) -> None:  # the last moment before scores.json is written
+        summary["stage_seconds"] = dict(clock.seconds)
+        summary["seconds"] = clock.total()
+
+    with clock("writing"):
+        replace_folder(lambda folder: write_outputs(folder, config, kept, scored, reference, summary, cells, stamp),
+                       out)
+    summary["stage_seconds"], summary["seconds"] = dict(clock.seconds), clock.total()
     if config.save_recipe:
         save_recipe(config, setting.run)
     if not quiet:

@@ -48,8 +48,10 @@ def refinement_rows(kept, cells: torch.Tensor | None) -> tuple[torch.Tensor, int
     return torch.cat(rows), min(8, count) if kept.strip is None else 8
 
 
-def write_outputs(folder: Path, config, kept, scored, reference, summary: dict, cells: torch.Tensor | None) -> None:
-    """Every file of one compose into ``folder`` (a temporary folder that is then put in place whole)."""
+def write_outputs(folder: Path, config, kept, scored, reference, summary: dict, cells: torch.Tensor | None,
+                  stamp=None) -> None:
+    """Every file of one compose into ``folder`` (a temporary folder that is then put in place whole);
+    ``stamp(summary)`` is called just before scores.json, the last file, is written (its timings)."""
     best_image = kept.ranked[0]
     save_config(config, folder / "config.json")
     save_single(best_image, folder / "best.png")
@@ -70,6 +72,8 @@ def write_outputs(folder: Path, config, kept, scored, reference, summary: dict, 
         nearest = to_float(reference.train_images[neighbours[scored.order[0]]])
     caption = showcase_caption(config.expression, config.seed, summary["candidates"][0], summary, len(kept.shown))
     save_showcase(best_image, nearest, kept.after, caption, folder / "showcase.png")
+    if stamp is not None:
+        stamp(summary)
     write_json(summary, folder / "scores.json")
 
 
@@ -77,8 +81,11 @@ def print_summary(config, summary: dict, out: Path) -> None:
     """What a compose found, in five lines."""
     best, pool, gate = summary["candidates"][0], summary["pool"], config.rank_gate
     print(f"{config.expression}: {summary['candidates_composed']} candidates in {summary['seconds']:.1f} s -> {out}/")
-    print(f"  critic mean {summary['critic_mean_before']:.3f} -> {summary['critic_mean_after']:.3f} after "
-          f"{config.refine_steps} refinement steps; diversity of the kept {summary['kept']['count']} "
+    print("  seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in summary["stage_seconds"].items())
+          + f" ({summary['precision']}; prior: {summary['solver']}, {summary['prior_steps']} steps; "
+          f"{summary['refined']} refined)")
+    print(f"  critic mean of the refined {summary['critic_mean_before']:.3f} -> {summary['critic_mean_after']:.3f} "
+          f"after {config.refine_steps} steps; diversity of the kept {summary['kept']['count']} "
           f"{summary['diversity_before']:.3f} -> {summary['diversity_after']:.3f} (mean pairwise RMS pixel distance)")
     if "share_every_intent_term_at_least_gate" in pool:
         print(f"  whole pool: {pool['share_every_intent_term_at_least_gate']:.0%} have every intent term >= {gate:g} "

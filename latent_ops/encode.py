@@ -47,7 +47,7 @@ def encode_images(encoder: torch.nn.Module, images: torch.Tensor, device: torch.
 
 
 @torch.no_grad()
-def decode_codes(nets: Networks, codes: torch.Tensor, batch_size: int = 500,
+def decode_codes(nets: Networks, codes: torch.Tensor, batch_size: int = 64,
                  dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Images in [-1, 1] (N, 3, 32, 32) float32 for codes (N, D), on the codes' device;
     ``dtype`` bf16 decodes under autocast."""

@@ -45,6 +45,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from latent_ops.timing import progress_bar
+
 
 class Condition(NamedTuple):
     """A class (or learned concept) label, its guidance weight, and where it applies."""
@@ -224,6 +226,16 @@ def as_guides(guides: Sequence) -> list[Guide]:
     return [g if isinstance(g, (Condition, Drift)) else Condition(*g) for g in guides]
 
 
+NET_CHUNK = 512  # rows per call of the velocity net: 2x faster than 2,048 at once on a 2-core CPU (caches, allocation)
+
+
+def chunked_velocity(net: FlowNet, x: torch.Tensor, t: float, labels: torch.Tensor) -> torch.Tensor:
+    """net(x, t, labels) (B, D) in calls of at most NET_CHUNK rows, as fp32 (the ODE's state stays fp32)."""
+    times = torch.full((len(x),), t, device=x.device)
+    return torch.cat([net(x[i:i + NET_CHUNK], times[i:i + NET_CHUNK], labels[i:i + NET_CHUNK]).float()
+                      for i in range(0, len(x), NET_CHUNK)])
+
+
 def guided_velocity(net: FlowNet, x: torch.Tensor, t: float, conditions: Sequence[Guide]) -> torch.Tensor:
     """v(x, t, none) + sum_k w_k M_k (v(x, t, c_k) - v(x, t, none)) + sum_j M_j d_j, in one batched call.
 
@@ -234,12 +246,16 @@ def guided_velocity(net: FlowNet, x: torch.Tensor, t: float, conditions: Sequenc
     guides = as_guides(conditions)
     classes = [g for g in guides if isinstance(g, Condition)]
     B = x.shape[0]
-    labels = [net.unconditional] + [c.label for c in classes]
+    if len(classes) == 1 and classes[0].mask is None and classes[0].weight == 1:
+        classes = []  # the conditional velocity alone: the unconditional one is not needed
+        labels = [next(g for g in guides if isinstance(g, Condition)).label]
+    else:
+        labels = [net.unconditional] + [c.label for c in classes]
     for label in labels:
         if not 0 <= label <= net.unconditional:
             raise ValueError(f"label {label} is outside this prior's {net.classes} labels")
-    stacked = net(x.repeat(len(labels), 1), torch.full((B * len(labels),), float(t), device=x.device),
-                  torch.tensor(labels, device=x.device).repeat_interleave(B))
+    stacked = chunked_velocity(net, x.repeat(len(labels), 1), float(t),
+                               torch.tensor(labels, device=x.device).repeat_interleave(B))
     velocities = stacked.view(len(labels), B, -1)
     v = velocities[0]
     for condition, conditional in zip(classes, velocities[1:]):
@@ -251,33 +267,137 @@ def guided_velocity(net: FlowNet, x: torch.Tensor, t: float, conditions: Sequenc
     return v
 
 
+SOLVERS = ("heun", "ab2", "dpmpp2m")  # Heun (2 evaluations a step), Adams-Bashforth 2 and DPM-Solver++(2M) (1 each)
+
+
+class Schedule(NamedTuple):
+    """How the flow ODE is solved: the solver, its steps, and the times at which guidance applies.
+
+    - ``heun``: Heun's method, second order, two evaluations of the velocity a step.
+    - ``ab2``: the Adams-Bashforth two-step method, second order with one evaluation a step: each step
+      extrapolates the last two velocities (the first step is Euler's). A training-free multistep solver
+      (the family of DPM-Solver++(2M), Lu et al. 2022, arXiv:2211.01095, and UniPC, Zhao et al. 2023,
+      arXiv:2302.04867, which reuse earlier evaluations).
+    - ``dpmpp2m``: DPM-Solver++(2M) (Lu et al. 2022) on the flow's straight paths x_t = t x1 + (1 - t) x0
+      (alpha_t = t, sigma_t = 1 - t): an exponential integrator in lambda = log(t / (1 - t)) of the
+      denoised estimate x + (1 - t) v, extrapolated from the last two; its first order is Euler's step.
+    - ``guidance_from``, ``guidance_until``: guidance (weights above 1, the AND of several conditions)
+      applies only for times in [from, until]; outside, the conditions' weights are scaled to sum to 1
+      (one condition: its plain conditional velocity, one evaluation instead of two). Guidance in a
+      limited interval (Kynkaenniemi et al. 2024, arXiv:2404.07724): early guidance costs diversity and
+      late guidance does little.
+    - ``progress``: a label shows a progress bar on a terminal (none when output is not a terminal).
+    """
+    steps: int = 32
+    solver: str = "heun"
+    guidance_from: float = 0.0
+    guidance_until: float = 1.0
+    progress: str = ""
+
+    def evaluations(self) -> int:
+        """Velocity evaluations of one integration (each may batch several conditions)."""
+        return self.steps * (2 if self.solver == "heun" else 1)
+
+
+def as_schedule(steps: int | Schedule) -> Schedule:
+    """A Schedule; a plain step count is Heun's method with guidance throughout."""
+    schedule = steps if isinstance(steps, Schedule) else Schedule(int(steps))
+    if schedule.steps < 1:
+        raise ValueError(f"steps must be at least 1, got {schedule.steps}")
+    if schedule.solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {', '.join(SOLVERS)}, got {schedule.solver!r}")
+    if not 0 <= schedule.guidance_from <= schedule.guidance_until <= 1:
+        raise ValueError(f"the guidance interval must satisfy 0 <= from <= until <= 1, got "
+                         f"[{schedule.guidance_from}, {schedule.guidance_until}]")
+    return schedule
+
+
+def unguided(guides: Sequence[Guide]) -> list[Guide]:
+    """The guides with the conditions' weights scaled to sum to 1 (no extrapolation); drifts unchanged."""
+    total = sum(g.weight for g in guides if isinstance(g, Condition))
+    if total <= 0:
+        return list(guides)
+    return [g._replace(weight=g.weight / total) if isinstance(g, Condition) else g for g in guides]
+
+
+class Velocity:
+    """v(x, t) under the guides and the schedule's guidance interval, counting its evaluations."""
+
+    def __init__(self, net: FlowNet, guides: Sequence[Guide], schedule: Schedule):
+        self.net, self.schedule, self.calls = net, schedule, 0
+        self.set_guides(guides)
+
+    def set_guides(self, guides: Sequence[Guide]) -> None:
+        self.guides = as_guides(guides)
+        self.plain = unguided(self.guides)
+
+    def __call__(self, x: torch.Tensor, t: float) -> torch.Tensor:
+        self.calls += 1
+        inside = self.schedule.guidance_from <= t <= self.schedule.guidance_until
+        return guided_velocity(self.net, x, t, self.guides if inside else self.plain)
+
+
 @torch.no_grad()
-def integrate(net: FlowNet, x: torch.Tensor, start: float, conditions: Sequence[Guide], steps: int,
+def integrate(net: FlowNet, x: torch.Tensor, start: float, conditions: Sequence[Guide], steps: int | Schedule,
               placer: Placer | None = None, place_at: float = 0.4) -> torch.Tensor:
-    """Solve dx/dt = v from t = ``start`` to 1 with Heun's method (second order) in ``steps`` steps.
+    """Solve dx/dt = v from t = ``start`` to 1 with the schedule's solver (an int: Heun's, in that many steps).
 
     ``placer``, when given, is called once, at the first step at or after time ``place_at``, with the
     denoised estimate of the final codes (B, D) in code space (x + (1 - t) v, unstandardised) and the
     guides; the guides it returns are used from then on (e.g. wing cells placed above each subject).
     """
-    if steps < 1:
-        raise ValueError(f"steps must be at least 1, got {steps}")
-    guides = as_guides(conditions)
-    times = torch.linspace(start, 1.0, steps + 1).tolist()
-    for t, t_next in zip(times, times[1:]):
-        h = t_next - t
-        v = guided_velocity(net, x, t, guides)
+    schedule = as_schedule(steps)
+    velocity = Velocity(net, conditions, schedule)
+    times = torch.linspace(start, 1.0, schedule.steps + 1).tolist()
+    previous = None  # (t, v or the denoised estimate) of the last step, for the multistep solvers
+    for i in progress_bar(schedule.steps, schedule.progress):
+        t, t_next = times[i], times[i + 1]
+        v = velocity(x, t)
         if placer is not None and t >= place_at:
-            guides = as_guides(placer(net.unstandardise(x + (1 - t) * v), guides))
-            placer = None
-            v = guided_velocity(net, x, t, guides)
-        guess = x + h * v
-        x = x + h * 0.5 * (v + guided_velocity(net, guess, t_next, guides))
+            velocity.set_guides(placer(net.unstandardise(x + (1 - t) * v), velocity.guides))
+            placer, previous = None, None  # the guides changed: no older velocity to extrapolate from
+            v = velocity(x, t)
+        if schedule.solver == "heun":
+            x = x + (t_next - t) * 0.5 * (v + velocity(x + (t_next - t) * v, t_next))
+        elif schedule.solver == "ab2":
+            x, previous = adams_bashforth_step(x, v, t, t_next, previous), (t, v)
+        else:
+            x, previous = dpm_solver_2m_step(x, v, t, t_next, previous), (t, x + (1 - t) * v)
     return x
 
 
+def adams_bashforth_step(x: torch.Tensor, v: torch.Tensor, t: float, t_next: float,
+                         previous: tuple[float, torch.Tensor] | None) -> torch.Tensor:
+    """x at ``t_next`` from the velocity ``v`` at t and ``previous`` (its time and velocity): variable-step AB2."""
+    h = t_next - t
+    if previous is None:
+        return x + h * v
+    ratio = h / (t - previous[0])
+    return x + h * ((1 + 0.5 * ratio) * v - 0.5 * ratio * previous[1])
+
+
+def log_snr(t: float) -> float:
+    """lambda = log(alpha / sigma) = log(t / (1 - t)) on the straight paths, clamped away from 0 and 1."""
+    t = min(max(t, 1e-6), 1 - 1e-6)
+    return math.log(t / (1 - t))
+
+
+def dpm_solver_2m_step(x: torch.Tensor, v: torch.Tensor, t: float, t_next: float,
+                       previous: tuple[float, torch.Tensor] | None) -> torch.Tensor:
+    """DPM-Solver++(2M)'s step from t to ``t_next`` with the denoised estimate x + (1 - t) v and the last one
+    (``previous``: its time and estimate); first order (Euler's step) without one and into t = 1."""
+    denoised = x + (1 - t) * v
+    if t_next >= 1.0:
+        return denoised  # sigma = 0: the estimate itself (the solver's lower order at the last step)
+    h = log_snr(t_next) - log_snr(t)
+    if previous is not None:
+        ratio = (log_snr(t) - log_snr(previous[0])) / h
+        denoised = (1 + 0.5 / ratio) * denoised - (0.5 / ratio) * previous[1]
+    return (1 - t_next) / (1 - t) * x + t_next * (-math.expm1(-h)) * denoised
+
+
 @torch.no_grad()
-def sample(net: FlowNet, n: int, conditions: Sequence[Guide], steps: int = 32,
+def sample(net: FlowNet, n: int, conditions: Sequence[Guide], steps: int | Schedule = 32,
            generator: torch.Generator | None = None, placer: Placer | None = None) -> torch.Tensor:
     """n codes (n, D) drawn from the flow under ``conditions`` (in code space, not standardised)."""
     device = net.mean.device
@@ -287,7 +407,8 @@ def sample(net: FlowNet, n: int, conditions: Sequence[Guide], steps: int = 32,
 
 @torch.no_grad()
 def project(net: FlowNet, codes: torch.Tensor, noise: float, conditions: Sequence[Guide],
-            steps: int = 32, generator: torch.Generator | None = None, placer: Placer | None = None) -> torch.Tensor:
+            steps: int | Schedule = 32, generator: torch.Generator | None = None, placer: Placer | None = None
+            ) -> torch.Tensor:
     """SDEdit: take codes (N, D) to time 1 - ``noise`` on their noise paths, integrate back to t = 1.
 
     ``noise`` 0 returns the codes; 1 ignores them (a fresh sample); in between keeps their coarse
@@ -301,8 +422,9 @@ def project(net: FlowNet, codes: torch.Tensor, noise: float, conditions: Sequenc
     x1 = net.standardise(codes)
     x0 = torch.randn(x1.shape, generator=generator, device=x1.device)
     x_t = start * x1 + (1 - start) * x0
-    return net.unstandardise(integrate(net, x_t, start, conditions, max(1, round(steps * noise)), placer,
-                                       place_at=max(start, 0.4)))
+    schedule = as_schedule(steps)
+    schedule = schedule._replace(steps=max(1, round(schedule.steps * noise)))
+    return net.unstandardise(integrate(net, x_t, start, conditions, schedule, placer, place_at=max(start, 0.4)))
 
 
 def denoise(net: FlowNet, codes: torch.Tensor, conditions: Sequence[Guide], t: float = 0.95) -> torch.Tensor:

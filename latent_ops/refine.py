@@ -22,6 +22,7 @@ from collections.abc import Callable
 import torch
 
 from autoencoder.models import Networks
+from latent_ops.timing import progress_bar
 
 MAX_STEP = 0.25  # a step moves a code by at most this times sqrt(D), the length of a typical N(0, I) code
 
@@ -40,23 +41,24 @@ def critic_scores(nets: Networks, codes: torch.Tensor) -> torch.Tensor:
 
 def refine_codes(nets: Networks, z0: torch.Tensor, steps: int, step_size: float = 0.05, anchor: float = 0.1,
                  noise: float = 0.0, generator: torch.Generator | None = None,
-                 prior_denoise: Callable[[torch.Tensor], torch.Tensor] | None = None, prior_weight: float = 0.0
-                 ) -> tuple[torch.Tensor, list[float]]:
+                 prior_denoise: Callable[[torch.Tensor], torch.Tensor] | None = None, prior_weight: float = 0.0,
+                 progress: str = "") -> tuple[torch.Tensor, list[float]]:
     """Refined codes (N, D) and the mean critic logit before each step and after the last.
 
     ``prior_denoise(z)``: a prior's denoised estimate of codes (N, D); after each step the codes move
-    ``prior_weight`` (0 to 1) of the way towards it.
+    ``prior_weight`` (0 to 1) of the way towards it. ``progress``: a label shows a bar on a terminal.
+    Under bf16 autocast the networks run in bf16 and the codes and their steps stay fp32.
     """
     was_training = nets.training
     nets.eval()  # spectral norm keeps its stored estimate; nothing is updated
     z = z0.detach().clone()
     history = []
-    for _ in range(steps):
+    for _ in progress_bar(steps, progress):
         z.requires_grad_(True)
         score = critic_scores(nets, z)
-        energy = -score.sum() + 0.5 * anchor * (z - z0).pow(2).sum()
+        energy = -score.float().sum() + 0.5 * anchor * (z - z0).pow(2).sum()
         (grad,) = torch.autograd.grad(energy, z)
-        history.append(score.mean().item())
+        history.append(score.float().mean().item())
         with torch.no_grad():
             z = z - capped(step_size * grad, MAX_STEP * z[0].numel() ** 0.5)
             if prior_denoise is not None and prior_weight > 0:
@@ -64,6 +66,6 @@ def refine_codes(nets: Networks, z0: torch.Tensor, steps: int, step_size: float 
             if noise > 0:
                 z = z + noise * (2 * step_size) ** 0.5 * torch.randn(z.shape, generator=generator).to(z.device)
     with torch.no_grad():
-        history.append(critic_scores(nets, z).mean().item())
+        history.append(critic_scores(nets, z).float().mean().item())
     nets.train(was_training)
     return z.detach(), history

@@ -14,6 +14,7 @@ Example: ``python -m latent_ops.report --run outputs/runs/cpu-main --data data``
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -30,17 +31,17 @@ from autoencoder.atomic import save_tensors, write_json, write_text
 from autoencoder.cifar10 import CACHE_FOLDER, CIFAR10_CLASSES, DATA_FOLDER
 from autoencoder.classifier import SHIPPED, WEIGHTS_FILE, Evaluator, load_evaluator
 from autoencoder.cli import ConfigError, check_ranges, claim_output, dataclass_from_flags, run_cli
-from autoencoder.compute import machine_name
+from autoencoder.compute import autocast, machine_name
 from autoencoder.data import ImageSet, load_cifar10, to_float, to_uint8
 from autoencoder.diagram import draw_run
 from autoencoder.evaluate import reconstruct
 from autoencoder.models import Networks
 from autoencoder.run_folder import RunConfig, load_run, weights_digest
-from latent_ops.compose import DEFAULT_EXPRESSION, compose, folder_name, read_recipe
+from latent_ops.compose import DEFAULT_EXPRESSION, ComposeConfig, compose, folder_name, read_recipe
 from latent_ops.compose_files import IMAGES_FILE
 from latent_ops.encode import decode_codes
 from latent_ops.expression import parse, term_parts
-from latent_ops.flow import sample
+from latent_ops.flow import Schedule, sample
 from latent_ops.images import save_grid
 from latent_ops.runs import resolve_run
 from latent_ops.trained_prior import load_prior, prior_folder
@@ -161,21 +162,33 @@ def report_expressions(settings: ReportConfig, run: Path) -> list[str]:
     return settings.expression_list or [read_recipe(str(run)).get("expression", DEFAULT_EXPRESSION)]
 
 
+def prior_schedule(run: Path) -> Schedule:
+    """How the report samples the prior: the solver, steps and guidance interval of the run's compose recipe (its
+    compose.json, else compose's defaults), so the prior's row is what compose draws."""
+    recipe = {**dataclasses.asdict(ComposeConfig()), **read_recipe(str(run))}
+    return Schedule(recipe["prior_steps"], recipe["solver"], recipe["guidance_from"], recipe["guidance_until"])
+
+
 def latent_prior_samples(run_dir: Path, config, count: int, seed: int, device: torch.device,
-                         guidance: float = 2.0, steps: int = 32, chunk: int = 1000) -> torch.Tensor | None:
-    """``count`` codes from the run's latent prior, the run's classes in turn (guidance ``guidance``);
-    None when the run has no prior."""
+                         guidance: float = 2.0, dtype: torch.dtype = torch.float32, chunk: int = 1024
+                         ) -> torch.Tensor | None:
+    """``count`` codes from the run's latent prior, the run's classes in turn (guidance ``guidance``), sampled with
+    ``prior_schedule`` (bf16 autocast for ``dtype`` bf16); None when the run has no prior."""
     if not (prior_folder(run_dir) / "model.safetensors").exists():
         return None
     prior = load_prior(run_dir, device)
+    if dtype == torch.bfloat16:
+        prior = prior.to(memory_format=torch.channels_last)
+    schedule = prior_schedule(run_dir)
     classes = torch.tensor([CIFAR10_CLASSES.index(c) for c in config.class_names])
     row_labels = classes[torch.arange(count) % len(classes)]  # the run's classes in turn
     generator = torch.Generator(device).manual_seed(seed)
     codes = torch.empty(count, prior.dim)
-    for label in classes.tolist():
-        rows = (row_labels == label).nonzero().squeeze(1)
-        for part in rows.split(chunk):
-            codes[part] = sample(prior, len(part), [(label, guidance)], steps, generator).cpu()
+    with torch.inference_mode(), autocast(device, dtype):
+        for label in classes.tolist():
+            rows = (row_labels == label).nonzero().squeeze(1)
+            for part in rows.split(chunk):
+                codes[part] = sample(prior, len(part), [(label, guidance)], schedule, generator).cpu()
     return codes
 
 
@@ -282,10 +295,11 @@ def sample_sets_section(ev: Evidence, record: dict, rec_uint8: torch.Tensor) -> 
     prior_codes = torch.randn(count, ev.config.latent_dim, generator=generator)
     prior = to_uint8(decode_codes(ev.nets, prior_codes.to(ev.device), dtype=ev.dtype).cpu())
     rows.append(ev.measure("model: prior samples N(0, I)", prior))
-    learned = latent_prior_samples(ev.run, ev.config, count, ev.settings.seed, ev.device)
+    learned = latent_prior_samples(ev.run, ev.config, count, ev.settings.seed, ev.device, dtype=ev.dtype)
     if learned is None:
         ev.say("no latent prior in the run (python -m latent_ops.prior trains one): its row is skipped")
     else:
+        record["prior_schedule"] = {k: v for k, v in prior_schedule(ev.run)._asdict().items() if k != "progress"}
         ev.say(f"{count} latent prior samples")
         learned_images = to_uint8(decode_codes(ev.nets, learned.to(ev.device), dtype=ev.dtype).cpu())
         rows.append(ev.measure("model: latent prior samples (classes in turn)", learned_images))

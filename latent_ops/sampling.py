@@ -37,7 +37,7 @@ from autoencoder.cifar10 import CIFAR10_CLASSES
 from latent_ops.concepts import Concepts, heldout_members
 from latent_ops.encode import LatentBank
 from latent_ops.expression import FOLLOWING_REGIONS, ExpressionError, region_slices, term_parts
-from latent_ops.flow import Condition, Drift, FlowNet, Guide, project, sample
+from latent_ops.flow import Condition, Drift, FlowNet, Guide, Schedule, project, sample
 from latent_ops.placement import SubjectPlacer
 
 SOURCES = ("heldout", "density", "prior")
@@ -67,6 +67,14 @@ class DrawSettings:
     temperature: float = 1.0  # spread of ``density`` draws
     guidance: float = 2.0  # classifier-free guidance of prior draws, per condition
     prior_steps: int = 32  # ODE steps of prior draws
+    solver: str = "heun"  # the ODE solver of prior draws (latent_ops.flow.SOLVERS)
+    guidance_from: float = 0.0  # guidance applies from this time of the flow (0: noise) ...
+    guidance_until: float = 1.0  # ... until this one (1: the codes)
+    progress: str = ""  # a label: prior draws show a progress bar on a terminal
+
+    @property
+    def schedule(self) -> Schedule:
+        return Schedule(self.prior_steps, self.solver, self.guidance_from, self.guidance_until, self.progress)
 
 
 def learned_labels(prior: FlowNet | None) -> list[str]:
@@ -113,13 +121,13 @@ def draw_density(name: str, sources: Sources, count: int, rng: np.random.Generat
     concepts = sources.concepts
     if name in learned_labels(sources.prior):  # a concept the prior learned: always drawn from its label
         codes = sample(sources.prior, count, [(class_label(name, sources.prior), settings.guidance)],
-                       settings.prior_steps, prior_generator(rng))
+                       settings.schedule, prior_generator(rng))
         return codes.numpy(), None
     if settings.source == "density":
         return concepts.sample(name, count, rng, settings.temperature), None
     if settings.source == "prior" and ":" not in name:
         prior = need_prior(sources, "--source prior")
-        codes = sample(prior, count, [(class_label(name), settings.guidance)], settings.prior_steps,
+        codes = sample(prior, count, [(class_label(name), settings.guidance)], settings.schedule,
                        prior_generator(rng))
         return codes.numpy(), None
     if sources.bank is None:
@@ -133,7 +141,7 @@ def draw_density(name: str, sources: Sources, count: int, rng: np.random.Generat
     if settings.source == "prior":  # a cluster: its members, varied by the prior
         prior = need_prior(sources, "--source prior")
         codes = project(prior, torch.from_numpy(codes), CLUSTER_PRIOR_NOISE, [(class_label(name), settings.guidance)],
-                        settings.prior_steps, prior_generator(rng)).numpy()
+                        settings.schedule, prior_generator(rng)).numpy()
     return codes, drawn
 
 
@@ -199,7 +207,7 @@ def sample_expression(weights: dict[str, float], sources: Sources, count: int, r
             prior = need_prior(sources, f"the conjunction {term}")
             guides = conjunction_guides(split.conjunction, sources, settings)
             placer = subject_placer(guides, sources)
-            part = sample(prior, count, guides, settings.prior_steps, prior_generator(rng), placer).numpy()
+            part = sample(prior, count, guides, settings.schedule, prior_generator(rng), placer).numpy()
             if placer is not None:
                 sources.placed = placer.cells
         else:

@@ -311,15 +311,15 @@ def test_different_expressions_never_share_a_folder():
 
 
 def test_many_candidates_are_composed_in_chunks(composed_run, folder_data, tmp_path, smoke_run, monkeypatch):
-    import latent_ops.compose as compose_module
+    import latent_ops.scoring as scoring_module
 
-    sizes, real = [], compose_module.refine_codes
+    sizes, real = [], scoring_module.refine_codes
 
     def recording(nets, z0, *args, **kw):
         sizes.append(len(z0))
         return real(nets, z0, *args, **kw)
 
-    monkeypatch.setattr(compose_module, "refine_codes", recording)
+    monkeypatch.setattr(scoring_module, "refine_codes", recording)
     out = compose("horse+wings", out=str(tmp_path / "many"), n=70, chunk=16, refine_steps=1, dedup=0.0,
                   **kwargs(composed_run, folder_data, smoke_run))
     assert sizes == [16, 16, 16, 16, 6]

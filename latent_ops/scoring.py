@@ -1,0 +1,160 @@
+"""Scoring a compose's candidates: a first look at every one, refinement of the best, and the final order.
+
+1. **First look.** Every candidate code is decoded (chunk by chunk, in the run's precision, no
+   gradients) and judged: realism (the image critic's logit), sharpness (variance of the
+   Laplacian), intent (the evaluator's class probabilities, or the latent probe) and, with data,
+   uniqueness (the nearest training images). The batch is ranked.
+2. **Refinement of the best.** Only the ``--refine_top`` best of that ranking go through the
+   critic's refinement (``latent_ops.refine``: forward and backward through decoder and critic,
+   the costly part), and are judged again. Refinement raises a candidate's realism and keeps its
+   content, so one that is not among the best few times the kept count before refinement does not
+   reach the kept set after it; ``bench/compose_speed.py`` checks that the kept images match those of
+   refining every candidate. ``--refine_top 0`` refines every candidate.
+3. **Final order.** The batch is ranked again with the refined scores (``latent_ops.ranking``).
+
+Images are held as uint8 (3 KB a candidate), so a large pool stays small in memory.
+
+Example: see ``latent_ops.compose`` (``score`` is its third stage).
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from autoencoder.cifar10 import CIFAR10_CLASSES
+from autoencoder.data import to_uint8
+from autoencoder.metrics import laplacian_variance, nearest_neighbours
+from latent_ops import ranking
+from latent_ops.flow import denoise
+from latent_ops.intent import intent_terms
+from latent_ops.refine import refine_codes
+from latent_ops.sampling import projection_conditions
+from latent_ops.timing import StageClock
+
+if TYPE_CHECKING:
+    from latent_ops.compose import ComposeConfig, Drawn, Reference, Setting
+
+NEIGHBOURS = 3  # nearest training images kept per candidate
+SHORTLIST = 16  # bf16 shortlist of the nearest-neighbour search, ranked again exactly (autoencoder.metrics)
+
+
+@dataclass
+class Scored:
+    found: dict[str, torch.Tensor]  # per candidate: z, image, image_before (uint8), realism_before, realism,
+    #   sharpness, refined, intent/*, distance, neighbours
+    history: list[float]  # mean critic logit of the refined candidates before each refinement step and after the last
+    intents: dict[str, torch.Tensor]  # per intent term (N,)
+    intent: torch.Tensor  # (N,) their geometric mean
+    combined: torch.Tensor  # (N,) the ranking score
+    gated: torch.Tensor  # (N,) bool: every intent term >= --rank_gate
+    order: torch.Tensor  # candidates, best first
+
+
+def judge(setting: Setting, z: torch.Tensor, images: torch.Tensor, train_images: torch.Tensor | None, chunk: int
+          ) -> dict[str, torch.Tensor]:
+    """Per-candidate scores of decoded ``images`` (N, 3, 32, 32) float of codes ``z`` (N, D), on the CPU: the
+    critic in chunks, the training set searched once for all."""
+    with torch.no_grad(), setting.autocast():
+        out = {"realism": torch.cat([setting.nets.image_critic(part.to(setting.device)).float().cpu()
+                                     for part in images.split(chunk)])}
+    out["sharpness"] = laplacian_variance(images).cpu()  # in fp32, outside autocast
+    probs = None
+    if setting.judge is not None:
+        p = setting.judge.probabilities(images)  # (N, 10)
+        probs = {name: p[:, i] for i, name in enumerate(CIFAR10_CLASSES)}
+    for name, value in intent_terms(setting.intent_weights, setting.concepts, z, probs).items():
+        out[f"intent/{name}"] = value.float().cpu()
+    if train_images is not None:
+        out["distance"], out["neighbours"] = nearest_neighbours(images, train_images, k=NEIGHBOURS,
+                                                                shortlist=SHORTLIST)
+    return out
+
+
+def decode_images(setting: Setting, z: torch.Tensor, chunk: int) -> torch.Tensor:
+    """(N, 3, 32, 32) float images of codes (N, D), ``chunk`` at a time in the run's precision, on the CPU."""
+    with torch.no_grad(), setting.autocast():
+        return torch.cat([setting.nets.decoder(part.to(setting.device)).float().clamp(-1, 1).cpu()
+                          for part in z.split(chunk)])
+
+
+def first_look(config: ComposeConfig, setting: Setting, codes: np.ndarray, train_images: torch.Tensor | None
+               ) -> dict[str, torch.Tensor]:
+    """Every candidate decoded and judged, before refinement."""
+    z = torch.from_numpy(codes)
+    images = decode_images(setting, z, config.chunk)
+    found = judge(setting, z, images, train_images, config.chunk)
+    found.update(z=z, image=to_uint8(images), image_before=to_uint8(images), realism_before=found["realism"].clone(),
+                 refined=torch.zeros(len(z), dtype=torch.bool))
+    return found
+
+
+def refine_chosen(config: ComposeConfig, setting: Setting, z0: torch.Tensor, train_images: torch.Tensor | None,
+                  pull, progress: str) -> tuple[dict[str, torch.Tensor], list[float]]:
+    """The chosen candidates' codes (k, D) refined by the critic ``chunk`` at a time and judged again, and the
+    critic's mean logit before each step and after the last."""
+    parts, history = [], torch.zeros(config.refine_steps + 1)
+    for z in z0.split(config.chunk):
+        with setting.autocast():
+            refined, steps = refine_codes(setting.nets, z.to(setting.device), config.refine_steps,
+                                          config.refine_step_size, config.refine_anchor, prior_denoise=pull,
+                                          prior_weight=config.refine_prior, progress=progress)
+        history += torch.tensor(steps) * len(z)
+        parts.append(refined.float().cpu())
+    z = torch.cat(parts)
+    images = decode_images(setting, z, config.chunk)
+    found = judge(setting, z, images, train_images, config.chunk)
+    found.update(z=z, image=to_uint8(images))
+    return found, (history / max(1, len(z0))).tolist()
+
+
+def prior_pull(config: ComposeConfig, setting: Setting, drawn: Drawn):
+    """The prior's denoiser that refinement steps towards (``--refine_prior``), or None."""
+    if setting.prior is None or config.refine_prior <= 0:
+        return None
+    conditions = drawn.conditions or projection_conditions(setting.weights, setting.concepts, config.guidance,
+                                                           setting.prior)
+    return functools.partial(denoise, setting.prior.to(setting.device), conditions=conditions)
+
+
+def passes_gate(intents: dict[str, torch.Tensor], gate: float, count: int) -> torch.Tensor:
+    """(count,) bool: every intent term >= ``gate`` (all True without terms or with gate 0)."""
+    if not intents or gate <= 0:
+        return torch.ones(count, dtype=torch.bool)
+    return torch.stack(list(intents.values()), 1).min(1).values >= gate
+
+
+def ranked(config: ComposeConfig, found: dict[str, torch.Tensor], history: list[float],
+           reference_distance: float | None) -> Scored:
+    """The batch's combined scores, gate and order (best first) from the per-candidate scores ``found``."""
+    count = len(found["z"])
+    intents = {k.split("/", 1)[1]: v for k, v in found.items() if k.startswith("intent/")}
+    intent = ranking.geometric_mean(torch.stack(list(intents.values()), 1)) if intents else torch.ones(count)
+    terms = {"realism": found["realism"], "intent": intent, "sharpness": found["sharpness"]}
+    if reference_distance is not None:
+        terms["uniqueness"] = ranking.capped_uniqueness(found["distance"][:, 0], reference_distance)
+    combined = ranking.combined_score(terms, {"sharpness": config.rank_sharpness})
+    gated = passes_gate(intents, config.rank_gate, count)
+    return Scored(found, history, intents, intent, combined, gated, ranking.gated_order(combined, gated))
+
+
+def score(config: ComposeConfig, setting: Setting, drawn: Drawn, reference: Reference, clock: StageClock,
+          progress: bool = False) -> Scored:
+    """First look and ranking of every candidate, refinement of the best, the final ranking."""
+    with clock("ranking"):
+        found = first_look(config, setting, drawn.codes, reference.train_images)
+        first = ranked(config, found, [], reference.distance)
+    if config.refine_steps == 0:
+        return first
+    with clock("refinement"):
+        chosen = first.order[:config.refine_top] if config.refine_top else first.order
+        refined, history = refine_chosen(config, setting, found["z"][chosen], reference.train_images,
+                                         prior_pull(config, setting, drawn), "refining" if progress else "")
+        for key, values in refined.items():
+            found[key][chosen] = values.to(found[key].dtype)
+        found["refined"][chosen] = True
+    with clock("ranking"):
+        return ranked(config, found, history, reference.distance)

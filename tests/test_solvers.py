@@ -1,0 +1,86 @@
+"""The flow's ODE solvers: the multistep ones converge at second order with one evaluation a step, guidance in an
+interval skips the unconditional branch outside it, and a bad schedule is refused by name."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from latent_ops.flow import Schedule, VelocityNet, guided_velocity, integrate, project, sample
+
+
+@pytest.fixture(scope="module")
+def curved_net():
+    """An untrained net with larger weights: a smooth, curved velocity field (straight paths would be too easy)."""
+    torch.manual_seed(0)
+    net = VelocityNet(6, 3, hidden=32, blocks=2)
+    with torch.no_grad():
+        for block in net.blocks:
+            block.mlp[-1].weight.normal_(0, 0.3)
+        fast = (net.time[0].frequencies > 2).repeat(2)  # untrained, the fastest time features make v rough in t
+        net.time[1].weight[:, fast] = 0
+    return net.eval()
+
+
+def solve(net, solver, steps, conditions=((0, 2.0),), **interval):
+    x0 = torch.randn(64, 6, generator=torch.Generator().manual_seed(1))
+    return integrate(net, x0, 0.0, list(conditions), Schedule(steps, solver, **interval))
+
+
+@pytest.mark.parametrize("solver", ["ab2", "dpmpp2m", "heun"])
+def test_each_solver_converges_at_second_order_to_the_fine_solution(curved_net, solver):
+    exact = solve(curved_net, "heun", 512)
+    coarse, fine = [(solve(curved_net, solver, n) - exact).norm() / exact.norm() for n in (8, 16)]
+    assert fine < coarse * 0.4, (solver, coarse.item(), fine.item())  # second order: about a quarter
+    assert fine < 0.02
+
+
+def test_the_multistep_solvers_evaluate_the_net_once_a_step(curved_net, monkeypatch):
+    calls = []
+    real = curved_net.forward
+    monkeypatch.setattr(curved_net, "forward", lambda x, t, labels: calls.append(len(x)) or real(x, t, labels))
+    for solver, per_step in (("ab2", 1), ("dpmpp2m", 1), ("heun", 2)):
+        calls.clear()
+        solve(curved_net, solver, 10)
+        assert len(calls) == 10 * per_step == Schedule(10, solver).evaluations()
+        assert set(calls) == {128}  # each evaluation: 64 codes, unconditional and conditional at once
+
+
+def test_guidance_in_an_interval_evaluates_only_the_condition_outside_it(curved_net, monkeypatch):
+    sizes = []
+    real = curved_net.forward
+    monkeypatch.setattr(curved_net, "forward", lambda x, t, labels: sizes.append((round(t[0].item(), 3), len(x)))
+                        or real(x, t, labels))
+    solve(curved_net, "ab2", 10, guidance_from=0.25, guidance_until=0.55)
+    assert [n for t, n in sizes if 0.25 <= t <= 0.55] == [128] * 3  # the steps from t = 0.3, 0.4 and 0.5
+    assert [n for t, n in sizes if not 0.25 <= t <= 0.55] == [64] * 7
+    throughout = solve(curved_net, "ab2", 10)
+    assert torch.equal(solve(curved_net, "ab2", 10, guidance_from=0.0, guidance_until=1.0), throughout)
+    assert not torch.allclose(solve(curved_net, "ab2", 10, guidance_from=0.25, guidance_until=0.55), throughout)
+
+
+def test_outside_the_interval_the_conditions_are_a_mixture_not_an_extrapolation(curved_net):
+    x = torch.randn(5, 6)
+    t = torch.full((5,), 0.9)
+    plain = guided_velocity(curved_net, x, 0.9, [(1, 1.0)])
+    assert torch.allclose(plain, curved_net(x, t, torch.ones(5, dtype=torch.long)), atol=1e-6)
+    late = solve(curved_net, "ab2", 4, conditions=((1, 3.0),), guidance_from=1.0, guidance_until=1.0)
+    assert torch.allclose(late, solve(curved_net, "ab2", 4, conditions=((1, 1.0),)), atol=1e-6)
+
+
+def test_a_plain_step_count_is_heuns_method_and_projection_scales_the_steps(curved_net):
+    g = torch.Generator()
+    assert torch.equal(sample(curved_net, 4, [(0, 2.0)], 6, g.manual_seed(3)),
+                       sample(curved_net, 4, [(0, 2.0)], Schedule(6, "heun"), g.manual_seed(3)))
+    codes = torch.randn(4, 6)
+    a = project(curved_net, codes, 0.5, [(0, 2.0)], Schedule(12, "ab2"), torch.Generator().manual_seed(4))
+    b = project(curved_net, codes, 0.5, [(0, 2.0)], Schedule(12, "dpmpp2m"), torch.Generator().manual_seed(4))
+    assert a.shape == codes.shape and (a - b).norm() < 0.1 * a.norm()  # two solvers of one ODE agree
+
+
+@pytest.mark.parametrize("schedule, message", [
+    (Schedule(0), "steps must be at least 1"), (Schedule(8, "rk4"), "solver must be one of heun, ab2, dpmpp2m"),
+    (Schedule(8, "ab2", 0.7, 0.2), "guidance interval must satisfy"),
+])
+def test_a_bad_schedule_is_refused_by_name(curved_net, schedule, message):
+    with pytest.raises(ValueError, match=message):
+        sample(curved_net, 2, [], schedule)
