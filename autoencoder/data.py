@@ -14,6 +14,7 @@ Example: ``python -m autoencoder.data --data data/cifar10-jpeg`` (builds the cac
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from autoencoder.atomic import save_tensors
+from autoencoder.atomic import save_tensors, write_json
 from autoencoder.cifar10 import CACHE_FOLDER, CIFAR10_CLASSES, DATA_FOLDER, parse_classes
 from autoencoder.cli import UserError, check_writable, command, save_config
 
@@ -229,13 +230,33 @@ DATA_FILE = "data.json"  # a shipped model's record of its data's checksums
 def data_checksums(data: str, cache_dir: str) -> dict[str, str]:
     """SHA-256 of each split's uint8 images and labels, in the order the loader gives them: the
     same for the JPEG folders and torchvision's copy only if their pixels are the same."""
-    sums = {}
-    for split in SPLITS:
-        images = load_split(data, split, cache_dir)
-        digest = hashlib.sha256(images.images.numpy().tobytes())
-        digest.update(images.labels.numpy().astype(np.int64).tobytes())
-        sums[split] = digest.hexdigest()
-    return sums
+    return {split: split_checksum(data, split, cache_dir) for split in SPLITS}
+
+
+def split_checksum(data: str, split: str, cache_dir: str) -> str:
+    """One split's checksum, remembered beside its cache file (``...-SPLIT.sha256.json``, keyed by the cache file's
+    size and time), so that a second call reads no images."""
+    kind, path = find_source(Path(data)) if Path(data).exists() else ("", Path(data))
+    cache = _cache_file(Path(cache_dir), kind, path, split) if kind else None
+    record = cache.with_name(cache.stem + ".sha256.json") if cache is not None else None
+    if record is not None and cache.exists() and record.exists():
+        stat = cache.stat()
+        try:
+            known = json.loads(record.read_text())
+            if known.get("size") == stat.st_size and known.get("mtime_ns") == stat.st_mtime_ns:
+                return str(known["sha256"])
+        except (OSError, ValueError, KeyError, AttributeError):
+            pass  # a damaged record is made again
+    images = load_split(data, split, cache_dir)
+    digest = hashlib.sha256(images.images.numpy().tobytes())
+    digest.update(images.labels.numpy().astype(np.int64).tobytes())
+    if record is not None and cache.exists():
+        stat = cache.stat()
+        try:
+            write_json({"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest.hexdigest()}, record)
+        except OSError:
+            pass  # a read-only cache: the checksum is computed each time
+    return digest.hexdigest()
 
 
 @dataclass

@@ -22,6 +22,8 @@ Example: ``python -c "import torch; from autoencoder.metrics import frechet_dist
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -125,7 +127,7 @@ def _as_float(x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def nearest_neighbours(queries: torch.Tensor, reference: torch.Tensor, k: int = 1, chunk: int = 4096,
+def nearest_neighbours(queries: torch.Tensor, reference: torch.Tensor | ShortlistIndex, k: int = 1, chunk: int = 4096,
                        shortlist: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """RMS distances (N, k) to the k nearest reference vectors, nearest first, and their indices (N, k).
 
@@ -137,14 +139,17 @@ def nearest_neighbours(queries: torch.Tensor, reference: torch.Tensor, k: int = 
     ``shortlist`` > k: a first pass in bf16 (3x faster on CPUs with native bf16) keeps that many
     candidates per query, whose distances are then computed exactly in fp32; only a true neighbour
     that bf16's rounding (about 1% of a squared distance) pushes out of the shortlist can be missed.
+    ``reference`` may be a ``shortlist_index`` made once for many searches of the same set.
     """
     q = _as_float(queries)
+    index = reference if isinstance(reference, ShortlistIndex) else None
+    reference = index.reference if index is not None else reference
     if q.shape[1] != reference[:1].flatten(1).shape[1]:
         raise ValueError(f"queries have {q.shape[1]} values each, reference {reference[:1].flatten(1).shape[1]}")
     if len(reference) < 1 or k < 1:
         raise ValueError(f"need k >= 1 and a non-empty reference, got k={k} and {len(reference)} vectors")
     if shortlist > k and len(reference) > shortlist:
-        return _shortlisted(q, reference, k, chunk, shortlist)
+        return _shortlisted(q, index or shortlist_index(reference, chunk), k, chunk, shortlist)
     as_float = _as_float
     best_d = torch.full((len(q), 0), float("inf"))
     best_i = torch.zeros((len(q), 0), dtype=torch.long)
@@ -158,20 +163,43 @@ def nearest_neighbours(queries: torch.Tensor, reference: torch.Tensor, k: int = 
     return best_d / q.shape[1] ** 0.5, best_i
 
 
-def _shortlisted(q: torch.Tensor, reference: torch.Tensor, k: int, chunk: int, shortlist: int
+@dataclass
+class ShortlistIndex:
+    """A reference set prepared once for many shortlisted searches: bf16 vectors and their squared norms."""
+    reference: torch.Tensor  # (M, ...) as given (uint8 images or float vectors): exact distances read it
+    low: torch.Tensor  # (M, size) bf16, uint8 images mapped to [-1, 1]
+    norms: torch.Tensor  # (M,) fp32 squared norms of the exact vectors
+
+    def __len__(self) -> int:
+        return len(self.reference)
+
+
+@torch.no_grad()
+def shortlist_index(reference: torch.Tensor, chunk: int = 4096) -> ShortlistIndex:
+    """``reference`` (M, ...) prepared for ``nearest_neighbours(..., shortlist=S)``: convert once, search often."""
+    low = torch.empty((len(reference), reference[:1].flatten(1).shape[1]), dtype=torch.bfloat16)
+    norms = torch.empty(len(reference))
+    for i in range(0, len(reference), 1024):  # in blocks that stay in cache: 4x faster than whole passes
+        block = _as_float(reference[i:i + 1024])
+        norms[i:i + 1024] = torch.linalg.vector_norm(block, dim=1).square()
+        low[i:i + 1024] = block
+    return ShortlistIndex(reference, low, norms)
+
+
+def _shortlisted(q: torch.Tensor, index: ShortlistIndex, k: int, chunk: int, shortlist: int
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``nearest_neighbours`` by a bf16 shortlist of ``shortlist`` per query, ranked again exactly."""
+    """``nearest_neighbours`` by a bf16 shortlist of ``shortlist`` per query, ranked again exactly in fp32."""
     q16 = q.bfloat16()
     best_s = torch.full((len(q), 0), float("inf"))
     best_i = torch.zeros((len(q), 0), dtype=torch.long)
-    for start in range(0, len(reference), chunk):
-        r = _as_float(reference[start:start + chunk])
-        score = r.pow(2).sum(1)[None] - 2 * (q16 @ r.bfloat16().T).float()  # squared distance minus |q|^2
-        top = score.topk(min(shortlist, score.shape[1]), largest=False)
+    for start in range(0, len(index), chunk):
+        score = index.norms[None, start:start + chunk] - 2 * (q16 @ index.low[start:start + chunk].T).float()
+        top = score.topk(min(shortlist, score.shape[1]), largest=False)  # squared distance minus |q|^2
         best_s, best_i = torch.cat([best_s, top.values], 1), torch.cat([best_i, top.indices + start], 1)
         keep = best_s.topk(min(shortlist, best_s.shape[1]), largest=False)
         best_s, best_i = keep.values, best_i.gather(1, keep.indices)
-    exact = torch.stack([(_as_float(reference[rows]) - q[i]).pow(2).sum(1) for i, rows in enumerate(best_i)])
+    exact = torch.cat([(_as_float(index.reference[rows.flatten()]).view(*rows.shape, -1) - part[:, None]).pow(2).sum(2)
+                       for part, rows in zip(q.split(256), best_i.split(256))])  # (N, S), 256 queries at a time
     keep = exact.topk(k, largest=False)
     return keep.values.sqrt() / q.shape[1] ** 0.5, best_i.gather(1, keep.indices)
 

@@ -62,7 +62,7 @@ from autoencoder.cli import (
 )
 from autoencoder.compute import PRECISIONS, autocast
 from autoencoder.data import DATA_FILE, DataNotFoundError, data_checksums, load_split, to_float
-from autoencoder.metrics import mean_pairwise_distance, nearest_neighbours
+from autoencoder.metrics import ShortlistIndex, mean_pairwise_distance, nearest_neighbours, shortlist_index
 from autoencoder.models import Networks
 from autoencoder.run_folder import RunError, load_run
 from latent_ops import ranking
@@ -293,15 +293,18 @@ def draw(config: ComposeConfig, setting: Setting, progress: bool = False) -> Dra
 @dataclass
 class Reference:
     train_images: torch.Tensor | None  # (N, 3, 32, 32) uint8, or None without data
+    index: ShortlistIndex | None  # the same prepared for nearest-neighbour searches
     distance: float | None  # median nearest-training-image distance of real test images
     data_matches_run: bool | None  # whether --data has the checksums the run recorded (None: none recorded)
 
 
-def uniqueness_reference(data: str, cache_dir: str, train_images: torch.Tensor, seed: int, count: int = 256) -> float:
-    """Median distance from real held-out images to their nearest training image."""
+def uniqueness_reference(data: str, cache_dir: str, train: torch.Tensor | ShortlistIndex, seed: int,
+                         count: int = 256) -> float:
+    """Median distance from real held-out images to their nearest training image (``train``: the images or their
+    ``shortlist_index``)."""
     test = load_split(data, "test", cache_dir).images
     pick = torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))[:count]
-    distance, _ = nearest_neighbours(to_float(test[pick]), train_images, k=1, shortlist=SHORTLIST)
+    distance, _ = nearest_neighbours(to_float(test[pick]), train, k=1, shortlist=SHORTLIST)
     return distance[:, 0].median().item()
 
 
@@ -322,9 +325,10 @@ def open_reference(config: ComposeConfig, run: Path) -> Reference:
     except DataNotFoundError:
         print(f"compose: uniqueness and neighbour panels skipped: no CIFAR-10 at --data {config.data}. To enable "
               f"them, unpack CIFAR-10 there (make data) or pass --data PATH")
-        return Reference(None, None, None)
-    distance = uniqueness_reference(config.data, config.cache_dir, train_images, config.seed)
-    return Reference(train_images, distance, data_matches_run(run, config.data, config.cache_dir))
+        return Reference(None, None, None, None)
+    index = shortlist_index(train_images)
+    distance = uniqueness_reference(config.data, config.cache_dir, index, config.seed)
+    return Reference(train_images, index, distance, data_matches_run(run, config.data, config.cache_dir))
 
 
 # --- stage 4: rank -------------------------------------------------------------------------------------------------
@@ -481,13 +485,12 @@ def compose_into(out: Path, config: ComposeConfig, clock: StageClock, quiet: boo
         cells = candidate_cells(setting.regions, setting.sources, config.candidates)
 
     def stamp(summary: dict) -> None:  # the last moment before scores.json is written
-        summary["stage_seconds"] = dict(clock.seconds)
-        summary["seconds"] = clock.total()
+        summary["stage_seconds"], summary["seconds"] = clock.snapshot(), clock.total()
 
     with clock("writing"):
         replace_folder(lambda folder: write_outputs(folder, config, kept, scored, reference, summary, cells, stamp),
                        out)
-    summary["stage_seconds"], summary["seconds"] = dict(clock.seconds), clock.total()
+    summary["stage_seconds"], summary["seconds"] = clock.snapshot(), clock.total()
     if config.save_recipe:
         save_recipe(config, setting.run)
     if not quiet:

@@ -29,14 +29,6 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
-from sklearn.covariance import LedoitWolf
-from sklearn.decomposition import PCA
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import balanced_accuracy_score
-from sklearn.mixture import GaussianMixture
-from sklearn.model_selection import cross_val_predict
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 from autoencoder.cifar10 import CIFAR10_CLASSES
 from latent_ops.encode import LatentBank
@@ -140,6 +132,9 @@ def fit_clusters(codes: np.ndarray, max_clusters: int = 6, pca_dims: int = 16, s
     The mixture is fitted in a PCA space of ``pca_dims``: in the full space with a few
     thousand codes, BIC's penalty on full covariances would always choose one cluster.
     """
+    from sklearn.decomposition import PCA
+    from sklearn.mixture import GaussianMixture
+
     dims = min(pca_dims, codes.shape[1], len(codes) - 1)
     reduced = PCA(n_components=dims, random_state=seed).fit_transform(codes)
     bics, models = {}, {}
@@ -162,6 +157,8 @@ def fit_clusters(codes: np.ndarray, max_clusters: int = 6, pca_dims: int = 16, s
 
 def fit_gaussian(codes: np.ndarray) -> Gaussian:
     """A Gaussian with Ledoit-Wolf shrunk covariance: well-conditioned even with few members."""
+    from sklearn.covariance import LedoitWolf
+
     lw = LedoitWolf().fit(codes)
     return Gaussian(codes.mean(0), np.linalg.cholesky(lw.covariance_ + 1e-6 * np.eye(codes.shape[1])))
 
@@ -169,6 +166,8 @@ def fit_gaussian(codes: np.ndarray) -> Gaussian:
 # --- directions -----------------------------------------------------------------------------
 
 def _balanced(y: np.ndarray, scores: np.ndarray) -> float:
+    from sklearn.metrics import balanced_accuracy_score
+
     return float(balanced_accuracy_score(y, scores > 0))
 
 
@@ -185,6 +184,8 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, c: float = 0.1, seed: int = 0, ba
     -> (coef (K, D), intercept (K,), classes (K',)). Standardising makes lbfgs converge in
     a fraction of the iterations; folding the scaling back keeps every prediction the same.
     """
+    from sklearn.linear_model import LogisticRegression
+
     mean, scale = x.mean(0), x.std(0) + 1e-8
     model = LogisticRegression(C=c, max_iter=500, random_state=seed,
                                class_weight="balanced" if balanced else None).fit((x - mean) / scale, y)
@@ -216,6 +217,8 @@ def orthogonal_to(vector: np.ndarray, other: np.ndarray) -> np.ndarray:
 
 def refit_offset(vector: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> float:
     """Offset of the best 1-D boundary along a fixed vector (logistic regression on projections)."""
+    from sklearn.linear_model import LogisticRegression
+
     proj = np.concatenate([pos, neg]) @ vector
     y = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
     model = LogisticRegression(class_weight="balanced").fit(proj[:, None] / proj.std(), y)
@@ -237,6 +240,11 @@ def airplane_like_birds(bank_codes: np.ndarray, bank_labels: np.ndarray, fit_cod
     Fitted on (fit_codes, fit_labels) when given (scoring held-out codes), else scored
     out-of-fold on the bank itself so that no bird is judged by a model that saw it.
     """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
     bird, plane = CIFAR10_CLASSES.index("bird"), CIFAR10_CLASSES.index("airplane")
     model = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=500, random_state=seed))
     if fit_codes is None:

@@ -27,7 +27,7 @@ import torch
 
 from autoencoder.cifar10 import CIFAR10_CLASSES
 from autoencoder.data import to_uint8
-from autoencoder.metrics import laplacian_variance, nearest_neighbours
+from autoencoder.metrics import ShortlistIndex, laplacian_variance, nearest_neighbours
 from latent_ops import ranking
 from latent_ops.flow import denoise
 from latent_ops.intent import intent_terms
@@ -54,7 +54,7 @@ class Scored:
     order: torch.Tensor  # candidates, best first
 
 
-def judge(setting: Setting, z: torch.Tensor, images: torch.Tensor, train_images: torch.Tensor | None, chunk: int
+def judge(setting: Setting, z: torch.Tensor, images: torch.Tensor, train: ShortlistIndex | None, chunk: int
           ) -> dict[str, torch.Tensor]:
     """Per-candidate scores of decoded ``images`` (N, 3, 32, 32) float of codes ``z`` (N, D), on the CPU: the
     critic in chunks, the training set searched once for all."""
@@ -68,8 +68,8 @@ def judge(setting: Setting, z: torch.Tensor, images: torch.Tensor, train_images:
         probs = {name: p[:, i] for i, name in enumerate(CIFAR10_CLASSES)}
     for name, value in intent_terms(setting.intent_weights, setting.concepts, z, probs).items():
         out[f"intent/{name}"] = value.float().cpu()
-    if train_images is not None:
-        out["distance"], out["neighbours"] = nearest_neighbours(images, train_images, k=NEIGHBOURS,
+    if train is not None:
+        out["distance"], out["neighbours"] = nearest_neighbours(images, train, k=NEIGHBOURS,
                                                                 shortlist=SHORTLIST)
     return out
 
@@ -81,18 +81,18 @@ def decode_images(setting: Setting, z: torch.Tensor, chunk: int) -> torch.Tensor
                           for part in z.split(chunk)])
 
 
-def first_look(config: ComposeConfig, setting: Setting, codes: np.ndarray, train_images: torch.Tensor | None
+def first_look(config: ComposeConfig, setting: Setting, codes: np.ndarray, train: ShortlistIndex | None
                ) -> dict[str, torch.Tensor]:
     """Every candidate decoded and judged, before refinement."""
     z = torch.from_numpy(codes)
     images = decode_images(setting, z, config.chunk)
-    found = judge(setting, z, images, train_images, config.chunk)
+    found = judge(setting, z, images, train, config.chunk)
     found.update(z=z, image=to_uint8(images), image_before=to_uint8(images), realism_before=found["realism"].clone(),
                  refined=torch.zeros(len(z), dtype=torch.bool))
     return found
 
 
-def refine_chosen(config: ComposeConfig, setting: Setting, z0: torch.Tensor, train_images: torch.Tensor | None,
+def refine_chosen(config: ComposeConfig, setting: Setting, z0: torch.Tensor, train: ShortlistIndex | None,
                   pull, progress: str) -> tuple[dict[str, torch.Tensor], list[float]]:
     """The chosen candidates' codes (k, D) refined by the critic ``chunk`` at a time and judged again, and the
     critic's mean logit before each step and after the last."""
@@ -106,7 +106,7 @@ def refine_chosen(config: ComposeConfig, setting: Setting, z0: torch.Tensor, tra
         parts.append(refined.float().cpu())
     z = torch.cat(parts)
     images = decode_images(setting, z, config.chunk)
-    found = judge(setting, z, images, train_images, config.chunk)
+    found = judge(setting, z, images, train, config.chunk)
     found.update(z=z, image=to_uint8(images))
     return found, (history / max(1, len(z0))).tolist()
 
@@ -145,13 +145,13 @@ def score(config: ComposeConfig, setting: Setting, drawn: Drawn, reference: Refe
           progress: bool = False) -> Scored:
     """First look and ranking of every candidate, refinement of the best, the final ranking."""
     with clock("ranking"):
-        found = first_look(config, setting, drawn.codes, reference.train_images)
+        found = first_look(config, setting, drawn.codes, reference.index)
         first = ranked(config, found, [], reference.distance)
     if config.refine_steps == 0:
         return first
     with clock("refinement"):
         chosen = first.order[:config.refine_top] if config.refine_top else first.order
-        refined, history = refine_chosen(config, setting, found["z"][chosen], reference.train_images,
+        refined, history = refine_chosen(config, setting, found["z"][chosen], reference.index,
                                          prior_pull(config, setting, drawn), "refining" if progress else "")
         for key, values in refined.items():
             found[key][chosen] = values.to(found[key].dtype)

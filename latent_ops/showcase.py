@@ -21,7 +21,7 @@ import torch
 from autoencoder.atomic import replace_atomically, write_json
 from autoencoder.cli import UserError, check_writable, command, save_config
 from autoencoder.data import to_float
-from latent_ops.images import to_unit
+from latent_ops.images import tile, to_unit
 
 
 def _figure_to_png(figure, file: Path) -> Path:
@@ -37,9 +37,7 @@ def _figure_to_png(figure, file: Path) -> Path:
 
 
 def _grid(images: torch.Tensor, nrow: int) -> torch.Tensor:
-    from torchvision.utils import make_grid
-
-    return make_grid(to_unit(images), nrow=nrow, padding=2, pad_value=1.0).permute(1, 2, 0).numpy()
+    return tile(to_unit(images), nrow).permute(1, 2, 0).numpy()
 
 
 def save_showcase(best: torch.Tensor, neighbours: torch.Tensor | None, batch: torch.Tensor, caption: str,

@@ -16,14 +16,22 @@ class StageClock:
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
         self.began = time.monotonic()
+        self.running: dict[str, float] = {}  # stages in progress: when they started
 
     @contextlib.contextmanager
     def __call__(self, name: str):
-        start = time.monotonic()
+        self.running[name] = start = time.monotonic()
+        self.seconds.setdefault(name, 0.0)
         try:
             yield
         finally:
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.monotonic() - start
+            del self.running[name]
+            self.seconds[name] += time.monotonic() - start
+
+    def snapshot(self) -> dict[str, float]:
+        """The seconds so far, stages in progress counted up to now."""
+        now = time.monotonic()
+        return {name: value + now - self.running.get(name, now) for name, value in self.seconds.items()}
 
     def total(self) -> float:
         """Seconds since the clock was made."""

@@ -401,3 +401,13 @@ def test_the_kept_batch_has_no_near_duplicates(composed_run, folder_data, smoke_
     assert 1 <= len(kept) < 40 and kept[0]["rank"] == 0  # the best is always kept
     assert len({c["source_test_indices"]["horse"] for c in kept}) == len(kept)  # one per source image
     assert scores["pool"]["count"] == 40 and scores["kept"]["count"] == len(kept)
+
+
+def test_the_grid_has_torchvisions_layout_without_importing_it():
+    from torchvision.utils import make_grid
+
+    from latent_ops.images import tile
+
+    for count, nrow in ((64, 8), (5, 8), (10, 4), (2, 1)):
+        images = torch.rand(count, 3, 32, 32)
+        assert torch.equal(tile(images, nrow), make_grid(images, nrow=nrow, padding=2, pad_value=1.0))

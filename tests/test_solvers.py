@@ -84,3 +84,4 @@ def test_a_plain_step_count_is_heuns_method_and_projection_scales_the_steps(curv
 def test_a_bad_schedule_is_refused_by_name(curved_net, schedule, message):
     with pytest.raises(ValueError, match=message):
         sample(curved_net, 2, [], schedule)
+
