@@ -459,22 +459,24 @@ def candidate_cells(regions: list[str], sources: Sources, count: int) -> torch.T
     return fixed.expand(count, -1, -1) if regions else None
 
 
-def run_compose(config: ComposeConfig, quiet: bool = False) -> Path:
-    """Claim the output folder, then the six stages; returns the folder."""
+def run_compose(config: ComposeConfig, quiet: bool = False, reference: Reference | None = None) -> Path:
+    """Claim the output folder, then the six stages; returns the folder. ``reference``: the data opened once by
+    ``open_reference`` for many composes (a long-lived process), else opened here."""
     clock = StageClock()
     out = output_folder(config)
     try:
-        return compose_into(out, config, clock, quiet)
+        return compose_into(out, config, clock, quiet, reference)
     finally:
         release_folder(out)
 
 
-def compose_into(out: Path, config: ComposeConfig, clock: StageClock, quiet: bool) -> Path:
+def compose_into(out: Path, config: ComposeConfig, clock: StageClock, quiet: bool,
+                 reference: Reference | None = None) -> Path:
     """The stages, each timed (scores.json's ``stage_seconds``); the files are written into a temporary folder
     and put in place whole."""
     with clock("setup"):
         setting = open_setting(config)
-        reference = open_reference(config, setting.run)
+        reference = reference or open_reference(config, setting.run)
     with clock("sampling"):
         drawn = draw(config, setting, progress=not quiet)
     scored = score(config, setting, drawn, reference, clock, progress=not quiet)
@@ -506,14 +508,15 @@ def save_recipe(config: ComposeConfig, run: Path) -> Path:
     return run / RECIPE_FILE
 
 
-def compose(expression: str = "", quiet: bool = False, **flags) -> Path:
+def compose(expression: str = "", quiet: bool = False, reference: Reference | None = None, **flags) -> Path:
     """Compose images for ``expression`` (empty: the run's recipe's, else horse+wings); returns the output folder.
 
-    ``flags``: the fields of ComposeConfig (run, data, n, seed, ...), checked like flags.
+    ``flags``: the fields of ComposeConfig (run, data, n, seed, ...), checked like flags. ``reference``: the
+    data of ``open_reference``, opened once by a process that composes many times (it must be of ``--data``).
     """
     if expression:
         flags["expression"] = expression
-    return run_compose(make_compose_config(**flags), quiet)
+    return run_compose(make_compose_config(**flags), quiet, reference)
 
 
 def main(expression: str = "", **flags) -> None:

@@ -26,11 +26,13 @@ def combined_score(terms: dict[str, torch.Tensor], weights: dict[str, float] | N
     return sum(weights.get(name, 1.0) * zscore(values.float()) for name, values in terms.items())
 
 
-def gated_order(combined: torch.Tensor, passed: torch.Tensor) -> torch.Tensor:
+def gated_order(combined: torch.Tensor, passed: torch.Tensor, refined: torch.Tensor | None = None) -> torch.Tensor:
     """Positions best first: every candidate that ``passed`` (N,) bool the gate, by ``combined`` (N,) score,
-    then the rest by score."""
+    then the rest by score. With ``refined`` (N,) bool, the refined candidates come first (each group ordered
+    so), so the best and the kept images are refined ones."""
+    tier = passed.int() + (2 * refined.int() if refined is not None else 0)
     by_score = combined.argsort(descending=True, stable=True)
-    return by_score[passed[by_score].int().argsort(descending=True, stable=True)]  # stable: keeps the score order
+    return by_score[tier[by_score].argsort(descending=True, stable=True)]  # stable: keeps the score order
 
 
 def capped_uniqueness(distance: torch.Tensor, reference: float) -> torch.Tensor:

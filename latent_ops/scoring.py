@@ -10,7 +10,8 @@
    content, so one that is not among the best few times the kept count before refinement does not
    reach the kept set after it; ``bench/compose_speed.py`` checks that the kept images match those of
    refining every candidate. ``--refine_top 0`` refines every candidate.
-3. **Final order.** The batch is ranked again with the refined scores (``latent_ops.ranking``).
+3. **Final order.** The batch is ranked again with the refined scores (``latent_ops.ranking``), the refined
+   candidates first, so the best image and the kept set are refined ones.
 
 Images are held as uint8 (3 KB a candidate), so a large pool stays small in memory.
 
@@ -138,7 +139,8 @@ def ranked(config: ComposeConfig, found: dict[str, torch.Tensor], history: list[
         terms["uniqueness"] = ranking.capped_uniqueness(found["distance"][:, 0], reference_distance)
     combined = ranking.combined_score(terms, {"sharpness": config.rank_sharpness})
     gated = passes_gate(intents, config.rank_gate, count)
-    return Scored(found, history, intents, intent, combined, gated, ranking.gated_order(combined, gated))
+    refined = found["refined"] if found["refined"].any() else None
+    return Scored(found, history, intents, intent, combined, gated, ranking.gated_order(combined, gated, refined))
 
 
 def score(config: ComposeConfig, setting: Setting, drawn: Drawn, reference: Reference, clock: StageClock,

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -184,6 +185,8 @@ def test_the_gate_ranks_every_passing_candidate_first_then_by_score():
     passed = torch.tensor([False, True, False, True, True])
     assert ranking.gated_order(combined, passed).tolist() == [3, 1, 4, 0, 2]
     assert ranking.gated_order(combined, torch.ones(5, dtype=torch.bool)).tolist() == [0, 2, 3, 1, 4]
+    refined = torch.tensor([False, True, False, False, True])
+    assert ranking.gated_order(combined, passed, refined).tolist() == [1, 4, 3, 0, 2]  # refined first, then the gate
 
 
 def test_sharpness_and_the_gate_decide_the_ranking(composed_run, folder_data, tmp_path, smoke_run):
@@ -250,7 +253,10 @@ def kwargs(composed_run, folder_data, smoke_run, **extra):
     (dict(strength=1e6), "--strength must be between"), (dict(refine_steps=2.5), "--refine_steps takes a whole"),
     (dict(source="dream"), "--source must be one of"), (dict(chunk=0), "--chunk must be between"),
     (dict(expression="1e999*horse"), "is too large"), (dict(expression="horse+" * 2000), "characters long"),
-    (dict(colour=3), "unknown flag(s) --colour"),
+    (dict(colour=3), "unknown flag(s) --colour"), (dict(solver="rk4"), "--solver must be one of"),
+    (dict(precision="fp8"), "--precision must be one of"), (dict(refine_top=10), "--refine_top 10 refines fewer"),
+    (dict(guidance_from=0.8, guidance_until=0.2), "--guidance_from 0.8 is after --guidance_until 0.2"),
+    (dict(guidance_until=1.5), "--guidance_until must be between"),
 ])
 def test_bad_compose_flags_are_one_line_before_any_work(flags, message, tmp_path, capsys):
     expression = flags.pop("expression", "horse+wings")
@@ -411,3 +417,47 @@ def test_the_grid_has_torchvisions_layout_without_importing_it():
     for count, nrow in ((64, 8), (5, 8), (10, 4), (2, 1)):
         images = torch.rand(count, 3, 32, 32)
         assert torch.equal(tile(images, nrow), make_grid(images, nrow=nrow, padding=2, pad_value=1.0))
+
+
+def test_only_the_best_of_a_first_ranking_are_refined_and_every_stage_is_timed(composed_run, folder_data, tmp_path,
+                                                                               smoke_run, monkeypatch):
+    import latent_ops.scoring as scoring_module
+
+    sizes, real = [], scoring_module.refine_codes
+    monkeypatch.setattr(scoring_module, "refine_codes", lambda nets, z0, *a, **kw: sizes.append(len(z0)) or
+                        real(nets, z0, *a, **kw))
+    out = compose("horse+wings", out=str(tmp_path / "top"), n=4, pool=24, refine_top=6, chunk=64, refine_steps=2,
+                  dedup=0.0, **kwargs(composed_run, folder_data, smoke_run))
+    assert sizes == [6]  # one chunk of the six best, not the pool of 24
+    scores = json.loads((out / "scores.json").read_text())
+    refined = [c for c in scores["candidates"] if c["refined"]]
+    assert scores["refined"] == len(refined) == 6 and all(c["refined"] for c in scores["candidates"] if c["kept"])
+    assert sorted(c["rank"] for c in refined) == list(range(6))  # the refined rank first: the best is refined
+    assert [c for c in scores["candidates"] if not c["refined"]], "the rest keep their first scores"
+    unrefined = [c for c in scores["candidates"] if not c["refined"]]
+    assert all(c["realism"] == c["realism_before_refinement"] for c in unrefined)
+    stages = scores["stage_seconds"]
+    assert set(stages) == {"setup", "sampling", "ranking", "refinement", "writing"} and min(stages.values()) > 0
+    assert sum(stages.values()) <= scores["seconds"] + 1e-6
+    assert scores["precision"] in ("bf16", "fp32") and scores["solver"] == "ab2" and scores["refine_top"] == 6
+    every = compose("horse+wings", out=str(tmp_path / "every"), n=4, pool=24, refine_top=0, refine_steps=2,
+                    **kwargs(composed_run, folder_data, smoke_run))
+    assert json.loads((every / "scores.json").read_text())["refined"] == 24
+
+
+def test_compose_runs_as_a_user_runs_it_and_prints_its_timings_without_a_progress_bar_off_a_terminal(
+        composed_run, folder_data, tmp_path, smoke_run):
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "latent_ops.compose", "horse+wings", "--run", str(composed_run), "--data",
+               str(folder_data), "--cache_dir", str(smoke_run.parent / "cache"), "--n", "4", "--pool", "8",
+               "--refine_steps", "2", "--precision", "fp32", "--out", str(tmp_path / "cli")]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 0, done.stderr
+    line = next(x for x in done.stdout.splitlines() if x.strip().startswith("seconds:"))
+    for stage in ("setup", "sampling", "ranking", "refinement", "writing", "fp32", "ab2, 12 steps", "8 refined"):
+        assert stage in line, line
+    assert "\r" not in done.stderr and "it/s" not in done.stderr  # tqdm stays quiet when output is not a terminal
+    assert json.loads((tmp_path / "cli" / "scores.json").read_text())["precision"] == "fp32"
+

@@ -116,3 +116,20 @@ def test_blurred_images_are_less_sharp():
     assert metrics.laplacian_variance(torch.full((2, 3, 8, 8), 0.3)).abs().max() < 1e-10
     with pytest.raises(ValueError, match=r"\(N, 3, H, W\)"):
         metrics.laplacian_variance(torch.zeros(3, 32, 32))
+
+
+def test_the_bf16_shortlist_finds_the_exact_neighbours_of_uint8_images_and_of_vectors():
+    g = torch.Generator().manual_seed(0)
+    train = torch.randint(0, 256, (3000, 3, 8, 8), generator=g, dtype=torch.uint8)
+    near = train[torch.randint(0, 3000, (40,), generator=g)].float().div(127.5).sub(1)
+    queries = torch.cat([near + 0.05 * torch.randn(near.shape, generator=g), torch.rand(24, 3, 8, 8, generator=g) * 2 - 1])
+    exact_d, exact_i = metrics.nearest_neighbours(queries, train, k=3, chunk=700)
+    index = metrics.shortlist_index(train, chunk=700)
+    for reference in (train, index):  # the raw set, or prepared once
+        d, i = metrics.nearest_neighbours(queries, reference, k=3, chunk=700, shortlist=16)
+        assert torch.equal(i, exact_i) and torch.allclose(d, exact_d, atol=1e-5)
+    vectors = torch.randn(500, 20, generator=g)
+    d, i = metrics.nearest_neighbours(vectors[:30] + 0.01, vectors, k=2, shortlist=8)
+    assert torch.equal(i[:, 0], torch.arange(30)) and (d[:, 0] < d[:, 1]).all()
+    with pytest.raises(ValueError, match="queries have 12 values each, reference 192"):
+        metrics.nearest_neighbours(torch.zeros(2, 12), index, shortlist=16)
