@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 SHARED_CIFAR := ../shared/data/cifar10-jpeg.tar.gz
 DATA := data
 
-.PHONY: setup test pegasus model data bench evaluator report clean-runs
+.PHONY: setup test pegasus model data bench bench-compose evaluator report clean-runs
 
 setup: $(STAMP)
 
@@ -45,12 +45,13 @@ pegasus: $(STAMP)
 # 82 min alone on 2 CPU cores with AVX-512 bf16), fine-tune its decoder with the encoder frozen (release-grid8-sharpen:
 # 1,200 steps, about 13 min), ship that (bank, concepts, conv prior: 38 min), measure the shipped folder
 # against its targets (with its prior's guided class samples: 6 min), learn the pegasus concept from regional
-# compositions (26 min), store its compose recipe (3 min), report on it (1,000 latent prior samples: 10,000 take
-# about 30 min on the 8 x 8 code) and write its card with the report's
+# compositions (26 min), store its compose recipe (15 s), report on it (1,000 latent prior samples: 10,000 take
+# about 1 min with the recipe's solver) and write its card with the report's
 # numbers: about 3 h in all. Training and shipping resume where a killed call stopped; the later steps run again.
 LEARN_PEGASUS := --expression "2*horse&3*airplane@top" --pool 8192 --accept "horse>=0.3,wings>=0.3" \
 	--critic_quantile 0.3 --sharpness_quantile 0.3 --steps 1000
-PEGASUS_RECIPE := --pool 1024 --guidance 2.5 --prior_steps 24  # stored as the model's compose.json
+PEGASUS_RECIPE := --pool 1024 --guidance 2.5 --solver ab2 --prior_steps 12 --guidance_until 0.7 --refine_top 128 \
+	--chunk 64  # stored as the model's compose.json (bench/compose_speed.py measures it against the recipe before)
 # The release, re-created by `make model` (an older one: make model RELEASE_PRESET=release SHARPEN_PRESET= SHIP_FLAGS=)
 # (6,000 steps, 82 min of training alone on 2 AVX-512 bf16 cores; then shipping with the conv prior on the
 # 8 x 8 code, the targets, the learned pegasus and the report; docs/training.md).
@@ -96,6 +97,10 @@ report: data
 
 bench: $(STAMP)
 	$(PY) bench/train_throughput.py --preset cpu
+
+# compose's speed and pictures: the shipped recipe against the recipe before it on three seeds (about 13 min alone)
+bench-compose: data
+	$(PY) bench/compose_speed.py --run $(MODEL) --data $(DATA)
 
 clean-runs:
 	rm -rf outputs/runs
