@@ -36,10 +36,14 @@ def main(log_file: str) -> None:
     for key in ("realism", "intent"):
         if not isinstance(best.get(key), (int, float)) or not math.isfinite(best[key]):
             problems.append(f"scores.json best {key} is {best.get(key)!r}")
+    stages = scores.get("stage_seconds", {})
+    if set(stages) != {"setup", "sampling", "ranking", "refinement", "writing"} or scores.get("precision") not in (
+            "bf16", "fp32"):
+        problems.append(f"scores.json lacks the stage timings or the precision (got {sorted(stages)})")
     if "uniqueness" in best:
         problems.append("scores.json has a uniqueness score, but make pegasus ran without data")
     log = Path(log_file).read_text()
-    for said in ("uniqueness and neighbour panels skipped", "showcase.png", "best: realism"):
+    for said in ("uniqueness and neighbour panels skipped", "showcase.png", "best: realism", "seconds: setup"):
         if said not in log:
             problems.append(f"make pegasus did not print {said!r}")
     if problems:
