@@ -150,11 +150,10 @@ def nearest_neighbours(queries: torch.Tensor, reference: torch.Tensor | Shortlis
         raise ValueError(f"need k >= 1 and a non-empty reference, got k={k} and {len(reference)} vectors")
     if shortlist > k and len(reference) > shortlist:
         return _shortlisted(q, index or shortlist_index(reference, chunk), k, chunk, shortlist)
-    as_float = _as_float
     best_d = torch.full((len(q), 0), float("inf"))
     best_i = torch.zeros((len(q), 0), dtype=torch.long)
     for start in range(0, len(reference), chunk):
-        d = torch.cdist(q, as_float(reference[start:start + chunk]))  # (N, chunk)
+        d = torch.cdist(q, _as_float(reference[start:start + chunk]))  # (N, chunk)
         top = d.topk(min(k, d.shape[1]), largest=False)
         best_d = torch.cat([best_d, top.values], 1)
         best_i = torch.cat([best_i, top.indices + start], 1)

@@ -88,7 +88,8 @@ def first_look(config: ComposeConfig, setting: Setting, codes: np.ndarray, train
     z = torch.from_numpy(codes)
     images = decode_images(setting, z, config.chunk)
     found = judge(setting, z, images, train, config.chunk)
-    found.update(z=z, image=to_uint8(images), image_before=to_uint8(images), realism_before=found["realism"].clone(),
+    pictures = to_uint8(images)
+    found.update(z=z, image=pictures, image_before=pictures.clone(), realism_before=found["realism"].clone(),
                  refined=torch.zeros(len(z), dtype=torch.bool))
     return found
 
