@@ -8,7 +8,8 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["autoencoder", "autoencoder.*", "latent_ops", "latent_ops.*"]),
-    package_data={"autoencoder": ["weights/evaluator/*", "weights/perceptual/*"]},  # committed fp16 nets and cards
+    package_data={"autoencoder": ["weights/evaluator/*", "weights/perceptual/*"],
+                  "latent_ops": ["explore/static/*"]},  # committed fp16 nets and cards
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.2",
@@ -22,8 +23,11 @@ setup(
         "pillow>=10.0",
         "numpy>=1.24",
         "lark>=1.1",
+        "starlette>=0.37",  # the explorer's server (latent_ops.explore)
+        "uvicorn>=0.29",
     ],
     extras_require={
-        "dev": ["pytest>=7.4", "hypothesis>=6.80", "nbclient>=0.8", "nbformat>=5.9", "ipykernel>=6.0"],
+        "dev": ["pytest>=7.4", "hypothesis>=6.80", "nbclient>=0.8", "nbformat>=5.9", "ipykernel>=6.0",
+                "pytest-playwright>=0.5"],  # drives Debian's Chromium (apt-get install chromium), never a download
     },
 )

@@ -61,18 +61,27 @@ class Atlas:
     seconds: float  # time to fit (or load)
 
     def transform(self, codes: np.ndarray) -> np.ndarray:
-        """(M, D) codes -> (M, 2) positions on this map: the membership-weighted mean of the map
-        positions of each code's ``neighbours`` nearest mapped codes (UMAP's fuzzy-set weights:
-        exp(-(d - rho) / sigma), rho the nearest distance, sigma the mean distance beyond it)."""
-        from sklearn.neighbors import NearestNeighbors
+        """(M, D) codes -> (M, 2) positions on this map (``place_on_map``)."""
+        return place_on_map(codes, self.codes, self.embedding, self.neighbours)
 
-        index = NearestNeighbors(n_neighbors=min(self.neighbours, len(self.codes))).fit(self.codes)
-        distance, nearest = index.kneighbors(np.asarray(codes, dtype=np.float32))
-        rho = distance[:, :1]
-        sigma = np.maximum((distance - rho).mean(1, keepdims=True), 1e-8)
-        weight = np.exp(-(distance - rho) / sigma)
-        weight /= weight.sum(1, keepdims=True)
-        return (weight[:, :, None] * self.embedding[nearest]).sum(1).astype(np.float32)
+
+def place_on_map(codes: np.ndarray, mapped: np.ndarray, embedding: np.ndarray, neighbours: int = 15) -> np.ndarray:
+    """(M, D) codes -> (M, 2) positions on a map of the ``mapped`` codes (N, D) at ``embedding`` (N, 2): the
+    membership-weighted mean of the map positions of each code's ``neighbours`` nearest mapped codes (UMAP's
+    fuzzy-set weights: exp(-(d - rho) / sigma), rho the nearest distance, sigma the mean distance beyond it)."""
+    codes = np.asarray(codes, dtype=np.float32).reshape(len(codes), -1)
+    mapped = np.asarray(mapped, dtype=np.float32)
+    k = min(neighbours, len(mapped))
+    squared = (codes ** 2).sum(1)[:, None] - 2 * codes @ mapped.T + (mapped ** 2).sum(1)[None]
+    nearest = np.argpartition(squared, k - 1, axis=1)[:, :k]
+    distance = np.sqrt(np.maximum(np.take_along_axis(squared, nearest, 1), 0))
+    order = np.argsort(distance, axis=1)
+    nearest, distance = np.take_along_axis(nearest, order, 1), np.take_along_axis(distance, order, 1)
+    rho = distance[:, :1]
+    sigma = np.maximum((distance - rho).mean(1, keepdims=True), 1e-8)
+    weight = np.exp(-(distance - rho) / sigma)
+    weight /= weight.sum(1, keepdims=True)
+    return (weight[:, :, None] * embedding[nearest]).sum(1).astype(np.float32)
 
 
 def _sha256(file: Path) -> str:

@@ -1,0 +1,182 @@
+"""Composes for the explorer: the CLI's pipeline on a small pool, one at a time in a background thread, with progress.
+
+The stages are ``latent_ops.compose``'s own (draw, first look, refinement by the critic, ranking, a diverse kept
+set), so the page shows what ``python -m latent_ops.compose EXPRESSION --pool 64 --n 16`` would keep; nothing is
+written to disk until the person saves one. The run's networks and judges are opened once per expression and the
+data (for uniqueness) once per process. A bad expression is refused before any work with the CLI's own message.
+
+Example: ``python -c "from latent_ops.explore.composing import Composer; print(Composer.__doc__)"``
+"""
+from __future__ import annotations
+
+import contextlib
+import itertools
+import threading
+import time
+import traceback
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from autoencoder.cli import UserError
+from latent_ops.compose import ComposeConfig, Reference, Setting, draw, make_compose_config, open_reference, \
+    open_setting, rank
+from latent_ops.editor import to_pixels
+from latent_ops.expression import parse
+from latent_ops.scoring import score
+from latent_ops.timing import StageClock
+from latent_ops.trained_prior import learned_names
+
+STAGES = ("setup", "sampling", "ranking", "refinement", "ranking", "done")  # in the order a compose passes them
+OPEN_SETTINGS = 4  # expressions whose opened setting is kept
+
+
+class ProgressClock(StageClock):
+    """A StageClock that also records which stage is running and how many have begun."""
+
+    def __init__(self, job: "ComposeJob") -> None:
+        super().__init__()
+        self.job = job
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        self.job.stage = name
+        self.job.progress = min(self.job.progress + 1 / len(STAGES), 0.95)
+        with super().__call__(name):
+            yield
+
+
+@dataclass
+class ComposeJob:
+    id: int
+    expression: str
+    seed: int
+    command: str  # the CLI command that composes the same pool
+    state: str = "queued"  # queued, running, done or failed
+    stage: str = ""
+    progress: float = 0.0
+    error: str = ""
+    seconds: float = 0.0
+    stage_seconds: dict = field(default_factory=dict)
+    codes: np.ndarray | None = None  # (k, D) the kept codes, best first
+    results: list = field(default_factory=list)  # per kept image: its scores and rank
+
+    def public(self) -> dict:
+        return {"id": self.id, "expression": self.expression, "seed": self.seed, "state": self.state,
+                "stage": self.stage, "progress": self.progress, "error": self.error, "seconds": self.seconds,
+                "stage_seconds": self.stage_seconds, "command": self.command, "results": self.results}
+
+
+class Composer:
+    """Composes of ``pool`` candidates keeping ``kept``, in a background thread, one at a time."""
+
+    def __init__(self, run: Path, data: str, cache_dir: str, pool: int = 64, kept: int = 16, keep_jobs: int = 32):
+        self.run, self.data, self.cache_dir = run, data, cache_dir
+        self.pool, self.kept, self.keep_jobs = pool, kept, keep_jobs
+        self.settings: OrderedDict[str, Setting] = OrderedDict()
+        self.reference: Reference | None = None
+        self.jobs: OrderedDict[int, ComposeJob] = OrderedDict()
+        self.ids = itertools.count(1)
+        self.busy = threading.Lock()
+
+    def config(self, expression: str, seed: int) -> ComposeConfig:
+        """The compose config, every check of the CLI made (grammar and the run's concept names); a UserError with
+        the CLI's message otherwise."""
+        config = make_compose_config(expression=expression, run=str(self.run), data=self.data,
+                                     cache_dir=self.cache_dir, pool=self.pool, n=self.kept, seed=seed, refine_top=0)
+        setting = self.settings.get(expression)
+        known = list(setting.concepts.names) if setting else None
+        if known is None:
+            from latent_ops.run_concepts import load_concepts
+
+            known = load_concepts(self.run).names
+        parse(expression, known + learned_names(self.run))
+        return config
+
+    def command(self, config: ComposeConfig) -> str:
+        import shlex
+
+        return shlex.join(["python", "-m", "latent_ops.compose", config.expression, "--run", str(self.run),
+                           "--pool", str(config.pool), "--n", str(config.n), "--seed", str(config.seed),
+                           "--refine_top", "0"])
+
+    def submit(self, expression: str, seed: int = 0) -> ComposeJob:
+        """Check the expression now (a UserError says what is wrong), then compose in the background."""
+        config = self.config(expression, seed)
+        job = ComposeJob(next(self.ids), expression, seed, self.command(config))
+        self.jobs[job.id] = job
+        while len(self.jobs) > self.keep_jobs:
+            self.jobs.popitem(last=False)
+        threading.Thread(target=self.work, args=(job, config), daemon=True, name=f"compose-{job.id}").start()
+        return job
+
+    def warm(self) -> None:
+        """Open the recipe's setting and the data before the first compose asks (in a background thread at start);
+        a failure is left for that compose to report."""
+        with self.busy:
+            try:
+                config = make_compose_config(run=str(self.run), data=self.data, cache_dir=self.cache_dir,
+                                             pool=self.pool, n=self.kept, refine_top=0)
+                self.setting(config)
+                if self.reference is None:
+                    self.reference = open_reference(config, self.run)
+            except Exception:  # noqa: BLE001  (the compose that needs it says what is wrong)
+                pass
+
+    def setting(self, config: ComposeConfig) -> Setting:
+        setting = self.settings.pop(config.expression, None) or open_setting(config)
+        self.settings[config.expression] = setting
+        while len(self.settings) > OPEN_SETTINGS:
+            self.settings.popitem(last=False)
+        setting.sources.placed = None  # a following region's cells are found again for every draw
+        return setting
+
+    def work(self, job: ComposeJob, config: ComposeConfig) -> None:
+        with self.busy:
+            job.state = "running"
+            clock = ProgressClock(job)
+            began = time.monotonic()
+            try:
+                self.compose(job, config, clock)
+                job.state, job.stage, job.progress = "done", "done", 1.0
+            except UserError as error:
+                job.state, job.error = "failed", f"error: {error}"
+            except Exception as error:  # the page says so; the server keeps running
+                traceback.print_exc()
+                job.state, job.error = "failed", f"error: {type(error).__name__}: {error}"
+            job.seconds, job.stage_seconds = time.monotonic() - began, clock.snapshot()
+
+    def compose(self, job: ComposeJob, config: ComposeConfig, clock: StageClock) -> None:
+        with clock("setup"):
+            setting = self.setting(config)
+            if self.reference is None:
+                self.reference = open_reference(config, setting.run)
+        with clock("sampling"):
+            drawn = draw(config, setting)
+        scored = score(config, setting, drawn, self.reference, clock)
+        with clock("ranking"):
+            kept = rank(config, setting, drawn, scored)
+        shown = kept.shown.tolist()
+        job.codes = scored.found["z"][shown].float().numpy()
+        pictures = to_pixels(kept.after)
+        found = scored.found
+        order = {candidate: position for position, candidate in enumerate(scored.order.tolist())}
+        for i, (candidate, picture) in enumerate(zip(shown, pictures)):
+            entry = {"index": i, "candidate": candidate, "rank": order[candidate],
+                     "combined": float(scored.combined[candidate]), "realism": float(found["realism"][candidate]),
+                     "intent": float(scored.intent[candidate]), "sharpness": float(found["sharpness"][candidate]),
+                     "intent_terms": {k: float(v[candidate]) for k, v in scored.intents.items()},
+                     "picture": picture}
+            if self.reference.distance is not None:
+                entry["uniqueness"] = float(found["distance"][candidate, 0])
+            job.results.append(entry)
+
+    def code(self, job_id: int, index: int) -> tuple[ComposeJob, np.ndarray]:
+        job = self.jobs.get(job_id)
+        if job is None or job.codes is None or not 0 <= index < len(job.codes):
+            raise UserError(f"compose {job_id} image {index} is not here (composes are kept while the server runs, "
+                            f"the last {self.keep_jobs}); compose again")
+        return job, job.codes[index]
+
