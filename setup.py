@@ -28,6 +28,6 @@ setup(
     ],
     extras_require={
         "dev": ["pytest>=7.4", "hypothesis>=6.80", "nbclient>=0.8", "nbformat>=5.9", "ipykernel>=6.0",
-                "pytest-playwright>=0.5"],  # drives Debian's Chromium (apt-get install chromium), never a download
+                "pytest-playwright>=0.5", "httpx2>=2.0"],  # drives Debian's Chromium (apt-get install chromium), never a download
     },
 )
