@@ -14,33 +14,19 @@ import os
 import shlex
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from latent_ops.explore.driving import INSTALL, chromium_binary, start_server
+
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "models" / "pegasus-cifar10"
-CHROMIUM_PACKAGE_BINARY = "/usr/lib/chromium/chromium"  # the real binary of Debian's package, not the wrapper
-
-
-def chromium_binary() -> str | None:
-    """The binary ``dpkg -L chromium`` lists in the package's lib folder, or None."""
-    try:
-        listed = subprocess.run(["dpkg", "-L", "chromium"], capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.SubprocessError):
-        listed = ""
-    for line in listed.splitlines():
-        if line.endswith("/lib/chromium/chromium") and os.access(line, os.X_OK):
-            return line
-    return CHROMIUM_PACKAGE_BINARY if os.access(CHROMIUM_PACKAGE_BINARY, os.X_OK) else None
-
-
 CHROMIUM = chromium_binary()
 if CHROMIUM is None:
-    why = "Debian's Chromium is not installed (apt-get update && apt-get install -y chromium)"
+    why = f"Debian's Chromium is not installed ({INSTALL})"
     if os.environ.get("CI") == "true":
         pytest.fail(f"under CI the browser tests must run: {why}", pytrace=False)
     pytest.skip(why, allow_module_level=True)
@@ -55,21 +41,12 @@ def browser_type_launch_args(browser_type_launch_args):
 def server(tmp_path_factory):
     """The explorer on a free port; yields (url, folder of its files)."""
     root = tmp_path_factory.mktemp("explorer")
-    command = [sys.executable, "-m", "latent_ops.explore", "--run", str(SHIPPED), "--port", "0", "--points", "1000",
-               "--cache_dir", str(root / "cache"), "--out", str(root / "saved"), "--data", str(root / "no-data"),
-               "--pool", "64", "--kept", "16"]
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url, lines, began = None, [], time.monotonic()
-    while url is None and time.monotonic() - began < 300:
-        line = process.stdout.readline()
-        if not line and process.poll() is not None:
-            break
-        lines.append(line)
-        if "serving http://" in line:
-            url = line.split("serving ", 1)[1].split()[0]
-    if url is None:
-        process.kill()
-        pytest.fail("the explorer did not start:\n" + "".join(lines))
+    flags = ["--run", str(SHIPPED), "--port", "0", "--points", "1000", "--cache_dir", str(root / "cache"),
+             "--out", str(root / "saved"), "--data", str(root / "no-data"), "--pool", "64", "--kept", "16"]
+    try:
+        process, url, _ = start_server(flags, ROOT)
+    except RuntimeError as error:
+        pytest.fail(str(error))
     yield url, root
     process.terminate()
     process.wait(timeout=30)

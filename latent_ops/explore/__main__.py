@@ -24,6 +24,7 @@ from autoencoder.cifar10 import CACHE_FOLDER, DATA_FOLDER
 from autoencoder.cli import ConfigError, check_ranges, check_writable, dataclass_from_flags, run_cli, save_config
 
 PORTS_TRIED = 50  # from --port upwards
+WARM_DELAY = 4.0  # seconds after serving before composes' networks and data are opened: the first page loads first
 
 
 @dataclass
@@ -108,7 +109,7 @@ def serve(config: ExploreConfig) -> None:
           f"({'cached' if explorer.map.reused else 'made'} in {explorer.map.seconds:.1f} s); ready in "
           f"{time.monotonic() - began:.1f} s", flush=True)
     print(f"explore: serving http://{host}:{port}/ (Ctrl-C stops)", flush=True)
-    threading.Thread(target=explorer.composer.warm, daemon=True, name="compose-warm").start()
+    threading.Thread(target=explorer.composer.warm, args=(WARM_DELAY,), daemon=True, name="compose-warm").start()
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
     server.run(sockets=[sock])
 

@@ -112,9 +112,10 @@ class Composer:
         threading.Thread(target=self.work, args=(job, config), daemon=True, name=f"compose-{job.id}").start()
         return job
 
-    def warm(self) -> None:
-        """Open the recipe's setting and the data before the first compose asks (in a background thread at start);
-        a failure is left for that compose to report."""
+    def warm(self, delay: float = 0.0) -> None:
+        """Open the recipe's setting and the data before the first compose asks (in a background thread at start,
+        after ``delay`` seconds, so that the first page loads first); a failure is left for that compose to report."""
+        time.sleep(delay)
         with self.busy:
             try:
                 config = make_compose_config(run=str(self.run), data=self.data, cache_dir=self.cache_dir,

@@ -5,7 +5,8 @@
 const $ = (id) => document.getElementById(id);
 const E = (window.explorer = {
   state: null, points: null, map: null, start: null, moves: {}, cells: {}, paintFor: null,
-  timings: { render: [], ready: null }, inflight: false, pending: null, job: null,
+  // ms: from a change to its image shown, from a compose click to its grid shown
+  timings: { render: [], compose: [], ready: null }, inflight: false, pending: null, job: null,
 });
 
 async function api(path, options = {}) {
@@ -199,6 +200,7 @@ function showResults(job) {
 
 async function compose(event) {
   event.preventDefault();
+  const t0 = performance.now();
   $("compose-error").textContent = "";
   const progress = $("compose-progress");
   let job;
@@ -217,7 +219,7 @@ async function compose(event) {
     try { job = await api(`/api/compose/${job.id}`); } catch (error) { $("compose-error").textContent = `error: ${error.message}`; break; }
     progress.value = job.progress;
     $("compose-stage").textContent = job.state === "done" ? `${job.results.length} kept of ${E.state.pool} in ${job.seconds.toFixed(1)} s` : job.stage;
-    if (job.state === "done") { showResults(job); break; }
+    if (job.state === "done") { showResults(job); E.timings.compose.push(performance.now() - t0); break; }
     if (job.state === "failed") { $("compose-error").textContent = job.error; break; }
   }
   progress.hidden = true;

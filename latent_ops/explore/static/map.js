@@ -31,7 +31,7 @@ class LatentMap {
     this.selected = -1;
     this.hovered = -1;
     this.view = { scale: 1, dx: 0, dy: 0 };
-    this.timings = { hover: [], draw: [] };
+    this.timings = { hover: [], hoverPainted: [], draw: [] }; // ms from the mouse event to shown, and to painted
     LatentMap.classes = points.classes;
     this.thumb = tooltip.querySelector("canvas");
     this.caption = tooltip.querySelector(".caption");
@@ -129,8 +129,8 @@ class LatentMap {
     return best;
   }
 
-  showThumb(i, mx, my) {
-    const began = performance.now();
+  showThumb(i, mx, my, eventTime) {
+    const began = eventTime === undefined ? performance.now() : eventTime;
     const p = this.points, per = p.tiles * p.tiles, sheet = this.sheets[Math.floor(i / per)];
     const ctx = this.thumb.getContext("2d");
     ctx.imageSmoothingEnabled = false;
@@ -149,6 +149,7 @@ class LatentMap {
     this.tooltip.hidden = false;
     this.tooltip.dataset.row = String(p.row[i]);
     this.timings.hover.push(performance.now() - began);
+    requestAnimationFrame(() => this.timings.hoverPainted.push(performance.now() - began));
   }
 
   bind() {
@@ -173,7 +174,7 @@ class LatentMap {
       }
       const i = this.nearest(x, y);
       this.hovered = i;
-      if (i >= 0) this.showThumb(i, x, y); else this.tooltip.hidden = true;
+      if (i >= 0) this.showThumb(i, x, y, e.timeStamp); else this.tooltip.hidden = true;
     });
     this.canvas.addEventListener("mouseleave", () => { this.tooltip.hidden = true; });
     this.canvas.addEventListener("wheel", (e) => {
