@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 SHARED_CIFAR := ../shared/data/cifar10-jpeg.tar.gz
 DATA := data
 
-.PHONY: setup test pegasus model data bench bench-compose evaluator report clean-runs
+.PHONY: setup test pegasus model data bench bench-compose explore bench-explore evaluator report clean-runs
 
 setup: $(STAMP)
 
@@ -101,6 +101,18 @@ bench: $(STAMP)
 # compose's speed and pictures: the shipped recipe against the recipe before it on three seeds (about 13 min alone)
 bench-compose: data
 	$(PY) bench/compose_speed.py --run $(MODEL) --data $(DATA)
+
+# The explorer: the shipped model's latent map, edits, uploads and composes at http://127.0.0.1:8000/ (or the next
+# free port), offline; CIFAR-10 in data/ adds uniqueness to composes. EXPLORE_FLAGS: e.g. --port 8080 --run RUN.
+EXPLORE_FLAGS ?=
+explore: $(STAMP)
+	$(PY) -m latent_ops.explore --run $(MODEL) --data $(DATA) $(EXPLORE_FLAGS)
+
+# the explorer's speed, driving the real page in Debian's Chromium (apt-get install -y chromium; about 2 min alone),
+# and the README's screenshot of it
+bench-explore: $(STAMP)
+	$(PY) bench/explore_speed.py --run $(MODEL) --data $(DATA)
+	$(PY) bench/explore_screenshot.py --run $(MODEL) --data $(DATA) --out docs/explorer.png
 
 clean-runs:
 	rm -rf outputs/runs

@@ -36,6 +36,51 @@ class ConfigError(UserError, ValueError):
     """A flag or config value that cannot be used; the message says what to do."""
 
 
+class HelpRequested(Exception):
+    """``--help`` among the flags: ``text`` is the command's usage, printed by ``run_cli`` (exit status 0)."""
+
+    def __init__(self, text: str):
+        super().__init__(text)
+        self.text = text
+
+
+def field_comments(kind: type) -> dict[str, str]:
+    """The ``# comment`` after each field of the dataclass ``kind`` in its source (empty where there is none)."""
+    import inspect
+    import re
+
+    try:
+        lines = inspect.getsource(kind).splitlines()
+    except (OSError, TypeError):
+        return {}
+    comments, last = {}, None
+    for line in lines:
+        match = re.match(r"\s+(\w+)\s*:[^#]*?(?:#\s*(.*))?$", line)
+        if match and match[1] in {f.name for f in dataclasses.fields(kind)}:
+            last = match[1]
+            comments[last] = match[2] or ""
+        elif last and re.match(r"\s+#\s*(.*)$", line):  # a comment continued on the next line
+            comments[last] += " " + line.strip().lstrip("#").strip()
+    return comments
+
+
+def usage(kind: type) -> str:
+    """The usage of the running command: its module's first docstring paragraph and every flag of ``kind`` with
+    its type, default and comment."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    name = f"python -m {spec.name.removesuffix('.__main__')}" if spec and spec.name else Path(sys.argv[0]).name
+    about = (getattr(main, "__doc__", "") or "").strip().split("\n\n")[0]
+    comments = field_comments(kind)
+    lines = [f"usage: {name} [--FLAG VALUE ...]", "", about, "", f"flags (the fields of {kind.__name__}):"]
+    for field in dataclasses.fields(kind):
+        default = field.default if field.default is not dataclasses.MISSING else "(required)"
+        kind_name = getattr(field.type, "__name__", str(field.type))
+        lines.append(f"  --{field.name} {kind_name} = {default!r}" + (f": {comments[field.name]}"
+                                                                       if comments.get(field.name) else ""))
+    return "\n".join(lines)
+
+
 def os_error_line(error: OSError) -> str:
     """One line for an OSError: what failed, on which file, and what to do."""
     where = f" {error.filename}" if error.filename else ""
@@ -54,6 +99,10 @@ def run_cli(call: Callable[[], Any], is_main: bool = True) -> Any:
     """
     try:
         return call()
+    except HelpRequested as wanted:
+        if is_main:
+            print(wanted.text)
+        raise SystemExit(0) from None
     except UserError as error:
         message = str(error)
     except OSError as error:
@@ -126,6 +175,8 @@ def dataclass_from_flags(kind: type, base: dict[str, Any], flags: dict[str, Any]
     """An instance of the config dataclass ``kind``: ``base`` values, then ``flags`` coerced to
     each field's type; an unknown flag is a ConfigError that lists the known ones."""
     types = typing.get_type_hints(kind)
+    if "help" in flags or "h" in flags:
+        raise HelpRequested(usage(kind))
     unknown = sorted(set(flags) - set(types))
     if unknown:
         raise ConfigError(f"unknown flag(s) {', '.join('--' + u for u in unknown)}; "

@@ -274,3 +274,10 @@ def test_saving_never_replaces_a_folder(client, small_map):
     assert Path(first["folder"]).parent == root / "saved"
     assert (Path(first["folder"]) / "image.png").read_bytes() == (Path(second["folder"]) / "image.png").read_bytes()
     assert {"image.png", "image-8x.png", "code.npz", "recipe.json"} <= set(first["files"])
+
+
+@pytest.mark.parametrize("module, flag", [("latent_ops.explore", "--export"), ("latent_ops.edit", "--moves")])
+def test_help_prints_the_usage_and_every_flag(module, flag):
+    done = run("-m", module, "--help")
+    assert done.returncode == 0 and done.stderr == ""
+    assert done.stdout.startswith(f"usage: python -m {module}") and flag in done.stdout

@@ -115,15 +115,15 @@ def serve(config: ExploreConfig) -> None:
 
 
 def export(config: ExploreConfig) -> Path:
-    from latent_ops.explore.export import write_export
+    from latent_ops.explore.export import export_map
 
     file = Path(config.export)
     check_writable(file.parent if str(file.parent) else Path("."))
-    explorer = open_explorer(config)
-    write_export(explorer.map, explorer.editor.run, file)
+    exported = export_map(file, config.run, config.points, config.data, config.cache_dir, config.split, config.seed,
+                          config.neighbours, config.min_dist)
     save_config(config, file.with_name(file.stem + "-config.json"))
-    print(f"explore: wrote {file} ({file.stat().st_size / 2**20:.1f} MiB, {explorer.map.rows.size} codes with "
-          f"thumbnails; open it in a browser, no server needed)")
+    print(f"explore: wrote {file} ({file.stat().st_size / 2**20:.1f} MiB, {exported.codes} codes with thumbnails; "
+          f"open it in a browser, no server needed)")
     return file
 
 

@@ -99,8 +99,8 @@ class Composer:
         import shlex
 
         return shlex.join(["python", "-m", "latent_ops.compose", config.expression, "--run", str(self.run),
-                           "--pool", str(config.pool), "--n", str(config.n), "--seed", str(config.seed),
-                           "--refine_top", "0"])
+                           "--data", self.data, "--pool", str(config.pool), "--n", str(config.n), "--seed",
+                           str(config.seed), "--refine_top", "0"])
 
     def submit(self, expression: str, seed: int = 0) -> ComposeJob:
         """Check the expression now (a UserError says what is wrong), then compose in the background."""

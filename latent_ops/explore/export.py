@@ -12,11 +12,18 @@ import base64
 import html
 import json
 from pathlib import Path
+from typing import NamedTuple
 
 from autoencoder.atomic import write_text
-from latent_ops.explore.map_cache import LatentMap, map_points
+from autoencoder.cifar10 import CACHE_FOLDER, DATA_FOLDER
+from latent_ops.explore.map_cache import LatentMap, map_points, open_map
 
 STATIC = Path(__file__).resolve().parent / "static"
+
+
+class Exported(NamedTuple):
+    file: Path
+    codes: int  # codes on the map
 
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>
@@ -64,3 +71,16 @@ def export_page(latent_map: LatentMap, run: Path) -> str:
 def write_export(latent_map: LatentMap, run: Path, file: Path) -> Path:
     """Write the self-contained map to ``file`` (atomically)."""
     return write_text(export_page(latent_map, run), file)
+
+
+def export_map(out: str | Path, run: str = "", points: int = 0, data: str = DATA_FOLDER,
+               cache_dir: str = CACHE_FOLDER, split: str = "test", seed: int = 0, neighbours: int = 15,
+               min_dist: float = 0.1) -> Exported:
+    """The map of ``run`` (``points`` of its codes, 0: all) written to ``out`` as one HTML file; for notebooks."""
+    from latent_ops.editor import Editor
+    from latent_ops.runs import resolve_run
+
+    folder = resolve_run(run)
+    editor = Editor(folder, data, cache_dir)
+    latent_map = open_map(editor, cache_dir, split, points, seed, neighbours, min_dist)
+    return Exported(write_export(latent_map, folder, Path(out)), len(latent_map.rows))
