@@ -181,6 +181,8 @@ def test_the_next_free_port_is_taken_when_the_first_is_busy():
     from latent_ops.explore.__main__ import bind
 
     first = bind("127.0.0.1", 0)
+    assert first.proto == socket.IPPROTO_TCP, "asyncio sets TCP_NODELAY on connections of an IPPROTO_TCP socket only"
+    assert first.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
     busy = first.getsockname()[1]
     try:
         second = bind("127.0.0.1", busy)
