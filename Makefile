@@ -75,7 +75,7 @@ model: data
 	else $(PY) -m autoencoder.train --preset $(SHARPEN_PRESET) --init_from $(RELEASE_RUN) --data $(DATA) \
 		--out $(SHARPEN_RUN); fi
 	$(PY) -m latent_ops.ship --run $(SHIPPED_RUN) --data $(DATA) --out $(MODEL) --card_notes docs/model-card-notes.md \
-		$(SHIP_FLAGS)
+		--replace_learned true $(SHIP_FLAGS)
 	$(PY) bench/release_targets.py --run $(MODEL) --data $(DATA)
 	$(PY) -m latent_ops.learn pegasus --run $(MODEL) $(LEARN_PEGASUS)
 	$(PY) -m latent_ops.compose pegasus --run $(MODEL) --data $(DATA) $(PEGASUS_RECIPE) --save_recipe true \

@@ -21,6 +21,13 @@ import torch
 TEMPORARY_MARK = ".tmp"
 
 
+def is_temporary(name: str) -> bool:
+    """Whether ``name`` is one of the hidden names this module writes under (``.X.tmpPID...``, ``.X.oldPID``)."""
+    import re
+
+    return re.match(rf"^\..+({re.escape(TEMPORARY_MARK)}|\.old)\d+", name) is not None
+
+
 def temporary_name(target: Path) -> Path:
     """A hidden sibling name for writing ``target``; keeps the suffix (numpy adds ``.npz`` otherwise)."""
     return target.with_name(f".{target.stem}{TEMPORARY_MARK}{os.getpid()}{target.suffix}")
@@ -63,6 +70,8 @@ def replace_folder(build: Callable[[Path], Any], target: str | Path) -> Path:
     failed build leaves ``target`` as it was and removes the temporary folder.
     """
     target = Path(target)
+    if target.is_symlink():  # replacing it would replace the link, not what it names: never done silently
+        raise ValueError(f"{target} is a link; an output folder is never written through a link")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}{TEMPORARY_MARK}{os.getpid()}")
     old = target.with_name(f".{target.name}.old{os.getpid()}")
@@ -87,8 +96,7 @@ def remove_temporaries(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    left = [p for p in folder.iterdir() if p.name.startswith(".") and
-            (TEMPORARY_MARK in p.name or ".old" in p.name)]
+    left = [p for p in folder.iterdir() if is_temporary(p.name)]
     for path in left:
         shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
     return left

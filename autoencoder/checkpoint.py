@@ -32,6 +32,7 @@ from autoencoder.atomic import (
     write_json,
     write_text,
 )
+from autoencoder.cli import ConfigError
 from autoencoder.run_folder import (
     CHECKPOINTS_FOLDER,
     MODEL_FILE,
@@ -134,12 +135,18 @@ def clean_run_folder(run_dir: Path) -> list[Path]:
 
 def trim_metrics(file: Path, last_step: int) -> None:
     """Drop metric lines logged after the checkpoint a resumed run restarts from."""
+    if file.is_symlink() or (file.exists() and not file.is_file()):
+        raise ConfigError(f"{file} is not a plain file (a folder or a link), so the run's metrics cannot be "
+                          f"continued; nothing was changed: move it away and resume again")
     if file.exists():
-        kept = []
-        for line in file.read_text().splitlines():
+        kept, unreadable = [], 0
+        for line in file.read_bytes().decode("utf-8", errors="replace").splitlines():
             try:
-                if json.loads(line)["step"] <= last_step:
+                entry = json.loads(line)
+                if entry["step"] <= last_step:
                     kept.append(line)
-            except (ValueError, KeyError, TypeError):  # a line torn by a kill mid-write
-                continue
+            except (ValueError, KeyError, TypeError):  # a line torn by a kill mid-write, or bytes that are not JSON
+                unreadable += bool(line.strip())
+        if unreadable > 1:  # one torn last line is what a kill leaves; more is damage, said aloud
+            print(f"resume: {unreadable} lines of {file} were not metrics (damaged) and were dropped")
         write_text("".join(line + "\n" for line in kept), file)

@@ -81,6 +81,25 @@ def usage(kind: type) -> str:
     return "\n".join(lines)
 
 
+def fire_command(main: Callable[..., Any]) -> None:
+    """Run a command's ``main`` through python-fire, after refusing in one line what fire would misread: ``--``
+    (fire takes what follows as its own flags) and a word that starts with a single minus (read as a flag)."""
+    import re
+
+    for token in sys.argv[1:]:
+        if token == "--":
+            print("error: -- starts python-fire's own flags here; give a value that starts with a minus as "
+                  "--FLAG=-value (e.g. --expression=-horse)", file=sys.stderr)
+            raise SystemExit(2)
+        if re.match(r"^-[A-Za-z_(]", token) and token != "-h":
+            print(f"error: {token} is read as a flag because it starts with a minus; give it as --FLAG={token} "
+                  f"(e.g. --expression={token})", file=sys.stderr)
+            raise SystemExit(2)
+    import fire
+
+    fire.Fire(main)
+
+
 def os_error_line(error: OSError) -> str:
     """One line for an OSError: what failed, on which file, and what to do."""
     where = f" {error.filename}" if error.filename else ""
@@ -171,18 +190,57 @@ def finite(label: str, value: Any, what: str = "number") -> float:
     return number
 
 
+def command_line_flags() -> list[str]:
+    """The ``--name`` tokens of this process's command line when it runs one of the project's commands (a module of
+    this repository as ``__main__``); [] otherwise (under pytest, or a call from Python)."""
+    return [name for name, _ in command_line_pairs()]
+
+
+def command_line_pairs() -> list[tuple[str, str | None]]:
+    """(name, the raw text after it or None) for each ``--name`` of the command line (see command_line_flags)."""
+    main = sys.modules.get("__main__")
+    file = getattr(main, "__file__", None)
+    root = Path(__file__).resolve().parent.parent
+    if not file or root not in Path(file).resolve().parents or "tests" in Path(file).resolve().parts:
+        return []
+    pairs, argv = [], sys.argv[1:]
+    for i, token in enumerate(argv):
+        if token == "--":
+            break
+        if token.startswith("--") and len(token) > 2:
+            name, equals, value = token[2:].partition("=")
+            following = argv[i + 1] if i + 1 < len(argv) and not argv[i + 1].startswith("--") else None
+            pairs.append((name.replace("-", "_"), value if equals else following))
+    return pairs
+
+
+def refuse_repeated_flags(names: list[str], fields: set[str]) -> None:
+    """A flag of ``fields`` given twice is refused: the command line would otherwise keep the last silently."""
+    seen: set[str] = set()
+    for name in names:
+        plain = name[2:] if name.startswith("no") and name[2:] in fields and name not in fields else name
+        if plain in seen and plain in fields:
+            raise ConfigError(f"--{plain} is given twice; give each flag once")
+        seen.add(plain)
+
+
 def dataclass_from_flags(kind: type, base: dict[str, Any], flags: dict[str, Any]) -> Any:
     """An instance of the config dataclass ``kind``: ``base`` values, then ``flags`` coerced to
     each field's type; an unknown flag is a ConfigError that lists the known ones."""
     types = typing.get_type_hints(kind)
     if "help" in flags or "h" in flags:
         raise HelpRequested(usage(kind))
+    refuse_repeated_flags(command_line_flags(), set(types))
     unknown = sorted(set(flags) - set(types))
     if unknown:
         raise ConfigError(f"unknown flag(s) {', '.join('--' + u for u in unknown)}; "
                           f"known flags: {', '.join('--' + f for f in types)}")
     values = dict(base)
-    values.update({k: coerce(k, v, types[k]) for k, v in flags.items()})
+    raw = {name: text for name, text in command_line_pairs() if text is not None}
+    for name, value in flags.items():
+        if types[name] is str and name in raw and str(value) != raw[name]:
+            value = raw[name]  # python-fire read the text as a Python literal ("(horse)" -> "horse"): the text wins
+        values[name] = coerce(name, value, types[name])
     return kind(**values)
 
 
@@ -219,22 +277,33 @@ def read_json(path: str | Path, what: str = "file") -> Any:
                           f"{str(error)[:120]})") from None
 
 
-def load_config(path: str | Path, kind: type, check: Callable | None = None) -> Any:
+def load_config(path: str | Path, kind: type, check: Callable | None = None, strict: bool = False) -> Any:
     """A saved config, every field type- and range-checked like a flag.
 
-    Fields added since the file was written take their defaults; unknown keys are ignored,
-    but a file that shares no field with ``kind`` is refused as not that config.
-    ``check`` validates the result. A bad value is a ConfigError naming the file and the field.
+    Fields added since the file was written take their defaults; a file that shares no field
+    with ``kind`` is refused as not that config. Keys ``kind`` does not know are refused when
+    ``strict`` (a file a person writes, such as a compose recipe: a misspelt key must not pass
+    silently) and skipped otherwise (``kind`` reads a part of a larger config, as RunConfig of a
+    training config). ``check`` validates the result. A bad value is a ConfigError naming the
+    file and the field.
     """
     values = read_json(path, "config file")
     known = set(typing.get_type_hints(kind))
     if not isinstance(values, dict) or (values and not known & set(values)):
         raise ConfigError(f"{path} is not a {kind.__name__} file (none of its fields are there)")
+    unknown = sorted(set(values) - known)
+    if strict and unknown:
+        import difflib
+
+        close = difflib.get_close_matches(unknown[0], sorted(known), n=1)
+        raise ConfigError(f"{path} has the unknown key {unknown[0]!r}"
+                          f"{' (did you mean ' + repr(close[0]) + '?)' if close else ''}; a {kind.__name__} has "
+                          f"{', '.join(sorted(known))}: rename or remove it")
     try:
         config = dataclass_from_flags(kind, {}, {k: v for k, v in values.items() if k in known})
         if check is not None:
             check(config)
-    except ConfigError as error:
+    except UserError as error:  # a bad value, or a check's own error (a recipe's expression): named with the file
         raise ConfigError(f"{path}: {error}") from None
     return config
 
@@ -253,7 +322,14 @@ def lock_folder(folder: Path) -> None:
     if key in _HELD_LOCKS:
         return
     folder.parent.mkdir(parents=True, exist_ok=True)
-    handle = os.open(lock_file(folder), os.O_RDWR | os.O_CREAT, 0o644)
+    lock = lock_file(folder)
+    try:  # O_NOFOLLOW: a link planted at the lock's name is never followed (it would create a file elsewhere)
+        handle = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as error:
+        if error.errno != errno.ELOOP:
+            raise
+        raise ConfigError(f"{lock} is a link, not a lock this project made; nothing was written: remove the link "
+                          f"(rm {lock}) and run the command again") from None
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -307,13 +383,18 @@ def claim_output(out: str | Path, own_files: typing.Iterable[str] | None, what: 
     locked against a second writer; then ``config`` is saved in it as ``config.json``.
     """
     out = Path(out)
+    if out.is_symlink():
+        raise ConfigError(f"--out {out} is a link (to {os.readlink(out)}); commands replace their output folder "
+                          f"whole and never through a link: pass the folder it points to, or a new --out")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; pass a folder")
     check_writable(out)
     lock_folder(out)
     if out.is_dir() and own_files is not None:
         allowed = set(own_files) | {CONFIG_FILE}
-        foreign = sorted(p.name for p in out.iterdir() if p.name not in allowed and not p.name.startswith("."))
+        from autoencoder.atomic import is_temporary  # here: atomic imports torch, this module stays light
+
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in allowed and not is_temporary(p.name))
         if foreign:
             release_folder(out)
             raise ConfigError(f"--out {out} is not empty and not {what} output (it holds {foreign[0]}); "

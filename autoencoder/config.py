@@ -189,4 +189,4 @@ PERCEPTUAL_SOURCES = ("net", "critic")
 
 def load_train_config(path) -> TrainConfig:
     """A run's saved training config, checked like flags (``validate``)."""
-    return load_config(path, TrainConfig, validate)
+    return load_config(path, TrainConfig, validate, strict=True)

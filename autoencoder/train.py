@@ -409,6 +409,6 @@ def main(preset: str = "cpu", resume: bool = False, **flags: Any) -> None:
 
 
 if __name__ == "__main__":
-    import fire
+    from autoencoder.cli import fire_command
 
-    fire.Fire(main)
+    fire_command(main)

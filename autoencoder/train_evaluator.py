@@ -55,6 +55,7 @@ from autoencoder.cli import (
     claim_output,
     dataclass_from_flags,
     load_config,
+    read_json,
     release_folder,
     run_cli,
     save_config,
@@ -190,7 +191,7 @@ def _parameter_groups(net: EvaluatorNet, config: EvaluatorConfig) -> list[dict]:
 
 
 def _check_resume(out: Path, config: EvaluatorConfig) -> None:
-    saved = load_config(out / CONFIG_FILE, EvaluatorConfig, validate_evaluator_config)
+    saved = load_config(out / CONFIG_FILE, EvaluatorConfig, validate_evaluator_config, strict=True)
     changed = [f.name for f in dataclasses.fields(EvaluatorConfig)
                if f.name not in RESUMABLE_FLAGS and getattr(saved, f.name) != getattr(config, f.name)]
     if changed:
@@ -251,6 +252,13 @@ def claim_ship_folder(config: EvaluatorConfig) -> Path | None:
         return None
     ship = claim_output(Path(config.ship), SHIPPED_FILES, "a shipped classifier's")
     if (ship / CONFIG_FILE).exists():
+        shipped = read_json(ship / CONFIG_FILE, "shipped classifier config")
+        role = shipped.get("role", "evaluator") if isinstance(shipped, dict) else None
+        if role != config.role:
+            release_folder(ship)
+            raise ConfigError(f"--ship {ship} holds the {role} net, and this trains the {config.role} net (--role "
+                              f"{config.role}); it would be replaced by a net of another role; nothing was written: "
+                              f"pass --role {role} to retrain it, or another --ship")
         try:
             load_config(ship / CONFIG_FILE, ClassifierConfig, check_classifier_config)
         except ConfigError as error:
@@ -400,6 +408,6 @@ def main(resume: bool = False, **flags) -> None:
 
 
 if __name__ == "__main__":
-    import fire
+    from autoencoder.cli import fire_command
 
-    fire.Fire(main)
+    fire_command(main)

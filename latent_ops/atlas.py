@@ -2,7 +2,7 @@
 
 UMAP (McInnes et al. 2018, arXiv:1802.03426, the umap-learn package) embeds the codes of
 the latent bank (the test split by default; ``--classes`` to restrict) in 2-D. The
-embedding is cached beside the bank, in ``RUN/atlas/``, as a plain npz (no pickles) keyed
+embedding is cached in the cache folder, in ``CACHE/atlas/``, as a plain npz (no pickles) keyed
 by the bank's contents and the UMAP settings, so a second call reuses it. Nothing is
 unpickled: new codes (a composed path) are placed on the map by interpolating the
 positions of their nearest mapped codes with UMAP's own membership weights (the starting
@@ -43,7 +43,7 @@ from latent_ops.images import save_grid, save_single
 from latent_ops.run_concepts import ensure_concepts
 from latent_ops.runs import resolve_run
 
-ATLAS_CACHE = "atlas"  # inside the run folder, beside latents.npz
+ATLAS_CACHE = "atlas"  # inside the cache folder (--cache_dir), never inside the run's
 OUTLINED = ("horse", "bird")  # classes whose clusters are outlined on the class map
 CLASS_COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
                  "#bcbd22", "#17becf"]
@@ -88,15 +88,17 @@ def _sha256(file: Path) -> str:
     return hashlib.sha256(file.read_bytes()).hexdigest()
 
 
-def cache_stem(run: Path, split: str, classes: tuple[str, ...], seed: int, neighbours: int, min_dist: float) -> Path:
-    """The cache files' path without suffix; the key covers the bank's bytes and every setting."""
+def cache_stem(run: Path, split: str, classes: tuple[str, ...], seed: int, neighbours: int, min_dist: float,
+               cache_dir: str | Path = CACHE_FOLDER) -> Path:
+    """The cache files' path without suffix, in ``CACHE/atlas/`` (never inside the run's folder, which may be a
+    committed model); the key covers the bank's bytes and every setting."""
     key = hashlib.sha1(f"{_sha256(run / BANK_FILE)}|{split}|{','.join(classes)}|{seed}|{neighbours}|{min_dist}"
                        .encode()).hexdigest()[:12]
-    return run / ATLAS_CACHE / f"umap-{split}-{key}"
+    return Path(cache_dir) / ATLAS_CACHE / f"{Path(run).resolve().name}-umap-{split}-{key}"
 
 
 def fit_or_load(run: Path, bank: LatentBank, split: str = "test", classes: str = "", seed: int = 0,
-                neighbours: int = 15, min_dist: float = 0.1) -> Atlas:
+                neighbours: int = 15, min_dist: float = 0.1, cache_dir: str | Path = CACHE_FOLDER) -> Atlas:
     """The UMAP map of the bank's ``split`` codes of ``classes``, from the cache when it is there.
 
     The cache is an npz read with ``allow_pickle=False``; one that is damaged or does not
@@ -113,7 +115,7 @@ def fit_or_load(run: Path, bank: LatentBank, split: str = "test", classes: str =
         raise ConfigError(f"only {len(rows)} codes of {', '.join(names)} in the {split} split; UMAP with "
                           f"--neighbours {neighbours} needs more (lower --neighbours or add classes)")
     codes = bank.codes[split][rows]
-    stem = cache_stem(run, split, names, seed, neighbours, min_dist)
+    stem = cache_stem(run, split, names, seed, neighbours, min_dist, cache_dir)
     began = time.monotonic()
     embedding_file = stem.with_suffix(".npz")
     if embedding_file.exists():
@@ -340,15 +342,17 @@ def build_atlas(quiet: bool = False, **flags) -> dict:
     strengths = config.strength_list
     concepts = ensure_concepts(run_dir, config.data, config.cache_dir)
     bank = load_bank(run_dir)
+    # every input is checked before the minute of fitting: the expression against the run's concepts
+    path, step = expression_codes(config.expression, concepts, bank, strengths, config.path_codes, config.seed)
     nets = load_run(run_dir).nets
-    atlas = fit_or_load(run_dir, bank, config.split, config.classes, config.seed, config.neighbours, config.min_dist)
+    atlas = fit_or_load(run_dir, bank, config.split, config.classes, config.seed, config.neighbours, config.min_dist,
+                        config.cache_dir)
     say(f"{'reused the cached' if atlas.reused else 'fitted the'} map of {len(atlas.rows)} codes "
         f"in {atlas.seconds:.1f} s")
     codes = atlas.codes
     record = {"run": str(run_dir), "split": config.split, "classes": list(parse_classes(config.classes)),
               "codes": len(atlas.rows), "seed": config.seed, "neighbours": config.neighbours,
               "min_dist": config.min_dist, "reused_cache": atlas.reused, "map_seconds": atlas.seconds}
-    path, step = expression_codes(config.expression, concepts, bank, strengths, config.path_codes, config.seed)
     began = time.monotonic()
     positions = atlas.transform(path.reshape(-1, path.shape[-1])).reshape(len(strengths), config.path_codes, 2)
     record["transform_seconds"] = time.monotonic() - began
@@ -380,6 +384,6 @@ def main(**flags) -> None:
 
 
 if __name__ == "__main__":
-    import fire
+    from autoencoder.cli import fire_command
 
-    fire.Fire(main)
+    fire_command(main)

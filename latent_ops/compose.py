@@ -14,7 +14,7 @@ Laplacian), and ranked by the sum of their batch z-scores (sharpness weighted by
 can come first). Candidates are processed ``--chunk`` at a time, so memory stays
 bounded for any ``--n``.
 
-Writes ``outputs/compose/<expr>-<seed>/`` (a short hash is added when the expression has
+Writes ``outputs/compose/<run>/<expr>-<seed>/`` (a short hash is added when the expression has
 characters a folder name cannot keep), built in a temporary folder and renamed into place
 whole: best.png (+ best_x8.png), batch64.png, neighbours.png, refinement.png, showcase.png (the best x8,
 its nearest training images and the kept batch in one figure),
@@ -95,7 +95,7 @@ class ComposeConfig:
     run: str = ""  # run folder; empty: the newest trained run in outputs/runs, else the shipped model
     data: str = DATA_FOLDER  # CIFAR-10 folder, for uniqueness and neighbour panels (skipped when absent)
     cache_dir: str = CACHE_FOLDER  # where the decoded data is cached
-    out: str = ""  # output folder; empty: outputs/compose/<expression>-<seed>
+    out: str = ""  # output folder; empty: outputs/compose/<run>/<expression>-<seed> (two runs never share one)
     n: int = 64  # images kept (a diverse set of the best, at most 64); candidates composed when --pool is 0
     seed: int = 0  # draws of source codes and density samples
     refine_steps: int = 10  # critic refinement steps (0: none)
@@ -166,7 +166,7 @@ def read_recipe(run: str) -> dict:
         return {}  # the command reports the missing run itself
     if not (folder / RECIPE_FILE).exists():
         return {}
-    recipe = load_config(folder / RECIPE_FILE, ComposeConfig, validate_compose_config)
+    recipe = load_config(folder / RECIPE_FILE, ComposeConfig, validate_compose_config, strict=True)
     return {k: v for k, v in dataclasses.asdict(recipe).items() if k not in WHERE_FLAGS}
 
 
@@ -201,7 +201,8 @@ def folder_name(expression: str, seed: int) -> str:
 def output_folder(config: ComposeConfig) -> Path:
     """Where compose writes, claimed before any work: writable, locked, and neither foreign nor holding a
     person's by-eye marks of the images it would replace."""
-    out = Path(config.out) if config.out else Path("outputs/compose") / folder_name(config.expression, config.seed)
+    out = Path(config.out) if config.out else \
+        Path("outputs/compose") / resolve_run(config.run).name / folder_name(config.expression, config.seed)
     marks = [name for name in BY_EYE_FILES if (out / name).exists()]
     if marks:
         raise ConfigError(f"--out {out} holds {marks[0]}, a person's marks of the images there, which a new compose "
@@ -528,6 +529,6 @@ def main(expression: str = "", **flags) -> None:
 
 
 if __name__ == "__main__":
-    import fire
+    from autoencoder.cli import fire_command
 
-    fire.Fire(main)
+    fire_command(main)

@@ -65,6 +65,7 @@ _PARSER = Lark(GRAMMAR, start="sum", parser="lalr", propagate_positions=True)
 
 
 MAX_LENGTH = 500  # characters; a longer expression is refused before parsing
+MAX_NESTING = 50  # signs in a row, or parentheses open at once: more is refused before parsing
 MAX_WEIGHT = 100.0  # a concept weighted beyond this leaves the latent space entirely
 # Regions by their place in the picture, as (rows, columns) in quarters of its height and width: halves,
 # the centre, the whole picture. On a code grid of any size they take the cells of that place
@@ -230,6 +231,19 @@ def _describe(error: UnexpectedInput, text: str) -> str:
     return "cannot parse"
 
 
+def nesting(text: str) -> tuple[int, int]:
+    """The longest run of signs (``+`` and ``-``, spaces between them allowed) and the deepest parenthesis."""
+    run = longest = depth = deepest = 0
+    for char in text:
+        if char.isspace():
+            continue
+        run = run + 1 if char in "+-" else 0
+        longest = max(longest, run)
+        depth += (char == "(") - (char == ")")
+        deepest = max(deepest, depth)
+    return longest, deepest
+
+
 def parse(text: str, known: Iterable[str] = ()) -> dict[str, float]:
     """{concept: weight} for an expression; ``known`` (when given) is the set of usable concept names.
 
@@ -244,6 +258,13 @@ def parse(text: str, known: Iterable[str] = ()) -> dict[str, float]:
         raise ExpressionError(f"empty expression; write e.g. horse+wings{listing}")
     if len(text) > MAX_LENGTH:
         raise ExpressionError(f"the expression is {len(text)} characters long; at most {MAX_LENGTH} are accepted")
+    signs, parentheses = nesting(text)
+    if signs > MAX_NESTING:
+        raise ExpressionError(f"the expression has {signs} signs in a row; at most {MAX_NESTING} are read (each minus "
+                              f"flips the sign: write -horse or horse)")
+    if parentheses > MAX_NESTING:
+        raise ExpressionError(f"the expression nests {parentheses} parentheses deep; at most {MAX_NESTING}: write it "
+                              f"with fewer parentheses")
     try:
         tree = _PARSER.parse(text)
         form = _ToLinearForm(known_set).transform(tree)
@@ -253,6 +274,9 @@ def parse(text: str, known: Iterable[str] = ()) -> dict[str, float]:
         raise ExpressionError(f"{_describe(error, text)}{where} of {text!r}{listing}") from None
     except VisitError as error:
         fail = error.orig_exc
+        if isinstance(fail, RecursionError):
+            raise ExpressionError("the expression nests too deeply to read; write it with fewer signs and "
+                                  "parentheses") from None
         if not isinstance(fail, _Fail):
             raise
         raise ExpressionError(f"{fail.message} at column {fail.column} of {text!r}{listing}") from None
@@ -293,6 +317,6 @@ def main(expression: str = "", **flags) -> None:
 
 
 if __name__ == "__main__":
-    import fire
+    from autoencoder.cli import fire_command
 
-    fire.Fire(main)
+    fire_command(main)

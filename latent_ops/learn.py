@@ -105,9 +105,13 @@ def parse_rule(text: str) -> dict[str, float]:
         match = RULE_TERM.match(term)
         if not match or (match[1] not in CIFAR10_CLASSES and match[1] != "wings"):
             raise ConfigError(f"--accept term {term!r} is not CLASS>=NUMBER or wings>=NUMBER, e.g. horse>=0.3,wings>=0.3")
-        bound = float(match[2])
-        if not 0 <= bound <= 1:
-            raise ConfigError(f"--accept term {term!r}: a probability bound lies between 0 and 1")
+        try:
+            bound = float(match[2])
+        except ValueError:
+            bound = math.nan
+        if not 0 <= bound <= 1:  # NaN fails too
+            raise ConfigError(f"--accept term {term!r}: the bound must be one number between 0 and 1, e.g. "
+                              f"{match[1]}>=0.3")
         rule[match[1]] = bound
     if not rule:
         raise ConfigError("--accept names no term; write e.g. horse>=0.3,wings>=0.3")
@@ -305,6 +309,6 @@ def main(name: str = "pegasus", **flags) -> None:
 
 
 if __name__ == "__main__":
-    import fire
+    from autoencoder.cli import fire_command
 
-    fire.Fire(main)
+    fire_command(main)

@@ -186,7 +186,7 @@ def claim_prior_folder(folder: Path) -> None:
 
 def check_resumable(folder: Path, config: PriorConfig) -> None:
     """Refuse to continue a prior trained with other recipe values (they would mix two priors)."""
-    saved = load_config(folder / "config.json", PriorConfig)
+    saved = load_config(folder / "config.json", PriorConfig, strict=True)
     changed = [f for f in RECIPE_FIELDS if getattr(saved, f) != getattr(config, f)]
     if changed:
         raise ConfigError(f"{folder} holds a prior trained with other {', '.join('--' + f for f in changed)}; "
@@ -282,6 +282,6 @@ def main(**flags) -> None:
 
 
 if __name__ == "__main__":
-    import fire
+    from autoencoder.cli import fire_command
 
-    fire.Fire(main)
+    fire_command(main)

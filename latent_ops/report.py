@@ -57,13 +57,15 @@ def cached_features(evaluator: Evaluator, evaluator_dir: Path, images: torch.Ten
     digest.update(str(tuple(images.shape)).encode())
     file = Path(cache_dir) / f"features-{what}-{digest.hexdigest()[:12]}.safetensors"
     if file.exists():
+        first = evaluator.features(images[:1])  # the cache must hold these very features (width and values)
         try:
             cached = load_file(str(file))["features"]
-            if cached.shape[0] == len(images) and cached.isfinite().all():
+            if cached.ndim == 2 and cached.shape == (len(images), first.shape[1]) and cached.isfinite().all() \
+                    and torch.allclose(cached[:1].float(), first.float(), rtol=1e-2, atol=1e-3):
                 return cached
         except Exception:  # a damaged cache file is computed again  # noqa: BLE001
             pass
-        print(f"report: {file} is damaged or holds NaN; computing the features again")
+        print(f"report: {file} is damaged, of another width or holds NaN; computing the features again")
     features = evaluator.features(images)
     save_tensors({"features": features.contiguous()}, file)  # atomic: a killed report leaves no half cache
     return features
@@ -483,6 +485,6 @@ def main(**flags) -> None:
 
 
 if __name__ == "__main__":
-    import fire
+    from autoencoder.cli import fire_command
 
-    fire.Fire(main)
+    fire_command(main)

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from autoencoder.atomic import replace_atomically, save_tensors, write_json, write_text
+from autoencoder.atomic import is_temporary, replace_atomically, save_tensors, write_json, write_text
 from autoencoder.checkpoint import save_weights
 from autoencoder.cifar10 import CACHE_FOLDER, DATA_FOLDER
 from autoencoder.cli import CONFIG_FILE, ConfigError, claim_output, dataclass_from_flags, read_json, run_cli
@@ -53,6 +53,10 @@ from latent_ops.trained_prior import PRIOR_FOLDER, SOURCE_FILE
 CARD_FILE = "MODEL_CARD.md"
 
 SHIP_FILE = "ship.json"
+SHIPPED_NAMES = {"MODEL_CARD.md", "clusters", "clusters.json", "concepts.npz", "config.json", "data.json",
+                 "directions.json", "latents.npz", "metrics.jsonl", "model.safetensors", "prior", "ship.json",
+                 "encode-config.json", "concepts-config.json"}  # what shipping writes (and may replace)
+LATER_NAMES = {"learned", "compose.json"}  # what later commands add to a shipped model: lost when shipped again
 SIZE_LIMIT = 25 * 2 ** 20  # bytes: the shipped folder must stay under 25 MiB
 
 
@@ -70,6 +74,8 @@ class ShipConfig:
     report: str = ""  # a latent_ops.report report.json of the shipped model whose metrics go into the card; empty: none
     prior_from: str = ""  # a shipped model with the same encoder (so the same codes) whose prior is taken as it is;
     #   empty: train the prior
+    replace_learned: bool = False  # ship into a model folder that holds learned/ concepts and a compose.json recipe,
+    #   which are deleted (they were made for the old weights); without it that is refused
 
 
 def write_fp16_weights(run: Path, folder: Path) -> None:
@@ -246,7 +252,7 @@ def model_card(folder: Path, config: ShipConfig, record: dict, targets: dict | N
     return "\n".join(lines)
 
 
-def claim_model_folder(run: Path, out: Path) -> Path:
+def claim_model_folder(run: Path, out: Path, replace_learned: bool = False) -> Path:
     """--out, checked before any work: it is replaced whole, so it must be new, empty or a shipped model, and
     neither the run being shipped nor a folder holding it."""
     if run.resolve() == out.resolve() or out.resolve() in run.resolve().parents:
@@ -256,6 +262,18 @@ def claim_model_folder(run: Path, out: Path) -> Path:
         first = sorted(p.name for p in out.iterdir())[0]
         raise ConfigError(f"--out {out} is not a shipped model (no {SHIP_FILE}; it holds {first}) and it would be "
                           f"replaced whole; nothing was written: pass a new --out")
+    if out.is_dir() and not out.is_symlink():
+        names = {p.name for p in out.iterdir() if not is_temporary(p.name)}
+        foreign = sorted(names - SHIPPED_NAMES - LATER_NAMES)
+        if foreign:
+            raise ConfigError(f"--out {out} holds {foreign[0]}, which shipping does not make and would delete when it "
+                              f"replaces the folder; nothing was written: move it out, or pass a new --out")
+        later = sorted(names & LATER_NAMES)
+        if later and not replace_learned:
+            raise ConfigError(f"--out {out} holds {' and '.join(later)} (made by latent_ops.learn and compose "
+                              f"--save_recipe for its present weights), which shipping again would delete; nothing "
+                              f"was written: pass --replace_learned true to ship anyway (then learn again), or a "
+                              f"new --out")
     return claim_output(out, None, "a shipped model's")
 
 
@@ -266,7 +284,7 @@ def ship(config: ShipConfig, progress: bool = True) -> Path:
     if not model_file(run).exists():
         raise RunError(f"{run} has no trained weights to ship; train it with "
                        f"python -m autoencoder.train --preset release --out {run}")
-    claim_model_folder(run, out)
+    claim_model_folder(run, out, config.replace_learned)
     targets = read_json(config.targets, "targets record") if config.targets else None
     notes = Path(config.card_notes).read_text() if config.card_notes else ""
     staging = out.parent / f".{out.name}.partial"
@@ -365,6 +383,6 @@ def main(card_only: bool = False, **flags) -> None:
 
 
 if __name__ == "__main__":
-    import fire
+    from autoencoder.cli import fire_command
 
-    fire.Fire(main)
+    fire_command(main)

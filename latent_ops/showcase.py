@@ -5,7 +5,7 @@ compose writes ``showcase.png`` itself. The contact sheet records a by-eye count
 ``batch64.png``, list the positions (0-63, row by row) where you see what you were counting (e.g. a
 horse carrying a wing-like shape), and
 
-    python -m latent_ops.showcase --compose outputs/compose/horse+wings-0 --marked 3,17,40 --what "wing-like shape"
+    python -m latent_ops.showcase --compose outputs/compose/pegasus-cifar10/horse+wings-0 --marked 3,17,40 --what "wing-like shape"
 
 writes ``contact-sheet.png`` (every cell numbered, the marked ones framed) and ``marked.json``
 (the positions, the count and what was counted) into that folder.
@@ -142,6 +142,6 @@ def main(**flags) -> None:
 
 
 if __name__ == "__main__":
-    import fire
+    from autoencoder.cli import fire_command
 
-    fire.Fire(main)
+    fire_command(main)

@@ -45,11 +45,13 @@ def test_atlas_writes_every_figure_and_reuses_its_cache(atlas_run, folder_data, 
     assert set(first["path"]["landing"]) == {"0", "1", "2"}
     assert json.loads((tmp_path / "a" / "config.json").read_text())["neighbours"] == 5
     assert set(first["cluster_centres"]) <= {"horse:0", "horse:1", "horse:2", "bird:0", "bird:1", "bird:2"}
-    assert [f.suffix for f in (atlas_run / "atlas").iterdir()] == [".npz"], "only a plain npz is cached"
+    assert [f.suffix for f in (Path(cache) / "atlas").glob(f"{atlas_run.name}-*")] == [".npz"], \
+        "only a plain npz is cached"
+    assert not (atlas_run / "atlas").exists(), "the cache is never written into the run's folder"
     second = build_atlas(out=str(tmp_path / "b"), **args)
     assert second["reused_cache"]
     bank = load_bank(atlas_run)
-    a = fit_or_load(atlas_run, bank, neighbours=5)
+    a = fit_or_load(atlas_run, bank, neighbours=5, cache_dir=cache)
     assert a.reused and a.embedding.shape == (24, 2)
     assert json.loads((tmp_path / "b" / "atlas.json").read_text())["path"] == first["path"]
 
@@ -70,15 +72,16 @@ def test_a_planted_pickle_in_a_run_folder_is_never_loaded(atlas_run, folder_data
     cache = str(smoke_run.parent / "cache")
     build_atlas(run=str(run), data=str(folder_data), cache_dir=cache, out=str(tmp_path / "first"), quiet=True,
                 **SMALL)
-    stems = [f.stem for f in (run / "atlas").glob("umap-*.npz")]
+    folder = Path(cache) / "atlas"
+    stems = [f.stem for f in folder.glob("shared-run-umap-*.npz")]
     assert stems
     import hashlib
 
     for stem in stems:  # a reducer pickle beside the cache, its hash recorded as the old atlas checked it
-        (run / "atlas" / f"{stem}.joblib").write_bytes(payload)
-        with np.load(run / "atlas" / f"{stem}.npz") as saved:
+        (folder / f"{stem}.joblib").write_bytes(payload)
+        with np.load(folder / f"{stem}.npz") as saved:
             rows, embedding = saved["rows"], saved["embedding"]
-        np.savez(run / "atlas" / f"{stem}.npz", rows=rows, embedding=embedding,
+        np.savez(folder / f"{stem}.npz", rows=rows, embedding=embedding,
                  model_sha256=np.array(hashlib.sha256(payload).hexdigest()))
     (run / "concepts.npz").write_bytes(payload)
     (run / "train_state.pt").write_bytes(payload)

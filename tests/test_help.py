@@ -11,11 +11,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def command_modules() -> list[str]:
-    """Every module of the two packages that runs as a command (it calls fire.Fire)."""
+    """Every module of the two packages that runs as a command (it ends in cli.fire_command, python-fire)."""
     files = [*ROOT.glob("autoencoder/*.py"), *ROOT.glob("latent_ops/*.py"), *ROOT.glob("latent_ops/*/__main__.py")]
     modules = []
     for file in sorted(files):
-        if "fire.Fire(" in file.read_text():
+        if "\n    fire_command(main)" in file.read_text():
             modules.append(".".join(file.relative_to(ROOT).with_suffix("").parts).removesuffix(".__main__"))
     return modules
 

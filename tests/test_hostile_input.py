@@ -1,0 +1,181 @@
+"""Hostile input by class, every command run as a real process (``python -m ...``), so that the command line's own
+parsing is what is tested. Each row asserts exit status 2, one line on stderr that names the input and what to do,
+no traceback, and that every file that existed before is unchanged (and nothing was written through a link)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from test_help import command_modules
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED = ROOT / "models" / "pegasus-cifar10"
+
+
+def snapshot(*roots: Path) -> dict[str, str]:
+    """Every file and link under ``roots``: its bytes' hash, or where the link points."""
+    found = {}
+    for root in roots:
+        paths = [root, *root.rglob("*")] if root.is_dir() and not root.is_symlink() else [root]
+        for path in paths:
+            if path.is_symlink():
+                found[str(path)] = "link:" + os.readlink(path)
+            elif path.is_file():
+                found[str(path)] = hashlib.sha256(path.read_bytes()).hexdigest()
+            elif path.is_dir():
+                found[str(path)] = "dir"
+    return found
+
+
+def run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def refused(done: subprocess.CompletedProcess, *words: str) -> None:
+    assert done.returncode == 2, (done.returncode, done.stdout[-500:], done.stderr[-500:])
+    assert "Traceback" not in done.stderr, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+
+
+# --- output folders: foreign (also when it holds only hidden files), a link, a planted lock link ------------------
+
+OUT_COMMANDS = {  # the commands that claim an --out folder, with the flags that reach the claim quickly
+    "compose": ["-m", "latent_ops.compose", "horse+wings", "--run", str(SHIPPED), "--data", "no-data"],
+    "edit": ["-m", "latent_ops.edit", "--run", str(SHIPPED), "--start", "test:1"],
+    "atlas": ["-m", "latent_ops.atlas", "--run", str(SHIPPED), "--data", "no-data"],
+    "learn": ["-m", "latent_ops.learn", "pegasus2", "--run", "RUN_COPY"],
+    "report": ["-m", "latent_ops.report", "--run", str(SHIPPED), "--data", "no-data"],
+}
+
+
+@pytest.fixture(scope="module")
+def run_copy(tmp_path_factory) -> Path:
+    """A copy of the shipped model that a command may be pointed at without risk to the committed one."""
+    copy = tmp_path_factory.mktemp("model") / "pegasus-cifar10"
+    shutil.copytree(SHIPPED, copy)
+    return copy
+
+
+def command_for(name: str, run_copy: Path) -> list[str]:
+    return [str(run_copy) if a == "RUN_COPY" else a for a in OUT_COMMANDS[name]]
+
+
+@pytest.mark.parametrize("name", sorted(OUT_COMMANDS))
+def test_a_folder_with_only_hidden_files_is_not_replaced(name, run_copy, tmp_path):
+    out = tmp_path / "mine"
+    (out / ".git").mkdir(parents=True)
+    (out / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    (out / ".env").write_text("SECRET=1\n")
+    before = snapshot(tmp_path, run_copy)
+    refused(run(*command_for(name, run_copy), "--out", str(out)), str(out), "not empty")
+    assert snapshot(tmp_path, run_copy) == before
+
+
+@pytest.mark.parametrize("name", sorted(OUT_COMMANDS))
+def test_an_output_link_is_never_replaced_or_followed(name, run_copy, tmp_path):
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    link = tmp_path / "out"
+    link.symlink_to(target)
+    before = snapshot(tmp_path, run_copy)
+    refused(run(*command_for(name, run_copy), "--out", str(link)), str(link), "link")
+    assert snapshot(tmp_path, run_copy) == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")], "no hidden leftovers"
+
+
+@pytest.mark.parametrize("name", sorted(OUT_COMMANDS))
+def test_a_planted_lock_link_is_never_written_through(name, run_copy, tmp_path):
+    victim = tmp_path / "victim.txt"
+    (tmp_path / ".out.lock").symlink_to(victim)
+    before = snapshot(tmp_path, run_copy)
+    refused(run(*command_for(name, run_copy), "--out", str(tmp_path / "out")), ".out.lock", "link")
+    assert not victim.exists(), "a file was created where the planted link points"
+    assert snapshot(tmp_path, run_copy) == before
+
+
+# --- flags: given twice, unknown, --help (every command) ------------------------------------------------------------
+
+def first_flag(module: str) -> str:
+    usage = run("-m", module, "--help").stdout
+    return next(line.split()[0] for line in usage.splitlines() if line.startswith("  --"))
+
+
+def test_every_command_refuses_a_flag_given_twice():
+    modules = command_modules()
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        flags = dict(zip(modules, pool.map(first_flag, modules)))
+        answers = dict(zip(modules, pool.map(lambda m: run("-m", m, flags[m], "1", flags[m], "2"), modules)))
+    for module, done in answers.items():
+        refused(done, f"{flags[module]} is given twice", "once")
+
+
+def test_every_command_refuses_an_unknown_flag():
+    modules = command_modules()
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        answers = dict(zip(modules, pool.map(lambda m: run("-m", m, "--no_such_flag", "1"), modules)))
+    for module, done in answers.items():
+        refused(done, "--no_such_flag", "known flags")
+
+
+# --- files a command reads: unknown keys in a recipe --------------------------------------------------------------
+
+def test_an_unknown_recipe_key_is_refused_with_the_near_name(run_copy, tmp_path):
+    recipe = json.loads((run_copy / "compose.json").read_text())
+    recipe["refine_topp"] = recipe.pop("refine_top")
+    (run_copy / "compose.json").write_text(json.dumps(recipe))
+    try:
+        before = snapshot(run_copy)
+        refused(run("-m", "latent_ops.compose", "--run", str(run_copy), "--data", "no-data", "--out",
+                    str(tmp_path / "c")), "compose.json", "'refine_topp'", "did you mean 'refine_top'")
+        assert snapshot(run_copy) == before and not (tmp_path / "c").exists()
+    finally:
+        shutil.copy2(SHIPPED / "compose.json", run_copy / "compose.json")
+
+
+# --- shipping again, and a shipped classifier of another role ----------------------------------------------------
+
+def test_shipping_again_keeps_what_shipping_did_not_make(run_copy, tmp_path):
+    before = snapshot(run_copy)
+    refused(run("-m", "latent_ops.ship", "--run", str(run_copy), "--out", str(run_copy)), "the run being shipped")
+    model = tmp_path / "model"
+    shutil.copytree(run_copy, model)
+    shipped = snapshot(model)
+    refused(run("-m", "latent_ops.ship", "--run", str(run_copy), "--out", str(model), "--data", "no-data"),
+            "learned", "--replace_learned true")
+    (model / "notes.md").write_text("my notes\n")
+    refused(run("-m", "latent_ops.ship", "--run", str(run_copy), "--out", str(model), "--data", "no-data",
+                "--replace_learned", "true"), "notes.md", "move it out")
+    assert snapshot(model) == {**shipped, str(model / "notes.md"): snapshot(model / "notes.md")[str(model / "notes.md")]}
+    assert snapshot(run_copy) == before
+
+
+def test_training_an_evaluator_never_replaces_the_perceptual_net(tmp_path):
+    perceptual = tmp_path / "perceptual"
+    shutil.copytree(ROOT / "autoencoder" / "weights" / "perceptual", perceptual)
+    before = snapshot(perceptual)
+    refused(run("-m", "autoencoder.train_evaluator", "--data", "no-data", "--out", str(tmp_path / "run"), "--ship",
+                str(perceptual)), str(perceptual), "--role perceptual")
+    assert snapshot(perceptual) == before
+
+
+# --- what python-fire would misread, and expressions that nest too deeply ------------------------------------------
+
+@pytest.mark.parametrize("args, words", [(["--", "-horse"], "--expression=-horse"),
+                                         (["-horse"], "--expression=-horse"),
+                                         (["--expression=" + "-" * 494 + "horse"], "494 signs in a row"),
+                                         (["--expression=" + "(" * 60 + "horse" + ")" * 60], "60 parentheses deep")])
+def test_compose_says_what_to_do_with_what_it_cannot_read(args, words, tmp_path):
+    refused(run("-m", "latent_ops.compose", *args, "--run", str(SHIPPED), "--data", "no-data", "--out",
+                str(tmp_path / "c")), words)
+    assert not (tmp_path / "c").exists()
