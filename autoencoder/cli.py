@@ -214,6 +214,15 @@ def command_line_pairs() -> list[tuple[str, str | None]]:
     return pairs
 
 
+def fire_reading(text: str) -> Any:
+    """What python-fire makes of a flag's text (it reads Python literals: "(horse)" is "horse", "[1]" a list)."""
+    try:
+        from fire import parser
+    except ImportError:
+        return text
+    return parser.DefaultParseValue(text)
+
+
 def refuse_repeated_flags(names: list[str], fields: set[str]) -> None:
     """A flag of ``fields`` given twice is refused: the command line would otherwise keep the last silently."""
     seen: set[str] = set()
@@ -238,8 +247,8 @@ def dataclass_from_flags(kind: type, base: dict[str, Any], flags: dict[str, Any]
     values = dict(base)
     raw = {name: text for name, text in command_line_pairs() if text is not None}
     for name, value in flags.items():
-        if types[name] is str and name in raw and str(value) != raw[name]:
-            value = raw[name]  # python-fire read the text as a Python literal ("(horse)" -> "horse"): the text wins
+        if types[name] is str and name in raw and value != raw[name] and fire_reading(raw[name]) == value:
+            value = raw[name]  # python-fire read this flag's text as a Python literal ("(horse)" -> "horse"): the text
         values[name] = coerce(name, value, types[name])
     return kind(**values)
 

@@ -188,6 +188,9 @@ def checkpoint_folder(run_dir: Path) -> Path | None:
     if not isinstance(name, str) or not STEP_FOLDER.fullmatch(name):  # never a path outside the run
         raise RunError(f"{pointer} does not name a checkpoint folder (got {name!r}); the run is damaged")
     folder = Path(run_dir) / CHECKPOINTS_FOLDER / name
+    if folder.is_symlink() or (Path(run_dir) / CHECKPOINTS_FOLDER).is_symlink():
+        raise RunError(f"{folder} is a link, so its checkpoint may be another run's; a run is only read from its "
+                       f"own checkpoints: replace the link by the run's own folder, or start a new run")
     if not folder.is_dir():
         raise RunError(f"{pointer} names {folder}, which is missing; the run is damaged")
     return folder

@@ -254,6 +254,10 @@ def train_locked(config: TrainConfig, run_dir: Path, resume: bool, progress: boo
     # The data is read after the checkpoint (a damaged run is reported before a long decode)
     # and before a new run writes anything (missing data leaves no half-made run folder).
     train_set, held_out, eval_images = training_data(config)
+    if config.batch_size > len(train_set.images):  # steps would use fewer images than recorded, and overstate images/s
+        raise ConfigError(f"--batch_size {config.batch_size} is more than the {len(train_set.images)} training images "
+                          f"of --classes {config.classes or 'all'} at --data {config.data}; give --batch_size "
+                          f"{len(train_set.images)} or less")
     if not resume and shard.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
     if shard.is_main:  # a resumed run records what it continues with (a longer --steps, the paths it read)
@@ -343,8 +347,10 @@ class Loop:
 
 
 def config_for(preset: str, resume: bool, flags: dict[str, Any]) -> TrainConfig:
-    """The config of a new run (preset + flags) or of the run being resumed (+ allowed flags)."""
+    """The config of a new run (preset, by default cpu, + flags) or of the run being resumed (+ allowed flags; a
+    --preset other than the run's is refused)."""
     if not resume:
+        preset = preset or "cpu"
         config = make_config(preset, **flags)
         if not config.out:
             config.out = f"outputs/runs/{preset}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -375,6 +381,9 @@ def config_for(preset: str, resume: bool, flags: dict[str, Any]) -> TrainConfig:
         raise RunError(str(error)) from None
     if not saved.schedule_steps:  # written before schedule_steps existed: its decay spanned its steps
         saved.schedule_steps = saved.steps
+    if preset and preset != saved.preset:
+        raise ConfigError(f"cannot change --preset when resuming {run_dir}: the run was trained with preset="
+                          f"{saved.preset!r}; drop --preset, or start a new run with --preset {preset}")
     kept = {k: v for k, v in vars(saved).items() if k not in ("preset", *PATH_FLAGS)}
     fresh = make_config(saved.preset, **{**kept, **flags})
     changed = sorted(k for k in flags if k != "out" and getattr(fresh, k) != getattr(saved, k)
@@ -384,10 +393,13 @@ def config_for(preset: str, resume: bool, flags: dict[str, Any]) -> TrainConfig:
                           f"{run_dir}: the run was trained with " +
                           ", ".join(f"{c}={getattr(saved, c)!r}" for c in changed))
     fresh.out = str(run_dir)
+    for name in sorted(k for k in flags if k != "out" and getattr(fresh, k) != getattr(saved, k)):
+        print(f"train: resuming {run_dir} with --{name} {getattr(fresh, name)!r} (it was {getattr(saved, name)!r}); "
+              f"config.json records the new value")
     return fresh
 
 
-def main(preset: str = "cpu", resume: bool = False, **flags: Any) -> None:
+def main(preset: str = "", resume: bool = False, **flags: Any) -> None:
     """Train a run. Every field of autoencoder.config.TrainConfig is a flag (--latent_dim 64 ...).
 
     Under torchrun (``torchrun --nproc_per_node=N -m autoencoder.train ...``) each process
@@ -401,8 +413,8 @@ def main(preset: str = "cpu", resume: bool = False, **flags: Any) -> None:
         with distributed.process_group(shard, resolve_device(config.device, shard.local_rank).type):
             config.out = distributed.from_main(config.out, shard)  # one timestamped folder for all ranks
             if shard.is_main:
-                print(f"run folder: {config.out}" +
-                      (f" ({shard.world_size} processes)" if shard.world_size > 1 else ""), file=sys.stderr)
+                print(f"run folder: {config.out}" +  # stdout: stderr holds only an error, as one line
+                      (f" ({shard.world_size} processes)" if shard.world_size > 1 else ""), flush=True)
             train(config, resume=resume, shard=shard)
 
     run_cli(body, shard.is_main)

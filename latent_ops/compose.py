@@ -74,7 +74,7 @@ from latent_ops.flow import SOLVERS, FlowNet, project
 from latent_ops.images import region_cells
 from latent_ops.intent import INTENTS, expand_learned, expression_regions, needs_prior, open_prior, resolve_intent
 from latent_ops.run_concepts import ensure_concepts
-from latent_ops.runs import resolve_run
+from latent_ops.runs import repository_path, resolve_run
 from latent_ops.sampling import SOURCES, DrawSettings, Sources, projection_conditions, sample_expression
 from latent_ops.scoring import SHORTLIST, Scored, score
 from latent_ops.timing import StageClock
@@ -246,7 +246,7 @@ def open_setting(config: ComposeConfig) -> Setting:
     opened = load_run(run_dir, precision=config.precision)
     nets = opened.nets.to(memory_format=torch.channels_last)  # refinement 1.9x faster on this CPU (bench/compose_speed.py)
     concepts = ensure_concepts(run_dir, config.data, config.cache_dir)
-    learned = learned_names(run_dir)
+    learned = learned_names(run_dir, concepts.names)
     weights = parse(config.expression, concepts.names + learned)
     intent_source = resolve_intent(config.intent)
     judge = load_evaluator(device=opened.device.type) if intent_source == "evaluator" else None
@@ -426,7 +426,7 @@ def summarise(config: ComposeConfig, setting: Setting, drawn: Drawn, scored: Sco
         "precision": setting.precision, "solver": config.solver, "prior_steps": config.prior_steps,
         "guidance_interval": [config.guidance_from, config.guidance_until], "refine_top": config.refine_top,
         "expression": config.expression, "weights": setting.weights, "intent_weights": setting.intent_weights,
-        "seed": config.seed, "run": str(setting.run), "candidates_composed": config.candidates,
+        "seed": config.seed, "run": repository_path(setting.run), "candidates_composed": config.candidates,
         "strength": config.strength, "temperature": config.temperature, "source": config.source,
         "guidance": config.guidance, "project": config.project,
         "projection_conditions": {setting.label_names[label]: w for label, w in drawn.conditions},

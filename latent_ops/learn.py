@@ -63,6 +63,7 @@ ACCEPTED_FILE = "accepted.npz"
 OUTPUT_FILES = {"model.safetensors", NET_CONFIG_FILE, SOURCE_FILE, "config.json", RECORD_FILE, ACCEPTED_FILE,
                 "accepted.png"}
 JUDGES = ("perceptual",)  # the evaluator measures results; it never accepts them
+MIN_NEW_PER_BATCH = 4  # codes of the new concept in each fine-tuning batch, at least (fewer teach it next to nothing)
 RULE_TERM = re.compile(r"^([a-z]+)>=([0-9.]+)$")
 NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 
@@ -128,6 +129,11 @@ def validate_learn_config(config: LearnConfig) -> None:
                           f"letter, and not be a CIFAR-10 class")
     parse_rule(config.accept)
     parse(config.expression)
+    learning = config.batch_size - int(round(config.batch_size * config.replay))
+    if learning < MIN_NEW_PER_BATCH:
+        raise ConfigError(f"--replay {config.replay:g} leaves {learning} of each batch of {config.batch_size} for the "
+                          f"new concept; at least {MIN_NEW_PER_BATCH} are needed to learn it: lower --replay or raise "
+                          f"--batch_size")
 
 
 def make_learn_config(**flags) -> LearnConfig:
@@ -236,6 +242,10 @@ def learn(config: LearnConfig, quiet: bool = False) -> Path:
     began = time.monotonic()
     run = resolve_run(config.run)
     config.run = str(run)
+    taken = load_concepts(run).names
+    if config.name in taken:
+        raise ConfigError(f"the concept name {config.name!r} is already a concept of {run} (a class, cluster, source or "
+                          f"direction); a learned concept of that name would hide it: choose another name")
     out = claim_learned_folder(config, run)
     opened = load_run(run)
     run_config, nets, device, dtype = opened.config, opened.nets, opened.device, opened.dtype

@@ -43,7 +43,7 @@ from latent_ops.encode import decode_codes
 from latent_ops.expression import parse, term_parts
 from latent_ops.flow import Schedule, sample
 from latent_ops.images import save_grid
-from latent_ops.runs import resolve_run
+from latent_ops.runs import repository_path, resolve_run
 from latent_ops.trained_prior import load_prior, prior_folder
 
 
@@ -381,8 +381,8 @@ def report(quiet: bool = False, **flags) -> Path:
     out_dir = Path(settings.out) if settings.out else Path("outputs/report") / run_dir.name
     claim_output(out_dir, report_files(out_dir), "a report", settings)
     ev = gather_evidence(settings, run_dir, out_dir, say)
-    record: dict = {"run": str(run_dir), "weights_digest": weights_digest(run_dir), "seed": settings.seed,
-                    "classes": list(ev.config.class_names), "evaluator": str(settings.evaluator or SHIPPED),
+    record: dict = {"run": repository_path(run_dir), "weights_digest": weights_digest(run_dir), "seed": settings.seed,
+                    "classes": list(ev.config.class_names), "evaluator": repository_path(settings.evaluator or SHIPPED),
                     "neighbour_count": settings.neighbour_count, "machine": machine_name(ev.device),
                     "evaluator_test_accuracy": ev.judge.accuracy(ev.test.images, ev.test.labels)}
     rec_uint8 = reconstruction_section(ev, record)

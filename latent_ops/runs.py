@@ -29,3 +29,12 @@ def resolve_run(run: str | Path = "", runs_folder: Path = RUNS_FOLDER, shipped: 
         raise RunError(f"no trained run in {runs_folder}/ and no --run given: train one with "
                        f"python -m autoencoder.train, or pass --run RUN_FOLDER")
     return runs[-1].parent
+
+
+def repository_path(path: str | Path) -> str:
+    """``path`` relative to the repository when it lies inside it (so an output never carries this machine's
+    absolute paths), else as given."""
+    try:
+        return Path(path).resolve().relative_to(SHIPPED_MODEL.parent.parent).as_posix()
+    except ValueError:
+        return str(path)

@@ -106,10 +106,16 @@ def learned_folder(run: Path, name: str) -> Path:
     return Path(run) / LEARNED_FOLDER / name
 
 
-def learned_names(run: Path) -> list[str]:
-    """The concepts learned for this run (folders of RUN/learned with a prior in them)."""
+def learned_names(run: Path, built_in: list[str] | None = None) -> list[str]:
+    """The concepts learned for this run (folders of RUN/learned with a prior in them). With ``built_in`` (the run's
+    own concept names), a learned folder that would hide one of them is refused (a RunError naming it)."""
     root = Path(run) / LEARNED_FOLDER
-    return sorted(p.name for p in root.iterdir() if (p / SOURCE_FILE).exists()) if root.is_dir() else []
+    names = sorted(p.name for p in root.iterdir() if (p / SOURCE_FILE).exists()) if root.is_dir() else []
+    hidden = sorted(set(names) & set(built_in or ()))
+    if hidden:
+        raise RunError(f"{root / hidden[0]} is a learned concept named like the built-in concept {hidden[0]!r}, which "
+                       f"it would hide; nothing was composed: rename or remove that folder")
+    return names
 
 
 def load_learned(run: Path, name: str, device: str | torch.device = "cpu") -> FlowNet:

@@ -97,7 +97,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(one_process_
     run = tmp_path / "two"
     done = torchrun(*cli, "--out", str(run))
     assert_same_training(run, reference)
-    assert done.stderr.count("run folder:") == 1  # rank 0 alone prints
+    assert done.stdout.count("run folder:") == 1  # rank 0 alone prints
     assert sorted(p.name for p in (run / "samples").iterdir()) == ["step_000004.png", "step_000008.png"]
     assert not any(p.name.startswith(".") for p in run.iterdir()), "a temporary file was left"
 

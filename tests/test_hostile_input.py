@@ -179,3 +179,82 @@ def test_compose_says_what_to_do_with_what_it_cannot_read(args, words, tmp_path)
     refused(run("-m", "latent_ops.compose", *args, "--run", str(SHIPPED), "--data", "no-data", "--out",
                 str(tmp_path / "c")), words)
     assert not (tmp_path / "c").exists()
+
+
+# --- learning a concept: reserved names, a replay that leaves nothing to learn, a malformed rule ------------------
+
+@pytest.mark.parametrize("args, words", [(["wings"], "already a concept"), (["horse"], "CIFAR-10 class"),
+                                         (["pegasus9", "--replay", "0.99"], "--replay 0.99 leaves 3"),
+                                         (["pegasus9", "--accept", "horse>=1.2.3"], "one number between 0 and 1")])
+def test_learn_refuses_what_would_learn_nothing_or_hide_a_concept(args, words, run_copy, tmp_path):
+    before = snapshot(run_copy)
+    refused(run("-m", "latent_ops.learn", *args, "--run", str(run_copy), "--out", str(tmp_path / "l")), words)
+    assert snapshot(run_copy) == before and not (tmp_path / "l").exists()
+
+
+def test_a_learned_folder_that_hides_a_built_in_concept_is_refused(run_copy, tmp_path):
+    planted = run_copy / "learned" / "horse"
+    shutil.copytree(run_copy / "learned" / "pegasus", planted)
+    try:
+        refused(run("-m", "latent_ops.compose", "horse+wings", "--run", str(run_copy), "--data", "no-data", "--out",
+                    str(tmp_path / "c")), "learned/horse", "hide")
+    finally:
+        shutil.rmtree(planted)
+
+
+# --- training: resume through a link, with another preset, a damaged metrics file; a batch larger than the data ---
+
+@pytest.fixture()
+def run_to_resume(smoke_run, tmp_path) -> Path:
+    run_ = tmp_path / "run"
+    shutil.copytree(smoke_run, run_)
+    return run_
+
+
+def train_args(run_: Path, folder_data: Path, *extra: str) -> list[str]:
+    return ["-m", "autoencoder.train", "--out", str(run_), "--data", str(folder_data), "--cache_dir",
+            str(run_.parent / "cache"), *extra]
+
+
+def test_resume_refuses_a_step_folder_that_is_a_link(run_to_resume, folder_data, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(run_to_resume, other)
+    pointer = json.loads((run_to_resume / "checkpoint.json").read_text())["folder"]
+    step = run_to_resume / "checkpoints" / pointer
+    shutil.rmtree(step)
+    step.symlink_to(other / "checkpoints" / pointer)
+    before = snapshot(run_to_resume, other)
+    refused(run(*train_args(run_to_resume, folder_data, "--resume", "--steps", "61")), "is a link", "own")
+    assert snapshot(run_to_resume, other) == before
+
+
+def test_resume_refuses_another_preset(run_to_resume, folder_data):
+    before = snapshot(run_to_resume)
+    saved = json.loads((run_to_resume / "config.json").read_text())["preset"]
+    other = "gpu" if saved != "gpu" else "cpu"
+    refused(run(*train_args(run_to_resume, folder_data, "--resume", "--preset", other)), "--preset", repr(saved))
+    assert snapshot(run_to_resume) == before
+
+
+def test_resume_refuses_a_metrics_file_that_is_a_folder(run_to_resume, folder_data):
+    (run_to_resume / "metrics.jsonl").unlink()
+    (run_to_resume / "metrics.jsonl").mkdir()
+    before = snapshot(run_to_resume)
+    refused(run(*train_args(run_to_resume, folder_data, "--resume", "--steps", "61")), "metrics.jsonl",
+            "not a plain file")
+    assert snapshot(run_to_resume) == before
+
+
+def test_resume_says_it_dropped_a_binary_metrics_file_and_goes_on(run_to_resume, folder_data):
+    (run_to_resume / "metrics.jsonl").write_bytes(bytes(range(256)) * 4 + b"\n\xff\xfe\n{not json\n")
+    done = run(*train_args(run_to_resume, folder_data, "--resume", "--steps", "61"))
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-800:]
+    assert "were not metrics (damaged) and were dropped" in done.stdout
+    assert "--steps 61 (it was 60)" in done.stdout, "a changed resumable flag is said aloud"
+
+
+def test_a_batch_larger_than_the_data_is_refused(folder_data, tmp_path):
+    refused(run("-m", "autoencoder.train", "--preset", "smoke", "--data", str(folder_data), "--cache_dir",
+                str(tmp_path / "cache"), "--out", str(tmp_path / "r"), "--batch_size", "64"),
+            "--batch_size 64 is more than the 48 training images")
+    assert not (tmp_path / "r").exists()

@@ -92,7 +92,7 @@ class Composer:
             from latent_ops.run_concepts import load_concepts
 
             known = load_concepts(self.run).names
-        parse(expression, known + learned_names(self.run))
+        parse(expression, known + learned_names(self.run, known))
         return config
 
     def command(self, config: ComposeConfig) -> str:
