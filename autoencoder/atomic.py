@@ -56,11 +56,40 @@ def write_json(value: Any, file: str | Path, indent: int = 1) -> Path:
     return write_text(json.dumps(value, indent=indent, allow_nan=False) + "\n", file)
 
 
-def save_tensors(tensors: dict[str, torch.Tensor], file: str | Path, metadata: dict[str, str] | None = None) -> Path:
-    """A dict of tensors to a safetensors file, replaced atomically."""
-    from safetensors.torch import save_file
+def sorted_metadata(data: bytes) -> bytes:
+    """A safetensors file's bytes with its ``__metadata__`` in key order. The library writes metadata in the
+    order of a Rust HashMap, which changes from one save to the next, so the same weights would get another
+    digest (and every stamp made from it) each time they are saved. The header keeps its length."""
+    length = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + length])
+    if len(header.get("__metadata__") or {}) < 2:
+        return data
+    header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    if len(text) > length:  # never: the same keys and values in another order
+        raise ValueError(f"the safetensors header grew from {length} to {len(text)} bytes when its metadata was sorted")
+    return data[:8] + text.ljust(length, b" ") + data[8 + length:]
 
-    return replace_atomically(lambda tmp: save_file(tensors, str(tmp), metadata=metadata), file)
+
+def save_tensors(tensors: dict[str, torch.Tensor], file: str | Path, metadata: dict[str, str] | None = None) -> Path:
+    """A dict of tensors to a safetensors file, replaced atomically; the same tensors and metadata give the same
+    bytes every time."""
+    from safetensors.torch import save
+
+    data = sorted_metadata(save(tensors, metadata=metadata))
+    return replace_atomically(lambda tmp: Path(tmp).write_bytes(data), file)
+
+
+def save_weights(networks: torch.nn.Module, file: Path, dtype: torch.dtype | None = None,
+                 metadata: dict[str, str] | None = None) -> None:
+    """All parameters and buffers to safetensors; ``dtype`` (e.g. fp16) casts floating tensors."""
+    tensors = {}
+    for name, t in networks.state_dict().items():
+        t = t.detach().cpu()
+        if dtype is not None and t.is_floating_point():
+            t = t.to(dtype)
+        tensors[name] = t.contiguous().clone()
+    save_tensors(tensors, file, metadata)
 
 
 def replace_folder(build: Callable[[Path], Any], target: str | Path) -> Path:

@@ -1,4 +1,8 @@
-"""Writing and resuming a training run's checkpoints, each one an atomic unit.
+"""Writing and resuming a training run's checkpoints, each one an atomic unit: the resume machinery that every
+training shares (the autoencoder's ``autoencoder.train``, the evaluator's and perceptual net's
+``autoencoder.train_evaluator``, the latent prior's ``latent_ops.prior``). It knows no network and no loss, and
+imports nothing of any training, so no training reaches another's code through it, and no inference command
+imports it.
 
 A run folder holds ``config.json``, ``metrics.jsonl``, ``samples/`` and its checkpoints:
 
@@ -11,24 +15,26 @@ A run folder holds ``config.json``, ``metrics.jsonl``, ``samples/`` and its chec
 - ``model.safetensors`` at the top is a copy of the current checkpoint's weights, for
   people and tools that look there; loading prefers the pointer's.
 
-Reading a finished run is ``autoencoder/run_folder.py``'s job; this module is training's.
+Reading a finished run is ``autoencoder/run_folder.py``'s job; this module is the trainings'.
 
 Example: ``python -c "from autoencoder.checkpoint import has_checkpoint; print(has_checkpoint('outputs/runs/NAME'))"``
 """
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 
 from autoencoder.atomic import (
+    is_temporary,
     remove_temporaries,
     replace_atomically,
     replace_folder,
-    save_tensors,
+    save_weights,
     write_json,
     write_text,
 )
@@ -45,18 +51,6 @@ from autoencoder.run_folder import (
     damaged,
     weights_metadata,
 )
-
-
-def save_weights(networks: torch.nn.Module, file: Path, dtype: torch.dtype | None = None,
-                 metadata: dict[str, str] | None = None) -> None:
-    """All parameters and buffers to safetensors; ``dtype`` (e.g. fp16) casts floating tensors."""
-    tensors = {}
-    for name, t in networks.state_dict().items():
-        t = t.detach().cpu()
-        if dtype is not None and t.is_floating_point():
-            t = t.to(dtype)
-        tensors[name] = t.contiguous().clone()
-    save_tensors(tensors, file, metadata)
 
 
 def save_train_state(state: dict[str, Any], file: Path) -> None:
@@ -150,3 +144,21 @@ def trim_metrics(file: Path, last_step: int) -> None:
         if unreadable > 1:  # one torn last line is what a kill leaves; more is damage, said aloud
             print(f"resume: {unreadable} lines of {file} were not metrics (damaged) and were dropped")
         write_text("".join(line + "\n" for line in kept), file)
+
+
+def refuse_foreign_folder(run_dir: Path, own_files: Iterable[str], what: str) -> None:
+    """Refuse, before any work, an --out that a training may not write into: a link (a run is written only in its
+    own folder, never through a link it did not make), a file, or a folder holding anything but ``own_files``
+    (hidden names count: a ``.git`` or a ``.env`` is the user's). Temporary names of this project's writers pass."""
+    run_dir = Path(run_dir)
+    if run_dir.is_symlink():
+        raise ConfigError(f"--out {run_dir} is a link (to {os.readlink(run_dir)}); a training writes only in its own "
+                          f"folder, never through a link: pass the folder it points to, or a new --out")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"--out {run_dir} is a file, not a folder; pass a new --out")
+    own = set(own_files)
+    foreign = sorted(p.name for p in run_dir.iterdir() if p.name not in own and not is_temporary(p.name)) \
+        if run_dir.is_dir() else []
+    if foreign:
+        raise ConfigError(f"--out {run_dir} is not empty and not {what} (it holds {foreign[0]}"
+                          f"{' and more' if len(foreign) > 1 else ''}); nothing was written: pass a new --out")

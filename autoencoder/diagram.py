@@ -15,10 +15,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from autoencoder.cli import CONFIG_FILE, ConfigError, check_writable, command, save_config
-from autoencoder.config import TrainConfig, load_train_config
+from autoencoder.cli import CONFIG_FILE, ConfigError, check_writable, command, load_config, save_config
 from autoencoder.models import ModelConfig, Networks, ResBlock, build_networks
-from autoencoder.run_folder import RunError
+from autoencoder.run_folder import RunConfig, RunError, load_run_config
 
 NETWORK_TITLES = {"latent_critic": "Latent critic L (AAE)", "encoder": "Encoder E", "decoder": "Decoder G",
                   "image_critic": "Image critic D", "interp_critic": "Interpolation critic C (ACAI)"}
@@ -41,22 +40,37 @@ COMPOSE_STEPS = [
 ]
 
 
-def loss_line(config) -> str:
-    """The code's shape and the weighted loss terms of a run, for the diagram's caption."""
-    code_shape = ModelConfig.of(config).code_shape
+@dataclass
+class LossWeights:
+    """The loss terms a run was trained with, as its config.json records them (the diagram's caption reads these;
+    it draws a run, and does not need the training's own config)."""
+    perceptual_weight: float = 0.0  # weight of the perceptual loss
+    class_weight: float = 0.0  # weight of the class head
+    spectral_weight: float = 0.0  # weight of the spectral loss
+    latent_weight: float = 0.0  # weight of the latent critic (AAE)
+    interp_weight: float = 0.0  # weight of the interpolation critic (ACAI)
+    image_weight: float = 0.0  # weight of the image critic (GAN)
+    init_from: str = ""  # the run whose weights it started from
+    train_encoder: bool = True  # the encoder was trained (false: only the decoder was fine-tuned)
+
+
+def loss_line(model, weights: LossWeights) -> str:
+    """The code's shape (of ``model``, a run's config) and the weighted loss terms of a run, for the diagram's
+    caption."""
+    code_shape = ModelConfig.of(model).code_shape
     shape = " x ".join(str(n) for n in code_shape) if len(code_shape) > 1 else f"{code_shape[0]}-d"
     terms = ["MSE"]
-    if getattr(config, "perceptual_weight", 0):
-        terms.append(f"{config.perceptual_weight:g} perceptual")
-    if getattr(config, "class_weight", 0):
-        terms.append(f"{config.class_weight:g} class head (linear z -> 10)")
-    if getattr(config, "spectral_weight", 0):
-        terms.append(f"{config.spectral_weight:g} spectral")
+    if weights.perceptual_weight:
+        terms.append(f"{weights.perceptual_weight:g} perceptual")
+    if weights.class_weight:
+        terms.append(f"{weights.class_weight:g} class head (linear z -> 10)")
+    if weights.spectral_weight:
+        terms.append(f"{weights.spectral_weight:g} spectral")
     terms += [f"{weight:g} {name}" for weight, name in
-              ((config.latent_weight, "AAE"), (config.interp_weight, "ACAI"), (config.image_weight, "GAN")) if weight]
+              ((weights.latent_weight, "AAE"), (weights.interp_weight, "ACAI"), (weights.image_weight, "GAN")) if weight]
     line = f"code {shape}; losses: " + " + ".join(terms)
-    if getattr(config, "init_from", "") and not getattr(config, "train_encoder", True):
-        line += f"\n(the decoder fine-tuned from {config.init_from}, its encoder frozen)"
+    if weights.init_from and not weights.train_encoder:
+        line += f"\n(the decoder fine-tuned from {weights.init_from}, its encoder frozen)"
     return line
 
 
@@ -92,7 +106,7 @@ def _label(module: nn.Module) -> str:
     return type(module).__name__
 
 
-def trace_layers(networks: Networks, config: TrainConfig) -> list[Layer]:
+def trace_layers(networks: Networks, config: RunConfig) -> list[Layer]:
     """Every unit module of every network, in call order, with its output shape."""
     inputs = {"encoder": torch.zeros(1, 3, 32, 32), "decoder": torch.zeros(1, config.latent_dim),
               "image_critic": torch.zeros(1, 3, 32, 32), "interp_critic": torch.zeros(1, 3, 32, 32),
@@ -121,8 +135,8 @@ def _shape_text(shape: tuple[int, ...]) -> str:
     return "(" + ",".join(str(s) for s in shape) + ")"
 
 
-def draw(layers: list[Layer], config: TrainConfig, parameters: dict[str, int], out_stem: Path,
-         title: str = "") -> list[Path]:
+def draw_figure(layers: list[Layer], config: RunConfig, weights: LossWeights, parameters: dict[str, int],
+                out_stem: Path, title: str = "") -> list[Path]:
     """Draw the networks' columns and the compose pipeline; writes ``out_stem``.png and .svg."""
     import matplotlib
 
@@ -189,7 +203,7 @@ def draw(layers: list[Layer], config: TrainConfig, parameters: dict[str, int], o
                 ax.add_patch(FancyArrowPatch((x0 - gap + 0.04, compose_h / 2 - 0.1), (x0 - 0.04, compose_h / 2 - 0.1),
                                              arrowstyle="-|>", mutation_scale=12, color="#333333"))
         ax.text(width - gap, compose_h - 0.15,
-                loss_line(config), ha="right", va="center", fontsize=9, color="#333333")
+                loss_line(config, weights), ha="right", va="center", fontsize=9, color="#333333")
         out_stem.parent.mkdir(parents=True, exist_ok=True)
         files = [out_stem.with_suffix(".png"), out_stem.with_suffix(".svg")]
         fig.savefig(files[0], dpi=110)
@@ -203,13 +217,14 @@ def draw_run(run: str | Path, out: str | Path = "") -> tuple[list[Path], list[La
     run = Path(run)
     if not (run / CONFIG_FILE).exists():
         raise RunError(f"{run / CONFIG_FILE} is missing: {run} is not a run folder")
-    config = load_train_config(run / CONFIG_FILE)
+    config = load_run_config(run)
+    weights = load_config(run / CONFIG_FILE, LossWeights)
     networks = build_networks(config)  # shapes and layers only depend on the config, not the weights
     layers = trace_layers(networks, config)
     parameters = {n: sum(p.numel() for p in getattr(networks, n).parameters()) for n in NETWORK_TITLES}
     out_dir = Path(out) if out else Path("outputs/report") / run.name
     title = f"pegasus: adversarially regularised autoencoder of run {run.name}"
-    return draw(layers, config, parameters, out_dir / "architecture", title), layers
+    return draw_figure(layers, config, weights, parameters, out_dir / "architecture", title), layers
 
 
 @dataclass

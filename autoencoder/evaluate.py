@@ -15,21 +15,10 @@ import torch
 from autoencoder.atomic import write_json
 from autoencoder.cifar10 import CACHE_FOLDER, CIFAR10_CLASSES, DATA_FOLDER
 from autoencoder.cli import ConfigError, check_ranges, check_writable, command, save_config
-from autoencoder.compute import autocast
 from autoencoder.data import load_cifar10, to_float
 from autoencoder.metrics import psnr, reconstruction
+from autoencoder.roundtrip import reconstruct
 from autoencoder.run_folder import load_run, weights_digest
-
-
-@torch.no_grad()
-def reconstruct(nets, images: torch.Tensor, device: torch.device, dtype: torch.dtype,
-                batch_size: int = 500) -> torch.Tensor:
-    """Reconstructions (N, 3, 32, 32) float in [-1, 1], on the CPU, of uint8 images (N, 3, 32, 32)."""
-    out = []
-    for chunk in images.split(batch_size):
-        with autocast(device, dtype):
-            out.append(nets.decoder(nets.encoder(to_float(chunk).to(device))).float().cpu())
-    return torch.cat(out)
 
 
 @torch.no_grad()

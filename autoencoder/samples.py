@@ -14,15 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torchvision.utils import make_grid, save_image
 
-from autoencoder.atomic import replace_atomically
 from autoencoder.cifar10 import CACHE_FOLDER, CIFAR10_CLASSES, DATA_FOLDER
 from autoencoder.cli import ConfigError, check_writable, command, save_config
-from autoencoder.config import TrainConfig
-from autoencoder.data import ImageSet, load_cifar10, to_float, upscale
+from autoencoder.data import ImageSet, load_cifar10, to_float
+from autoencoder.grids import save_picture, tile
 from autoencoder.models import Networks
-from autoencoder.run_folder import load_run
+from autoencoder.run_folder import RunConfig, load_run
 
 COLUMNS = 10
 RECON_PAIRS = 2
@@ -54,7 +52,7 @@ def _take(images: torch.Tensor, count: int) -> torch.Tensor:
     return to_float(images[index])
 
 
-def choose_sample_inputs(held_out: ImageSet, config: TrainConfig, seed: int) -> SampleInputs:
+def choose_sample_inputs(held_out: ImageSet, config: RunConfig, seed: int) -> SampleInputs:
     start_label, end_label = pick_pair_classes(held_out.labels)
     starts = held_out.images[held_out.labels == start_label]
     ends = held_out.images[held_out.labels == end_label]
@@ -89,13 +87,7 @@ def render_grid(networks: Networks, inputs: SampleInputs, device: torch.device) 
     rows += [prior[i * COLUMNS:(i + 1) * COLUMNS] for i in range(PRIOR_ROWS)]
     networks.train(was_training)
     images = torch.cat(rows).cpu().add(1).div(2).clamp(0, 1)  # (10*COLUMNS, 3, 32, 32)
-    return make_grid(images, nrow=COLUMNS, padding=2, pad_value=1.0)
-
-
-def save_grid(grid: torch.Tensor, file: Path, scale: int = 2) -> None:
-    """Write the grid as PNG, upscaled ``scale`` times (nearest) so 32x32 images can be seen."""
-    image = upscale(grid, scale)
-    replace_atomically(lambda tmp: save_image(image, str(tmp)), file)
+    return tile(images, nrow=COLUMNS)
 
 
 @dataclass
@@ -115,8 +107,8 @@ def render_run(config: SamplesConfig) -> Path:
     check_writable(file.parent)
     opened = load_run(config.run, device="cpu")
     held_out = load_cifar10(config.data, "test", opened.config.classes, cache_dir=config.cache_dir)
-    save_grid(render_grid(opened.nets, choose_sample_inputs(held_out, opened.config, config.seed),
-                          torch.device("cpu")), file)
+    save_picture(render_grid(opened.nets, choose_sample_inputs(held_out, opened.config, config.seed),
+                          torch.device("cpu")), file, scale=2)
     save_config(config, file.with_name(f"{file.stem}-config.json"))
     return file
 

@@ -15,7 +15,6 @@ step.step_generator(0, 0), *opts, torch.device('cpu'), torch.float32))"
 from __future__ import annotations
 
 import contextlib
-import math
 from typing import Any
 
 import torch
@@ -26,6 +25,7 @@ from autoencoder.config import TrainConfig
 from autoencoder.data import mirror, to_float
 from autoencoder.distributed import SINGLE, Shard
 from autoencoder.models import Networks
+from autoencoder.schedule import cosine_decay
 
 
 def step_generator(seed: int, step: int, device: torch.device = torch.device("cpu")) -> torch.Generator:
@@ -178,9 +178,7 @@ def lr_factor(step: int, config: TrainConfig) -> float:
     more ``--steps`` continues at the final rate instead of sending it back up, and with fewer
     stops early on the same curve: the rate never rises during a run.
     """
-    span = config.schedule_steps or config.steps
-    progress = min(step / max(1, span - 1), 1.0)
-    return config.lr_min_ratio + (1 - config.lr_min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return cosine_decay(step, config.schedule_steps or config.steps, config.lr_min_ratio)
 
 
 def set_learning_rates(opt_ae, opt_critic, step: int, config: TrainConfig) -> None:

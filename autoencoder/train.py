@@ -31,6 +31,7 @@ from autoencoder.checkpoint import (
     clean_run_folder,
     has_checkpoint,
     load_train_state,
+    refuse_foreign_folder,
     state_file,
     trim_metrics,
     write_checkpoint,
@@ -50,9 +51,10 @@ from autoencoder.compute import resolve_device, resolve_precision
 from autoencoder.config import TrainConfig, load_train_config, make_config
 from autoencoder.data import DataNotFoundError, load_cifar10, to_float
 from autoencoder.distributed import SINGLE, BatchSampler, Shard
-from autoencoder.evaluate import reconstruct
+from autoencoder.grids import save_picture
 from autoencoder.metrics import laplacian_variance, reconstruction
 from autoencoder.models import Networks, build_networks
+from autoencoder.roundtrip import reconstruct
 from autoencoder.run_folder import (
     METRICS_FILE,
     MODEL_FILE,
@@ -63,7 +65,7 @@ from autoencoder.run_folder import (
     model_file,
     weights_metadata,
 )
-from autoencoder.samples import choose_sample_inputs, render_grid, save_grid
+from autoencoder.samples import choose_sample_inputs, render_grid
 from autoencoder.step import make_optimisers, set_learning_rates, step_generator, train_step
 
 # Flags that may differ when resuming: they change where or how long, not what is learned.
@@ -338,8 +340,8 @@ class Loop:
             interval.sums, interval.steps = {}, 0
         if shard.is_main and (step % config.sample_every == 0 or last):
             with averaged(self.average, self.nets):
-                save_grid(render_grid(self.nets, self.sample_inputs, self.device),
-                          self.run_dir / "samples" / f"step_{step:06d}.png")
+                save_picture(render_grid(self.nets, self.sample_inputs, self.device),
+                             self.run_dir / "samples" / f"step_{step:06d}.png", scale=2)
         if shard.is_main and (step % config.checkpoint_every == 0 or last):
             save_checkpoint(self.run_dir, self.nets, self.opt_ae, self.opt_critic, step, self.average)
         if interval.steps == 0:  # evaluation, grids and checkpoints stay out of images_per_s
@@ -357,21 +359,20 @@ def config_for(preset: str, resume: bool, flags: dict[str, Any]) -> TrainConfig:
         if not config.schedule_steps:
             config.schedule_steps = config.steps
         run_dir = Path(config.out)
-        if run_dir.exists() and not run_dir.is_dir():
-            raise ConfigError(f"--out {run_dir} is a file, not a folder; pass a new --out")
+        if run_dir.is_symlink() or (run_dir.exists() and not run_dir.is_dir()):
+            refuse_foreign_folder(run_dir, RUN_FILES, "a run folder")  # a link or a file, said as such
         if has_checkpoint(run_dir):
             raise ConfigError(f"{run_dir} already holds a run; continue it with --resume, "
                               f"or pass a new --out")
         if config.init_from:  # a start run that does not fit is refused before the run folder is named
             load_start_weights(build_networks(config), config.init_from)
-        foreign = sorted(p.name for p in run_dir.iterdir() if p.name not in RUN_FILES) if run_dir.is_dir() else []
-        if foreign:
-            raise ConfigError(f"--out {run_dir} is not empty and not a run folder (it holds {foreign[0]}"
-                              f"{' and more' if len(foreign) > 1 else ''}); nothing was written: pass a new --out")
+        refuse_foreign_folder(run_dir, RUN_FILES, "a run folder")  # hidden names count: a .git is the user's
         return config
     if not flags.get("out"):
         raise ConfigError("--resume needs --out RUN_FOLDER, the run to continue")
     run_dir = Path(flags["out"])
+    if run_dir.is_symlink():  # the run in its own folder only: never one a link leads to
+        refuse_foreign_folder(run_dir, RUN_FILES, "a run folder")
     if not (run_dir / CONFIG_FILE).exists() or not has_checkpoint(run_dir):
         raise RunError(f"{run_dir} has no checkpoint to resume ({CONFIG_FILE} and a checkpoint needed); "
                        f"start a new run without --resume")

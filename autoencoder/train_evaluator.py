@@ -27,12 +27,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from autoencoder.atomic import write_json, write_text
+from autoencoder.atomic import save_weights, write_json, write_text
 from autoencoder.checkpoint import (
     clean_run_folder,
     has_checkpoint,
     load_train_state,
-    save_weights,
+    refuse_foreign_folder,
     state_file,
     write_checkpoint,
 )
@@ -52,9 +52,11 @@ from autoencoder.cli import (
     ConfigError,
     check_choice,
     check_ranges,
+    check_writable,
     claim_output,
     dataclass_from_flags,
     load_config,
+    lock_folder,
     read_json,
     release_folder,
     run_cli,
@@ -62,7 +64,14 @@ from autoencoder.cli import (
 )
 from autoencoder.compute import DEVICES, PRECISIONS, autocast, machine_name, resolve_device, resolve_precision
 from autoencoder.data import epoch_order, load_cifar10, random_flip, to_float
-from autoencoder.run_folder import METRICS_FILE, load_weights, model_file
+from autoencoder.run_folder import (
+    CHECKPOINTS_FOLDER,
+    METRICS_FILE,
+    MODEL_FILE,
+    POINTER_FILE,
+    load_weights,
+    model_file,
+)
 
 CARD_FILE = "card.md"
 RESULT_FILE = "result.json"
@@ -268,7 +277,12 @@ def claim_ship_folder(config: EvaluatorConfig) -> Path | None:
     return ship
 
 
+EVALUATOR_RUN_FILES = {CONFIG_FILE, METRICS_FILE, POINTER_FILE, MODEL_FILE, CHECKPOINTS_FOLDER, *SHIPPED_FILES}
+
+
 def check_run_folder(out: Path, resume: bool) -> None:
+    if out.is_symlink() or not resume:  # never through a link; a new run only in its own or a new folder
+        refuse_foreign_folder(out, EVALUATOR_RUN_FILES, "an evaluator run")
     if out.is_dir():
         clean_run_folder(out)
     if resume and not has_checkpoint(out):
@@ -341,13 +355,23 @@ def final_result(evaluator: Evaluator, test, config: EvaluatorConfig, state: dic
 
 
 def train_evaluator(config: EvaluatorConfig, resume: bool = False, progress: bool = True) -> dict:
-    """Train (or resume) the evaluator in ``config.out``; returns the result record."""
+    """Train (or resume) the evaluator in ``config.out``, locked against a second training there; returns the
+    result record."""
     out = Path(config.out)
+    check_run_folder(out, resume)
+    check_writable(out)
+    lock_folder(out)  # a second training into the same folder is refused, not mixed in
+    try:
+        return train_evaluator_locked(config, out, resume, progress)
+    finally:
+        release_folder(out)
+
+
+def train_evaluator_locked(config: EvaluatorConfig, out: Path, resume: bool, progress: bool) -> dict:
     if config.threads:
         torch.set_num_threads(config.threads)
     device = resolve_device(config.device)
     dtype = resolve_precision(config.precision, device)
-    check_run_folder(out, resume)
     if resume:
         _check_resume(out, config)
     ship = claim_ship_folder(config)

@@ -51,15 +51,15 @@ from prior_compare import guided_class_samples, regional_row  # bench/prior_comp
 from record import bench_main, write_record  # bench/record.py, beside this script
 
 from autoencoder import metrics
-from autoencoder.atomic import write_json, write_text
+from autoencoder.atomic import save_weights, write_json, write_text
 from autoencoder.averaging import AVERAGED
-from autoencoder.checkpoint import has_checkpoint, load_train_state, save_weights, state_file
+from autoencoder.checkpoint import has_checkpoint, load_train_state, state_file
 from autoencoder.cifar10 import CACHE_FOLDER, CIFAR10_CLASSES, DATA_FOLDER
 from autoencoder.classifier import load_evaluator, load_perceptual
 from autoencoder.config import load_train_config, make_config
 from autoencoder.data import load_cifar10, to_float, to_uint8
-from autoencoder.evaluate import reconstruct
 from autoencoder.models import Networks, build_networks
+from autoencoder.roundtrip import reconstruct
 from autoencoder.run_folder import MODEL_FILE, load_run, load_run_config, load_weights, model_file, weights_metadata
 from autoencoder.train import config_for, train
 from latent_ops.compose import compose

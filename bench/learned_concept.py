@@ -27,11 +27,11 @@ from record import RECORDS, bench_main, write_record  # bench/record.py, beside 
 
 from autoencoder.cifar10 import CIFAR10_CLASSES
 from autoencoder.classifier import load_evaluator, load_perceptual
+from autoencoder.grids import save_grid
 from autoencoder.run_folder import load_run
 from latent_ops.encode import load_bank
 from latent_ops.expression import parse
 from latent_ops.flow import sample
-from latent_ops.images import save_grid
 from latent_ops.learn import ACCEPTED_FILE
 from latent_ops.run_concepts import load_concepts
 from latent_ops.sampling import DrawSettings, Sources, sample_expression

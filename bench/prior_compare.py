@@ -30,13 +30,13 @@ from record import bench_main, write_record  # bench/record.py, beside this scri
 from autoencoder.cifar10 import CACHE_FOLDER, CIFAR10_CLASSES, DATA_FOLDER
 from autoencoder.classifier import load_evaluator, load_perceptual
 from autoencoder.data import load_cifar10, load_split, to_float
-from autoencoder.evaluate import reconstruct
+from autoencoder.grids import save_grid
 from autoencoder.metrics import frechet_distance
+from autoencoder.roundtrip import reconstruct
 from autoencoder.run_folder import load_run
 from latent_ops.encode import load_bank
 from latent_ops.expression import parse
 from latent_ops.flow import sample
-from latent_ops.images import save_grid
 from latent_ops.run_concepts import load_concepts
 from latent_ops.sampling import DrawSettings, Sources, sample_expression
 from latent_ops.trained_prior import load_prior

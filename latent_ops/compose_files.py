@@ -12,7 +12,8 @@ import torch
 from autoencoder.atomic import save_tensors, write_json
 from autoencoder.cli import save_config
 from autoencoder.data import to_float, to_uint8
-from latent_ops.images import save_grid, save_region, save_region_grid, save_single
+from autoencoder.grids import save_grid, save_single
+from latent_ops.images import save_region, save_region_grid
 from latent_ops.showcase import save_showcase
 
 IMAGES_FILE = "images.safetensors"  # the best images, uint8 (k, 3, 32, 32), best first

@@ -38,23 +38,22 @@ import numpy as np
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from autoencoder.atomic import replace_folder, write_json
-from autoencoder.checkpoint import save_weights
+from autoencoder.atomic import replace_folder, save_weights, write_json
 from autoencoder.cifar10 import CIFAR10_CLASSES
 from autoencoder.classifier import load_perceptual
 from autoencoder.cli import ConfigError, check_ranges, claim_output, dataclass_from_flags, run_cli, save_config
 from autoencoder.data import to_uint8
+from autoencoder.grids import save_grid
 from autoencoder.metrics import laplacian_variance
 from autoencoder.run_folder import RunError, load_run, weights_digest
 from latent_ops.concepts import WINGED
 from latent_ops.encode import encode_images, load_bank
 from latent_ops.expression import parse
 from latent_ops.flow import FlowNet, flow_matching_loss, sample, with_extra_label
-from latent_ops.images import save_grid
 from latent_ops.run_concepts import load_concepts
 from latent_ops.runs import resolve_run
 from latent_ops.sampling import DrawSettings, Sources, sample_expression
-from latent_ops.ship import SHIP_FILE, SIZE_LIMIT, folder_bytes
+from latent_ops.shipped_folder import SIZE_LIMIT, folder_bytes, is_shipped
 from latent_ops.sources import classifier_views
 from latent_ops.trained_prior import NET_CONFIG_FILE, PRIOR_FOLDER, SOURCE_FILE, learned_folder, load_prior
 
@@ -298,7 +297,7 @@ def learn(config: LearnConfig, quiet: bool = False) -> Path:
         write_json(record, folder / RECORD_FILE)
 
     replace_folder(build, out)
-    if (run / SHIP_FILE).exists() and folder_bytes(run) > SIZE_LIMIT:  # a shipped model must stay committable
+    if is_shipped(run) and folder_bytes(run) > SIZE_LIMIT:  # a shipped model must stay committable
         print(f"warning: {run} now holds {folder_bytes(run) / 2 ** 20:.2f} MiB, over the "
               f"{SIZE_LIMIT / 2 ** 20:.0f} MiB a shipped model may take: remove a learned concept it no longer "
               f"needs (its folder under {out.parent}), or learn into a copy of it", file=sys.stderr)

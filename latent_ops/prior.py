@@ -61,6 +61,7 @@ from autoencoder.run_folder import (
     model_file,
     weights_digest,
 )
+from autoencoder.schedule import cosine_decay
 from latent_ops.encode import BANK_FILE, LatentBank, StaleError, encode_images, encode_run, load_bank
 from latent_ops.flow import VelocityNet, flow_matching_loss
 from latent_ops.runs import resolve_run
@@ -96,6 +97,7 @@ class PriorConfig:
 
 
 PRIOR_SPLITS = ("train", "both")
+LR_FLOOR = 0.05  # the learning rate decays to this fraction of --lr (cosine)
 HELD_OUT = 2000  # test codes kept out of training under --splits both
 PRIOR_RANGES = {"hidden": (8, 8192), "channels": (8, 4096), "blocks": (1, 64), "steps": (1, 10 ** 7), "batch_size": (2, 10 ** 6),
                 "lr": (1e-8, 1.0), "weight_decay": (0, 1.0), "label_dropout": (0, 1), "ema": (0, 1),
@@ -148,11 +150,6 @@ def training_codes(run: Path, bank: LatentBank, config: PriorConfig
     held = slice(0, HELD_OUT)
     return (torch.cat([c for c, _ in parts]), torch.cat([lab for _, lab in parts]),
             torch.from_numpy(bank.codes["test"][held]).float(), torch.from_numpy(bank.labels["test"][held]).long())
-
-
-def lr_factor(step: int, steps: int) -> float:
-    progress = min(step / max(1, steps - 1), 1.0)
-    return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def batch_generator(seed: int, step: int) -> torch.Generator:
@@ -246,7 +243,7 @@ def train_prior(config: PriorConfig, progress: bool = True) -> Path:
     clock, recent = time.perf_counter(), []
     for step in bar:
         for group in optimiser.param_groups:
-            group["lr"] = config.lr * lr_factor(step, config.steps)
+            group["lr"] = config.lr * cosine_decay(step, config.steps, LR_FLOOR)
         generator = batch_generator(config.seed, step)
         pick = torch.randint(len(codes), (config.batch_size,), generator=generator)
         loss = flow_matching_loss(net, net.standardise(codes[pick]), labels[pick], generator, config.label_dropout)

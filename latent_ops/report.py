@@ -34,15 +34,15 @@ from autoencoder.cli import ConfigError, check_ranges, claim_output, dataclass_f
 from autoencoder.compute import autocast, machine_name
 from autoencoder.data import ImageSet, load_cifar10, to_float, to_uint8
 from autoencoder.diagram import draw_run
-from autoencoder.evaluate import reconstruct
+from autoencoder.grids import save_grid
 from autoencoder.models import Networks
+from autoencoder.roundtrip import reconstruct
 from autoencoder.run_folder import RunConfig, load_run, weights_digest
 from latent_ops.compose import DEFAULT_EXPRESSION, ComposeConfig, compose, folder_name, read_recipe
 from latent_ops.compose_files import IMAGES_FILE
 from latent_ops.encode import decode_codes
 from latent_ops.expression import parse, term_parts
 from latent_ops.flow import Schedule, sample
-from latent_ops.images import save_grid
 from latent_ops.runs import repository_path, resolve_run
 from latent_ops.trained_prior import load_prior, prior_folder
 

@@ -30,7 +30,8 @@ from autoencoder.cli import (
     run_cli,
     save_config,
 )
-from autoencoder.data import load_split
+from autoencoder.data import DataNotFoundError, load_split
+from autoencoder.grids import save_grid
 from autoencoder.run_folder import RunError, weights_digest
 from latent_ops.concepts import (
     DEFAULT_WING_METHOD,
@@ -43,8 +44,8 @@ from latent_ops.concepts import (
     whiteness_labels,
 )
 from latent_ops.encode import BANK_FILE, encode_run, load_bank, read_stamped_npz
-from latent_ops.images import save_grid
 from latent_ops.runs import resolve_run
+from latent_ops.shipped_folder import is_shipped
 from latent_ops.sources import source_masks
 
 CLUSTERS_FILE = "clusters.json"
@@ -180,6 +181,10 @@ def fit_run_concepts(run: Path, data: str, cache_dir: str = CACHE_FOLDER, max_cl
                      cross_fraction: float = 0.9, seed: int = 0) -> Concepts:
     """Fit, save and return the concepts of a run from its latent bank (pixels for ``white`` and grids)."""
     bank = load_bank(run)
+    if not len(bank.codes["train"]):
+        raise RunError(f"{run / BANK_FILE} holds no train codes (a shipped model keeps only the test split), and "
+                       f"concepts are fitted on train codes: restore {run}'s concept files, or fit them on the "
+                       f"trained run and ship it again")
     train_images = load_split(data, "train", cache_dir).images
     test_images = load_split(data, "test", cache_dir).images
     white_train = whiteness_labels(train_images[bank.indices["train"]])
@@ -213,13 +218,21 @@ def ensure_concepts(run: Path, data: str, cache_dir: str) -> Concepts:
     try:
         return load_concepts(run)
     except RunError as problem:
+        if is_shipped(run):  # its bank holds test codes only, and refitting would rewrite what was shipped
+            what = str(problem).split("; fit them again")[0]  # the damage, without the fix that fits a trained run
+            raise RunError(f"{what}; {run} is a shipped model, whose concepts are not fitted again: restore its "
+                           f"files (git checkout {run}), or ship the model again") from None
         try:
-            load_bank(run)
-        except RunError as bank_problem:
-            print(f"concepts: encoding the data set into {run / BANK_FILE} {why(run / BANK_FILE, bank_problem)}")
-            encode_run(run, data, cache_dir)
-        print(f"concepts: fitting clusters and directions of {run} {why(run / DENSITIES_FILE, problem)}")
-        return fit_run_concepts(run, data, cache_dir)
+            try:
+                load_bank(run)
+            except RunError as bank_problem:
+                print(f"concepts: encoding the data set into {run / BANK_FILE} {why(run / BANK_FILE, bank_problem)}")
+                encode_run(run, data, cache_dir)
+            print(f"concepts: fitting clusters and directions of {run} {why(run / DENSITIES_FILE, problem)}")
+            return fit_run_concepts(run, data, cache_dir)
+        except DataNotFoundError:  # say what is wrong with the run, not only that the data is missing
+            raise RunError(f"{problem}. Fitting them again needs CIFAR-10, and --data {data} has none: pass --data "
+                           f"with CIFAR-10, or restore {run}'s concept files") from None
 
 
 def print_concepts(run_dir: Path, concepts: Concepts) -> None:

@@ -29,8 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from autoencoder.atomic import is_temporary, replace_atomically, save_tensors, write_json, write_text
-from autoencoder.checkpoint import save_weights
+from autoencoder.atomic import is_temporary, replace_atomically, save_tensors, save_weights, write_json, write_text
 from autoencoder.cifar10 import CACHE_FOLDER, DATA_FOLDER
 from autoencoder.cli import CONFIG_FILE, ConfigError, claim_output, dataclass_from_flags, read_json, run_cli
 from autoencoder.compute import machine_name
@@ -48,16 +47,16 @@ from latent_ops.encode import BANK_FILE, encode_run, load_bank
 from latent_ops.prior import make_prior_config, train_prior
 from latent_ops.run_concepts import fit_run_concepts, load_concepts
 from latent_ops.runs import SHIPPED_MODEL
+from latent_ops.shipped_folder import (
+    CARD_FILE,
+    LATER_NAMES,
+    SHIP_FILE,
+    SHIPPED_NAMES,
+    SIZE_LIMIT,
+    folder_bytes,
+    is_shipped,
+)
 from latent_ops.trained_prior import PRIOR_FOLDER, SOURCE_FILE
-
-CARD_FILE = "MODEL_CARD.md"
-
-SHIP_FILE = "ship.json"
-SHIPPED_NAMES = {"MODEL_CARD.md", "clusters", "clusters.json", "concepts.npz", "config.json", "data.json",
-                 "directions.json", "latents.npz", "metrics.jsonl", "model.safetensors", "prior", "ship.json",
-                 "encode-config.json", "concepts-config.json"}  # what shipping writes (and may replace)
-LATER_NAMES = {"learned", "compose.json"}  # what later commands add to a shipped model: lost when shipped again
-SIZE_LIMIT = 25 * 2 ** 20  # bytes: the shipped folder must stay under 25 MiB
 
 
 @dataclass
@@ -97,7 +96,7 @@ def adopt_prior(source: Path, staging: Path, config: ShipConfig, data: dict[str,
     copied) unless both folders hold the same fp16 encoder weights, and so the same codes of the same data,
     and the prior has the steps and channels this ship was asked for."""
     fix = "ship without --prior_from to train the prior"
-    if not (source / SHIP_FILE).exists() or not (source / PRIOR_FOLDER / SOURCE_FILE).exists():
+    if not is_shipped(source) or not (source / PRIOR_FOLDER / SOURCE_FILE).exists():
         raise RunError(f"--prior_from {source} is not a shipped model with a prior; {fix}")
     theirs = read_tensors(model_file(source), fix)
     ours = read_tensors(model_file(staging), "ship again")
@@ -139,10 +138,6 @@ def slim_prior(folder: Path) -> None:
     (prior / "checkpoint.json").unlink(missing_ok=True)
     tensors = read_tensors(model_file(prior), "train the prior again")
     save_tensors({k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}, model_file(prior))
-
-
-def folder_bytes(folder: Path) -> int:
-    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
 
 
 def metric_lines(file: Path) -> list[dict]:
@@ -258,7 +253,7 @@ def claim_model_folder(run: Path, out: Path, replace_learned: bool = False) -> P
     if run.resolve() == out.resolve() or out.resolve() in run.resolve().parents:
         raise ConfigError(f"--out {out} is the run being shipped or holds it ({run}); replacing it would delete "
                           f"the run: pass a new --out")
-    if out.is_dir() and any(out.iterdir()) and not (out / SHIP_FILE).exists():
+    if out.is_dir() and any(out.iterdir()) and not is_shipped(out):
         first = sorted(p.name for p in out.iterdir())[0]
         raise ConfigError(f"--out {out} is not a shipped model (no {SHIP_FILE}; it holds {first}) and it would be "
                           f"replaced whole; nothing was written: pass a new --out")
@@ -347,7 +342,7 @@ def rewrite_card(config: ShipConfig) -> Path:
     """Write MODEL_CARD.md of the shipped folder ``config.out`` again (e.g. with new notes or targets);
     nothing else changes."""
     out = Path(config.out)
-    if not (out / SHIP_FILE).exists():
+    if not is_shipped(out):
         raise RunError(f"{out} is not a shipped model (no {SHIP_FILE}); ship one with python -m latent_ops.ship")
     record = json.loads((out / SHIP_FILE).read_text())
     record["bytes"] = folder_bytes(out)  # as it is now: learned concepts and the compose recipe came after shipping

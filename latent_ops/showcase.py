@@ -21,7 +21,7 @@ import torch
 from autoencoder.atomic import replace_atomically, write_json
 from autoencoder.cli import UserError, check_writable, command, save_config
 from autoencoder.data import to_float
-from latent_ops.images import tile, to_unit
+from autoencoder.grids import tile, to_unit
 
 
 def _figure_to_png(figure, file: Path) -> Path:

@@ -412,7 +412,7 @@ def test_the_kept_batch_has_no_near_duplicates(composed_run, folder_data, smoke_
 def test_the_grid_has_torchvisions_layout_without_importing_it():
     from torchvision.utils import make_grid
 
-    from latent_ops.images import tile
+    from autoencoder.grids import tile
 
     for count, nrow in ((64, 8), (5, 8), (10, 4), (2, 1)):
         images = torch.rand(count, 3, 32, 32)

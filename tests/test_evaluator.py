@@ -115,7 +115,6 @@ def test_bad_flags_name_the_flag(folder_data, tmp_path, capsys):
         load_evaluator(tmp_path)
 
 
-@pytest.mark.skipif(not (SHIPPED / "classifier.safetensors").exists(), reason="no shipped evaluator yet")
 def test_the_shipped_evaluator_loads_and_its_card_comes_from_its_result(tmp_path):
     from autoencoder.cli import load_config
     from autoencoder.run_folder import weights_metadata
@@ -132,7 +131,6 @@ def test_the_shipped_evaluator_loads_and_its_card_comes_from_its_result(tmp_path
     assert (tmp_path / "card.md").read_text() == (SHIPPED / "card.md").read_text(), "card.md was edited by hand"
 
 
-@pytest.mark.skipif(not (SHIPPED / "classifier.safetensors").exists(), reason="no shipped nets yet")
 def test_the_shipped_perceptual_net_is_a_different_network_that_only_trains():
     from autoencoder.classifier import SHIPPED_PERCEPTUAL, load_perceptual
     from autoencoder.run_folder import RunError

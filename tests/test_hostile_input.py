@@ -56,6 +56,10 @@ OUT_COMMANDS = {  # the commands that claim an --out folder, with the flags that
     "atlas": ["-m", "latent_ops.atlas", "--run", str(SHIPPED), "--data", "no-data"],
     "learn": ["-m", "latent_ops.learn", "pegasus2", "--run", "RUN_COPY"],
     "report": ["-m", "latent_ops.report", "--run", str(SHIPPED), "--data", "no-data"],
+    "train": ["-m", "autoencoder.train", "--preset", "smoke", "--data", "no-data"],
+    "train_evaluator": ["-m", "autoencoder.train_evaluator", "--data", "no-data"],
+    "prior": ["-m", "latent_ops.prior", "--run", "RUN_COPY", "--data", "no-data"],
+    "ship": ["-m", "latent_ops.ship", "--run", "RUN_COPY", "--data", "no-data"],
 }
 
 
@@ -78,7 +82,7 @@ def test_a_folder_with_only_hidden_files_is_not_replaced(name, run_copy, tmp_pat
     (out / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
     (out / ".env").write_text("SECRET=1\n")
     before = snapshot(tmp_path, run_copy)
-    refused(run(*command_for(name, run_copy), "--out", str(out)), str(out), "not empty")
+    refused(run(*command_for(name, run_copy), "--out", str(out)), str(out), ".env", "nothing was written")
     assert snapshot(tmp_path, run_copy) == before
 
 
@@ -101,6 +105,33 @@ def test_a_planted_lock_link_is_never_written_through(name, run_copy, tmp_path):
     before = snapshot(tmp_path, run_copy)
     refused(run(*command_for(name, run_copy), "--out", str(tmp_path / "out")), ".out.lock", "link")
     assert not victim.exists(), "a file was created where the planted link points"
+    assert snapshot(tmp_path, run_copy) == before
+
+
+def run_read_only(folder: Path, *args: str) -> subprocess.CompletedProcess:
+    """A command run while ``folder`` is read-only: by its mode for a user; for root, whom modes do not stop, by a
+    read-only bind mount in a mount namespace of the command's own."""
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        try:
+            return run(*args)
+        finally:
+            folder.chmod(0o755)
+    script = 'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" "$0" || exit 97; exec "$@"'
+    done = subprocess.run(["unshare", "-m", "sh", "-c", script, str(folder), sys.executable, *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    if done.returncode == 97:
+        pytest.skip(f"root cannot make a read-only folder on this machine (no mount namespace): {done.stderr[-200:]}")
+    return done
+
+
+@pytest.mark.parametrize("name", sorted(OUT_COMMANDS))
+def test_a_read_only_folder_is_said_before_anything_is_computed(name, run_copy, tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    before = snapshot(tmp_path, run_copy)
+    refused(run_read_only(locked, *command_for(name, run_copy), "--out", str(locked / "out")), str(locked),
+            "choose a folder you can write to")
     assert snapshot(tmp_path, run_copy) == before
 
 
@@ -202,6 +233,51 @@ def test_a_learned_folder_that_hides_a_built_in_concept_is_refused(run_copy, tmp
         shutil.rmtree(planted)
 
 
+# --- damaged files: every file compose and edit read from a model folder, binary and truncated ---------------------
+
+def damage(file: Path, how: str) -> None:
+    data = file.read_bytes()
+    file.write_bytes(bytes(range(256)) * 2 if how == "binary" else data[:len(data) // 2])
+
+
+COMPOSE_READS = {  # a file of the model folder -> the compose that reads it (the base prior only under --source prior)
+    **{name: ["pegasus"] for name in ("config.json", "model.safetensors", "latents.npz", "concepts.npz",
+                                       "directions.json", "compose.json", "learned/pegasus/model.safetensors",
+                                       "learned/pegasus/net.json", "learned/pegasus/source.json",
+                                       "learned/pegasus/config.json")},
+    **{name: ["horse+wings", "--source", "prior"] for name in ("prior/config.json", "prior/model.safetensors",
+                                                               "prior/source.json")},
+}
+EDIT_READS = ("config.json", "model.safetensors", "latents.npz", "concepts.npz", "directions.json")
+
+
+@pytest.fixture()
+def model_copy(tmp_path) -> Path:
+    copy = tmp_path / "model"
+    shutil.copytree(SHIPPED, copy)
+    return copy
+
+
+@pytest.mark.parametrize("how", ["binary", "truncated"])
+@pytest.mark.parametrize("name", sorted(COMPOSE_READS))
+def test_compose_names_a_damaged_file_of_the_model_and_changes_nothing(name, how, model_copy, tmp_path):
+    damage(model_copy / name, how)
+    before = snapshot(model_copy)
+    refused(run("-m", "latent_ops.compose", *COMPOSE_READS[name], "--run", str(model_copy), "--data", "no-data",
+                "--out", str(tmp_path / "out")), name)
+    assert snapshot(model_copy) == before and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("how", ["binary", "truncated"])
+@pytest.mark.parametrize("name", EDIT_READS)
+def test_edit_names_a_damaged_file_of_the_model_and_changes_nothing(name, how, model_copy, tmp_path):
+    damage(model_copy / name, how)
+    before = snapshot(model_copy)
+    refused(run("-m", "latent_ops.edit", "--run", str(model_copy), "--start", "test:1", "--moves", "wings=1",
+                "--out", str(tmp_path / "out")), name)
+    assert snapshot(model_copy) == before and not (tmp_path / "out").exists()
+
+
 # --- training: resume through a link, with another preset, a damaged metrics file; a batch larger than the data ---
 
 @pytest.fixture()
@@ -226,6 +302,15 @@ def test_resume_refuses_a_step_folder_that_is_a_link(run_to_resume, folder_data,
     before = snapshot(run_to_resume, other)
     refused(run(*train_args(run_to_resume, folder_data, "--resume", "--steps", "61")), "is a link", "own")
     assert snapshot(run_to_resume, other) == before
+
+
+@pytest.mark.parametrize("how", ["binary", "truncated"])
+@pytest.mark.parametrize("name", ["config.json", "checkpoint.json"])
+def test_resume_names_a_damaged_run_file_and_changes_nothing(name, how, run_to_resume, folder_data):
+    damage(run_to_resume / name, how)
+    before = snapshot(run_to_resume)
+    refused(run(*train_args(run_to_resume, folder_data, "--resume", "--steps", "61")), name)
+    assert snapshot(run_to_resume) == before
 
 
 def test_resume_refuses_another_preset(run_to_resume, folder_data):

@@ -16,7 +16,8 @@ from latent_ops import prior as prior_module
 from latent_ops.compose import compose
 from latent_ops.encode import load_bank
 from latent_ops.runs import resolve_run
-from latent_ops.ship import CARD_FILE, make_ship_config, rewrite_card, ship
+from latent_ops.ship import make_ship_config, rewrite_card, ship
+from latent_ops.shipped_folder import CARD_FILE
 
 
 @pytest.fixture(scope="module")
@@ -117,6 +118,13 @@ def test_a_killed_ship_resumes_and_refuses_a_run_without_weights(shipped, tmp_pa
     assert not partial.exists() and (out / "prior" / "model.safetensors").exists()
     steps = [json.loads(x)["step"] for x in (out / "prior" / "metrics.jsonl").read_text().splitlines()]
     assert steps[-1] == 20
+    unbroken = shipped[0]  # the same flags, shipped without a kill: the resumed folder holds the same model
+    for name in ("prior/model.safetensors", "model.safetensors"):
+        resumed, whole = load_file(str(out / name)), load_file(str(unbroken / name))
+        assert resumed.keys() == whole.keys() and all(resumed[k].equal(whole[k]) for k in whole), name
+    with np.load(out / "concepts.npz") as resumed, np.load(unbroken / "concepts.npz") as whole:
+        assert sorted(resumed.files) == sorted(whole.files)
+        assert [k for k in whole.files if not np.array_equal(resumed[k], whole[k])] == []
 
     with pytest.raises(RunError, match="no trained weights to ship"):
         ship(make_ship_config(**dict(flags, run=str(tmp_path / "nothing"))), progress=False)
@@ -132,7 +140,7 @@ def test_a_card_target_row_says_when_it_was_not_measured_and_by_how_much_it_was_
 
 
 def test_a_rewritten_card_gives_the_folder_size_as_it_is_now(shipped, tmp_path):
-    from latent_ops.ship import folder_bytes
+    from latent_ops.shipped_folder import folder_bytes
 
     out, _ = shipped
     copy = tmp_path / "copy"
@@ -147,7 +155,7 @@ def test_a_rewritten_card_gives_the_folder_size_as_it_is_now(shipped, tmp_path):
 
 
 def test_a_decoder_fine_tune_takes_the_prior_of_the_model_it_came_from(shipped, tmp_path):
-    from autoencoder.checkpoint import save_weights
+    from autoencoder.atomic import save_weights
     from autoencoder.run_folder import model_file, weights_digest
     from latent_ops.trained_prior import load_prior
 

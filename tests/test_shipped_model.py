@@ -14,7 +14,7 @@ from latent_ops.encode import load_bank
 from latent_ops.flow import sample
 from latent_ops.run_concepts import load_concepts
 from latent_ops.runs import SHIPPED_MODEL
-from latent_ops.ship import CARD_FILE, SIZE_LIMIT, folder_bytes
+from latent_ops.shipped_folder import CARD_FILE, SIZE_LIMIT, folder_bytes
 from latent_ops.trained_prior import load_prior
 
 

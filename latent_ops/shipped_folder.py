@@ -1,0 +1,29 @@
+"""The shipped model folder's format: the files shipping writes, the ones later commands add, and its size limit.
+
+``latent_ops.ship`` writes the folder; ``latent_ops.learn`` adds ``learned/`` concepts to it and
+``latent_ops.compose --save_recipe`` its ``compose.json``; both check it against the same limit, so
+the format lives here, below the commands that use it.
+
+Example: ``python -c "from latent_ops.shipped_folder import folder_bytes; print(folder_bytes('models/pegasus-cifar10'))"``
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+CARD_FILE = "MODEL_CARD.md"
+SHIP_FILE = "ship.json"
+SHIPPED_NAMES = {CARD_FILE, "clusters", "clusters.json", "concepts.npz", "config.json", "data.json",
+                 "directions.json", "latents.npz", "metrics.jsonl", "model.safetensors", "prior", SHIP_FILE,
+                 "encode-config.json", "concepts-config.json"}  # what shipping writes (and may replace)
+LATER_NAMES = {"learned", "compose.json"}  # what later commands add to a shipped model: lost when shipped again
+SIZE_LIMIT = 25 * 2 ** 20  # bytes: the shipped folder must stay under 25 MiB
+
+
+def is_shipped(folder: str | Path) -> bool:
+    """Whether ``folder`` is a shipped model (it holds the shipping record)."""
+    return (Path(folder) / SHIP_FILE).is_file()
+
+
+def folder_bytes(folder: str | Path) -> int:
+    """The bytes of every file under ``folder``."""
+    return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())
