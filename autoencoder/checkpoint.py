@@ -22,7 +22,6 @@ Example: ``python -c "from autoencoder.checkpoint import has_checkpoint; print(h
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any, Iterable
@@ -38,7 +37,7 @@ from autoencoder.atomic import (
     write_json,
     write_text,
 )
-from autoencoder.cli import ConfigError
+from autoencoder.cli import ConfigError, refuse_link_or_file
 from autoencoder.run_folder import (
     CHECKPOINTS_FOLDER,
     MODEL_FILE,
@@ -151,11 +150,7 @@ def refuse_foreign_folder(run_dir: Path, own_files: Iterable[str], what: str) ->
     own folder, never through a link it did not make), a file, or a folder holding anything but ``own_files``
     (hidden names count: a ``.git`` or a ``.env`` is the user's). Temporary names of this project's writers pass."""
     run_dir = Path(run_dir)
-    if run_dir.is_symlink():
-        raise ConfigError(f"--out {run_dir} is a link (to {os.readlink(run_dir)}); a training writes only in its own "
-                          f"folder, never through a link: pass the folder it points to, or a new --out")
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ConfigError(f"--out {run_dir} is a file, not a folder; pass a new --out")
+    refuse_link_or_file(run_dir, "a training writes only in its own folder, never through a link")
     own = set(own_files)
     foreign = sorted(p.name for p in run_dir.iterdir() if p.name not in own and not is_temporary(p.name)) \
         if run_dir.is_dir() else []

@@ -383,6 +383,15 @@ def check_writable(folder: Path) -> None:
                           f"nothing was computed") from None
 
 
+def refuse_link_or_file(out: Path, why_not_a_link: str) -> None:
+    """Refuse an --out that is a link (``why_not_a_link`` says why a command never writes through one) or a file."""
+    if out.is_symlink():
+        raise ConfigError(f"--out {out} is a link (to {os.readlink(out)}); {why_not_a_link}: pass the folder it "
+                          f"points to, or a new --out")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a folder; pass a new --out")
+
+
 def claim_output(out: str | Path, own_files: typing.Iterable[str] | None, what: str,
                  config: Any = None) -> Path:
     """Claim a command's output folder before any work, the same way for every command.
@@ -392,11 +401,7 @@ def claim_output(out: str | Path, own_files: typing.Iterable[str] | None, what: 
     locked against a second writer; then ``config`` is saved in it as ``config.json``.
     """
     out = Path(out)
-    if out.is_symlink():
-        raise ConfigError(f"--out {out} is a link (to {os.readlink(out)}); commands replace their output folder "
-                          f"whole and never through a link: pass the folder it points to, or a new --out")
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} is a file; pass a folder")
+    refuse_link_or_file(out, "commands replace their output folder whole and never through a link")
     check_writable(out)
     lock_folder(out)
     if out.is_dir() and own_files is not None:
