@@ -52,7 +52,7 @@ from latent_ops.expression import parse
 from latent_ops.flow import FlowNet, flow_matching_loss, sample, with_extra_label
 from latent_ops.run_concepts import load_concepts
 from latent_ops.runs import resolve_run
-from latent_ops.sampling import DrawSettings, Sources, sample_expression
+from latent_ops.sampling import DrawSettings, Sources, learned_labels, sample_expression
 from latent_ops.shipped_folder import SIZE_LIMIT, folder_bytes, is_shipped
 from latent_ops.sources import classifier_views
 from latent_ops.trained_prior import NET_CONFIG_FILE, PRIOR_FOLDER, SOURCE_FILE, learned_folder, load_prior
@@ -90,12 +90,14 @@ class LearnConfig:
     label_dropout: float = 0.1  # as in the prior's training (classifier-free guidance)
     ema: float = 0.998  # decay of the moving average that sampling uses
     chunk: int = 1024  # candidates drawn and decoded at once
+    rounds: int = 1  # rounds of learning: each round after the first composes its pool from the concept the round
+    #   before learned and fine-tunes the base prior again on every round's accepted codes (expert iteration)
 
 
 LEARN_RANGES = {"pool": (2, 10 ** 6), "seed": (0, 2 ** 31 - 1), "guidance": (0, 100), "prior_steps": (1, 1000),
                 "critic_quantile": (0, 1), "sharpness_quantile": (0, 1), "min_accepted": (1, 10 ** 6),
                 "steps": (0, 10 ** 6), "batch_size": (2, 10 ** 6), "replay": (0, 0.99), "lr": (1e-8, 1.0),
-                "label_dropout": (0, 1), "ema": (0, 1), "chunk": (1, 65536)}
+                "label_dropout": (0, 1), "ema": (0, 1), "chunk": (1, 65536), "rounds": (1, 100)}
 
 
 def parse_rule(text: str) -> dict[str, float]:
@@ -152,10 +154,11 @@ def judge_terms(probabilities: torch.Tensor, rule: dict[str, float]) -> torch.Te
 
 
 @torch.no_grad()
-def compose_pool(config: LearnConfig, nets, prior: FlowNet, sources: Sources, perceptual) -> dict[str, torch.Tensor]:
-    """Draw the pool chunk by chunk: codes (N, D), the judge's probabilities (N, 10), realism, sharpness."""
-    weights = parse(config.expression, sources.concepts.names)
-    rng = np.random.default_rng(config.seed)
+def compose_pool(config: LearnConfig, nets, sources: Sources, perceptual, expression: str,
+                 rng: np.random.Generator) -> dict[str, torch.Tensor]:
+    """Draw the pool of ``expression`` chunk by chunk from ``sources.prior`` (which may know a learned label):
+    codes (N, D), the judge's probabilities (N, 10), realism, sharpness."""
+    weights = parse(expression, sources.concepts.names + learned_labels(sources.prior))
     settings = DrawSettings("prior", guidance=config.guidance, prior_steps=config.prior_steps)
     found: dict[str, list[torch.Tensor]] = {"codes": [], "probabilities": [], "realism": [], "sharpness": []}
     for start in range(0, config.pool, config.chunk):
@@ -251,33 +254,56 @@ def learn(config: LearnConfig, quiet: bool = False) -> Path:
     base = load_prior(run)
     perceptual = load_perceptual()
     concepts, bank = load_concepts(run), load_bank(run)
-    sources = Sources(concepts, bank, base, run_config.code_shape, nets.decoder, perceptual)
-
-    pool = compose_pool(config, nets, base, sources, perceptual)
-    passed = accept(pool, config)
-    accepted = pool["codes"][passed]
-    if len(accepted) < config.min_accepted:
-        raise RunError(f"only {len(accepted)} of {config.pool} candidates met --accept {config.accept} and the "
-                       f"quantiles (at least --min_accepted {config.min_accepted} are needed); loosen --accept, lower "
-                       f"the quantiles or compose a larger --pool")
-    composed_at = time.monotonic()
-    new_codes = torch.cat([accepted, mirrored_codes(nets, accepted, device, dtype)])
     real = [(bank.codes[s], bank.labels[s]) for s in ("train", "test") if len(bank.codes[s])]
     real_codes = torch.from_numpy(np.concatenate([c for c, _ in real])).float()
     real_labels = torch.from_numpy(np.concatenate([lab for _, lab in real])).long()
-    torch.manual_seed(config.seed)
-    learned, losses = fine_tune(base, new_codes, real_codes, real_labels, config)
-    tuned_at = time.monotonic()
+
+    # Expert iteration (Anthony, Tian and Barber 2017; as rejection-sampling fine-tuning, Dong et al. 2023, RAFT):
+    # each round composes from what the round before learned, so the accepted share grows round by round.
+    pool_prior, expression, kept, rounds = base, config.expression, [], []
+    compose_seconds = fine_tune_seconds = 0.0
+    for round_index in range(config.rounds):
+        began_round = time.monotonic()
+        sources = Sources(concepts, bank, pool_prior, run_config.code_shape, nets.decoder, perceptual)
+        rng = np.random.default_rng(config.seed if round_index == 0 else (config.seed, round_index))
+        pool = compose_pool(config, nets, sources, perceptual, expression, rng)
+        passed = accept(pool, config)
+        accepted = pool["codes"][passed]
+        if len(accepted) < config.min_accepted:
+            raise RunError(f"only {len(accepted)} of {config.pool} candidates of {expression} met --accept "
+                           f"{config.accept} and the quantiles in round {round_index + 1} (at least --min_accepted "
+                           f"{config.min_accepted} are needed); loosen --accept, lower the quantiles or compose a "
+                           f"larger --pool")
+        kept.append(accepted)
+        composed_at = time.monotonic()
+        everything = torch.cat(kept)
+        new_codes = torch.cat([everything, mirrored_codes(nets, everything, device, dtype)])
+        torch.manual_seed(config.seed)
+        learned, losses = fine_tune(base, new_codes, real_codes, real_labels, config)
+        learned.label_names[-1] = config.name
+        tuned_at = time.monotonic()
+        compose_seconds += composed_at - began_round
+        fine_tune_seconds += tuned_at - composed_at
+        both = judge_terms(pool["probabilities"], {"horse": 0.2, "wings": 0.2}).float().mean().item()
+        rounds.append({"expression": expression, "accepted": int(passed.sum()), "acceptance": passed.float().mean().item(),
+                       "pool_share_horse_and_wings_at_least_0.2_by_the_judge": both, "trained_on": len(new_codes),
+                       "fine_tuning_loss_by_tenth": losses})
+        if not quiet and config.rounds > 1:
+            print(f"round {round_index + 1}: {expression}: {rounds[-1]['accepted']} of {config.pool} accepted "
+                  f"({rounds[-1]['acceptance']:.1%}; horse and wings >= 0.2 by the judge in {both:.1%} of the pool), "
+                  f"fine-tuned on {len(new_codes)} codes", flush=True)
+        pool_prior, expression = learned, config.name
+    accepted = torch.cat(kept)
     moved = drift_of_old_labels(base, learned, [CIFAR10_CLASSES.index(c) for c in ("horse", "bird", "airplane")])
 
     record = {"name": config.name, "expression": config.expression, "judge": config.judge, "accept": config.accept,
               "critic_quantile": config.critic_quantile, "sharpness_quantile": config.sharpness_quantile,
-              "pool": config.pool, "accepted": int(passed.sum()), "acceptance": passed.float().mean().item(),
+              "pool": config.pool, "accepted": len(accepted), "acceptance": len(accepted) / (config.pool * config.rounds),
               "trained_on": len(new_codes), "replayed_real_codes": len(real_codes),
-              "fine_tuning_loss_by_tenth": losses, "old_label_samples_moved": moved,
+              "fine_tuning_loss_by_tenth": losses, "rounds": rounds, "old_label_samples_moved": moved,
               "old_label_samples_moved_means": "mean distance between the base's and the learned prior's samples "
                                                "from the same noise, over that between two base samples (0: unchanged)",
-              "compose_seconds": composed_at - began, "fine_tune_seconds": tuned_at - composed_at}
+              "compose_seconds": compose_seconds, "fine_tune_seconds": fine_tune_seconds}
     source = json.loads((run / PRIOR_FOLDER / SOURCE_FILE).read_text())
     labels = list(getattr(base, "label_names", CIFAR10_CLASSES)) + [config.name]
     base_config = json.loads((run / PRIOR_FOLDER / "config.json").read_text())

@@ -106,8 +106,14 @@ def test_a_spatial_run_goes_through_every_latent_ops_command(grid, folder_data, 
     # A concept learned from regional compositions, and the run shipped with it.
     learned = learn(make_learn_config(name="pegasus", run=str(run), expression="horse&bird@top", pool=32, chunk=16,
                                       prior_steps=4, accept="horse>=0,wings>=0", critic_quantile=0.2,
-                                      sharpness_quantile=0.2, min_accepted=4, steps=10, batch_size=16), quiet=True)
-    assert json.loads((learned / "record.json").read_text())["accepted"] >= 4
+                                      sharpness_quantile=0.2, min_accepted=4, steps=10, batch_size=16, rounds=2),
+                    quiet=True)
+    learned_record = json.loads((learned / "record.json").read_text())
+    assert learned_record["accepted"] >= 8
+    # the second round composes from the concept the first learned, and trains on both rounds' codes
+    assert [r["expression"] for r in learned_record["rounds"]] == ["horse&bird@top", "pegasus"]
+    assert learned_record["accepted"] == sum(r["accepted"] for r in learned_record["rounds"])
+    assert learned_record["trained_on"] == 2 * learned_record["accepted"]
     shipped = ship(make_ship_config(run=str(run), data=str(folder_data), cache_dir=cache, prior_steps=10,
                                     prior_channels=16, out=str(tmp_path / "models" / f"grid{grid}")), progress=False)
     assert json.loads((shipped / "ship.json").read_text())["code_shape"] == [2, grid, grid]
