@@ -170,7 +170,8 @@ def load_split(root: str | Path, split: str, cache_dir: str | Path = CACHE_FOLDE
             if images.dtype != torch.uint8 or tuple(images.shape[1:]) != (3, 32, 32) or len(labels) != len(images) \
                     or (len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < len(CIFAR10_CLASSES)):
                 raise ValueError("unexpected shapes")
-        except Exception:  # a damaged cache is rebuilt from the images, never trusted
+        except Exception as error:  # a damaged cache is rebuilt from the images, never trusted, and said
+            print(f"data cache {cache} is damaged ({type(error).__name__}); rebuilding it from {path}", flush=True)
             tensors = None
     if tensors is None:
         read = _read_folders(path, split) if kind == "folders" else _read_torchvision(path, split, False)

@@ -15,7 +15,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from autoencoder.cli import CONFIG_FILE, ConfigError, check_writable, command, load_config, save_config
+from autoencoder.atomic import replace_atomically
+from autoencoder.cli import (CONFIG_FILE, ConfigError, check_writable, command, load_config, refuse_link_or_file,
+                            save_config)
 from autoencoder.models import ModelConfig, Networks, ResBlock, build_networks
 from autoencoder.run_folder import RunConfig, RunError, load_run_config
 
@@ -206,8 +208,8 @@ def draw_figure(layers: list[Layer], config: RunConfig, weights: LossWeights, pa
                 loss_line(config, weights), ha="right", va="center", fontsize=9, color="#333333")
         out_stem.parent.mkdir(parents=True, exist_ok=True)
         files = [out_stem.with_suffix(".png"), out_stem.with_suffix(".svg")]
-        fig.savefig(files[0], dpi=110)
-        fig.savefig(files[1])
+        replace_atomically(lambda tmp: fig.savefig(tmp, dpi=110, format="png"), files[0])
+        replace_atomically(lambda tmp: fig.savefig(tmp, format="svg"), files[1])
         plt.close(fig)
     return files
 
@@ -227,6 +229,10 @@ def draw_run(run: str | Path, out: str | Path = "") -> tuple[list[Path], list[La
     return draw_figure(layers, config, weights, parameters, out_dir / "architecture", title), layers
 
 
+DRAWN_FILES = ("architecture.png", "architecture.svg")
+OWNERS = ("diagram-config.json", "report.json")  # beside a drawing this command or the report made
+
+
 @dataclass
 class DiagramConfig:
     run: str = ""  # the run folder to draw (required)
@@ -237,6 +243,11 @@ def draw_command(config: DiagramConfig) -> tuple[list[Path], list[Layer]]:
     if not config.run:
         raise ConfigError("--run is required: the run folder whose networks to draw")
     out = Path(config.out) if config.out else Path("outputs/report") / Path(config.run).name
+    refuse_link_or_file(out, "the drawing is never written through a link")
+    theirs = [f for f in DRAWN_FILES if (out / f).exists() and not any((out / o).is_file() for o in OWNERS)]
+    if theirs:  # a drawing this command (or the report, which draws the same) did not make is never replaced
+        raise ConfigError(f"--out {out} holds {theirs[0]}, which neither this command nor latent_ops.report wrote "
+                          f"(no {' or '.join(OWNERS)} beside it); nothing was written: pass another --out")
     check_writable(out)
     files, layers = draw_run(config.run, out)
     save_config(config, out / "diagram-config.json")

@@ -220,6 +220,14 @@ def weights_digest(run_dir: str | Path) -> str:
     return digest.hexdigest()[:16]
 
 
+def checked_weights_digest(run_dir: str | Path) -> str:
+    """``weights_digest``, after checking that the weights can be read: a file derived from the weights is compared
+    with this stamp, and damaged weights must be said as damaged, not as other weights."""
+    if model_file(run_dir).exists():
+        weights_metadata(model_file(run_dir))
+    return weights_digest(run_dir)
+
+
 @dataclass
 class LoadedRun:
     """A run ready for inference: its config, its networks (eval mode, on ``device``) and the precision

@@ -22,8 +22,9 @@ from autoencoder.cli import check_ranges, check_writable, command, save_config
 from autoencoder.compute import autocast
 from autoencoder.data import SPLITS, load_cifar10, to_float
 from autoencoder.models import Networks
-from autoencoder.run_folder import RunError, load_run, weights_digest
+from autoencoder.run_folder import RunError, checked_weights_digest, load_run, weights_digest
 from latent_ops.runs import resolve_run
+from latent_ops.shipped_folder import fix_for, refuse_remaking
 
 BANK_FILE = "latents.npz"
 
@@ -100,15 +101,15 @@ def read_stamped_npz(file: Path, run: Path, fix: str) -> dict[str, np.ndarray]:
         raise RunError(f"{file} is damaged ({type(error).__name__}: {' '.join(str(error).split()[:12])}); "
                        f"{fix}") from None
     stamp = str(arrays.get("weights_digest", ""))
-    if stamp != weights_digest(run):
+    if stamp != checked_weights_digest(run):
         raise StaleError(f"{file} was made from other weights than {run}'s current ones; {fix}")
     return arrays
 
 
 def load_bank(run: str | Path) -> LatentBank:
     run = Path(run)
-    arrays = read_stamped_npz(run / BANK_FILE, run, f"encode the data set again with "
-                                                   f"python -m latent_ops.encode --run {run} --data PATH")
+    arrays = read_stamped_npz(run / BANK_FILE, run, fix_for(run, f"encode the data set again with "
+                                                                 f"python -m latent_ops.encode --run {run} --data PATH"))
     try:
         bank = LatentBank(*({s: arrays[f"{s}_{k}"] for s in SPLITS} for k in ("codes", "labels", "indices")))
         bank.codes = {s: c.astype(np.float32) for s, c in bank.codes.items()}  # a shipped bank stores fp16
@@ -134,6 +135,7 @@ def encode_command(config: EncodeConfig) -> Path:
     """Write RUN/latents.npz; the config is saved beside it as RUN/encode-config.json."""
     check_ranges(config, {"batch_size": (1, 65536)})
     run = resolve_run(config.run)
+    refuse_remaking(run, "encoding the data set into it")
     check_writable(run)
     file = encode_run(run, config.data, config.cache_dir, config.batch_size)
     save_config(config, run / "encode-config.json")

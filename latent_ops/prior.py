@@ -65,6 +65,7 @@ from autoencoder.schedule import cosine_decay
 from latent_ops.encode import BANK_FILE, LatentBank, StaleError, encode_images, encode_run, load_bank
 from latent_ops.flow import VelocityNet, flow_matching_loss
 from latent_ops.runs import resolve_run
+from latent_ops.shipped_folder import is_shipped
 from latent_ops.trained_prior import NETS, SOURCE_FILE, PriorWeights, prior_folder
 
 PRIOR_FILES = {"config.json", SOURCE_FILE, MODEL_FILE, METRICS_FILE, POINTER_FILE, STATE_FILE, CHECKPOINTS_FOLDER}
@@ -168,6 +169,8 @@ def ensure_bank(run: Path, data: str, cache_dir: str) -> LatentBank:
     try:
         return load_bank(run)
     except RunError as problem:
+        if is_shipped(run):
+            raise
         print(f"prior: encoding the data set into {run / BANK_FILE} ({problem})")
         encode_run(run, data, cache_dir)
         return load_bank(run)

@@ -38,7 +38,8 @@ from autoencoder.grids import save_grid
 from autoencoder.models import Networks
 from autoencoder.roundtrip import reconstruct
 from autoencoder.run_folder import RunConfig, load_run, weights_digest
-from latent_ops.compose import DEFAULT_EXPRESSION, ComposeConfig, compose, folder_name, read_recipe
+from latent_ops.compose import (DEFAULT_EXPRESSION, ComposeConfig, compose, folder_name, make_compose_config, open_setting,
+                                read_recipe)
 from latent_ops.compose_files import IMAGES_FILE
 from latent_ops.encode import decode_codes
 from latent_ops.expression import parse, term_parts
@@ -368,6 +369,16 @@ def composition_sets(ev: Evidence, expression: str, subject: str, images: torch.
     return rows, real[pick]
 
 
+def check_inputs(settings: ReportConfig, run_dir: Path) -> None:
+    """Every file the report will read, read once before the first expensive step (minutes of features and
+    samples): the run, its prior, and for each expression the recipe, concepts, bank and prior its compose opens."""
+    if (prior_folder(run_dir) / "model.safetensors").exists():
+        load_prior(run_dir)
+    for expression in report_expressions(settings, run_dir):
+        open_setting(make_compose_config(expression=expression, run=str(run_dir), data=settings.data,
+                                         cache_dir=settings.cache_dir))
+
+
 def report(quiet: bool = False, **flags) -> Path:
     """Write the report of a run into ``out`` (default outputs/report/<run>); returns the folder.
 
@@ -379,6 +390,7 @@ def report(quiet: bool = False, **flags) -> Path:
     say = (lambda *a: None) if quiet else (lambda *a: print("report:", *a, flush=True))
     run_dir = resolve_run(settings.run)
     out_dir = Path(settings.out) if settings.out else Path("outputs/report") / run_dir.name
+    check_inputs(settings, run_dir)  # before the folder is claimed (made): a damaged input leaves nothing behind
     claim_output(out_dir, report_files(out_dir), "a report", settings)
     ev = gather_evidence(settings, run_dir, out_dir, say)
     record: dict = {"run": repository_path(run_dir), "weights_digest": weights_digest(run_dir), "seed": settings.seed,

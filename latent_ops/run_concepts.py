@@ -45,7 +45,7 @@ from latent_ops.concepts import (
 )
 from latent_ops.encode import BANK_FILE, encode_run, load_bank, read_stamped_npz
 from latent_ops.runs import resolve_run
-from latent_ops.shipped_folder import is_shipped
+from latent_ops.shipped_folder import fix_for, is_shipped, refuse_remaking
 from latent_ops.sources import source_masks
 
 CLUSTERS_FILE = "clusters.json"
@@ -124,7 +124,7 @@ def stored_gaussian(parts: dict[str, dict[int, dict[str, np.ndarray]]], componen
 
 def load_concepts(run: Path) -> Concepts:
     """The concepts of a run; a missing, damaged or stale file is a RunError saying to refit them."""
-    fix = f"fit them again with python -m latent_ops.run_concepts --run {run} --data PATH"
+    fix = fix_for(run, f"fit them again with python -m latent_ops.run_concepts --run {run} --data PATH")
     arrays = read_stamped_npz(run / DENSITIES_FILE, run, fix)
     try:
         summaries = json.loads((run / DIRECTIONS_FILE).read_text())
@@ -219,9 +219,7 @@ def ensure_concepts(run: Path, data: str, cache_dir: str) -> Concepts:
         return load_concepts(run)
     except RunError as problem:
         if is_shipped(run):  # its bank holds test codes only, and refitting would rewrite what was shipped
-            what = str(problem).split("; fit them again")[0]  # the damage, without the fix that fits a trained run
-            raise RunError(f"{what}; {run} is a shipped model, whose concepts are not fitted again: restore its "
-                           f"files (git checkout {run}), or ship the model again") from None
+            raise
         try:
             try:
                 load_bank(run)
@@ -254,6 +252,7 @@ def print_concepts(run_dir: Path, concepts: Concepts) -> None:
 def run_concepts(config: ConceptsConfig) -> tuple[Path, Concepts]:
     """Fit the run's concepts; the config is saved beside them as ``concepts-config.json``."""
     run_dir = resolve_run(config.run)
+    refuse_remaking(run_dir, "fitting its concepts again")
     check_writable(run_dir)
     lock_folder(run_dir / "clusters")
     try:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from autoencoder.run_folder import RunError
+
 CARD_FILE = "MODEL_CARD.md"
 SHIP_FILE = "ship.json"
 SHIPPED_NAMES = {CARD_FILE, "clusters", "clusters.json", "concepts.npz", "config.json", "data.json",
@@ -27,3 +29,21 @@ def is_shipped(folder: str | Path) -> bool:
 def folder_bytes(folder: str | Path) -> int:
     """The bytes of every file under ``folder``."""
     return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())
+
+
+def fix_for(folder: str | Path, fix: str) -> str:
+    """What to do about a damaged derived file of ``folder``: ``fix`` for a trained run; for a shipped model, whose
+    files are not made again piecemeal (its bank holds test codes only), restoring them."""
+    if not is_shipped(folder):
+        return fix
+    return (f"{folder} is a shipped model, whose files are not made again one by one: restore its files (git checkout "
+            f"{folder}), or ship the model again")
+
+
+def refuse_remaking(folder: str | Path, what: str) -> None:
+    """A shipped model's bank and concepts are made by shipping, from the run it shipped; a command that would
+    make them again in place (and replace what was shipped) is refused, naming ``what`` it would have done."""
+    if is_shipped(folder):
+        raise RunError(f"{folder} is a shipped model: {what} would replace what was shipped; nothing was written: "
+                       f"run it on the trained run it came from (--run outputs/runs/NAME), restore the model's files "
+                       f"(git checkout {folder}), or ship it again")

@@ -20,7 +20,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from autoencoder.cifar10 import CIFAR10_CLASSES
 from autoencoder.cli import ConfigError, check_choice, check_ranges, load_config
-from autoencoder.run_folder import RunError, load_weights, model_file, weights_digest
+from autoencoder.run_folder import RunError, checked_weights_digest, load_weights, model_file
 from latent_ops.encode import StaleError
 from latent_ops.flow import ConvVelocityNet, FlowNet, VelocityNet
 
@@ -92,7 +92,7 @@ def load_prior(run: str | Path, device: str | torch.device = "cpu", folder: Path
         labels = [str(name) for name in source.get("labels", CIFAR10_CLASSES)]
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise RunError(f"{folder / SOURCE_FILE} is missing or damaged ({error}); {fix}") from None
-    if source.get("weights_digest") != weights_digest(run):
+    if source.get("weights_digest") != checked_weights_digest(run):
         raise StaleError(f"{folder} was trained on codes of other weights than {run}'s current ones; "
                          f"delete it and {fix}")
     weights = PriorWeights(code_shape, config, len(labels))

@@ -343,3 +343,118 @@ def test_a_batch_larger_than_the_data_is_refused(folder_data, tmp_path):
                 str(tmp_path / "cache"), "--out", str(tmp_path / "r"), "--batch_size", "64"),
             "--batch_size 64 is more than the 48 training images")
     assert not (tmp_path / "r").exists()
+
+
+# --- damaged files: every other command, each file it reads before its first expensive step ----------------------
+
+MODEL_FILES = ("config.json", "model.safetensors", "latents.npz", "concepts.npz", "directions.json")
+PRIOR_FILES = ("prior/config.json", "prior/model.safetensors", "prior/source.json")
+LEARNED_FILES = ("compose.json", "learned/pegasus/model.safetensors", "learned/pegasus/net.json",
+                 "learned/pegasus/config.json")
+SHIPPED_READERS = {  # a command run on a copy of the shipped model -> its flags, the files it reads
+    "atlas": (["-m", "latent_ops.atlas", "--data", "no-data", "--out", "OUT"], MODEL_FILES),
+    "learn": (["-m", "latent_ops.learn", "pegasus2", "--out", "OUT"], MODEL_FILES + PRIOR_FILES),
+    "report": (["-m", "latent_ops.report", "--data", "DATA", "--cache_dir", "CACHE", "--out", "OUT"],
+               MODEL_FILES + PRIOR_FILES + LEARNED_FILES),
+    "explore": (["-m", "latent_ops.explore", "--data", "no-data", "--port", "0", "--cache_dir", "CACHE", "--out",
+                 "OUT"], MODEL_FILES),
+    "prior": (["-m", "latent_ops.prior", "--data", "no-data", "--mirror", "false", "--out", "OUT"],
+              ("config.json", "model.safetensors", "latents.npz")),
+    "ship": (["-m", "latent_ops.ship", "--data", "no-data", "--out", "OUT"], ("config.json", "model.safetensors")),
+}
+WEIGHTS = "WEIGHTS"  # a trained run's current weights (the checkpoint its pointer names)
+RUN_READERS = {  # a command run on a copy of a trained (smoke) run -> its flags, the files it reads
+    "encode": (["-m", "latent_ops.encode", "--data", "DATA", "--cache_dir", "CACHE"], ("config.json", "checkpoint.json",
+                                                                                      WEIGHTS)),
+    "run_concepts": (["-m", "latent_ops.run_concepts", "--data", "DATA", "--cache_dir", "CACHE"],
+                     ("config.json", "checkpoint.json", WEIGHTS)),
+    "samples": (["-m", "autoencoder.samples", "--data", "DATA", "--cache_dir", "CACHE", "--out", "OUT.png"],
+                ("config.json", "checkpoint.json", WEIGHTS)),
+    "evaluate": (["-m", "autoencoder.evaluate", "--data", "DATA", "--cache_dir", "CACHE"],
+                 ("config.json", "checkpoint.json", WEIGHTS)),
+    "diagram": (["-m", "autoencoder.diagram", "--out", "OUT"], ("config.json",)),
+}
+
+
+def filled(args: list[str], tmp_path: Path, folder_data: Path) -> list[str]:
+    values = {"OUT": str(tmp_path / "out"), "OUT.png": str(tmp_path / "out.png"), "DATA": str(folder_data),
+              "CACHE": str(tmp_path / "cache")}
+    return [values.get(a, a) for a in args]
+
+
+def current_weights(run_: Path) -> Path:
+    return run_ / "checkpoints" / json.loads((run_ / "checkpoint.json").read_text())["folder"] / "model.safetensors"
+
+
+@pytest.mark.parametrize("how", ["binary", "truncated"])
+@pytest.mark.parametrize("name, file", [(n, f) for n, (_, files) in sorted(SHIPPED_READERS.items()) for f in files])
+def test_a_command_names_a_damaged_file_of_the_model_and_changes_nothing(name, file, how, model_copy, folder_data,
+                                                                         tmp_path):
+    damage(model_copy / file, how)
+    before = snapshot(model_copy)
+    refused(run(*filled(SHIPPED_READERS[name][0], tmp_path, folder_data), "--run", str(model_copy)), file)
+    assert snapshot(model_copy) == before and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("how", ["binary", "truncated"])
+@pytest.mark.parametrize("name, file", [(n, f) for n, (_, files) in sorted(RUN_READERS.items()) for f in files])
+def test_a_command_names_a_damaged_file_of_a_run_and_changes_nothing(name, file, how, run_to_resume, folder_data,
+                                                                     tmp_path):
+    target = current_weights(run_to_resume) if file == WEIGHTS else run_to_resume / file
+    damage(target, how)
+    before = snapshot(run_to_resume)
+    done = run(*filled(RUN_READERS[name][0], tmp_path, folder_data), "--run", str(run_to_resume))
+    refused(done, target.name)
+    assert snapshot(run_to_resume) == before and not (tmp_path / "out").exists() \
+        and not (tmp_path / "out.png").exists()
+
+
+@pytest.mark.parametrize("how", ["binary", "truncated"])
+@pytest.mark.parametrize("name", ["config.json", "checkpoint.json"])
+def test_an_evaluator_resume_names_a_damaged_file_and_changes_nothing(name, how, tiny_evaluator, folder_data,
+                                                                      tmp_path):
+    copy = tmp_path / "evaluator"
+    shutil.copytree(tiny_evaluator[0], copy)
+    damage(copy / name, how)
+    before = snapshot(copy)
+    refused(run("-m", "autoencoder.train_evaluator", "--out", str(copy), "--resume", "--data", str(folder_data),
+                "--cache_dir", str(tmp_path / "cache")), name)
+    assert snapshot(copy) == before
+
+
+@pytest.mark.parametrize("args", [["-m", "latent_ops.encode"], ["-m", "latent_ops.run_concepts"]])
+def test_a_shipped_model_is_never_encoded_or_fitted_again_in_place(args, model_copy, folder_data, tmp_path):
+    before = snapshot(model_copy)
+    refused(run(*args, "--run", str(model_copy), "--data", str(folder_data), "--cache_dir", str(tmp_path / "c")),
+            "is a shipped model", "nothing was written")
+    assert snapshot(model_copy) == before
+
+
+def test_a_damaged_data_cache_is_said_and_rebuilt_the_same(run_to_resume, folder_data, tmp_path):
+    cache = tmp_path / "cache"
+    args = ["-m", "latent_ops.encode", "--run", str(run_to_resume), "--data", str(folder_data), "--cache_dir", str(cache)]
+    assert run(*args).returncode == 0
+    files = sorted(cache.glob("*.safetensors"))
+    assert len(files) == 2, files  # train and test
+    first = {f: f.read_bytes() for f in files}
+    damage(files[0], "binary")
+    damage(files[1], "truncated")
+    done = run(*args)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-500:]
+    assert done.stdout.count("is damaged") == 2, done.stdout
+    assert {f: f.read_bytes() for f in files} == first
+
+
+def test_the_diagram_never_replaces_a_drawing_it_did_not_make(smoke_run, tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "architecture.png").write_bytes(b"my own drawing")
+    before = snapshot(mine)
+    refused(run("-m", "autoencoder.diagram", "--run", str(smoke_run), "--out", str(mine)), "architecture.png",
+            "another --out")
+    assert snapshot(mine) == before
+    ours = tmp_path / "ours"  # its own drawing is drawn again
+    for _ in range(2):
+        done = run("-m", "autoencoder.diagram", "--run", str(smoke_run), "--out", str(ours))
+        assert done.returncode == 0, done.stderr[-500:]
+    assert (ours / "architecture.svg").stat().st_size > 1000
