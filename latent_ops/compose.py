@@ -114,6 +114,10 @@ class ComposeConfig:
     refine_prior: float = 0.0  # each refinement step moves this share (0-1) of the way to the prior's denoised code
     pool: int = 0  # candidates to compose and rank (0: --n); a diverse min(n, 64) of the best are kept and shown
     dedup: float = 0.5  # no two kept images closer than this fraction of the pool's median pairwise distance
+    select: str = "dedup"  # how the kept are taken from the ranked pool: dedup (the best, no near-duplicates) or
+    #   dpp (quality and diversity together: a determinantal point process on the perceptual net's features)
+    dpp_quality: float = 0.25  # dpp: quality exp(-this x rank / kept); higher keeps closer to the ranking
+    dpp_bandwidth: float = 1.0  # dpp: the similarity kernel's width, in median pairwise feature distances
     intent: str = "auto"  # auto (the evaluator when shipped), evaluator or probe
     rank_sharpness: float = 1.0  # weight of sharpness (Laplacian variance) in the ranking, beside realism, intent
     #   and uniqueness (each weight 1): blurred blobs that the critic and evaluator accept sink; 0: off
@@ -140,7 +144,8 @@ COMPOSE_RANGES = {"n": (1, 10**6), "seed": (0, 2**32 - 1), "refine_steps": (0, 1
                   "temperature": (1e-6, 100), "chunk": (1, 65536), "guidance": (0, 100), "prior_steps": (1, 1000),
                   "project": (0, 1), "refine_prior": (0, 1), "pool": (0, 10**6), "dedup": (0, 10),
                   "rank_sharpness": (0, 100), "rank_gate": (0, 1), "guidance_from": (0, 1), "guidance_until": (0, 1),
-                  "refine_top": (0, 10**6)}
+                  "refine_top": (0, 10**6), "dpp_quality": (0, 100), "dpp_bandwidth": (1e-3, 100)}
+SELECTIONS = ("dedup", "dpp")
 
 
 def validate_compose_config(config: ComposeConfig) -> None:
@@ -149,6 +154,7 @@ def validate_compose_config(config: ComposeConfig) -> None:
     check_choice("intent", config.intent, INTENTS)
     check_choice("solver", config.solver, SOLVERS)
     check_choice("precision", config.precision, PRECISIONS)
+    check_choice("select", config.select, SELECTIONS)
     if config.guidance_from > config.guidance_until:
         raise ConfigError(f"--guidance_from {config.guidance_from} is after --guidance_until {config.guidance_until}: "
                           f"guidance applies between them; give from <= until (0 and 1: throughout)")
@@ -360,7 +366,14 @@ def rank(config: ComposeConfig, setting: Setting, drawn: Drawn, scored: Scored) 
     """The saved images (best first), a diverse kept set of the best, and the kept images before refinement."""
     saved = scored.order[:MAX_SAVED_IMAGES]
     ranked = to_float(scored.found["image"][saved])  # best first
-    picked = ranking.diverse_subset(ranked, config.kept, config.dedup)  # positions in ranked, best first
+    if config.select == "dpp":  # on the perceptual net's features: the evaluator never selects
+        perceptual = setting.sources.perceptual or load_perceptual(device=setting.device)
+        with torch.inference_mode():
+            features = torch.cat([perceptual.features(part.to(setting.device)).float().cpu()
+                                  for part in ranked.split(256)])
+        picked = ranking.quality_diversity_subset(features, config.kept, config.dpp_quality, config.dpp_bandwidth)
+    else:
+        picked = ranking.diverse_subset(ranked, config.kept, config.dedup)  # positions in ranked, best first
     shown = saved[picked]
     before = to_float(scored.found["image_before"][shown])
     strip = None

@@ -59,3 +59,45 @@ def diverse_subset(images: torch.Tensor, count: int, dedup: float) -> torch.Tens
         if not taken or torch.cdist(flat[i:i + 1], flat[taken]).min().item() >= threshold:
             taken.append(i)
     return torch.tensor(taken, dtype=torch.long)
+
+
+def greedy_dpp(kernel: torch.Tensor, count: int) -> list[int]:
+    """Greedy MAP of a determinantal point process with the positive semi-definite ``kernel`` (N, N): up to
+    ``count`` rows, each the one that most raises the log-determinant of the chosen block (Chen, Zhang and Zhou
+    2018, "Fast greedy MAP inference for determinantal point process", incremental Cholesky). Stops early when
+    no row adds volume."""
+    n = len(kernel)
+    rows = torch.zeros(min(count, n), n, dtype=kernel.dtype)
+    gain = kernel.diagonal().clone()  # the squared new volume each row would add
+    chosen: list[int] = []
+    for j in range(min(count, n)):
+        masked = gain.clone()
+        if chosen:
+            masked[chosen] = -1.0
+        pick = int(masked.argmax())
+        if masked[pick] <= 1e-10:
+            break
+        chosen.append(pick)
+        e = (kernel[pick] - rows[:j].T @ rows[:j, pick]) / masked[pick].sqrt()
+        rows[j] = e
+        gain = gain - e ** 2
+    return chosen
+
+
+def quality_diversity_subset(features: torch.Tensor, count: int, quality_decay: float,
+                             bandwidth: float) -> torch.Tensor:
+    """Positions of ``count`` rows of ``features`` (N, F; rows best first) chosen for quality and diversity
+    together: the L-ensemble L = diag(q) S diag(q) of Kulesza and Taskar (2012, "Determinantal point processes
+    for machine learning", section 3.1), with quality q_i = exp(-quality_decay * i / count) from the rank i and
+    similarity S a Gaussian kernel whose width is ``bandwidth`` x the median pairwise distance. Returned best first
+    (by rank). When the kernel runs out of volume (duplicates, or quality that vanishes down the ranking), the
+    best-ranked of the rest fill the set, so it has min(count, N) rows."""
+    flat = features.flatten(1).double()
+    distances = torch.cdist(flat, flat)
+    pairs = torch.triu_indices(len(flat), len(flat), 1)
+    width = bandwidth * distances[pairs[0], pairs[1]].median().clamp_min(1e-12) if len(flat) > 1 else 1.0
+    similarity = torch.exp(-(distances / width) ** 2 / 2)
+    quality = torch.exp(-quality_decay * torch.arange(len(flat), dtype=torch.float64) / max(1, count))
+    chosen = greedy_dpp(quality[:, None] * similarity * quality[None, :], count)
+    rest = [i for i in range(len(flat)) if i not in set(chosen)]  # when no row adds volume: the best of the rest
+    return torch.tensor(sorted(chosen + rest[:count - len(chosen)]), dtype=torch.long)

@@ -1,0 +1,58 @@
+"""Selecting the kept images for quality and diversity together (latent_ops.ranking's DPP), on small inputs, and
+compose --select dpp run as a user runs it."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from latent_ops.ranking import greedy_dpp, quality_diversity_subset
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_greedy_dpp_takes_the_distinct_rows_before_a_second_copy():
+    a, b, c = torch.eye(3, dtype=torch.float64)
+    features = torch.stack([a, a, a, b, c])
+    kernel = features @ features.T  # rank 3: a fourth row adds no volume
+    chosen = greedy_dpp(kernel, 4)
+    assert len(chosen) == 3, "no row adds volume once a, b and c are taken"
+    assert {3, 4} <= set(chosen) and len(set(chosen) & {0, 1, 2}) == 1
+
+
+def test_the_greedy_dpp_maximises_the_determinant_on_a_small_kernel():
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 3, generator=generator, dtype=torch.float64)
+    kernel = torch.exp(-torch.cdist(x, x) ** 2)
+    first = greedy_dpp(kernel, 1)
+    assert first == [int(kernel.diagonal().argmax())]
+    two = greedy_dpp(kernel, 2)
+    best = max(((i, j) for i in range(6) for j in range(i + 1, 6)),
+               key=lambda p: torch.det(kernel[list(p)][:, list(p)]).item())
+    assert two[0] == first[0] and torch.det(kernel[two][:, two]) >= 0.5 * torch.det(kernel[list(best)][:, list(best)])
+
+
+def test_strong_quality_keeps_the_ranking_and_none_trades_it_for_diversity():
+    features = torch.cat([torch.zeros(8, 4), torch.eye(4) * 5])  # 8 near-duplicates ranked first, 4 distinct after
+    features[:8] += 0.01 * torch.randn(8, 4, generator=torch.Generator().manual_seed(1))
+    assert quality_diversity_subset(features, 4, quality_decay=100.0, bandwidth=1.0).tolist() == [0, 1, 2, 3]
+    diverse = quality_diversity_subset(features, 4, quality_decay=0.0, bandwidth=0.2).tolist()
+    assert sum(i < 8 for i in diverse) == 1 and diverse == sorted(diverse)
+
+
+def test_compose_select_dpp_keeps_a_varied_set_as_a_process(tmp_path):
+    out = tmp_path / "dpp"
+    done = subprocess.run([sys.executable, "-m", "latent_ops.compose", "horse+wings", "--run", "models/pegasus-cifar10",
+                           "--data", "no-data", "--pool", "96", "--n", "16", "--refine_top", "16", "--refine_steps", "1",
+                           "--select", "dpp", "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-800:]
+    scores = json.loads((out / "scores.json").read_text())
+    kept = [c["rank"] for c in scores["candidates"] if c["kept"]]
+    assert len(kept) == 16 and kept == sorted(kept)
+    assert json.loads((out / "config.json").read_text())["select"] == "dpp"
+    bad = subprocess.run([sys.executable, "-m", "latent_ops.compose", "horse", "--select", "best"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "--select" in bad.stderr and "dpp" in bad.stderr
