@@ -240,20 +240,11 @@ def claim_learned_folder(config: LearnConfig, run: Path) -> Path:
     return claim_output(out, OUTPUT_FILES, "a learned concept's")
 
 
-def learn(config: LearnConfig, quiet: bool = False) -> Path:
-    began = time.monotonic()
-    run = resolve_run(config.run)
-    config.run = str(run)
-    taken = load_concepts(run).names
-    if config.name in taken:
-        raise ConfigError(f"the concept name {config.name!r} is already a concept of {run} (a class, cluster, source or "
-                          f"direction); a learned concept of that name would hide it: choose another name")
-    out = claim_learned_folder(config, run)
-    opened = load_run(run)
+def learn_rounds(config: LearnConfig, opened, base: FlowNet, perceptual, concepts, bank, quiet: bool) -> dict:
+    """Compose, accept and fine-tune ``config.rounds`` times; returns every round's accepted codes, the last
+    learned prior and its losses, the codes it trained on, each round's record, the replayed real codes and the
+    seconds spent composing and fine-tuning."""
     run_config, nets, device, dtype = opened.config, opened.nets, opened.device, opened.dtype
-    base = load_prior(run)
-    perceptual = load_perceptual()
-    concepts, bank = load_concepts(run), load_bank(run)
     real = [(bank.codes[s], bank.labels[s]) for s in ("train", "test") if len(bank.codes[s])]
     real_codes = torch.from_numpy(np.concatenate([c for c, _ in real])).float()
     real_labels = torch.from_numpy(np.concatenate([lab for _, lab in real])).long()
@@ -293,7 +284,29 @@ def learn(config: LearnConfig, quiet: bool = False) -> Path:
                   f"({rounds[-1]['acceptance']:.1%}; horse and wings >= 0.2 by the judge in {both:.1%} of the pool), "
                   f"fine-tuned on {len(new_codes)} codes", flush=True)
         pool_prior, expression = learned, config.name
-    accepted = torch.cat(kept)
+    return {"accepted": torch.cat(kept), "learned": learned, "losses": losses, "new_codes": new_codes,
+            "rounds": rounds, "real_codes": real_codes, "compose_seconds": compose_seconds,
+            "fine_tune_seconds": fine_tune_seconds}
+
+
+def learn(config: LearnConfig, quiet: bool = False) -> Path:
+    began = time.monotonic()
+    run = resolve_run(config.run)
+    config.run = str(run)
+    taken = load_concepts(run).names
+    if config.name in taken:
+        raise ConfigError(f"the concept name {config.name!r} is already a concept of {run} (a class, cluster, source or "
+                          f"direction); a learned concept of that name would hide it: choose another name")
+    out = claim_learned_folder(config, run)
+    opened = load_run(run)
+    nets = opened.nets
+    base = load_prior(run)
+    perceptual = load_perceptual()
+    concepts, bank = load_concepts(run), load_bank(run)
+    found = learn_rounds(config, opened, base, perceptual, concepts, bank, quiet)
+    accepted, learned, losses, new_codes = found["accepted"], found["learned"], found["losses"], found["new_codes"]
+    rounds, real_codes = found["rounds"], found["real_codes"]
+    compose_seconds, fine_tune_seconds = found["compose_seconds"], found["fine_tune_seconds"]
     moved = drift_of_old_labels(base, learned, [CIFAR10_CLASSES.index(c) for c in ("horse", "bird", "airplane")])
 
     record = {"name": config.name, "expression": config.expression, "judge": config.judge, "accept": config.accept,

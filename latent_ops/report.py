@@ -45,6 +45,7 @@ from latent_ops.encode import decode_codes
 from latent_ops.expression import parse, term_parts
 from latent_ops.flow import Schedule, sample
 from latent_ops.runs import repository_path, resolve_run
+from latent_ops.shipped_folder import is_shipped
 from latent_ops.trained_prior import load_prior, prior_folder
 
 
@@ -371,12 +372,15 @@ def composition_sets(ev: Evidence, expression: str, subject: str, images: torch.
 
 def check_inputs(settings: ReportConfig, run_dir: Path) -> None:
     """Every file the report will read, read once before the first expensive step (minutes of features and
-    samples): the run, its prior, and for each expression the recipe, concepts, bank and prior its compose opens."""
+    samples): the run's prior and each expression's recipe; for a shipped model, whose files are never made again,
+    also the concepts, bank and prior each expression's compose opens (a trained run's are fitted when missing)."""
     if (prior_folder(run_dir) / "model.safetensors").exists():
         load_prior(run_dir)
     for expression in report_expressions(settings, run_dir):
-        open_setting(make_compose_config(expression=expression, run=str(run_dir), data=settings.data,
-                                         cache_dir=settings.cache_dir))
+        config = make_compose_config(expression=expression, run=str(run_dir), data=settings.data,
+                                     cache_dir=settings.cache_dir)
+        if is_shipped(run_dir):
+            open_setting(config)
 
 
 def report(quiet: bool = False, **flags) -> Path:
