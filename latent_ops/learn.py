@@ -293,8 +293,8 @@ def learn(config: LearnConfig, quiet: bool = False) -> Path:
     began = time.monotonic()
     run = resolve_run(config.run)
     config.run = str(run)
-    taken = load_concepts(run).names
-    if config.name in taken:
+    concepts = load_concepts(run)
+    if config.name in concepts.names:
         raise ConfigError(f"the concept name {config.name!r} is already a concept of {run} (a class, cluster, source or "
                           f"direction); a learned concept of that name would hide it: choose another name")
     out = claim_learned_folder(config, run)
@@ -302,7 +302,7 @@ def learn(config: LearnConfig, quiet: bool = False) -> Path:
     nets = opened.nets
     base = load_prior(run)
     perceptual = load_perceptual()
-    concepts, bank = load_concepts(run), load_bank(run)
+    bank = load_bank(run)
     found = learn_rounds(config, opened, base, perceptual, concepts, bank, quiet)
     accepted, learned, losses, new_codes = found["accepted"], found["learned"], found["losses"], found["new_codes"]
     rounds, real_codes = found["rounds"], found["real_codes"]

@@ -99,5 +99,6 @@ def quality_diversity_subset(features: torch.Tensor, count: int, quality_decay: 
     similarity = torch.exp(-(distances / width) ** 2 / 2)
     quality = torch.exp(-quality_decay * torch.arange(len(flat), dtype=torch.float64) / max(1, count))
     chosen = greedy_dpp(quality[:, None] * similarity * quality[None, :], count)
-    rest = [i for i in range(len(flat)) if i not in set(chosen)]  # when no row adds volume: the best of the rest
+    taken = set(chosen)
+    rest = [i for i in range(len(flat)) if i not in taken]  # when no row adds volume: the best of the rest
     return torch.tensor(sorted(chosen + rest[:count - len(chosen)]), dtype=torch.long)
