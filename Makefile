@@ -45,11 +45,11 @@ pegasus: $(STAMP)
 # 82 min alone on 2 CPU cores with AVX-512 bf16), fine-tune its decoder with the encoder frozen (release-grid8-sharpen:
 # 1,200 steps, about 13 min), ship that (bank, concepts, conv prior: 38 min), measure the shipped folder
 # against its targets (with its prior's guided class samples: 6 min), learn the pegasus concept from regional
-# compositions (26 min), store its compose recipe (15 s), report on it (1,000 latent prior samples: 10,000 take
+# compositions in 3 rounds (77 min beside other work), store its compose recipe (15 s), report on it (1,000 latent prior samples: 10,000 take
 # about 1 min with the recipe's solver) and write its card with the report's
 # numbers: about 3 h in all. Training and shipping resume where a killed call stopped; the later steps run again.
-LEARN_PEGASUS := --expression "2*horse&3*airplane@top" --pool 8192 --accept "horse>=0.3,wings>=0.3" \
-	--critic_quantile 0.3 --sharpness_quantile 0.3 --steps 1000
+LEARN_PEGASUS := --expression "2*horse&3*airplane@top" --pool 4096 --rounds 3 --guidance 1.5 \
+	--accept "horse>=0.3,wings>=0.3" --critic_quantile 0.3 --sharpness_quantile 0.3 --steps 1200
 PEGASUS_RECIPE := --pool 1024 --guidance 2.5 --solver ab2 --prior_steps 12 --guidance_until 0.7 --refine_top 128 \
 	--chunk 64  # stored as the model's compose.json (bench/compose_speed.py measures it against the recipe before)
 # The release, re-created by `make model` (an older one: make model RELEASE_PRESET=release SHARPEN_PRESET= SHIP_FLAGS=)

@@ -113,10 +113,17 @@ def read_tensors(file: Path, fix: str) -> dict[str, torch.Tensor]:
         raise damaged(file, error, fix) from None
 
 
-def load_weights(networks: torch.nn.Module, file: Path) -> None:
-    """Load safetensors weights into ``networks``, casting to each tensor's own dtype."""
+def load_weights(networks: torch.nn.Module, file: Path, same_as: tuple[str, str] | None = None) -> None:
+    """Load safetensors weights into ``networks``, casting to each tensor's own dtype.
+
+    ``same_as`` = (prefix, source prefix): a tensor under ``prefix`` that the file does not hold is read from the
+    one under ``source prefix`` (a file that saved two identical copies of a net once)."""
     tensors = read_tensors(file, "restore it from where it came, or train the run again")
     own = networks.state_dict()
+    if same_as is not None:
+        prefix, source = same_as
+        tensors.update({k: tensors[source + k[len(prefix):]] for k in own if k.startswith(prefix)
+                        and k not in tensors and source + k[len(prefix):] in tensors})
     missing = sorted(set(own) - set(tensors))
     if missing:
         raise RunError(f"{file} lacks {len(missing)} tensors the config's networks need "

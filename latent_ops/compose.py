@@ -76,7 +76,8 @@ from latent_ops.intent import INTENTS, expand_learned, expression_regions, needs
 from latent_ops.run_concepts import ensure_concepts
 from latent_ops.runs import repository_path, resolve_run
 from latent_ops.sampling import SOURCES, DrawSettings, Sources, projection_conditions, sample_expression
-from latent_ops.scoring import SHORTLIST, Scored, score
+from latent_ops.best_choice import BEST_RULES
+from latent_ops.scoring import SHORTLIST, Scored, choose_best, score
 from latent_ops.timing import StageClock
 from latent_ops.trained_prior import learned_names
 
@@ -116,6 +117,8 @@ class ComposeConfig:
     dedup: float = 0.5  # no two kept images closer than this fraction of the pool's median pairwise distance
     select: str = "dedup"  # how the kept are taken from the ranked pool: dedup (the best, no near-duplicates) or
     #   dpp (quality and diversity together: a determinantal point process on the perceptual net's features)
+    best: str = "agreement"  # how the best image and the next three are chosen: agreement (of the evaluator and
+    #   the perceptual net, and the regional reading; latent_ops.best_choice) or rank (the ranking's first four)
     dpp_quality: float = 0.25  # dpp: quality exp(-this x rank / kept); higher keeps closer to the ranking
     dpp_bandwidth: float = 1.0  # dpp: the similarity kernel's width, in median pairwise feature distances
     intent: str = "auto"  # auto (the evaluator when shipped), evaluator or probe
@@ -155,6 +158,7 @@ def validate_compose_config(config: ComposeConfig) -> None:
     check_choice("solver", config.solver, SOLVERS)
     check_choice("precision", config.precision, PRECISIONS)
     check_choice("select", config.select, SELECTIONS)
+    check_choice("best", config.best, BEST_RULES)
     if config.guidance_from > config.guidance_until:
         raise ConfigError(f"--guidance_from {config.guidance_from} is after --guidance_until {config.guidance_until}: "
                           f"guidance applies between them; give from <= until (0 and 1: throughout)")
@@ -418,6 +422,11 @@ def candidate_rows(setting: Setting, drawn: Drawn, scored: Scored, kept: Kept, r
             entry["source_test_indices"] = {name: idx[i] for name, idx in drawn.sources.items()}
         if signed is not None:
             entry["wings_signed_distance"] = float(signed[i])
+        if "agreement" in found and not found["agreement"][i].isnan():
+            entry.update(second_reading={k.split("/", 1)[1]: v[i].item() for k, v in found.items()
+                                         if k.startswith("second/")},
+                         agreement=found["agreement"][i].item(), regional_reading=found["regional"][i].item(),
+                         best_score=found["best_score"][i].item())
         rows.append(entry)
     return rows
 
@@ -495,6 +504,7 @@ def compose_into(out: Path, config: ComposeConfig, clock: StageClock, quiet: boo
         drawn = draw(config, setting, progress=not quiet)
     scored = score(config, setting, drawn, reference, clock, progress=not quiet)
     with clock("ranking"):
+        scored = choose_best(config, setting, scored)
         kept = rank(config, setting, drawn, scored)
     with clock("writing"):
         summary = summarise(config, setting, drawn, scored, kept, reference)

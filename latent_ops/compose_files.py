@@ -14,6 +14,7 @@ from autoencoder.cli import save_config
 from autoencoder.data import to_float, to_uint8
 from autoencoder.grids import save_grid, save_single
 from latent_ops.images import save_region, save_region_grid
+from latent_ops.best_choice import SHOWN_BEST
 from latent_ops.showcase import save_showcase
 
 IMAGES_FILE = "images.safetensors"  # the best images, uint8 (k, 3, 32, 32), best first
@@ -36,6 +37,18 @@ def showcase_caption(expression: str, seed: int, best: dict, summary: dict, kept
               "; uniqueness not measured (no CIFAR-10 given)")
     return (f"{expression}, seed {seed}: {summary['candidates_composed']} composed, {kept} kept. "
             f"Best: critic realism {best['realism']:.2f}, intent {best['intent']:.2f} ({terms}){unique}.")
+
+
+def leader_note(row: dict) -> str:
+    """One of the best four's scores, for the showcase: critic realism, the evaluator's intent terms, and the
+    perceptual net's reading with the regional reading when they were taken."""
+    def terms(values: dict) -> str:
+        return " ".join(f"{k} {v:.2f}" for k, v in values.items())
+
+    note = f"realism {row['realism']:.2f}\nevaluator: {terms(row['intent_terms'])}"
+    if "second_reading" in row:
+        note += f"\nperceptual: {terms(row['second_reading'])}\nregional {row['regional_reading']:.2f}"
+    return note
 
 
 def refinement_rows(kept, cells: torch.Tensor | None) -> tuple[torch.Tensor, int]:
@@ -72,7 +85,9 @@ def write_outputs(folder: Path, config, kept, scored, reference, summary: dict, 
         save_grid(torch.cat(rows), folder / "neighbours.png", nrow=4, scale=3)
         nearest = to_float(reference.train_images[neighbours[scored.order[0]]])
     caption = showcase_caption(config.expression, config.seed, summary["candidates"][0], summary, len(kept.shown))
-    save_showcase(best_image, nearest, kept.after, caption, folder / "showcase.png")
+    leaders = kept.ranked[:SHOWN_BEST]
+    notes = [leader_note(row) for row in summary["candidates"][:len(leaders)]]
+    save_showcase(best_image, nearest, kept.after, caption, folder / "showcase.png", leaders, notes)
     if stamp is not None:
         stamp(summary)
     write_json(summary, folder / "scores.json")

@@ -325,7 +325,7 @@ def learn(config: LearnConfig, quiet: bool = False) -> Path:
         save_config(config, folder / "config.json")
         write_json(base_config, folder / NET_CONFIG_FILE)
         weights = torch.nn.Module()
-        weights.net, weights.ema = learned, AveragedModel(learned)
+        weights.ema = AveragedModel(learned)  # the moving average only: load_prior takes the net from it
         save_weights(weights, folder / "model.safetensors", dtype=torch.float16)  # shipped beside the model
         write_json({**source, "weights_digest": weights_digest(run), "labels": labels,
                     "learned_from": config.expression}, folder / SOURCE_FILE)

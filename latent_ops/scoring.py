@@ -19,6 +19,7 @@ Example: see ``latent_ops.compose`` (``score`` is its third stage).
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -29,10 +30,11 @@ import torch
 from autoencoder.cifar10 import CIFAR10_CLASSES
 from autoencoder.data import to_uint8
 from autoencoder.metrics import ShortlistIndex, laplacian_variance, nearest_neighbours
-from latent_ops import ranking
+from latent_ops import best_choice, ranking
 from latent_ops.flow import denoise
 from latent_ops.intent import intent_terms
 from latent_ops.refine import refine_codes
+from latent_ops.sources import classifier_views
 from latent_ops.sampling import projection_conditions
 from latent_ops.timing import StageClock
 
@@ -161,3 +163,41 @@ def score(config: ComposeConfig, setting: Setting, drawn: Drawn, reference: Refe
         found["refined"][chosen] = True
     with clock("ranking"):
         return ranked(config, found, history, reference.distance)
+
+
+def second_reading(setting: Setting, found: dict[str, torch.Tensor], rows: torch.Tensor
+                   ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """The perceptual net's reading of the candidates ``rows``: its intent terms, each (k,), and the regional
+    reading (k,) (1 where the expression asks for no subject with wings)."""
+    from autoencoder.classifier import load_perceptual
+
+    perceptual = setting.sources.perceptual or load_perceptual(device=setting.device)
+    probabilities, cams = classifier_views(perceptual, found["image"][rows].to(setting.device))
+    probs = {name: probabilities[:, i].cpu() for i, name in enumerate(CIFAR10_CLASSES)}
+    terms = intent_terms(setting.intent_weights, setting.concepts, found["z"][rows], probs)
+    subject = next((n for n in terms if n in CIFAR10_CLASSES and n not in best_choice.WINGED_CLASSES), None)
+    regional = torch.ones(len(rows))
+    if subject is not None and "wings" in terms:
+        winged = [CIFAR10_CLASSES.index(c) for c in best_choice.WINGED_CLASSES]
+        regional = best_choice.regional_reading(cams.cpu(), CIFAR10_CLASSES.index(subject), winged)
+    return {k: v.float() for k, v in terms.items()}, regional.float()
+
+
+def choose_best(config: ComposeConfig, setting: Setting, scored: Scored) -> Scored:
+    """The order with the best image and the next three chosen by ``--best`` (latent_ops.best_choice): among the
+    refined candidates (every one when none was refined), by the evaluator's and the perceptual net's agreement
+    and the regional reading. Their readings are added to ``found`` (NaN for the candidates not read)."""
+    if config.best == "rank" or not scored.intents:
+        return scored
+    found, count = scored.found, len(scored.order)
+    considered = found["refined"] if found["refined"].any() else torch.ones(count, dtype=torch.bool)
+    rows = torch.nonzero(considered).flatten()
+    terms, regional = second_reading(setting, found, rows)
+    agree = best_choice.agreement({k: v[rows] for k, v in scored.intents.items()}, terms)
+    for key, values in [*((f"second/{k}", v) for k, v in terms.items()), ("agreement", agree),
+                        ("regional", regional), ("best_score", best_choice.choice_score(agree, regional))]:
+        found[key] = torch.full((count,), float("nan"))
+        found[key][rows] = values
+    allowed = best_choice.eligible(considered, scored.gated, found["realism"])
+    order = best_choice.best_first(scored.order, found["best_score"].nan_to_num(-1.0), allowed)
+    return dataclasses.replace(scored, order=order)

@@ -41,16 +41,22 @@ def _grid(images: torch.Tensor, nrow: int) -> torch.Tensor:
 
 
 def save_showcase(best: torch.Tensor, neighbours: torch.Tensor | None, batch: torch.Tensor, caption: str,
-                  file: str | Path) -> Path:
+                  file: str | Path, leaders: torch.Tensor | None = None, leader_notes: list[str] | None = None
+                  ) -> Path:
     """One figure: the best image (3, 32, 32) large, its nearest training images (k, 3, 32, 32) or None,
-    and the batch (N, 3, 32, 32), all in [-1, 1], with ``caption`` under it."""
+    and the batch (N, 3, 32, 32), all in [-1, 1], with ``caption`` under it. With ``leaders`` (the best and
+    the next few, (m, 3, 32, 32)), a second row shows each at 4x over its ``leader_notes`` (its scores)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     columns = [2.2, 0.8, 3.0] if neighbours is not None else [2.2, 3.0]
-    figure, axes = plt.subplots(1, len(columns), figsize=(12, 4.6), gridspec_kw={"width_ratios": columns})
+    rows = 2 if leaders is not None and len(leaders) else 1
+    heights = [4.6, 3.4][:rows]
+    figure = plt.figure(figsize=(12, sum(heights)))
+    grid = figure.add_gridspec(rows, len(columns), width_ratios=columns, height_ratios=heights)
+    axes = [figure.add_subplot(grid[0, i]) for i in range(len(columns))]
     axes[0].imshow(to_unit(best).permute(1, 2, 0).numpy(), interpolation="nearest")
     axes[0].set_title("best, 8x")
     if neighbours is not None:
@@ -58,6 +64,14 @@ def save_showcase(best: torch.Tensor, neighbours: torch.Tensor | None, batch: to
         axes[1].set_title("nearest\ntraining images", fontsize=9)
     axes[-1].imshow(_grid(batch, 8), interpolation="nearest")
     axes[-1].set_title(f"the kept {len(batch)}, best first")
+    if rows == 2:
+        row = grid[1, :].subgridspec(1, len(leaders))
+        for i, image in enumerate(leaders):
+            axis = figure.add_subplot(row[0, i])
+            axis.imshow(to_unit(image).permute(1, 2, 0).numpy(), interpolation="nearest")
+            note = leader_notes[i] if leader_notes else ""
+            axis.set_title(("best" if i == 0 else f"next {i}") + (f"\n{note}" if note else ""), fontsize=8)
+            axes.append(axis)
     for axis in axes:
         axis.axis("off")
     figure.text(0.5, 0.0, caption, ha="center", va="top", fontsize=9, wrap=True)

@@ -96,7 +96,7 @@ def load_prior(run: str | Path, device: str | torch.device = "cpu", folder: Path
         raise StaleError(f"{folder} was trained on codes of other weights than {run}'s current ones; "
                          f"delete it and {fix}")
     weights = PriorWeights(code_shape, config, len(labels))
-    load_weights(weights, model_file(folder))
+    load_weights(weights, model_file(folder), same_as=("net.", "ema.module."))  # a learned prior saves one copy
     net = weights.ema.module.to(device).eval()
     net.label_names = labels  # what each label means: CIFAR-10's classes, then learned concepts
     return net
