@@ -90,6 +90,9 @@ class LearnConfig:
     label_dropout: float = 0.1  # as in the prior's training (classifier-free guidance)
     ema: float = 0.998  # decay of the moving average that sampling uses
     chunk: int = 1024  # candidates drawn and decoded at once
+    balance: float = 0.0  # fine-tuning draws each accepted code with weight (distance to its k-th nearest accepted
+    #   neighbour in appearance)^balance: 0 draws them evenly; 1 favours the rare looks over the common one, so the
+    #   concept keeps the pool's variety (inverse-density sampling)
     rounds: int = 1  # rounds of learning: each round after the first composes its pool from the concept the round
     #   before learned and fine-tunes the base prior again on every round's accepted codes (expert iteration)
 
@@ -97,7 +100,8 @@ class LearnConfig:
 LEARN_RANGES = {"pool": (2, 10 ** 6), "seed": (0, 2 ** 31 - 1), "guidance": (0, 100), "prior_steps": (1, 1000),
                 "critic_quantile": (0, 1), "sharpness_quantile": (0, 1), "min_accepted": (1, 10 ** 6),
                 "steps": (0, 10 ** 6), "batch_size": (2, 10 ** 6), "replay": (0, 0.99), "lr": (1e-8, 1.0),
-                "label_dropout": (0, 1), "ema": (0, 1), "chunk": (1, 65536), "rounds": (1, 100)}
+                "label_dropout": (0, 1), "ema": (0, 1), "chunk": (1, 65536), "rounds": (1, 100),
+                "balance": (0, 10)}
 
 
 def parse_rule(text: str) -> dict[str, float]:
@@ -157,10 +161,11 @@ def judge_terms(probabilities: torch.Tensor, rule: dict[str, float]) -> torch.Te
 def compose_pool(config: LearnConfig, nets, sources: Sources, perceptual, expression: str,
                  rng: np.random.Generator) -> dict[str, torch.Tensor]:
     """Draw the pool of ``expression`` chunk by chunk from ``sources.prior`` (which may know a learned label):
-    codes (N, D), the judge's probabilities (N, 10), realism, sharpness."""
+    codes (N, D), the judge's probabilities (N, 10), realism, sharpness and appearance (``appearance``)."""
     weights = parse(expression, sources.concepts.names + learned_labels(sources.prior))
     settings = DrawSettings("prior", guidance=config.guidance, prior_steps=config.prior_steps)
-    found: dict[str, list[torch.Tensor]] = {"codes": [], "probabilities": [], "realism": [], "sharpness": []}
+    found: dict[str, list[torch.Tensor]] = {"codes": [], "probabilities": [], "realism": [], "sharpness": [],
+                                            "appearance": []}
     for start in range(0, config.pool, config.chunk):
         count = min(config.chunk, config.pool - start)
         codes, _ = sample_expression(weights, sources, count, rng, settings)
@@ -171,7 +176,28 @@ def compose_pool(config: LearnConfig, nets, sources: Sources, perceptual, expres
         found["probabilities"].append(probabilities)
         found["realism"].append(nets.image_critic(images).float().flatten())
         found["sharpness"].append(laplacian_variance(images))
+        found["appearance"].append(appearance(perceptual, images))
     return {k: torch.cat(v) for k, v in found.items()}
+
+
+def appearance(perceptual, images: torch.Tensor) -> torch.Tensor:
+    """(N, F) what each image (N, 3, 32, 32) in [-1, 1] looks like: the perceptual net's features (the kind of
+    thing and its pose), then its colours and layout at 4 x 4 (48 numbers), each part scaled to unit mean norm."""
+    parts = [perceptual.features(images).float(), torch.nn.functional.adaptive_avg_pool2d(images, 4).flatten(1)]
+    return torch.cat([p / p.norm(dim=1).mean().clamp_min(1e-8) for p in parts], 1)
+
+
+def rarity_weights(features: torch.Tensor, power: float, k: int = 8) -> torch.Tensor:
+    """(N,) sampling weights summing to 1: each row's distance to its k-th nearest other row, to ``power``.
+    Rows in a crowd get little, rows that look like no other get much; power 0 gives every row the same."""
+    n = len(features)
+    if n < 2 or power == 0:
+        return torch.full((n,), 1.0 / max(n, 1))
+    distances = torch.cdist(features.double(), features.double())
+    distances.fill_diagonal_(float("inf"))
+    kth = distances.topk(min(k, n - 1), dim=1, largest=False).values[:, -1]
+    weights = kth.clamp_min(1e-12) ** power
+    return (weights / weights.sum()).float()
 
 
 def accept(pool: dict[str, torch.Tensor], config: LearnConfig) -> torch.Tensor:
@@ -190,9 +216,10 @@ def mirrored_codes(nets, codes: torch.Tensor, device: torch.device, dtype: torch
 
 
 def fine_tune(base: FlowNet, new_codes: torch.Tensor, real_codes: torch.Tensor, real_labels: torch.Tensor,
-              config: LearnConfig) -> tuple[FlowNet, list[float]]:
-    """A copy of ``base`` with one more label, fine-tuned on ``new_codes`` under it and replayed real codes
-    under theirs; returns its moving average (eval mode) and the mean loss of each tenth of the steps."""
+              config: LearnConfig, new_weights: torch.Tensor | None = None) -> tuple[FlowNet, list[float]]:
+    """A copy of ``base`` with one more label, fine-tuned on ``new_codes`` (drawn by ``new_weights``, default
+    evenly) under it and replayed real codes under theirs; returns its moving average (eval mode) and the mean
+    loss of each tenth of the steps."""
     grown = with_extra_label(base).train()
     for parameter in grown.parameters():
         parameter.requires_grad_(True)
@@ -203,7 +230,9 @@ def fine_tune(base: FlowNet, new_codes: torch.Tensor, real_codes: torch.Tensor, 
     label = torch.full((config.batch_size - replayed,), grown.classes - 1)
     losses, recent = [], []
     for step in range(config.steps):
-        new = torch.randint(len(new_codes), (config.batch_size - replayed,), generator=generator)
+        new = (torch.randint(len(new_codes), (config.batch_size - replayed,), generator=generator)
+               if new_weights is None else
+               torch.multinomial(new_weights, config.batch_size - replayed, replacement=True, generator=generator))
         old = torch.randint(len(real_codes), (replayed,), generator=generator)
         x1 = grown.standardise(torch.cat([new_codes[new], real_codes[old]]))
         loss = flow_matching_loss(grown, x1, torch.cat([label, real_labels[old]]), generator, config.label_dropout)
@@ -251,7 +280,7 @@ def learn_rounds(config: LearnConfig, opened, base: FlowNet, perceptual, concept
 
     # Expert iteration (Anthony, Tian and Barber 2017; as rejection-sampling fine-tuning, Dong et al. 2023, RAFT):
     # each round composes from what the round before learned, so the accepted share grows round by round.
-    pool_prior, expression, kept, rounds = base, config.expression, [], []
+    pool_prior, expression, kept, looks, rounds = base, config.expression, [], [], []
     compose_seconds = fine_tune_seconds = 0.0
     for round_index in range(config.rounds):
         began_round = time.monotonic()
@@ -266,11 +295,15 @@ def learn_rounds(config: LearnConfig, opened, base: FlowNet, perceptual, concept
                            f"{config.min_accepted} are needed); loosen --accept, lower the quantiles or compose a "
                            f"larger --pool")
         kept.append(accepted)
+        looks.append(pool["appearance"][passed])
         composed_at = time.monotonic()
         everything = torch.cat(kept)
         new_codes = torch.cat([everything, mirrored_codes(nets, everything, device, dtype)])
+        weights = None
+        if config.balance > 0:  # a mirror image is drawn as often as its original
+            weights = rarity_weights(torch.cat(looks), config.balance).repeat(2) / 2
         torch.manual_seed(config.seed)
-        learned, losses = fine_tune(base, new_codes, real_codes, real_labels, config)
+        learned, losses = fine_tune(base, new_codes, real_codes, real_labels, config, weights)
         learned.label_names[-1] = config.name
         tuned_at = time.monotonic()
         compose_seconds += composed_at - began_round

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from latent_ops.learn import rarity_weights
 from latent_ops.ranking import greedy_dpp, quality_diversity_subset
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,3 +57,14 @@ def test_compose_select_dpp_keeps_a_varied_set_as_a_process(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "latent_ops.compose", "horse", "--select", "best"], cwd=ROOT,
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "--select" in bad.stderr and "dpp" in bad.stderr
+
+
+def test_rarity_weights_favour_the_look_that_no_other_shares():
+    crowd = 0.01 * torch.randn(9, 4, generator=torch.Generator().manual_seed(2))
+    features = torch.cat([crowd, torch.full((1, 4), 3.0)])  # nine alike, one apart
+    weights = rarity_weights(features, power=1.0, k=3)
+    assert torch.isclose(weights.sum(), torch.tensor(1.0)) and weights.argmax() == 9
+    assert weights[9] > 0.5, "the lone look is drawn more often than the nine alike together"
+    even = rarity_weights(features, power=0.0)
+    assert torch.allclose(even, torch.full((10,), 0.1))
+    assert rarity_weights(features[:1], power=1.0).tolist() == [1.0]

@@ -106,9 +106,14 @@ def test_a_spatial_run_goes_through_every_latent_ops_command(grid, folder_data, 
     # A concept learned from regional compositions, and the run shipped with it.
     learned = learn(make_learn_config(name="pegasus", run=str(run), expression="horse&bird@top", pool=32, chunk=16,
                                       prior_steps=4, accept="horse>=0,wings>=0", critic_quantile=0.2,
-                                      sharpness_quantile=0.2, min_accepted=4, steps=10, batch_size=16, rounds=2),
-                    quiet=True)
+                                      sharpness_quantile=0.2, min_accepted=4, steps=10, batch_size=16, rounds=2,
+                                      balance=1.0), quiet=True)
     learned_record = json.loads((learned / "record.json").read_text())
+    assert json.loads((learned / "config.json").read_text())["balance"] == 1.0
+    from safetensors import safe_open
+
+    with safe_open(str(learned / "model.safetensors"), "pt") as weights:  # the moving average, saved once
+        assert weights.keys() and all(k.startswith("ema.") for k in weights.keys())
     assert learned_record["accepted"] >= 8
     # the second round composes from the concept the first learned, and trains on both rounds' codes
     assert [r["expression"] for r in learned_record["rounds"]] == ["horse&bird@top", "pegasus"]
