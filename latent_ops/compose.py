@@ -465,7 +465,7 @@ def summarise(config: ComposeConfig, setting: Setting, drawn: Drawn, scored: Sco
         "pool": group_summary(scored, order, reference, gate), "kept": group_summary(scored, kept.shown, reference, gate),
         "best": group_summary(scored, order[:1], reference, gate),
         "uniqueness_reference": reference.distance, "data_matches_run": reference.data_matches_run,
-        "rank_sharpness": config.rank_sharpness, "rank_gate": gate, "score": SCORE_TEXT,
+        "rank_sharpness": config.rank_sharpness, "rank_gate": gate, "score": SCORE_TEXT, "best_rule": config.best,
         "images_saved": len(kept.saved), "candidates": candidate_rows(setting, drawn, scored, kept, reference),
     }
 

@@ -332,6 +332,7 @@ def composition_entry(ev: Evidence, expression: str) -> dict | None:
              "intent_source": scores["intent_source"], "critic_mean_after": scores["critic_mean_after"],
              "candidates_composed": scores["candidates_composed"], "pool": scores["pool"],
              "kept": scores["kept"], "best": scores["best"], "rank_gate": scores.get("rank_gate", 0.2),
+             "best_rule": scores.get("best_rule", "rank"),
              "recognisability_best": {k: v[0].item() for k, v in recognised.items()},
              "recognisability_mean": {k: v.mean().item() for k, v in recognised.items()},
              "share_combined_over_half": (recognised["combined"] > 0.5).float().mean().item()}
@@ -467,7 +468,10 @@ def render_composition(c: dict) -> list[str]:
               f"{100 * c['kept']['share_every_intent_term_at_least_gate']:.0f}%.", ""]
              if "share_every_intent_term_at_least_gate" in c.get("pool", {}) else [])
     return [f"## Composed: `{c['expression']}`", "", f"![best]({stem}-best_x8.png)", "",
-            f"The best-ranked image (compose's ranking: candidates with every intent term at least {gate:g} first, "
+            ("The best image, chosen among the refined candidates that passed the gate by the agreement of the "
+             "evaluator and the perceptual net and by the regional reading (latent_ops.best_choice), after "
+             "compose's ranking (" if c.get("best_rule") == "agreement" else "The best-ranked image (compose's ranking: ")
+            + f"candidates with every intent term at least {gate:g} first, "
             f"then the sum of the z-scores of critic realism, intent from {intent}, sharpness and capped "
             "uniqueness).", "",
             f"| recognisability | P({subject}) | P(bird)+P(airplane) | combined 2 sqrt(P(s) P(w)) |", "|---|---|---|---|",
