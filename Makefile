@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 SHARED_CIFAR := ../shared/data/cifar10-jpeg.tar.gz
 DATA := data
 
-.PHONY: setup test pegasus model data bench bench-compose explore bench-explore evaluator report clean-runs
+.PHONY: setup test pegasus pegasus-white model data bench bench-compose explore bench-explore evaluator report clean-runs
 
 setup: $(STAMP)
 
@@ -33,13 +33,20 @@ test: $(STAMP)
 MODEL := models/pegasus-cifar10
 PEGASUS_EXPRESSION ?=
 PEGASUS_FLAGS ?=
-PEGASUS_OUT := outputs/compose/pegasus
+PEGASUS_OUT ?= outputs/compose/pegasus
+# A white Pegasus: the learned concept with the white direction (fitted on pale *subjects*) on the horse's own cells
+# and, harder, on the cells above its back (@body and @back follow each candidate's subject).
+WHITE_PEGASUS := pegasus&2*white@body&4*white@back
 pegasus: $(STAMP)
 	@if [ -z "$(NO_DATA)" ] && [ ! -d $(DATA)/cifar10-jpeg ] && [ ! -d $(DATA)/cifar-10-batches-py ] \
 		&& [ -f $(SHARED_CIFAR) ]; then echo "pegasus: unpacking $(SHARED_CIFAR) into $(DATA)/ (once)"; \
 		mkdir -p $(DATA) && tar xzf $(SHARED_CIFAR) -C $(DATA); fi
-	$(PY) -m latent_ops.compose $(PEGASUS_EXPRESSION) --run $(MODEL) $(PEGASUS_FLAGS) --out $(PEGASUS_OUT) \
-		--data $(if $(NO_DATA),no-data,$(DATA))
+	$(PY) -m latent_ops.compose $(if $(PEGASUS_EXPRESSION),'$(PEGASUS_EXPRESSION)') --run $(MODEL) $(PEGASUS_FLAGS) \
+		--out $(PEGASUS_OUT) --data $(if $(NO_DATA),no-data,$(DATA))
+
+# make pegasus-white: the same with WHITE_PEGASUS, into outputs/compose/pegasus-white
+pegasus-white:
+	$(MAKE) pegasus PEGASUS_EXPRESSION='$(WHITE_PEGASUS)' PEGASUS_OUT=outputs/compose/pegasus-white
 
 # Re-create the shipped model: train the release recipe (resumed when the run folder holds a checkpoint; 6,000 steps,
 # 82 min alone on 2 CPU cores with AVX-512 bf16), fine-tune its decoder with the encoder frozen (release-grid8-sharpen:

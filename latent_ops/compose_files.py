@@ -40,15 +40,15 @@ def showcase_caption(expression: str, seed: int, best: dict, summary: dict, kept
 
 
 def leader_note(row: dict) -> str:
-    """One of the best four's scores, for the showcase: critic realism, the evaluator's intent terms, and the
-    perceptual net's reading with the regional reading when they were taken."""
-    def terms(values: dict) -> str:
-        return " ".join(f"{k} {v:.2f}" for k, v in values.items())
-
-    note = f"realism {row['realism']:.2f}\nevaluator: {terms(row['intent_terms'])}"
-    if "second_reading" in row:
-        note += f"\nperceptual: {terms(row['second_reading'])}\nregional {row['regional_reading']:.2f}"
-    return note
+    """One of the best four's scores, for the showcase: critic realism (and the regional reading when taken), then
+    a line per intent term: the evaluator's reading, and the perceptual net's beside it when taken. A line per term
+    keeps the note narrow enough not to run into its neighbour's with three terms or more."""
+    second = row.get("second_reading", {})
+    head = f"realism {row['realism']:.2f}"
+    if second:
+        head += f", regional {row['regional_reading']:.2f}\nevaluator | perceptual"
+    lines = [f"{k} {v:.2f}" + (f" | {second[k]:.2f}" if k in second else "") for k, v in row["intent_terms"].items()]
+    return "\n".join([head, *lines])
 
 
 def refinement_rows(kept, cells: torch.Tensor | None) -> tuple[torch.Tensor, int]:

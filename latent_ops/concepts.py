@@ -12,8 +12,8 @@
   by three methods: ``linear`` (the normal of a logistic-regression boundary, as in
   InterFaceGAN, Shen et al. 2020, arXiv:2005.09635), ``meandiff`` (difference of the
   class means) and ``flight`` (linear, positives only the birds that look most like
-  airplanes, i.e. birds in flight with spread wings). ``white``: bright, unsaturated
-  images vs the rest, made orthogonal to ``wings`` (InterFaceGAN's conditional
+  airplanes, i.e. birds in flight with spread wings). ``white``: pictures whose
+  subject (not the whole frame: ``latent_ops.subject``) is bright and unsaturated vs the rest, made orthogonal to ``wings`` (InterFaceGAN's conditional
   manipulation) so that one edit does not drag the other.
 - Strength: a direction's unit step is the distance along it at which
   ``cross_fraction`` of the held-out codes on its negative side cross its boundary.
@@ -260,14 +260,11 @@ def airplane_like_birds(bank_codes: np.ndarray, bank_labels: np.ndarray, fit_cod
     return birds & (p >= threshold)
 
 
-def whiteness_labels(images: torch.Tensor, top: float = 0.2) -> np.ndarray:
-    """True for bright, unsaturated images: top ``top`` mean brightness and below-median saturation.
+def whiteness_labels(brightness: np.ndarray, saturation: np.ndarray, top: float = 0.15) -> np.ndarray:
+    """True for pale subjects: the top ``top`` by brightness among all, with below-median saturation.
 
-    images: (N, 3, 32, 32) uint8.
+    brightness, saturation: (N,) in [0, 1], of each picture's subject (``latent_ops.sources.subject_colours``).
     """
-    x = images.float() / 255
-    brightness = x.mean((1, 2, 3)).numpy()
-    saturation = (x.amax(1) - x.amin(1)).mean((1, 2)).numpy()
     return (brightness >= np.quantile(brightness, 1 - top)) & (saturation <= np.median(saturation))
 
 
@@ -307,17 +304,28 @@ def fit_directions(bank: LatentBank, white_train: np.ndarray | None, white_test:
             out["wings_flight"] = make_direction(*linear_direction(fly_tr, neg_tr, seed), fly_tr, neg_tr, fly_te,
                                                  neg_te, "flight", cross_fraction, flight_note)
         out["wings"] = out[f"wings_{DEFAULT_WING_METHOD}"]
-    if white_train is not None and white_train.any() and white_test is not None and white_test.any():
-        pos_tr, neg_tr = bank.codes["train"][white_train], bank.codes["train"][~white_train]
-        pos_te, neg_te = bank.codes["test"][white_test], bank.codes["test"][~white_test]
-        vector, _ = linear_direction(pos_tr, neg_tr, seed)
-        note = "logistic-regression normal, bright unsaturated images vs the rest"
-        if "wings" in out:
-            vector = orthogonal_to(vector, out["wings"].vector.astype(np.float64))
-            note += ", made orthogonal to wings"
-        out["white"] = make_direction(vector, refit_offset(vector, pos_tr, neg_tr), pos_tr, neg_tr, pos_te, neg_te,
-                                      "linear", cross_fraction, note)
+    white = white_direction(bank, white_train, white_test, out["wings"].vector if "wings" in out else None,
+                            cross_fraction, seed)
+    if white is not None:
+        out["white"] = white
     return out
+
+
+def white_direction(bank: LatentBank, white_train: np.ndarray | None, white_test: np.ndarray | None,
+                    wings: np.ndarray | None, cross_fraction: float = 0.9, seed: int = 0) -> Direction | None:
+    """``white``: the logistic-regression normal of the pale-subject codes (masks over the bank's splits) against
+    the rest, made orthogonal to ``wings`` when given; None without members in both splits."""
+    if white_train is None or not white_train.any() or white_test is None or not white_test.any():
+        return None
+    pos_tr, neg_tr = bank.codes["train"][white_train], bank.codes["train"][~white_train]
+    pos_te, neg_te = bank.codes["test"][white_test], bank.codes["test"][~white_test]
+    vector, _ = linear_direction(pos_tr, neg_tr, seed)
+    note = "logistic-regression normal, pictures with a pale unsaturated subject vs the rest"
+    if wings is not None:
+        vector = orthogonal_to(vector, wings.astype(np.float64))
+        note += ", made orthogonal to wings"
+    return make_direction(vector, refit_offset(vector, pos_tr, neg_tr), pos_tr, neg_tr, pos_te, neg_te,
+                          "linear", cross_fraction, note)
 
 
 # --- fitting all, saving, loading -----------------------------------------------------------
@@ -349,20 +357,29 @@ def fit_concepts(bank: LatentBank, white_train=None, white_test=None, max_cluste
         concepts.densities[name] = mixture
         record[name] = {"bic_search": search, "clusters": clusters}
     record["_sources"] = {}
-    for name, (train_mask, test_mask) in (sources or {}).items():
-        if train_mask.sum() >= 2 and test_mask.any():
-            gaussian = fit_gaussian(codes[train_mask])
-            concepts.densities[name] = [(1.0, gaussian)]
-            concepts.sources[name] = np.flatnonzero(test_mask)
-            typical = np.argsort(np.linalg.norm(codes[train_mask] - gaussian.mean, axis=1))
-            record["_sources"][name] = {"train_members": int(train_mask.sum()), "test_members": int(test_mask.sum()),
-                                        "typical_train_indices":
-                                            bank.indices["train"][np.flatnonzero(train_mask)[typical[:24]]].tolist()}
+    for name, masks in (sources or {}).items():
+        fitted = source_concept(bank, *masks)
+        if fitted is not None:
+            concepts.densities[name], concepts.sources[name], record["_sources"][name] = fitted
     flight = (sources or {}).get("bird:flight")
     concepts.directions = fit_directions(bank, white_train, white_test, cross_fraction, seed, flight)
     concepts.probe = fit_probe(bank, seed)
     concepts.horse_edit_probe = horse_edit_probe(bank, concepts)
     return concepts, record
+
+
+def source_concept(bank: LatentBank, train_mask: np.ndarray, test_mask: np.ndarray
+                   ) -> tuple[list[tuple[float, Gaussian]], np.ndarray, dict] | None:
+    """A named source's mixture (one Gaussian of its train codes), its held-out test positions and its record
+    entry; None with fewer than 2 train members or no test member."""
+    if train_mask.sum() < 2 or not test_mask.any():
+        return None
+    codes = bank.codes["train"]
+    gaussian = fit_gaussian(codes[train_mask])
+    typical = np.argsort(np.linalg.norm(codes[train_mask] - gaussian.mean, axis=1))
+    entry = {"train_members": int(train_mask.sum()), "test_members": int(test_mask.sum()),
+             "typical_train_indices": bank.indices["train"][np.flatnonzero(train_mask)[typical[:24]]].tolist()}
+    return [(1.0, gaussian)], np.flatnonzero(test_mask), entry
 
 
 def horse_edit_probe(bank: LatentBank, concepts: Concepts, subject: str = "horse") -> dict[str, dict[str, float]]:

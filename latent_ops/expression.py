@@ -13,7 +13,7 @@ clusters and named sources within a class (``horse:2``, ``bird:flight``) and dir
   ``wings@top``; regions are REGIONS. Inside a conjunction a region says where that part is
   asked for: ``horse&airplane@top`` is horse everywhere and airplane in the top half;
   ``horse&wings@back`` puts the winged classes just above the horse's back, found for each
-  candidate (``back`` follows the subject; the other regions are fixed cells).
+  candidate (``back`` follows the subject, as does ``body``, its own cells; the other regions are fixed cells).
 
     horse+wings    horse+0.8*wings    horse:2+wings    0.6*horse+0.4*bird    horse-bird
     horse&bird+wings    horse+wings@top    0.5*(horse&bird)+0.8*wings@top
@@ -73,8 +73,9 @@ MAX_WEIGHT = 100.0  # a concept weighted beyond this leaves the latent space ent
 REGIONS = {"top": ((0, 2), (0, 4)), "bottom": ((2, 4), (0, 4)), "left": ((0, 4), (0, 2)),
            "right": ((0, 4), (2, 4)), "centre": ((1, 3), (1, 3)), "all": ((0, 4), (0, 4)),
            "above": ((0, 1), (0, 4)),  # the top quarter, over the subject
-           "back": ((0, 2), (0, 4))}  # follows the subject (FOLLOWING_REGIONS); these cells until it is found
-FOLLOWING_REGIONS = ("back",)  # placed per candidate from its own picture (latent_ops.placement)
+           "back": ((0, 2), (0, 4)),  # follows the subject (FOLLOWING_REGIONS); these cells until it is found
+           "body": ((1, 3), (0, 4))}  # the subject's own cells, followed likewise; the middle band until found
+FOLLOWING_REGIONS = ("back", "body")  # placed per candidate from its own picture (latent_ops.placement)
 QUARTERS = 4  # REGIONS count in quarters of the picture
 
 

@@ -1,5 +1,5 @@
 """Regions that follow the subject: find it in each candidate part way through sampling, and put the
-cells of a ``@back`` condition just above its back.
+cells of a ``@back`` condition just above its back, and those of a ``@body`` condition on the subject itself.
 
 A fixed band (``@top``) puts a wing on the sky of a small horse and on the head of a big one. Here
 each candidate's own denoised estimate, decoded, says where its subject is:
@@ -10,11 +10,12 @@ each candidate's own denoised estimate, decoded, says where its subject is:
   al. 2016, arXiv:1512.04150), upsampled from its 3 x 3 grid. Only the perceptual net is used,
   never the evaluator, which measures the results.
 
-Their product, averaged over each cell of the code's grid, marks the subject's cells (those at
+Their product (``latent_ops.subject``), averaged over each cell of the code's grid, marks the subject's cells (those at
 least ``SUBJECT_SHARE`` of the strongest). The wing cells are, in every column the subject
 occupies, the cells above its topmost cell (at most ``ABOVE_SHARE`` of the grid's rows); where the subject
 reaches the top row, its top row itself. A candidate whose subject is not found gets the top
-``ABOVE_SHARE`` of the rows.
+``ABOVE_SHARE`` of the rows. The body cells (``@body``, e.g. ``pegasus&white@body`` for a pale horse on
+any sky) are the subject's cells themselves.
 
 Example: ``python -m latent_ops.compose "horse&airplane@back" --run models/pegasus-cifar10``
 (``region.png`` and ``regions64.png`` outline the cells chosen for each image)
@@ -30,19 +31,9 @@ from autoencoder.data import to_uint8
 from latent_ops.expression import FOLLOWING_REGIONS
 from latent_ops.flow import Condition, Drift, Guide
 from latent_ops.sources import classifier_views
+from latent_ops.subject import SUBJECT_SHARE, subject_score
 
-SUBJECT_SHARE = 0.5  # a cell is the subject's when its score is at least this share of the image's peak
 ABOVE_SHARE = 0.5  # how far above the subject's top a wing may reach, as a share of the picture's height
-
-
-def silhouette(images: torch.Tensor, border: int = 3) -> torch.Tensor:
-    """(B, 32, 32) in [0, 1]: each pixel's colour distance from the median border colour, over its image's peak.
-    images: (B, 3, H, W) in [-1, 1]."""
-    frame = torch.cat([images[:, :, :border].flatten(2), images[:, :, -border:].flatten(2),
-                       images[:, :, :, :border].flatten(2), images[:, :, :, -border:].flatten(2)], 2)
-    background = frame.median(2).values[:, :, None, None]  # (B, 3, 1, 1)
-    distance = (images - background).norm(dim=1)
-    return distance / distance.flatten(1).amax(1)[:, None, None].clamp_min(1e-6)
 
 
 def subject_cells(images: torch.Tensor, evidence: torch.Tensor | None, grid: tuple[int, int]) -> torch.Tensor:
@@ -51,12 +42,7 @@ def subject_cells(images: torch.Tensor, evidence: torch.Tensor | None, grid: tup
     images: (B, 3, H, W) in [-1, 1]; evidence: (B, h, w) class activation map of the subject (any
     size, upsampled), or None for the silhouette alone.
     """
-    score = silhouette(images)
-    if evidence is not None:
-        heat = F.interpolate(evidence[:, None].float(), size=images.shape[-2:], mode="bilinear",
-                             align_corners=False)[:, 0].clamp_min(0)
-        score = score * heat / heat.flatten(1).amax(1)[:, None, None].clamp_min(1e-6)
-    cells = F.adaptive_avg_pool2d(score[:, None], grid)[:, 0]  # (B, rows, cols)
+    cells = F.adaptive_avg_pool2d(subject_score(images, evidence)[:, None], grid)[:, 0]  # (B, rows, cols)
     return cells >= SUBJECT_SHARE * cells.flatten(1).amax(1)[:, None, None].clamp_min(1e-6)
 
 
@@ -97,7 +83,11 @@ class SubjectPlacer:
         if self.perceptual is not None:
             _, maps = classifier_views(self.perceptual, to_uint8(images))
             evidence = maps[:, self.subject]
-        self.cells = cells_above(subject_cells(images, evidence, (rows, cols)))
-        mask = self.cells[:, None].expand(-1, C, -1, -1).reshape(len(images), -1).float().to(estimate.device)
-        return [g._replace(mask=mask) if isinstance(g, (Condition, Drift)) and g.region in FOLLOWING_REGIONS
+        subject = subject_cells(images, evidence, (rows, cols))
+        placed = {"back": cells_above(subject), "body": subject}
+        following = [g.region for g in guides if isinstance(g, (Condition, Drift)) and g.region in FOLLOWING_REGIONS]
+        self.cells = placed[following[0]] if following else placed["back"]
+        masks = {region: cells[:, None].expand(-1, C, -1, -1).reshape(len(images), -1).float().to(estimate.device)
+                 for region, cells in placed.items()}
+        return [g._replace(mask=masks[g.region]) if isinstance(g, (Condition, Drift)) and g.region in FOLLOWING_REGIONS
                 else g for g in guides]

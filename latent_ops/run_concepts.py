@@ -30,9 +30,9 @@ from autoencoder.cli import (
     run_cli,
     save_config,
 )
-from autoencoder.data import DataNotFoundError, load_split
+from autoencoder.data import DataNotFoundError, load_cifar10, load_split
 from autoencoder.grids import save_grid
-from autoencoder.run_folder import RunError, weights_digest
+from autoencoder.run_folder import RunError, load_run, weights_digest
 from latent_ops.concepts import (
     DEFAULT_WING_METHOD,
     WHY_DEFAULT_WINGS,
@@ -41,9 +41,11 @@ from latent_ops.concepts import (
     Direction,
     Gaussian,
     fit_concepts,
+    source_concept,
+    white_direction,
     whiteness_labels,
 )
-from latent_ops.encode import BANK_FILE, encode_run, load_bank, read_stamped_npz
+from latent_ops.encode import BANK_FILE, LatentBank, encode_images, encode_run, load_bank, read_stamped_npz
 from latent_ops.runs import resolve_run
 from latent_ops.shipped_folder import fix_for, is_shipped, refuse_remaking
 from latent_ops.sources import source_masks
@@ -62,14 +64,19 @@ class ConceptsConfig:
     max_clusters: int = 6  # most clusters per class (BIC picks 2 to this many)
     cross_fraction: float = 0.9  # a direction's unit step moves this share of held-out negatives across
     seed: int = 0  # the seed of every fit
+    only: str = ""  # "white": fit only what reads the subject's colour (the white direction, the horse:white source)
+    # again, keeping every other concept; allowed on a shipped model, whose train codes are then encoded in memory
 
 
+ONLY_CHOICES = ("", "white")
 CONCEPTS_RANGES = {"max_clusters": (2, 64), "cross_fraction": (0.01, 0.999), "seed": (0, 2**31 - 1)}
 
 
 def make_concepts_config(**flags) -> ConceptsConfig:
     config = dataclass_from_flags(ConceptsConfig, {}, flags)
     check_ranges(config, CONCEPTS_RANGES)
+    if config.only not in ONLY_CHOICES:
+        raise ConfigError(f"--only takes white (or nothing, for every concept), got {config.only!r}")
     return config
 
 
@@ -147,6 +154,7 @@ def load_concepts(run: Path) -> Concepts:
                     finite_array(f"{run / DENSITIES_FILE}: direction/{rest[0]}", value),
                     finite(f"{where} offset", s["offset"]), finite(f"{where} step", s["step"]), s["method"],
                     s["held_out_accuracy"], s["train_accuracy"], s["note"])
+        concepts.horse_edit_probe = summaries.get("_default_wings", {}).get("horse_edit_probe", {})
         if "probe/coef" in arrays:
             concepts.probe = ClassProbe(arrays["probe/coef"], arrays["probe/intercept"], arrays["probe/labels"],
                                         float(arrays["probe/held_out_accuracy"]))
@@ -187,16 +195,56 @@ def fit_run_concepts(run: Path, data: str, cache_dir: str = CACHE_FOLDER, max_cl
                        f"trained run and ship it again")
     train_images = load_split(data, "train", cache_dir).images
     test_images = load_split(data, "test", cache_dir).images
-    white_train = whiteness_labels(train_images[bank.indices["train"]])
-    white_test = whiteness_labels(test_images[bank.indices["test"]])
     perceptual = load_perceptual(SHIPPED_PERCEPTUAL).eval()  # never the evaluator: it measures the results
-    train_masks = source_masks(train_images[bank.indices["train"]], bank.labels["train"], perceptual)
-    test_masks = source_masks(test_images[bank.indices["test"]], bank.labels["test"], perceptual)
+    train_masks, train_colours = source_masks(train_images[bank.indices["train"]], bank.labels["train"], perceptual)
+    test_masks, test_colours = source_masks(test_images[bank.indices["test"]], bank.labels["test"], perceptual)
+    white_train, white_test = whiteness_labels(*train_colours), whiteness_labels(*test_colours)
     sources = {name: (train_masks[name], test_masks[name]) for name in train_masks}
     concepts, record = fit_concepts(bank, white_train, white_test, max_clusters, cross_fraction, seed, sources)
     save_concepts(concepts, record, run, weights_digest(run))
     write_cluster_grids(record, train_images, run / "clusters")
     write_source_grid(record["_sources"], train_images, run / "clusters" / "sources.png")
+    return concepts
+
+
+def bank_with_train_codes(run: Path, bank: LatentBank, data: str, cache_dir: str) -> LatentBank:
+    """The bank, with the train split (of the run's classes) encoded in memory by the run's encoder when it holds
+    none (a shipped model)."""
+    if len(bank.codes["train"]):
+        return bank
+    opened = load_run(run)
+    train = load_cifar10(data, "train", opened.config.classes, cache_dir=cache_dir)
+    codes = encode_images(opened.nets.encoder, train.images, opened.device, opened.dtype, progress=False)
+    return LatentBank({**bank.codes, "train": codes}, {**bank.labels, "train": train.labels.numpy()},
+                      {**bank.indices, "train": train.indices.numpy()})
+
+
+def refresh_white(run: Path, data: str, cache_dir: str = CACHE_FOLDER, cross_fraction: float = 0.9,
+                  seed: int = 0) -> Concepts:
+    """Fit the concepts that read a subject's colour again (``white``, ``horse:white``), keep the rest, and save.
+
+    The run's weights are unchanged, so its digest stamps the files as before; a shipped model's train codes,
+    which it does not keep, are encoded in memory (about a minute on 2 CPU cores)."""
+    concepts = load_concepts(run)
+    record = json.loads((run / CLUSTERS_FILE).read_text())
+    record.pop("weights_digest", None)
+    bank = bank_with_train_codes(run, load_bank(run), data, cache_dir)
+    train_images = load_split(data, "train", cache_dir).images[bank.indices["train"]]
+    test_images = load_split(data, "test", cache_dir).images[bank.indices["test"]]
+    perceptual = load_perceptual(SHIPPED_PERCEPTUAL).eval()  # never the evaluator: it measures the results
+    train_masks, train_colours = source_masks(train_images, bank.labels["train"], perceptual)
+    test_masks, test_colours = source_masks(test_images, bank.labels["test"], perceptual)
+    white = white_direction(bank, whiteness_labels(*train_colours), whiteness_labels(*test_colours),
+                            concepts.directions["wings"].vector if "wings" in concepts.directions else None,
+                            cross_fraction, seed)
+    if white is not None:
+        concepts.directions["white"] = white
+    fitted = source_concept(bank, train_masks["horse:white"], test_masks["horse:white"])
+    if fitted is not None:
+        concepts.densities["horse:white"], concepts.sources["horse:white"], entry = fitted
+        record.setdefault("_sources", {})["horse:white"] = entry
+    save_concepts(concepts, record, run, weights_digest(run))
+    write_source_grid(record["_sources"], load_split(data, "train", cache_dir).images, run / "clusters" / "sources.png")
     return concepts
 
 
@@ -233,7 +281,7 @@ def ensure_concepts(run: Path, data: str, cache_dir: str) -> Concepts:
                            f"with CIFAR-10, or restore {run}'s concept files") from None
 
 
-def print_concepts(run_dir: Path, concepts: Concepts) -> None:
+def print_concepts(run_dir: Path, concepts: Concepts, only: str = "") -> None:
     record = json.loads((run_dir / CLUSTERS_FILE).read_text())
     for name, entry in record.items():
         if name.startswith("_") or not isinstance(entry, dict):
@@ -245,13 +293,18 @@ def print_concepts(run_dir: Path, concepts: Concepts) -> None:
     for name, d in concepts.directions.items():
         print(f"{name:15s} held-out balanced accuracy {d.held_out_accuracy:.3f} (train {d.train_accuracy:.3f}), "
               f"unit step {d.step:.2f}: {d.note}")
-    print(f"wrote {run_dir / CLUSTERS_FILE}, {run_dir / DIRECTIONS_FILE}, {run_dir / DENSITIES_FILE}, "
-          f"{run_dir / 'clusters'}/<class>.png")
+    grids = f"{run_dir / 'clusters' / 'sources.png'}" if only else f"{run_dir / 'clusters'}/<class>.png"
+    print(f"wrote {run_dir / CLUSTERS_FILE}, {run_dir / DIRECTIONS_FILE}, {run_dir / DENSITIES_FILE}, {grids}"
+          + (f" (only {only} fitted again)" if only else ""))
 
 
 def run_concepts(config: ConceptsConfig) -> tuple[Path, Concepts]:
     """Fit the run's concepts; the config is saved beside them as ``concepts-config.json``."""
     run_dir = resolve_run(config.run)
+    if config.only == "white":
+        check_writable(run_dir)
+        lock_folder(run_dir / "clusters")
+        return run_dir, refresh_white(run_dir, config.data, config.cache_dir, config.cross_fraction, config.seed)
     refuse_remaking(run_dir, "fitting its concepts again")
     check_writable(run_dir)
     lock_folder(run_dir / "clusters")
@@ -269,10 +322,12 @@ def run_concepts(config: ConceptsConfig) -> tuple[Path, Concepts]:
 def main(**flags) -> None:
     """Fit clusters and directions of a run (default: the newest) and print what was found.
 
-    Every field of ConceptsConfig is a flag: --run, --data, --max_clusters, --cross_fraction, --seed.
+    Every field of ConceptsConfig is a flag: --run, --data, --max_clusters, --cross_fraction, --seed, --only
+    (``--only white`` fits the white direction and the horse:white source again, a shipped model's included).
     """
-    run_dir, concepts = run_cli(lambda: run_concepts(make_concepts_config(**flags)))
-    print_concepts(run_dir, concepts)
+    config = run_cli(lambda: make_concepts_config(**flags))
+    run_dir, concepts = run_cli(lambda: run_concepts(config))
+    print_concepts(run_dir, concepts, config.only)
 
 
 if __name__ == "__main__":

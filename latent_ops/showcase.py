@@ -53,7 +53,7 @@ def save_showcase(best: torch.Tensor, neighbours: torch.Tensor | None, batch: to
 
     columns = [2.2, 0.8, 3.0] if neighbours is not None else [2.2, 3.0]
     rows = 2 if leaders is not None and len(leaders) else 1
-    heights = [4.6, 3.4][:rows]
+    heights = [4.6, 4.0][:rows]
     figure = plt.figure(figsize=(12, sum(heights)))
     grid = figure.add_gridspec(rows, len(columns), width_ratios=columns, height_ratios=heights)
     axes = [figure.add_subplot(grid[0, i]) for i in range(len(columns))]

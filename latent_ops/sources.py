@@ -10,7 +10,10 @@ measures the results) and simple pixel statistics:
   below the birds' median): spread wings against the sky. P(airplane) alone picked many perched
   birds on grey backgrounds; on the train split, by eye, about 28% of this rule's members fly,
   against 17% for the top quarter of P(airplane).
-- ``horse:white``: the brightest fifth of horses among those of below-median saturation.
+- ``horse:white``: the horses whose *subject* is pale: the brightest fifth, by the mean brightness of the
+  horse's own pixels (``latent_ops.subject``: silhouette times the horse activation map), among those
+  whose horse pixels are less saturated than the horses' median. A whole-picture mean picked brown
+  horses on snow and white studio backdrops (until 2026-12-05).
 - ``horse:fullbody``: horses whose horse evidence spans the picture: the perceptual
   classifier's class activation map for horse (Zhou et al. 2016, arXiv:1512.04150) on its
   3 x 3 grid is strong (at least half its peak) in all three columns and in the bottom
@@ -29,11 +32,12 @@ import torch
 
 from autoencoder.cifar10 import CIFAR10_CLASSES
 from autoencoder.data import to_float
+from latent_ops.subject import subject_colour
 
 SOURCE_NAMES = ("bird:flight", "horse:white", "horse:fullbody")
 FLIGHT_QUANTILE = 0.85  # bird:flight keeps the birds above this quantile of P(airplane)...
 BORDER = 4  # ...whose frame (this many pixels at each edge) varies less than the birds' median
-WHITE_SHARE = 0.2  # horse:white keeps this brightest share (among the less saturated half)
+WHITE_SHARE = 0.2  # horse:white keeps this brightest share of subjects (among the less saturated half)
 CAM_SHARE = 0.5  # a cell shows the class when its activation is at least this share of the map's peak
 
 
@@ -52,12 +56,6 @@ def classifier_views(net: torch.nn.Module, images: torch.Tensor, batch_size: int
     return torch.cat(probabilities), torch.cat(maps)
 
 
-def whiteness(images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Mean brightness and mean saturation (max - min over channels) of uint8 images, each (N,)."""
-    x = images.float() / 255
-    return x.mean((1, 2, 3)).numpy(), (x.amax(1) - x.amin(1)).mean((1, 2)).numpy()
-
-
 def border_spread(images: torch.Tensor) -> np.ndarray:
     """How much the pixels of each uint8 image's border (BORDER pixels at each edge) vary: (N,), low for sky."""
     x = images.float() / 255
@@ -72,9 +70,19 @@ def fullbody(cam: torch.Tensor) -> np.ndarray:
     return (strong.any(1).all(1) & strong[:, 2].any(1)).numpy()
 
 
-def source_masks(images: torch.Tensor, labels: np.ndarray, net: torch.nn.Module) -> dict[str, np.ndarray]:
-    """{source name: (N,) bool} over uint8 images (N, 3, 32, 32) with their CIFAR-10 labels."""
+def subject_colours(images: torch.Tensor, labels: np.ndarray, cams: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Mean brightness and saturation of each uint8 image's subject, found with the activation map of its own
+    CIFAR-10 class (``cams``: (N, 10, h, w)); each (N,)."""
+    own = cams[torch.arange(len(labels)), torch.as_tensor(labels, dtype=torch.long)]
+    return subject_colour(images, own)
+
+
+def source_masks(images: torch.Tensor, labels: np.ndarray, net: torch.nn.Module
+                 ) -> tuple[dict[str, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """{source name: (N,) bool} over uint8 images (N, 3, 32, 32) with their CIFAR-10 labels, and the
+    subject colours (brightness, saturation) of every image, from one pass of the classifier."""
     probabilities, cams = classifier_views(net, images)
+    brightness, saturation = subject_colours(images, labels, cams)
     horse, bird, plane = (CIFAR10_CLASSES.index(c) for c in ("horse", "bird", "airplane"))
     masks = {name: np.zeros(len(labels), dtype=bool) for name in SOURCE_NAMES}
     birds = labels == bird
@@ -84,9 +92,8 @@ def source_masks(images: torch.Tensor, labels: np.ndarray, net: torch.nn.Module)
                                 & (spread <= np.median(spread[birds])))
     horses = labels == horse
     if horses.any():
-        brightness, saturation = whiteness(images)
         calm = horses & (saturation <= np.median(saturation[horses]))
         if calm.any():
             masks["horse:white"] = calm & (brightness >= np.quantile(brightness[calm], 1 - WHITE_SHARE))
         masks["horse:fullbody"] = horses & fullbody(cams[:, horse])
-    return masks
+    return masks, (brightness, saturation)

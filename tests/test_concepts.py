@@ -65,15 +65,6 @@ def test_orthogonal_to():
     assert abs(v @ b) < 1e-12 and np.allclose(v, [0, 1, 0])
 
 
-def test_whiteness_labels_pick_bright_grey_images():
-    white = torch.full((5, 3, 32, 32), 240, dtype=torch.uint8)
-    red = torch.zeros((5, 3, 32, 32), dtype=torch.uint8)
-    red[:, 0] = 255
-    dark = torch.full((15, 3, 32, 32), 30, dtype=torch.uint8)
-    labels = C.whiteness_labels(torch.cat([white, red, dark]), top=0.2)
-    assert labels[:5].all() and not labels[5:].any()
-
-
 def toy_bank(rng):
     """Four classes: birds and airplanes on the + side of axis 0, cats and horses on the - side."""
     names = ["airplane", "bird", "cat", "horse"]

@@ -119,6 +119,31 @@ def test_the_subject_placer_gives_back_conditions_the_cells_above_each_subject()
     assert placer.cells[1, 0, 2:].any() and not placer.cells[1, :, 0].any()
 
 
+def test_body_conditions_get_the_subjects_own_cells_and_back_ones_the_cells_above_in_the_same_call():
+    class Painter(nn.Module):  # a blob whose top-left pixel is where the code says
+        def __init__(self):
+            super().__init__()
+            self.anchor = nn.Parameter(torch.zeros(1))
+
+        def forward(self, codes):
+            return blob_images([(int(c[0]), int(c[1])) for c in codes], size=12)
+
+    placer = SubjectPlacer(Painter(), None, 7, (2, 4, 4))
+    estimate = torch.zeros(2, 32)
+    estimate[0, :2] = torch.tensor([18.0, 2.0])
+    estimate[1, :2] = torch.tensor([9.0, 18.0])
+    white = torch.ones(32)
+    guides = placer(estimate, [Condition(7, 2.0), Drift(white, top_rows(2), "body"), Condition(0, 3.0, top_rows(2), "back")])
+    body, back = guides[1].mask.view(2, 2, 4, 4).bool(), guides[2].mask.view(2, 2, 4, 4).bool()
+    images = Painter()(estimate)
+    subject = subject_cells(images, None, (4, 4))
+    assert torch.equal(body[:, 0], subject) and torch.equal(body[:, 1], subject)  # every channel of those cells
+    assert torch.equal(back[:, 0], cells_above(subject)) and not (body & back).any()
+    assert torch.equal(placer.cells, subject)  # the first following region is the one shown
+    (term,) = parse("pegasus&2*white@body&4*white@back", ["pegasus", "white"])
+    assert term_parts(term).conjunction == (("pegasus", 1.0), ("white@body", 2.0), ("white@back", 4.0))
+
+
 def test_regions_inside_conjunctions_round_trip_and_bad_forms_are_named():
     for text in ("horse&airplane@top", "horse&1.5*wings@back&white@back", "horse:white&bird:flight@above",
                  "0.5*(horse&airplane@back)+wings@top"):

@@ -187,3 +187,39 @@ def test_a_decoder_fine_tune_takes_the_prior_of_the_model_it_came_from(shipped, 
     with pytest.raises(RunError, match="not a shipped model with a prior"):
         ship(make_ship_config(**dict(again, prior_from=str(tmp_path))), progress=False)
     assert not (tmp_path / "models" / "other").exists()
+
+
+def test_only_white_fits_the_pale_subject_concepts_of_a_shipped_model_again_and_keeps_the_rest(shipped, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from latent_ops.run_concepts import load_concepts
+
+    out, flags = shipped
+    model = tmp_path / "model"
+    shutil.copytree(out, model)
+    before = load_concepts(model)
+    old_directions = json.loads((model / "directions.json").read_text())
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-m", "latent_ops.run_concepts", "--run", str(model), "--only", "white",
+                           "--data", flags["data"], "--cache_dir", flags["cache_dir"]], cwd=root, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "only white fitted again" in done.stdout
+    after = load_concepts(model)  # still stamped with the model's weights: it loads
+    assert len(load_bank(model).codes["train"]) == 0  # the train codes were encoded in memory, not stored
+    new_directions = json.loads((model / "directions.json").read_text())
+    assert "pale unsaturated subject" in new_directions["white"]["note"]
+    assert new_directions["_default_wings"] == old_directions["_default_wings"]  # the wing probe is kept
+    for name in before.directions:
+        if name != "white":
+            assert np.array_equal(before.directions[name].vector, after.directions[name].vector), name
+    for name in before.densities:
+        if name != "horse:white":
+            assert np.array_equal(before.densities[name][0][1].mean, after.densities[name][0][1].mean), name
+    assert abs(after.directions["white"].vector @ after.directions["wings"].vector) < 1e-5
+    assert not np.array_equal(before.directions["white"].vector, after.directions["white"].vector)  # fitted again
+    refused = subprocess.run([sys.executable, "-m", "latent_ops.run_concepts", "--run", str(model), "--only", "wings"],
+                             cwd=root, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and "--only takes white" in refused.stderr

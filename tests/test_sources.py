@@ -24,8 +24,9 @@ def test_each_source_is_a_subset_of_its_class():
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (60, 3, 32, 32), dtype=torch.uint8, generator=g)
     labels = np.array([CIFAR10_CLASSES.index(c) for c in ("bird", "horse", "cat")] * 20)
-    images[torch.from_numpy(np.flatnonzero(labels == 7)[:3])] = 250  # a few white horses
-    masks = source_masks(images, labels, net)
+    images[torch.from_numpy(np.flatnonzero(labels == 7)[:3]), :, 8:24, 8:24] = 250  # a few white horses on noise
+    masks, (brightness, saturation) = source_masks(images, labels, net)
+    assert brightness.shape == saturation.shape == (60,)
     assert set(masks) == set(SOURCE_NAMES)
     for name, mask in masks.items():
         subject = CIFAR10_CLASSES.index(name.split(":")[0])
@@ -58,9 +59,9 @@ def test_flight_needs_an_airplane_like_bird_in_a_plain_frame():
         net.head.weight[CIFAR10_CLASSES.index("airplane"), 0] = 1.0
     labels = np.full(40, CIFAR10_CLASSES.index("bird"))
     order = torch.cat([torch.arange(20, 40), torch.arange(20)])  # plain frames get the highest P(airplane)
-    masks = source_masks(images[order], labels, net)
+    masks, _ = source_masks(images[order], labels, net)
     assert np.flatnonzero(masks["bird:flight"]).tolist() == list(range(34, 40))  # top 15%, all in plain frames
-    masks = source_masks(images, labels, net)  # now the top 15% by P(airplane) have noisy frames
+    masks, _ = source_masks(images, labels, net)  # now the top 15% by P(airplane) have noisy frames
     assert not masks["bird:flight"].any()
 
 
