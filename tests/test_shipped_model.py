@@ -87,3 +87,36 @@ def test_make_model_recreates_the_shipped_model_with_the_flags_it_was_shipped_wi
         assert run_config["train_encoder"] is False and release in run_config["init_from"]
     assert {k: shipped[k] for k in given} == {k: int(v) for k, v in given.items()}
     assert (prior["steps"], prior["channels"]) == (shipped["prior_steps"], shipped["prior_channels"])
+
+
+def test_a_white_pegasus_as_make_asks_for_it_has_paler_subjects_than_a_plain_one(tmp_path):
+    """make pegasus-white's expression (read from the Makefile, quoted for the shell) composed as a user runs it:
+    the kept images' subjects are brighter than those of plain ``pegasus`` with the same seed and pool."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from autoencoder.classifier import load_perceptual
+    from latent_ops.sources import classifier_views
+    from latent_ops.subject import subject_colour
+
+    root = Path(__file__).resolve().parents[1]
+    expression = re.search(r"^WHITE_PEGASUS := (.*)$", (root / "Makefile").read_text(), re.M).group(1)
+    dry = subprocess.run(["make", "-n", "pegasus-white"], cwd=root, capture_output=True, text=True, timeout=60)
+    assert f"PEGASUS_EXPRESSION='{expression}'" in dry.stdout  # quoted: & would end the shell command
+    assert "pale unsaturated subject" in json.loads((SHIPPED_MODEL / "directions.json").read_text())["white"]["note"]
+    brightness = {}
+    for name, text in (("plain", "pegasus"), ("white", expression)):
+        out = tmp_path / name
+        done = subprocess.run([sys.executable, "-m", "latent_ops.compose", text, "--run", str(SHIPPED_MODEL),
+                               "--pool", "128", "--n", "16", "--refine_top", "16", "--data", "no-data",
+                               "--out", str(out)], cwd=root, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+        scores = json.loads((out / "scores.json").read_text())
+        ranks = sorted(c["rank"] for c in scores["candidates"] if c["kept"])
+        images = load_file(out / "images.safetensors")["images"][ranks]
+        _, maps = classifier_views(load_perceptual().eval(), images)
+        brightness[name] = subject_colour(images, maps[:, 7])[0]
+    assert brightness["white"].mean() > brightness["plain"].mean() + 0.15, brightness
+    assert (brightness["white"] >= 0.5).sum() >= 8 > (brightness["plain"] >= 0.5).sum()
