@@ -57,7 +57,7 @@ pegasus-white:
 # numbers: about 3 h in all. Training and shipping resume where a killed call stopped; the later steps run again.
 LEARN_PEGASUS := --expression "2*horse&3*airplane@top" --pool 4096 --rounds 3 --guidance 1.5 \
 	--accept "horse>=0.3,wings>=0.3" --critic_quantile 0.3 --sharpness_quantile 0.3 --steps 1200
-PEGASUS_RECIPE := --pool 1024 --guidance 2.5 --solver ab2 --prior_steps 12 --guidance_until 0.7 --refine_top 128 \
+PEGASUS_RECIPE := --pool 1024 --guidance 2.5 --solver ab2 --prior_steps 12 --guidance_until 0.7 --refine_top 128 --rise_gate 0.5 \
 	--chunk 64  # stored as the model's compose.json (bench/compose_speed.py measures it against the recipe before)
 # The release, re-created by `make model` (an older one: make model RELEASE_PRESET=release SHARPEN_PRESET= SHIP_FLAGS=)
 # (6,000 steps, 82 min of training alone on 2 AVX-512 bf16 cores; then shipping with the conv prior on the

@@ -118,7 +118,7 @@ class ComposeConfig:
     select: str = "dedup"  # how the kept are taken from the ranked pool: dedup (the best, no near-duplicates) or
     #   dpp (quality and diversity together: a determinantal point process on the perceptual net's features)
     best: str = "agreement"  # how the best image and the next three are chosen: agreement (of the evaluator and
-    #   the perceptual net, and the regional reading; latent_ops.best_choice) or rank (the ranking's first four)
+    #   the perceptual net, and the rising mass; latent_ops.best_choice) or rank (the ranking's first four)
     dpp_quality: float = 0.25  # dpp: quality exp(-this x rank / kept); higher keeps closer to the ranking
     dpp_bandwidth: float = 1.0  # dpp: the similarity kernel's width, in median pairwise feature distances
     intent: str = "auto"  # auto (the evaluator when shipped), evaluator or probe
@@ -126,6 +126,9 @@ class ComposeConfig:
     #   and uniqueness (each weight 1): blurred blobs that the critic and evaluator accept sink; 0: off
     rank_gate: float = 0.2  # candidates with every intent term >= this rank above the rest (0: no gate), so
     #   the best shows every part of the expression (a sharp horse without wings does not come first)
+    rise_gate: float = 0.0  # rank candidates whose rising mass (figure in the middle third above the back: a wing
+    #   from the back, not blades at the ends of a table; latent_ops.subject) is below this quantile of the pool
+    #   after the rest, like rank_gate, when the expression asks for wings (0: off)
     chunk: int = 64  # candidates refined and decoded at once (64: fastest on a 2-core CPU, bench/compose_speed.py)
     refine_top: int = 192  # refine only this many of a first ranking's best, then rank again (0: every candidate);
     #   at least the number kept, min(n, 64)
@@ -146,7 +149,7 @@ COMPOSE_RANGES = {"n": (1, 10**6), "seed": (0, 2**32 - 1), "refine_steps": (0, 1
                   "refine_step_size": (0, 100), "refine_anchor": (0, 1e4), "strength": (0, 100),
                   "temperature": (1e-6, 100), "chunk": (1, 65536), "guidance": (0, 100), "prior_steps": (1, 1000),
                   "project": (0, 1), "refine_prior": (0, 1), "pool": (0, 10**6), "dedup": (0, 10),
-                  "rank_sharpness": (0, 100), "rank_gate": (0, 1), "guidance_from": (0, 1), "guidance_until": (0, 1),
+                  "rank_sharpness": (0, 100), "rank_gate": (0, 1), "rise_gate": (0, 0.99), "guidance_from": (0, 1), "guidance_until": (0, 1),
                   "refine_top": (0, 10**6), "dpp_quality": (0, 100), "dpp_bandwidth": (1e-3, 100)}
 SELECTIONS = ("dedup", "dpp")
 
@@ -412,7 +415,8 @@ def candidate_rows(setting: Setting, drawn: Drawn, scored: Scored, kept: Kept, r
         entry = {"rank": rank_, "candidate": i, "kept": i in kept_set, "combined": scored.combined[i].item(),
                  "refined": bool(found["refined"][i]), "realism_before_refinement": found["realism_before"][i].item(),
                  "realism": found["realism"][i].item(), "intent": scored.intent[i].item(),
-                 "sharpness": found["sharpness"][i].item(), "passed_gate": bool(scored.gated[i]),
+                 "sharpness": found["sharpness"][i].item(), "rise": found["rise"][i].item(),
+                 "passed_gate": bool(scored.gated[i]),
                  "intent_terms": {k: v[i].item() for k, v in scored.intents.items()}}
         if reference.distance is not None:
             entry.update(uniqueness=found["distance"][i, 0].item(),
@@ -465,7 +469,7 @@ def summarise(config: ComposeConfig, setting: Setting, drawn: Drawn, scored: Sco
         "pool": group_summary(scored, order, reference, gate), "kept": group_summary(scored, kept.shown, reference, gate),
         "best": group_summary(scored, order[:1], reference, gate),
         "uniqueness_reference": reference.distance, "data_matches_run": reference.data_matches_run,
-        "rank_sharpness": config.rank_sharpness, "rank_gate": gate, "score": SCORE_TEXT, "best_rule": config.best,
+        "rank_sharpness": config.rank_sharpness, "rank_gate": gate, "rise_gate": config.rise_gate, "score": SCORE_TEXT, "best_rule": config.best,
         "images_saved": len(kept.saved), "candidates": candidate_rows(setting, drawn, scored, kept, reference),
     }
 

@@ -40,13 +40,13 @@ def showcase_caption(expression: str, seed: int, best: dict, summary: dict, kept
 
 
 def leader_note(row: dict) -> str:
-    """One of the best four's scores, for the showcase: critic realism (and the regional reading when taken), then
-    a line per intent term: the evaluator's reading, and the perceptual net's beside it when taken. A line per term
+    """One of the best four's scores, for the showcase: critic realism (and the rising mass and the regional reading
+    when taken), then a line per intent term: the evaluator's reading, and the perceptual net's beside it when taken. A line per term
     keeps the note narrow enough not to run into its neighbour's with three terms or more."""
     second = row.get("second_reading", {})
     head = f"realism {row['realism']:.2f}"
     if second:
-        head += f", regional {row['regional_reading']:.2f}\nevaluator | perceptual"
+        head += f"\nrise {row['rise']:.2f}, regional {row['regional_reading']:.2f}\nevaluator | perceptual"
     lines = [f"{k} {v:.2f}" + (f" | {second[k]:.2f}" if k in second else "") for k, v in row["intent_terms"].items()]
     return "\n".join([head, *lines])
 

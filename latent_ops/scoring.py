@@ -35,6 +35,7 @@ from latent_ops.flow import denoise
 from latent_ops.intent import intent_terms
 from latent_ops.refine import refine_codes
 from latent_ops.sources import classifier_views
+from latent_ops.subject import rising_mass
 from latent_ops.sampling import projection_conditions
 from latent_ops.timing import StageClock
 
@@ -53,7 +54,7 @@ class Scored:
     intents: dict[str, torch.Tensor]  # per intent term (N,)
     intent: torch.Tensor  # (N,) their geometric mean
     combined: torch.Tensor  # (N,) the ranking score
-    gated: torch.Tensor  # (N,) bool: every intent term >= --rank_gate
+    gated: torch.Tensor  # (N,) bool: every intent term >= --rank_gate (and, with --rise_gate, rising mass above it)
     order: torch.Tensor  # candidates, best first
 
 
@@ -65,6 +66,7 @@ def judge(setting: Setting, z: torch.Tensor, images: torch.Tensor, train: Shortl
         out = {"realism": torch.cat([setting.nets.image_critic(part.to(setting.device)).float().cpu()
                                      for part in images.split(chunk)])}
     out["sharpness"] = laplacian_variance(images).cpu()  # in fp32, outside autocast
+    out["rise"] = rising_mass(images).cpu()  # figure above the middle of the back (--rise_gate)
     probs = None
     if setting.judge is not None:
         p = setting.judge.probabilities(images)  # (N, 10)
@@ -131,6 +133,14 @@ def passes_gate(intents: dict[str, torch.Tensor], gate: float, count: int) -> to
     return torch.stack(list(intents.values()), 1).min(1).values >= gate
 
 
+def rises(rise: torch.Tensor, quantile: float) -> torch.Tensor:
+    """(N,) bool: rising mass (``latent_ops.subject.rising_mass``) at least its ``quantile`` over the candidates
+    (all True at 0)."""
+    if quantile <= 0:
+        return torch.ones(len(rise), dtype=torch.bool)
+    return rise >= torch.quantile(rise.float(), quantile)
+
+
 def ranked(config: ComposeConfig, found: dict[str, torch.Tensor], history: list[float],
            reference_distance: float | None) -> Scored:
     """The batch's combined scores, gate and order (best first) from the per-candidate scores ``found``."""
@@ -141,7 +151,8 @@ def ranked(config: ComposeConfig, found: dict[str, torch.Tensor], history: list[
     if reference_distance is not None:
         terms["uniqueness"] = ranking.capped_uniqueness(found["distance"][:, 0], reference_distance)
     combined = ranking.combined_score(terms, {"sharpness": config.rank_sharpness})
-    gated = passes_gate(intents, config.rank_gate, count)
+    rise_gate = config.rise_gate if "wings" in intents else 0.0  # a wing to rise: only when the expression asks one
+    gated = passes_gate(intents, config.rank_gate, count) & rises(found["rise"], rise_gate)
     refined = found["refined"] if found["refined"].any() else None
     return Scored(found, history, intents, intent, combined, gated, ranking.gated_order(combined, gated, refined))
 
@@ -166,9 +177,9 @@ def score(config: ComposeConfig, setting: Setting, drawn: Drawn, reference: Refe
 
 
 def second_reading(setting: Setting, found: dict[str, torch.Tensor], rows: torch.Tensor
-                   ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """The perceptual net's reading of the candidates ``rows``: its intent terms, each (k,), and the regional
-    reading (k,) (1 where the expression asks for no subject with wings)."""
+                   ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    """The perceptual net's reading of the candidates ``rows``: its intent terms, each (k,), the regional
+    reading (k,) and the rising mass (k,) (each 1 where the expression asks for no subject with wings)."""
     from autoencoder.classifier import load_perceptual
 
     perceptual = setting.sources.perceptual or load_perceptual(device=setting.device)
@@ -176,26 +187,27 @@ def second_reading(setting: Setting, found: dict[str, torch.Tensor], rows: torch
     probs = {name: probabilities[:, i].cpu() for i, name in enumerate(CIFAR10_CLASSES)}
     terms = intent_terms(setting.intent_weights, setting.concepts, found["z"][rows], probs)
     subject = next((n for n in terms if n in CIFAR10_CLASSES and n not in best_choice.WINGED_CLASSES), None)
-    regional = torch.ones(len(rows))
+    regional, rise = torch.ones(len(rows)), torch.ones(len(rows))
     if subject is not None and "wings" in terms:
         winged = [CIFAR10_CLASSES.index(c) for c in best_choice.WINGED_CLASSES]
         regional = best_choice.regional_reading(cams.cpu(), CIFAR10_CLASSES.index(subject), winged)
-    return {k: v.float() for k, v in terms.items()}, regional.float()
+        rise = found["rise"][rows]
+    return {k: v.float() for k, v in terms.items()}, regional.float(), rise.float()
 
 
 def choose_best(config: ComposeConfig, setting: Setting, scored: Scored) -> Scored:
     """The order with the best image and the next three chosen by ``--best`` (latent_ops.best_choice): among the
     refined candidates (every one when none was refined), by the evaluator's and the perceptual net's agreement
-    and the regional reading. Their readings are added to ``found`` (NaN for the candidates not read)."""
+    and the rising mass (the regional reading is recorded beside). Their readings are added to ``found`` (NaN for the candidates not read)."""
     if config.best == "rank" or not scored.intents:
         return scored
     found, count = scored.found, len(scored.order)
     considered = found["refined"] if found["refined"].any() else torch.ones(count, dtype=torch.bool)
     rows = torch.nonzero(considered).flatten()
-    terms, regional = second_reading(setting, found, rows)
+    terms, regional, rise = second_reading(setting, found, rows)
     agree = best_choice.agreement({k: v[rows] for k, v in scored.intents.items()}, terms)
     for key, values in [*((f"second/{k}", v) for k, v in terms.items()), ("agreement", agree),
-                        ("regional", regional), ("best_score", best_choice.choice_score(agree, regional))]:
+                        ("regional", regional), ("best_score", best_choice.choice_score(agree, rise))]:
         found[key] = torch.full((count,), float("nan"))
         found[key][rows] = values
     allowed = best_choice.eligible(considered, scored.gated, found["realism"])
