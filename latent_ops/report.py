@@ -469,7 +469,7 @@ def render_composition(c: dict) -> list[str]:
              if "share_every_intent_term_at_least_gate" in c.get("pool", {}) else [])
     return [f"## Composed: `{c['expression']}`", "", f"![best]({stem}-best_x8.png)", "",
             ("The best image, chosen among the refined candidates that passed the gate by the agreement of the "
-             "evaluator and the perceptual net and by the regional reading (latent_ops.best_choice), after "
+             "evaluator and the perceptual net and by the rising mass above the back (latent_ops.best_choice), after "
              "compose's ranking (" if c.get("best_rule") == "agreement" else "The best-ranked image (compose's ranking: ")
             + f"candidates with every intent term at least {gate:g} first, "
             f"then the sum of the z-scores of critic realism, intent from {intent}, sharpness and capped "

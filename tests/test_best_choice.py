@@ -87,3 +87,16 @@ def test_compose_best_agreement_records_both_readings_and_the_showcase_shows_fou
     bad = subprocess.run([sys.executable, "-m", "latent_ops.compose", "horse", "--best", "evaluator"], cwd=ROOT,
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "--best" in bad.stderr and "agreement" in bad.stderr
+
+
+def test_the_rise_gate_keeps_the_upper_share_and_a_note_shows_rise_and_each_reading():
+    from latent_ops.compose_files import leader_note
+    from latent_ops.scoring import rises
+
+    rise = torch.tensor([0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7])
+    assert rises(rise, 0.5).tolist() == [False] * 4 + [True] * 4
+    assert rises(rise, 0.0).all()
+    note = leader_note({"realism": 0.56, "rise": 0.81, "regional_reading": 0.03, "intent_terms": {"horse": 0.22,
+                        "wings": 0.5}, "second_reading": {"horse": 0.25, "wings": 0.39}})
+    assert note.splitlines() == ["realism 0.56", "rise 0.81, regional 0.03", "evaluator | perceptual",
+                                 "horse 0.22 | 0.25", "wings 0.50 | 0.39"]

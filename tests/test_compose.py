@@ -193,7 +193,7 @@ def test_sharpness_and_the_gate_decide_the_ranking(composed_run, folder_data, tm
     from autoencoder.metrics import laplacian_variance
 
     common = dict(run=str(composed_run), data=str(folder_data), cache_dir=str(smoke_run.parent / "cache"), n=40,
-                  seed=2, refine_steps=1, quiet=True)
+                  seed=2, refine_steps=1, quiet=True, best="rank")  # the ranking's own order, not the best-image rule
     sharp = compose("horse+wings", out=str(tmp_path / "sharp"), rank_sharpness=100.0, rank_gate=0.0, **common)
     scores = json.loads((sharp / "scores.json").read_text())["candidates"]
     assert scores[0]["sharpness"] == max(c["sharpness"] for c in scores)  # sharpness outweighs the rest
@@ -206,6 +206,16 @@ def test_sharpness_and_the_gate_decide_the_ranking(composed_run, folder_data, tm
     assert 0 < sum(passed) < len(passed), "the toy pool should be split by the gate"
     assert passed == sorted(passed, reverse=True)  # every passing candidate before every other
     assert all(min(c["intent_terms"].values()) >= 0.05 for c in ranks if c["passed_gate"])
+
+    risen = compose("horse+wings", out=str(tmp_path / "risen"), rank_gate=0.0, rise_gate=0.5, **common)
+    ranks = json.loads((risen / "scores.json").read_text())
+    assert ranks["rise_gate"] == 0.5
+    rows = ranks["candidates"]
+    median = float(torch.quantile(torch.tensor([c["rise"] for c in rows], dtype=torch.float32), 0.5))
+    assert [c["passed_gate"] for c in rows] == [c["rise"] >= median for c in rows]  # the gate is the upper half
+    assert [c["passed_gate"] for c in rows] == sorted((c["passed_gate"] for c in rows), reverse=True)
+    plain = compose("horse", out=str(tmp_path / "plain"), rank_gate=0.0, rise_gate=0.5, **common)
+    assert all(c["passed_gate"] for c in json.loads((plain / "scores.json").read_text())["candidates"])  # no wings
 
 
 def test_strength_and_weight_scale_the_calibrated_step(composed_run):

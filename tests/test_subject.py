@@ -55,3 +55,16 @@ def test_a_blank_picture_or_a_map_with_no_evidence_falls_back_rather_than_readin
     images = figure_on_ground(240, 30)  # a map that is nowhere positive: the silhouette alone
     brightness, _ = subject_colour(images, -torch.ones(1, 3, 3))
     assert brightness[0] > 0.9
+
+
+def test_rising_mass_sees_a_wing_from_the_middle_of_the_back_and_not_a_table():
+    from latent_ops.subject import rising_mass
+
+    ground = torch.full((3, 3, 32, 32), 230, dtype=torch.uint8)  # pale sky
+    ground[:, :, 14:22, 4:28] = 20  # a dark body...
+    ground[:, :, 22:32, 5:8] = ground[:, :, 22:32, 24:27] = 20  # ...on legs
+    winged, table, bare = ground.clone(), ground.clone(), ground.clone()
+    winged[0, :, 2:14, 13:19] = 20  # a blade rising from the middle of the back
+    table[0, :, 4:14, 4:8] = table[0, :, 4:14, 24:28] = 20  # a raised head and tail at the ends
+    rise = rising_mass(torch.cat([winged[:1], table[:1], bare[:1]]).float() / 127.5 - 1)
+    assert rise[0] > 0.25 and rise[1] == 0 and rise[2] == 0
