@@ -98,15 +98,18 @@ def test_the_following_mask_lands_above_a_blob_at_random_positions():
     assert nothing[0, :2].all() and not nothing[0, 2:].any()
 
 
+class Painter(nn.Module):
+    """"Decodes" a code (B, 2*4*4) to a blob whose top-left pixel is where the code's first two numbers say."""
+
+    def __init__(self):
+        super().__init__()
+        self.anchor = nn.Parameter(torch.zeros(1))
+
+    def forward(self, codes):
+        return blob_images([(int(c[0]), int(c[1])) for c in codes], size=12)
+
+
 def test_the_subject_placer_gives_back_conditions_the_cells_above_each_subject():
-    class Painter(nn.Module):  # "decodes" a code (B, 2*4*4) to a blob whose top-left cell is where the code says
-        def __init__(self):
-            super().__init__()
-            self.anchor = nn.Parameter(torch.zeros(1))
-
-        def forward(self, codes):
-            return blob_images([(int(c[0]), int(c[1])) for c in codes], size=12)
-
     placer = SubjectPlacer(Painter(), None, 7, (2, 4, 4))
     estimate = torch.zeros(2, 32)
     estimate[0, :2] = torch.tensor([18.0, 2.0])  # a blob low on the left
@@ -120,14 +123,6 @@ def test_the_subject_placer_gives_back_conditions_the_cells_above_each_subject()
 
 
 def test_body_conditions_get_the_subjects_own_cells_and_back_ones_the_cells_above_in_the_same_call():
-    class Painter(nn.Module):  # a blob whose top-left pixel is where the code says
-        def __init__(self):
-            super().__init__()
-            self.anchor = nn.Parameter(torch.zeros(1))
-
-        def forward(self, codes):
-            return blob_images([(int(c[0]), int(c[1])) for c in codes], size=12)
-
     placer = SubjectPlacer(Painter(), None, 7, (2, 4, 4))
     estimate = torch.zeros(2, 32)
     estimate[0, :2] = torch.tensor([18.0, 2.0])
