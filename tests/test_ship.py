@@ -194,11 +194,18 @@ def test_only_white_fits_the_pale_subject_concepts_of_a_shipped_model_again_and_
     import sys
     from pathlib import Path
 
-    from latent_ops.run_concepts import load_concepts
+    import dataclasses
+
+    from latent_ops.run_concepts import load_concepts, save_concepts
 
     out, flags = shipped
     model = tmp_path / "model"
     shutil.copytree(out, model)
+    shipped_white = load_concepts(model).directions["white"].vector.copy()
+    stale = load_concepts(model)  # a white direction of another fit (its vector reversed) stands in the copy
+    stale.directions["white"] = dataclasses.replace(stale.directions["white"], vector=-shipped_white)
+    record = json.loads((model / "clusters.json").read_text())
+    save_concepts(stale, {k: v for k, v in record.items() if k != "weights_digest"}, model, record["weights_digest"])
     before = load_concepts(model)
     old_directions = json.loads((model / "directions.json").read_text())
     root = Path(__file__).resolve().parents[1]
@@ -219,7 +226,7 @@ def test_only_white_fits_the_pale_subject_concepts_of_a_shipped_model_again_and_
         if name != "horse:white":
             assert np.array_equal(before.densities[name][0][1].mean, after.densities[name][0][1].mean), name
     assert abs(after.directions["white"].vector @ after.directions["wings"].vector) < 1e-5
-    assert not np.array_equal(before.directions["white"].vector, after.directions["white"].vector)  # fitted again
+    assert np.allclose(after.directions["white"].vector, shipped_white, atol=1e-6)  # fitted again, as shipping did
     refused = subprocess.run([sys.executable, "-m", "latent_ops.run_concepts", "--run", str(model), "--only", "wings"],
                              cwd=root, capture_output=True, text=True, timeout=300)
     assert refused.returncode == 2 and "--only takes white" in refused.stderr
