@@ -30,7 +30,7 @@ from autoencoder.cli import (
     run_cli,
     save_config,
 )
-from autoencoder.data import DataNotFoundError, load_cifar10, load_split
+from autoencoder.data import DataNotFoundError, ImageSet, load_split, select_classes
 from autoencoder.grids import save_grid
 from autoencoder.run_folder import RunError, load_run, weights_digest
 from latent_ops.concepts import (
@@ -185,6 +185,18 @@ def write_cluster_grids(record: dict, train_images: torch.Tensor, folder: Path, 
     return files
 
 
+def picture_labels(bank: LatentBank, train_images: torch.Tensor, test_images: torch.Tensor
+                   ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], tuple[np.ndarray, np.ndarray]]:
+    """What the pictures of the bank's codes show, from one pass of the perceptual classifier (never the evaluator)
+    over each split (the whole splits' uint8 images): the named sources' (train, test) masks and the pale-subject
+    (train, test) labels of ``white``."""
+    perceptual = load_perceptual(SHIPPED_PERCEPTUAL).eval()
+    train_masks, train_colours = source_masks(train_images[bank.indices["train"]], bank.labels["train"], perceptual)
+    test_masks, test_colours = source_masks(test_images[bank.indices["test"]], bank.labels["test"], perceptual)
+    sources = {name: (train_masks[name], test_masks[name]) for name in train_masks}
+    return sources, (whiteness_labels(*train_colours), whiteness_labels(*test_colours))
+
+
 def fit_run_concepts(run: Path, data: str, cache_dir: str = CACHE_FOLDER, max_clusters: int = 6,
                      cross_fraction: float = 0.9, seed: int = 0) -> Concepts:
     """Fit, save and return the concepts of a run from its latent bank (pixels for ``white`` and grids)."""
@@ -194,12 +206,7 @@ def fit_run_concepts(run: Path, data: str, cache_dir: str = CACHE_FOLDER, max_cl
                        f"concepts are fitted on train codes: restore {run}'s concept files, or fit them on the "
                        f"trained run and ship it again")
     train_images = load_split(data, "train", cache_dir).images
-    test_images = load_split(data, "test", cache_dir).images
-    perceptual = load_perceptual(SHIPPED_PERCEPTUAL).eval()  # never the evaluator: it measures the results
-    train_masks, train_colours = source_masks(train_images[bank.indices["train"]], bank.labels["train"], perceptual)
-    test_masks, test_colours = source_masks(test_images[bank.indices["test"]], bank.labels["test"], perceptual)
-    white_train, white_test = whiteness_labels(*train_colours), whiteness_labels(*test_colours)
-    sources = {name: (train_masks[name], test_masks[name]) for name in train_masks}
+    sources, (white_train, white_test) = picture_labels(bank, train_images, load_split(data, "test", cache_dir).images)
     concepts, record = fit_concepts(bank, white_train, white_test, max_clusters, cross_fraction, seed, sources)
     save_concepts(concepts, record, run, weights_digest(run))
     write_cluster_grids(record, train_images, run / "clusters")
@@ -207,13 +214,13 @@ def fit_run_concepts(run: Path, data: str, cache_dir: str = CACHE_FOLDER, max_cl
     return concepts
 
 
-def bank_with_train_codes(run: Path, bank: LatentBank, data: str, cache_dir: str) -> LatentBank:
-    """The bank, with the train split (of the run's classes) encoded in memory by the run's encoder when it holds
-    none (a shipped model)."""
+def bank_with_train_codes(run: Path, bank: LatentBank, train_split: ImageSet) -> LatentBank:
+    """The bank, with the train split (``train_split``, the whole of it; the run's classes are taken) encoded in
+    memory by the run's encoder when it holds none (a shipped model)."""
     if len(bank.codes["train"]):
         return bank
     opened = load_run(run)
-    train = load_cifar10(data, "train", opened.config.classes, cache_dir=cache_dir)
+    train = select_classes(train_split, opened.config.classes)
     codes = encode_images(opened.nets.encoder, train.images, opened.device, opened.dtype, progress=False)
     return LatentBank({**bank.codes, "train": codes}, {**bank.labels, "train": train.labels.numpy()},
                       {**bank.indices, "train": train.indices.numpy()})
@@ -228,23 +235,21 @@ def refresh_white(run: Path, data: str, cache_dir: str = CACHE_FOLDER, cross_fra
     concepts = load_concepts(run)
     record = json.loads((run / CLUSTERS_FILE).read_text())
     record.pop("weights_digest", None)
-    bank = bank_with_train_codes(run, load_bank(run), data, cache_dir)
-    train_images = load_split(data, "train", cache_dir).images[bank.indices["train"]]
-    test_images = load_split(data, "test", cache_dir).images[bank.indices["test"]]
-    perceptual = load_perceptual(SHIPPED_PERCEPTUAL).eval()  # never the evaluator: it measures the results
-    train_masks, train_colours = source_masks(train_images, bank.labels["train"], perceptual)
-    test_masks, test_colours = source_masks(test_images, bank.labels["test"], perceptual)
-    white = white_direction(bank, whiteness_labels(*train_colours), whiteness_labels(*test_colours),
+    train_split = load_split(data, "train", cache_dir)
+    train_images = train_split.images
+    bank = bank_with_train_codes(run, load_bank(run), train_split)
+    sources, (white_train, white_test) = picture_labels(bank, train_images, load_split(data, "test", cache_dir).images)
+    white = white_direction(bank, white_train, white_test,
                             concepts.directions["wings"].vector if "wings" in concepts.directions else None,
                             cross_fraction, seed)
     if white is not None:
         concepts.directions["white"] = white
-    fitted = source_concept(bank, train_masks["horse:white"], test_masks["horse:white"])
+    fitted = source_concept(bank, *sources["horse:white"])
     if fitted is not None:
         concepts.densities["horse:white"], concepts.sources["horse:white"], entry = fitted
         record.setdefault("_sources", {})["horse:white"] = entry
     save_concepts(concepts, record, run, weights_digest(run))
-    write_source_grid(record["_sources"], load_split(data, "train", cache_dir).images, run / "clusters" / "sources.png")
+    write_source_grid(record["_sources"], train_images, run / "clusters" / "sources.png")
     return concepts
 
 
