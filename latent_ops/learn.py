@@ -49,13 +49,15 @@ from autoencoder.run_folder import RunError, load_run, weights_digest
 from latent_ops.concepts import WINGED
 from latent_ops.encode import encode_images, load_bank
 from latent_ops.expression import parse
-from latent_ops.flow import FlowNet, flow_matching_loss, sample, with_extra_label
+from latent_ops.flow import SOLVERS, FlowNet, flow_matching_loss, sample, with_extra_label
 from latent_ops.run_concepts import load_concepts
 from latent_ops.runs import resolve_run
 from latent_ops.sampling import DrawSettings, Sources, learned_labels, sample_expression
 from latent_ops.shipped_folder import SIZE_LIMIT, folder_bytes, is_shipped
 from latent_ops.sources import classifier_views
-from latent_ops.trained_prior import NET_CONFIG_FILE, PRIOR_FOLDER, SOURCE_FILE, learned_folder, load_prior
+from latent_ops.subject import rising_mass
+from latent_ops.trained_prior import (NET_CONFIG_FILE, PRIOR_FOLDER, SOURCE_FILE, learned_folder, learned_names,
+                                      load_learned, load_prior)
 
 RECORD_FILE = "record.json"
 ACCEPTED_FILE = "accepted.npz"
@@ -77,11 +79,14 @@ class LearnConfig:
     seed: int = 0  # the pool's draws, the fine-tuning's batches and noise
     guidance: float = 1.0  # classifier-free guidance of the pool, per unit weight of each part
     prior_steps: int = 32  # ODE steps of the pool's draws
+    solver: str = "heun"  # their ODE solver: heun (two evaluations a step), ab2 or dpmpp2m (one; latent_ops.flow)
     judge: str = "perceptual"  # the classifier whose probabilities accept candidates: only the perceptual net
     accept: str = "horse>=0.3,wings>=0.3"  # every term of the judge's probabilities at least its bound
     #   (a class name, or wings for P(bird)+P(airplane)), comma-separated
     critic_quantile: float = 0.5  # accepted candidates' critic realism is at least this quantile of the pool's
     sharpness_quantile: float = 0.5  # and their sharpness at least this quantile
+    rise_quantile: float = 0.0  # and their rising mass (figure above the middle of the back, latent_ops.subject) at
+    #   least this quantile, when --accept asks for wings: a wing from the back, not blades at the ends (0: off)
     min_accepted: int = 32  # fewer accepted codes than this is an error (loosen --accept)
     steps: int = 2000  # fine-tuning steps
     batch_size: int = 256  # codes per fine-tuning step
@@ -93,12 +98,14 @@ class LearnConfig:
     balance: float = 0.0  # fine-tuning draws each accepted code with weight (distance to its k-th nearest accepted
     #   neighbour in appearance)^balance: 0 draws them evenly; 1 favours the rare looks over the common one, so the
     #   concept keeps the pool's variety (inverse-density sampling)
+    warm_start: str = ""  # a concept this run learned before: the first round composes its pool from that concept
+    #   (its prior and label) instead of --expression, so learning goes on where it stopped; later rounds as usual
     rounds: int = 1  # rounds of learning: each round after the first composes its pool from the concept the round
     #   before learned and fine-tunes the base prior again on every round's accepted codes (expert iteration)
 
 
 LEARN_RANGES = {"pool": (2, 10 ** 6), "seed": (0, 2 ** 31 - 1), "guidance": (0, 100), "prior_steps": (1, 1000),
-                "critic_quantile": (0, 1), "sharpness_quantile": (0, 1), "min_accepted": (1, 10 ** 6),
+                "critic_quantile": (0, 1), "sharpness_quantile": (0, 1), "rise_quantile": (0, 0.99), "min_accepted": (1, 10 ** 6),
                 "steps": (0, 10 ** 6), "batch_size": (2, 10 ** 6), "replay": (0, 0.99), "lr": (1e-8, 1.0),
                 "label_dropout": (0, 1), "ema": (0, 1), "chunk": (1, 65536), "rounds": (1, 100),
                 "balance": (0, 10)}
@@ -134,6 +141,8 @@ def validate_learn_config(config: LearnConfig) -> None:
                           f"letter, and not be a CIFAR-10 class")
     parse_rule(config.accept)
     parse(config.expression)
+    if config.solver not in SOLVERS:
+        raise ConfigError(f"--solver must be one of {', '.join(SOLVERS)}, got {config.solver!r}")
     learning = config.batch_size - int(round(config.batch_size * config.replay))
     if learning < MIN_NEW_PER_BATCH:
         raise ConfigError(f"--replay {config.replay:g} leaves {learning} of each batch of {config.batch_size} for the "
@@ -161,11 +170,11 @@ def judge_terms(probabilities: torch.Tensor, rule: dict[str, float]) -> torch.Te
 def compose_pool(config: LearnConfig, nets, sources: Sources, perceptual, expression: str,
                  rng: np.random.Generator) -> dict[str, torch.Tensor]:
     """Draw the pool of ``expression`` chunk by chunk from ``sources.prior`` (which may know a learned label):
-    codes (N, D), the judge's probabilities (N, 10), realism, sharpness and appearance (``appearance``)."""
+    codes (N, D), the judge's probabilities (N, 10), realism, sharpness, appearance (``appearance``) and rising mass."""
     weights = parse(expression, sources.concepts.names + learned_labels(sources.prior))
-    settings = DrawSettings("prior", guidance=config.guidance, prior_steps=config.prior_steps)
+    settings = DrawSettings("prior", guidance=config.guidance, prior_steps=config.prior_steps, solver=config.solver)
     found: dict[str, list[torch.Tensor]] = {"codes": [], "probabilities": [], "realism": [], "sharpness": [],
-                                            "appearance": []}
+                                            "appearance": [], "rise": []}
     for start in range(0, config.pool, config.chunk):
         count = min(config.chunk, config.pool - start)
         codes, _ = sample_expression(weights, sources, count, rng, settings)
@@ -177,6 +186,7 @@ def compose_pool(config: LearnConfig, nets, sources: Sources, perceptual, expres
         found["realism"].append(nets.image_critic(images).float().flatten())
         found["sharpness"].append(laplacian_variance(images))
         found["appearance"].append(appearance(perceptual, images))
+        found["rise"].append(rising_mass(images))
     return {k: torch.cat(v) for k, v in found.items()}
 
 
@@ -201,10 +211,14 @@ def rarity_weights(features: torch.Tensor, power: float, k: int = 8) -> torch.Te
 
 
 def accept(pool: dict[str, torch.Tensor], config: LearnConfig) -> torch.Tensor:
-    """(N,) bool: the judge's rule, and realism and sharpness at least their pool quantiles."""
-    passed = judge_terms(pool["probabilities"], parse_rule(config.accept))
+    """(N,) bool: the judge's rule, and realism and sharpness (and, when the rule asks for wings, the rising mass)
+    at least their pool quantiles."""
+    rule = parse_rule(config.accept)
+    passed = judge_terms(pool["probabilities"], rule)
     passed &= pool["realism"] >= torch.quantile(pool["realism"], config.critic_quantile)
     passed &= pool["sharpness"] >= torch.quantile(pool["sharpness"], config.sharpness_quantile)
+    if "wings" in rule and config.rise_quantile > 0:
+        passed &= pool["rise"] >= torch.quantile(pool["rise"], config.rise_quantile)
     return passed
 
 
@@ -281,6 +295,8 @@ def learn_rounds(config: LearnConfig, opened, base: FlowNet, perceptual, concept
     # Expert iteration (Anthony, Tian and Barber 2017; as rejection-sampling fine-tuning, Dong et al. 2023, RAFT):
     # each round composes from what the round before learned, so the accepted share grows round by round.
     pool_prior, expression, kept, looks, rounds = base, config.expression, [], [], []
+    if config.warm_start:  # go on from a concept learned before (its own label draws the first pool)
+        pool_prior, expression = load_learned(opened.folder, config.warm_start), config.warm_start
     compose_seconds = fine_tune_seconds = 0.0
     for round_index in range(config.rounds):
         began_round = time.monotonic()
@@ -330,6 +346,9 @@ def learn(config: LearnConfig, quiet: bool = False) -> Path:
     if config.name in concepts.names:
         raise ConfigError(f"the concept name {config.name!r} is already a concept of {run} (a class, cluster, source or "
                           f"direction); a learned concept of that name would hide it: choose another name")
+    if config.warm_start and config.warm_start not in learned_names(run):
+        raise ConfigError(f"--warm_start {config.warm_start!r} is not a concept {run} learned (its learned concepts: "
+                          f"{', '.join(learned_names(run)) or 'none'}); learn it first, or leave --warm_start out")
     out = claim_learned_folder(config, run)
     opened = load_run(run)
     nets = opened.nets
@@ -344,6 +363,7 @@ def learn(config: LearnConfig, quiet: bool = False) -> Path:
 
     record = {"name": config.name, "expression": config.expression, "judge": config.judge, "accept": config.accept,
               "critic_quantile": config.critic_quantile, "sharpness_quantile": config.sharpness_quantile,
+              "rise_quantile": config.rise_quantile,
               "pool": config.pool, "accepted": len(accepted), "acceptance": len(accepted) / (config.pool * config.rounds),
               "trained_on": len(new_codes), "replayed_real_codes": len(real_codes),
               "fine_tuning_loss_by_tenth": losses, "rounds": rounds, "old_label_samples_moved": moved,

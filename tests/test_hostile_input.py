@@ -217,7 +217,8 @@ def test_compose_says_what_to_do_with_what_it_cannot_read(args, words, tmp_path)
 
 @pytest.mark.parametrize("args, words", [(["wings"], "already a concept"), (["horse"], "CIFAR-10 class"),
                                          (["pegasus9", "--replay", "0.99"], "--replay 0.99 leaves 3"),
-                                         (["pegasus9", "--accept", "horse>=1.2.3"], "one number between 0 and 1")])
+                                         (["pegasus9", "--accept", "horse>=1.2.3"], "one number between 0 and 1"),
+                                         (["pegasus9", "--warm_start", "unicorn"], "not a concept")])
 def test_learn_refuses_what_would_learn_nothing_or_hide_a_concept(args, words, run_copy, tmp_path):
     before = snapshot(run_copy)
     refused(run("-m", "latent_ops.learn", *args, "--run", str(run_copy), "--out", str(tmp_path / "l")), words)

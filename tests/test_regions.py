@@ -268,6 +268,35 @@ def test_learning_into_a_shipped_model_warns_when_it_outgrows_the_size_limit(lea
     assert "over the 0 MiB a shipped model may take" in err and str(shipped) in err
 
 
+def test_learning_goes_on_from_a_learned_concept_with_the_rising_mass_in_its_rule(learned_run, tmp_path):
+    import json
+
+    import latent_ops.learn as learn_module
+    from latent_ops.learn import accept, learn, make_learn_config
+
+    run, _, _ = learned_run
+    config = make_learn_config(name="pegasus", run=str(run), out=str(tmp_path / "again"), expression="horse&bird",
+                               warm_start="pegasus", pool=64, chunk=32, prior_steps=4, solver="ab2",
+                               accept="horse>=0,wings>=0", critic_quantile=0.2, sharpness_quantile=0.2,
+                               rise_quantile=0.5, min_accepted=4, steps=4, batch_size=32)
+    seen = []
+    original = learn_module.compose_pool
+    learn_module.compose_pool = lambda c, n, sources, p, expression, rng: seen.append(
+        (expression, sources.prior.label_names[-1])) or original(c, n, sources, p, expression, rng)
+    try:
+        folder = learn(config, quiet=True)
+    finally:
+        learn_module.compose_pool = original
+    assert seen == [("pegasus", "pegasus")]  # the first pool came from the concept learned before, by its label
+    record = json.loads((folder / "record.json").read_text())
+    assert record["rise_quantile"] == 0.5 and record["rounds"][0]["expression"] == "pegasus"
+    pool = {"probabilities": torch.full((6, 10), 0.1), "realism": torch.zeros(6), "sharpness": torch.zeros(6),
+            "rise": torch.tensor([0.0, 0.1, 0.2, 0.3, 0.4, 0.5])}
+    assert accept(pool, config).tolist() == [False, False, False, True, True, True]
+    config.accept = "horse>=0"  # a rule without wings asks for no wing to rise
+    assert accept(pool, config).all()
+
+
 def test_learn_refuses_the_evaluator_as_judge_and_bad_rules():
     from autoencoder.cli import ConfigError
     from latent_ops.learn import make_learn_config
@@ -278,6 +307,10 @@ def test_learn_refuses_the_evaluator_as_judge_and_bad_rules():
         make_learn_config(accept="unicorn>=0.3")
     with pytest.raises(ConfigError, match="not be a CIFAR-10 class"):
         make_learn_config(name="horse")
+    with pytest.raises(ConfigError, match="--solver must be one of"):
+        make_learn_config(solver="euler")
+    with pytest.raises(ConfigError, match="--rise_quantile must be between"):
+        make_learn_config(rise_quantile=1.0)
 
 
 def test_a_prior_out_folder_that_is_not_a_prior_is_refused_before_any_work(tmp_path):
