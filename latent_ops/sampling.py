@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from autoencoder.cifar10 import CIFAR10_CLASSES
-from latent_ops.concepts import Concepts, heldout_members
+from latent_ops.concepts import Concepts, Gaussian, heldout_members
 from latent_ops.encode import LatentBank
 from latent_ops.expression import FOLLOWING_REGIONS, ExpressionError, region_slices, term_parts
 from latent_ops.flow import Condition, Drift, FlowNet, Guide, Schedule, project, sample
@@ -145,6 +145,19 @@ def draw_density(name: str, sources: Sources, count: int, rng: np.random.Generat
     return codes, drawn
 
 
+def mixture_mean(mixture: list[tuple[float, Gaussian]]) -> np.ndarray:
+    """(D,) the mean of a Gaussian mixture [(weight, Gaussian), ...]."""
+    total = sum(w for w, _ in mixture)
+    return sum(w * g.mean for w, g in mixture) / total
+
+
+def cluster_offset(name: str, concepts: Concepts) -> np.ndarray:
+    """(D,) float32: how far a cluster or named source (``horse:white``) sits from its class (``horse``), mean to
+    mean in code space."""
+    return (mixture_mean(concepts.densities[name])
+            - mixture_mean(concepts.densities[name.partition(":")[0]])).astype(np.float32)
+
+
 def conjunction_guides(parts: tuple[tuple[str, float], ...], sources: Sources, settings: DrawSettings
                        ) -> list[Guide]:
     """The guides of a conjunction's parts: a class, cluster, named source or learned concept is a
@@ -157,6 +170,11 @@ def conjunction_guides(parts: tuple[tuple[str, float], ...], sources: Sources, s
         mask = torch.from_numpy(region_mask(region, sources.code_shape)) if region else None
         if concept in sources.concepts.densities or concept in learned_labels(prior):
             guides.append(Condition(class_label(concept, prior), weight * settings.guidance, mask, region))
+            if ":" in concept and concept.partition(":")[0] in sources.concepts.densities:
+                # a cluster or named source has no label of its own: its class's label, and a push by its
+                # offset from the class (without it, pegasus&horse:white drew the same codes as pegasus&horse)
+                offset = cluster_offset(concept, sources.concepts)
+                guides.append(Drift(torch.from_numpy(weight * settings.strength * offset).float(), mask, region))
         elif concept.startswith("wings"):
             guides += [Condition(CIFAR10_CLASSES.index(c), share * weight * settings.guidance, mask, region)
                        for c, share in WING_CLASSES.items()]

@@ -190,6 +190,30 @@ def test_an_extra_label_starts_as_no_condition_and_keeps_the_old_ones():
     assert torch.allclose(grown(x, t, torch.full((4,), 10)), net(x, t, torch.full((4,), 10)))
 
 
+def test_a_cluster_in_a_conjunction_pushes_by_its_offset_from_its_class():
+    import numpy as np
+
+    from latent_ops.concepts import Concepts, Gaussian
+    from latent_ops.flow import Condition, Drift
+    from latent_ops.sampling import DrawSettings, Sources, conjunction_guides
+
+    def gaussian(mean):
+        return Gaussian(np.array(mean, dtype=np.float64), np.eye(2))
+
+    concepts = Concepts(densities={"horse": [(0.75, gaussian([0, 0])), (0.25, gaussian([4, 0]))],
+                                   "horse:0": [(1.0, gaussian([0, 0]))], "horse:white": [(1.0, gaussian([4, 2]))],
+                                   "bird": [(1.0, gaussian([9, 9]))]})
+    sources = Sources(concepts, code_shape=(2,))
+    settings = DrawSettings(guidance=2.0, strength=0.5)
+    plain = conjunction_guides((("bird", 1.0), ("horse", 1.0)), sources, settings)
+    white = conjunction_guides((("bird", 1.0), ("horse:white", 3.0)), sources, settings)
+    first = conjunction_guides((("bird", 1.0), ("horse:0", 1.0)), sources, settings)
+    assert plain == [Condition(2, 2.0, None, ""), Condition(7, 2.0, None, "")]  # a class: its label alone
+    assert white[:2] == [Condition(2, 2.0, None, ""), Condition(7, 6.0, None, "")]
+    assert isinstance(white[2], Drift) and white[2].vector.tolist() == [3 * 0.5 * 3.0, 3 * 0.5 * 2.0]
+    assert first[2].vector.tolist() == [-0.5, 0.0]  # the class's mean is (1, 0): the clusters differ
+
+
 def test_a_region_inside_a_conjunction_on_a_flat_code_is_the_clear_error():
     from latent_ops.concepts import Concepts
     from latent_ops.sampling import DrawSettings, Sources, conjunction_guides
