@@ -6,8 +6,9 @@ before it (``OLD_RECIPE`` over it: Heun's method in 24 steps, every candidate re
 fresh process. For each it prints the seconds of every stage (setup, sampling, ranking, refinement,
 writing) and in all, the call's wall time, and the quality figures compose measures:
 the pool's share with every intent term >= the gate, mean P(horse) and P(wings) of the pool and of the
-kept 64, and, with data, the kept 64's sharpness (variance of the Laplacian) and feature diversity
-(mean pairwise distance of the evaluator's features) as ratios to real test horses. The new recipe's
+kept 64, and, with data, the kept 64's sharpness (variance of the Laplacian), feature diversity
+(mean pairwise distance of the evaluator's features) and direction diversity (the same of the features scaled to
+unit length: variety apart from how strongly the evaluator sees it) as ratios to real test horses. The new recipe's
 figures are judged against the old one's mean minus its seed-to-seed spread (max - min over the seeds).
 
 Then:
@@ -42,7 +43,7 @@ from autoencoder.cifar10 import CACHE_FOLDER, DATA_FOLDER
 OLD_RECIPE = {"solver": "heun", "prior_steps": 24, "guidance_from": 0.0, "guidance_until": 1.0, "refine_top": 0,
               "precision": "fp32", "chunk": 256}
 HIGHER_IS_BETTER = ("pool share", "pool P(horse)", "pool P(wings)", "kept P(horse)", "kept P(wings)",
-                    "kept sharpness / real", "kept diversity / real")
+                    "kept sharpness / real", "kept diversity / real", "kept direction diversity / real")
 
 
 def compose_once(run: str, data: str, cache_dir: str, expression: str, flags: dict, out: str) -> dict:
@@ -76,7 +77,16 @@ def real_horses(data: str, cache_dir: str, count: int = 64) -> dict | None:
     pick = torch.randperm(len(horses), generator=torch.Generator().manual_seed(0))[:count]
     features = load_evaluator().features(horses[pick])
     return {"sharpness": laplacian_variance(to_float(horses)).mean().item(),
-            "diversity": mean_pairwise_distance(features)}
+            "diversity": mean_pairwise_distance(features), "direction_diversity": direction_diversity(features)}
+
+
+def direction_diversity(features: torch.Tensor) -> float:
+    """Mean pairwise distance of the features scaled to unit length: how varied the batch is in *what* the
+    evaluator sees, apart from how strongly it sees it (a composite reads weakly, so its features are short
+    and the plain mean pairwise distance is small even when the pictures differ)."""
+    from autoencoder.metrics import mean_pairwise_distance
+
+    return mean_pairwise_distance(features / features.norm(dim=1, keepdim=True).clamp_min(1e-8))
 
 
 def quality(folder: str, real: dict | None) -> dict:
@@ -95,7 +105,9 @@ def quality(folder: str, real: dict | None) -> dict:
     if real is not None:
         images = load_file(str(Path(folder) / "images.safetensors"))["images"][kept_ranks]
         figures["kept sharpness / real"] = kept["sharpness"] / real["sharpness"]
-        figures["kept diversity / real"] = mean_pairwise_distance(load_evaluator().features(images)) / real["diversity"]
+        features = load_evaluator().features(images)
+        figures["kept diversity / real"] = mean_pairwise_distance(features) / real["diversity"]
+        figures["kept direction diversity / real"] = direction_diversity(features) / real["direction_diversity"]
     figures["kept candidates"] = sorted(c["candidate"] for c in scores["candidates"] if c["kept"])
     return figures
 
