@@ -4,7 +4,8 @@
 from the run's latent prior, decodes it, and accepts a candidate when
 
 - the *perceptual* classifier's probabilities meet every term of ``--accept`` (e.g.
-  ``horse>=0.3,wings>=0.3``; ``wings`` is P(bird)+P(airplane)). The evaluator, which measures
+  ``horse>=0.3,wings>=0.3``; ``wings`` is P(bird)+P(airplane)); ``pale_subject>=B`` and ``pale_wing>=B``
+  read the pixels instead (``latent_ops.subject``: the subject's mean brightness, the rising figure's). The evaluator, which measures
   results, may never accept them: ``--judge evaluator`` is refused;
 - the image critic's realism and the sharpness (variance of the Laplacian) are at least the
   pool's ``--critic_quantile`` and ``--sharpness_quantile``.
@@ -55,7 +56,7 @@ from latent_ops.runs import resolve_run
 from latent_ops.sampling import DrawSettings, Sources, learned_labels, sample_expression
 from latent_ops.shipped_folder import SIZE_LIMIT, folder_bytes, is_shipped
 from latent_ops.sources import classifier_views
-from latent_ops.subject import rising_mass
+from latent_ops.subject import rising_brightness, rising_mass, subject_colour
 from latent_ops.trained_prior import (NET_CONFIG_FILE, PRIOR_FOLDER, SOURCE_FILE, learned_folder, learned_names,
                                       load_learned, load_prior)
 
@@ -65,7 +66,10 @@ OUTPUT_FILES = {"model.safetensors", NET_CONFIG_FILE, SOURCE_FILE, "config.json"
                 "accepted.png"}
 JUDGES = ("perceptual",)  # the evaluator measures results; it never accepts them
 MIN_NEW_PER_BATCH = 4  # codes of the new concept in each fine-tuning batch, at least (fewer teach it next to nothing)
-RULE_TERM = re.compile(r"^([a-z]+)>=([0-9.]+)$")
+RULE_TERM = re.compile(r"^([a-z_]+)>=([0-9.]+)$")
+# Terms of --accept read from the pixels, not a classifier (latent_ops.subject): the mean brightness of the subject
+# (the silhouette times the perceptual net's map of the rule's first class) and of the figure rising above its back.
+PIXEL_TERMS = ("pale_subject", "pale_wing")
 NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 
 
@@ -82,7 +86,8 @@ class LearnConfig:
     solver: str = "heun"  # their ODE solver: heun (two evaluations a step), ab2 or dpmpp2m (one; latent_ops.flow)
     judge: str = "perceptual"  # the classifier whose probabilities accept candidates: only the perceptual net
     accept: str = "horse>=0.3,wings>=0.3"  # every term of the judge's probabilities at least its bound
-    #   (a class name, or wings for P(bird)+P(airplane)), comma-separated
+    #   (a class name, or wings for P(bird)+P(airplane)), comma-separated; pale_subject and pale_wing read the
+    #   pixels (brightness of the subject, and of the figure rising above its back; latent_ops.subject)
     critic_quantile: float = 0.5  # accepted candidates' critic realism is at least this quantile of the pool's
     sharpness_quantile: float = 0.5  # and their sharpness at least this quantile
     rise_quantile: float = 0.0  # and their rising mass (figure above the middle of the back, latent_ops.subject) at
@@ -116,8 +121,9 @@ def parse_rule(text: str) -> dict[str, float]:
     rule = {}
     for term in (t.strip() for t in str(text).split(",") if t.strip()):
         match = RULE_TERM.match(term)
-        if not match or (match[1] not in CIFAR10_CLASSES and match[1] != "wings"):
-            raise ConfigError(f"--accept term {term!r} is not CLASS>=NUMBER or wings>=NUMBER, e.g. horse>=0.3,wings>=0.3")
+        if not match or (match[1] not in CIFAR10_CLASSES and match[1] != "wings" and match[1] not in PIXEL_TERMS):
+            raise ConfigError(f"--accept term {term!r} is not CLASS>=NUMBER, wings>=NUMBER or "
+                              f"{' or '.join(t + '>=NUMBER' for t in PIXEL_TERMS)}, e.g. horse>=0.3,wings>=0.3")
         try:
             bound = float(match[2])
         except ValueError:
@@ -157,9 +163,11 @@ def make_learn_config(**flags) -> LearnConfig:
 
 
 def judge_terms(probabilities: torch.Tensor, rule: dict[str, float]) -> torch.Tensor:
-    """(N,) bool: every rule term of the class probabilities (N, 10) reaches its bound."""
+    """(N,) bool: every class and wings term of the rule reaches its bound in the probabilities (N, 10)."""
     passed = torch.ones(len(probabilities), dtype=torch.bool)
     for name, bound in rule.items():
+        if name in PIXEL_TERMS:
+            continue
         p = (sum(probabilities[:, CIFAR10_CLASSES.index(c)] for c in WINGED) if name == "wings"
              else probabilities[:, CIFAR10_CLASSES.index(name)])
         passed &= p >= bound
@@ -170,23 +178,29 @@ def judge_terms(probabilities: torch.Tensor, rule: dict[str, float]) -> torch.Te
 def compose_pool(config: LearnConfig, nets, sources: Sources, perceptual, expression: str,
                  rng: np.random.Generator) -> dict[str, torch.Tensor]:
     """Draw the pool of ``expression`` chunk by chunk from ``sources.prior`` (which may know a learned label):
-    codes (N, D), the judge's probabilities (N, 10), realism, sharpness, appearance (``appearance``) and rising mass."""
+    codes (N, D), the judge's probabilities (N, 10), realism, sharpness, appearance (``appearance``), rising mass
+    and the pixel terms (``PIXEL_TERMS``)."""
     weights = parse(expression, sources.concepts.names + learned_labels(sources.prior))
+    subject = next((c for c in parse_rule(config.accept) if c in CIFAR10_CLASSES and c not in WINGED), None)
     settings = DrawSettings("prior", guidance=config.guidance, prior_steps=config.prior_steps, solver=config.solver)
     found: dict[str, list[torch.Tensor]] = {"codes": [], "probabilities": [], "realism": [], "sharpness": [],
-                                            "appearance": [], "rise": []}
+                                            "appearance": [], "rise": [], "pale_subject": [], "pale_wing": []}
     for start in range(0, config.pool, config.chunk):
         count = min(config.chunk, config.pool - start)
         codes, _ = sample_expression(weights, sources, count, rng, settings)
         z = torch.from_numpy(codes)
         images = nets.decoder(z).float()
-        probabilities, _ = classifier_views(perceptual, to_uint8(images))
+        pictures = to_uint8(images)
+        probabilities, maps = classifier_views(perceptual, pictures)
         found["codes"].append(z)
         found["probabilities"].append(probabilities)
         found["realism"].append(nets.image_critic(images).float().flatten())
         found["sharpness"].append(laplacian_variance(images))
         found["appearance"].append(appearance(perceptual, images))
         found["rise"].append(rising_mass(images))
+        evidence = maps[:, CIFAR10_CLASSES.index(subject)] if subject else None
+        found["pale_subject"].append(torch.from_numpy(subject_colour(pictures, evidence)[0]))
+        found["pale_wing"].append(rising_brightness(images))
     return {k: torch.cat(v) for k, v in found.items()}
 
 
@@ -211,10 +225,13 @@ def rarity_weights(features: torch.Tensor, power: float, k: int = 8) -> torch.Te
 
 
 def accept(pool: dict[str, torch.Tensor], config: LearnConfig) -> torch.Tensor:
-    """(N,) bool: the judge's rule, and realism and sharpness (and, when the rule asks for wings, the rising mass)
+    """(N,) bool: the judge's rule (its pixel terms read from the pixels), and realism and sharpness (and, when the rule asks for wings, the rising mass)
     at least their pool quantiles."""
     rule = parse_rule(config.accept)
     passed = judge_terms(pool["probabilities"], rule)
+    for name in PIXEL_TERMS:
+        if name in rule:
+            passed &= pool[name] >= rule[name]
     passed &= pool["realism"] >= torch.quantile(pool["realism"], config.critic_quantile)
     passed &= pool["sharpness"] >= torch.quantile(pool["sharpness"], config.sharpness_quantile)
     if "wings" in rule and config.rise_quantile > 0:

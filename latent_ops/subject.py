@@ -13,6 +13,9 @@
   it empty. On the kept 64 of ``make pegasus`` seeds 0-2 it separates the strict by-eye marks
   made before this rule shipped (docs/pegasus-cifar10/before-rise/marked-seed*.json) with ROC AUC 0.80; the evaluator's P(wings) does 0.58.
 
+- ``rising_brightness``: the mean brightness of that rising figure (0 where none rises): a pale wing against a
+  blue or dark sky is bright there, the usual dark blade is not.
+
 Example: ``python -c "import torch; from latent_ops.subject import subject_colour; print(subject_colour(torch.zeros(1, 3, 32, 32, dtype=torch.uint8), None))"``
 """
 from __future__ import annotations
@@ -75,3 +78,13 @@ def rising_mass(images: torch.Tensor) -> torch.Tensor:
     rows, (c0, c1) = round(RISE_ROWS * H), (round(RISE_COLUMNS[0] * W), round(RISE_COLUMNS[1] * W))
     figure = silhouette(images.float()) >= SUBJECT_SHARE
     return figure[:, :rows, c0:c1].float().mean((1, 2))
+
+
+def rising_brightness(images: torch.Tensor) -> torch.Tensor:
+    """(N,) in [0, 1]: the mean brightness of the figure pixels (as ``rising_mass`` finds them) in the middle third
+    above the back; 0 where none is figure. images: (N, 3, H, W) in [-1, 1]."""
+    H, W = images.shape[-2:]
+    rows, (c0, c1) = round(RISE_ROWS * H), (round(RISE_COLUMNS[0] * W), round(RISE_COLUMNS[1] * W))
+    figure = (silhouette(images.float()) >= SUBJECT_SHARE)[:, :rows, c0:c1].float()
+    brightness = ((images[:, :, :rows, c0:c1].float() + 1) / 2).mean(1)
+    return (brightness * figure).flatten(1).sum(1) / figure.flatten(1).sum(1).clamp_min(1)

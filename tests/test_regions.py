@@ -319,6 +319,10 @@ def test_learning_goes_on_from_a_learned_concept_with_the_rising_mass_in_its_rul
     assert accept(pool, config).tolist() == [False, False, False, True, True, True]
     config.accept = "horse>=0"  # a rule without wings asks for no wing to rise
     assert accept(pool, config).all()
+    pool["pale_subject"] = torch.tensor([0.9, 0.9, 0.2, 0.9, 0.9, 0.9])
+    pool["pale_wing"] = torch.tensor([0.9, 0.1, 0.9, 0.7, 0.5, 0.9])
+    config.accept = "horse>=0,pale_subject>=0.6,pale_wing>=0.6"  # read from the pixels, not a classifier
+    assert accept(pool, config).tolist() == [True, False, False, True, False, True]
 
 
 def test_learn_refuses_the_evaluator_as_judge_and_bad_rules():
@@ -331,6 +335,9 @@ def test_learn_refuses_the_evaluator_as_judge_and_bad_rules():
         make_learn_config(accept="unicorn>=0.3")
     with pytest.raises(ConfigError, match="not be a CIFAR-10 class"):
         make_learn_config(name="horse")
+    with pytest.raises(ConfigError, match="pale_wing>=NUMBER"):
+        make_learn_config(accept="pale_sky>=0.5")
+    assert make_learn_config(accept="horse>=0.3,pale_wing>=0.6").accept == "horse>=0.3,pale_wing>=0.6"
     with pytest.raises(ConfigError, match="--solver must be one of"):
         make_learn_config(solver="euler")
     with pytest.raises(ConfigError, match="--rise_quantile must be between"):

@@ -68,3 +68,16 @@ def test_rising_mass_sees_a_wing_from_the_middle_of_the_back_and_not_a_table():
     table[0, :, 4:14, 4:8] = table[0, :, 4:14, 24:28] = 20  # a raised head and tail at the ends
     rise = rising_mass(torch.cat([winged[:1], table[:1], bare[:1]]).float() / 127.5 - 1)
     assert rise[0] > 0.25 and rise[1] == 0 and rise[2] == 0
+
+
+def test_rising_brightness_tells_a_pale_wing_from_a_dark_blade_and_reads_zero_with_none():
+    from latent_ops.subject import rising_brightness
+
+    sky = torch.full((3, 3, 32, 32), 0, dtype=torch.uint8)
+    sky[:, 2] = 200  # a blue sky
+    sky[:, :, 14:22, 4:28] = 240  # a white body
+    pale, dark, bare = sky[:1].clone(), sky[:1].clone(), sky[:1].clone()
+    pale[:, :, 2:14, 13:19] = 250  # a white wing rising from the middle of the back
+    dark[:, :, 2:14, 13:19] = 10  # a dark blade there
+    bright = rising_brightness(torch.cat([pale, dark, bare]).float() / 127.5 - 1)
+    assert bright[0] > 0.9 and bright[1] < 0.1 and bright[2] == 0
