@@ -15,7 +15,10 @@ of those, by
   the back that is figure (``latent_ops.subject.rising_mass``), a wing from the middle of the back rather
   than blades at the ends of a table-like body. It is 1 when the expression names no wings.
 
-The choice score is agreement x sqrt(rising mass). Against the strict by-eye marks of the kept 64 of
+Among those, when the expression asks for a subject with wings, only the candidates that both classifiers read as
+the subject at least as well as the median of them (the lower of the two P(horse)) are chosen from: the rising mass
+favours a wing so strongly that a thin figure under crossed blades (P(horse) 0.22) came first on seed 0, where a brown
+horse with one raised wing (0.46 and 0.54) now does (2026-12-05). The choice score is agreement x sqrt(rising mass). Against the strict by-eye marks of the kept 64 of
 ``make pegasus`` seeds 0-2 before it shipped (docs/pegasus-cifar10/before-rise/marked-seed*.json; 192 images, 116 marked) it has ROC AUC
 0.77; with the **regional reading** in its place (the perceptual net's class activation maps, Zhou et al.
 2016, arXiv:1512.04150, on its 3 x 3 grid: the subject's share in the lower two rows times the winged
@@ -65,6 +68,14 @@ def eligible(refined: torch.Tensor, gated: torch.Tensor, realism: torch.Tensor) 
     if not pool.any():
         return pool
     return pool & (realism >= realism[pool].median())
+
+
+def reads_as_subject(allowed: torch.Tensor, subject: torch.Tensor) -> torch.Tensor:
+    """(N,) bool: ``allowed`` (N,) bool and the subject reading ``subject`` (N,: the lower of the two classifiers'
+    P(subject)) at least its median over the allowed, so the best is a horse before it is a wing."""
+    if not allowed.any():
+        return allowed
+    return allowed & (subject >= subject[allowed].median())
 
 
 def best_first(order: torch.Tensor, score: torch.Tensor, allowed: torch.Tensor, count: int = SHOWN_BEST

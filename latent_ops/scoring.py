@@ -197,8 +197,9 @@ def second_reading(setting: Setting, found: dict[str, torch.Tensor], rows: torch
 
 def choose_best(config: ComposeConfig, setting: Setting, scored: Scored) -> Scored:
     """The order with the best image and the next three chosen by ``--best`` (latent_ops.best_choice): among the
-    refined candidates (every one when none was refined), by the evaluator's and the perceptual net's agreement
-    and the rising mass (the regional reading is recorded beside). Their readings are added to ``found`` (NaN for the candidates not read)."""
+    refined candidates (every one when none was refined) that read as the subject at least as well as their median,
+    by the evaluator's and the perceptual net's agreement and the rising mass (the regional reading is recorded
+    beside). Their readings are added to ``found`` (NaN for the candidates not read)."""
     if config.best == "rank" or not scored.intents:
         return scored
     found, count = scored.found, len(scored.order)
@@ -211,5 +212,10 @@ def choose_best(config: ComposeConfig, setting: Setting, scored: Scored) -> Scor
         found[key] = torch.full((count,), float("nan"))
         found[key][rows] = values
     allowed = best_choice.eligible(considered, scored.gated, found["realism"])
+    subject = next((n for n in terms if n in CIFAR10_CLASSES and n not in best_choice.WINGED_CLASSES), None)
+    if subject in scored.intents and "wings" in terms:  # a horse before a wing: both readings of the subject
+        reading = torch.full((count,), -1.0)
+        reading[rows] = torch.minimum(scored.intents[subject][rows].float(), terms[subject])
+        allowed = best_choice.reads_as_subject(allowed, reading)
     order = best_choice.best_first(scored.order, found["best_score"].nan_to_num(-1.0), allowed)
     return dataclasses.replace(scored, order=order)

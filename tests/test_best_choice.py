@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from latent_ops.best_choice import agreement, best_first, choice_score, eligible, regional_reading
+from latent_ops.best_choice import agreement, best_first, choice_score, eligible, reads_as_subject, regional_reading
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -57,6 +57,13 @@ def test_only_refined_gated_and_realistic_candidates_are_eligible():
     assert choice_score(torch.tensor([0.5]), torch.tensor([0.25])).item() == 0.25
 
 
+def test_the_best_is_chosen_among_those_that_read_as_the_subject_at_least_as_well_as_their_median():
+    allowed = torch.tensor([True, True, True, True, False])
+    horse = torch.tensor([0.2, 0.5, 0.4, 0.6, 0.9])
+    assert reads_as_subject(allowed, horse).tolist() == [False, True, True, True, False]  # the lower median, 0.4
+    assert not reads_as_subject(torch.zeros(3, dtype=torch.bool), torch.ones(3)).any()
+
+
 def test_compose_best_agreement_records_both_readings_and_the_showcase_shows_four(tmp_path):
     from PIL import Image
 
@@ -78,7 +85,12 @@ def test_compose_best_agreement_records_both_readings_and_the_showcase_shows_fou
     read = [c for c in chosen if "best_score" in c]
     realistic = sorted(c["realism"] for c in read if c["passed_gate"])
     median = realistic[(len(realistic) - 1) // 2]
-    assert max(c["best_score"] for c in read if c["passed_gate"] and c["realism"] >= median) == scores[0]
+    allowed = [c for c in read if c["passed_gate"] and c["realism"] >= median]
+    horse = sorted(min(c["intent_terms"]["horse"], c["second_reading"]["horse"]) for c in allowed)
+    floor = horse[(len(horse) - 1) // 2]  # both readings of the horse at least their median: a horse first
+    assert max(c["best_score"] for c in allowed
+               if min(c["intent_terms"]["horse"], c["second_reading"]["horse"]) >= floor) == scores[0]
+    assert all(min(c["intent_terms"]["horse"], c["second_reading"]["horse"]) >= floor for c in lead)
     assert all("second_reading" not in c for c in ranked)
     assert [c["candidate"] for c in chosen[4:]] == [c["candidate"] for c in ranked if c["candidate"] not in
                                                      {x["candidate"] for x in lead}], "the rest keep the ranking"
