@@ -34,9 +34,10 @@ MODEL := models/pegasus-cifar10
 PEGASUS_EXPRESSION ?=
 PEGASUS_FLAGS ?=
 PEGASUS_OUT ?= outputs/compose/pegasus
-# A white Pegasus: the learned concept with the white direction (fitted on pale *subjects*) on the horse's own cells
-# and, harder, on the cells above its back (@body and @back follow each candidate's subject).
-WHITE_PEGASUS := pegasus&2*white@body&4*white@back
+# A white Pegasus: the learned concept pegasus_white (LEARN_PEGASUS_WHITE below: taught from compositions with the
+# white direction on the horse's own cells and above its back, kept where the subject and the rising figure are pale).
+# Before it: pegasus&2*white@body&4*white@back, white bodies under dark blades.
+WHITE_PEGASUS := pegasus_white
 pegasus: $(STAMP)
 	@if [ -z "$(NO_DATA)" ] && [ ! -d $(DATA)/cifar10-jpeg ] && [ ! -d $(DATA)/cifar-10-batches-py ] \
 		&& [ -f $(SHARED_CIFAR) ]; then echo "pegasus: unpacking $(SHARED_CIFAR) into $(DATA)/ (once)"; \
@@ -52,11 +53,17 @@ pegasus-white:
 # 82 min alone on 2 CPU cores with AVX-512 bf16), fine-tune its decoder with the encoder frozen (release-grid8-sharpen:
 # 1,200 steps, about 13 min), ship that (bank, concepts, conv prior: 38 min), measure the shipped folder
 # against its targets (with its prior's guided class samples: 6 min), learn the pegasus concept from regional
-# compositions in 3 rounds (77 min beside other work), store its compose recipe (15 s), report on it (1,000 latent prior samples: 10,000 take
+# compositions in 3 rounds (77 min beside other work) and the white one (36 min), store its compose recipe (15 s), report on it (1,000 latent prior samples: 10,000 take
 # about 1 min with the recipe's solver) and write its card with the report's
-# numbers: about 3 h in all. Training and shipping resume where a killed call stopped; the later steps run again.
+# numbers: about 3.5 h in all. Training and shipping resume where a killed call stopped; the later steps run again.
 LEARN_PEGASUS := --expression "2*horse&3*airplane@top" --pool 4096 --rounds 3 --guidance 1.5 \
 	--accept "horse>=0.3,wings>=0.3" --critic_quantile 0.3 --sharpness_quantile 0.3 --steps 1200
+# The white Pegasus: learned from regional compositions with white pushed on the body and above the back, accepted
+# when the perceptual net reads horse and wings, the subject is pale and the figure rising above the back is pale
+# (pixel terms, latent_ops.subject), in 3 rounds (36 min beside other work on 2 AVX-512 bf16 cores).
+LEARN_PEGASUS_WHITE := --expression "2*horse&3*airplane@top&2*white@body&4*white@back" --pool 4096 --rounds 3 \
+	--prior_steps 12 --solver ab2 --guidance 2.0 --accept "horse>=0.25,wings>=0.25,pale_subject>=0.6,pale_wing>=0.65" \
+	--critic_quantile 0.3 --sharpness_quantile 0.2 --rise_quantile 0.3 --balance 1.0 --steps 1000
 PEGASUS_RECIPE := --pool 1024 --guidance 2.5 --solver ab2 --prior_steps 12 --guidance_until 0.7 --refine_top 128 --rise_gate 0.5 \
 	--chunk 64  # stored as the model's compose.json (bench/compose_speed.py measures it against the recipe before)
 # The release, re-created by `make model` (an older one: make model RELEASE_PRESET=release SHARPEN_PRESET= SHIP_FLAGS=)
@@ -85,6 +92,7 @@ model: data
 		--replace_learned true $(SHIP_FLAGS)
 	$(PY) bench/release_targets.py --run $(MODEL) --data $(DATA)
 	$(PY) -m latent_ops.learn pegasus --run $(MODEL) $(LEARN_PEGASUS)
+	$(PY) -m latent_ops.learn pegasus_white --run $(MODEL) $(LEARN_PEGASUS_WHITE)
 	$(PY) -m latent_ops.compose pegasus --run $(MODEL) --data $(DATA) $(PEGASUS_RECIPE) --save_recipe true \
 		--out $(RECIPE_OUT)
 	$(PY) -m latent_ops.report --run $(MODEL) --data $(DATA) --out outputs/report/pegasus-cifar10 --prior_samples 1000

@@ -63,6 +63,24 @@ def test_the_shipped_model_carries_its_conv_prior_and_the_learned_pegasus():
     assert "horse" in learned_expression(model, "pegasus")
     record = json.loads((model / "learned" / "pegasus" / "record.json").read_text())
     assert record["judge"] == "perceptual" and record["accepted"] >= 32
+    white = load_learned(model, "pegasus_white")
+    assert white.label_names[-1] == "pegasus_white" and "white@body" in learned_expression(model, "pegasus_white")
+    record = json.loads((model / "learned" / "pegasus_white" / "record.json").read_text())
+    assert "pale_wing" in record["accept"] and record["accepted"] >= 32
+
+
+def test_make_model_learns_the_white_pegasus_with_the_rule_it_shipped_with():
+    import re
+    import shlex
+    from pathlib import Path
+
+    makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
+    text = re.search(r"^LEARN_PEGASUS_WHITE := ((?:.*\\\n)*.*)$", makefile, re.M).group(1).replace("\\\n", " ")
+    flags = shlex.split(text)
+    given = {flags[i].lstrip("-"): flags[i + 1] for i in range(0, len(flags), 2)}
+    shipped = json.loads((SHIPPED_MODEL / "learned" / "pegasus_white" / "config.json").read_text())
+    assert {k: str(shipped[k]) for k in given} == given
+    assert "learn pegasus_white --run $(MODEL) $(LEARN_PEGASUS_WHITE)" in makefile
 
 
 def test_make_model_recreates_the_shipped_model_with_the_flags_it_was_shipped_with():
@@ -99,14 +117,15 @@ def test_a_white_pegasus_as_make_asks_for_it_has_paler_subjects_than_a_plain_one
 
     from autoencoder.classifier import load_perceptual
     from latent_ops.sources import classifier_views
-    from latent_ops.subject import subject_colour
+    from autoencoder.data import to_float
+    from latent_ops.subject import rising_brightness, subject_colour
 
     root = Path(__file__).resolve().parents[1]
     expression = re.search(r"^WHITE_PEGASUS := (.*)$", (root / "Makefile").read_text(), re.M).group(1)
     dry = subprocess.run(["make", "-n", "pegasus-white"], cwd=root, capture_output=True, text=True, timeout=60)
     assert f"PEGASUS_EXPRESSION='{expression}'" in dry.stdout  # quoted: & would end the shell command
     assert "pale unsaturated subject" in json.loads((SHIPPED_MODEL / "directions.json").read_text())["white"]["note"]
-    brightness = {}
+    brightness, rising = {}, {}
     for name, text in (("plain", "pegasus"), ("white", expression)):
         out = tmp_path / name
         done = subprocess.run([sys.executable, "-m", "latent_ops.compose", text, "--run", str(SHIPPED_MODEL),
@@ -118,5 +137,7 @@ def test_a_white_pegasus_as_make_asks_for_it_has_paler_subjects_than_a_plain_one
         images = load_file(out / "images.safetensors")["images"][ranks]
         _, maps = classifier_views(load_perceptual().eval(), images)
         brightness[name] = subject_colour(images, maps[:, 7])[0]
+        rising[name] = rising_brightness(to_float(images))
     assert brightness["white"].mean() > brightness["plain"].mean() + 0.15, brightness
     assert (brightness["white"] >= 0.5).sum() >= 8 > (brightness["plain"] >= 0.5).sum()
+    assert rising["white"].mean() > rising["plain"].mean() + 0.2, rising  # and what rises above the back is pale
