@@ -18,8 +18,8 @@ of those, by
 Among those, when the expression asks for a subject with wings, only the candidates that both classifiers read as
 the subject at least as well as the median of them (the lower of the two P(horse)) are chosen from: the rising mass
 favours a wing so strongly that a thin figure under crossed blades (P(horse) 0.22) came first on seed 0, where a brown
-horse with one raised wing (0.46 and 0.54) now does (2026-12-05). The choice score is agreement x sqrt(rising mass). Against the strict by-eye marks of the kept 64 of
-``make pegasus`` seeds 0-2 before it shipped (docs/pegasus-cifar10/before-rise/marked-seed*.json; 192 images, 116 marked) it has ROC AUC
+horse with one raised wing (0.46 and 0.54) now does (2026-12-05). The choice score is agreement x sqrt(rising
+mass). Against the strict by-eye marks of the kept 64 of ``make pegasus`` seeds 0-2 before it shipped (docs/pegasus-cifar10/before-rise/marked-seed*.json; 192 images, 116 marked) it has ROC AUC
 0.77; with the **regional reading** in its place (the perceptual net's class activation maps, Zhou et al.
 2016, arXiv:1512.04150, on its 3 x 3 grid: the subject's share in the lower two rows times the winged
 classes' share in the top row), the rule until 2026-12-05, 0.48, and agreement alone 0.43. The regional
@@ -31,9 +31,16 @@ from __future__ import annotations
 
 import torch
 
+from autoencoder.cifar10 import CIFAR10_CLASSES
+
 BEST_RULES = ("agreement", "rank")
 SHOWN_BEST = 4  # the best and the next three, each shown with its scores
 WINGED_CLASSES = ("bird", "airplane")
+
+
+def subject_term(names) -> str | None:
+    """The subject among intent-term or rule names: the first CIFAR-10 class that is not a winged one (None)."""
+    return next((n for n in names if n in CIFAR10_CLASSES and n not in WINGED_CLASSES), None)
 
 
 def agreement(first: dict[str, torch.Tensor], second: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -5,8 +5,8 @@ from the run's latent prior, decodes it, and accepts a candidate when
 
 - the *perceptual* classifier's probabilities meet every term of ``--accept`` (e.g.
   ``horse>=0.3,wings>=0.3``; ``wings`` is P(bird)+P(airplane)); ``pale_subject>=B`` and ``pale_wing>=B``
-  read the pixels instead (``latent_ops.subject``: the subject's mean brightness, the rising figure's). The evaluator, which measures
-  results, may never accept them: ``--judge evaluator`` is refused;
+  read the pixels instead (``latent_ops.subject``: the subject's mean brightness, the rising figure's). The
+  evaluator, which measures results, may never accept them: ``--judge evaluator`` is refused;
 - the image critic's realism and the sharpness (variance of the Laplacian) are at least the
   pool's ``--critic_quantile`` and ``--sharpness_quantile``.
 
@@ -47,6 +47,7 @@ from autoencoder.data import to_uint8
 from autoencoder.grids import save_grid
 from autoencoder.metrics import laplacian_variance
 from autoencoder.run_folder import RunError, load_run, weights_digest
+from latent_ops.best_choice import subject_term
 from latent_ops.concepts import WINGED
 from latent_ops.encode import encode_images, load_bank
 from latent_ops.expression import parse
@@ -110,7 +111,8 @@ class LearnConfig:
 
 
 LEARN_RANGES = {"pool": (2, 10 ** 6), "seed": (0, 2 ** 31 - 1), "guidance": (0, 100), "prior_steps": (1, 1000),
-                "critic_quantile": (0, 1), "sharpness_quantile": (0, 1), "rise_quantile": (0, 0.99), "min_accepted": (1, 10 ** 6),
+                "critic_quantile": (0, 1), "sharpness_quantile": (0, 1), "rise_quantile": (0, 0.99),
+                "min_accepted": (1, 10 ** 6),
                 "steps": (0, 10 ** 6), "batch_size": (2, 10 ** 6), "replay": (0, 0.99), "lr": (1e-8, 1.0),
                 "label_dropout": (0, 1), "ema": (0, 1), "chunk": (1, 65536), "rounds": (1, 100),
                 "balance": (0, 10)}
@@ -179,12 +181,14 @@ def compose_pool(config: LearnConfig, nets, sources: Sources, perceptual, expres
                  rng: np.random.Generator) -> dict[str, torch.Tensor]:
     """Draw the pool of ``expression`` chunk by chunk from ``sources.prior`` (which may know a learned label):
     codes (N, D), the judge's probabilities (N, 10), realism, sharpness, appearance (``appearance``), rising mass
-    and the pixel terms (``PIXEL_TERMS``)."""
+    and the pixel terms (``PIXEL_TERMS``) the rule names."""
     weights = parse(expression, sources.concepts.names + learned_labels(sources.prior))
-    subject = next((c for c in parse_rule(config.accept) if c in CIFAR10_CLASSES and c not in WINGED), None)
+    rule = parse_rule(config.accept)
+    subject = subject_term(rule)
     settings = DrawSettings("prior", guidance=config.guidance, prior_steps=config.prior_steps, solver=config.solver)
     found: dict[str, list[torch.Tensor]] = {"codes": [], "probabilities": [], "realism": [], "sharpness": [],
-                                            "appearance": [], "rise": [], "pale_subject": [], "pale_wing": []}
+                                            "appearance": [], "rise": [],
+                                            **{term: [] for term in PIXEL_TERMS if term in rule}}
     for start in range(0, config.pool, config.chunk):
         count = min(config.chunk, config.pool - start)
         codes, _ = sample_expression(weights, sources, count, rng, settings)
@@ -198,9 +202,11 @@ def compose_pool(config: LearnConfig, nets, sources: Sources, perceptual, expres
         found["sharpness"].append(laplacian_variance(images))
         found["appearance"].append(appearance(perceptual, images))
         found["rise"].append(rising_mass(images))
-        evidence = maps[:, CIFAR10_CLASSES.index(subject)] if subject else None
-        found["pale_subject"].append(torch.from_numpy(subject_colour(pictures, evidence)[0]))
-        found["pale_wing"].append(rising_brightness(images))
+        if "pale_subject" in rule:  # the pixel terms only when the rule asks for them
+            evidence = maps[:, CIFAR10_CLASSES.index(subject)] if subject else None
+            found["pale_subject"].append(torch.from_numpy(subject_colour(pictures, evidence)[0]))
+        if "pale_wing" in rule:
+            found["pale_wing"].append(rising_brightness(images))
     return {k: torch.cat(v) for k, v in found.items()}
 
 
@@ -225,8 +231,8 @@ def rarity_weights(features: torch.Tensor, power: float, k: int = 8) -> torch.Te
 
 
 def accept(pool: dict[str, torch.Tensor], config: LearnConfig) -> torch.Tensor:
-    """(N,) bool: the judge's rule (its pixel terms read from the pixels), and realism and sharpness (and, when the rule asks for wings, the rising mass)
-    at least their pool quantiles."""
+    """(N,) bool: the judge's rule (its pixel terms read from the pixels), and realism and sharpness (and, when the
+    rule asks for wings, the rising mass) at least their pool quantiles."""
     rule = parse_rule(config.accept)
     passed = judge_terms(pool["probabilities"], rule)
     for name in PIXEL_TERMS:

@@ -186,7 +186,7 @@ def second_reading(setting: Setting, found: dict[str, torch.Tensor], rows: torch
     probabilities, cams = classifier_views(perceptual, found["image"][rows].to(setting.device))
     probs = {name: probabilities[:, i].cpu() for i, name in enumerate(CIFAR10_CLASSES)}
     terms = intent_terms(setting.intent_weights, setting.concepts, found["z"][rows], probs)
-    subject = next((n for n in terms if n in CIFAR10_CLASSES and n not in best_choice.WINGED_CLASSES), None)
+    subject = best_choice.subject_term(terms)
     regional, rise = torch.ones(len(rows)), torch.ones(len(rows))
     if subject is not None and "wings" in terms:
         winged = [CIFAR10_CLASSES.index(c) for c in best_choice.WINGED_CLASSES]
@@ -212,7 +212,7 @@ def choose_best(config: ComposeConfig, setting: Setting, scored: Scored) -> Scor
         found[key] = torch.full((count,), float("nan"))
         found[key][rows] = values
     allowed = best_choice.eligible(considered, scored.gated, found["realism"])
-    subject = next((n for n in terms if n in CIFAR10_CLASSES and n not in best_choice.WINGED_CLASSES), None)
+    subject = best_choice.subject_term(terms)
     if subject in scored.intents and "wings" in terms:  # a horse before a wing: both readings of the subject
         reading = torch.full((count,), -1.0)
         reading[rows] = torch.minimum(scored.intents[subject][rows].float(), terms[subject])

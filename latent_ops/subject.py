@@ -71,20 +71,25 @@ def subject_colour(images: torch.Tensor, evidence: torch.Tensor | None) -> tuple
     return brightness.numpy(), saturation.numpy()
 
 
-def rising_mass(images: torch.Tensor) -> torch.Tensor:
-    """(N,) in [0, 1]: the share of the middle-third columns of the top RISE_ROWS rows that is figure (silhouette
-    at least SUBJECT_SHARE of its peak). images: (N, 3, H, W) in [-1, 1]."""
+def rise_window(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The middle third of the columns in the top RISE_ROWS rows, above a side-view horse's back: its figure mask
+    (N, h, w) float (silhouette at least SUBJECT_SHARE of its peak) and its pixels (N, 3, h, w).
+    images: (N, 3, H, W) in [-1, 1]."""
     H, W = images.shape[-2:]
     rows, (c0, c1) = round(RISE_ROWS * H), (round(RISE_COLUMNS[0] * W), round(RISE_COLUMNS[1] * W))
     figure = silhouette(images.float()) >= SUBJECT_SHARE
-    return figure[:, :rows, c0:c1].float().mean((1, 2))
+    return figure[:, :rows, c0:c1].float(), images[:, :, :rows, c0:c1].float()
+
+
+def rising_mass(images: torch.Tensor) -> torch.Tensor:
+    """(N,) in [0, 1]: the share of the rise window (``rise_window``) that is figure. images: (N, 3, H, W) in
+    [-1, 1]."""
+    return rise_window(images)[0].mean((1, 2))
 
 
 def rising_brightness(images: torch.Tensor) -> torch.Tensor:
-    """(N,) in [0, 1]: the mean brightness of the figure pixels (as ``rising_mass`` finds them) in the middle third
-    above the back; 0 where none is figure. images: (N, 3, H, W) in [-1, 1]."""
-    H, W = images.shape[-2:]
-    rows, (c0, c1) = round(RISE_ROWS * H), (round(RISE_COLUMNS[0] * W), round(RISE_COLUMNS[1] * W))
-    figure = (silhouette(images.float()) >= SUBJECT_SHARE)[:, :rows, c0:c1].float()
-    brightness = ((images[:, :, :rows, c0:c1].float() + 1) / 2).mean(1)
+    """(N,) in [0, 1]: the mean brightness of the figure pixels in the rise window (``rise_window``); 0 where none
+    is figure. images: (N, 3, H, W) in [-1, 1]."""
+    figure, pixels = rise_window(images)
+    brightness = ((pixels + 1) / 2).mean(1)
     return (brightness * figure).flatten(1).sum(1) / figure.flatten(1).sum(1).clamp_min(1)
