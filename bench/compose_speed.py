@@ -8,7 +8,9 @@ writing) and in all, the call's wall time, and the quality figures compose measu
 the pool's share with every intent term >= the gate, mean P(horse) and P(wings) of the pool and of the
 kept 64, and, with data, the kept 64's sharpness (variance of the Laplacian), feature diversity
 (mean pairwise distance of the evaluator's features) and direction diversity (the same of the features scaled to
-unit length: variety apart from how strongly the evaluator sees it) as ratios to real test horses. The new recipe's
+unit length: variety apart from how strongly the evaluator sees it) as ratios to real test horses, and the pool's
+diversity ceiling (the same figure for a most varied 64 of the pool that the share counts, by the greedy of max-sum
+dispersion: about the most any selection rule could keep). The new recipe's
 figures are judged against the old one's mean minus its seed-to-seed spread (max - min over the seeds).
 
 Then:
@@ -43,7 +45,8 @@ from autoencoder.cifar10 import CACHE_FOLDER, DATA_FOLDER
 OLD_RECIPE = {"solver": "heun", "prior_steps": 24, "guidance_from": 0.0, "guidance_until": 1.0, "refine_top": 0,
               "precision": "fp32", "chunk": 256}
 HIGHER_IS_BETTER = ("pool share", "pool P(horse)", "pool P(wings)", "kept P(horse)", "kept P(wings)",
-                    "kept sharpness / real", "kept diversity / real", "kept direction diversity / real")
+                    "kept sharpness / real", "kept diversity / real", "kept direction diversity / real",
+                    "ceiling diversity / real")
 
 
 def compose_once(run: str, data: str, cache_dir: str, expression: str, flags: dict, out: str) -> dict:
@@ -89,6 +92,23 @@ def direction_diversity(features: torch.Tensor) -> float:
     return mean_pairwise_distance(features / features.norm(dim=1, keepdim=True).clamp_min(1e-8))
 
 
+def diversity_ceiling(folder: str, scores: dict, count: int = 64) -> float:
+    """The feature diversity of a most varied ``count`` (``latent_ops.ranking.dispersed_subset``) of the pool's
+    candidates whose every intent term is at least the gate (those the pool share counts): about the most any
+    selection rule could keep from this pool, so a target above it needs a more varied pool, not a better rule."""
+    from safetensors.torch import load_file
+
+    from autoencoder.classifier import load_evaluator
+    from autoencoder.metrics import mean_pairwise_distance
+    from latent_ops.ranking import dispersed_subset
+
+    ranks = [c["rank"] for c in scores["candidates"] if min(c["intent_terms"].values()) >= scores["rank_gate"]]
+    images = load_file(str(Path(folder) / "images.safetensors"))["images"]
+    features = load_evaluator().features(images[[r for r in ranks if r < len(images)]])
+    spread = dispersed_subset(features, count)
+    return mean_pairwise_distance(features[spread]) if len(spread) > 1 else 0.0
+
+
 def quality(folder: str, real: dict | None) -> dict:
     """The figures of one compose folder: shares and probabilities from scores.json, ratios to real horses."""
     from safetensors.torch import load_file
@@ -108,6 +128,7 @@ def quality(folder: str, real: dict | None) -> dict:
         features = load_evaluator().features(images)
         figures["kept diversity / real"] = mean_pairwise_distance(features) / real["diversity"]
         figures["kept direction diversity / real"] = direction_diversity(features) / real["direction_diversity"]
+        figures["ceiling diversity / real"] = diversity_ceiling(folder, scores) / real["diversity"]
     figures["kept candidates"] = sorted(c["candidate"] for c in scores["candidates"] if c["kept"])
     return figures
 

@@ -72,7 +72,8 @@ from latent_ops.encode import load_bank
 from latent_ops.expression import FOLLOWING_REGIONS, parse
 from latent_ops.flow import SOLVERS, FlowNet, project
 from latent_ops.images import region_cells
-from latent_ops.intent import INTENTS, expand_learned, expression_regions, needs_prior, open_prior, resolve_intent
+from latent_ops.intent import (INTENTS, expand_learned, expression_regions, needs_prior, open_prior, resolve_intent,
+                               spreads_with_temperature)
 from latent_ops.run_concepts import ensure_concepts
 from latent_ops.runs import repository_path, resolve_run
 from latent_ops.sampling import SOURCES, DrawSettings, Sources, projection_conditions, sample_expression
@@ -103,7 +104,7 @@ class ComposeConfig:
     refine_step_size: float = 0.02  # gradient step size of the refinement (each step's length is capped)
     refine_anchor: float = 1.0  # pull towards the starting code during refinement
     strength: float = 1.0  # scales every direction's calibrated step
-    temperature: float = 1.0  # spread of --source density samples
+    temperature: float = 1.0  # spread of --source density samples and of the prior's starting noise (Glow's temperature)
     source: str = "heldout"  # heldout (codes of real test images), density (the fitted Gaussian mixture)
     #   or prior (the run's latent prior, latent_ops.prior)
     guidance: float = 2.0  # classifier-free guidance of the latent prior per condition (prior draws, a&b, --project)
@@ -261,6 +262,9 @@ def open_setting(config: ComposeConfig) -> Setting:
     concepts = ensure_concepts(run_dir, config.data, config.cache_dir)
     learned = learned_names(run_dir, concepts.names)
     weights = parse(config.expression, concepts.names + learned)
+    if config.temperature != 1 and not spreads_with_temperature(config, weights, learned):
+        raise ConfigError(f"--temperature {config.temperature} spreads density and prior draws, but {config.expression!r} "
+                          f"draws only held-out codes of real images; add --source density or --source prior, or drop it")
     intent_source = resolve_intent(config.intent)
     judge = load_evaluator(device=opened.device.type) if intent_source == "evaluator" else None
     prior = open_prior(run_dir, weights, learned) if needs_prior(config, weights, learned) else None

@@ -398,10 +398,13 @@ def dpm_solver_2m_step(x: torch.Tensor, v: torch.Tensor, t: float, t_next: float
 
 @torch.no_grad()
 def sample(net: FlowNet, n: int, conditions: Sequence[Guide], steps: int | Schedule = 32,
-           generator: torch.Generator | None = None, placer: Placer | None = None) -> torch.Tensor:
-    """n codes (n, D) drawn from the flow under ``conditions`` (in code space, not standardised)."""
+           generator: torch.Generator | None = None, placer: Placer | None = None, temperature: float = 1.0
+           ) -> torch.Tensor:
+    """n codes (n, D) drawn from the flow under ``conditions`` (in code space, not standardised), starting from
+    noise of standard deviation ``temperature`` (the sampling temperature of Glow, Kingma & Dhariwal 2018,
+    arXiv:1807.03039: below 1 nearer the modes, above 1 further out)."""
     device = net.mean.device
-    x0 = torch.randn(n, net.dim, generator=generator, device=device)
+    x0 = temperature * torch.randn(n, net.dim, generator=generator, device=device)
     return net.unstandardise(integrate(net, x0, 0.0, conditions, steps, placer))
 
 

@@ -74,6 +74,13 @@ def needs_prior(config, weights: dict[str, float], learned: list[str]) -> bool:
             or any(term_parts(t).conjunction for t in weights) or bool(named_learned(weights, learned)))
 
 
+def spreads_with_temperature(config, weights: dict[str, float], learned: list[str]) -> bool:
+    """Whether ``--temperature`` shapes a compose of ``config`` and ``weights``: it spreads density draws and the
+    prior's starting noise (its source, conjunctions, learned concepts), not held-out codes of real images."""
+    return (config.source != "heldout" or any(term_parts(t).conjunction for t in weights)
+            or bool(named_learned(weights, learned)))
+
+
 def named_learned(weights: dict[str, float], learned: list[str]) -> list[str]:
     """The learned concepts an expression names, anywhere in it."""
     named = set()

@@ -102,3 +102,25 @@ def quality_diversity_subset(features: torch.Tensor, count: int, quality_decay: 
     taken = set(chosen)
     rest = [i for i in range(len(flat)) if i not in taken]  # when no row adds volume: the best of the rest
     return torch.tensor(sorted(chosen + rest[:count - len(chosen)]), dtype=torch.long)
+
+
+
+def dispersed_subset(features: torch.Tensor, count: int) -> torch.Tensor:
+    """Positions of ``min(count, N)`` rows of ``features`` (N, F) with a large mean pairwise distance: the farthest
+    pair, then each time the row whose distances to those chosen sum highest (the greedy of max-sum dispersion,
+    within a factor 2 of the best set; Ravi, Rosenkrantz and Tayi 1994, "Heuristic and special case algorithms for
+    dispersion problems"). Near the most varied set a selection could keep from these rows: an estimate of the
+    ceiling on the diversity any rule can reach."""
+    flat = features.flatten(1).double()
+    if len(flat) <= min(count, 2):
+        return torch.arange(len(flat))
+    distances = torch.cdist(flat, flat)
+    first, second = divmod(int(distances.argmax()), len(flat))
+    chosen = [first, second]
+    total = distances[first] + distances[second]
+    for _ in range(min(count, len(flat)) - 2):
+        total[chosen] = -1.0
+        pick = int(total.argmax())
+        chosen.append(pick)
+        total = total + distances[pick]
+    return torch.tensor(chosen, dtype=torch.long)

@@ -64,7 +64,7 @@ class DrawSettings:
     """How a draw is made (the compose flags that shape it)."""
     source: str = "heldout"
     strength: float = 1.0  # scales every direction's calibrated step
-    temperature: float = 1.0  # spread of ``density`` draws
+    temperature: float = 1.0  # spread of ``density`` draws and of the prior's starting noise
     guidance: float = 2.0  # classifier-free guidance of prior draws, per condition
     prior_steps: int = 32  # ODE steps of prior draws
     solver: str = "heun"  # the ODE solver of prior draws (latent_ops.flow.SOLVERS)
@@ -121,14 +121,14 @@ def draw_density(name: str, sources: Sources, count: int, rng: np.random.Generat
     concepts = sources.concepts
     if name in learned_labels(sources.prior):  # a concept the prior learned: always drawn from its label
         codes = sample(sources.prior, count, [(class_label(name, sources.prior), settings.guidance)],
-                       settings.schedule, prior_generator(rng))
+                       settings.schedule, prior_generator(rng), temperature=settings.temperature)
         return codes.numpy(), None
     if settings.source == "density":
         return concepts.sample(name, count, rng, settings.temperature), None
     if settings.source == "prior" and ":" not in name:
         prior = need_prior(sources, "--source prior")
         codes = sample(prior, count, [(class_label(name), settings.guidance)], settings.schedule,
-                       prior_generator(rng))
+                       prior_generator(rng), temperature=settings.temperature)
         return codes.numpy(), None
     if sources.bank is None:
         raise ExpressionError(f"drawing {name} needs the run's code bank (python -m latent_ops.encode)")
@@ -225,7 +225,8 @@ def sample_expression(weights: dict[str, float], sources: Sources, count: int, r
             prior = need_prior(sources, f"the conjunction {term}")
             guides = conjunction_guides(split.conjunction, sources, settings)
             placer = subject_placer(guides, sources)
-            part = sample(prior, count, guides, settings.schedule, prior_generator(rng), placer).numpy()
+            part = sample(prior, count, guides, settings.schedule, prior_generator(rng), placer,
+                          settings.temperature).numpy()
             if placer is not None:
                 sources.placed = placer.cells
         else:

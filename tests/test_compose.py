@@ -163,6 +163,16 @@ def test_unknown_concept_is_one_clear_error(composed_run, folder_data, smoke_run
     assert message.startswith("error: unknown concept 'wigns' at column 7") and "horse:0" in message
 
 
+def test_a_temperature_that_would_change_nothing_is_one_clear_error(composed_run, folder_data, smoke_run, tmp_path,
+                                                                    capsys):
+    with pytest.raises(SystemExit) as exit_info:  # held-out codes of real images have no spread to warm
+        compose_main("horse+wings", run=str(composed_run), data=str(folder_data), temperature=1.5,
+                     cache_dir=str(smoke_run.parent / "cache"), out=str(tmp_path / "out"))
+    message = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message.count("\n") == 1 and not (tmp_path / "out").exists()
+    assert message.startswith("error: --temperature 1.5 spreads density and prior draws") and "--source" in message
+
+
 def test_a_copied_training_image_has_zero_uniqueness(folder_data, smoke_run):
     bank = load_split(folder_data, "train", smoke_run.parent / "cache").images
     copies = to_float(bank[[3, 17]])

@@ -54,6 +54,21 @@ def test_class_samples_land_nearer_their_own_class(toy_flow, label):
     assert 0.3 < share < 0.7  # without a condition, both classes
 
 
+def test_the_temperature_scales_the_starting_noise(toy_flow):
+    net, _, _ = toy_flow
+    spreads = {}
+    for temperature in (0.0, 0.5, 1.5):
+        codes = sample(net, 200, [(0, 1.0)], steps=16, generator=torch.Generator().manual_seed(3),
+                       temperature=temperature)
+        spreads[temperature] = (codes - CENTRES[0]).norm(dim=1).mean().item()
+        if temperature == 0:
+            assert torch.allclose(codes, codes[:1].expand_as(codes))  # one start, one code
+    assert spreads[0.0] < spreads[0.5] < spreads[1.5], spreads
+    same = sample(net, 8, [(0, 1.0)], steps=16, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(same, sample(net, 8, [(0, 1.0)], steps=16, generator=torch.Generator().manual_seed(3),
+                                    temperature=1.0))  # 1 is the plain draw
+
+
 def test_projection_brings_edited_codes_back_towards_the_data(toy_flow):
     net, _, _ = toy_flow
     codes, labels = toy_bank(64, seed=5)

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from latent_ops.learn import rarity_weights
-from latent_ops.ranking import greedy_dpp, quality_diversity_subset
+from latent_ops.ranking import dispersed_subset, greedy_dpp, quality_diversity_subset
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -22,6 +22,25 @@ def test_the_greedy_dpp_takes_the_distinct_rows_before_a_second_copy():
     chosen = greedy_dpp(kernel, 4)
     assert len(chosen) == 3, "no row adds volume once a, b and c are taken"
     assert {3, 4} <= set(chosen) and len(set(chosen) & {0, 1, 2}) == 1
+
+
+def test_the_dispersed_subset_spreads_wider_than_any_of_many_random_ones():
+    from itertools import combinations
+
+    from autoencoder.metrics import mean_pairwise_distance
+
+    g = torch.Generator().manual_seed(0)
+    points = torch.cat([0.1 * torch.randn(20, 2, generator=g), torch.tensor([[10.0, 0], [-10.0, 0], [0, 10.0]])])
+    chosen = dispersed_subset(points, 3)
+    assert sorted(chosen.tolist()) == [20, 21, 22]  # the three far points
+    best = max(mean_pairwise_distance(points[list(c)]) for c in combinations(range(23), 3))
+    assert mean_pairwise_distance(points[chosen]) == best
+    spread = dispersed_subset(torch.randn(200, 8, generator=g), 16)
+    assert len(set(spread.tolist())) == 16
+    many = torch.randn(200, 8, generator=torch.Generator().manual_seed(0))
+    randoms = [mean_pairwise_distance(many[torch.randperm(200, generator=g)[:16]]) for _ in range(200)]
+    assert mean_pairwise_distance(many[dispersed_subset(many, 16)]) > max(randoms)
+    assert dispersed_subset(torch.ones(1, 3), 4).tolist() == [0]
 
 
 def test_the_greedy_dpp_maximises_the_determinant_on_a_small_kernel():
