@@ -118,9 +118,10 @@ def quality(folder: str, real: dict | None) -> dict:
 
     scores = json.loads((Path(folder) / "scores.json").read_text())
     pool, kept = scores["pool"], scores["kept"]
+    horse = next((t for t in pool["intent_terms"] if t.split(":")[0] == "horse"), "horse")  # horse:white reads horse
     figures = {"pool share": pool["share_every_intent_term_at_least_gate"],
-               "pool P(horse)": pool["intent_terms"]["horse"], "pool P(wings)": pool["intent_terms"]["wings"],
-               "kept P(horse)": kept["intent_terms"]["horse"], "kept P(wings)": kept["intent_terms"]["wings"]}
+               "pool P(horse)": pool["intent_terms"][horse], "pool P(wings)": pool["intent_terms"]["wings"],
+               "kept P(horse)": kept["intent_terms"][horse], "kept P(wings)": kept["intent_terms"]["wings"]}
     kept_ranks = [c["rank"] for c in scores["candidates"] if c["kept"]]
     if real is not None:
         images = load_file(str(Path(folder) / "images.safetensors"))["images"][kept_ranks]

@@ -104,7 +104,6 @@ def quality_diversity_subset(features: torch.Tensor, count: int, quality_decay: 
     return torch.tensor(sorted(chosen + rest[:count - len(chosen)]), dtype=torch.long)
 
 
-
 def dispersed_subset(features: torch.Tensor, count: int) -> torch.Tensor:
     """Positions of ``min(count, N)`` rows of ``features`` (N, F) with a large mean pairwise distance: the farthest
     pair, then each time the row whose distances to those chosen sum highest (the greedy of max-sum dispersion,
