@@ -92,21 +92,18 @@ def direction_diversity(features: torch.Tensor) -> float:
     return mean_pairwise_distance(features / features.norm(dim=1, keepdim=True).clamp_min(1e-8))
 
 
-def diversity_ceiling(folder: str, scores: dict, count: int = 64) -> float:
+def diversity_ceiling(features: torch.Tensor, scores: dict, count: int = 64) -> float:
     """The feature diversity of a most varied ``count`` (``latent_ops.ranking.dispersed_subset``) of the pool's
-    candidates whose every intent term is at least the gate (those the pool share counts): about the most any
-    selection rule could keep from this pool, so a target above it needs a more varied pool, not a better rule."""
-    from safetensors.torch import load_file
-
-    from autoencoder.classifier import load_evaluator
+    candidates whose every intent term is at least the gate (those the pool share counts), from the evaluator's
+    ``features`` of the saved images (row r: rank r): about the most any selection rule could keep from this pool,
+    so a target above it needs a more varied pool, not a better rule."""
     from autoencoder.metrics import mean_pairwise_distance
     from latent_ops.ranking import dispersed_subset
 
     ranks = [c["rank"] for c in scores["candidates"] if min(c["intent_terms"].values()) >= scores["rank_gate"]]
-    images = load_file(str(Path(folder) / "images.safetensors"))["images"]
-    features = load_evaluator().features(images[[r for r in ranks if r < len(images)]])
-    spread = dispersed_subset(features, count)
-    return mean_pairwise_distance(features[spread]) if len(spread) > 1 else 0.0
+    share = features[[r for r in ranks if r < len(features)]]
+    spread = dispersed_subset(share, count)
+    return mean_pairwise_distance(share[spread]) if len(spread) > 1 else 0.0
 
 
 def quality(folder: str, real: dict | None) -> dict:
@@ -124,12 +121,12 @@ def quality(folder: str, real: dict | None) -> dict:
                "kept P(horse)": kept["intent_terms"][horse], "kept P(wings)": kept["intent_terms"]["wings"]}
     kept_ranks = [c["rank"] for c in scores["candidates"] if c["kept"]]
     if real is not None:
-        images = load_file(str(Path(folder) / "images.safetensors"))["images"][kept_ranks]
+        saved = load_evaluator().features(load_file(str(Path(folder) / "images.safetensors"))["images"])  # by rank
+        features = saved[kept_ranks]
         figures["kept sharpness / real"] = kept["sharpness"] / real["sharpness"]
-        features = load_evaluator().features(images)
         figures["kept diversity / real"] = mean_pairwise_distance(features) / real["diversity"]
         figures["kept direction diversity / real"] = direction_diversity(features) / real["direction_diversity"]
-        figures["ceiling diversity / real"] = diversity_ceiling(folder, scores) / real["diversity"]
+        figures["ceiling diversity / real"] = diversity_ceiling(saved, scores) / real["diversity"]
     figures["kept candidates"] = sorted(c["candidate"] for c in scores["candidates"] if c["kept"])
     return figures
 

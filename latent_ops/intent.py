@@ -68,17 +68,21 @@ def intent_terms(weights: dict[str, float], concepts: Concepts, codes: torch.Ten
     return terms
 
 
+def samples_the_prior(weights: dict[str, float], learned: list[str]) -> bool:
+    """Whether the expression itself draws codes from the prior: a conjunction or a learned concept."""
+    return any(term_parts(t).conjunction for t in weights) or bool(named_learned(weights, learned))
+
+
 def needs_prior(config, weights: dict[str, float], learned: list[str]) -> bool:
     """Whether a compose of ``config`` (its source, --project, --refine_prior) and ``weights`` draws on the prior."""
     return (config.source == "prior" or config.project > 0 or config.refine_prior > 0
-            or any(term_parts(t).conjunction for t in weights) or bool(named_learned(weights, learned)))
+            or samples_the_prior(weights, learned))
 
 
 def spreads_with_temperature(config, weights: dict[str, float], learned: list[str]) -> bool:
     """Whether ``--temperature`` shapes a compose of ``config`` and ``weights``: it spreads density draws and the
     prior's starting noise (its source, conjunctions, learned concepts), not held-out codes of real images."""
-    return (config.source != "heldout" or any(term_parts(t).conjunction for t in weights)
-            or bool(named_learned(weights, learned)))
+    return config.source != "heldout" or samples_the_prior(weights, learned)
 
 
 def named_learned(weights: dict[str, float], learned: list[str]) -> list[str]:

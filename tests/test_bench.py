@@ -246,10 +246,9 @@ def test_true_class_probability_reads_real_images_and_their_reconstructions(smok
     assert 0 <= got["reconstructions_named_share"] <= 1
 
 
-def test_the_diversity_ceiling_spreads_at_least_as_far_as_the_kept_set_and_counts_only_the_share(tmp_path):
+def test_the_diversity_ceiling_spreads_at_least_as_far_as_the_kept_set_and_counts_only_the_share():
     import torch
 
-    from autoencoder.atomic import save_tensors
     from autoencoder.classifier import load_evaluator
     from autoencoder.metrics import mean_pairwise_distance
     from compose_speed import diversity_ceiling
@@ -258,11 +257,10 @@ def test_the_diversity_ceiling_spreads_at_least_as_far_as_the_kept_set_and_count
     grey = torch.full((40, 3, 32, 32), 128, dtype=torch.uint8)
     varied = torch.randint(0, 256, (40, 3, 32, 32), generator=g, dtype=torch.uint8)
     images = torch.cat([grey, varied])  # ranks 0-39 one grey picture, 40-79 noise
-    save_tensors({"images": images}, tmp_path / "images.safetensors")
+    features = load_evaluator().features(images)
     terms = [{"horse": 0.5, "wings": 0.5 if r < 40 else 0.1} for r in range(80)]
     scores = {"candidates": [{"rank": r, "intent_terms": t} for r, t in enumerate(terms)], "rank_gate": 0.2}
-    assert diversity_ceiling(str(tmp_path), scores, count=16) == 0.0  # the share is one picture: no spread to keep
-    everything = diversity_ceiling(str(tmp_path), {**scores, "rank_gate": 0.0}, count=16)
-    features = load_evaluator().features(images)
+    assert diversity_ceiling(features, scores, count=16) == 0.0  # the share is one picture: no spread to keep
+    everything = diversity_ceiling(features, {**scores, "rank_gate": 0.0}, count=16)
     assert everything >= mean_pairwise_distance(features[32:48]) > 0  # no less than a kept 16 of grey and noise
     assert everything > mean_pairwise_distance(features[40:56])  # nor than 16 of the noise
