@@ -73,7 +73,7 @@ from latent_ops.expression import FOLLOWING_REGIONS, parse
 from latent_ops.flow import SOLVERS, FlowNet, project
 from latent_ops.images import region_cells
 from latent_ops.intent import (INTENTS, expand_learned, expression_regions, needs_prior, open_prior, resolve_intent,
-                               spreads_with_temperature)
+                               samples_the_prior, spreads_with_temperature)
 from latent_ops.run_concepts import ensure_concepts
 from latent_ops.runs import repository_path, resolve_run
 from latent_ops.sampling import SOURCES, DrawSettings, Sources, projection_conditions, sample_expression
@@ -112,6 +112,8 @@ class ComposeConfig:
     solver: str = "ab2"  # the prior's ODE solver: ab2 or dpmpp2m (one evaluation a step), heun (two; latent_ops.flow)
     guidance_from: float = 0.0  # guidance applies from this time of the prior's flow (0: noise) ...
     guidance_until: float = 1.0  # ... until this one (1: the codes); outside, the plain conditional velocity
+    negative: str = ""  # a class (or cluster: its class) that guidance pushes prior draws away from: its velocity
+    #   stands in for the unconditional one, so it costs no extra evaluation (a negative prompt); "": none
     project: float = 0.0  # SDEdit: edited codes go this far towards noise and the prior brings them back; 0: off
     refine_prior: float = 0.0  # each refinement step moves this share (0-1) of the way to the prior's denoised code
     pool: int = 0  # candidates to compose and rank (0: --n); a diverse min(n, 64) of the best are kept and shown
@@ -163,6 +165,9 @@ def validate_compose_config(config: ComposeConfig) -> None:
     check_choice("precision", config.precision, PRECISIONS)
     check_choice("select", config.select, SELECTIONS)
     check_choice("best", config.best, BEST_RULES)
+    if config.negative and config.negative.split(":")[0] not in CIFAR10_CLASSES:
+        raise ConfigError(f"--negative {config.negative!r} is not a CIFAR-10 class or cluster ({', '.join(CIFAR10_CLASSES)}"
+                          f"); name the class guidance should push away from, e.g. --negative deer, or leave it out")
     if config.guidance_from > config.guidance_until:
         raise ConfigError(f"--guidance_from {config.guidance_from} is after --guidance_until {config.guidance_until}: "
                           f"guidance applies between them; give from <= until (0 and 1: throughout)")
@@ -265,6 +270,9 @@ def open_setting(config: ComposeConfig) -> Setting:
     if config.temperature != 1 and not spreads_with_temperature(config, weights, learned):
         raise ConfigError(f"--temperature {config.temperature} spreads density and prior draws, but {config.expression!r} "
                           f"draws only held-out codes of real images; add --source density or --source prior, or drop it")
+    if config.negative and not (config.source == "prior" or samples_the_prior(weights, learned)):
+        raise ConfigError(f"--negative {config.negative} steers draws from the prior, but {config.expression!r} draws "
+                          f"none with --source {config.source}; add --source prior, or drop --negative")
     intent_source = resolve_intent(config.intent)
     judge = load_evaluator(device=opened.device.type) if intent_source == "evaluator" else None
     prior = open_prior(run_dir, weights, learned) if needs_prior(config, weights, learned) else None
@@ -290,7 +298,8 @@ class Drawn:
 
 def draw_settings(config: ComposeConfig, progress: bool = False) -> DrawSettings:
     return DrawSettings(config.source, config.strength, config.temperature, config.guidance, config.prior_steps,
-                        config.solver, config.guidance_from, config.guidance_until, "sampling" if progress else "")
+                        config.solver, config.guidance_from, config.guidance_until, "sampling" if progress else "",
+                        config.negative)
 
 
 def draw(config: ComposeConfig, setting: Setting, progress: bool = False) -> Drawn:
@@ -458,6 +467,7 @@ def summarise(config: ComposeConfig, setting: Setting, drawn: Drawn, scored: Sco
         "expression": config.expression, "weights": setting.weights, "intent_weights": setting.intent_weights,
         "seed": config.seed, "run": repository_path(setting.run), "candidates_composed": config.candidates,
         "strength": config.strength, "temperature": config.temperature, "source": config.source,
+        "negative": config.negative,
         "guidance": config.guidance, "project": config.project,
         "projection_conditions": {setting.label_names[label]: w for label, w in drawn.conditions},
         "projection_strip_noise": list(PROJECTION_STRIP) if kept.strip is not None else [],

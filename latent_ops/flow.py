@@ -63,7 +63,14 @@ class Drift(NamedTuple):
     region: str = ""  # as for Condition
 
 
-Guide = Condition | Drift
+class Baseline(NamedTuple):
+    """The label guidance extrapolates from in place of "no condition" (a negative prompt): the guided velocity
+    v(b) + sum_k w_k M_k (v(c_k) - v(b)) pushes away from class b at no extra evaluation of the net."""
+    label: int
+    region: str = ""  # always everywhere; the field lets every guide be asked for its region
+
+
+Guide = Condition | Drift | Baseline
 Placer = Callable[[torch.Tensor, Sequence[Guide]], Sequence[Guide]]  # (estimated codes (B, D), guides) -> guides
 
 
@@ -223,7 +230,7 @@ def flow_matching_loss(net: FlowNet, x1: torch.Tensor, labels: torch.Tensor, gen
 
 def as_guides(guides: Sequence) -> list[Guide]:
     """Guides as Condition and Drift tuples; a plain (label, weight) pair is a Condition everywhere."""
-    return [g if isinstance(g, (Condition, Drift)) else Condition(*g) for g in guides]
+    return [g if isinstance(g, (Condition, Drift, Baseline)) else Condition(*g) for g in guides]
 
 
 NET_CHUNK = 512  # rows per call of the velocity net: 2x faster than 2,048 at once on a 2-core CPU (caches, allocation)
@@ -237,20 +244,22 @@ def chunked_velocity(net: FlowNet, x: torch.Tensor, t: float, labels: torch.Tens
 
 
 def guided_velocity(net: FlowNet, x: torch.Tensor, t: float, conditions: Sequence[Guide]) -> torch.Tensor:
-    """v(x, t, none) + sum_k w_k M_k (v(x, t, c_k) - v(x, t, none)) + sum_j M_j d_j, in one batched call.
+    """v(x, t, b) + sum_k w_k M_k (v(x, t, c_k) - v(x, t, b)) + sum_j M_j d_j, in one batched call.
 
     ``conditions``: Condition (label, weight, mask) and Drift (vector, mask) tuples; a mask of None is
-    the whole code. No conditions: the unconditional velocity. One unmasked condition of weight 1:
-    its conditional velocity.
+    the whole code. The baseline b is "no condition", or the label of a Baseline among them (a negative
+    prompt: pushed away from, at no extra cost). No conditions: the baseline's velocity. One unmasked
+    condition of weight 1: its conditional velocity.
     """
     guides = as_guides(conditions)
     classes = [g for g in guides if isinstance(g, Condition)]
+    baseline = next((g.label for g in guides if isinstance(g, Baseline)), net.unconditional)
     B = x.shape[0]
     if len(classes) == 1 and classes[0].mask is None and classes[0].weight == 1:
-        classes = []  # the conditional velocity alone: the unconditional one is not needed
+        classes = []  # the conditional velocity alone: the baseline's is not needed
         labels = [next(g for g in guides if isinstance(g, Condition)).label]
     else:
-        labels = [net.unconditional] + [c.label for c in classes]
+        labels = [baseline] + [c.label for c in classes]
     for label in labels:
         if not 0 <= label <= net.unconditional:
             raise ValueError(f"label {label} is outside this prior's {net.classes} labels")
@@ -313,7 +322,9 @@ def as_schedule(steps: int | Schedule) -> Schedule:
 
 
 def unguided(guides: Sequence[Guide]) -> list[Guide]:
-    """The guides with the conditions' weights scaled to sum to 1 (no extrapolation); drifts unchanged."""
+    """The guides with the conditions' weights scaled to sum to 1 (no extrapolation) and no Baseline (nothing is
+    pushed away from); drifts unchanged."""
+    guides = [g for g in guides if not isinstance(g, Baseline)]
     total = sum(g.weight for g in guides if isinstance(g, Condition))
     if total <= 0:
         return list(guides)

@@ -37,7 +37,7 @@ from autoencoder.cifar10 import CIFAR10_CLASSES
 from latent_ops.concepts import Concepts, Gaussian, heldout_members
 from latent_ops.encode import LatentBank
 from latent_ops.expression import FOLLOWING_REGIONS, ExpressionError, region_slices, term_parts
-from latent_ops.flow import Condition, Drift, FlowNet, Guide, Schedule, project, sample
+from latent_ops.flow import Baseline, Condition, Drift, FlowNet, Guide, Schedule, project, sample
 from latent_ops.placement import SubjectPlacer
 
 SOURCES = ("heldout", "density", "prior")
@@ -71,6 +71,7 @@ class DrawSettings:
     guidance_from: float = 0.0  # guidance applies from this time of the flow (0: noise) ...
     guidance_until: float = 1.0  # ... until this one (1: the codes)
     progress: str = ""  # a label: prior draws show a progress bar on a terminal
+    negative: str = ""  # a class guidance pushes prior draws away from, in place of "no condition" ("": none)
 
     @property
     def schedule(self) -> Schedule:
@@ -91,6 +92,17 @@ def class_label(concept: str, prior: FlowNet | None = None) -> int:
     if name not in CIFAR10_CLASSES:
         raise ExpressionError(f"{concept!r} is not a class or cluster; & joins classes and clusters, e.g. horse&bird")
     return CIFAR10_CLASSES.index(name)
+
+
+def negative_guides(settings: DrawSettings, prior: FlowNet | None) -> list[Baseline]:
+    """The Baseline of ``settings.negative`` (a class or cluster: its class's label), or none. Guidance then
+    extrapolates away from that class instead of from no condition: a negative prompt at no extra cost."""
+    if not settings.negative:
+        return []
+    if settings.negative.split(":")[0] not in CIFAR10_CLASSES:
+        raise ExpressionError(f"--negative {settings.negative!r} is not a CIFAR-10 class or cluster; name one, "
+                              f"e.g. --negative deer")
+    return [Baseline(class_label(settings.negative, prior))]
 
 
 def region_mask(region: str, code_shape: tuple[int, ...]) -> np.ndarray:
@@ -120,15 +132,16 @@ def draw_density(name: str, sources: Sources, count: int, rng: np.random.Generat
     """(count, D) codes of one class or cluster, and the test-split positions drawn (None when synthetic)."""
     concepts = sources.concepts
     if name in learned_labels(sources.prior):  # a concept the prior learned: always drawn from its label
-        codes = sample(sources.prior, count, [(class_label(name, sources.prior), settings.guidance)],
+        codes = sample(sources.prior, count, [(class_label(name, sources.prior), settings.guidance),
+                                              *negative_guides(settings, sources.prior)],
                        settings.schedule, prior_generator(rng), temperature=settings.temperature)
         return codes.numpy(), None
     if settings.source == "density":
         return concepts.sample(name, count, rng, settings.temperature), None
     if settings.source == "prior" and ":" not in name:
         prior = need_prior(sources, "--source prior")
-        codes = sample(prior, count, [(class_label(name), settings.guidance)], settings.schedule,
-                       prior_generator(rng), temperature=settings.temperature)
+        codes = sample(prior, count, [(class_label(name), settings.guidance), *negative_guides(settings, prior)],
+                       settings.schedule, prior_generator(rng), temperature=settings.temperature)
         return codes.numpy(), None
     if sources.bank is None:
         raise ExpressionError(f"drawing {name} needs the run's code bank (python -m latent_ops.encode)")
@@ -140,7 +153,8 @@ def draw_density(name: str, sources: Sources, count: int, rng: np.random.Generat
     drawn = [int(sources.bank.indices["test"][i]) for i in pick]
     if settings.source == "prior":  # a cluster: its members, varied by the prior
         prior = need_prior(sources, "--source prior")
-        codes = project(prior, torch.from_numpy(codes), CLUSTER_PRIOR_NOISE, [(class_label(name), settings.guidance)],
+        codes = project(prior, torch.from_numpy(codes), CLUSTER_PRIOR_NOISE,
+                        [(class_label(name), settings.guidance), *negative_guides(settings, prior)],
                         settings.schedule, prior_generator(rng)).numpy()
     return codes, drawn
 
@@ -185,7 +199,7 @@ def conjunction_guides(parts: tuple[tuple[str, float], ...], sources: Sources, s
         else:
             raise ExpressionError(f"{concept} in a conjunction is neither a class, a cluster, a learned concept "
                                   f"nor a direction of this run")
-    return guides
+    return guides + negative_guides(settings, prior)
 
 
 def subject_placer(guides: list[Guide], sources: Sources) -> SubjectPlacer | None:

@@ -173,6 +173,16 @@ def test_a_temperature_that_would_change_nothing_is_one_clear_error(composed_run
     assert message.startswith("error: --temperature 1.5 spreads density and prior draws") and "--source" in message
 
 
+def test_a_negative_class_without_prior_draws_is_one_clear_error(composed_run, folder_data, smoke_run, tmp_path,
+                                                                 capsys):
+    with pytest.raises(SystemExit) as exit_info:  # held-out codes of real images are not steered by guidance
+        compose_main("horse+wings", run=str(composed_run), data=str(folder_data), negative="deer",
+                     cache_dir=str(smoke_run.parent / "cache"), out=str(tmp_path / "out"))
+    message = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message.count("\n") == 1 and not (tmp_path / "out").exists()
+    assert message.startswith("error: --negative deer steers draws from the prior") and "--source prior" in message
+
+
 def test_a_copied_training_image_has_zero_uniqueness(folder_data, smoke_run):
     bank = load_split(folder_data, "train", smoke_run.parent / "cache").images
     copies = to_float(bank[[3, 17]])
@@ -277,6 +287,7 @@ def kwargs(composed_run, folder_data, smoke_run, **extra):
     (dict(precision="fp8"), "--precision must be one of"), (dict(refine_top=10), "--refine_top 10 refines fewer"),
     (dict(guidance_from=0.8, guidance_until=0.2), "--guidance_from 0.8 is after --guidance_until 0.2"),
     (dict(guidance_until=1.5), "--guidance_until must be between"),
+    (dict(negative="pegasus"), "--negative 'pegasus' is not a CIFAR-10 class or cluster"),
 ])
 def test_bad_compose_flags_are_one_line_before_any_work(flags, message, tmp_path, capsys):
     expression = flags.pop("expression", "horse+wings")

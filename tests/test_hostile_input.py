@@ -206,7 +206,9 @@ def test_training_an_evaluator_never_replaces_the_perceptual_net(tmp_path):
                                          (["-horse"], "--expression=-horse"),
                                          (["--expression=" + "-" * 494 + "horse"], "494 signs in a row"),
                                          (["--expression=" + "(" * 60 + "horse" + ")" * 60], "60 parentheses deep"),
-                                         (["pegasus", "--rise_gate", "1.5"], "--rise_gate must be between")])
+                                         (["pegasus", "--rise_gate", "1.5"], "--rise_gate must be between"),
+                                         (["pegasus", "--negative", "unicorn"], "--negative 'unicorn' is not a CIFAR-10"),
+                                         (["horse+wings", "--negative", "deer"], "steers draws from the prior")])
 def test_compose_says_what_to_do_with_what_it_cannot_read(args, words, tmp_path):
     refused(run("-m", "latent_ops.compose", *args, "--run", str(SHIPPED), "--data", "no-data", "--out",
                 str(tmp_path / "c")), words)

@@ -8,7 +8,8 @@ from conftest import fit_toy_flow
 from torch import nn
 
 from latent_ops.expression import ExpressionError, parse, term_parts, to_text
-from latent_ops.flow import Condition, ConvVelocityNet, Drift, guided_velocity, integrate, sample, with_extra_label
+from latent_ops.flow import (Baseline, Condition, ConvVelocityNet, Drift, Schedule, Velocity, VelocityNet, guided_velocity,
+                             integrate, sample, with_extra_label)
 from latent_ops.placement import SubjectPlacer, cells_above, subject_cells
 
 
@@ -51,6 +52,43 @@ def test_a_regional_condition_changes_only_the_velocity_of_its_cells():
     assert torch.allclose(drift, mask / 2.0)  # code units over the spread: standardised units
     # Plain (label, weight) pairs still mean a condition everywhere.
     assert torch.equal(guided_velocity(net, x, 0.5, [(3, 1.0)]), guided_velocity(net, x, 0.5, [Condition(3, 1.0)]))
+
+
+def test_a_baseline_replaces_no_condition_as_what_guidance_pushes_away_from():
+    net, x = KnownVelocity(), torch.randn(3, 32)
+    mask = top_rows(2)
+    v = guided_velocity(net, x, 0.5, [Condition(7, 2.0), Condition(0, 3.0, mask), Baseline(4)])
+    inside, outside = v[:, mask.bool()], v[:, ~mask.bool()]
+    assert torch.allclose(outside, torch.full_like(outside, 4 + 2 * (7 - 4)))  # v(b) + w (v(c) - v(b))
+    assert torch.allclose(inside, torch.full_like(inside, 4 + 2 * (7 - 4) + 3 * (0 - 4)))
+    assert torch.allclose(guided_velocity(net, x, 0.5, [Baseline(4)]), torch.full((3, 32), 4.0))  # alone: its own
+    # One condition of weight 1 is its own velocity with or without a baseline; outside the guidance interval the
+    # baseline is dropped with the extrapolation (the conditions mix; nothing is pushed away from).
+    assert torch.equal(guided_velocity(net, x, 0.5, [Condition(7, 1.0), Baseline(4)]), torch.full((3, 32), 7.0))
+    outside_interval = Velocity(net, [Condition(7, 2.0), Condition(0, 3.0, mask), Baseline(4)],
+                                Schedule(4, "ab2", 0.0, 0.5))
+    assert torch.equal(outside_interval(x, 0.8), guided_velocity(net, x, 0.8, [Condition(7, 0.4), Condition(0, 0.6, mask)]))
+
+
+def test_a_baseline_costs_no_evaluation_and_steers_a_trained_flow_away_from_its_class():
+    torch.manual_seed(0)
+    codes = torch.cat([torch.randn(600, 4) * 0.3 + c for c in (torch.tensor([2.0, 0, 0, 0]), torch.tensor([0, 2.0, 0, 0]),
+                                                               torch.tensor([-2.0, 0, 0, 0]))])
+    labels = torch.arange(3).repeat_interleave(600)
+    net = VelocityNet(4, 3, hidden=64, blocks=2)
+    fit_toy_flow(net, codes, labels, codes[::7], labels[::7], steps=600)
+    sizes = []
+    real = net.forward
+    net.forward = lambda x, t, lab: sizes.append(len(x)) or real(x, t, lab)
+    g = torch.Generator()
+    plain = sample(net, 200, [(0, 2.0)], 12, g.manual_seed(5))
+    plain_sizes, sizes[:] = list(sizes), []
+    away = sample(net, 200, [(0, 2.0), Baseline(1)], 12, g.manual_seed(5))
+    assert sizes == plain_sizes  # the baseline takes the unconditional branch's place: no extra evaluation
+    # Pushed away from class 1 (at +y), the class-0 samples sit lower in y than under plain guidance.
+    assert away[:, 1].mean() < plain[:, 1].mean() - 0.1, (away[:, 1].mean(), plain[:, 1].mean())
+    centres = torch.stack([codes[i * 600:(i + 1) * 600].mean(0) for i in range(3)])
+    assert (torch.cdist(away, centres).argmin(1) == 0).float().mean() > 0.95  # still nearest class 0
 
 
 def test_the_placer_is_called_once_part_way_with_the_denoised_estimate():

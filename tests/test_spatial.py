@@ -95,6 +95,11 @@ def test_a_spatial_run_goes_through_every_latent_ops_command(grid, folder_data, 
                      out=str(tmp_path / "prior-compose-warmer"), quiet=True)
     assert json.loads((warmer / "scores.json").read_text())["temperature"] == 1.6
     assert (warmer / "batch64.png").read_bytes() != (out / "batch64.png").read_bytes()  # it spreads the prior's noise
+    away = compose("horse&bird+wings@top", run=str(run), data=str(folder_data), cache_dir=cache, pool=24,
+                   source="prior", project=0.5, refine_prior=0.5, refine_steps=2, prior_steps=4, negative="deer",
+                   out=str(tmp_path / "prior-compose-away"), quiet=True)
+    assert json.loads((away / "scores.json").read_text())["negative"] == "deer"
+    assert (away / "batch64.png").read_bytes() != (out / "batch64.png").read_bytes()  # guidance pushed from deer
 
     # The report with a pool: rows for the unselected pool and the kept ones, which the targets bench reads.
     save_config(ComposeConfig(pool=24, project=0.5), run / RECIPE_FILE)
