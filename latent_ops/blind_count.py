@@ -20,7 +20,6 @@ output's images changed since the sheets were made.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
