@@ -98,8 +98,9 @@ def print_summary(config, summary: dict, out: Path) -> None:
     best, pool, gate = summary["candidates"][0], summary["pool"], config.rank_gate
     print(f"{config.expression}: {summary['candidates_composed']} candidates in {summary['seconds']:.1f} s -> {out}/")
     print("  seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in summary["stage_seconds"].items())
-          + f" ({summary['precision']}; prior: {summary['solver']}, {summary['prior_steps']} steps; "
-          f"{summary['refined']} refined)")
+          + f" ({summary['precision']}; prior: {summary['solver']}, {summary['prior_steps']} steps"
+          + (f", away from {summary['negative']}" if summary.get("negative") else "")
+          + f"; {summary['refined']} refined)")
     print(f"  critic mean of the refined {summary['critic_mean_before']:.3f} -> {summary['critic_mean_after']:.3f} "
           f"after {config.refine_steps} steps; diversity of the kept {summary['kept']['count']} "
           f"{summary['diversity_before']:.3f} -> {summary['diversity_after']:.3f} (mean pairwise RMS pixel distance)")

@@ -64,8 +64,10 @@ class Drift(NamedTuple):
 
 
 class Baseline(NamedTuple):
-    """The label guidance extrapolates from in place of "no condition" (a negative prompt): the guided velocity
-    v(b) + sum_k w_k M_k (v(c_k) - v(b)) pushes away from class b at no extra evaluation of the net."""
+    """The label guidance extrapolates from in place of "no condition": the guided velocity
+    v(b) + sum_k w_k M_k (v(c_k) - v(b)) pushes away from class b at no extra evaluation of the net. This is the
+    negative prompt of text-to-image practice (Ban et al. 2024, "Understanding the impact of negative prompts: when
+    and how do they take effect?", ECCV)."""
     label: int
     region: str = ""  # always everywhere; the field lets every guide be asked for its region
 

@@ -75,6 +75,7 @@ def test_compose_best_agreement_records_both_readings_and_the_showcase_shows_fou
                                "--refine_steps", "1", "--best", rule, "--out", str(out)], cwd=ROOT,
                               capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stderr[-800:]
+        assert "12 steps, away from deer;" in done.stdout  # the shipped recipe's negative, said where it ran
         runs[rule] = json.loads((out / "scores.json").read_text())["candidates"]
     chosen, ranked = runs["agreement"], runs["rank"]
     lead = chosen[:4]
