@@ -198,6 +198,7 @@ def make_compose_config(**flags) -> ComposeConfig:
         return config
     config = dataclass_from_flags(ComposeConfig, recipe, flags)
     validate_compose_config(config)
+    config.negative_from_recipe = "negative" not in flags  # a default for prior draws, not a request (open_setting)
     return config
 
 
@@ -246,6 +247,7 @@ class Setting:
     sources: Sources
     regions: list[str]
     dtype: torch.dtype  # the networks' precision: bf16 autocast or fp32
+    negative: str = ""  # the class prior draws are pushed away from ("" when nothing is drawn from the prior)
 
     @property
     def label_names(self) -> tuple[str, ...]:
@@ -270,9 +272,12 @@ def open_setting(config: ComposeConfig) -> Setting:
     if config.temperature != 1 and not spreads_with_temperature(config, weights, learned):
         raise ConfigError(f"--temperature {config.temperature} spreads density and prior draws, but {config.expression!r} "
                           f"draws only held-out codes of real images; add --source density or --source prior, or drop it")
-    if config.negative and not (config.source == "prior" or samples_the_prior(weights, learned)):
-        raise ConfigError(f"--negative {config.negative} steers draws from the prior, but {config.expression!r} draws "
-                          f"none with --source {config.source}; add --source prior, or drop --negative")
+    negative = config.negative
+    if negative and not (config.source == "prior" or samples_the_prior(weights, learned)):
+        if not getattr(config, "negative_from_recipe", False):  # asked for on the command line: it would do nothing
+            raise ConfigError(f"--negative {config.negative} steers draws from the prior, but {config.expression!r} "
+                              f"draws none with --source {config.source}; add --source prior, or drop --negative")
+        negative = ""  # the recipe's default steers prior draws, and this compose has none
     intent_source = resolve_intent(config.intent)
     judge = load_evaluator(device=opened.device.type) if intent_source == "evaluator" else None
     prior = open_prior(run_dir, weights, learned) if needs_prior(config, weights, learned) else None
@@ -283,7 +288,7 @@ def open_setting(config: ComposeConfig) -> Setting:
     bank = load_bank(run_dir) if config.source != "density" else None
     sources = Sources(concepts, bank, prior, opened.code_shape, nets.decoder, perceptual)
     return Setting(run_dir, nets, opened.device, concepts, weights, expand_learned(weights, run_dir, learned),
-                   intent_source, judge, prior, sources, regions, opened.dtype)
+                   intent_source, judge, prior, sources, regions, opened.dtype, negative)
 
 
 # --- stage 2: draw -------------------------------------------------------------------------------------------------
@@ -296,15 +301,15 @@ class Drawn:
     conditions: list  # the prior's (label, weight) conditions of the projection
 
 
-def draw_settings(config: ComposeConfig, progress: bool = False) -> DrawSettings:
+def draw_settings(config: ComposeConfig, progress: bool = False, negative: str = "") -> DrawSettings:
     return DrawSettings(config.source, config.strength, config.temperature, config.guidance, config.prior_steps,
                         config.solver, config.guidance_from, config.guidance_until, "sampling" if progress else "",
-                        config.negative)
+                        negative)
 
 
 def draw(config: ComposeConfig, setting: Setting, progress: bool = False) -> Drawn:
     rng = np.random.default_rng(config.seed)
-    settings = draw_settings(config, progress)
+    settings = draw_settings(config, progress, setting.negative)
     with torch.inference_mode(), setting.autocast():
         edited, drawn = sample_expression(setting.weights, setting.sources, config.candidates, rng, settings)
         codes, conditions = edited, []
@@ -467,7 +472,7 @@ def summarise(config: ComposeConfig, setting: Setting, drawn: Drawn, scored: Sco
         "expression": config.expression, "weights": setting.weights, "intent_weights": setting.intent_weights,
         "seed": config.seed, "run": repository_path(setting.run), "candidates_composed": config.candidates,
         "strength": config.strength, "temperature": config.temperature, "source": config.source,
-        "negative": config.negative,
+        "negative": setting.negative,
         "guidance": config.guidance, "project": config.project,
         "projection_conditions": {setting.label_names[label]: w for label, w in drawn.conditions},
         "projection_strip_noise": list(PROJECTION_STRIP) if kept.strip is not None else [],

@@ -231,7 +231,7 @@ def flow_matching_loss(net: FlowNet, x1: torch.Tensor, labels: torch.Tensor, gen
 
 
 def as_guides(guides: Sequence) -> list[Guide]:
-    """Guides as Condition and Drift tuples; a plain (label, weight) pair is a Condition everywhere."""
+    """Guides as Condition, Drift and Baseline tuples; a plain (label, weight) pair is a Condition everywhere."""
     return [g if isinstance(g, (Condition, Drift, Baseline)) else Condition(*g) for g in guides]
 
 

@@ -183,6 +183,23 @@ def test_a_negative_class_without_prior_draws_is_one_clear_error(composed_run, f
     assert message.startswith("error: --negative deer steers draws from the prior") and "--source prior" in message
 
 
+def test_a_recipes_negative_is_a_default_for_prior_draws_not_an_error_elsewhere(composed_run, folder_data, smoke_run,
+                                                                                  tmp_path, capsys):
+    from autoencoder.cli import save_config
+    from latent_ops.compose import RECIPE_FILE, ComposeConfig
+
+    run = tmp_path / "run"
+    shutil.copytree(composed_run, run)
+    save_config(ComposeConfig(negative="deer", refine_steps=1), run / RECIPE_FILE)
+    out = compose("horse+wings", run=str(run), data=str(folder_data), cache_dir=str(smoke_run.parent / "cache"),
+                  n=4, out=str(tmp_path / "held-out"), quiet=True)  # held-out codes: nothing to push away from deer
+    assert json.loads((out / "scores.json").read_text())["negative"] == ""
+    with pytest.raises(SystemExit) as exit_info:  # asked for on the command line, it is still refused
+        compose_main("horse+wings", run=str(run), data=str(folder_data), cache_dir=str(smoke_run.parent / "cache"),
+                     negative="deer", out=str(tmp_path / "asked"))
+    assert exit_info.value.code == 2 and "--negative deer steers draws from the prior" in capsys.readouterr().err
+
+
 def test_a_copied_training_image_has_zero_uniqueness(folder_data, smoke_run):
     bank = load_split(folder_data, "train", smoke_run.parent / "cache").images
     copies = to_float(bank[[3, 17]])
