@@ -27,7 +27,7 @@ import numpy as np
 
 from autoencoder.atomic import replace_atomically, write_json
 from autoencoder.cli import ConfigError, UserError, check_ranges, claim_output, command, read_json
-from latent_ops.showcase import parse_marked
+from latent_ops.showcase import kept_batch, parse_marked
 
 KEY_FILE, COUNTS_FILE = "key.json", "counts.json"
 MAX_SHEETS = 64  # 16 outputs of 64 kept images at 16 a sheet
@@ -60,15 +60,7 @@ def images_digest(folder: Path) -> str:
 
 def kept_images(folder: Path) -> np.ndarray:
     """(K, 32, 32, 3) uint8: the kept images of a compose output, in ``batch64.png``'s order."""
-    from safetensors.numpy import load_file
-
-    scores_file = folder / "scores.json"
-    if not scores_file.exists() or not (folder / "images.safetensors").exists():
-        raise UserError(f"{folder} is not a compose output (no scores.json or images.safetensors); give folders "
-                        f"that python -m latent_ops.compose wrote")
-    scores = read_json(scores_file, "compose scores")
-    ranks = sorted(c["rank"] for c in scores["candidates"] if c.get("kept"))  # saved images are in rank order
-    return load_file(str(folder / "images.safetensors"))["images"][ranks].transpose(0, 2, 3, 1)
+    return kept_batch(folder).permute(0, 2, 3, 1).numpy()
 
 
 def shuffled_key(counts: list[int], seed: int) -> list[tuple[int, int]]:

@@ -76,7 +76,8 @@ from latent_ops.intent import (INTENTS, expand_learned, expression_regions, need
                                samples_the_prior, spreads_with_temperature)
 from latent_ops.run_concepts import ensure_concepts
 from latent_ops.runs import repository_path, resolve_run
-from latent_ops.sampling import SOURCES, DrawSettings, Sources, projection_conditions, sample_expression
+from latent_ops.sampling import (SOURCES, DrawSettings, Sources, check_negative, projection_conditions,
+                                 sample_expression)
 from latent_ops.best_choice import BEST_RULES
 from latent_ops.scoring import SHORTLIST, Scored, choose_best, score
 from latent_ops.timing import StageClock
@@ -165,9 +166,7 @@ def validate_compose_config(config: ComposeConfig) -> None:
     check_choice("precision", config.precision, PRECISIONS)
     check_choice("select", config.select, SELECTIONS)
     check_choice("best", config.best, BEST_RULES)
-    if config.negative and config.negative.split(":")[0] not in CIFAR10_CLASSES:
-        raise ConfigError(f"--negative {config.negative!r} is not a CIFAR-10 class or cluster ({', '.join(CIFAR10_CLASSES)}"
-                          f"); name the class guidance should push away from, e.g. --negative deer, or leave it out")
+    check_negative(config.negative)
     if config.guidance_from > config.guidance_until:
         raise ConfigError(f"--guidance_from {config.guidance_from} is after --guidance_until {config.guidance_until}: "
                           f"guidance applies between them; give from <= until (0 and 1: throughout)")

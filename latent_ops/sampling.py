@@ -94,14 +94,19 @@ def class_label(concept: str, prior: FlowNet | None = None) -> int:
     return CIFAR10_CLASSES.index(name)
 
 
+def check_negative(name: str) -> None:
+    """A ``--negative`` must be a CIFAR-10 class or a cluster of one ("" is none); else one clear error."""
+    if name and name.split(":")[0] not in CIFAR10_CLASSES:
+        raise ExpressionError(f"--negative {name!r} is not a CIFAR-10 class or cluster ({', '.join(CIFAR10_CLASSES)}); "
+                              f"name the class guidance should push away from, e.g. --negative deer, or leave it out")
+
+
 def negative_guides(settings: DrawSettings, prior: FlowNet | None) -> list[Baseline]:
     """The Baseline of ``settings.negative`` (a class or cluster: its class's label), or none. Guidance then
     extrapolates away from that class instead of from no condition: a negative prompt at no extra cost."""
     if not settings.negative:
         return []
-    if settings.negative.split(":")[0] not in CIFAR10_CLASSES:
-        raise ExpressionError(f"--negative {settings.negative!r} is not a CIFAR-10 class or cluster; name one, "
-                              f"e.g. --negative deer")
+    check_negative(settings.negative)
     return [Baseline(class_label(settings.negative, prior))]
 
 

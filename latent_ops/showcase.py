@@ -115,17 +115,23 @@ def parse_marked(marked, count: int) -> list[int]:
     return positions
 
 
-def contact_sheet(compose: str, marked="", what: str = "wing-like shape") -> Path:
-    """Write ``contact-sheet.png`` and ``marked.json`` into the compose folder ``compose``."""
+def kept_batch(folder: Path) -> torch.Tensor:
+    """(K, 3, 32, 32) uint8: the kept images of a compose output, in ``batch64.png``'s order (by rank)."""
     from safetensors.torch import load_file
 
-    folder = Path(compose)
     scores_file = folder / "scores.json"
-    if not scores_file.exists():
-        raise UserError(f"{folder} is not a compose output (no scores.json); run python -m latent_ops.compose first")
+    if not scores_file.exists() or not (folder / "images.safetensors").exists():
+        raise UserError(f"{folder} is not a compose output (no scores.json or images.safetensors); run "
+                        f"python -m latent_ops.compose first")
     scores = json.loads(scores_file.read_text())
-    ranks = [c["rank"] for c in scores["candidates"] if c.get("kept", c["rank"] < 64)]
-    images = to_float(load_file(str(folder / "images.safetensors"))["images"][ranks])  # batch64.png's order
+    ranks = sorted(c["rank"] for c in scores["candidates"] if c.get("kept", c["rank"] < 64))
+    return load_file(str(folder / "images.safetensors"))["images"][ranks]  # saved images are in rank order
+
+
+def contact_sheet(compose: str, marked="", what: str = "wing-like shape") -> Path:
+    """Write ``contact-sheet.png`` and ``marked.json`` into the compose folder ``compose``."""
+    folder = Path(compose)
+    images = to_float(kept_batch(folder))
     positions = parse_marked(marked, len(images))
     write_json({"what": what, "marked": positions, "count": len(positions), "of": len(images)},
                folder / "marked.json")
