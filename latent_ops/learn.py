@@ -10,6 +10,10 @@ from the run's latent prior, decodes it, and accepts a candidate when
 - the image critic's realism and the sharpness (variance of the Laplacian) are at least the
   pool's ``--critic_quantile`` and ``--sharpness_quantile``.
 
+Several sources, ``--expression "2*horse:0&3*airplane@top | 2*horse:white&3*airplane@top"``, split the first
+round's pool evenly between them and take the quantiles within each source's share, so a concept learns every look
+its sources reach (a pool that varies pose, colour and background), not only the commonest one.
+
 The accepted codes, and the codes of their mirror images, become a new label of the prior: a
 copy of the prior with one more label row (starting as "no condition") is fine-tuned on batches
 that mix them with replayed real codes under their own labels (``--replay``), so the old labels
@@ -32,7 +36,7 @@ import math
 import re
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -72,12 +76,14 @@ RULE_TERM = re.compile(r"^([a-z_]+)>=([0-9.]+)$")
 # (the silhouette times the perceptual net's map of the rule's first class) and of the figure rising above its back.
 PIXEL_TERMS = ("pale_subject", "pale_wing")
 NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+SOURCE_SEPARATOR = "|"
 
 
 @dataclass
 class LearnConfig:
     name: str = "pegasus"  # the new concept's name (the first argument)
-    expression: str = "horse&wings@back"  # what to compose the pool from
+    expression: str = "horse&wings@back"  # what to compose the pool from; A | B | ...: the first round's pool is
+    #   split evenly between the sources and each is accepted against its own quantiles
     run: str = ""  # run folder; empty: the newest in outputs/runs
     out: str = ""  # where the learned prior goes; empty: RUN/learned/NAME
     pool: int = 8192  # candidates composed
@@ -148,7 +154,12 @@ def validate_learn_config(config: LearnConfig) -> None:
         raise ConfigError(f"the concept name {config.name!r} must be lower-case letters, digits and _, start with a "
                           f"letter, and not be a CIFAR-10 class")
     parse_rule(config.accept)
-    parse(config.expression)
+    expressions = source_expressions(config.expression)
+    for expression in expressions:
+        parse(expression)
+    if len(expressions) > config.pool:
+        raise ConfigError(f"--pool {config.pool} cannot be split between the {len(expressions)} sources of "
+                          f"--expression; compose a larger --pool")
     if config.solver not in SOLVERS:
         raise ConfigError(f"--solver must be one of {', '.join(SOLVERS)}, got {config.solver!r}")
     learning = config.batch_size - int(round(config.batch_size * config.replay))
@@ -156,6 +167,17 @@ def validate_learn_config(config: LearnConfig) -> None:
         raise ConfigError(f"--replay {config.replay:g} leaves {learning} of each batch of {config.batch_size} for the "
                           f"new concept; at least {MIN_NEW_PER_BATCH} are needed to learn it: lower --replay or raise "
                           f"--batch_size")
+
+
+def source_expressions(text: str) -> list[str]:
+    """``"A | B"`` -> ["A", "B"]: the sources of a learning pool; an empty one is a ConfigError naming it."""
+    parts = [part.strip() for part in str(text).split(SOURCE_SEPARATOR)]
+    for index, part in enumerate(parts):
+        if not part:
+            raise ConfigError(f"--expression {text!r}: source {index + 1} of {len(parts)} is empty; write one "
+                              f"expression, or several joined by {SOURCE_SEPARATOR!r}, e.g. "
+                              f"'2*horse&3*airplane@top | 2*horse:white&3*airplane@top'")
+    return parts
 
 
 def make_learn_config(**flags) -> LearnConfig:
@@ -210,6 +232,29 @@ def compose_pool(config: LearnConfig, nets, sources: Sources, perceptual, expres
     return {k: torch.cat(v) for k, v in found.items()}
 
 
+def compose_sources(config: LearnConfig, nets, sources: Sources, perceptual, expressions: list[str],
+                    rng: np.random.Generator) -> dict[str, torch.Tensor]:
+    """``compose_pool`` of each expression in turn, ``config.pool`` split evenly between them (the first ones take
+    the remainder), concatenated; ``part`` (N,) says which expression drew each candidate."""
+    pools = []
+    for index, expression in enumerate(expressions):
+        share = config.pool // len(expressions) + (index < config.pool % len(expressions))
+        pool = compose_pool(replace(config, pool=share), nets, sources, perceptual, expression, rng)
+        pools.append({**pool, "part": torch.full((share,), index, dtype=torch.long)})
+    return {key: torch.cat([pool[key] for pool in pools]) for key in pools[0]}
+
+
+def at_least_quantile(values: torch.Tensor, quantile: float, parts: torch.Tensor | None) -> torch.Tensor:
+    """(N,) bool: each value at least ``quantile`` of the values of its own part (of them all without ``parts``)."""
+    if parts is None:
+        return values >= torch.quantile(values, quantile)
+    passed = torch.zeros(len(values), dtype=torch.bool)
+    for part in parts.unique():
+        mine = parts == part
+        passed[mine] = values[mine] >= torch.quantile(values[mine], quantile)
+    return passed
+
+
 def appearance(perceptual, images: torch.Tensor) -> torch.Tensor:
     """(N, F) what each image (N, 3, 32, 32) in [-1, 1] looks like: the perceptual net's features (the kind of
     thing and its pose), then its colours and layout at 4 x 4 (48 numbers), each part scaled to unit mean norm."""
@@ -232,16 +277,18 @@ def rarity_weights(features: torch.Tensor, power: float, k: int = 8) -> torch.Te
 
 def accept(pool: dict[str, torch.Tensor], config: LearnConfig) -> torch.Tensor:
     """(N,) bool: the judge's rule (its pixel terms read from the pixels), and realism and sharpness (and, when the
-    rule asks for wings, the rising mass) at least their pool quantiles."""
+    rule asks for wings, the rising mass) at least their pool quantiles; with ``part`` in the pool, the quantiles of
+    each source's own share."""
     rule = parse_rule(config.accept)
+    parts = pool.get("part")
     passed = judge_terms(pool["probabilities"], rule)
     for name in PIXEL_TERMS:
         if name in rule:
             passed &= pool[name] >= rule[name]
-    passed &= pool["realism"] >= torch.quantile(pool["realism"], config.critic_quantile)
-    passed &= pool["sharpness"] >= torch.quantile(pool["sharpness"], config.sharpness_quantile)
+    passed &= at_least_quantile(pool["realism"], config.critic_quantile, parts)
+    passed &= at_least_quantile(pool["sharpness"], config.sharpness_quantile, parts)
     if "wings" in rule and config.rise_quantile > 0:
-        passed &= pool["rise"] >= torch.quantile(pool["rise"], config.rise_quantile)
+        passed &= at_least_quantile(pool["rise"], config.rise_quantile, parts)
     return passed
 
 
@@ -317,15 +364,17 @@ def learn_rounds(config: LearnConfig, opened, base: FlowNet, perceptual, concept
 
     # Expert iteration (Anthony, Tian and Barber 2017; as rejection-sampling fine-tuning, Dong et al. 2023, RAFT):
     # each round composes from what the round before learned, so the accepted share grows round by round.
-    pool_prior, expression, kept, looks, rounds = base, config.expression, [], [], []
+    pool_prior, expressions, kept, looks, rounds = base, source_expressions(config.expression), [], [], []
     if config.warm_start:  # go on from a concept learned before (its own label draws the first pool)
-        pool_prior, expression = load_learned(opened.folder, config.warm_start), config.warm_start
+        pool_prior, expressions = load_learned(opened.folder, config.warm_start), [config.warm_start]
     compose_seconds = fine_tune_seconds = 0.0
     for round_index in range(config.rounds):
         began_round = time.monotonic()
         sources = Sources(concepts, bank, pool_prior, run_config.code_shape, nets.decoder, perceptual)
         rng = np.random.default_rng(config.seed if round_index == 0 else (config.seed, round_index))
-        pool = compose_pool(config, nets, sources, perceptual, expression, rng)
+        expression = f" {SOURCE_SEPARATOR} ".join(expressions)
+        pool = (compose_pool(config, nets, sources, perceptual, expression, rng) if len(expressions) == 1
+                else compose_sources(config, nets, sources, perceptual, expressions, rng))
         passed = accept(pool, config)
         accepted = pool["codes"][passed]
         if len(accepted) < config.min_accepted:
@@ -351,11 +400,15 @@ def learn_rounds(config: LearnConfig, opened, base: FlowNet, perceptual, concept
         rounds.append({"expression": expression, "accepted": int(passed.sum()), "acceptance": passed.float().mean().item(),
                        "pool_share_horse_and_wings_at_least_0.2_by_the_judge": both, "trained_on": len(new_codes),
                        "fine_tuning_loss_by_tenth": losses})
+        if "part" in pool:  # what each source gave
+            rounds[-1]["sources"] = [{"expression": e, "composed": int((pool["part"] == i).sum()),
+                                      "accepted": int(passed[pool["part"] == i].sum())}
+                                     for i, e in enumerate(expressions)]
         if not quiet and config.rounds > 1:
             print(f"round {round_index + 1}: {expression}: {rounds[-1]['accepted']} of {config.pool} accepted "
                   f"({rounds[-1]['acceptance']:.1%}; horse and wings >= 0.2 by the judge in {both:.1%} of the pool), "
                   f"fine-tuned on {len(new_codes)} codes", flush=True)
-        pool_prior, expression = learned, config.name
+        pool_prior, expressions = learned, [config.name]
     return {"accepted": torch.cat(kept), "learned": learned, "losses": losses, "new_codes": new_codes,
             "rounds": rounds, "real_codes": real_codes, "compose_seconds": compose_seconds,
             "fine_tune_seconds": fine_tune_seconds}

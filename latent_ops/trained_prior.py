@@ -124,9 +124,11 @@ def load_learned(run: Path, name: str, device: str | torch.device = "cpu") -> Fl
 
 
 def learned_expression(run: Path, name: str) -> str:
-    """The expression a learned concept was learned from (what its images should show)."""
+    """The expression a learned concept was learned from (what its images should show); of a concept learned from
+    several sources (``A | B``, ``latent_ops.learn``), the first."""
     try:
-        return str(json.loads((learned_folder(run, name) / "config.json").read_text())["expression"])
+        expression = str(json.loads((learned_folder(run, name) / "config.json").read_text())["expression"])
     except (OSError, ValueError, KeyError) as error:
         raise RunError(f"{learned_folder(run, name) / 'config.json'} is missing or damaged ({error}); learn "
                        f"{name} again with python -m latent_ops.learn {name} --run {run}") from None
+    return expression.split("|")[0].strip()

@@ -363,6 +363,50 @@ def test_learning_goes_on_from_a_learned_concept_with_the_rising_mass_in_its_rul
     assert accept(pool, config).tolist() == [True, False, False, True, False, True]
 
 
+def test_learning_from_several_sources_splits_the_pool_and_accepts_each_against_its_own_quantiles(
+        learned_run, tmp_path):
+    import json
+    import shutil
+
+    import latent_ops.learn as learn_module
+    from latent_ops.intent import expand_learned
+    from latent_ops.learn import accept, learn, make_learn_config
+
+    run, _, _ = learned_run
+    config = make_learn_config(name="winged", run=str(run), out=str(tmp_path / "winged"),
+                               expression="horse&bird | horse&cat|bird", pool=65, chunk=16, prior_steps=4,
+                               solver="ab2", accept="horse>=0,wings>=0", critic_quantile=0.5, sharpness_quantile=0.0,
+                               min_accepted=4, steps=4, batch_size=32, rounds=2)
+    seen = []
+    original = learn_module.compose_pool
+    learn_module.compose_pool = lambda c, n, sources, p, expression, rng: seen.append(
+        (expression, c.pool)) or original(c, n, sources, p, expression, rng)
+    try:
+        folder = learn(config, quiet=True)
+    finally:
+        learn_module.compose_pool = original
+    # the first round's 65 split 22 / 22 / 21 between the sources; the second composes from the learned label
+    assert seen == [("horse&bird", 22), ("horse&cat", 22), ("bird", 21), ("winged", 65)]
+    record = json.loads((folder / "record.json").read_text())
+    first = record["rounds"][0]
+    assert [s["expression"] for s in first["sources"]] == ["horse&bird", "horse&cat", "bird"]
+    assert [s["composed"] for s in first["sources"]] == [22, 22, 21]
+    assert sum(s["accepted"] for s in first["sources"]) == first["accepted"]
+    assert all(s["accepted"] >= 10 for s in first["sources"])  # the critic's median of each source's own share
+    assert "sources" not in record["rounds"][1]
+    # compose scores such a concept as its first source asked for
+    beside = tmp_path / "run-like"
+    (beside / "learned").mkdir(parents=True)
+    shutil.copytree(folder, beside / "learned" / "winged")
+    assert expand_learned({"winged": 1.0}, beside, ["winged"]) == {"horse&bird": 1.0}
+    # per-source quantiles: a source whose realism is all low still gives its best half
+    pool = {"probabilities": torch.full((6, 10), 0.1), "realism": torch.tensor([0.0, 0.1, 0.2, 5.0, 6.0, 7.0]),
+            "sharpness": torch.zeros(6), "rise": torch.zeros(6), "part": torch.tensor([0, 0, 0, 1, 1, 1])}
+    assert accept(pool, config).tolist() == [False, True, True, False, True, True]
+    del pool["part"]  # one source: the pool's own median
+    assert accept(pool, config).tolist() == [False, False, False, True, True, True]
+
+
 def test_learn_refuses_the_evaluator_as_judge_and_bad_rules():
     from autoencoder.cli import ConfigError
     from latent_ops.learn import make_learn_config
@@ -380,6 +424,10 @@ def test_learn_refuses_the_evaluator_as_judge_and_bad_rules():
         make_learn_config(solver="euler")
     with pytest.raises(ConfigError, match="--rise_quantile must be between"):
         make_learn_config(rise_quantile=1.0)
+    with pytest.raises(ConfigError, match="source 2 of 3 is empty"):
+        make_learn_config(expression="horse&bird | | bird")
+    with pytest.raises(ConfigError, match="cannot be split between the 3 sources"):
+        make_learn_config(expression="horse | bird | airplane", pool=2)
 
 
 def test_a_prior_out_folder_that_is_not_a_prior_is_refused_before_any_work(tmp_path):
