@@ -264,3 +264,36 @@ def test_the_diversity_ceiling_spreads_at_least_as_far_as_the_kept_set_and_count
     everything = diversity_ceiling(features, {**scores, "rank_gate": 0.0}, count=16)
     assert everything >= mean_pairwise_distance(features[32:48]) > 0  # no less than a kept 16 of grey and noise
     assert everything > mean_pairwise_distance(features[40:56])  # nor than 16 of the noise
+
+
+def test_evaluator_reach_counts_real_pictures_and_composes_at_each_pair_of_bounds(folder_data, tmp_path):
+    import json
+    import subprocess
+
+    import torch
+    from evaluator_reach import bounds, reach_counts
+
+    from autoencoder.cli import ConfigError
+
+    horse = torch.tensor([0.7, 0.55, 0.45, 0.2])
+    wings = torch.tensor([0.1, 0.3, 0.3, 0.7])
+    assert reach_counts(horse, wings, [0.4, 0.6], [0.25]) == {"horse>=0.4,wings>=0.25": 2, "horse>=0.6,wings>=0.25": 0}
+    assert bounds("0.3,0.6", "horse_bounds") == [0.3, 0.6]
+    with pytest.raises(ConfigError, match="--wings_bounds must be numbers between 0 and 1"):
+        bounds("0.2,2", "wings_bounds")
+
+    composed = tmp_path / "composed"
+    composed.mkdir()
+    terms = [{"horse": 0.62, "wings": 0.3}, {"horse": 0.45, "wings": 0.3}, {"horse": 0.9, "wings": 0.01}]
+    (composed / "scores.json").write_text(json.dumps({"candidates": [{"intent_terms": t} for t in terms]}))
+    bench = Path(__file__).resolve().parents[1] / "bench" / "evaluator_reach.py"
+    done = subprocess.run([sys.executable, str(bench), "--data", str(folder_data), "--cache_dir", str(tmp_path / "c"),
+                           "--horse_bounds", "0.4,0.6", "--wings_bounds", "0.25", "--composes", str(composed)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    record = json.loads((tmp_path / "outputs/bench/evaluator_reach.json").read_text())
+    assert record["composes"][str(composed)]["reach"] == {"horse>=0.4,wings>=0.25": 2, "horse>=0.6,wings>=0.25": 1}
+    assert record["real"]["count"] > 0 and "horse>=0.6,wings>=0.25: real" in done.stdout
+    bad = subprocess.run([sys.executable, str(bench), "--composes", str(tmp_path)], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "is not a compose output" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
