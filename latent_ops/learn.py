@@ -62,8 +62,8 @@ from latent_ops.sampling import DrawSettings, Sources, learned_labels, sample_ex
 from latent_ops.shipped_folder import SIZE_LIMIT, folder_bytes, is_shipped
 from latent_ops.sources import classifier_views
 from latent_ops.subject import rising_brightness, rising_mass, subject_colour
-from latent_ops.trained_prior import (NET_CONFIG_FILE, PRIOR_FOLDER, SOURCE_FILE, learned_folder, learned_names,
-                                      load_learned, load_prior)
+from latent_ops.trained_prior import (NET_CONFIG_FILE, PRIOR_FOLDER, SOURCE_FILE, SOURCE_SEPARATOR, learned_folder,
+                                      learned_names, load_learned, load_prior)
 
 RECORD_FILE = "record.json"
 ACCEPTED_FILE = "accepted.npz"
@@ -76,7 +76,6 @@ RULE_TERM = re.compile(r"^([a-z_]+)>=([0-9.]+)$")
 # (the silhouette times the perceptual net's map of the rule's first class) and of the figure rising above its back.
 PIXEL_TERMS = ("pale_subject", "pale_wing")
 NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
-SOURCE_SEPARATOR = "|"
 
 
 @dataclass
@@ -373,8 +372,7 @@ def learn_rounds(config: LearnConfig, opened, base: FlowNet, perceptual, concept
         sources = Sources(concepts, bank, pool_prior, run_config.code_shape, nets.decoder, perceptual)
         rng = np.random.default_rng(config.seed if round_index == 0 else (config.seed, round_index))
         expression = f" {SOURCE_SEPARATOR} ".join(expressions)
-        pool = (compose_pool(config, nets, sources, perceptual, expression, rng) if len(expressions) == 1
-                else compose_sources(config, nets, sources, perceptual, expressions, rng))
+        pool = compose_sources(config, nets, sources, perceptual, expressions, rng)
         passed = accept(pool, config)
         accepted = pool["codes"][passed]
         if len(accepted) < config.min_accepted:
@@ -400,7 +398,7 @@ def learn_rounds(config: LearnConfig, opened, base: FlowNet, perceptual, concept
         rounds.append({"expression": expression, "accepted": int(passed.sum()), "acceptance": passed.float().mean().item(),
                        "pool_share_horse_and_wings_at_least_0.2_by_the_judge": both, "trained_on": len(new_codes),
                        "fine_tuning_loss_by_tenth": losses})
-        if "part" in pool:  # what each source gave
+        if len(expressions) > 1:  # what each source gave
             rounds[-1]["sources"] = [{"expression": e, "composed": int((pool["part"] == i).sum()),
                                       "accepted": int(passed[pool["part"] == i].sum())}
                                      for i, e in enumerate(expressions)]

@@ -27,6 +27,7 @@ from latent_ops.flow import ConvVelocityNet, FlowNet, VelocityNet
 PRIOR_FOLDER = "prior"
 SOURCE_FILE = "source.json"
 LEARNED_FOLDER = "learned"
+SOURCE_SEPARATOR = "|"  # between the sources a concept was learned from (latent_ops.learn)
 NET_CONFIG_FILE = "net.json"
 NETS = ("auto", "conv", "mlp")
 NET_RANGES = {"hidden": (8, 8192), "channels": (8, 4096), "blocks": (1, 64), "ema": (0, 1)}
@@ -131,4 +132,4 @@ def learned_expression(run: Path, name: str) -> str:
     except (OSError, ValueError, KeyError) as error:
         raise RunError(f"{learned_folder(run, name) / 'config.json'} is missing or damaged ({error}); learn "
                        f"{name} again with python -m latent_ops.learn {name} --run {run}") from None
-    return expression.split("|")[0].strip()
+    return expression.split(SOURCE_SEPARATOR)[0].strip()
