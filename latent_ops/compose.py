@@ -128,6 +128,9 @@ class ComposeConfig:
     intent: str = "auto"  # auto (the evaluator when shipped), evaluator or probe
     rank_sharpness: float = 1.0  # weight of sharpness (Laplacian variance) in the ranking, beside realism, intent
     #   and uniqueness (each weight 1): blurred blobs that the critic and evaluator accept sink; 0: off
+    rank_intent: float = 1.0  # weight of intent in the ranking, beside realism, sharpness and uniqueness
+    rank_terms: str = ""  # weights of named intent terms in intent's geometric mean, e.g. "horse=2" (others 1): a
+    #   ranking that leans on one part of the expression (the evaluator ranks; it never trains or guides)
     rank_gate: float = 0.2  # candidates with every intent term >= this rank above the rest (0: no gate), so
     #   the best shows every part of the expression (a sharp horse without wings does not come first)
     rise_gate: float = 0.0  # rank candidates whose rising mass (figure in the middle third above the back: a wing
@@ -153,7 +156,7 @@ COMPOSE_RANGES = {"n": (1, 10**6), "seed": (0, 2**32 - 1), "refine_steps": (0, 1
                   "refine_step_size": (0, 100), "refine_anchor": (0, 1e4), "strength": (0, 100),
                   "temperature": (1e-6, 100), "chunk": (1, 65536), "guidance": (0, 100), "prior_steps": (1, 1000),
                   "project": (0, 1), "refine_prior": (0, 1), "pool": (0, 10**6), "dedup": (0, 10),
-                  "rank_sharpness": (0, 100), "rank_gate": (0, 1), "rise_gate": (0, 0.99), "guidance_from": (0, 1), "guidance_until": (0, 1),
+                  "rank_sharpness": (0, 100), "rank_intent": (0, 100), "rank_gate": (0, 1), "rise_gate": (0, 0.99), "guidance_from": (0, 1), "guidance_until": (0, 1),
                   "refine_top": (0, 10**6), "dpp_quality": (0, 100), "dpp_bandwidth": (1e-3, 100)}
 SELECTIONS = ("dedup", "dpp")
 
@@ -167,6 +170,10 @@ def validate_compose_config(config: ComposeConfig) -> None:
     check_choice("select", config.select, SELECTIONS)
     check_choice("best", config.best, BEST_RULES)
     check_negative(config.negative)
+    try:
+        ranking.parse_term_weights(config.rank_terms)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     if config.guidance_from > config.guidance_until:
         raise ConfigError(f"--guidance_from {config.guidance_from} is after --guidance_until {config.guidance_until}: "
                           f"guidance applies between them; give from <= until (0 and 1: throughout)")
@@ -452,9 +459,10 @@ def candidate_rows(setting: Setting, drawn: Drawn, scored: Scored, kept: Kept, r
     return rows
 
 
-SCORE_TEXT = ("combined = z(realism) + z(intent) + rank_sharpness * z(sharpness) + "
+SCORE_TEXT = ("combined = z(realism) + rank_intent * z(intent) + rank_sharpness * z(sharpness) + "
               "z(min(uniqueness, uniqueness_reference)), z-scores within this batch (uniqueness only with data); "
-              "intent is the geometric mean of the intent terms (a negative term counts the absence of its class); "
+              "intent is the geometric mean of the intent terms, weighted by rank_terms (a negative term counts the "
+              "absence of its class); "
               "candidates whose every intent term is >= rank_gate come before the rest; uniqueness_reference is the "
               "median nearest-training-image distance of real test images; the kept images are the best-ranked "
               "ones, each at least dedup times the median pairwise distance of the best from every one kept before it")
@@ -487,7 +495,8 @@ def summarise(config: ComposeConfig, setting: Setting, drawn: Drawn, scored: Sco
         "pool": group_summary(scored, order, reference, gate), "kept": group_summary(scored, kept.shown, reference, gate),
         "best": group_summary(scored, order[:1], reference, gate),
         "uniqueness_reference": reference.distance, "data_matches_run": reference.data_matches_run,
-        "rank_sharpness": config.rank_sharpness, "rank_gate": gate, "rise_gate": config.rise_gate, "score": SCORE_TEXT, "best_rule": config.best,
+        "rank_sharpness": config.rank_sharpness, "rank_intent": config.rank_intent,
+        "rank_terms": config.rank_terms, "rank_gate": gate, "rise_gate": config.rise_gate, "score": SCORE_TEXT, "best_rule": config.best,
         "images_saved": len(kept.saved), "candidates": candidate_rows(setting, drawn, scored, kept, reference),
     }
 

@@ -20,6 +20,43 @@ def geometric_mean(probabilities: torch.Tensor) -> torch.Tensor:
     return probabilities.clamp_min(1e-8).log().mean(1).exp()
 
 
+def weighted_geometric_mean(probabilities: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """(N, T) probabilities, (T,) non-negative weights -> (N,): exp(sum w log p / sum w); equal weights give
+    ``geometric_mean``, a larger weight makes that term count more."""
+    w = weights.to(probabilities.dtype)
+    return (probabilities.clamp_min(1e-8).log() @ w / w.sum()).exp()
+
+
+def parse_term_weights(text: str) -> dict[str, float]:
+    """``"horse=2,wings=0.5"`` -> {"horse": 2.0, "wings": 0.5}; "" -> {}. Refuses, naming the part, a part that is
+    not NAME=NUMBER or a weight outside 0-100."""
+    weights = {}
+    for part in filter(None, (p.strip() for p in str(text).split(","))):
+        name, _, value = part.partition("=")
+        try:
+            weight = float(value)
+        except ValueError:
+            weight = float("nan")
+        if not name.strip() or not 0 <= weight <= 100:
+            raise ValueError(f"--rank_terms part {part!r} is not NAME=WEIGHT with a weight from 0 to 100 "
+                             f"(e.g. --rank_terms horse=2)")
+        weights[name.strip()] = weight
+    return weights
+
+
+def term_weighted_intent(intents: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:
+    """The intent of each candidate: the geometric mean of its intent terms (N,) each, weighted by ``weights``
+    (terms not named: 1). Refuses a named term that is not among them, naming the ones there are."""
+    unknown = sorted(set(weights) - set(intents))
+    if unknown:
+        raise ValueError(f"--rank_terms names {', '.join(unknown)}, not an intent term of this expression; "
+                         f"its terms are {', '.join(intents) or 'none'}")
+    if sum(weights.get(name, 1.0) for name in intents) <= 0:
+        raise ValueError("--rank_terms gives every intent term weight 0; give at least one a positive weight")
+    w = torch.tensor([weights.get(name, 1.0) for name in intents])
+    return weighted_geometric_mean(torch.stack(list(intents.values()), 1).float(), w)
+
+
 def combined_score(terms: dict[str, torch.Tensor], weights: dict[str, float] | None = None) -> torch.Tensor:
     """Weighted sum of the batch z-scores of the named terms (higher is better)."""
     weights = weights or {}

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from autoencoder.cifar10 import CIFAR10_CLASSES
+from autoencoder.cli import ConfigError
 from autoencoder.data import to_uint8
 from autoencoder.metrics import ShortlistIndex, laplacian_variance, nearest_neighbours
 from latent_ops import best_choice, ranking
@@ -147,10 +148,15 @@ def ranked(config: ComposeConfig, found: dict[str, torch.Tensor], history: list[
     count = len(found["z"])
     intents = {k.split("/", 1)[1]: v for k, v in found.items() if k.startswith("intent/")}
     intent = ranking.geometric_mean(torch.stack(list(intents.values()), 1)) if intents else torch.ones(count)
-    terms = {"realism": found["realism"], "intent": intent, "sharpness": found["sharpness"]}
+    try:
+        leaning = ranking.parse_term_weights(config.rank_terms)
+        ranked_intent = ranking.term_weighted_intent(intents, leaning) if leaning else intent
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    terms = {"realism": found["realism"], "intent": ranked_intent, "sharpness": found["sharpness"]}
     if reference_distance is not None:
         terms["uniqueness"] = ranking.capped_uniqueness(found["distance"][:, 0], reference_distance)
-    combined = ranking.combined_score(terms, {"sharpness": config.rank_sharpness})
+    combined = ranking.combined_score(terms, {"sharpness": config.rank_sharpness, "intent": config.rank_intent})
     rise_gate = config.rise_gate if "wings" in intents else 0.0  # a wing to rise: only when the expression asks one
     gated = passes_gate(intents, config.rank_gate, count) & rises(found["rise"], rise_gate)
     refined = found["refined"] if found["refined"].any() else None

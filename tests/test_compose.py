@@ -12,6 +12,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from autoencoder.cifar10 import CIFAR10_CLASSES
+from autoencoder.cli import ConfigError
 from autoencoder.data import load_split, to_float
 from autoencoder.metrics import nearest_neighbours
 from autoencoder.run_folder import load_run
@@ -217,6 +218,24 @@ def test_ranking_helpers():
     assert score[1] > score[0]
 
 
+def test_term_weights_lean_the_intent_towards_the_named_term():
+    terms = {"horse": torch.tensor([0.6, 0.3]), "wings": torch.tensor([0.2, 0.5])}
+    even = ranking.term_weighted_intent(terms, {})
+    assert torch.allclose(even, ranking.geometric_mean(torch.stack(list(terms.values()), 1)))
+    assert even[1] > even[0]  # evenly weighted, the second candidate is the better pair
+    leaning = ranking.term_weighted_intent(terms, ranking.parse_term_weights("horse=3"))
+    assert leaning[0] > leaning[1]  # with horse counted three times, the better horse leads
+    assert torch.allclose(leaning[0], torch.tensor((0.6 ** 3 * 0.2) ** 0.25))
+    assert ranking.parse_term_weights(" horse=2, wings=0.5 ") == {"horse": 2.0, "wings": 0.5}
+    for bad in ("horse", "horse=x", "=2", "horse=-1", "horse=101"):
+        with pytest.raises(ValueError, match="NAME=WEIGHT"):
+            ranking.parse_term_weights(bad)
+    with pytest.raises(ValueError, match="tail, not an intent term.*horse, wings"):
+        ranking.term_weighted_intent(terms, {"tail": 2.0})
+    with pytest.raises(ValueError, match="weight 0"):
+        ranking.term_weighted_intent(terms, {"horse": 0.0, "wings": 0.0})
+
+
 def test_the_gate_ranks_every_passing_candidate_first_then_by_score():
     combined = torch.tensor([5.0, -1.0, 3.0, 0.5, -4.0])
     passed = torch.tensor([False, True, False, True, True])
@@ -236,6 +255,19 @@ def test_sharpness_and_the_gate_decide_the_ranking(composed_run, folder_data, tm
     assert scores[0]["sharpness"] == max(c["sharpness"] for c in scores)  # sharpness outweighs the rest
     best = load_file(str(sharp / "images.safetensors"))["images"][:1]
     assert laplacian_variance(to_float(best)).item() == pytest.approx(scores[0]["sharpness"], rel=0.1, abs=1e-3)
+
+    heads = {}  # leaning the ranking on one term puts more of that term at the head of the ranking
+    for name, other in (("horse", "wings"), ("wings", "horse")):
+        leaning = compose("horse+wings", out=str(tmp_path / name), rank_terms=f"{name}=1,{other}=0",
+                          rank_intent=100.0, rank_gate=0.0, **common)
+        ranks = json.loads((leaning / "scores.json").read_text())
+        assert ranks["rank_terms"] == f"{name}=1,{other}=0" and ranks["rank_intent"] == 100.0
+        heads[name] = {term: np.mean([c["intent_terms"][term] for c in ranks["candidates"][:10]])
+                       for term in ("horse", "wings")}
+    assert heads["horse"]["horse"] > heads["wings"]["horse"] and heads["wings"]["wings"] > heads["horse"]["wings"]
+    with pytest.raises(ConfigError, match="tail, not an intent term"):
+        compose("horse+wings", out=str(tmp_path / "tail"), rank_terms="tail=2", **common)
+    assert not (tmp_path / "tail").exists()  # refused before anything was written
 
     gated = compose("horse+wings", out=str(tmp_path / "gated"), rank_gate=0.05, **common)
     ranks = json.loads((gated / "scores.json").read_text())["candidates"]
@@ -343,7 +375,6 @@ def test_a_compose_that_fails_leaves_the_previous_output_whole(composed_run, fol
 
 
 def test_a_folder_that_is_not_a_compose_output_is_refused(composed_run, folder_data, tmp_path, smoke_run):
-    from autoencoder.cli import ConfigError
 
     mine = tmp_path / "mine"
     mine.mkdir()
