@@ -64,12 +64,15 @@ LEARN_PEGASUS := --expression "2*horse&3*airplane@top" --pool 4096 --rounds 3 --
 LEARN_PEGASUS_WHITE := --expression "2*horse&3*airplane@top&2*white@body&4*white@back" --pool 4096 --rounds 3 \
 	--prior_steps 12 --solver ab2 --guidance 2.0 --accept "horse>=0.25,wings>=0.25,pale_subject>=0.6,pale_wing>=0.65" \
 	--critic_quantile 0.3 --sharpness_quantile 0.2 --rise_quantile 0.3 --balance 1.0 --steps 1000
-PEGASUS_RECIPE := --pool 1024 --guidance 2.5 --solver ab2 --prior_steps 12 --guidance_until 0.7 --refine_top 128 --rise_gate 0.5 \
-	--chunk 64  # stored as the model's compose.json (bench/compose_speed.py measures it against the recipe before)
+PEGASUS_RECIPE := --pool 1024 --guidance 2.25 --negative deer --solver ab2 --prior_steps 12 --guidance_until 0.7 --refine_top 128 --rise_gate 0.5 \
+	--chunk 64 --mark_gate 0.75  # stored as the model's compose.json (bench/compose_speed.py measures it against the recipe before)
 # The release, re-created by `make model` (an older one: make model RELEASE_PRESET=release SHARPEN_PRESET= SHIP_FLAGS=)
 # (6,000 steps, 82 min of training alone on 2 AVX-512 bf16 cores; then shipping with the conv prior on the
 # 8 x 8 code, the targets, the learned pegasus and the report; docs/training.md).
 RELEASE_PRESET ?= release-grid8
+# The judge of by-eye marks (models/pegasus-cifar10/marks/, latent_ops.learn_marks) was fitted on blind counts of the
+# shipped model's composes; it reads pictures, not codes, so shipping again keeps it (copied aside and back).
+MARKS_KEPT := outputs/marks-judge-kept
 RELEASE_RUN ?= outputs/runs/$(RELEASE_PRESET)
 # the decoder fine-tune that ships (empty: ship the release run itself)
 SHARPEN_PRESET ?= release-grid8-sharpen
@@ -88,8 +91,10 @@ model: data
 		$(PY) -m autoencoder.train --out $(SHARPEN_RUN) --resume; \
 	else $(PY) -m autoencoder.train --preset $(SHARPEN_PRESET) --init_from $(RELEASE_RUN) --data $(DATA) \
 		--out $(SHARPEN_RUN); fi
+	rm -rf $(MARKS_KEPT) && if [ -d $(MODEL)/marks ]; then cp -r $(MODEL)/marks $(MARKS_KEPT); fi
 	$(PY) -m latent_ops.ship --run $(SHIPPED_RUN) --data $(DATA) --out $(MODEL) --card_notes docs/model-card-notes.md \
 		--replace_learned true $(SHIP_FLAGS)
+	if [ -d $(MARKS_KEPT) ]; then cp -r $(MARKS_KEPT) $(MODEL)/marks; fi
 	$(PY) bench/release_targets.py --run $(MODEL) --data $(DATA)
 	$(PY) -m latent_ops.learn pegasus --run $(MODEL) $(LEARN_PEGASUS)
 	$(PY) -m latent_ops.learn pegasus_white --run $(MODEL) $(LEARN_PEGASUS_WHITE)

@@ -76,6 +76,7 @@ from latent_ops.intent import (INTENTS, expand_learned, expression_regions, need
                                samples_the_prior, spreads_with_temperature)
 from latent_ops.run_concepts import ensure_concepts
 from latent_ops.runs import repository_path, resolve_run
+from latent_ops.mark_judge import MarkJudge, judge_folder, load_judge
 from latent_ops.sampling import (SOURCES, DrawSettings, Sources, check_negative, projection_conditions,
                                  sample_expression)
 from latent_ops.best_choice import BEST_RULES
@@ -136,6 +137,8 @@ class ComposeConfig:
     rise_gate: float = 0.0  # rank candidates whose rising mass (figure in the middle third above the back: a wing
     #   from the back, not blades at the ends of a table; latent_ops.subject) is below this quantile of the pool
     #   after the rest, like rank_gate, when the expression asks for wings (0: off)
+    mark_gate: float = 0.0  # rank candidates that the run's judge of by-eye marks (latent_ops.mark_judge, learned
+    #   from blind counts) scores below this quantile of the pool after the rest, like rise_gate (0: off)
     chunk: int = 64  # candidates refined and decoded at once (64: fastest on a 2-core CPU, bench/compose_speed.py)
     refine_top: int = 192  # refine only this many of a first ranking's best, then rank again (0: every candidate);
     #   at least the number kept, min(n, 64)
@@ -156,7 +159,7 @@ COMPOSE_RANGES = {"n": (1, 10**6), "seed": (0, 2**32 - 1), "refine_steps": (0, 1
                   "refine_step_size": (0, 100), "refine_anchor": (0, 1e4), "strength": (0, 100),
                   "temperature": (1e-6, 100), "chunk": (1, 65536), "guidance": (0, 100), "prior_steps": (1, 1000),
                   "project": (0, 1), "refine_prior": (0, 1), "pool": (0, 10**6), "dedup": (0, 10),
-                  "rank_sharpness": (0, 100), "rank_intent": (0, 100), "rank_gate": (0, 1), "rise_gate": (0, 0.99), "guidance_from": (0, 1), "guidance_until": (0, 1),
+                  "rank_sharpness": (0, 100), "rank_intent": (0, 100), "rank_gate": (0, 1), "rise_gate": (0, 0.99), "mark_gate": (0, 0.99), "guidance_from": (0, 1), "guidance_until": (0, 1),
                   "refine_top": (0, 10**6), "dpp_quality": (0, 100), "dpp_bandwidth": (1e-3, 100)}
 SELECTIONS = ("dedup", "dpp")
 
@@ -205,6 +208,7 @@ def make_compose_config(**flags) -> ComposeConfig:
     config = dataclass_from_flags(ComposeConfig, recipe, flags)
     validate_compose_config(config)
     config.negative_from_recipe = "negative" not in flags  # a default for prior draws, not a request (open_setting)
+    config.mark_gate_from_recipe = "mark_gate" not in flags  # a default where the judge knows the expression
     return config
 
 
@@ -254,6 +258,7 @@ class Setting:
     regions: list[str]
     dtype: torch.dtype  # the networks' precision: bf16 autocast or fp32
     negative: str = ""  # the class prior draws are pushed away from ("" when nothing is drawn from the prior)
+    marks: MarkJudge | None = None  # the judge of by-eye marks (--mark_gate), reading through sources.perceptual
 
     @property
     def label_names(self) -> tuple[str, ...]:
@@ -290,11 +295,33 @@ def open_setting(config: ComposeConfig) -> Setting:
     if prior is not None and opened.dtype == torch.bfloat16:
         prior = prior.to(memory_format=torch.channels_last)  # its convolutions: 1.3x faster in bf16 on this CPU
     regions = expression_regions(weights)
-    perceptual = load_perceptual(device=opened.device) if set(regions) & set(FOLLOWING_REGIONS) else None
+    marks = marks_judge(config, run_dir)
+    following = set(regions) & set(FOLLOWING_REGIONS)
+    perceptual = load_perceptual(device=opened.device) if following or marks is not None else None
     bank = load_bank(run_dir) if config.source != "density" else None
     sources = Sources(concepts, bank, prior, opened.code_shape, nets.decoder, perceptual)
     return Setting(run_dir, nets, opened.device, concepts, weights, expand_learned(weights, run_dir, learned),
-                   intent_source, judge, prior, sources, regions, opened.dtype, negative)
+                   intent_source, judge, prior, sources, regions, opened.dtype, negative, marks)
+
+
+def marks_judge(config: ComposeConfig, run_dir: Path) -> MarkJudge | None:
+    """The run's judge of by-eye marks when --mark_gate asks for it; refused where it was not learned for the
+    expression (it knows what a person marked in composes of its expressions, nothing else)."""
+    if config.mark_gate <= 0:
+        return None
+    try:
+        marks = load_judge(run_dir)
+    except RunError as error:
+        if getattr(config, "mark_gate_from_recipe", False):
+            raise RunError(f"{error} (its compose.json asks for --mark_gate {config.mark_gate}; or pass --mark_gate 0)"
+                           ) from None
+        raise ConfigError(f"--mark_gate {config.mark_gate}: {error}") from None
+    if config.expression not in marks.expressions:
+        if getattr(config, "mark_gate_from_recipe", False):  # the recipe's default, for the expressions it knows
+            return None
+        raise ConfigError(f"--mark_gate: the judge in {judge_folder(run_dir)} learned what a person marked in "
+                          f"composes of {', '.join(marks.expressions)}, not of {config.expression!r}; drop --mark_gate")
+    return marks
 
 
 # --- stage 2: draw -------------------------------------------------------------------------------------------------
@@ -440,6 +467,7 @@ def candidate_rows(setting: Setting, drawn: Drawn, scored: Scored, kept: Kept, r
                  "refined": bool(found["refined"][i]), "realism_before_refinement": found["realism_before"][i].item(),
                  "realism": found["realism"][i].item(), "intent": scored.intent[i].item(),
                  "sharpness": found["sharpness"][i].item(), "rise": found["rise"][i].item(),
+                 **({"mark": found["mark"][i].item()} if "mark" in found else {}),
                  "passed_gate": bool(scored.gated[i]),
                  "intent_terms": {k: v[i].item() for k, v in scored.intents.items()}}
         if reference.distance is not None:
@@ -496,7 +524,8 @@ def summarise(config: ComposeConfig, setting: Setting, drawn: Drawn, scored: Sco
         "best": group_summary(scored, order[:1], reference, gate),
         "uniqueness_reference": reference.distance, "data_matches_run": reference.data_matches_run,
         "rank_sharpness": config.rank_sharpness, "rank_intent": config.rank_intent,
-        "rank_terms": config.rank_terms, "rank_gate": gate, "rise_gate": config.rise_gate, "score": SCORE_TEXT, "best_rule": config.best,
+        "rank_terms": config.rank_terms, "rank_gate": gate, "rise_gate": config.rise_gate,
+        "mark_gate": config.mark_gate if setting.marks is not None else 0.0, "score": SCORE_TEXT, "best_rule": config.best,
         "images_saved": len(kept.saved), "candidates": candidate_rows(setting, drawn, scored, kept, reference),
     }
 

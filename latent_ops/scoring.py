@@ -34,6 +34,7 @@ from autoencoder.metrics import ShortlistIndex, laplacian_variance, nearest_neig
 from latent_ops import best_choice, ranking
 from latent_ops.flow import denoise
 from latent_ops.intent import intent_terms
+from latent_ops.mark_judge import judge_images
 from latent_ops.refine import refine_codes
 from latent_ops.sources import classifier_views
 from latent_ops.subject import rising_mass
@@ -68,6 +69,9 @@ def judge(setting: Setting, z: torch.Tensor, images: torch.Tensor, train: Shortl
                                      for part in images.split(chunk)])}
     out["sharpness"] = laplacian_variance(images).cpu()  # in fp32, outside autocast
     out["rise"] = rising_mass(images).cpu()  # figure above the middle of the back (--rise_gate)
+    if setting.marks is not None:  # how likely a person is to mark it (--mark_gate)
+        with setting.autocast():  # the perceptual net's pass in the run's precision (bf16 where native)
+            out["mark"] = judge_images(setting.marks, to_uint8(images), setting.sources.perceptual)
     probs = None
     if setting.judge is not None:
         p = setting.judge.probabilities(images)  # (N, 10)
@@ -135,8 +139,8 @@ def passes_gate(intents: dict[str, torch.Tensor], gate: float, count: int) -> to
 
 
 def rises(rise: torch.Tensor, quantile: float) -> torch.Tensor:
-    """(N,) bool: rising mass (``latent_ops.subject.rising_mass``) at least its ``quantile`` over the candidates
-    (all True at 0)."""
+    """(N,) bool: rising mass (``latent_ops.subject.rising_mass``), or another per-candidate score such as the judge
+    of marks', at least its ``quantile`` over the candidates (all True at 0)."""
     if quantile <= 0:
         return torch.ones(len(rise), dtype=torch.bool)
     return rise >= torch.quantile(rise.float(), quantile)
@@ -159,6 +163,8 @@ def ranked(config: ComposeConfig, found: dict[str, torch.Tensor], history: list[
     combined = ranking.combined_score(terms, {"sharpness": config.rank_sharpness, "intent": config.rank_intent})
     rise_gate = config.rise_gate if "wings" in intents else 0.0  # a wing to rise: only when the expression asks one
     gated = passes_gate(intents, config.rank_gate, count) & rises(found["rise"], rise_gate)
+    if "mark" in found:
+        gated &= rises(found["mark"], config.mark_gate)
     refined = found["refined"] if found["refined"].any() else None
     return Scored(found, history, intents, intent, combined, gated, ranking.gated_order(combined, gated, refined))
 

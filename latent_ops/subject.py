@@ -71,20 +71,20 @@ def subject_colour(images: torch.Tensor, evidence: torch.Tensor | None) -> tuple
     return brightness.numpy(), saturation.numpy()
 
 
-def rise_window(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def rise_window(images: torch.Tensor, outline: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The middle third of the columns in the top RISE_ROWS rows, above a side-view horse's back: its figure mask
     (N, h, w) float (silhouette at least SUBJECT_SHARE of its peak) and its pixels (N, 3, h, w).
-    images: (N, 3, H, W) in [-1, 1]."""
+    images: (N, 3, H, W) in [-1, 1]; ``outline``: their ``silhouette`` when already computed."""
     H, W = images.shape[-2:]
     rows, (c0, c1) = round(RISE_ROWS * H), (round(RISE_COLUMNS[0] * W), round(RISE_COLUMNS[1] * W))
-    figure = silhouette(images.float()) >= SUBJECT_SHARE
+    figure = (silhouette(images.float()) if outline is None else outline) >= SUBJECT_SHARE
     return figure[:, :rows, c0:c1].float(), images[:, :, :rows, c0:c1].float()
 
 
-def rising_mass(images: torch.Tensor) -> torch.Tensor:
+def rising_mass(images: torch.Tensor, outline: torch.Tensor | None = None) -> torch.Tensor:
     """(N,) in [0, 1]: the share of the rise window (``rise_window``) that is figure. images: (N, 3, H, W) in
-    [-1, 1]."""
-    return rise_window(images)[0].mean((1, 2))
+    [-1, 1]; ``outline``: their ``silhouette`` when already computed."""
+    return rise_window(images, outline)[0].mean((1, 2))
 
 
 def rising_brightness(images: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,153 @@
+"""Fit the judge of by-eye marks (``latent_ops.mark_judge``) from a run's blind counts.
+
+    python -m latent_ops.learn_marks --run models/pegasus-cifar10 --data data \\
+        --sittings docs/pegasus-cifar10/blind/sittings.json
+
+The sittings file lists blind counts (``latent_ops.blind_count``): each one's key and counts, and for each output it
+counted the compose that remakes it (a seed and flags over the run's recipe; null where this code cannot remake it).
+The outputs are composed again into ``--work`` (reused while their images still match) and checked against the
+digests the key recorded: an output whose images differ is refused, since the marks would describe other pictures.
+Every counted image then becomes one row, marked or not; an image counted in several sittings gives a row for each.
+
+Before the judge is fitted on every row, its held-out quality is measured: for each seed, a judge fitted on the other
+seeds' rows orders that seed's rows (ROC AUC, and the marked share of the upper and lower half). These figures go into
+``RUN/marks/judge.json`` beside the judge, with the sittings used.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from autoencoder.cli import ConfigError, UserError, check_ranges, claim_output, command, read_json, save_config
+from autoencoder.cifar10 import CACHE_FOLDER, DATA_FOLDER
+from latent_ops.blind_count import images_digest
+from latent_ops.mark_judge import RECORD_FILE, WEIGHTS_FILE, fit_judge, judge_folder, mark_features, save_judge
+from latent_ops.runs import resolve_run
+from latent_ops.showcase import kept_batch
+
+
+@dataclass
+class LearnMarksConfig:
+    run: str = ""  # the run whose composes were counted (empty: the newest trained run, else the shipped model)
+    sittings: str = "docs/pegasus-cifar10/blind/sittings.json"  # the blind counts, and how to remake what they counted
+    data: str = DATA_FOLDER  # CIFAR-10, as the counted composes had it (uniqueness is part of their ranking)
+    cache_dir: str = CACHE_FOLDER  # where the decoded data is cached
+    work: str = "outputs/marks-sources"  # where the remade compose outputs are kept
+    strength: float = 0.01  # the logistic regression's C (L2 strength 1 / C): best held out of 0.003, 0.01, 0.03
+
+
+LEARN_MARKS_RANGES = {"strength": (1e-6, 1e6)}
+
+
+@dataclass
+class Rows:
+    images: torch.Tensor  # (N, 3, 32, 32) uint8, each counted image once per sitting
+    marked: np.ndarray  # (N,) bool
+    seeds: np.ndarray  # (N,) the seed of the compose each came from
+
+
+def remade(config: LearnMarksConfig, run: Path, expression: str, output: dict) -> Path:
+    """The compose output ``output`` ({"seed", "flags"}) remade into --work (reused when already there)."""
+    from latent_ops.compose import compose
+
+    flags = dict(output.get("flags") or {})
+    tag = hashlib.sha1(json.dumps(flags, sort_keys=True).encode()).hexdigest()[:8]
+    folder = Path(config.work) / f"{expression}-seed{int(output['seed'])}-{tag}"
+    if not (folder / "images.safetensors").exists():
+        print(f"learn_marks: composing {expression} --seed {output['seed']} {flags or ''} into {folder}")
+        compose(expression, quiet=True, run=str(run), data=config.data, cache_dir=config.cache_dir,
+                seed=int(output["seed"]), out=str(folder), **flags)
+    return folder
+
+
+def sitting_rows(config: LearnMarksConfig, run: Path, expression: str, sitting: dict, base: Path) -> Rows:
+    """The counted images of one sitting that can be remade, with their marks."""
+    key = read_json(base / sitting["key"], "blind count key")
+    counts = read_json(base / sitting["counts"], "blind count")
+    outputs = sitting["outputs"]
+    if len(outputs) != len(key["composes"]):
+        raise UserError(f"{base / sitting['key']} counted {len(key['composes'])} outputs, but the sittings file gives "
+                        f"{len(outputs)} ways to remake them; give one for each (null where it cannot be remade)")
+    batches = {}
+    for index, (output, digest) in enumerate(zip(outputs, key["images_digests"])):
+        if output is None:
+            continue
+        folder = remade(config, run, expression, output)
+        if images_digest(folder) != digest:
+            raise UserError(f"{folder} (remade for {sitting['key']}) holds other images than the ones counted (digest "
+                            f"{images_digest(folder)}, counted {digest}), so the marks would describe other pictures; "
+                            f"remake it on the machine that counted, or set that output to null")
+        batches[index] = kept_batch(folder)
+    marked = set(counts["marked_numbers"])
+    rows = [(batches[o][p], number in marked, int(outputs[o]["seed"]))
+            for number, (o, p) in enumerate(key["numbers"]) if o in batches]
+    return Rows(torch.stack([r[0] for r in rows]), np.array([r[1] for r in rows]), np.array([r[2] for r in rows]))
+
+
+def held_out(features: tuple[np.ndarray, np.ndarray], rows: Rows, strength: float) -> dict:
+    """Per seed: a judge fitted on the other seeds' rows (both orientations) orders this seed's rows."""
+    from sklearn.metrics import roc_auc_score
+
+    plain, mirrored = features
+    figures = {}
+    for seed in sorted(set(rows.seeds.tolist())):
+        test = rows.seeds == seed
+        if test.all() or len(set(rows.marked[test].tolist())) < 2:
+            continue
+        train = np.concatenate([plain[~test], mirrored[~test]])
+        judge = fit_judge(train, np.concatenate([rows.marked[~test]] * 2), strength, "", ())
+        score = (judge.probability(plain[test]) + judge.probability(mirrored[test])) / 2
+        upper = score >= np.median(score)
+        figures[str(seed)] = {"rows": int(test.sum()), "auc": round(float(roc_auc_score(rows.marked[test], score)), 4),
+                              "marked share": round(float(rows.marked[test].mean()), 4),
+                              "marked share of the upper half": round(float(rows.marked[test][upper].mean()), 4),
+                              "marked share of the lower half": round(float(rows.marked[test][~upper].mean()), 4)}
+    return figures
+
+
+def learn_marks(config: LearnMarksConfig) -> str:
+    from autoencoder.classifier import load_perceptual
+
+    check_ranges(config, LEARN_MARKS_RANGES)
+    sittings_file = Path(config.sittings)
+    spec = read_json(sittings_file, "sittings file")
+    if not isinstance(spec, dict) or not spec.get("sittings") or not spec.get("expression"):
+        raise ConfigError(f"{sittings_file} lists no sittings (it needs \"expression\" and \"sittings\"); see "
+                          f"docs/pegasus-cifar10/blind/sittings.json")
+    run = resolve_run(config.run)
+    out = claim_output(judge_folder(run), {WEIGHTS_FILE, RECORD_FILE}, "a judge of marks'")  # its config: at the end
+    parts = [sitting_rows(config, run, spec["expression"], s, sittings_file.parent) for s in spec["sittings"]]
+    rows = Rows(torch.cat([p.images for p in parts]), np.concatenate([p.marked for p in parts]),
+                np.concatenate([p.seeds for p in parts]))
+    if len(set(rows.marked.tolist())) < 2:
+        raise UserError(f"every counted image in {sittings_file} is {'marked' if rows.marked[0] else 'unmarked'}: a "
+                        f"judge needs both")
+    perceptual = load_perceptual()
+    features = (mark_features(rows.images, perceptual), mark_features(rows.images.flip(3), perceptual))
+    figures = held_out(features, rows, config.strength)
+    judge = fit_judge(np.concatenate(features), np.concatenate([rows.marked] * 2), config.strength,
+                      str(spec.get("what", "marked")), (str(spec["expression"]),))
+    unique = len({bytes(image.numpy()) for image in rows.images})
+    save_judge(judge, out, {"sittings": [s["key"] for s in spec["sittings"]], "rows": len(rows.marked),
+                            "unique images": unique, "marked share": round(float(rows.marked.mean()), 4),
+                            "strength": config.strength, "held out by seed": figures})
+    save_config(config, out / "config.json")
+    aucs = ", ".join(f"seed {s} {f['auc']:.3f}" for s, f in figures.items())
+    return (f"learn_marks: {len(rows.marked)} counted images ({unique} different, {rows.marked.mean():.0%} marked) -> "
+            f"{out / WEIGHTS_FILE}; held-out ROC AUC: {aucs or 'no seed to hold out'}")
+
+
+def main(**flags) -> None:
+    """Fit the judge of by-eye marks of a run from its blind counts; every field of LearnMarksConfig is a flag."""
+    print(command(LearnMarksConfig, flags, learn_marks))
+
+
+if __name__ == "__main__":
+    from autoencoder.cli import fire_command
+
+    fire_command(main)

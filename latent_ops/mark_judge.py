@@ -1,0 +1,123 @@
+"""A judge learned from a person's by-eye marks: how likely a composed image is to be marked (e.g. "a winged horse").
+
+Blind counts (``latent_ops.blind_count``) leave, image by image, what a person marked. Read as labels they train a
+small judge of what the person looks for, a reward model learned from human judgements (Christiano et al. 2017,
+arXiv:1706.03741), used here only to order candidates, as reward-ranked selection does (Lee et al. 2023,
+arXiv:2302.12192). ``latent_ops.learn_marks`` fits it; ``compose --mark_gate`` uses it.
+
+- **What it sees** (``mark_features``): the perceptual net's features and its class activation maps (3 x 3 per class,
+  Zhou et al. 2016), the rising mass above the back (``latent_ops.subject``), and the picture's layout at 8 x 8: the
+  silhouette against the border's colour and the grey level. The evaluator is never read: it only measures.
+- **What it is**: a logistic regression on the standardised features, fitted by scikit-learn with L2 strength
+  ``1 / C``. It is saved as numbers only (``judge.npz`` without pickles, ``judge.json``), and scores an image as the
+  mean of its reading and that of the image's mirror (a mark does not depend on which way the horse faces).
+
+Example: ``python -c "from latent_ops.mark_judge import load_judge; print(load_judge('models/pegasus-cifar10'))"``
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from autoencoder.atomic import replace_atomically, write_json
+from autoencoder.cli import read_json
+from autoencoder.data import to_float
+from autoencoder.run_folder import RunError
+from latent_ops.subject import rising_mass, silhouette
+
+JUDGE_FOLDER, WEIGHTS_FILE, RECORD_FILE = "marks", "judge.npz", "judge.json"
+LAYOUT = 8  # the silhouette and grey level are read on a LAYOUT x LAYOUT grid
+
+
+@dataclass
+class MarkJudge:
+    mean: np.ndarray  # (F,) the features' means over the marked images
+    scale: np.ndarray  # (F,) and their spreads
+    weights: np.ndarray  # (F,) the logistic regression's coefficients on the standardised features
+    bias: float
+    what: str  # what the person marked, e.g. "a winged horse (strict rule)"
+    expressions: tuple[str, ...]  # the expressions whose composes were counted: the judge knows only those
+
+    def probability(self, features: np.ndarray) -> np.ndarray:
+        """(N,) the probability that each image (N, F) of features is marked."""
+        logits = ((features - self.mean) / self.scale) @ self.weights + self.bias
+        return 1.0 / (1.0 + np.exp(-logits))
+
+
+def perceptual_reading(perceptual: torch.nn.Module, x: torch.Tensor, batch_size: int = 512
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The perceptual net's features (N, C) and class activation maps (N, 10, 3, 3) of images x in [-1, 1], from one
+    pass (its features are the maximum of its last maps, ``EvaluatorNet.features``; the maps as in
+    ``latent_ops.sources.classifier_views``)."""
+    device = next(perceptual.parameters()).device
+    features, maps = [], []
+    for part in x.split(batch_size):
+        last = perceptual.feature_maps(part.to(device))[-1]  # (B, C, 3, 3)
+        features.append(torch.amax(last, dim=(2, 3)).float().cpu())
+        maps.append(torch.einsum("kc,bchw->bkhw", perceptual.head.weight, last).float().cpu())
+    return torch.cat(features), torch.cat(maps)
+
+
+def mark_features(images: torch.Tensor, perceptual: torch.nn.Module) -> np.ndarray:
+    """(N, F) float64 features of uint8 images (N, 3, 32, 32): the perceptual net's features, its class activation
+    maps, the rising mass, and the silhouette and grey level on a LAYOUT x LAYOUT grid."""
+    with torch.no_grad():
+        x = to_float(images)
+        features, maps = perceptual_reading(perceptual, x)
+        outline = silhouette(x)
+        layout = [F.adaptive_avg_pool2d(part[:, None], LAYOUT).flatten(1) for part in (outline, x.mean(1))]
+        parts = [features, maps.flatten(1), rising_mass(x, outline)[:, None].float(), *layout]
+    return torch.cat(parts, 1).double().numpy()
+
+
+def judge_images(judge: MarkJudge, images: torch.Tensor, perceptual: torch.nn.Module) -> torch.Tensor:
+    """(N,) the judge's probability that each uint8 image is marked, averaged over the image and its mirror."""
+    both = [judge.probability(mark_features(view, perceptual)) for view in (images, images.flip(3))]
+    return torch.from_numpy((both[0] + both[1]) / 2).float()
+
+
+def fit_judge(features: np.ndarray, marked: np.ndarray, strength: float, what: str,
+              expressions: tuple[str, ...]) -> MarkJudge:
+    """The judge fitted on features (N, F) and marks (N,) bool, with L2 strength 1 / ``strength`` (scikit-learn's C)."""
+    from sklearn.linear_model import LogisticRegression
+
+    if len(set(marked.tolist())) < 2:
+        raise ValueError(f"the marks are all {bool(marked[0])}: a judge needs marked and unmarked images")
+    mean, scale = features.mean(0), features.std(0) + 1e-6
+    model = LogisticRegression(C=strength, max_iter=5000).fit((features - mean) / scale, marked.astype(int))
+    return MarkJudge(mean, scale, model.coef_[0].astype(np.float64), float(model.intercept_[0]), what,
+                     tuple(expressions))
+
+
+def save_judge(judge: MarkJudge, folder: Path, record: dict) -> None:
+    """judge.npz (numbers only) and judge.json (what it judges, and ``record``) in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays = {"mean": judge.mean, "scale": judge.scale, "weights": judge.weights, "bias": np.array(judge.bias)}
+    replace_atomically(lambda path: np.savez(path, **arrays), folder / WEIGHTS_FILE)
+    write_json({"what": judge.what, "expressions": list(judge.expressions), **record}, folder / RECORD_FILE)
+
+
+def judge_folder(run: str | Path) -> Path:
+    return Path(run) / JUDGE_FOLDER
+
+
+def load_judge(run: str | Path) -> MarkJudge:
+    """The run's judge (RUN/marks/), refused in one line when missing or damaged."""
+    folder = judge_folder(run)
+    fix = f"fit one with python -m latent_ops.learn_marks --run {run}"
+    if not (folder / WEIGHTS_FILE).exists():
+        raise RunError(f"{run} has no judge of by-eye marks ({folder / WEIGHTS_FILE} is missing); {fix}")
+    record = read_json(folder / RECORD_FILE, "judge record")
+    try:
+        with np.load(folder / WEIGHTS_FILE, allow_pickle=False) as arrays:
+            mean, scale, weights = (np.asarray(arrays[k], dtype=np.float64) for k in ("mean", "scale", "weights"))
+            bias = float(arrays["bias"])
+        if not mean.shape == scale.shape == weights.shape or mean.ndim != 1:
+            raise ValueError(f"mean, scale and weights have shapes {mean.shape}, {scale.shape}, {weights.shape}")
+        return MarkJudge(mean, scale, weights, bias, str(record["what"]), tuple(map(str, record["expressions"])))
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise RunError(f"{folder / WEIGHTS_FILE} is damaged ({error}); {fix}") from None

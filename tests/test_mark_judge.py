@@ -1,0 +1,151 @@
+"""The judge of by-eye marks: fitted from marks it orders new images by them, it loads back exactly and refuses what it
+cannot read in one line; learn_marks fits it from blind counts it remakes, and compose --mark_gate ranks by it."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from autoencoder.classifier import load_perceptual
+from autoencoder.cli import ConfigError, UserError
+from autoencoder.run_folder import RunError
+from latent_ops.blind_count import BlindCountConfig, blind_count
+from latent_ops.compose import compose
+from latent_ops.learn_marks import LearnMarksConfig, learn_marks
+from latent_ops.mark_judge import LAYOUT, fit_judge, judge_images, load_judge, mark_features, save_judge
+from latent_ops.showcase import kept_batch
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def auc(marked: np.ndarray, score: np.ndarray) -> float:
+    """The share of (marked, unmarked) pairs that the score orders rightly."""
+    return float((score[marked][:, None] > score[~marked][None, :]).mean())
+
+
+def test_a_judge_fitted_on_marks_orders_new_images_by_them_and_loads_back_exactly(tmp_path):
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(400, 6)) * [1, 5, 1, 1, 0.1, 1] + [0, 3, 0, 0, 7, 0]
+    marked = features[:, 2] + 0.3 * rng.normal(size=400) > 0
+    judge = fit_judge(features[:300], marked[:300], 1.0, "a winged horse", ("pegasus",))
+    probability = judge.probability(features[300:])
+    assert probability.shape == (100,) and ((0 < probability) & (probability < 1)).all()
+    assert auc(marked[300:], probability) > 0.9  # held out: it learned the feature the marks follow
+    assert abs(judge.weights[2]) == abs(judge.weights).max()
+    save_judge(judge, tmp_path / "run" / "marks", {"rows": 300})
+    loaded = load_judge(tmp_path / "run")
+    np.testing.assert_array_equal(loaded.probability(features[300:]), probability)
+    assert (loaded.what, loaded.expressions) == ("a winged horse", ("pegasus",))
+    assert json.loads((tmp_path / "run" / "marks" / "judge.json").read_text())["rows"] == 300
+    with pytest.raises(ValueError, match="marks are all True"):
+        fit_judge(features, np.ones(400, dtype=bool), 1.0, "", ())
+
+
+def test_a_missing_or_damaged_judge_is_one_line(tmp_path):
+    with pytest.raises(RunError, match="has no judge of by-eye marks.*learn_marks"):
+        load_judge(tmp_path / "run")
+    judge = fit_judge(np.arange(20.0)[:, None], np.arange(20) > 9, 1.0, "x", ("pegasus",))
+    folder = tmp_path / "run" / "marks"
+    save_judge(judge, folder, {})
+    np.savez(folder / "judge.npz", mean=np.zeros(2), scale=np.ones(2), weights=np.zeros(3), bias=np.array(0.0))
+    with pytest.raises(RunError, match="judge.npz is damaged"):
+        load_judge(tmp_path / "run")
+    np.savez(folder / "judge.npz", mean=np.array([{"code": 1}], dtype=object), scale=np.ones(1), weights=np.ones(1),
+             bias=np.array(0.0))
+    with pytest.raises(RunError, match="judge.npz is damaged"):  # a pickle is never loaded
+        load_judge(tmp_path / "run")
+    (folder / "judge.npz").write_bytes(b"not a zip")
+    with pytest.raises(RunError, match="judge.npz is damaged"):
+        load_judge(tmp_path / "run")
+
+
+def test_the_features_read_the_picture_and_the_judge_does_not_care_which_way_it_faces():
+    perceptual = load_perceptual()
+    images = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
+    features = mark_features(images, perceptual)
+    assert features.shape == (5, perceptual.feature_dim + 10 * 9 + 1 + 2 * LAYOUT * LAYOUT)
+    assert not np.allclose(features[0], features[1])
+    rng = np.random.default_rng(1)
+    judge = fit_judge(rng.normal(size=(50, features.shape[1])), rng.random(50) > 0.5, 1.0, "", ())
+    torch.testing.assert_close(judge_images(judge, images, perceptual), judge_images(judge, images.flip(3), perceptual))
+
+
+def sitting(composed_run, folder_data, smoke_run, tmp_path, name: str, outputs: list[dict], seed: int) -> dict:
+    """A blind count of composes remade as learn_marks will remake them, its marks following brightness."""
+    folders = []
+    for i, output in enumerate(outputs):
+        folders.append(compose("horse+wings", run=str(composed_run), data=str(folder_data), quiet=True,
+                               cache_dir=str(smoke_run.parent / "cache"), seed=output["seed"],
+                               out=str(tmp_path / f"{name}-{i}"), **output["flags"]))
+    out = tmp_path / "blind" / name
+    blind_count(BlindCountConfig(composes=",".join(map(str, folders)), out=str(out), seed=seed))
+    key = json.loads((out / "key.json").read_text())
+    batches = [kept_batch(f).float().mean((1, 2, 3)) for f in folders]
+    every = torch.cat(batches)
+    marked = [n for n, (o, p) in enumerate(key["numbers"]) if batches[o][p] > every.median()]
+    blind_count(BlindCountConfig(out=str(out), marked=",".join(map(str, marked))))
+    return {"key": f"{name}/key.json", "counts": f"{name}/counts.json", "outputs": outputs}
+
+
+def test_learn_marks_fits_from_remade_blind_counts_and_compose_ranks_by_it(composed_run, folder_data, smoke_run,
+                                                                           tmp_path, capsys):
+    flags = {"n": 24, "refine_steps": 1}
+    plain, other = {"seed": 0, "flags": flags}, {"seed": 0, "flags": {**flags, "rank_gate": 0.0}}
+    sittings = [sitting(composed_run, folder_data, smoke_run, tmp_path, "a", [plain, other], 3),
+                sitting(composed_run, folder_data, smoke_run, tmp_path, "b", [{"seed": 1, "flags": flags}, plain], 4)]
+    sittings[1]["outputs"][1] = None  # an output this code could not remake: its rows are left out
+    spec = tmp_path / "blind" / "sittings.json"
+    spec.write_text(json.dumps({"what": "bright", "expression": "horse+wings", "sittings": sittings}))
+    kept = [json.loads((tmp_path / "blind" / name / "key.json").read_text())["kept"] for name in "ab"]
+    rows = sum(kept[0]) + kept[1][0]
+    common = ["--run", str(composed_run), "--data", str(folder_data), "--cache_dir", str(smoke_run.parent / "cache")]
+    done = subprocess.run([sys.executable, "-m", "latent_ops.learn_marks", *common, "--sittings", str(spec),
+                           "--work", str(tmp_path / "work")], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert f"learn_marks: {rows} counted images" in done.stdout and "held-out ROC AUC: seed 0" in done.stdout
+    record = json.loads((composed_run / "marks" / "judge.json").read_text())
+    assert record["expressions"] == ["horse+wings"] and record["rows"] == rows
+    assert set(record["held out by seed"]) == {"0", "1"}
+    assert min(f["auc"] for f in record["held out by seed"].values()) > 0.7  # brightness is easy to see
+    assert len(list((tmp_path / "work").iterdir())) == 3  # three different composes remade
+
+    gated = compose("horse+wings", run=str(composed_run), data=str(folder_data), quiet=True, n=24, seed=5,
+                    refine_steps=1, rank_gate=0.0, mark_gate=0.5, cache_dir=str(smoke_run.parent / "cache"),
+                    out=str(tmp_path / "gated"), best="rank")
+    rows = json.loads((gated / "scores.json").read_text())["candidates"]
+    median = float(torch.quantile(torch.tensor([c["mark"] for c in rows]), 0.5))
+    assert [c["passed_gate"] for c in rows] == [c["mark"] >= median for c in rows]
+    assert [c["passed_gate"] for c in rows] == sorted((c["passed_gate"] for c in rows), reverse=True)
+
+    common = dict(run=str(composed_run), data=str(folder_data), quiet=True, n=24, refine_steps=1,
+                  cache_dir=str(smoke_run.parent / "cache"))
+    compose("horse+wings", mark_gate=0.5, save_recipe=True, out=str(tmp_path / "recipe"), **common)
+    by_recipe = json.loads((compose("horse+wings", out=str(tmp_path / "r1"), **common) / "scores.json").read_text())
+    assert by_recipe["mark_gate"] == 0.5 and "mark" in by_recipe["candidates"][0]
+    other = json.loads((compose("horse", out=str(tmp_path / "r2"), **common) / "scores.json").read_text())
+    assert other["mark_gate"] == 0.0 and "mark" not in other["candidates"][0]  # the recipe's gate: only where known
+    (composed_run / "compose.json").unlink()
+    with pytest.raises(ConfigError, match="composes of horse\\+wings, not of 'horse'"):
+        compose("horse", run=str(composed_run), data=str(folder_data), mark_gate=0.5, quiet=True,
+                out=str(tmp_path / "other"))
+    assert not (tmp_path / "other").exists()
+    counts = tmp_path / "blind" / "a" / "key.json"
+    key = json.loads(counts.read_text())
+    key["images_digests"][0] = "0" * 16
+    counts.write_text(json.dumps(key))
+    with pytest.raises(UserError, match="holds other images than the ones counted"):
+        learn_marks(LearnMarksConfig(run=str(composed_run), sittings=str(spec), data=str(folder_data),
+                                     cache_dir=str(smoke_run.parent / "cache"), work=str(tmp_path / "work")))
+    assert load_judge(composed_run).expressions == ("horse+wings",)  # the judge fitted before is still whole
+
+
+def test_a_gate_on_a_run_without_a_judge_is_one_line(smoke_run, folder_data, tmp_path, capsys):
+    with pytest.raises(ConfigError, match="--mark_gate 0.5: .* has no judge of by-eye marks"):
+        compose("horse+wings", run=str(smoke_run), data=str(folder_data), mark_gate=0.5, quiet=True,
+                out=str(tmp_path / "none"))
+    assert not (tmp_path / "none").exists()
