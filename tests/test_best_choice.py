@@ -104,11 +104,11 @@ def test_compose_best_agreement_records_both_readings_and_the_showcase_shows_fou
 
 def test_the_rise_gate_keeps_the_upper_share_and_a_note_shows_rise_and_each_reading():
     from latent_ops.compose_files import leader_note
-    from latent_ops.scoring import rises
+    from latent_ops.scoring import at_least_quantile
 
     rise = torch.tensor([0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7])
-    assert rises(rise, 0.5).tolist() == [False] * 4 + [True] * 4
-    assert rises(rise, 0.0).all()
+    assert at_least_quantile(rise, 0.5).tolist() == [False] * 4 + [True] * 4
+    assert at_least_quantile(rise, 0.0).all()
     note = leader_note({"realism": 0.56, "rise": 0.81, "regional_reading": 0.03, "intent_terms": {"horse": 0.22,
                         "wings": 0.5}, "second_reading": {"horse": 0.25, "wings": 0.39}})
     assert note.splitlines() == ["realism 0.56", "rise 0.81, regional 0.03", "evaluator | perceptual",
