@@ -76,7 +76,7 @@ from latent_ops.intent import (INTENTS, expand_learned, expression_regions, need
                                samples_the_prior, spreads_with_temperature)
 from latent_ops.run_concepts import ensure_concepts
 from latent_ops.runs import repository_path, resolve_run
-from latent_ops.mark_judge import MarkJudge, judge_folder, load_judge
+from latent_ops.mark_judge import MarkJudge, judged_expressions, load_judge
 from latent_ops.sampling import (SOURCES, DrawSettings, Sources, check_negative, projection_conditions,
                                  sample_expression)
 from latent_ops.best_choice import BEST_RULES
@@ -305,23 +305,19 @@ def open_setting(config: ComposeConfig) -> Setting:
 
 
 def marks_judge(config: ComposeConfig, run_dir: Path) -> MarkJudge | None:
-    """The run's judge of by-eye marks when --mark_gate asks for it; refused where it was not learned for the
-    expression (it knows what a person marked in composes of its expressions, nothing else)."""
+    """The run's judge of by-eye marks for the expression when --mark_gate asks for it. A judge knows only the
+    expression whose composes were counted: where there is none, the recipe's gate is dropped and one asked for on
+    the command line is refused."""
     if config.mark_gate <= 0:
         return None
-    try:
-        marks = load_judge(run_dir)
-    except RunError as error:
-        if getattr(config, "mark_gate_from_recipe", False):
-            raise RunError(f"{error} (its compose.json asks for --mark_gate {config.mark_gate}; or pass --mark_gate 0)"
-                           ) from None
-        raise ConfigError(f"--mark_gate {config.mark_gate}: {error}") from None
-    if config.expression not in marks.expressions:
-        if getattr(config, "mark_gate_from_recipe", False):  # the recipe's default, for the expressions it knows
+    judged = judged_expressions(run_dir)
+    if config.expression not in judged:
+        if getattr(config, "mark_gate_from_recipe", False):  # the recipe's default, for the expressions judged
             return None
-        raise ConfigError(f"--mark_gate: the judge in {judge_folder(run_dir)} learned what a person marked in "
-                          f"composes of {', '.join(marks.expressions)}, not of {config.expression!r}; drop --mark_gate")
-    return marks
+        raise ConfigError(f"--mark_gate: {run_dir} has no judge of by-eye marks for {config.expression!r} (judged: "
+                          f"{', '.join(judged) or 'none'}); fit one with python -m latent_ops.learn_marks, or drop "
+                          f"--mark_gate")
+    return load_judge(run_dir, config.expression)
 
 
 # --- stage 2: draw -------------------------------------------------------------------------------------------------

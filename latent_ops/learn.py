@@ -56,6 +56,7 @@ from latent_ops.concepts import WINGED
 from latent_ops.encode import encode_images, load_bank
 from latent_ops.expression import parse
 from latent_ops.flow import SOLVERS, FlowNet, flow_matching_loss, sample, with_extra_label
+from latent_ops.ranking import at_least_quantile
 from latent_ops.run_concepts import load_concepts
 from latent_ops.runs import resolve_run
 from latent_ops.sampling import DrawSettings, Sources, learned_labels, sample_expression
@@ -241,17 +242,6 @@ def compose_sources(config: LearnConfig, nets, sources: Sources, perceptual, exp
         pool = compose_pool(replace(config, pool=share), nets, sources, perceptual, expression, rng)
         pools.append({**pool, "part": torch.full((share,), index, dtype=torch.long)})
     return {key: torch.cat([pool[key] for pool in pools]) for key in pools[0]}
-
-
-def at_least_quantile(values: torch.Tensor, quantile: float, parts: torch.Tensor | None) -> torch.Tensor:
-    """(N,) bool: each value at least ``quantile`` of the values of its own part (of them all without ``parts``)."""
-    if parts is None:
-        return values >= torch.quantile(values, quantile)
-    passed = torch.zeros(len(values), dtype=torch.bool)
-    for part in parts.unique():
-        mine = parts == part
-        passed[mine] = values[mine] >= torch.quantile(values[mine], quantile)
-    return passed
 
 
 def appearance(perceptual, images: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,7 @@ Every counted image then becomes one row, marked or not; an image counted in sev
 
 Before the judge is fitted on every row, its held-out quality is measured: for each seed, a judge fitted on the other
 seeds' rows orders that seed's rows (ROC AUC, and the marked share of the upper and lower half). These figures go into
-``RUN/marks/judge.json`` beside the judge, with the sittings used.
+``RUN/marks/<expression>/judge.json`` beside the judge, with the sittings used.
 """
 from __future__ import annotations
 
@@ -100,7 +100,7 @@ def held_out(features: tuple[np.ndarray, np.ndarray], rows: Rows, strength: floa
         if test.all() or len(set(rows.marked[test].tolist())) < 2:
             continue
         train = np.concatenate([plain[~test], mirrored[~test]])
-        judge = fit_judge(train, np.concatenate([rows.marked[~test]] * 2), strength, "", ())
+        judge = fit_judge(train, np.concatenate([rows.marked[~test]] * 2), strength, "", "")
         score = (judge.probability(plain[test]) + judge.probability(mirrored[test])) / 2
         upper = score >= np.median(score)
         figures[str(seed)] = {"rows": int(test.sum()), "auc": round(float(roc_auc_score(rows.marked[test], score)), 4),
@@ -120,7 +120,8 @@ def learn_marks(config: LearnMarksConfig) -> str:
         raise ConfigError(f"{sittings_file} lists no sittings (it needs \"expression\" and \"sittings\"); see "
                           f"docs/pegasus-cifar10/blind/sittings.json")
     run = resolve_run(config.run)
-    out = claim_output(judge_folder(run), {WEIGHTS_FILE, RECORD_FILE}, "a judge of marks'")  # its config: at the end
+    out = claim_output(judge_folder(run, str(spec["expression"])), {WEIGHTS_FILE, RECORD_FILE},
+                       "a judge of marks'")  # its config: saved at the end, with the judge
     parts = [sitting_rows(config, run, spec["expression"], s, sittings_file.parent) for s in spec["sittings"]]
     rows = Rows(torch.cat([p.images for p in parts]), np.concatenate([p.marked for p in parts]),
                 np.concatenate([p.seeds for p in parts]))
@@ -131,7 +132,7 @@ def learn_marks(config: LearnMarksConfig) -> str:
     features = (mark_features(rows.images, perceptual), mark_features(rows.images.flip(3), perceptual))
     figures = held_out(features, rows, config.strength)
     judge = fit_judge(np.concatenate(features), np.concatenate([rows.marked] * 2), config.strength,
-                      str(spec.get("what", "marked")), (str(spec["expression"]),))
+                      str(spec.get("what", "marked")), str(spec["expression"]))
     unique = len({bytes(image.numpy()) for image in rows.images})
     save_judge(judge, out, {"sittings": [s["key"] for s in spec["sittings"]], "rows": len(rows.marked),
                             "unique images": unique, "marked share": round(float(rows.marked.mean()), 4),

@@ -3,7 +3,9 @@
 Blind counts (``latent_ops.blind_count``) leave, image by image, what a person marked. Read as labels they train a
 small judge of what the person looks for, a reward model learned from human judgements (Christiano et al. 2017,
 arXiv:1706.03741), used here only to order candidates, as reward-ranked selection does (Lee et al. 2023,
-arXiv:2302.12192). ``latent_ops.learn_marks`` fits it; ``compose --mark_gate`` uses it.
+arXiv:2302.12192). ``latent_ops.learn_marks`` fits it; ``compose --mark_gate`` uses it. A run holds one judge per
+expression whose composes were counted, in ``RUN/marks/<expression>/`` (what is marked differs: a winged horse for
+``pegasus``, a pale wing for ``pegasus_white``).
 
 - **What it sees** (``mark_features``): the perceptual net's features and its class activation maps (3 x 3 per class,
   Zhou et al. 2016), the rising mass above the back (``latent_ops.subject``), and the picture's layout at 8 x 8: the
@@ -12,25 +14,28 @@ arXiv:2302.12192). ``latent_ops.learn_marks`` fits it; ``compose --mark_gate`` u
   ``1 / C``. It is saved as numbers only (``judge.npz`` without pickles, ``judge.json``), and scores an image as the
   mean of its reading and that of the image's mirror (a mark does not depend on which way the horse faces).
 
-Example: ``python -c "from latent_ops.mark_judge import load_judge; print(load_judge('models/pegasus-cifar10'))"``
+Example: ``python -c "from latent_ops.mark_judge import load_judge; print(load_judge('models/pegasus-cifar10', 'pegasus').what)"``
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
+import re
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from autoencoder.atomic import replace_atomically, write_json
-from autoencoder.cli import read_json
+from autoencoder.cli import ConfigError, read_json
 from autoencoder.data import to_float
 from autoencoder.run_folder import RunError
 from latent_ops.subject import rising_mass, silhouette
 
 JUDGE_FOLDER, WEIGHTS_FILE, RECORD_FILE = "marks", "judge.npz", "judge.json"
 LAYOUT = 8  # the silhouette and grey level are read on a LAYOUT x LAYOUT grid
+JUDGED_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*")  # an expression that can name its judge's folder
 
 
 @dataclass
@@ -40,7 +45,7 @@ class MarkJudge:
     weights: np.ndarray  # (F,) the logistic regression's coefficients on the standardised features
     bias: float
     what: str  # what the person marked, e.g. "a winged horse (strict rule)"
-    expressions: tuple[str, ...]  # the expressions whose composes were counted: the judge knows only those
+    expression: str  # the expression whose composes were counted: the judge knows only it
 
     def probability(self, features: np.ndarray) -> np.ndarray:
         """(N,) the probability that each image (N, F) of features is marked."""
@@ -80,8 +85,7 @@ def judge_images(judge: MarkJudge, images: torch.Tensor, perceptual: torch.nn.Mo
     return torch.from_numpy((both[0] + both[1]) / 2).float()
 
 
-def fit_judge(features: np.ndarray, marked: np.ndarray, strength: float, what: str,
-              expressions: tuple[str, ...]) -> MarkJudge:
+def fit_judge(features: np.ndarray, marked: np.ndarray, strength: float, what: str, expression: str) -> MarkJudge:
     """The judge fitted on features (N, F) and marks (N,) bool, with L2 strength 1 / ``strength`` (scikit-learn's C)."""
     from sklearn.linear_model import LogisticRegression
 
@@ -89,8 +93,7 @@ def fit_judge(features: np.ndarray, marked: np.ndarray, strength: float, what: s
         raise ValueError(f"the marks are all {bool(marked[0])}: a judge needs marked and unmarked images")
     mean, scale = features.mean(0), features.std(0) + 1e-6
     model = LogisticRegression(C=strength, max_iter=5000).fit((features - mean) / scale, marked.astype(int))
-    return MarkJudge(mean, scale, model.coef_[0].astype(np.float64), float(model.intercept_[0]), what,
-                     tuple(expressions))
+    return MarkJudge(mean, scale, model.coef_[0].astype(np.float64), float(model.intercept_[0]), what, expression)
 
 
 def save_judge(judge: MarkJudge, folder: Path, record: dict) -> None:
@@ -98,19 +101,33 @@ def save_judge(judge: MarkJudge, folder: Path, record: dict) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     arrays = {"mean": judge.mean, "scale": judge.scale, "weights": judge.weights, "bias": np.array(judge.bias)}
     replace_atomically(lambda path: np.savez(path, **arrays), folder / WEIGHTS_FILE)
-    write_json({"what": judge.what, "expressions": list(judge.expressions), **record}, folder / RECORD_FILE)
+    write_json({"what": judge.what, "expression": judge.expression, **record}, folder / RECORD_FILE)
 
 
-def judge_folder(run: str | Path) -> Path:
-    return Path(run) / JUDGE_FOLDER
+def judge_folder(run: str | Path, expression: str) -> Path:
+    """RUN/marks/<expression>: where the judge of an expression's marks lives (refused for a name that cannot be a
+    folder's)."""
+    if not JUDGED_NAME.fullmatch(expression) or ".." in expression:
+        raise ConfigError(f"a judge of marks is kept under the name of its expression, and {expression!r} cannot name "
+                          f"a folder; judge a plain name (a learned concept such as pegasus)")
+    return Path(run) / JUDGE_FOLDER / expression
 
 
-def load_judge(run: str | Path) -> MarkJudge:
-    """The run's judge (RUN/marks/), refused in one line when missing or damaged."""
-    folder = judge_folder(run)
+def judged_expressions(run: str | Path) -> list[str]:
+    """The expressions the run has a judge of marks for."""
+    root = Path(run) / JUDGE_FOLDER
+    return sorted(p.name for p in root.iterdir() if (p / WEIGHTS_FILE).exists()) if root.is_dir() else []
+
+
+def load_judge(run: str | Path, expression: str) -> MarkJudge:
+    """The run's judge of ``expression``'s marks (RUN/marks/<expression>/), refused in one line when missing or
+    damaged."""
+    folder = judge_folder(run, expression)
     fix = f"fit one with python -m latent_ops.learn_marks --run {run}"
     if not (folder / WEIGHTS_FILE).exists():
-        raise RunError(f"{run} has no judge of by-eye marks ({folder / WEIGHTS_FILE} is missing); {fix}")
+        have = ", ".join(judged_expressions(run)) or "none"
+        raise RunError(f"{run} has no judge of by-eye marks for {expression!r} ({folder / WEIGHTS_FILE} is missing; "
+                       f"judged: {have}); {fix}")
     record = read_json(folder / RECORD_FILE, "judge record")
     try:
         with np.load(folder / WEIGHTS_FILE, allow_pickle=False) as arrays:
@@ -118,6 +135,6 @@ def load_judge(run: str | Path) -> MarkJudge:
             bias = float(arrays["bias"])
         if not mean.shape == scale.shape == weights.shape or mean.ndim != 1:
             raise ValueError(f"mean, scale and weights have shapes {mean.shape}, {scale.shape}, {weights.shape}")
-        return MarkJudge(mean, scale, weights, bias, str(record["what"]), tuple(map(str, record["expressions"])))
+        return MarkJudge(mean, scale, weights, bias, str(record["what"]), str(record["expression"]))
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise RunError(f"{folder / WEIGHTS_FILE} is damaged ({error}); {fix}") from None

@@ -160,3 +160,17 @@ def dispersed_subset(features: torch.Tensor, count: int) -> torch.Tensor:
         chosen.append(pick)
         total = total + distances[pick]
     return torch.tensor(chosen, dtype=torch.long)
+
+
+def at_least_quantile(values: torch.Tensor, quantile: float, parts: torch.Tensor | None = None) -> torch.Tensor:
+    """(N,) bool: each value (the rising mass, the judge of marks' probability, critic realism...) at least ``quantile``
+    of the values of its own part (of them all without ``parts``); all True at quantile 0."""
+    if quantile <= 0:
+        return torch.ones(len(values), dtype=torch.bool)
+    if parts is None:
+        return values >= torch.quantile(values.float(), quantile)
+    passed = torch.zeros(len(values), dtype=torch.bool)
+    for part in parts.unique():
+        mine = parts == part
+        passed[mine] = values[mine] >= torch.quantile(values[mine].float(), quantile)
+    return passed

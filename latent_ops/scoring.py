@@ -138,14 +138,6 @@ def passes_gate(intents: dict[str, torch.Tensor], gate: float, count: int) -> to
     return torch.stack(list(intents.values()), 1).min(1).values >= gate
 
 
-def at_least_quantile(values: torch.Tensor, quantile: float) -> torch.Tensor:
-    """(N,) bool: a per-candidate score (the rising mass of ``latent_ops.subject.rising_mass``, the judge of marks'
-    probability) at least its ``quantile`` over the candidates (all True at 0)."""
-    if quantile <= 0:
-        return torch.ones(len(values), dtype=torch.bool)
-    return values >= torch.quantile(values.float(), quantile)
-
-
 def ranked(config: ComposeConfig, found: dict[str, torch.Tensor], history: list[float],
            reference_distance: float | None) -> Scored:
     """The batch's combined scores, gate and order (best first) from the per-candidate scores ``found``."""
@@ -162,9 +154,9 @@ def ranked(config: ComposeConfig, found: dict[str, torch.Tensor], history: list[
         terms["uniqueness"] = ranking.capped_uniqueness(found["distance"][:, 0], reference_distance)
     combined = ranking.combined_score(terms, {"sharpness": config.rank_sharpness, "intent": config.rank_intent})
     rise_gate = config.rise_gate if "wings" in intents else 0.0  # a wing to rise: only when the expression asks one
-    gated = passes_gate(intents, config.rank_gate, count) & at_least_quantile(found["rise"], rise_gate)
+    gated = passes_gate(intents, config.rank_gate, count) & ranking.at_least_quantile(found["rise"], rise_gate)
     if "mark" in found:
-        gated &= at_least_quantile(found["mark"], config.mark_gate)
+        gated &= ranking.at_least_quantile(found["mark"], config.mark_gate)
     refined = found["refined"] if found["refined"].any() else None
     return Scored(found, history, intents, intent, combined, gated, ranking.gated_order(combined, gated, refined))
 

@@ -104,7 +104,7 @@ def test_compose_best_agreement_records_both_readings_and_the_showcase_shows_fou
 
 def test_the_rise_gate_keeps_the_upper_share_and_a_note_shows_rise_and_each_reading():
     from latent_ops.compose_files import leader_note
-    from latent_ops.scoring import at_least_quantile
+    from latent_ops.ranking import at_least_quantile
 
     rise = torch.tensor([0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7])
     assert at_least_quantile(rise, 0.5).tolist() == [False] * 4 + [True] * 4

@@ -208,7 +208,7 @@ def test_training_an_evaluator_never_replaces_the_perceptual_net(tmp_path):
                                          (["--expression=" + "(" * 60 + "horse" + ")" * 60], "60 parentheses deep"),
                                          (["pegasus", "--rise_gate", "1.5"], "--rise_gate must be between"),
                                          (["pegasus", "--mark_gate", "-0.5"], "--mark_gate must be between"),
-                                         (["horse", "--mark_gate", "0.5"], "not of 'horse'; drop --mark_gate"),
+                                         (["horse", "--mark_gate", "0.5"], "no judge of by-eye marks for 'horse'"),
                                          (["pegasus", "--negative", "unicorn"], "--negative 'unicorn' is not a CIFAR-10"),
                                          (["horse+wings", "--negative", "deer"], "steers draws from the prior")])
 def test_compose_says_what_to_do_with_what_it_cannot_read(args, words, tmp_path):

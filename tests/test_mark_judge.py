@@ -17,7 +17,8 @@ from autoencoder.run_folder import RunError
 from latent_ops.blind_count import BlindCountConfig, blind_count
 from latent_ops.compose import compose
 from latent_ops.learn_marks import LearnMarksConfig, learn_marks
-from latent_ops.mark_judge import LAYOUT, fit_judge, judge_images, load_judge, mark_features, save_judge
+from latent_ops.mark_judge import (LAYOUT, fit_judge, judge_folder, judge_images, judged_expressions, load_judge,
+                                   mark_features, save_judge)
 from latent_ops.showcase import kept_batch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,36 +33,40 @@ def test_a_judge_fitted_on_marks_orders_new_images_by_them_and_loads_back_exactl
     rng = np.random.default_rng(0)
     features = rng.normal(size=(400, 6)) * [1, 5, 1, 1, 0.1, 1] + [0, 3, 0, 0, 7, 0]
     marked = features[:, 2] + 0.3 * rng.normal(size=400) > 0
-    judge = fit_judge(features[:300], marked[:300], 1.0, "a winged horse", ("pegasus",))
+    judge = fit_judge(features[:300], marked[:300], 1.0, "a winged horse", "pegasus")
     probability = judge.probability(features[300:])
     assert probability.shape == (100,) and ((0 < probability) & (probability < 1)).all()
     assert auc(marked[300:], probability) > 0.9  # held out: it learned the feature the marks follow
     assert abs(judge.weights[2]) == abs(judge.weights).max()
-    save_judge(judge, tmp_path / "run" / "marks", {"rows": 300})
-    loaded = load_judge(tmp_path / "run")
+    save_judge(judge, judge_folder(tmp_path / "run", "pegasus"), {"rows": 300})
+    loaded = load_judge(tmp_path / "run", "pegasus")
     np.testing.assert_array_equal(loaded.probability(features[300:]), probability)
-    assert (loaded.what, loaded.expressions) == ("a winged horse", ("pegasus",))
-    assert json.loads((tmp_path / "run" / "marks" / "judge.json").read_text())["rows"] == 300
+    assert (loaded.what, loaded.expression) == ("a winged horse", "pegasus")
+    assert json.loads((tmp_path / "run" / "marks" / "pegasus" / "judge.json").read_text())["rows"] == 300
+    assert judged_expressions(tmp_path / "run") == ["pegasus"] and judged_expressions(tmp_path / "none") == []
     with pytest.raises(ValueError, match="marks are all True"):
-        fit_judge(features, np.ones(400, dtype=bool), 1.0, "", ())
+        fit_judge(features, np.ones(400, dtype=bool), 1.0, "", "pegasus")
+    for name in ("../up", "a/b", "horse&wings@back", ""):
+        with pytest.raises(ConfigError, match="cannot name a folder"):
+            judge_folder(tmp_path / "run", name)
 
 
 def test_a_missing_or_damaged_judge_is_one_line(tmp_path):
-    with pytest.raises(RunError, match="has no judge of by-eye marks.*learn_marks"):
-        load_judge(tmp_path / "run")
-    judge = fit_judge(np.arange(20.0)[:, None], np.arange(20) > 9, 1.0, "x", ("pegasus",))
-    folder = tmp_path / "run" / "marks"
+    with pytest.raises(RunError, match="no judge of by-eye marks for 'pegasus'.*judged: none.*learn_marks"):
+        load_judge(tmp_path / "run", "pegasus")
+    judge = fit_judge(np.arange(20.0)[:, None], np.arange(20) > 9, 1.0, "x", "pegasus")
+    folder = judge_folder(tmp_path / "run", "pegasus")
     save_judge(judge, folder, {})
     np.savez(folder / "judge.npz", mean=np.zeros(2), scale=np.ones(2), weights=np.zeros(3), bias=np.array(0.0))
     with pytest.raises(RunError, match="judge.npz is damaged"):
-        load_judge(tmp_path / "run")
+        load_judge(tmp_path / "run", "pegasus")
     np.savez(folder / "judge.npz", mean=np.array([{"code": 1}], dtype=object), scale=np.ones(1), weights=np.ones(1),
              bias=np.array(0.0))
     with pytest.raises(RunError, match="judge.npz is damaged"):  # a pickle is never loaded
-        load_judge(tmp_path / "run")
+        load_judge(tmp_path / "run", "pegasus")
     (folder / "judge.npz").write_bytes(b"not a zip")
     with pytest.raises(RunError, match="judge.npz is damaged"):
-        load_judge(tmp_path / "run")
+        load_judge(tmp_path / "run", "pegasus")
 
 
 def test_the_features_read_the_picture_and_the_judge_does_not_care_which_way_it_faces():
@@ -71,7 +76,7 @@ def test_the_features_read_the_picture_and_the_judge_does_not_care_which_way_it_
     assert features.shape == (5, perceptual.feature_dim + 10 * 9 + 1 + 2 * LAYOUT * LAYOUT)
     assert not np.allclose(features[0], features[1])
     rng = np.random.default_rng(1)
-    judge = fit_judge(rng.normal(size=(50, features.shape[1])), rng.random(50) > 0.5, 1.0, "", ())
+    judge = fit_judge(rng.normal(size=(50, features.shape[1])), rng.random(50) > 0.5, 1.0, "", "pegasus")
     torch.testing.assert_close(judge_images(judge, images, perceptual), judge_images(judge, images.flip(3), perceptual))
 
 
@@ -108,8 +113,8 @@ def test_learn_marks_fits_from_remade_blind_counts_and_compose_ranks_by_it(compo
                            "--work", str(tmp_path / "work")], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert f"learn_marks: {rows} counted images" in done.stdout and "held-out ROC AUC: seed 0" in done.stdout
-    record = json.loads((composed_run / "marks" / "judge.json").read_text())
-    assert record["expressions"] == ["horse+wings"] and record["rows"] == rows
+    record = json.loads((composed_run / "marks" / "horse+wings" / "judge.json").read_text())
+    assert record["expression"] == "horse+wings" and record["rows"] == rows
     assert set(record["held out by seed"]) == {"0", "1"}
     assert min(f["auc"] for f in record["held out by seed"].values()) > 0.7  # brightness is easy to see
     assert len(list((tmp_path / "work").iterdir())) == 3  # three different composes remade
@@ -130,7 +135,7 @@ def test_learn_marks_fits_from_remade_blind_counts_and_compose_ranks_by_it(compo
     other = json.loads((compose("horse", out=str(tmp_path / "r2"), **common) / "scores.json").read_text())
     assert other["mark_gate"] == 0.0 and "mark" not in other["candidates"][0]  # the recipe's gate: only where known
     (composed_run / "compose.json").unlink()
-    with pytest.raises(ConfigError, match="composes of horse\\+wings, not of 'horse'"):
+    with pytest.raises(ConfigError, match="no judge of by-eye marks for 'horse' \\(judged: horse\\+wings\\)"):
         compose("horse", run=str(composed_run), data=str(folder_data), mark_gate=0.5, quiet=True,
                 out=str(tmp_path / "other"))
     assert not (tmp_path / "other").exists()
@@ -141,11 +146,11 @@ def test_learn_marks_fits_from_remade_blind_counts_and_compose_ranks_by_it(compo
     with pytest.raises(UserError, match="holds other images than the ones counted"):
         learn_marks(LearnMarksConfig(run=str(composed_run), sittings=str(spec), data=str(folder_data),
                                      cache_dir=str(smoke_run.parent / "cache"), work=str(tmp_path / "work")))
-    assert load_judge(composed_run).expressions == ("horse+wings",)  # the judge fitted before is still whole
+    assert load_judge(composed_run, "horse+wings").expression == "horse+wings"  # the judge fitted before is whole
 
 
 def test_a_gate_on_a_run_without_a_judge_is_one_line(smoke_run, folder_data, tmp_path, capsys):
-    with pytest.raises(ConfigError, match="--mark_gate 0.5: .* has no judge of by-eye marks"):
+    with pytest.raises(ConfigError, match="--mark_gate: .* has no judge of by-eye marks for 'horse\\+wings' \\(judged: none"):
         compose("horse+wings", run=str(smoke_run), data=str(folder_data), mark_gate=0.5, quiet=True,
                 out=str(tmp_path / "none"))
     assert not (tmp_path / "none").exists()
