@@ -231,8 +231,8 @@ def model_card(folder: Path, config: ShipConfig, record: dict, targets: dict | N
               f"- `{PRIOR_FOLDER}/`: the latent prior (moving-average weights, config, metrics);",
               "- `learned/<name>/`: concepts taught to a copy of the prior (`latent_ops.learn`): its weights, the "
               "expression and acceptance rule, the accepted codes;",
-              "- `marks/`: the judge of by-eye marks (`latent_ops.learn_marks`, from blind counts of this model's "
-              "composes), which `compose --mark_gate` ranks by;",
+              "- `marks/<expression>/`: a judge of by-eye marks per expression (`latent_ops.learn_marks`, from blind "
+              "counts of this model's composes), which `compose --mark_gate` ranks by;",
               "- `compose.json`: the compose recipe, the defaults of every compose of this model (`make pegasus`), "
               "written by `python -m latent_ops.compose ... --save_recipe true`;",
               "- the classifiers it uses are the committed ones: `autoencoder/weights/perceptual/` (the judge of "
