@@ -65,8 +65,19 @@ def remade(config: LearnMarksConfig, run: Path, expression: str, output: dict) -
     return folder
 
 
-def sitting_rows(config: LearnMarksConfig, run: Path, expression: str, sitting: dict, base: Path) -> Rows:
-    """The counted images of one sitting that can be remade, with their marks."""
+def check_sitting(sitting, index: int, file: Path) -> None:
+    """A sitting of the sittings file: its key, its counts and one remaking (or null) per output, else one line."""
+    outputs = sitting.get("outputs") if isinstance(sitting, dict) else None
+    if not (isinstance(sitting, dict) and isinstance(sitting.get("key"), str) and isinstance(sitting.get("counts"), str)
+            and isinstance(outputs, list) and all(o is None or (isinstance(o, dict) and isinstance(o.get("seed"), int)
+                                                                and isinstance(o.get("flags", {}), dict))
+                                                  for o in outputs)):
+        raise ConfigError(f"sitting {index} of {file} is not {{\"key\": FILE, \"counts\": FILE, \"outputs\": [{{\"seed\": "
+                          f"N, \"flags\": {{...}}}} or null, ...]}}; see docs/pegasus-cifar10/blind/sittings.json")
+
+
+def sitting_rows(config: LearnMarksConfig, run: Path, expression: str, sitting: dict, base: Path) -> Rows | None:
+    """The counted images of one sitting that can be remade, with their marks (None when none can)."""
     key = read_json(base / sitting["key"], "blind count key")
     counts = read_json(base / sitting["counts"], "blind count")
     outputs = sitting["outputs"]
@@ -86,6 +97,8 @@ def sitting_rows(config: LearnMarksConfig, run: Path, expression: str, sitting: 
     marked = set(counts["marked_numbers"])
     rows = [(batches[o][p], number in marked, int(outputs[o]["seed"]))
             for number, (o, p) in enumerate(key["numbers"]) if o in batches]
+    if not rows:
+        return None
     return Rows(torch.stack([r[0] for r in rows]), np.array([r[1] for r in rows]), np.array([r[2] for r in rows]))
 
 
@@ -119,10 +132,15 @@ def learn_marks(config: LearnMarksConfig) -> str:
     if not isinstance(spec, dict) or not spec.get("sittings") or not spec.get("expression"):
         raise ConfigError(f"{sittings_file} lists no sittings (it needs \"expression\" and \"sittings\"); see "
                           f"docs/pegasus-cifar10/blind/sittings.json")
+    for index, sitting in enumerate(spec["sittings"]):
+        check_sitting(sitting, index, sittings_file)
     run = resolve_run(config.run)
     out = claim_output(judge_folder(run, str(spec["expression"])), {WEIGHTS_FILE, RECORD_FILE},
                        "a judge of marks'")  # its config: saved at the end, with the judge
-    parts = [sitting_rows(config, run, spec["expression"], s, sittings_file.parent) for s in spec["sittings"]]
+    parts = [part for part in (sitting_rows(config, run, spec["expression"], s, sittings_file.parent)
+                               for s in spec["sittings"]) if part is not None]
+    if not parts:
+        raise UserError(f"no output that {sittings_file} lists can be remade (every one is null); nothing was fitted")
     rows = Rows(torch.cat([p.images for p in parts]), np.concatenate([p.marked for p in parts]),
                 np.concatenate([p.seeds for p in parts]))
     if len(set(rows.marked.tolist())) < 2:

@@ -49,8 +49,12 @@ class MarkJudge:
 
     def probability(self, features: np.ndarray) -> np.ndarray:
         """(N,) the probability that each image (N, F) of features is marked."""
+        if features.ndim != 2 or features.shape[1] != len(self.weights):
+            raise RunError(f"the judge of marks for {self.expression!r} reads {len(self.weights)} features, but these "
+                           f"images give {features.shape[-1]} (was the perceptual net replaced?); fit it again with "
+                           f"python -m latent_ops.learn_marks")
         logits = ((features - self.mean) / self.scale) @ self.weights + self.bias
-        return 1.0 / (1.0 + np.exp(-logits))
+        return 0.5 * (1.0 + np.tanh(0.5 * logits))  # the logistic function, without overflow
 
 
 def perceptual_reading(perceptual: torch.nn.Module, x: torch.Tensor, batch_size: int = 512

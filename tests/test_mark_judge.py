@@ -154,3 +154,31 @@ def test_a_gate_on_a_run_without_a_judge_is_one_line(smoke_run, folder_data, tmp
         compose("horse+wings", run=str(smoke_run), data=str(folder_data), mark_gate=0.5, quiet=True,
                 out=str(tmp_path / "none"))
     assert not (tmp_path / "none").exists()
+
+
+def test_a_judge_refuses_images_read_by_another_perceptual_net():
+    judge = fit_judge(np.arange(40.0).reshape(20, 2), np.arange(20) > 9, 1.0, "x", "pegasus")
+    with pytest.raises(RunError, match="reads 2 features, but these images give 3.*learn_marks"):
+        judge.probability(np.zeros((4, 3)))
+
+
+def test_a_sittings_file_it_cannot_use_is_one_line_and_fits_nothing(composed_run, folder_data, tmp_path):
+    blind = tmp_path / "blind"
+    blind.mkdir()
+    (blind / "key.json").write_text(json.dumps({"composes": ["gone"], "images_digests": ["0" * 16], "kept": [1],
+                                                "numbers": [[0, 0]]}))
+    (blind / "counts.json").write_text(json.dumps({"marked_numbers": [0]}))
+    cases = [({"expression": "horse+wings", "sittings": [{"key": "key.json", "outputs": [None]}]}, ConfigError,
+              "sitting 0 of .* is not"),
+             ({"expression": "horse+wings", "sittings": [{"key": "key.json", "counts": "counts.json",
+                                                           "outputs": [None]}]}, UserError, "every one is null"),
+             ({"sittings": []}, ConfigError, "lists no sittings")]
+    marks = composed_run / "marks"
+    before = {p: p.read_bytes() for p in marks.rglob("*") if p.is_file()} if marks.exists() else {}
+    for spec, error, words in cases:
+        (blind / "sittings.json").write_text(json.dumps(spec))
+        with pytest.raises(error, match=words):
+            learn_marks(LearnMarksConfig(run=str(composed_run), sittings=str(blind / "sittings.json"),
+                                         data=str(folder_data), work=str(tmp_path / "work")))
+    after = {p: p.read_bytes() for p in marks.rglob("*") if p.is_file()} if marks.exists() else {}
+    assert after == before  # nothing fitted, nothing replaced
