@@ -26,7 +26,7 @@ import torch
 from autoencoder.cli import ConfigError, UserError, check_ranges, claim_output, command, read_json, save_config
 from autoencoder.cifar10 import CACHE_FOLDER, DATA_FOLDER
 from latent_ops.blind_count import images_digest
-from latent_ops.mark_judge import RECORD_FILE, WEIGHTS_FILE, fit_judge, judge_folder, mark_features, save_judge
+from latent_ops.mark_judge import RECORD_FILE, WEIGHTS_FILE, fit_judge, judge_folder, mark_features_both_ways, save_judge
 from latent_ops.runs import resolve_run
 from latent_ops.showcase import kept_batch
 
@@ -147,7 +147,7 @@ def learn_marks(config: LearnMarksConfig) -> str:
         raise UserError(f"every counted image in {sittings_file} is {'marked' if rows.marked[0] else 'unmarked'}: a "
                         f"judge needs both")
     perceptual = load_perceptual()
-    features = (mark_features(rows.images, perceptual), mark_features(rows.images.flip(3), perceptual))
+    features = mark_features_both_ways(rows.images, perceptual)
     figures = held_out(features, rows, config.strength)
     judge = fit_judge(np.concatenate(features), np.concatenate([rows.marked] * 2), config.strength,
                       str(spec.get("what", "marked")), str(spec["expression"]))

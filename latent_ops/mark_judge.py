@@ -71,22 +71,31 @@ def perceptual_reading(perceptual: torch.nn.Module, x: torch.Tensor, batch_size:
     return torch.cat(features), torch.cat(maps)
 
 
-def mark_features(images: torch.Tensor, perceptual: torch.nn.Module) -> np.ndarray:
+def mark_features(images: torch.Tensor, perceptual: torch.nn.Module, outline: torch.Tensor | None = None
+                  ) -> np.ndarray:
     """(N, F) float64 features of uint8 images (N, 3, 32, 32): the perceptual net's features, its class activation
-    maps, the rising mass, and the silhouette and grey level on a LAYOUT x LAYOUT grid."""
+    maps, the rising mass, and the silhouette and grey level on a LAYOUT x LAYOUT grid. ``outline``: the images'
+    ``silhouette`` when already computed."""
     with torch.no_grad():
         x = to_float(images)
         features, maps = perceptual_reading(perceptual, x)
-        outline = silhouette(x)
+        outline = silhouette(x) if outline is None else outline
         layout = [F.adaptive_avg_pool2d(part[:, None], LAYOUT).flatten(1) for part in (outline, x.mean(1))]
         parts = [features, maps.flatten(1), rising_mass(x, outline)[:, None].float(), *layout]
     return torch.cat(parts, 1).double().numpy()
 
 
+def mark_features_both_ways(images: torch.Tensor, perceptual: torch.nn.Module) -> tuple[np.ndarray, np.ndarray]:
+    """The features of uint8 images and of their mirrors. The silhouette is read once: the border's median colour
+    does not change when a picture is mirrored, so the mirror's silhouette is the silhouette mirrored."""
+    outline = silhouette(to_float(images))
+    return mark_features(images, perceptual, outline), mark_features(images.flip(3), perceptual, outline.flip(2))
+
+
 def judge_images(judge: MarkJudge, images: torch.Tensor, perceptual: torch.nn.Module) -> torch.Tensor:
     """(N,) the judge's probability that each uint8 image is marked, averaged over the image and its mirror."""
-    both = [judge.probability(mark_features(view, perceptual)) for view in (images, images.flip(3))]
-    return torch.from_numpy((both[0] + both[1]) / 2).float()
+    plain, mirrored = mark_features_both_ways(images, perceptual)
+    return torch.from_numpy((judge.probability(plain) + judge.probability(mirrored)) / 2).float()
 
 
 def fit_judge(features: np.ndarray, marked: np.ndarray, strength: float, what: str, expression: str) -> MarkJudge:
