@@ -56,6 +56,7 @@ from latent_ops.concepts import WINGED
 from latent_ops.encode import encode_images, load_bank
 from latent_ops.expression import parse
 from latent_ops.flow import SOLVERS, FlowNet, flow_matching_loss, sample, with_extra_label
+from latent_ops.mark_judge import MarkJudge, judge_images, load_judge
 from latent_ops.ranking import at_least_quantile
 from latent_ops.run_concepts import load_concepts
 from latent_ops.runs import resolve_run
@@ -99,6 +100,10 @@ class LearnConfig:
     sharpness_quantile: float = 0.5  # and their sharpness at least this quantile
     rise_quantile: float = 0.0  # and their rising mass (figure above the middle of the back, latent_ops.subject) at
     #   least this quantile, when --accept asks for wings: a wing from the back, not blades at the ends (0: off)
+    marks: str = ""  # the run's judge of by-eye marks to accept by (an expression judged in RUN/marks, e.g. pegasus:
+    #   latent_ops.mark_judge, learned from a person's blind counts); empty: none
+    mark_quantile: float = 0.0  # accepted candidates' judged probability of a mark is at least this quantile of
+    #   their source's share of the pool (0: off; needs --marks)
     min_accepted: int = 32  # fewer accepted codes than this is an error (loosen --accept)
     steps: int = 2000  # fine-tuning steps
     batch_size: int = 256  # codes per fine-tuning step
@@ -118,6 +123,7 @@ class LearnConfig:
 
 LEARN_RANGES = {"pool": (2, 10 ** 6), "seed": (0, 2 ** 31 - 1), "guidance": (0, 100), "prior_steps": (1, 1000),
                 "critic_quantile": (0, 1), "sharpness_quantile": (0, 1), "rise_quantile": (0, 0.99),
+                "mark_quantile": (0, 0.99),
                 "min_accepted": (1, 10 ** 6),
                 "steps": (0, 10 ** 6), "batch_size": (2, 10 ** 6), "replay": (0, 0.99), "lr": (1e-8, 1.0),
                 "label_dropout": (0, 1), "ema": (0, 1), "chunk": (1, 65536), "rounds": (1, 100),
@@ -154,6 +160,9 @@ def validate_learn_config(config: LearnConfig) -> None:
         raise ConfigError(f"the concept name {config.name!r} must be lower-case letters, digits and _, start with a "
                           f"letter, and not be a CIFAR-10 class")
     parse_rule(config.accept)
+    if config.mark_quantile > 0 and not config.marks:
+        raise ConfigError(f"--mark_quantile {config.mark_quantile:g} needs --marks, the judge of by-eye marks to accept "
+                          f"by (e.g. --marks pegasus); or drop --mark_quantile")
     expressions = source_expressions(config.expression)
     for expression in expressions:
         parse(expression)
@@ -200,17 +209,18 @@ def judge_terms(probabilities: torch.Tensor, rule: dict[str, float]) -> torch.Te
 
 @torch.no_grad()
 def compose_pool(config: LearnConfig, nets, sources: Sources, perceptual, expression: str,
-                 rng: np.random.Generator) -> dict[str, torch.Tensor]:
+                 rng: np.random.Generator, marks: MarkJudge | None = None) -> dict[str, torch.Tensor]:
     """Draw the pool of ``expression`` chunk by chunk from ``sources.prior`` (which may know a learned label):
-    codes (N, D), the judge's probabilities (N, 10), realism, sharpness, appearance (``appearance``), rising mass
-    and the pixel terms (``PIXEL_TERMS``) the rule names."""
+    codes (N, D), the judge's probabilities (N, 10), realism, sharpness, appearance (``appearance``), rising mass,
+    the pixel terms (``PIXEL_TERMS``) the rule names and, given ``marks``, its probability of a by-eye mark."""
     weights = parse(expression, sources.concepts.names + learned_labels(sources.prior))
     rule = parse_rule(config.accept)
     subject = subject_term(rule)
     settings = DrawSettings("prior", guidance=config.guidance, prior_steps=config.prior_steps, solver=config.solver)
     found: dict[str, list[torch.Tensor]] = {"codes": [], "probabilities": [], "realism": [], "sharpness": [],
                                             "appearance": [], "rise": [],
-                                            **{term: [] for term in PIXEL_TERMS if term in rule}}
+                                            **{term: [] for term in PIXEL_TERMS if term in rule},
+                                            **({"mark": []} if marks is not None else {})}
     for start in range(0, config.pool, config.chunk):
         count = min(config.chunk, config.pool - start)
         codes, _ = sample_expression(weights, sources, count, rng, settings)
@@ -229,17 +239,19 @@ def compose_pool(config: LearnConfig, nets, sources: Sources, perceptual, expres
             found["pale_subject"].append(torch.from_numpy(subject_colour(pictures, evidence)[0]))
         if "pale_wing" in rule:
             found["pale_wing"].append(rising_brightness(images))
+        if marks is not None:
+            found["mark"].append(judge_images(marks, pictures, perceptual))
     return {k: torch.cat(v) for k, v in found.items()}
 
 
 def compose_sources(config: LearnConfig, nets, sources: Sources, perceptual, expressions: list[str],
-                    rng: np.random.Generator) -> dict[str, torch.Tensor]:
+                    rng: np.random.Generator, marks: MarkJudge | None = None) -> dict[str, torch.Tensor]:
     """``compose_pool`` of each expression in turn, ``config.pool`` split evenly between them (the first ones take
     the remainder), concatenated; ``part`` (N,) says which expression drew each candidate."""
     pools = []
     for index, expression in enumerate(expressions):
         share = config.pool // len(expressions) + (index < config.pool % len(expressions))
-        pool = compose_pool(replace(config, pool=share), nets, sources, perceptual, expression, rng)
+        pool = compose_pool(replace(config, pool=share), nets, sources, perceptual, expression, rng, marks)
         pools.append({**pool, "part": torch.full((share,), index, dtype=torch.long)})
     return {key: torch.cat([pool[key] for pool in pools]) for key in pools[0]}
 
@@ -266,8 +278,8 @@ def rarity_weights(features: torch.Tensor, power: float, k: int = 8) -> torch.Te
 
 def accept(pool: dict[str, torch.Tensor], config: LearnConfig) -> torch.Tensor:
     """(N,) bool: the judge's rule (its pixel terms read from the pixels), and realism and sharpness (and, when the
-    rule asks for wings, the rising mass) at least their pool quantiles; with ``part`` in the pool, the quantiles of
-    each source's own share."""
+    rule asks for wings, the rising mass; under --mark_quantile, the judged probability of a by-eye mark, ``mark``)
+    at least their pool quantiles; with ``part`` in the pool, the quantiles of each source's own share."""
     rule = parse_rule(config.accept)
     parts = pool.get("part")
     passed = judge_terms(pool["probabilities"], rule)
@@ -278,6 +290,8 @@ def accept(pool: dict[str, torch.Tensor], config: LearnConfig) -> torch.Tensor:
     passed &= at_least_quantile(pool["sharpness"], config.sharpness_quantile, parts)
     if "wings" in rule and config.rise_quantile > 0:
         passed &= at_least_quantile(pool["rise"], config.rise_quantile, parts)
+    if config.mark_quantile > 0:
+        passed &= at_least_quantile(pool["mark"], config.mark_quantile, parts)
     return passed
 
 
@@ -342,7 +356,8 @@ def claim_learned_folder(config: LearnConfig, run: Path) -> Path:
     return claim_output(out, OUTPUT_FILES, "a learned concept's")
 
 
-def learn_rounds(config: LearnConfig, opened, base: FlowNet, perceptual, concepts, bank, quiet: bool) -> dict:
+def learn_rounds(config: LearnConfig, opened, base: FlowNet, perceptual, concepts, bank, quiet: bool,
+                 marks: MarkJudge | None = None) -> dict:
     """Compose, accept and fine-tune ``config.rounds`` times; returns every round's accepted codes, the last
     learned prior and its losses, the codes it trained on, each round's record, the replayed real codes and the
     seconds spent composing and fine-tuning."""
@@ -362,7 +377,7 @@ def learn_rounds(config: LearnConfig, opened, base: FlowNet, perceptual, concept
         sources = Sources(concepts, bank, pool_prior, run_config.code_shape, nets.decoder, perceptual)
         rng = np.random.default_rng(config.seed if round_index == 0 else (config.seed, round_index))
         expression = f" {SOURCE_SEPARATOR} ".join(expressions)
-        pool = compose_sources(config, nets, sources, perceptual, expressions, rng)
+        pool = compose_sources(config, nets, sources, perceptual, expressions, rng, marks)
         passed = accept(pool, config)
         accepted = pool["codes"][passed]
         if len(accepted) < config.min_accepted:
@@ -388,6 +403,9 @@ def learn_rounds(config: LearnConfig, opened, base: FlowNet, perceptual, concept
         rounds.append({"expression": expression, "accepted": int(passed.sum()), "acceptance": passed.float().mean().item(),
                        "pool_share_horse_and_wings_at_least_0.2_by_the_judge": both, "trained_on": len(new_codes),
                        "fine_tuning_loss_by_tenth": losses})
+        if marks is not None:  # how the judge of marks read the pool and what was accepted
+            rounds[-1].update(mark_mean_of_pool=pool["mark"].mean().item(),
+                              mark_mean_of_accepted=pool["mark"][passed].mean().item())
         if len(expressions) > 1:  # what each source gave
             rounds[-1]["sources"] = [{"expression": e, "composed": int((pool["part"] == i).sum()),
                                       "accepted": int(passed[pool["part"] == i].sum())}
@@ -413,13 +431,14 @@ def learn(config: LearnConfig, quiet: bool = False) -> Path:
     if config.warm_start and config.warm_start not in learned_names(run):
         raise ConfigError(f"--warm_start {config.warm_start!r} is not a concept {run} learned (its learned concepts: "
                           f"{', '.join(learned_names(run)) or 'none'}); learn it first, or leave --warm_start out")
+    marks = load_judge(run, config.marks) if config.marks else None  # refused in one line before anything is claimed
     out = claim_learned_folder(config, run)
     opened = load_run(run)
     nets = opened.nets
     base = load_prior(run)
     perceptual = load_perceptual()
     bank = load_bank(run)
-    found = learn_rounds(config, opened, base, perceptual, concepts, bank, quiet)
+    found = learn_rounds(config, opened, base, perceptual, concepts, bank, quiet, marks)
     accepted, learned, losses, new_codes = found["accepted"], found["learned"], found["losses"], found["new_codes"]
     rounds, real_codes = found["rounds"], found["real_codes"]
     compose_seconds, fine_tune_seconds = found["compose_seconds"], found["fine_tune_seconds"]
@@ -427,7 +446,7 @@ def learn(config: LearnConfig, quiet: bool = False) -> Path:
 
     record = {"name": config.name, "expression": config.expression, "judge": config.judge, "accept": config.accept,
               "critic_quantile": config.critic_quantile, "sharpness_quantile": config.sharpness_quantile,
-              "rise_quantile": config.rise_quantile,
+              "rise_quantile": config.rise_quantile, "marks": config.marks, "mark_quantile": config.mark_quantile,
               "pool": config.pool, "accepted": len(accepted), "acceptance": len(accepted) / (config.pool * config.rounds),
               "trained_on": len(new_codes), "replayed_real_codes": len(real_codes),
               "fine_tuning_loss_by_tenth": losses, "rounds": rounds, "old_label_samples_moved": moved,

@@ -343,8 +343,8 @@ def test_learning_goes_on_from_a_learned_concept_with_the_rising_mass_in_its_rul
                                rise_quantile=0.5, min_accepted=4, steps=4, batch_size=32)
     seen = []
     original = learn_module.compose_pool
-    learn_module.compose_pool = lambda c, n, sources, p, expression, rng: seen.append(
-        (expression, sources.prior.label_names[-1])) or original(c, n, sources, p, expression, rng)
+    learn_module.compose_pool = lambda c, n, sources, p, expression, *rest: seen.append(
+        (expression, sources.prior.label_names[-1])) or original(c, n, sources, p, expression, *rest)
     try:
         folder = learn(config, quiet=True)
     finally:
@@ -379,8 +379,8 @@ def test_learning_from_several_sources_splits_the_pool_and_accepts_each_against_
                                min_accepted=4, steps=4, batch_size=32, rounds=2)
     seen = []
     original = learn_module.compose_pool
-    learn_module.compose_pool = lambda c, n, sources, p, expression, rng: seen.append(
-        (expression, c.pool)) or original(c, n, sources, p, expression, rng)
+    learn_module.compose_pool = lambda c, n, sources, p, expression, *rest: seen.append(
+        (expression, c.pool)) or original(c, n, sources, p, expression, *rest)
     try:
         folder = learn(config, quiet=True)
     finally:
@@ -407,6 +407,40 @@ def test_learning_from_several_sources_splits_the_pool_and_accepts_each_against_
     assert accept(pool, config).tolist() == [False, False, False, True, True, True]
 
 
+def test_learning_accepts_by_the_judge_of_marks_within_each_source_and_refuses_a_missing_judge(learned_run, tmp_path):
+    import json
+
+    import numpy as np
+
+    from autoencoder.classifier import load_perceptual
+    from autoencoder.run_folder import RunError
+    from latent_ops.learn import accept, learn, make_learn_config
+    from latent_ops.mark_judge import LAYOUT, MarkJudge, judge_folder, save_judge
+
+    run, _, _ = learned_run
+    width = load_perceptual().feature_dim + 10 * 9 + 1 + 2 * LAYOUT * LAYOUT
+    weights = np.zeros(width)
+    weights[-LAYOUT * LAYOUT:] = 1.0  # a judge whose marks follow the grey level: brighter pictures are marked
+    flags = dict(name="marked", run=str(run), expression="horse&bird | bird", pool=64, chunk=32, prior_steps=4,
+                 solver="ab2", accept="horse>=0,wings>=0", critic_quantile=0.0, sharpness_quantile=0.0,
+                 marks="bright", mark_quantile=0.5, min_accepted=4, steps=4, batch_size=32)
+    with pytest.raises(RunError, match="no judge of by-eye marks for 'bright'.*learn_marks"):
+        learn(make_learn_config(**flags, out=str(tmp_path / "none")), quiet=True)
+    assert not (tmp_path / "none").exists()  # refused before anything was claimed
+    save_judge(MarkJudge(np.zeros(width), np.ones(width), weights, 0.0, "bright", "bright"),
+               judge_folder(run, "bright"), {})
+    folder = learn(make_learn_config(**flags, out=str(tmp_path / "marked")), quiet=True)
+    record = json.loads((folder / "record.json").read_text())
+    assert (record["marks"], record["mark_quantile"]) == ("bright", 0.5)
+    first = record["rounds"][0]
+    assert [s["accepted"] for s in first["sources"]] == [16, 16]  # the judge's upper half of each source's 32
+    assert first["mark_mean_of_accepted"] > first["mark_mean_of_pool"]
+    pool = {"probabilities": torch.full((6, 10), 0.1), "realism": torch.zeros(6), "sharpness": torch.zeros(6),
+            "rise": torch.zeros(6), "mark": torch.tensor([0.9, 0.1, 0.5, 0.2, 0.3, 0.8]),
+            "part": torch.tensor([0, 0, 0, 1, 1, 1])}
+    assert accept(pool, make_learn_config(**flags)).tolist() == [True, False, True, False, True, True]
+
+
 def test_learn_refuses_the_evaluator_as_judge_and_bad_rules():
     from autoencoder.cli import ConfigError
     from latent_ops.learn import make_learn_config
@@ -428,6 +462,10 @@ def test_learn_refuses_the_evaluator_as_judge_and_bad_rules():
         make_learn_config(expression="horse&bird | | bird")
     with pytest.raises(ConfigError, match="cannot be split between the 3 sources"):
         make_learn_config(expression="horse | bird | airplane", pool=2)
+    with pytest.raises(ConfigError, match="--mark_quantile 0.5 needs --marks"):
+        make_learn_config(mark_quantile=0.5)
+    with pytest.raises(ConfigError, match="--mark_quantile must be between"):
+        make_learn_config(marks="pegasus", mark_quantile=1.0)
 
 
 def test_a_prior_out_folder_that_is_not_a_prior_is_refused_before_any_work(tmp_path):
