@@ -4,7 +4,9 @@
         --sittings docs/pegasus-cifar10/blind/sittings.json
 
 The sittings file lists blind counts (``latent_ops.blind_count``): each one's key and counts, and for each output it
-counted the compose that remakes it (a seed and flags over the run's recipe; null where this code cannot remake it).
+counted the compose that remakes it (a seed and flags over the run's recipe; null where this code cannot remake it),
+and, as ``counted_on``, the commit whose shipped model made them: a concept learned again since composes other
+pictures, and the refusal names that commit to remake them with.
 The outputs are composed again into ``--work`` (reused while their images still match) and checked against the
 digests the key recorded: an output whose images differ is refused, since the marks would describe other pictures.
 Every counted image then becomes one row, marked or not; an image counted in several sittings gives a row for each.
@@ -76,8 +78,10 @@ def check_sitting(sitting, index: int, file: Path) -> None:
                           f"N, \"flags\": {{...}}}} or null, ...]}}; see docs/pegasus-cifar10/blind/sittings.json")
 
 
-def sitting_rows(config: LearnMarksConfig, run: Path, expression: str, sitting: dict, base: Path) -> Rows | None:
-    """The counted images of one sitting that can be remade, with their marks (None when none can)."""
+def sitting_rows(config: LearnMarksConfig, run: Path, expression: str, sitting: dict, base: Path,
+                 counted_on: str = "") -> Rows | None:
+    """The counted images of one sitting that can be remade, with their marks (None when none can). ``counted_on``:
+    the commit whose shipped model made the counted composes, named when a remade one differs."""
     key = read_json(base / sitting["key"], "blind count key")
     counts = read_json(base / sitting["counts"], "blind count")
     outputs = sitting["outputs"]
@@ -92,7 +96,9 @@ def sitting_rows(config: LearnMarksConfig, run: Path, expression: str, sitting: 
         if images_digest(folder) != digest:
             raise UserError(f"{folder} (remade for {sitting['key']}) holds other images than the ones counted (digest "
                             f"{images_digest(folder)}, counted {digest}), so the marks would describe other pictures; "
-                            f"remake it on the machine that counted, or set that output to null")
+                            + (f"they were composed with the model of commit {counted_on[:12]} (git worktree add DIR "
+                               f"{counted_on[:12]}, then --run DIR/models/pegasus-cifar10), " if counted_on else "")
+                            + "remake it on the machine that counted, or set that output to null")
         batches[index] = kept_batch(folder)
     marked = set(counts["marked_numbers"])
     rows = [(batches[o][p], number in marked, int(outputs[o]["seed"]))
@@ -137,7 +143,8 @@ def learn_marks(config: LearnMarksConfig) -> str:
     run = resolve_run(config.run)
     out = claim_output(judge_folder(run, str(spec["expression"])), {WEIGHTS_FILE, RECORD_FILE},
                        "a judge of marks'")  # its config: saved at the end, with the judge
-    parts = [part for part in (sitting_rows(config, run, spec["expression"], s, sittings_file.parent)
+    parts = [part for part in (sitting_rows(config, run, spec["expression"], s, sittings_file.parent,
+                                            str(spec.get("counted_on", "")))
                                for s in spec["sittings"]) if part is not None]
     if not parts:
         raise UserError(f"no output that {sittings_file} lists can be remade (every one is null); nothing was fitted")

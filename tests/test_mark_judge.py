@@ -146,6 +146,10 @@ def test_learn_marks_fits_from_remade_blind_counts_and_compose_ranks_by_it(compo
     with pytest.raises(UserError, match="holds other images than the ones counted"):
         learn_marks(LearnMarksConfig(run=str(composed_run), sittings=str(spec), data=str(folder_data),
                                      cache_dir=str(smoke_run.parent / "cache"), work=str(tmp_path / "work")))
+    spec.write_text(json.dumps({**json.loads(spec.read_text()), "counted_on": "38a03e0f316a668ce123d1dc66dd891c6fcb4d0f"}))
+    with pytest.raises(UserError, match="with the model of commit 38a03e0f316a \(git worktree add DIR 38a03e0f316a"):
+        learn_marks(LearnMarksConfig(run=str(composed_run), sittings=str(spec), data=str(folder_data),
+                                     cache_dir=str(smoke_run.parent / "cache"), work=str(tmp_path / "work")))
     assert load_judge(composed_run, "horse+wings").expression == "horse+wings"  # the judge fitted before is whole
 
 
