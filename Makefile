@@ -53,11 +53,15 @@ pegasus-white:
 # 82 min alone on 2 CPU cores with AVX-512 bf16), fine-tune its decoder with the encoder frozen (release-grid8-sharpen:
 # 1,200 steps, about 13 min), ship that (bank, concepts, conv prior: 38 min), measure the shipped folder
 # against its targets (with its prior's guided class samples: 6 min), learn the pegasus concept from regional
-# compositions in 3 rounds (77 min beside other work) and the white one (36 min), store its compose recipe (15 s), report on it (1,000 latent prior samples: 10,000 take
+# compositions in 3 rounds (26 min alone) and the white one (36 min), store its compose recipe (15 s), report on it (1,000 latent prior samples: 10,000 take
 # about 1 min with the recipe's solver) and write its card with the report's
-# numbers: about 3.5 h in all. Training and shipping resume where a killed call stopped; the later steps run again.
-LEARN_PEGASUS := --expression "2*horse&3*airplane@top" --pool 4096 --rounds 3 --guidance 1.5 \
-	--accept "horse>=0.3,wings>=0.3" --critic_quantile 0.3 --sharpness_quantile 0.3 --steps 1200
+# numbers: about 3 h in all. Training and shipping resume where a killed call stopped; the later steps run again.
+# pegasus is learned from three compositions (the plain horse, the varied horse cluster horse:0, the white horses),
+# each accepted against its own quantiles and by the judge of by-eye marks (marks/pegasus, kept aside and put back
+# above): the upper half of each source's share as the judge reads it (docs/regions.md, 2026-12-07).
+LEARN_PEGASUS := --expression "2*horse&3*airplane@top | 2*horse:0&3*airplane@top | 2*horse:white&3*airplane@top" \
+	--pool 6144 --rounds 3 --guidance 1.5 --solver ab2 --prior_steps 12 --accept "horse>=0.3,wings>=0.3" \
+	--critic_quantile 0.3 --sharpness_quantile 0.3 --steps 1200 --marks pegasus --mark_quantile 0.5
 # The white Pegasus: learned from regional compositions with white pushed on the body and above the back, accepted
 # when the perceptual net reads horse and wings, the subject is pale and the figure rising above the back is pale
 # (pixel terms, latent_ops.subject), in 3 rounds (36 min beside other work on 2 AVX-512 bf16 cores).
