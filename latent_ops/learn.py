@@ -8,7 +8,10 @@ from the run's latent prior, decodes it, and accepts a candidate when
   read the pixels instead (``latent_ops.subject``: the subject's mean brightness, the rising figure's). The
   evaluator, which measures results, may never accept them: ``--judge evaluator`` is refused;
 - the image critic's realism and the sharpness (variance of the Laplacian) are at least the
-  pool's ``--critic_quantile`` and ``--sharpness_quantile``.
+  pool's ``--critic_quantile`` and ``--sharpness_quantile``;
+- with ``--marks NAME --mark_quantile Q``, the run's judge of ``NAME``'s by-eye marks (``latent_ops.mark_judge``, a
+  reward model fitted on this project's blind counts; Christiano et al. 2017, arXiv:1706.03741) reads it at least at
+  its Q-quantile: the shipped ``pegasus`` was learned so (``make model``'s ``LEARN_PEGASUS``).
 
 Several sources, ``--expression "2*horse:0&3*airplane@top | 2*horse:white&3*airplane@top"``, split the first
 round's pool evenly between them and take the quantiles within each source's share, so a concept learns every look

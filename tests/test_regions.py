@@ -427,6 +427,11 @@ def test_learning_accepts_by_the_judge_of_marks_within_each_source_and_refuses_a
     with pytest.raises(RunError, match="no judge of by-eye marks for 'bright'.*learn_marks"):
         learn(make_learn_config(**flags, out=str(tmp_path / "none")), quiet=True)
     assert not (tmp_path / "none").exists()  # refused before anything was claimed
+    from autoencoder.cli import ConfigError
+
+    with pytest.raises(ConfigError, match="cannot name a folder"):
+        learn(make_learn_config(**{**flags, "marks": "../up"}, out=str(tmp_path / "up")), quiet=True)
+    assert not (tmp_path / "up").exists()
     save_judge(MarkJudge(np.zeros(width), np.ones(width), weights, 0.0, "bright", "bright"),
                judge_folder(run, "bright"), {})
     folder = learn(make_learn_config(**flags, out=str(tmp_path / "marked")), quiet=True)
