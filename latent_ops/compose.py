@@ -77,8 +77,8 @@ from latent_ops.intent import (INTENTS, expand_learned, expression_regions, need
 from latent_ops.run_concepts import ensure_concepts
 from latent_ops.runs import repository_path, resolve_run
 from latent_ops.mark_judge import MarkJudge, judged_expressions, load_judge
-from latent_ops.sampling import (SOURCES, DrawSettings, Sources, check_negative, projection_conditions,
-                                 sample_expression)
+from latent_ops.sampling import (SOURCES, DrawSettings, Sources, check_negative, draw_density, projection_conditions,
+                                 sample_expression, start_guides, subject_placer)
 from latent_ops.best_choice import BEST_RULES
 from latent_ops.scoring import SHORTLIST, Scored, choose_best, score
 from latent_ops.timing import StageClock
@@ -117,6 +117,9 @@ class ComposeConfig:
     negative: str = ""  # a class (or cluster: its class) that guidance pushes prior draws away from: its velocity
     #   stands in for the unconditional one, so it costs no extra evaluation (a negative prompt); "": none
     project: float = 0.0  # SDEdit: edited codes go this far towards noise and the prior brings them back; 0: off
+    start: str = ""  # a class or cluster whose held-out pictures start the candidates (needs --project): their codes go
+    #   --project of the way to noise and the prior brings them back as the expression (every term read as one
+    #   conjunction), keeping their poses, colours and backgrounds (SDEdit from real pictures); "": draw the expression
     refine_prior: float = 0.0  # each refinement step moves this share (0-1) of the way to the prior's denoised code
     pool: int = 0  # candidates to compose and rank (0: --n); a diverse min(n, 64) of the best are kept and shown
     dedup: float = 0.5  # no two kept images closer than this fraction of the pool's median pairwise distance
@@ -180,6 +183,10 @@ def validate_compose_config(config: ComposeConfig) -> None:
     if config.guidance_from > config.guidance_until:
         raise ConfigError(f"--guidance_from {config.guidance_from} is after --guidance_until {config.guidance_until}: "
                           f"guidance applies between them; give from <= until (0 and 1: throughout)")
+    if config.start and config.project <= 0:
+        raise ConfigError(f"--start {config.start} gives the pictures the candidates start from; --project says how far "
+                          f"they go towards noise before the prior brings them back as the expression: give --project, "
+                          f"e.g. 0.8, or drop --start")
     if 0 < config.refine_top < config.kept:
         raise ConfigError(f"--refine_top {config.refine_top} refines fewer candidates than the {config.kept} kept "
                           f"(min(--n, {SHOWN})); give at least {config.kept}, or 0 to refine every candidate")
@@ -283,8 +290,9 @@ def open_setting(config: ComposeConfig) -> Setting:
     if config.temperature != 1 and not spreads_with_temperature(config, weights, learned):
         raise ConfigError(f"--temperature {config.temperature} spreads density and prior draws, but {config.expression!r} "
                           f"draws only held-out codes of real images; add --source density or --source prior, or drop it")
+    check_start(config.start, concepts, learned)
     negative = config.negative
-    if negative and not (config.source == "prior" or samples_the_prior(weights, learned)):
+    if negative and not (config.source == "prior" or config.start or samples_the_prior(weights, learned)):
         if not getattr(config, "negative_from_recipe", False):  # asked for on the command line: it would do nothing
             raise ConfigError(f"--negative {config.negative} steers draws from the prior, but {config.expression!r} "
                               f"draws none with --source {config.source}; add --source prior, or drop --negative")
@@ -298,10 +306,19 @@ def open_setting(config: ComposeConfig) -> Setting:
     marks = marks_judge(config, run_dir)
     following = set(regions) & set(FOLLOWING_REGIONS)
     perceptual = load_perceptual(device=opened.device) if following or marks is not None else None
-    bank = load_bank(run_dir) if config.source != "density" else None
+    bank = load_bank(run_dir) if config.source != "density" or config.start else None
     sources = Sources(concepts, bank, prior, opened.code_shape, nets.decoder, perceptual)
     return Setting(run_dir, nets, opened.device, concepts, weights, expand_learned(weights, run_dir, learned),
                    intent_source, judge, prior, sources, regions, opened.dtype, negative, marks)
+
+
+def check_start(start: str, concepts: Concepts, learned: list[str]) -> None:
+    """``--start`` must name a class or cluster of the run, whose held-out pictures the candidates start from."""
+    if not start or start in concepts.densities:
+        return
+    why = "is a learned concept, which has no pictures" if start in learned else "is not a class or cluster of this run"
+    raise ConfigError(f"--start {start} {why}; name the class or cluster whose held-out pictures the candidates start "
+                      f"from, e.g. --start horse or --start horse:white")
 
 
 def marks_judge(config: ComposeConfig, run_dir: Path) -> MarkJudge | None:
@@ -328,6 +345,7 @@ class Drawn:
     codes: np.ndarray  # (N, D) the same projected through the prior (the edited codes under --project 0)
     sources: dict  # source name -> the test index each candidate started from
     conditions: list  # the prior's (label, weight) conditions of the projection
+    guides: list | None = None  # with --start, the guides that carried the pictures (start_guides); else None
 
 
 def draw_settings(config: ComposeConfig, progress: bool = False, negative: str = "") -> DrawSettings:
@@ -340,13 +358,21 @@ def draw(config: ComposeConfig, setting: Setting, progress: bool = False) -> Dra
     rng = np.random.default_rng(config.seed)
     settings = draw_settings(config, progress, setting.negative)
     with torch.inference_mode(), setting.autocast():
-        edited, drawn = sample_expression(setting.weights, setting.sources, config.candidates, rng, settings)
+        if config.start:  # real pictures of --start, carried to the whole expression by the prior
+            edited, positions = draw_density(config.start, setting.sources, config.candidates, rng,
+                                             dataclasses.replace(settings, source="heldout"))
+            drawn, (guides, placer) = {config.start: positions}, start_guides(setting.weights, setting.sources, settings)
+        else:
+            edited, drawn = sample_expression(setting.weights, setting.sources, config.candidates, rng, settings)
+            guides, placer = None, None
         codes, conditions = edited, []
         if config.project > 0:
             conditions = projection_conditions(setting.weights, setting.concepts, config.guidance, setting.prior)
-            codes = project(setting.prior, torch.from_numpy(edited), config.project, conditions, settings.schedule,
-                            torch.Generator().manual_seed(config.seed)).numpy()
-    return Drawn(edited, codes, drawn, conditions)
+            codes = project(setting.prior, torch.from_numpy(edited), config.project, guides or conditions,
+                            settings.schedule, torch.Generator().manual_seed(config.seed), placer).numpy()
+            if placer is not None:
+                setting.sources.placed = placer.cells
+    return Drawn(edited, codes, drawn, conditions, guides)
 
 
 # --- the data uniqueness is measured against -----------------------------------------------------------------------
@@ -367,6 +393,20 @@ def uniqueness_reference(data: str, cache_dir: str, train: torch.Tensor | Shortl
     pick = torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))[:count]
     distance, _ = nearest_neighbours(to_float(test[pick]), train, k=1, shortlist=SHORTLIST)
     return distance[:, 0].median().item()
+
+
+def add_start_distances(config: ComposeConfig, drawn: Drawn, found: dict[str, torch.Tensor]) -> None:
+    """With ``--start`` and data, ``found["start_distance"]``: each candidate's RMS pixel distance (on [-1, 1], as
+    uniqueness) to the real picture it started from, so what SDEdit kept of that picture is measured."""
+    if not config.start:
+        return
+    try:
+        test = load_split(config.data, "test", config.cache_dir)
+    except DataNotFoundError:
+        return  # open_reference has said that data-based measures are skipped
+    row_of = {int(index): row for row, index in enumerate(test.indices)}
+    starts = test.images[[row_of[int(i)] for i in drawn.sources[config.start]]]
+    found["start_distance"] = (to_float(found["image"]) - to_float(starts)).pow(2).flatten(1).mean(1).sqrt()
 
 
 def data_matches_run(run: Path, data: str, cache_dir: str) -> bool | None:
@@ -410,8 +450,10 @@ def projection_strip(config: ComposeConfig, setting: Setting, drawn: Drawn, best
     prior, device = setting.prior.to(setting.device), setting.device
     edit = torch.from_numpy(drawn.edited)[best:best + 1].to(device)
     schedule = draw_settings(config).schedule
-    with setting.autocast():
-        codes = [project(prior, edit, level, drawn.conditions, schedule, torch.Generator(device).manual_seed(0))
+    with setting.autocast():  # a following region is placed again on this one candidate at each level
+        codes = [project(prior, edit, level, drawn.guides or drawn.conditions, schedule,
+                         torch.Generator(device).manual_seed(0),
+                         subject_placer(drawn.guides, setting.sources) if drawn.guides else None)
                  for level in PROJECTION_STRIP]
         return torch.cat([setting.nets.decoder(code).float().cpu() for code in codes])
 
@@ -450,6 +492,8 @@ def group_summary(scored: Scored, rows: torch.Tensor, reference: Reference, gate
         summary["share_every_intent_term_at_least_gate"] = (every >= gate).float().mean().item()
     if reference.distance is not None:
         summary["uniqueness_median"] = found["distance"][rows, 0].median().item()
+    if "start_distance" in found:
+        summary["start_distance_median"] = found["start_distance"][rows].median().item()
     return summary
 
 
@@ -472,6 +516,8 @@ def candidate_rows(setting: Setting, drawn: Drawn, scored: Scored, kept: Kept, r
                          nearest_train_distances=found["distance"][i].tolist())
         if drawn.sources:
             entry["source_test_indices"] = {name: idx[i] for name, idx in drawn.sources.items()}
+        if "start_distance" in found:
+            entry["start_distance"] = found["start_distance"][i].item()
         if signed is not None:
             entry["wings_signed_distance"] = float(signed[i])
         if "agreement" in found and not found["agreement"][i].isnan():
@@ -504,7 +550,7 @@ def summarise(config: ComposeConfig, setting: Setting, drawn: Drawn, scored: Sco
         "seed": config.seed, "run": repository_path(setting.run), "candidates_composed": config.candidates,
         "strength": config.strength, "temperature": config.temperature, "source": config.source,
         "negative": setting.negative,
-        "guidance": config.guidance, "project": config.project,
+        "guidance": config.guidance, "project": config.project, "start": config.start,
         "projection_conditions": {setting.label_names[label]: w for label, w in drawn.conditions},
         "projection_strip_noise": list(PROJECTION_STRIP) if kept.strip is not None else [],
         "regions": setting.regions, "intent_source": setting.intent_source, "refine_steps": config.refine_steps,
@@ -559,6 +605,8 @@ def compose_into(out: Path, config: ComposeConfig, clock: StageClock, quiet: boo
     with clock("sampling"):
         drawn = draw(config, setting, progress=not quiet)
     scored = score(config, setting, drawn, reference, clock, progress=not quiet)
+    with clock("writing"):
+        add_start_distances(config, drawn, scored.found)
     with clock("ranking"):
         scored = choose_best(config, setting, scored)
         kept = rank(config, setting, drawn, scored)

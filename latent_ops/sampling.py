@@ -20,6 +20,11 @@ A term of the expression (``latent_ops.expression``) becomes codes as follows:
   the base), as in SDEdit's collage editing (Meng et al. 2022, arXiv:2108.01073), where
   ``--project`` then lets the prior make one picture of the parts.
 
+With ``--start`` (``start_guides``) the codes come from real pictures instead: held-out codes of one class or
+cluster go ``--project`` of the way to noise, and the prior brings them back under every term of the expression
+read as one conjunction, so the batch keeps the pictures' poses, colours and backgrounds (SDEdit from real
+pictures, Meng et al. 2022).
+
 The terms are added with their weights. ``projection_conditions`` says which classes an edit is
 projected back onto (``--project``): the expression's classes, and for a wing direction the
 winged class ``bird``, so that ``horse+wings`` lands on codes that are horse AND winged.
@@ -220,6 +225,20 @@ def subject_placer(guides: list[Guide], sources: Sources) -> SubjectPlacer | Non
         subject = None
     perceptual = sources.perceptual if subject is not None else None
     return SubjectPlacer(sources.decoder, perceptual, subject or 0, sources.code_shape)
+
+
+def start_guides(weights: dict[str, float], sources: Sources, settings: DrawSettings
+                 ) -> tuple[list[Guide], SubjectPlacer | None]:
+    """The guides that carry ``--start``'s codes to the expression, and their subject placer (None without a
+    following region): every term read as a part of one conjunction (``a+b`` as ``a&b``, a conjunction's parts
+    weighted by its term's weight), so a class, cluster or learned concept is a condition on its label, ``wings``
+    the winged classes, a direction a drift, each in its region; and the negative."""
+    parts: list[tuple[str, float]] = []
+    for term, weight in weights.items():
+        split = term_parts(term)
+        parts += [(name, w * weight) for name, w in split.conjunction] if split.conjunction else [(term, weight)]
+    guides = conjunction_guides(tuple(parts), sources, settings)
+    return guides, subject_placer(guides, sources)
 
 
 def sample_expression(weights: dict[str, float], sources: Sources, count: int, rng: np.random.Generator,

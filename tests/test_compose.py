@@ -337,6 +337,7 @@ def kwargs(composed_run, folder_data, smoke_run, **extra):
     (dict(guidance_from=0.8, guidance_until=0.2), "--guidance_from 0.8 is after --guidance_until 0.2"),
     (dict(guidance_until=1.5), "--guidance_until must be between"),
     (dict(negative="pegasus"), "--negative 'pegasus' is not a CIFAR-10 class or cluster"),
+    (dict(start="horse"), "--start horse gives the pictures the candidates start from; --project says how far"),
 ])
 def test_bad_compose_flags_are_one_line_before_any_work(flags, message, tmp_path, capsys):
     expression = flags.pop("expression", "horse+wings")

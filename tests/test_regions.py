@@ -494,3 +494,55 @@ def test_a_prior_out_folder_that_is_not_a_prior_is_refused_before_any_work(tmp_p
     for name in ("config.json", "source.json", ".model.tmp42.safetensors"):
         (prior / name).write_text("{}")
     claim_prior_folder(prior)  # a prior's own folder, with a killed write's temporary, resumes
+
+
+def test_compose_starts_from_real_pictures_and_carries_them_to_the_expression(learned_run, folder_data, tmp_path,
+                                                                              capsys):
+    import json
+
+    from safetensors.torch import load_file
+
+    from autoencoder.data import load_split, to_float
+    from latent_ops.compose import compose, main as compose_main
+    from latent_ops.encode import load_bank
+    from latent_ops.run_concepts import load_concepts
+    from latent_ops.sampling import DrawSettings, Sources, start_guides
+    from latent_ops.trained_prior import load_learned
+
+    run, _, cache = learned_run
+    net, concepts = load_learned(run, "pegasus"), load_concepts(run)
+    guides, placer = start_guides({"pegasus": 2.0, "wings": 1.0}, Sources(concepts, prior=net),
+                                  DrawSettings(guidance=1.5, negative="deer"))
+    assert placer is None and guides == [Condition(10, 3.0, None, ""), Condition(0, 1.5, None, ""),
+                                         Condition(2, 0.75, None, ""), Baseline(4)]  # a+b read as a&b
+
+    flags = dict(run=str(run), data=str(folder_data), cache_dir=cache, n=8, prior_steps=4, refine_steps=1,
+                 quiet=True)
+    out = compose("pegasus", start="horse", project=0.6, out=str(tmp_path / "start"), **flags)
+    scores = json.loads((out / "scores.json").read_text())
+    assert scores["start"] == "horse" and scores["projection_conditions"] == {"pegasus": 2.0}
+    test, bank = load_split(folder_data, "test", cache), load_bank(run)
+    row_of = {int(i): r for r, i in enumerate(test.indices)}
+    images = load_file(str(out / "images.safetensors"))["images"]
+    for entry in scores["candidates"]:  # each began as a real held-out horse, and its distance from it is measured
+        start = test.images[row_of[entry["source_test_indices"]["horse"]]]
+        assert int(test.labels[row_of[entry["source_test_indices"]["horse"]]]) == 7
+        expected = (to_float(images[entry["rank"]]) - to_float(start)).pow(2).mean().sqrt().item()
+        assert entry["start_distance"] == pytest.approx(expected, abs=1e-5)
+    assert set(scores["kept"]) >= {"start_distance_median", "uniqueness_median"}
+    assert len(bank.codes["test"]) > 0
+    again = compose("pegasus", start="horse", project=0.6, out=str(tmp_path / "again"), **flags)
+    assert (again / "batch64.png").read_bytes() == (out / "batch64.png").read_bytes()  # seeded
+    near = compose("pegasus", start="horse", project=0.05, out=str(tmp_path / "near"), **flags)
+    fresh = compose("pegasus", start="horse", project=1.0, out=str(tmp_path / "fresh"), **flags)
+    median = {name: json.loads((f / "scores.json").read_text())["pool"]["start_distance_median"]
+              for name, f in [("near", near), ("fresh", fresh)]}
+    assert median["near"] < median["fresh"]  # a little noise keeps the picture; all noise forgets it
+
+    for start, message in [("pegasus", "--start pegasus is a learned concept, which has no pictures"),
+                           ("unicorn", "--start unicorn is not a class or cluster of this run")]:
+        with pytest.raises(SystemExit) as exit_info:
+            compose_main("pegasus", start=start, project=0.5, out=str(tmp_path / start), **flags)
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and message in err and err.count("\n") == 1, err
+        assert not (tmp_path / start).exists()
