@@ -17,6 +17,11 @@ Several sources, ``--expression "2*horse:0&3*airplane@top | 2*horse:white&3*airp
 round's pool evenly between them and take the quantiles within each source's share, so a concept learns every look
 its sources reach (a pool that varies pose, colour and background), not only the commonest one.
 
+With ``--start horse --start_noise 0.8`` every round's pool starts from real held-out pictures of the class or
+cluster instead of noise: each picture's code goes that far towards noise and the prior brings it back as the round's
+expression (SDEdit from real pictures, Meng et al. 2022, arXiv:2108.01073; ``compose --start``), so the pool has the
+poses, colours and backgrounds of real pictures.
+
 The accepted codes, and the codes of their mirror images, become a new label of the prior: a
 copy of the prior with one more label row (starting as "no condition") is fine-tuned on batches
 that mix them with replayed real codes under their own labels (``--replay``), so the old labels
@@ -58,12 +63,13 @@ from latent_ops.best_choice import subject_term
 from latent_ops.concepts import WINGED
 from latent_ops.encode import encode_images, load_bank
 from latent_ops.expression import parse
-from latent_ops.flow import SOLVERS, FlowNet, flow_matching_loss, sample, with_extra_label
+from latent_ops.flow import SOLVERS, FlowNet, flow_matching_loss, project, sample, with_extra_label
 from latent_ops.mark_judge import MarkJudge, judge_images, load_judge
 from latent_ops.ranking import at_least_quantile
 from latent_ops.run_concepts import load_concepts
 from latent_ops.runs import resolve_run
-from latent_ops.sampling import DrawSettings, Sources, learned_labels, sample_expression
+from latent_ops.sampling import (DrawSettings, Sources, draw_density, learned_labels, prior_generator, sample_expression,
+                                 start_guides)
 from latent_ops.shipped_folder import SIZE_LIMIT, folder_bytes, is_shipped
 from latent_ops.sources import classifier_views
 from latent_ops.subject import rising_brightness, rising_mass, subject_colour
@@ -120,6 +126,10 @@ class LearnConfig:
     #   concept keeps the pool's variety (inverse-density sampling)
     warm_start: str = ""  # a concept this run learned before: the first round composes its pool from that concept
     #   (its prior and label) instead of --expression, so learning goes on where it stopped; later rounds as usual
+    start: str = ""  # a class or cluster whose held-out pictures start every round's pool: each goes --start_noise of
+    #   the way to noise and the prior brings it back as the round's expression (SDEdit from real pictures, as
+    #   compose --start), so the pool varies pose, colour and background as real pictures do; empty: draw from noise
+    start_noise: float = 0.8  # with --start: how far the pictures go towards noise (1 forgets them)
     rounds: int = 1  # rounds of learning: each round after the first composes its pool from the concept the round
     #   before learned and fine-tunes the base prior again on every round's accepted codes (expert iteration)
 
@@ -130,7 +140,7 @@ LEARN_RANGES = {"pool": (2, 10 ** 6), "seed": (0, 2 ** 31 - 1), "guidance": (0, 
                 "min_accepted": (1, 10 ** 6),
                 "steps": (0, 10 ** 6), "batch_size": (2, 10 ** 6), "replay": (0, 0.99), "lr": (1e-8, 1.0),
                 "label_dropout": (0, 1), "ema": (0, 1), "chunk": (1, 65536), "rounds": (1, 100),
-                "balance": (0, 10)}
+                "balance": (0, 10), "start_noise": (0.01, 1)}
 
 
 def parse_rule(text: str) -> dict[str, float]:
@@ -224,10 +234,16 @@ def compose_pool(config: LearnConfig, nets, sources: Sources, perceptual, expres
                                             "appearance": [], "rise": [],
                                             **{term: [] for term in PIXEL_TERMS if term in rule},
                                             **({"mark": []} if marks is not None else {})}
-    for start in range(0, config.pool, config.chunk):
-        count = min(config.chunk, config.pool - start)
-        codes, _ = sample_expression(weights, sources, count, rng, settings)
-        z = torch.from_numpy(codes)
+    for first in range(0, config.pool, config.chunk):
+        count = min(config.chunk, config.pool - first)
+        if config.start:  # real pictures carried to the expression (compose --start)
+            pictures_codes, _ = draw_density(config.start, sources, count, rng, replace(settings, source="heldout"))
+            guides, placer = start_guides(weights, sources, settings)
+            z = project(sources.prior, torch.from_numpy(pictures_codes), config.start_noise, guides, settings.schedule,
+                        prior_generator(rng), placer)
+        else:
+            codes, _ = sample_expression(weights, sources, count, rng, settings)
+            z = torch.from_numpy(codes)
         images = nets.decoder(z).float()
         pictures = to_uint8(images)
         probabilities, maps = classifier_views(perceptual, pictures)
@@ -434,6 +450,9 @@ def learn(config: LearnConfig, quiet: bool = False) -> Path:
     if config.warm_start and config.warm_start not in learned_names(run):
         raise ConfigError(f"--warm_start {config.warm_start!r} is not a concept {run} learned (its learned concepts: "
                           f"{', '.join(learned_names(run)) or 'none'}); learn it first, or leave --warm_start out")
+    if config.start and config.start not in concepts.densities:
+        raise ConfigError(f"--start {config.start!r} is not a class or cluster of {run}; name the class or cluster whose "
+                          f"held-out pictures start the pool, e.g. --start horse, or leave --start out")
     marks = load_judge(run, config.marks) if config.marks else None  # refused in one line before anything is claimed
     out = claim_learned_folder(config, run)
     opened = load_run(run)
@@ -450,6 +469,7 @@ def learn(config: LearnConfig, quiet: bool = False) -> Path:
     record = {"name": config.name, "expression": config.expression, "judge": config.judge, "accept": config.accept,
               "critic_quantile": config.critic_quantile, "sharpness_quantile": config.sharpness_quantile,
               "rise_quantile": config.rise_quantile, "marks": config.marks, "mark_quantile": config.mark_quantile,
+              "start": config.start, "start_noise": config.start_noise if config.start else None,
               "pool": config.pool, "accepted": len(accepted), "acceptance": len(accepted) / (config.pool * config.rounds),
               "trained_on": len(new_codes), "replayed_real_codes": len(real_codes),
               "fine_tuning_loss_by_tenth": losses, "rounds": rounds, "old_label_samples_moved": moved,

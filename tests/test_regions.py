@@ -546,3 +546,42 @@ def test_compose_starts_from_real_pictures_and_carries_them_to_the_expression(le
         err = capsys.readouterr().err
         assert exit_info.value.code == 2 and message in err and err.count("\n") == 1, err
         assert not (tmp_path / start).exists()
+
+
+def test_learning_from_real_pictures_starts_every_round_from_held_out_codes_of_the_class(learned_run, tmp_path):
+    import json
+
+    import numpy as np
+
+    import latent_ops.learn as learn_module
+    from autoencoder.cli import ConfigError
+    from latent_ops.encode import load_bank
+    from latent_ops.learn import learn, make_learn_config
+
+    run, _, _ = learned_run
+    bank = load_bank(run)
+    horses = bank.codes["test"][bank.labels["test"] == 7]
+    flags = dict(name="fromhorses", run=str(run), warm_start="pegasus", start="horse", start_noise=0.6, pool=32,
+                 chunk=16, prior_steps=5, solver="ab2", accept="horse>=0,wings>=0", critic_quantile=0.2,
+                 sharpness_quantile=0.2, min_accepted=4, steps=4, batch_size=16, rounds=2)
+    carried = []
+    original = learn_module.project
+    learn_module.project = lambda net, codes, noise, *rest: carried.append((codes.clone(), noise)) or original(
+        net, codes, noise, *rest)
+    try:
+        folder = learn(make_learn_config(**flags, out=str(tmp_path / "fromhorses")), quiet=True)
+    finally:
+        learn_module.project = original
+    assert len(carried) == 4  # two chunks of 16 in each of two rounds
+    for codes, noise in carried:  # every candidate began as a real held-out horse, carried 0.6 of the way
+        assert noise == 0.6
+        assert all(np.abs(horses - code.numpy()).max(1).min() < 1e-6 for code in codes)
+    record = json.loads((folder / "record.json").read_text())
+    assert (record["start"], record["start_noise"]) == ("horse", 0.6)
+    assert [r["expression"] for r in record["rounds"]] == ["pegasus", "fromhorses"]
+
+    with pytest.raises(ConfigError, match="--start 'pegasus' is not a class or cluster"):
+        learn(make_learn_config(**{**flags, "start": "pegasus"}, out=str(tmp_path / "bad")), quiet=True)
+    assert not (tmp_path / "bad").exists()  # refused before anything was claimed
+    with pytest.raises(ConfigError, match="--start_noise must be between"):
+        make_learn_config(**{**flags, "start_noise": 0.0})
