@@ -145,3 +145,36 @@ def test_a_white_pegasus_as_make_asks_for_it_has_paler_subjects_than_a_plain_one
     assert brightness["white"].mean() > brightness["plain"].mean() + 0.15, brightness
     assert (brightness["white"] >= 0.5).sum() >= 8 > (brightness["plain"] >= 0.5).sum()
     assert rising["white"].mean() > rising["plain"].mean() + 0.2, rising  # and what rises above the back is pale
+
+
+def test_a_varied_pegasus_as_make_asks_for_it_starts_from_real_horses_and_varies_more_than_a_plain_one(tmp_path):
+    """make pegasus-varied's flags (read from the Makefile) composed as a user runs them: every candidate starts from
+    a real held-out horse, and the kept images vary more in the evaluator's features than plain ``pegasus``'s with
+    the same seed and pool."""
+    import re
+    import shlex
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from autoencoder.classifier import load_evaluator
+    from autoencoder.metrics import mean_pairwise_distance
+
+    root = Path(__file__).resolve().parents[1]
+    flags = re.search(r"^VARIED_PEGASUS_FLAGS := (.*)$", (root / "Makefile").read_text(), re.M).group(1)
+    dry = subprocess.run(["make", "-n", "pegasus-varied"], cwd=root, capture_output=True, text=True, timeout=60)
+    assert f"PEGASUS_FLAGS='{flags}'" in dry.stdout and "outputs/compose/pegasus-varied" in dry.stdout
+    evaluator, diversity = load_evaluator(), {}
+    for name, extra in (("plain", []), ("varied", shlex.split(flags))):
+        out = tmp_path / name
+        done = subprocess.run([sys.executable, "-m", "latent_ops.compose", "pegasus", "--run", str(SHIPPED_MODEL),
+                               *extra, "--pool", "256", "--n", "32", "--refine_top", "32", "--data", "no-data",
+                               "--out", str(out)], cwd=root, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+        scores = json.loads((out / "scores.json").read_text())
+        kept = [c for c in scores["candidates"] if c["kept"]]
+        if name == "varied":
+            assert scores["start"] == "horse" and all("horse" in c["source_test_indices"] for c in kept)
+        images = load_file(out / "images.safetensors")["images"][sorted(c["rank"] for c in kept)]
+        diversity[name] = mean_pairwise_distance(evaluator.features(images))
+    assert diversity["varied"] > 1.05 * diversity["plain"], diversity
