@@ -500,7 +500,9 @@ def learn(config: LearnConfig, quiet: bool = False) -> Path:
               f"{SIZE_LIMIT / 2 ** 20:.0f} MiB a shipped model may take: remove a learned concept it no longer "
               f"needs (its folder under {out.parent}), or learn into a copy of it", file=sys.stderr)
     if not quiet:
-        print(f"learned {config.name} from {config.expression}: {record['accepted']} of {config.pool} accepted "
+        source = config.warm_start or config.expression
+        source += f", started from held-out {config.start} pictures at noise {config.start_noise:g}" if config.start else ""
+        print(f"learned {config.name} from {source}: {record['accepted']} of {config.pool * config.rounds} accepted "
               f"({record['acceptance']:.1%}), fine-tuned {config.steps} steps in {record['seconds'] / 60:.1f} min "
               f"-> {out}/")
         print("  old labels' samples moved " + ", ".join(f"{k} {v:.2f}" for k, v in moved.items())
