@@ -124,12 +124,16 @@ def load_learned(run: Path, name: str, device: str | torch.device = "cpu") -> Fl
     return load_prior(run, device, learned_folder(run, name), NET_CONFIG_FILE)
 
 
-def learned_expression(run: Path, name: str) -> str:
+def learned_expression(run: Path, name: str, seen: tuple[str, ...] = ()) -> str:
     """The expression a learned concept was learned from (what its images should show); of a concept learned from
-    several sources (``A | B``, ``latent_ops.learn``), the first."""
+    several sources (``A | B``, ``latent_ops.learn``), the first; of one learned from a warm start (whose pools came
+    from another learned concept, not from its --expression), that concept's, unless the chain comes back to itself."""
     try:
-        expression = str(json.loads((learned_folder(run, name) / "config.json").read_text())["expression"])
-    except (OSError, ValueError, KeyError) as error:
+        config = json.loads((learned_folder(run, name) / "config.json").read_text())
+        expression, warm = str(config["expression"]), str(config.get("warm_start") or "")
+    except (OSError, ValueError, KeyError, AttributeError, TypeError) as error:
         raise RunError(f"{learned_folder(run, name) / 'config.json'} is missing or damaged ({error}); learn "
                        f"{name} again with python -m latent_ops.learn {name} --run {run}") from None
+    if warm and warm != name and warm not in seen and (learned_folder(run, warm) / "config.json").exists():
+        return learned_expression(run, warm, (*seen, name))
     return expression.split(SOURCE_SEPARATOR)[0].strip()

@@ -585,3 +585,29 @@ def test_learning_from_real_pictures_starts_every_round_from_held_out_codes_of_t
     assert not (tmp_path / "bad").exists()  # refused before anything was claimed
     with pytest.raises(ConfigError, match="--start_noise must be between"):
         make_learn_config(**{**flags, "start_noise": 0.0})
+
+
+def test_a_concept_learned_from_a_warm_start_shows_what_that_concept_was_learned_from(tmp_path):
+    import json
+
+    from autoencoder.run_folder import RunError
+    from latent_ops.trained_prior import learned_expression
+
+    def learned(name, **config):
+        (tmp_path / "learned" / name).mkdir(parents=True)
+        (tmp_path / "learned" / name / "config.json").write_text(json.dumps(config))
+
+    learned("first", expression="horse&bird | horse:white&bird")
+    learned("again", expression="horse&wings@back", warm_start="first")  # its pools came from first's label
+    learned("later", expression="cat", warm_start="again")
+    learned("itself", expression="horse&deer", warm_start="itself")  # learned again over its own folder
+    learned("loop_a", expression="horse&cat", warm_start="loop_b")
+    learned("loop_b", expression="horse&dog", warm_start="loop_a")
+    learned("gone", expression="horse&ship", warm_start="removed")
+    assert [learned_expression(tmp_path, n) for n in ("first", "again", "later", "itself", "gone")] == [
+        "horse&bird", "horse&bird", "horse&bird", "horse&deer", "horse&ship"]
+    assert learned_expression(tmp_path, "loop_a") == "horse&dog"  # a chain stops before it comes back
+    (tmp_path / "learned" / "broken").mkdir()
+    (tmp_path / "learned" / "broken" / "config.json").write_text("[1, 2]")
+    with pytest.raises(RunError, match="broken/config.json is missing or damaged"):
+        learned_expression(tmp_path, "broken")
