@@ -30,9 +30,10 @@ class ExploreScreenshotConfig:
     expression: str = "pegasus"
     wings: float = 2.0  # the wings slider, in standard deviations
     pick: int = 3  # which horse of the map (in the bank's order) is selected
+    start: str = ""  # compose from the real pictures of this class or cluster ("": from noise)
 
 
-def take(run: str, data: str, cache_dir: str, out: str, expression: str, wings: float, pick: int) -> None:
+def take(run: str, data: str, cache_dir: str, out: str, expression: str, wings: float, pick: int, start: str) -> None:
     from playwright.sync_api import sync_playwright
 
     binary = chromium_binary()
@@ -67,6 +68,7 @@ def take(run: str, data: str, cache_dir: str, out: str, expression: str, wings: 
                 page.mouse.up()
             page.locator("#slider-wings").fill(str(wings))
             page.locator("#expression").fill(expression)
+            page.locator("#start").fill(start)
             page.locator("#compose").click()
             page.wait_for_function("window.explorer.timings.compose.length > 0", timeout=300_000)
             page.mouse.move(*at(horses[pick + 40]))

@@ -266,6 +266,13 @@ def test_the_server_refuses_hostile_requests_and_keeps_running(client):
     assert client.get("/static/../__main__.py").status_code == 404
     ok = client.post("/api/render", json={"start": {"kind": "bank", "row": 3}, "moves": {"wings": 1}})
     assert ok.status_code == 200 and ok.json()["image"].startswith("data:image/png;base64,")
+    for start, words in [(["horse"], "start must be the name of a class or cluster"),
+                         ("x" * 5000, "start must be the name of a class or cluster"),
+                         ("pegasus", "--start pegasus is a learned concept, which has no pictures"),
+                         ("unicorn", "--start unicorn is not a class or cluster of this run")]:
+        refused = client.post("/api/compose", json={"expression": "pegasus", "seed": 0, "start": start})
+        assert refused.status_code == 400 and words in refused.json()["error"], refused.json()
+    assert client.get("/api/state").status_code == 200  # still answering
 
 
 def test_saving_never_replaces_a_folder(client, small_map):

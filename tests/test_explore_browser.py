@@ -178,6 +178,25 @@ def test_an_expression_composes_into_a_grid(ready):
     assert "rank" in ready.locator("#selected-name").text_content()
 
 
+def test_a_compose_can_start_from_real_pictures_and_shows_the_command_that_does(ready, server):
+    ready.locator("#expression").fill("pegasus")
+    ready.locator("#start").fill("horse")
+    ready.locator("#compose").click()
+    ready.wait_for_function("document.querySelectorAll('#compose-grid figure').length === 16", timeout=120_000)
+    command = shlex.split(ready.locator("#compose-command").text_content())
+    assert command[command.index("--start") + 1] == "horse" and command[command.index("--project") + 1] == "0.8"
+    assert command[command.index("--negative") + 1] == ""  # as make pegasus-varied
+    ready.locator("#compose-grid figure").first.click()
+    ready.wait_for_function("document.getElementById('selected-name').textContent.includes('from horse')")
+    ready.locator("#start").fill("unicorn")
+    ready.locator("#compose").click()
+    ready.wait_for_function("document.getElementById('compose-error').textContent.length > 0")
+    cli = subprocess.run([sys.executable, "-m", "latent_ops.compose", "pegasus", "--run", str(SHIPPED), "--start",
+                          "unicorn", "--project", "0.8"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 2 and ready.locator("#compose-error").text_content() == cli.stderr.strip()
+    ready.locator("#start").fill("")
+
+
 def test_a_bad_expression_shows_the_cli_message(ready, server):
     ready.locator("#expression").fill("horse+")
     ready.locator("#compose").click()

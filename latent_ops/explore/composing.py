@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from autoencoder.cli import UserError
-from latent_ops.compose import ComposeConfig, Reference, Setting, draw, make_compose_config, open_reference, \
-    open_setting, rank
+from latent_ops.compose import ComposeConfig, Reference, Setting, check_start, draw, make_compose_config, \
+    open_reference, open_setting, rank
 from latent_ops.editor import to_pixels
 from latent_ops.expression import parse
 from latent_ops.scoring import score
@@ -31,6 +31,9 @@ from latent_ops.trained_prior import learned_names
 
 STAGES = ("setup", "sampling", "ranking", "refinement", "ranking", "done")  # in the order a compose passes them
 OPEN_SETTINGS = 4  # expressions whose opened setting is kept
+# A compose that starts from real pictures carries them this far to the expression, as make pegasus-varied does
+# (docs/regions.md, "Starting from real pictures": without the negative the pool varies most).
+START_FLAGS = {"project": 0.8, "negative": ""}
 
 
 class ProgressClock(StageClock):
@@ -54,6 +57,7 @@ class ComposeJob:
     expression: str
     seed: int
     command: str  # the CLI command that composes the same pool
+    start: str = ""  # the class or cluster whose real pictures the candidates start from ("": noise)
     state: str = "queued"  # queued, running, done or failed
     stage: str = ""
     progress: float = 0.0
@@ -64,7 +68,7 @@ class ComposeJob:
     results: list = field(default_factory=list)  # per kept image: its scores and rank
 
     def public(self) -> dict:
-        return {"id": self.id, "expression": self.expression, "seed": self.seed, "state": self.state,
+        return {"id": self.id, "expression": self.expression, "seed": self.seed, "start": self.start, "state": self.state,
                 "stage": self.stage, "progress": self.progress, "error": self.error, "seconds": self.seconds,
                 "stage_seconds": self.stage_seconds, "command": self.command, "results": self.results}
 
@@ -75,37 +79,43 @@ class Composer:
     def __init__(self, run: Path, data: str, cache_dir: str, pool: int = 64, kept: int = 16, keep_jobs: int = 32):
         self.run, self.data, self.cache_dir = run, data, cache_dir
         self.pool, self.kept, self.keep_jobs = pool, kept, keep_jobs
-        self.settings: OrderedDict[str, Setting] = OrderedDict()
+        self.settings: OrderedDict[tuple[str, str], Setting] = OrderedDict()  # by expression and start
         self.reference: Reference | None = None
         self.jobs: OrderedDict[int, ComposeJob] = OrderedDict()
         self.ids = itertools.count(1)
         self.busy = threading.Lock()
 
-    def config(self, expression: str, seed: int) -> ComposeConfig:
-        """The compose config, every check of the CLI made (grammar and the run's concept names); a UserError with
+    def config(self, expression: str, seed: int, start: str = "") -> ComposeConfig:
+        """The compose config, every check of the CLI made (grammar, the run's concept names and ``start``, a class
+        or cluster whose real pictures the candidates start from, as ``make pegasus-varied`` does); a UserError with
         the CLI's message otherwise."""
         config = make_compose_config(expression=expression, run=str(self.run), data=self.data,
-                                     cache_dir=self.cache_dir, pool=self.pool, n=self.kept, seed=seed, refine_top=0)
-        setting = self.settings.get(expression)
-        known = list(setting.concepts.names) if setting else None
-        if known is None:
+                                     cache_dir=self.cache_dir, pool=self.pool, n=self.kept, seed=seed, refine_top=0,
+                                     **(dict(start=start, **START_FLAGS) if start else {}))
+        setting = self.settings.get((expression, start))
+        if setting is not None:
+            concepts = setting.concepts
+        else:
             from latent_ops.run_concepts import load_concepts
 
-            known = load_concepts(self.run).names
-        parse(expression, known + learned_names(self.run, known))
+            concepts = load_concepts(self.run)
+        learned = learned_names(self.run, concepts.names)
+        parse(expression, concepts.names + learned)
+        check_start(start, concepts, learned)
         return config
 
     def command(self, config: ComposeConfig) -> str:
         import shlex
 
+        started = ["--start", config.start, "--project", f"{config.project:g}", "--negative", config.negative]
         return shlex.join(["python", "-m", "latent_ops.compose", config.expression, "--run", str(self.run),
                            "--data", self.data, "--pool", str(config.pool), "--n", str(config.n), "--seed",
-                           str(config.seed), "--refine_top", "0"])
+                           str(config.seed), "--refine_top", "0", *(started if config.start else [])])
 
-    def submit(self, expression: str, seed: int = 0) -> ComposeJob:
-        """Check the expression now (a UserError says what is wrong), then compose in the background."""
-        config = self.config(expression, seed)
-        job = ComposeJob(next(self.ids), expression, seed, self.command(config))
+    def submit(self, expression: str, seed: int = 0, start: str = "") -> ComposeJob:
+        """Check the expression and the start now (a UserError says what is wrong), then compose in the background."""
+        config = self.config(expression, seed, start)
+        job = ComposeJob(next(self.ids), expression, seed, self.command(config), start)
         self.jobs[job.id] = job
         while len(self.jobs) > self.keep_jobs:
             self.jobs.popitem(last=False)
@@ -127,8 +137,9 @@ class Composer:
                 pass
 
     def setting(self, config: ComposeConfig) -> Setting:
-        setting = self.settings.pop(config.expression, None) or open_setting(config)
-        self.settings[config.expression] = setting
+        key = (config.expression, config.start)  # a start changes the setting (its negative)
+        setting = self.settings.pop(key, None) or open_setting(config)
+        self.settings[key] = setting
         while len(self.settings) > OPEN_SETTINGS:
             self.settings.popitem(last=False)
         setting.sources.placed = None  # a following region's cells are found again for every draw

@@ -32,6 +32,7 @@ from latent_ops.explore.map_cache import LatentMap
 from latent_ops.pictures import MAX_BYTES, png_bytes, read_picture, small_picture
 
 UPLOADS_KEPT = 64  # uploads remembered while the server runs
+MAX_START = 64  # characters of a compose's start (a class or cluster name)
 PREVIEW_SIDE = 128  # the centre crop is shown at this size beside its 32 x 32
 
 
@@ -143,7 +144,10 @@ class Explorer:
     def compose(self, request: dict) -> dict:
         expression = str(request.get("expression", "")).strip()
         seed = whole(request.get("seed", 0), "seed")
-        return self.composer.submit(expression, seed).public() | {"results": []}
+        start = request.get("start", "")
+        if not isinstance(start, str) or len(start) > MAX_START:
+            raise EditError(f"start must be the name of a class or cluster, e.g. horse, or empty; got {str(start)[:40]!r}")
+        return self.composer.submit(expression, seed, start.strip()).public() | {"results": []}
 
     def compose_status(self, job_id: int) -> dict:
         job = self.composer.jobs.get(job_id)
