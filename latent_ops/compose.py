@@ -61,7 +61,7 @@ from autoencoder.cli import (
     save_config,
 )
 from autoencoder.compute import PRECISIONS, autocast
-from autoencoder.data import DATA_FILE, DataNotFoundError, data_checksums, load_split, to_float
+from autoencoder.data import DATA_FILE, DataNotFoundError, ImageSet, data_checksums, load_split, to_float
 from autoencoder.metrics import ShortlistIndex, mean_pairwise_distance, nearest_neighbours, shortlist_index
 from autoencoder.models import Networks
 from autoencoder.run_folder import RunError, load_run
@@ -383,27 +383,25 @@ class Reference:
     index: ShortlistIndex | None  # the same prepared for nearest-neighbour searches
     distance: float | None  # median nearest-training-image distance of real test images
     data_matches_run: bool | None  # whether --data has the checksums the run recorded (None: none recorded)
+    test: ImageSet | None = None  # the test split (--start's pictures), read once with the training split
 
 
-def uniqueness_reference(data: str, cache_dir: str, train: torch.Tensor | ShortlistIndex, seed: int,
+def uniqueness_reference(test: torch.Tensor, train: torch.Tensor | ShortlistIndex, seed: int,
                          count: int = 256) -> float:
-    """Median distance from real held-out images to their nearest training image (``train``: the images or their
-    ``shortlist_index``)."""
-    test = load_split(data, "test", cache_dir).images
+    """Median distance from real held-out images ``test`` (N, 3, 32, 32) uint8 to their nearest training image
+    (``train``: the images or their ``shortlist_index``)."""
     pick = torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))[:count]
     distance, _ = nearest_neighbours(to_float(test[pick]), train, k=1, shortlist=SHORTLIST)
     return distance[:, 0].median().item()
 
 
-def add_start_distances(config: ComposeConfig, drawn: Drawn, found: dict[str, torch.Tensor]) -> None:
+def add_start_distances(config: ComposeConfig, drawn: Drawn, found: dict[str, torch.Tensor],
+                        reference: Reference) -> None:
     """With ``--start`` and data, ``found["start_distance"]``: each candidate's RMS pixel distance (on [-1, 1], as
     uniqueness) to the real picture it started from, so what SDEdit kept of that picture is measured."""
-    if not config.start:
+    test = reference.test
+    if not config.start or test is None:  # without data open_reference has said that such measures are skipped
         return
-    try:
-        test = load_split(config.data, "test", config.cache_dir)
-    except DataNotFoundError:
-        return  # open_reference has said that data-based measures are skipped
     row_of = {int(index): row for row, index in enumerate(test.indices)}
     starts = test.images[[row_of[int(i)] for i in drawn.sources[config.start]]]
     found["start_distance"] = (to_float(found["image"]) - to_float(starts)).pow(2).flatten(1).mean(1).sqrt()
@@ -428,8 +426,9 @@ def open_reference(config: ComposeConfig, run: Path) -> Reference:
               f"them, unpack CIFAR-10 there (make data) or pass --data PATH")
         return Reference(None, None, None, None)
     index = shortlist_index(train_images)
-    distance = uniqueness_reference(config.data, config.cache_dir, index, config.seed)
-    return Reference(train_images, index, distance, data_matches_run(run, config.data, config.cache_dir))
+    test = load_split(config.data, "test", config.cache_dir)
+    distance = uniqueness_reference(test.images, index, config.seed)
+    return Reference(train_images, index, distance, data_matches_run(run, config.data, config.cache_dir), test)
 
 
 # --- stage 4: rank -------------------------------------------------------------------------------------------------
@@ -606,7 +605,7 @@ def compose_into(out: Path, config: ComposeConfig, clock: StageClock, quiet: boo
         drawn = draw(config, setting, progress=not quiet)
     scored = score(config, setting, drawn, reference, clock, progress=not quiet)
     with clock("writing"):
-        add_start_distances(config, drawn, scored.found)
+        add_start_distances(config, drawn, scored.found, reference)
     with clock("ranking"):
         scored = choose_best(config, setting, scored)
         kept = rank(config, setting, drawn, scored)

@@ -234,11 +234,11 @@ def compose_pool(config: LearnConfig, nets, sources: Sources, perceptual, expres
                                             "appearance": [], "rise": [],
                                             **{term: [] for term in PIXEL_TERMS if term in rule},
                                             **({"mark": []} if marks is not None else {})}
+    guides, placer = start_guides(weights, sources, settings) if config.start else (None, None)
     for first in range(0, config.pool, config.chunk):
         count = min(config.chunk, config.pool - first)
         if config.start:  # real pictures carried to the expression (compose --start)
             pictures_codes, _ = draw_density(config.start, sources, count, rng, replace(settings, source="heldout"))
-            guides, placer = start_guides(weights, sources, settings)
             z = project(sources.prior, torch.from_numpy(pictures_codes), config.start_noise, guides, settings.schedule,
                         prior_generator(rng), placer)
         else:
