@@ -77,8 +77,8 @@ from latent_ops.intent import (INTENTS, expand_learned, expression_regions, need
 from latent_ops.run_concepts import ensure_concepts
 from latent_ops.runs import repository_path, resolve_run
 from latent_ops.mark_judge import MarkJudge, judged_expressions, load_judge
-from latent_ops.sampling import (SOURCES, DrawSettings, Sources, check_negative, draw_density, projection_conditions,
-                                 sample_expression, start_guides, subject_placer)
+from latent_ops.sampling import (SOURCES, DrawSettings, Sources, check_negative, draw_density, picture_features,
+                                 projection_conditions, sample_expression, start_guides, subject_placer)
 from latent_ops.best_choice import BEST_RULES
 from latent_ops.scoring import SHORTLIST, Scored, choose_best, score
 from latent_ops.timing import StageClock
@@ -114,6 +114,10 @@ class ComposeConfig:
     solver: str = "ab2"  # the prior's ODE solver: ab2 or dpmpp2m (one evaluation a step), heun (two; latent_ops.flow)
     guidance_from: float = 0.0  # guidance applies from this time of the prior's flow (0: noise) ...
     guidance_until: float = 1.0  # ... until this one (1: the codes); outside, the plain conditional velocity
+    repel: float = 0.0  # particle guidance (Corso et al. 2024): the prior's draws of one pool push each other apart, in
+    #   the perceptual net's features of their decoded pictures, by this many neighbour distances per unit of time
+    #   (1: kept diversity about 1.2x, 1.8x the time; docs/regions.md); 0: independent draws
+    repel_until: float = 0.35  # ... while the flow's time is at most this (0: noise; the early steps set the layout)
     negative: str = ""  # a class (or cluster: its class) that guidance pushes prior draws away from: its velocity
     #   stands in for the unconditional one, so it costs no extra evaluation (a negative prompt); "": none
     project: float = 0.0  # SDEdit: edited codes go this far towards noise and the prior brings them back; 0: off
@@ -162,7 +166,7 @@ COMPOSE_RANGES = {"n": (1, 10**6), "seed": (0, 2**32 - 1), "refine_steps": (0, 1
                   "refine_step_size": (0, 100), "refine_anchor": (0, 1e4), "strength": (0, 100),
                   "temperature": (1e-6, 100), "chunk": (1, 65536), "guidance": (0, 100), "prior_steps": (1, 1000),
                   "project": (0, 1), "refine_prior": (0, 1), "pool": (0, 10**6), "dedup": (0, 10),
-                  "rank_sharpness": (0, 100), "rank_intent": (0, 100), "rank_gate": (0, 1), "rise_gate": (0, 0.99), "mark_gate": (0, 0.99), "guidance_from": (0, 1), "guidance_until": (0, 1),
+                  "rank_sharpness": (0, 100), "rank_intent": (0, 100), "rank_gate": (0, 1), "rise_gate": (0, 0.99), "mark_gate": (0, 0.99), "guidance_from": (0, 1), "guidance_until": (0, 1), "repel": (0, 100), "repel_until": (0, 1),
                   "refine_top": (0, 10**6), "dpp_quality": (0, 100), "dpp_bandwidth": (1e-3, 100)}
 SELECTIONS = ("dedup", "dpp")
 
@@ -297,6 +301,10 @@ def open_setting(config: ComposeConfig) -> Setting:
             raise ConfigError(f"--negative {config.negative} steers draws from the prior, but {config.expression!r} "
                               f"draws none with --source {config.source}; add --source prior, or drop --negative")
         negative = ""  # the recipe's default steers prior draws, and this compose has none
+    if config.repel > 0 and not (config.source == "prior" or config.start or config.project > 0
+                                 or samples_the_prior(weights, learned)):
+        raise ConfigError(f"--repel {config.repel} pushes draws from the prior apart, but {config.expression!r} draws "
+                          f"none with --source {config.source}; add --source prior or --project, or drop --repel")
     intent_source = resolve_intent(config.intent)
     judge = load_evaluator(device=opened.device.type) if intent_source == "evaluator" else None
     prior = open_prior(run_dir, weights, learned) if needs_prior(config, weights, learned) else None
@@ -305,7 +313,8 @@ def open_setting(config: ComposeConfig) -> Setting:
     regions = expression_regions(weights)
     marks = marks_judge(config, run_dir)
     following = set(regions) & set(FOLLOWING_REGIONS)
-    perceptual = load_perceptual(device=opened.device) if following or marks is not None else None
+    needs_perceptual = following or marks is not None or config.repel > 0
+    perceptual = load_perceptual(device=opened.device) if needs_perceptual else None
     bank = load_bank(run_dir) if config.source != "density" or config.start else None
     sources = Sources(concepts, bank, prior, opened.code_shape, nets.decoder, perceptual)
     return Setting(run_dir, nets, opened.device, concepts, weights, expand_learned(weights, run_dir, learned),
@@ -351,12 +360,14 @@ class Drawn:
 def draw_settings(config: ComposeConfig, progress: bool = False, negative: str = "") -> DrawSettings:
     return DrawSettings(config.source, config.strength, config.temperature, config.guidance, config.prior_steps,
                         config.solver, config.guidance_from, config.guidance_until, "sampling" if progress else "",
-                        negative)
+                        negative, config.repel, config.repel_until)
 
 
 def draw(config: ComposeConfig, setting: Setting, progress: bool = False) -> Drawn:
     rng = np.random.default_rng(config.seed)
     settings = draw_settings(config, progress, setting.negative)
+    if config.repel > 0:
+        settings = dataclasses.replace(settings, repel_features=picture_features(setting.sources))
     with torch.inference_mode(), setting.autocast():
         if config.start:  # real pictures of --start, carried to the whole expression by the prior
             edited, positions = draw_density(config.start, setting.sources, config.candidates, rng,

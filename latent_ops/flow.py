@@ -298,12 +298,19 @@ class Schedule(NamedTuple):
       limited interval (Kynkaenniemi et al. 2024, arXiv:2404.07724): early guidance costs diversity and
       late guidance does little.
     - ``progress``: a label shows a progress bar on a terminal (none when output is not a terminal).
+    - ``repel``, ``repel_until``, ``repel_features``: for times up to ``repel_until``, each code of the batch is
+      pushed apart from the others by ``repel`` neighbour distances per unit of time (``repulsion``; particle
+      guidance, Corso et al. 2024, arXiv:2310.13102), in the space of ``repel_features`` (None: code space).
+      0: independent draws.
     """
     steps: int = 32
     solver: str = "heun"
     guidance_from: float = 0.0
     guidance_until: float = 1.0
     progress: str = ""
+    repel: float = 0.0
+    repel_until: float = 0.35
+    repel_features: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def evaluations(self) -> int:
         """Velocity evaluations of one integration (each may batch several conditions)."""
@@ -317,6 +324,9 @@ def as_schedule(steps: int | Schedule) -> Schedule:
         raise ValueError(f"steps must be at least 1, got {schedule.steps}")
     if schedule.solver not in SOLVERS:
         raise ValueError(f"solver must be one of {', '.join(SOLVERS)}, got {schedule.solver!r}")
+    if not 0 <= schedule.repel < math.inf or not 0 <= schedule.repel_until <= 1:
+        raise ValueError(f"repel must be a finite number at least 0 and repel_until a time in [0, 1], got "
+                         f"{schedule.repel} and {schedule.repel_until}")
     if not 0 <= schedule.guidance_from <= schedule.guidance_until <= 1:
         raise ValueError(f"the guidance interval must satisfy 0 <= from <= until <= 1, got "
                          f"[{schedule.guidance_from}, {schedule.guidance_until}]")
@@ -347,7 +357,48 @@ class Velocity:
     def __call__(self, x: torch.Tensor, t: float) -> torch.Tensor:
         self.calls += 1
         inside = self.schedule.guidance_from <= t <= self.schedule.guidance_until
-        return guided_velocity(self.net, x, t, self.guides if inside else self.plain)
+        v = guided_velocity(self.net, x, t, self.guides if inside else self.plain)
+        if self.schedule.repel > 0 and 0 < t <= self.schedule.repel_until and len(x) > 1:
+            v = v + self.schedule.repel * repulsion(x + (1 - t) * v, self.schedule.repel_features)
+        return v
+
+
+def away_from_neighbours(points: torch.Tensor) -> torch.Tensor:
+    """(B, D): each row's offset from the kernel-weighted mean of the other rows, sum_j w_ij (x_i - x_j) with
+    w_ij proportional to an RBF kernel: the direction in which the batch's kernel density falls fastest (its
+    negative score, up to the bandwidth), at the scale of a neighbour's distance. The bandwidth is the median
+    squared distance over log(B + 1) (the SVGD heuristic, Liu & Wang 2016, arXiv:1608.04471), so the push adapts
+    to how spread the batch already is."""
+    x = points.float()
+    squared = torch.cdist(x, x).square()
+    B = len(x)
+    off = ~torch.eye(B, dtype=torch.bool, device=x.device)
+    bandwidth = squared[off].median().clamp_min(1e-12) / math.log(B + 1)
+    kernel = torch.exp(-squared / bandwidth) * off
+    weights = kernel / kernel.sum(1, keepdim=True).clamp_min(1e-30)
+    return x - weights @ x
+
+
+def repulsion(estimates: torch.Tensor, features: Callable[[torch.Tensor], torch.Tensor] | None = None
+              ) -> torch.Tensor:
+    """(B, D) particle guidance (Corso et al. 2024, arXiv:2310.13102): a push on each denoised estimate (B, D,
+    standardised) away from the others, added to the velocity so that a batch covers more of the distribution
+    than independent draws.
+
+    ``features``: a differentiable map of the estimates to (B, F) features (the decoded pictures read by the
+    perceptual net): each estimate moves along the gradient that carries its features away from its neighbours'
+    in feature space, scaled to its code-space neighbour distance. None: away from its neighbours in code space
+    (in pixels' terms mostly texture, so a decoder and a feature net are what compose uses)."""
+    code_push = away_from_neighbours(estimates)
+    if features is None:
+        return code_push
+    with torch.inference_mode(False), torch.enable_grad():
+        x = estimates.detach().float().clone().requires_grad_(True)
+        read = features(x).float()
+        away = away_from_neighbours(read.detach())
+        gradient, = torch.autograd.grad((read * away).sum(), x)
+    scale = code_push.norm(dim=1, keepdim=True) / gradient.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    return gradient * scale
 
 
 @torch.no_grad()

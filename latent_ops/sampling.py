@@ -33,6 +33,7 @@ Example: see ``latent_ops.compose`` (``--source prior``, ``--project 0.4``, ``ho
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -77,10 +78,23 @@ class DrawSettings:
     guidance_until: float = 1.0  # ... until this one (1: the codes)
     progress: str = ""  # a label: prior draws show a progress bar on a terminal
     negative: str = ""  # a class guidance pushes prior draws away from, in place of "no condition" ("": none)
+    repel: float = 0.0  # particle guidance: a batch of prior draws pushed apart from each other (0: independent)
+    repel_until: float = 0.35  # ... for times of the flow up to this one
+    repel_features: Callable[[torch.Tensor], torch.Tensor] | None = None  # ... in this space (``picture_features``)
 
     @property
     def schedule(self) -> Schedule:
-        return Schedule(self.prior_steps, self.solver, self.guidance_from, self.guidance_until, self.progress)
+        return Schedule(self.prior_steps, self.solver, self.guidance_from, self.guidance_until, self.progress,
+                        self.repel, self.repel_until, self.repel_features)
+
+
+def picture_features(sources: Sources) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A differentiable map of the prior's standardised codes (B, D) to the perceptual net's features (B, F) of
+    their decoded pictures: the space particle guidance pushes draws apart in (never the evaluator's)."""
+    prior, decoder, perceptual = sources.prior, sources.decoder, sources.perceptual
+    if prior is None or decoder is None or perceptual is None:
+        raise ValueError("pushing draws apart by their pictures needs the run's prior, decoder and perceptual net")
+    return lambda codes: perceptual.features(decoder(prior.unstandardise(codes)))
 
 
 def learned_labels(prior: FlowNet | None) -> list[str]:

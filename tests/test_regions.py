@@ -611,3 +611,52 @@ def test_a_concept_learned_from_a_warm_start_shows_what_that_concept_was_learned
     (tmp_path / "learned" / "broken" / "config.json").write_text("[1, 2]")
     with pytest.raises(RunError, match="broken/config.json is missing or damaged"):
         learned_expression(tmp_path, "broken")
+
+
+def test_particle_guidance_spreads_the_pool_in_the_perceptual_nets_features_and_compose_records_it(
+        learned_run, folder_data, tmp_path, capsys):
+    import dataclasses
+    import json
+
+    import numpy as np
+
+    from autoencoder.classifier import load_perceptual
+    from autoencoder.run_folder import load_run
+    from latent_ops.compose import compose, main as compose_main
+    from latent_ops.run_concepts import load_concepts
+    from latent_ops.sampling import DrawSettings, Sources, picture_features, sample_expression
+    from latent_ops.trained_prior import load_learned
+
+    run, _, cache = learned_run
+    opened = load_run(run)
+    perceptual = load_perceptual()
+    sources = Sources(load_concepts(run), prior=load_learned(run, "pegasus"), code_shape=opened.code_shape,
+                      decoder=opened.nets.decoder, perceptual=perceptual)
+    settings = DrawSettings("prior", guidance=2.0, prior_steps=6, solver="ab2")
+    pushed_settings = dataclasses.replace(settings, repel=2.0, repel_features=picture_features(sources))
+
+    def feature_spread(settings: DrawSettings) -> float:
+        codes, _ = sample_expression({"pegasus": 1.0}, sources, 48, np.random.default_rng(0), settings)
+        with torch.no_grad():
+            return torch.pdist(perceptual.features(opened.nets.decoder(torch.from_numpy(codes)))).mean().item()
+
+    plain, pushed = feature_spread(settings), feature_spread(pushed_settings)
+    assert pushed > 1.05 * plain, (plain, pushed)  # the batch covers more of what the perceptual net sees
+    with pytest.raises(ValueError, match="needs the run's prior, decoder and perceptual net"):
+        picture_features(Sources(sources.concepts, prior=sources.prior))
+
+    flags = dict(run=str(run), data=str(folder_data), cache_dir=cache, n=8, prior_steps=4, refine_steps=1,
+                 quiet=True)
+    out = compose("pegasus", repel=1.0, repel_until=0.5, out=str(tmp_path / "repel"), **flags)
+    plain_out = compose("pegasus", out=str(tmp_path / "plain"), **flags)
+    again = compose("pegasus", repel=1.0, repel_until=0.5, out=str(tmp_path / "again"), **flags)
+    config = json.loads((out / "config.json").read_text())
+    assert config["repel"] == 1.0 and config["repel_until"] == 0.5
+    assert (out / "batch64.png").read_bytes() != (plain_out / "batch64.png").read_bytes()
+    assert (again / "batch64.png").read_bytes() == (out / "batch64.png").read_bytes()  # seeded
+
+    with pytest.raises(SystemExit) as exit_info:  # held-out codes of real pictures: no draws to push apart
+        compose_main("horse+wings", repel=1.0, out=str(tmp_path / "held-out"), **flags)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1 and not (tmp_path / "held-out").exists()
+    assert err.startswith("error: --repel 1.0 pushes draws from the prior apart") and "--source prior" in err

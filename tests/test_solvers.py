@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from latent_ops.flow import Schedule, VelocityNet, guided_velocity, integrate, project, sample
+from latent_ops.flow import (Schedule, VelocityNet, away_from_neighbours, guided_velocity, integrate, project, repulsion,
+                             sample)
 
 
 @pytest.fixture(scope="module")
@@ -80,8 +81,52 @@ def test_a_plain_step_count_is_heuns_method_and_projection_scales_the_steps(curv
 @pytest.mark.parametrize("schedule, message", [
     (Schedule(0), "steps must be at least 1"), (Schedule(8, "rk4"), "solver must be one of heun, ab2, dpmpp2m"),
     (Schedule(8, "ab2", 0.7, 0.2), "guidance interval must satisfy"),
+    (Schedule(8, "ab2", repel=-1.0), "repel must be a finite number at least 0"),
+    (Schedule(8, "ab2", repel=1.0, repel_until=1.5), "repel_until a time in"),
 ])
 def test_a_bad_schedule_is_refused_by_name(curved_net, schedule, message):
     with pytest.raises(ValueError, match=message):
         sample(curved_net, 2, [], schedule)
 
+
+
+def mean_pairwise_distance(x: torch.Tensor) -> float:
+    return torch.pdist(x.flatten(1).float()).mean().item()
+
+
+def test_the_push_away_from_neighbours_spreads_a_cloud_and_vanishes_for_identical_points():
+    cloud = torch.randn(50, 2, generator=torch.Generator().manual_seed(0))
+    push = away_from_neighbours(cloud)
+    outward = ((cloud - cloud.mean(0)) * push).sum(1)
+    assert (outward > 0).float().mean() > 0.9  # nearly every point is pushed away from the cloud's middle
+    assert mean_pairwise_distance(cloud + 0.1 * push) > mean_pairwise_distance(cloud)
+    typical = torch.cdist(cloud, cloud).topk(2, largest=False).values[:, 1].median()
+    assert 0.5 * typical < push.norm(dim=1).median() < 5 * typical  # at the scale of a neighbour's distance
+    assert away_from_neighbours(torch.ones(5, 3)).abs().max() < 1e-6  # identical points: no direction to push in
+
+
+def test_repulsion_through_features_moves_the_features_apart_at_the_code_push_scale():
+    torch.manual_seed(0)
+    codes = torch.randn(32, 6)
+    mix = torch.randn(6, 4)
+    features = lambda x: torch.tanh(x @ mix)  # noqa: E731 - a differentiable stand-in for decoder and perceptual net
+    push = repulsion(codes, features)
+    assert push.shape == codes.shape
+    assert push.norm(dim=1) == pytest.approx(away_from_neighbours(codes).norm(dim=1), rel=1e-4)
+    step = 0.05 * push
+    assert mean_pairwise_distance(features(codes + step)) > mean_pairwise_distance(features(codes))
+    assert mean_pairwise_distance(features(codes + step)) > mean_pairwise_distance(features(codes - step))
+    assert torch.equal(repulsion(codes), away_from_neighbours(codes))  # no features: in code space
+
+
+def test_particle_guidance_spreads_a_batch_and_leaves_single_draws_and_repel_zero_unchanged(curved_net):
+    x0 = torch.randn(64, 6, generator=torch.Generator().manual_seed(1))
+    plain = integrate(curved_net, x0, 0.0, [(0, 2.0)], Schedule(12, "ab2"))
+    same = integrate(curved_net, x0, 0.0, [(0, 2.0)], Schedule(12, "ab2", repel=0.0, repel_until=1.0))
+    assert torch.equal(plain, same)
+    spread = integrate(curved_net, x0, 0.0, [(0, 2.0)], Schedule(12, "ab2", repel=1.0, repel_until=0.5))
+    assert mean_pairwise_distance(spread) > 1.05 * mean_pairwise_distance(plain)
+    one = integrate(curved_net, x0[:1], 0.0, [(0, 2.0)], Schedule(12, "ab2", repel=1.0))
+    assert torch.allclose(one, plain[:1], atol=1e-5)  # a batch of one has no neighbours to push away from
+    late = integrate(curved_net, x0, 0.0, [(0, 2.0)], Schedule(12, "ab2", repel=1.0, repel_until=0.0))
+    assert torch.equal(late, plain)  # at t = 0 every estimate is the same mean: nothing is pushed
