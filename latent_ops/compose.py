@@ -556,6 +556,7 @@ def summarise(config: ComposeConfig, setting: Setting, drawn: Drawn, scored: Sco
     return {
         "precision": setting.precision, "solver": config.solver, "prior_steps": config.prior_steps,
         "guidance_interval": [config.guidance_from, config.guidance_until], "refine_top": config.refine_top,
+        "repel": [config.repel, config.repel_until],
         "expression": config.expression, "weights": setting.weights, "intent_weights": setting.intent_weights,
         "seed": config.seed, "run": repository_path(setting.run), "candidates_composed": config.candidates,
         "strength": config.strength, "temperature": config.temperature, "source": config.source,

@@ -100,6 +100,8 @@ def print_summary(config, summary: dict, out: Path) -> None:
     print("  seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in summary["stage_seconds"].items())
           + f" ({summary['precision']}; prior: {summary['solver']}, {summary['prior_steps']} steps"
           + (f", away from {summary['negative']}" if summary.get("negative") else "")
+          + (f", draws pushed apart x{summary['repel'][0]:g} until t {summary['repel'][1]:g}"
+             if summary.get("repel", [0])[0] else "")
           + f"; {summary['refined']} refined)")
     print(f"  critic mean of the refined {summary['critic_mean_before']:.3f} -> {summary['critic_mean_after']:.3f} "
           f"after {config.refine_steps} steps; diversity of the kept {summary['kept']['count']} "

@@ -652,6 +652,7 @@ def test_particle_guidance_spreads_the_pool_in_the_perceptual_nets_features_and_
     again = compose("pegasus", repel=1.0, repel_until=0.5, out=str(tmp_path / "again"), **flags)
     config = json.loads((out / "config.json").read_text())
     assert config["repel"] == 1.0 and config["repel_until"] == 0.5
+    assert json.loads((out / "scores.json").read_text())["repel"] == [1.0, 0.5]
     assert (out / "batch64.png").read_bytes() != (plain_out / "batch64.png").read_bytes()
     assert (again / "batch64.png").read_bytes() == (out / "batch64.png").read_bytes()  # seeded
 

@@ -147,12 +147,23 @@ def test_a_white_pegasus_as_make_asks_for_it_has_paler_subjects_than_a_plain_one
     assert rising["white"].mean() > rising["plain"].mean() + 0.2, rising  # and what rises above the back is pale
 
 
-def test_a_varied_pegasus_as_make_asks_for_it_starts_from_real_horses_and_varies_more_than_a_plain_one(tmp_path):
-    """make pegasus-varied's flags (read from the Makefile) composed as a user runs them: every candidate starts from
-    a real held-out horse, and the kept images vary more in the evaluator's features than plain ``pegasus``'s with
-    the same seed and pool."""
+def make_flags(variable: str, target: str) -> list[str]:
+    """The compose flags a Makefile variable holds, checked to be what ``make TARGET`` passes."""
     import re
     import shlex
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    flags = re.search(rf"^{variable} := (.*)$", (root / "Makefile").read_text(), re.M).group(1)
+    dry = subprocess.run(["make", "-n", target], cwd=root, capture_output=True, text=True, timeout=60)
+    assert f"PEGASUS_FLAGS='{flags}'" in dry.stdout and f"outputs/compose/{target}" in dry.stdout
+    return shlex.split(flags)
+
+
+def composed_as_a_user_does(flags: list[str], out) -> tuple[dict, float]:
+    """``compose pegasus`` on the shipped model with ``flags`` (a pool of 256, 32 kept, no data) in a subprocess: its
+    scores and the kept images' mean pairwise distance in the evaluator's features."""
     import subprocess
     import sys
     from pathlib import Path
@@ -160,21 +171,39 @@ def test_a_varied_pegasus_as_make_asks_for_it_starts_from_real_horses_and_varies
     from autoencoder.classifier import load_evaluator
     from autoencoder.metrics import mean_pairwise_distance
 
-    root = Path(__file__).resolve().parents[1]
-    flags = re.search(r"^VARIED_PEGASUS_FLAGS := (.*)$", (root / "Makefile").read_text(), re.M).group(1)
-    dry = subprocess.run(["make", "-n", "pegasus-varied"], cwd=root, capture_output=True, text=True, timeout=60)
-    assert f"PEGASUS_FLAGS='{flags}'" in dry.stdout and "outputs/compose/pegasus-varied" in dry.stdout
-    evaluator, diversity = load_evaluator(), {}
-    for name, extra in (("plain", []), ("varied", shlex.split(flags))):
-        out = tmp_path / name
-        done = subprocess.run([sys.executable, "-m", "latent_ops.compose", "pegasus", "--run", str(SHIPPED_MODEL),
-                               *extra, "--pool", "256", "--n", "32", "--refine_top", "32", "--data", "no-data",
-                               "--out", str(out)], cwd=root, capture_output=True, text=True, timeout=600)
-        assert done.returncode == 0, done.stderr[-2000:]
-        scores = json.loads((out / "scores.json").read_text())
-        kept = [c for c in scores["candidates"] if c["kept"]]
-        if name == "varied":
-            assert scores["start"] == "horse" and all("horse" in c["source_test_indices"] for c in kept)
-        images = load_file(out / "images.safetensors")["images"][sorted(c["rank"] for c in kept)]
-        diversity[name] = mean_pairwise_distance(evaluator.features(images))
-    assert diversity["varied"] > 1.05 * diversity["plain"], diversity
+    done = subprocess.run([sys.executable, "-m", "latent_ops.compose", "pegasus", "--run", str(SHIPPED_MODEL),
+                           *flags, "--pool", "256", "--n", "32", "--refine_top", "32", "--data", "no-data",
+                           "--out", str(out)], cwd=Path(__file__).resolve().parents[1], capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    scores = json.loads((out / "scores.json").read_text())
+    kept = sorted(c["rank"] for c in scores["candidates"] if c["kept"])
+    images = load_file(out / "images.safetensors")["images"][kept]
+    return scores, mean_pairwise_distance(load_evaluator().features(images))
+
+
+@pytest.fixture(scope="module")
+def plain_pegasus(tmp_path_factory) -> float:
+    """The kept images' feature diversity of plain ``compose pegasus`` with the pool the tests below use."""
+    return composed_as_a_user_does([], tmp_path_factory.mktemp("plain") / "out")[1]
+
+
+def test_a_varied_pegasus_as_make_asks_for_it_starts_from_real_horses_and_varies_more_than_a_plain_one(
+        tmp_path, plain_pegasus):
+    """make pegasus-varied's flags (read from the Makefile) composed as a user runs them: every candidate starts from
+    a real held-out horse, and the kept images vary more in the evaluator's features than plain ``pegasus``'s with
+    the same seed and pool."""
+    scores, diversity = composed_as_a_user_does(make_flags("VARIED_PEGASUS_FLAGS", "pegasus-varied"), tmp_path / "out")
+    assert scores["start"] == "horse"
+    assert all("horse" in c["source_test_indices"] for c in scores["candidates"] if c["kept"])
+    assert diversity > 1.05 * plain_pegasus, (diversity, plain_pegasus)
+
+
+def test_a_diverse_pegasus_as_make_asks_for_it_pushes_its_draws_apart_and_varies_more_than_a_plain_one(
+        tmp_path, plain_pegasus):
+    """make pegasus-diverse's flags composed as a user runs them: the draws were pushed apart (particle guidance,
+    recorded in the config) and the kept images vary more in the evaluator's features than plain ``pegasus``'s."""
+    flags = make_flags("DIVERSE_PEGASUS_FLAGS", "pegasus-diverse")
+    scores, diversity = composed_as_a_user_does(flags, tmp_path / "out")
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["repel"] > 0
+    assert diversity > 1.05 * plain_pegasus, (diversity, plain_pegasus)
