@@ -20,9 +20,14 @@ Then:
 - the fast paths the explorer uses, in one warm process: decoding one code, encoding one image, and
   composing a pool of 64 (keep 16) with the data opened once (``compose(..., reference=...)``).
 
+With ``--against recipe`` the first side is the model's recipe itself and the flags given go to the second side
+only: a variant of the recipe against the recipe (e.g. ``--repel 1``, particle guidance), with the same
+speed and picture figures and judgements.
+
 Writes ``outputs/bench/compose_speed.json``.
 
-Example: ``python bench/compose_speed.py --run models/pegasus-cifar10 --data data``
+Examples: ``python bench/compose_speed.py --run models/pegasus-cifar10 --data data``;
+``python bench/compose_speed.py --data data --against recipe --repel 1 --refine_all_check false``
 """
 from __future__ import annotations
 
@@ -39,6 +44,7 @@ import torch
 from record import bench_main, write_record  # bench/record.py, beside this script
 
 from autoencoder.cifar10 import CACHE_FOLDER, DATA_FOLDER
+from autoencoder.cli import ConfigError
 
 # The recipe the model shipped with before (its compose.json then): Heun's method in 24 steps, all candidates refined,
 # fp32 networks, 256 candidates a chunk. Given over the model's recipe, so everything else is the same.
@@ -193,6 +199,7 @@ class ComposeSpeedConfig:
     seeds: int = 3  # seeds 0 .. seeds-1, the old and new recipes alternating
     refine_all_check: bool = True  # also compose each seed with every candidate refined (the kept-set check)
     recipes: bool = True  # compare the recipes; false: only the fast paths (record compose_speed_fast_paths.json)
+    against: str = "old"  # the first side: old (OLD_RECIPE over the flags given) or recipe (the model's recipe alone)
 
 
 def print_fast_paths(fast: dict) -> None:
@@ -202,8 +209,10 @@ def print_fast_paths(fast: dict) -> None:
 
 
 def run_compose_speed(run: str, data: str, cache_dir: str, expression: str, seeds: int, refine_all_check: bool,
-                      recipes: bool, extra: dict | None = None) -> None:
+                      recipes: bool, against: str = "old", extra: dict | None = None) -> None:
     """Old recipe against new on each seed, the refine-all check, fp32, and the explorer's fast paths."""
+    if against not in ("old", "recipe"):
+        raise ConfigError(f"--against must be old or recipe, got {against!r}")
     if not recipes:
         with tempfile.TemporaryDirectory() as scratch:
             fast = fresh(fast_paths, run, data, cache_dir, expression, scratch)
@@ -212,8 +221,8 @@ def run_compose_speed(run: str, data: str, cache_dir: str, expression: str, seed
         return
     real = real_horses(data, cache_dir)
     new_flags = dict(extra or {})
-    old_flags = {**new_flags, **OLD_RECIPE}
-    record: dict = {"run": run, "data": data, "old_flags": old_flags, "new_flags": new_flags, "real_horses": real,
+    old_flags = {**new_flags, **OLD_RECIPE} if against == "old" else {}
+    record: dict = {"run": run, "data": data, "against": against, "old_flags": old_flags, "new_flags": new_flags, "real_horses": real,
                     "seeds": {}}
     with tempfile.TemporaryDirectory() as scratch:
         for seed in range(seeds):

@@ -297,3 +297,27 @@ def test_evaluator_reach_counts_real_pictures_and_composes_at_each_pair_of_bound
     bad = subprocess.run([sys.executable, str(bench), "--composes", str(tmp_path)], cwd=tmp_path,
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and "is not a compose output" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_the_compose_bench_compares_a_variant_with_the_recipe_itself_and_refuses_an_unknown_side(monkeypatch,
+                                                                                                   tmp_path, capsys):
+    import compose_speed
+
+    calls = []
+    monkeypatch.setattr(compose_speed, "real_horses", lambda data, cache: None)
+    monkeypatch.setattr(compose_speed, "fresh", lambda fn, *args: calls.append(args)
+                        or {"folder": "", "seconds": 1.0, "stages": {}, "wall": 1.0})
+    monkeypatch.setattr(compose_speed, "quality", lambda folder, real: {"kept candidates": []})
+    monkeypatch.setattr(compose_speed, "stage_line", lambda result: "")
+    monkeypatch.setattr(compose_speed, "print_fast_paths", lambda fast: None)
+    monkeypatch.setattr(compose_speed, "verdicts", lambda old, new: {})
+    monkeypatch.setattr(compose_speed, "write_record", lambda name, record: calls.append(("record", record)))
+    compose_speed.run_compose_speed("run", "data", "cache", "pegasus", seeds=1, refine_all_check=False,
+                                    recipes=True, against="recipe", extra={"repel": 1.0})
+    flags = [args[-2] for args in calls if args[0] != "record" and isinstance(args[-2], dict)]
+    assert {"seed": 0} in flags and {"repel": 1.0, "seed": 0} in flags  # the recipe alone, and the variant
+    assert next(c[1] for c in calls if c[0] == "record")["against"] == "recipe"
+    with pytest.raises(SystemExit) as exit_info:
+        compose_speed.main(against="older", data=str(tmp_path))
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "--against must be old or recipe, got 'older'" in err and err.count("\n") == 1
