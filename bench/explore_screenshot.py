@@ -31,9 +31,11 @@ class ExploreScreenshotConfig:
     wings: float = 2.0  # the wings slider, in standard deviations
     pick: int = 3  # which horse of the map (in the bank's order) is selected
     start: str = ""  # compose from the real pictures of this class or cluster ("": from noise)
+    apart: bool = False  # the compose's draws push each other apart (the page's "apart" box, compose --repel 1)
 
 
-def take(run: str, data: str, cache_dir: str, out: str, expression: str, wings: float, pick: int, start: str) -> None:
+def take(run: str, data: str, cache_dir: str, out: str, expression: str, wings: float, pick: int, start: str,
+         apart: bool = False) -> None:
     from playwright.sync_api import sync_playwright
 
     binary = chromium_binary()
@@ -69,8 +71,12 @@ def take(run: str, data: str, cache_dir: str, out: str, expression: str, wings: 
             page.locator("#slider-wings").fill(str(wings))
             page.locator("#expression").fill(expression)
             page.locator("#start").fill(start)
+            page.locator("#apart").set_checked(apart)
             page.locator("#compose").click()
             page.wait_for_function("window.explorer.timings.compose.length > 0", timeout=300_000)
+            shown = page.evaluate("window.explorer.timings.compose[0]") / 1000
+            print(f"explore_screenshot: the compose showed its {page.locator('#compose-grid figure').count()} in "
+                  f"{shown:.1f} s ({page.locator('#compose-stage').text_content()})")
             page.mouse.move(*at(horses[pick + 40]))
             page.wait_for_timeout(300)
             Path(out).parent.mkdir(parents=True, exist_ok=True)

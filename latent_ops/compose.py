@@ -301,10 +301,7 @@ def open_setting(config: ComposeConfig) -> Setting:
             raise ConfigError(f"--negative {config.negative} steers draws from the prior, but {config.expression!r} "
                               f"draws none with --source {config.source}; add --source prior, or drop --negative")
         negative = ""  # the recipe's default steers prior draws, and this compose has none
-    if config.repel > 0 and not (config.source == "prior" or config.start or config.project > 0
-                                 or samples_the_prior(weights, learned)):
-        raise ConfigError(f"--repel {config.repel} pushes draws from the prior apart, but {config.expression!r} draws "
-                          f"none with --source {config.source}; add --source prior or --project, or drop --repel")
+    check_repel(config, weights, learned)
     intent_source = resolve_intent(config.intent)
     judge = load_evaluator(device=opened.device.type) if intent_source == "evaluator" else None
     prior = open_prior(run_dir, weights, learned) if needs_prior(config, weights, learned) else None
@@ -328,6 +325,14 @@ def check_start(start: str, concepts: Concepts, learned: list[str]) -> None:
     why = "is a learned concept, which has no pictures" if start in learned else "is not a class or cluster of this run"
     raise ConfigError(f"--start {start} {why}; name the class or cluster whose held-out pictures the candidates start "
                       f"from, e.g. --start horse or --start horse:white")
+
+
+def check_repel(config: ComposeConfig, weights: dict[str, float], learned: list[str]) -> None:
+    """``--repel`` pushes draws from the prior apart: an expression of held-out codes has none to push."""
+    if config.repel > 0 and not (config.source == "prior" or config.start or config.project > 0
+                                 or samples_the_prior(weights, learned)):
+        raise ConfigError(f"--repel {config.repel} pushes draws from the prior apart, but {config.expression!r} draws "
+                          f"none with --source {config.source}; add --source prior or --project, or drop --repel")
 
 
 def marks_judge(config: ComposeConfig, run_dir: Path) -> MarkJudge | None:

@@ -275,6 +275,37 @@ def test_the_server_refuses_hostile_requests_and_keeps_running(client):
     assert client.get("/api/state").status_code == 200  # still answering
 
 
+def test_a_compose_whose_draws_push_apart_says_so_in_its_command_and_refuses_what_it_cannot_push(client):
+    import shlex
+    import time
+
+    for request, words in [({"apart": "yes"}, "apart must be true or false"),
+                           ({"apart": 1}, "apart must be true or false"),
+                           ({"expression": "horse+wings", "apart": True},
+                            "--repel 1.0 pushes draws from the prior apart, but 'horse+wings' draws none")]:
+        refused = client.post("/api/compose", json={"expression": "pegasus", "seed": 0, **request})
+        assert refused.status_code == 400 and words in refused.json()["error"], refused.json()
+
+    def finished(job: dict) -> dict:
+        for _ in range(600):
+            job = client.get(f"/api/compose/{job['id']}").json()
+            if job["state"] in ("done", "failed"):
+                return job
+            time.sleep(0.2)
+        raise AssertionError(f"compose {job['id']} did not finish")
+
+    job = client.post("/api/compose", json={"expression": "pegasus", "seed": 3, "apart": True}).json()
+    command = shlex.split(job["command"])
+    assert job["apart"] is True and command[command.index("--repel") + 1] == "1"
+    job = finished(job)
+    assert job["state"] == "done" and len(job["results"]) == 16, job["error"]
+    plain = client.post("/api/compose", json={"expression": "pegasus", "seed": 3}).json()
+    assert "--repel" not in plain["command"] and plain["apart"] is False
+    assert finished(plain)["state"] == "done"
+    pushed = [r["image"] for r in job["results"]]
+    assert pushed != [r["image"] for r in finished(plain)["results"]]  # the same seed, other pictures
+
+
 def test_saving_never_replaces_a_folder(client, small_map):
     root, _, _ = small_map
     request = {"start": {"kind": "bank", "row": 5}, "moves": {"white": 1.0}}

@@ -197,6 +197,26 @@ def test_a_compose_can_start_from_real_pictures_and_shows_the_command_that_does(
     ready.locator("#start").fill("")
 
 
+def test_a_compose_can_push_its_draws_apart_and_shows_the_command_that_does(ready, server):
+    ready.locator("#expression").fill("pegasus")
+    ready.locator("#apart").check()
+    ready.locator("#compose").click()
+    ready.wait_for_function("document.querySelectorAll('#compose-grid figure').length === 16 && "
+                            "document.getElementById('compose-command').textContent.includes('--repel')",
+                            timeout=120_000)
+    command = shlex.split(ready.locator("#compose-command").text_content())
+    assert command[command.index("--repel") + 1] == "1"  # as make pegasus-diverse
+    ready.locator("#compose-grid figure").first.click()
+    ready.wait_for_function("document.getElementById('selected-name').textContent.includes('apart')")
+    ready.locator("#expression").fill("horse+wings")  # held-out codes: no draws to push apart
+    ready.locator("#compose").click()
+    ready.wait_for_function("document.getElementById('compose-error').textContent.length > 0")
+    cli = subprocess.run([sys.executable, "-m", "latent_ops.compose", "horse+wings", "--run", str(SHIPPED), "--repel",
+                          "1"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 2 and ready.locator("#compose-error").text_content() == cli.stderr.strip()
+    ready.locator("#apart").uncheck()
+
+
 def test_a_bad_expression_shows_the_cli_message(ready, server):
     ready.locator("#expression").fill("horse+")
     ready.locator("#compose").click()

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from autoencoder.cli import UserError
-from latent_ops.compose import ComposeConfig, Reference, Setting, check_start, draw, make_compose_config, \
-    open_reference, open_setting, rank
+from latent_ops.compose import ComposeConfig, Reference, Setting, check_repel, check_start, draw, \
+    make_compose_config, open_reference, open_setting, rank
 from latent_ops.editor import to_pixels
 from latent_ops.expression import parse
 from latent_ops.scoring import score
@@ -34,6 +34,9 @@ OPEN_SETTINGS = 4  # expressions whose opened setting is kept
 # A compose that starts from real pictures carries them this far to the expression, as make pegasus-varied does
 # (docs/regions.md, "Starting from real pictures": without the negative the pool varies most).
 START_FLAGS = {"project": 0.8, "negative": ""}
+# A compose whose draws push each other apart, as make pegasus-diverse does (particle guidance; docs/regions.md,
+# "Pushing the pool apart": on a pool of 64 it adds about a second).
+APART_FLAGS = {"repel": 1.0}
 
 
 class ProgressClock(StageClock):
@@ -58,6 +61,7 @@ class ComposeJob:
     seed: int
     command: str  # the CLI command that composes the same pool
     start: str = ""  # the class or cluster whose real pictures the candidates start from ("": noise)
+    apart: bool = False  # the draws pushed each other apart (APART_FLAGS)
     state: str = "queued"  # queued, running, done or failed
     stage: str = ""
     progress: float = 0.0
@@ -68,7 +72,8 @@ class ComposeJob:
     results: list = field(default_factory=list)  # per kept image: its scores and rank
 
     def public(self) -> dict:
-        return {"id": self.id, "expression": self.expression, "seed": self.seed, "start": self.start, "state": self.state,
+        return {"id": self.id, "expression": self.expression, "seed": self.seed, "start": self.start,
+                "apart": self.apart, "state": self.state,
                 "stage": self.stage, "progress": self.progress, "error": self.error, "seconds": self.seconds,
                 "stage_seconds": self.stage_seconds, "command": self.command, "results": self.results}
 
@@ -79,20 +84,22 @@ class Composer:
     def __init__(self, run: Path, data: str, cache_dir: str, pool: int = 64, kept: int = 16, keep_jobs: int = 32):
         self.run, self.data, self.cache_dir = run, data, cache_dir
         self.pool, self.kept, self.keep_jobs = pool, kept, keep_jobs
-        self.settings: OrderedDict[tuple[str, str], Setting] = OrderedDict()  # by expression and start
+        self.settings: OrderedDict[tuple[str, str, bool], Setting] = OrderedDict()  # by expression, start, apart
         self.reference: Reference | None = None
         self.jobs: OrderedDict[int, ComposeJob] = OrderedDict()
         self.ids = itertools.count(1)
         self.busy = threading.Lock()
 
-    def config(self, expression: str, seed: int, start: str = "") -> ComposeConfig:
-        """The compose config, every check of the CLI made (grammar, the run's concept names and ``start``, a class
-        or cluster whose real pictures the candidates start from, as ``make pegasus-varied`` does); a UserError with
-        the CLI's message otherwise."""
+    def config(self, expression: str, seed: int, start: str = "", apart: bool = False) -> ComposeConfig:
+        """The compose config, every check of the CLI made (grammar, the run's concept names, ``start``, a class
+        or cluster whose real pictures the candidates start from, as ``make pegasus-varied`` does, and ``apart``,
+        draws that push each other apart, as ``make pegasus-diverse`` does); a UserError with the CLI's message
+        otherwise."""
         config = make_compose_config(expression=expression, run=str(self.run), data=self.data,
                                      cache_dir=self.cache_dir, pool=self.pool, n=self.kept, seed=seed, refine_top=0,
-                                     **(dict(start=start, **START_FLAGS) if start else {}))
-        setting = self.settings.get((expression, start))
+                                     **(dict(start=start, **START_FLAGS) if start else {}),
+                                     **(APART_FLAGS if apart else {}))
+        setting = self.settings.get((expression, start, apart))
         if setting is not None:
             concepts = setting.concepts
         else:
@@ -100,22 +107,26 @@ class Composer:
 
             concepts = load_concepts(self.run)
         learned = learned_names(self.run, concepts.names)
-        parse(expression, concepts.names + learned)
+        weights = parse(expression, concepts.names + learned)
         check_start(start, concepts, learned)
+        check_repel(config, weights, learned)
         return config
 
     def command(self, config: ComposeConfig) -> str:
         import shlex
 
         started = ["--start", config.start, "--project", f"{config.project:g}", "--negative", config.negative]
+        apart = ["--repel", f"{config.repel:g}"]
         return shlex.join(["python", "-m", "latent_ops.compose", config.expression, "--run", str(self.run),
                            "--data", self.data, "--pool", str(config.pool), "--n", str(config.n), "--seed",
-                           str(config.seed), "--refine_top", "0", *(started if config.start else [])])
+                           str(config.seed), "--refine_top", "0", *(started if config.start else []),
+                           *(apart if config.repel else [])])
 
-    def submit(self, expression: str, seed: int = 0, start: str = "") -> ComposeJob:
-        """Check the expression and the start now (a UserError says what is wrong), then compose in the background."""
-        config = self.config(expression, seed, start)
-        job = ComposeJob(next(self.ids), expression, seed, self.command(config), start)
+    def submit(self, expression: str, seed: int = 0, start: str = "", apart: bool = False) -> ComposeJob:
+        """Check the expression, the start and ``apart`` now (a UserError says what is wrong), then compose in the
+        background."""
+        config = self.config(expression, seed, start, apart)
+        job = ComposeJob(next(self.ids), expression, seed, self.command(config), start, apart)
         self.jobs[job.id] = job
         while len(self.jobs) > self.keep_jobs:
             self.jobs.popitem(last=False)
@@ -137,7 +148,7 @@ class Composer:
                 pass
 
     def setting(self, config: ComposeConfig) -> Setting:
-        key = (config.expression, config.start)  # a start changes the setting (its negative)
+        key = (config.expression, config.start, config.repel > 0)  # a start changes the negative, apart the nets
         setting = self.settings.pop(key, None) or open_setting(config)
         self.settings[key] = setting
         while len(self.settings) > OPEN_SETTINGS:

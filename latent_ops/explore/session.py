@@ -147,7 +147,10 @@ class Explorer:
         start = request.get("start", "")
         if not isinstance(start, str) or len(start) > MAX_START:
             raise EditError(f"start must be the name of a class or cluster, e.g. horse, or empty; got {str(start)[:40]!r}")
-        return self.composer.submit(expression, seed, start.strip()).public() | {"results": []}
+        apart = request.get("apart", False)
+        if not isinstance(apart, bool):
+            raise EditError(f"apart must be true or false, got {str(apart)[:40]!r}")
+        return self.composer.submit(expression, seed, start.strip(), apart).public() | {"results": []}
 
     def compose_status(self, job_id: int) -> dict:
         job = self.composer.jobs.get(job_id)

@@ -192,7 +192,7 @@ function showResults(job) {
       grid.querySelectorAll("figure").forEach((f) => f.classList.remove("chosen"));
       figure.classList.add("chosen");
       E.map.setMarker("compose", r.x, r.y, "#ff9f1c", `${job.expression} #${r.rank}`);
-      select({ kind: "compose", job: job.id, index: r.index }, `${job.expression} (seed ${job.seed}${job.start ? `, from ${job.start}` : ""}), rank ${r.rank}`);
+      select({ kind: "compose", job: job.id, index: r.index }, `${job.expression} (seed ${job.seed}${job.start ? `, from ${job.start}` : ""}${job.apart ? ", apart" : ""}), rank ${r.rank}`);
     });
     grid.append(figure);
   });
@@ -205,7 +205,7 @@ async function compose(event) {
   const progress = $("compose-progress");
   let job;
   try {
-    job = await post("/api/compose", { expression: $("expression").value, seed: Number($("seed").value), start: $("start").value });
+    job = await post("/api/compose", { expression: $("expression").value, seed: Number($("seed").value), start: $("start").value, apart: $("apart").checked });
   } catch (error) {
     $("compose-error").textContent = `error: ${error.message}`;
     return;
