@@ -20,7 +20,9 @@ its sources reach (a pool that varies pose, colour and background), not only the
 With ``--start horse --start_noise 0.8`` every round's pool starts from real held-out pictures of the class or
 cluster instead of noise: each picture's code goes that far towards noise and the prior brings it back as the round's
 expression (SDEdit from real pictures, Meng et al. 2022, arXiv:2108.01073; ``compose --start``), so the pool has the
-poses, colours and backgrounds of real pictures.
+poses, colours and backgrounds of real pictures. With ``--repel S`` each chunk of the pool is drawn as one batch whose
+members push each other apart in the perceptual net's features (particle guidance, Corso et al. 2024,
+arXiv:2310.13102; ``compose --repel``), so the accepted codes vary more than independent draws'.
 
 The accepted codes, and the codes of their mirror images, become a new label of the prior: a
 copy of the prior with one more label row (starting as "no condition") is fine-tuned on batches
@@ -68,8 +70,8 @@ from latent_ops.mark_judge import MarkJudge, judge_images, load_judge
 from latent_ops.ranking import at_least_quantile
 from latent_ops.run_concepts import load_concepts
 from latent_ops.runs import resolve_run
-from latent_ops.sampling import (DrawSettings, Sources, draw_density, learned_labels, prior_generator, sample_expression,
-                                 start_guides)
+from latent_ops.sampling import (DrawSettings, Sources, draw_density, learned_labels, picture_features, prior_generator,
+                                 sample_expression, start_guides)
 from latent_ops.shipped_folder import SIZE_LIMIT, folder_bytes, is_shipped
 from latent_ops.sources import classifier_views
 from latent_ops.subject import rising_brightness, rising_mass, subject_colour
@@ -130,6 +132,7 @@ class LearnConfig:
     #   the way to noise and the prior brings it back as the round's expression (SDEdit from real pictures, as
     #   compose --start), so the pool varies pose, colour and background as real pictures do; empty: draw from noise
     start_noise: float = 0.8  # with --start: how far the pictures go towards noise (1 forgets them)
+    repel: float = 0.0  # particle guidance: each chunk's draws push each other apart (compose --repel); 0: independent
     rounds: int = 1  # rounds of learning: each round after the first composes its pool from the concept the round
     #   before learned and fine-tunes the base prior again on every round's accepted codes (expert iteration)
 
@@ -140,7 +143,7 @@ LEARN_RANGES = {"pool": (2, 10 ** 6), "seed": (0, 2 ** 31 - 1), "guidance": (0, 
                 "min_accepted": (1, 10 ** 6),
                 "steps": (0, 10 ** 6), "batch_size": (2, 10 ** 6), "replay": (0, 0.99), "lr": (1e-8, 1.0),
                 "label_dropout": (0, 1), "ema": (0, 1), "chunk": (1, 65536), "rounds": (1, 100),
-                "balance": (0, 10), "start_noise": (0.01, 1)}
+                "balance": (0, 10), "start_noise": (0.01, 1), "repel": (0, 100)}
 
 
 def parse_rule(text: str) -> dict[str, float]:
@@ -229,7 +232,8 @@ def compose_pool(config: LearnConfig, nets, sources: Sources, perceptual, expres
     weights = parse(expression, sources.concepts.names + learned_labels(sources.prior))
     rule = parse_rule(config.accept)
     subject = subject_term(rule)
-    settings = DrawSettings("prior", guidance=config.guidance, prior_steps=config.prior_steps, solver=config.solver)
+    settings = DrawSettings("prior", guidance=config.guidance, prior_steps=config.prior_steps, solver=config.solver,
+                            repel=config.repel, repel_features=picture_features(sources) if config.repel else None)
     found: dict[str, list[torch.Tensor]] = {"codes": [], "probabilities": [], "realism": [], "sharpness": [],
                                             "appearance": [], "rise": [],
                                             **{term: [] for term in PIXEL_TERMS if term in rule},
@@ -469,7 +473,7 @@ def learn(config: LearnConfig, quiet: bool = False) -> Path:
     record = {"name": config.name, "expression": config.expression, "judge": config.judge, "accept": config.accept,
               "critic_quantile": config.critic_quantile, "sharpness_quantile": config.sharpness_quantile,
               "rise_quantile": config.rise_quantile, "marks": config.marks, "mark_quantile": config.mark_quantile,
-              "start": config.start, "start_noise": config.start_noise if config.start else None,
+              "start": config.start, "start_noise": config.start_noise if config.start else None, "repel": config.repel,
               "pool": config.pool, "accepted": len(accepted), "acceptance": len(accepted) / (config.pool * config.rounds),
               "trained_on": len(new_codes), "replayed_real_codes": len(real_codes),
               "fine_tuning_loss_by_tenth": losses, "rounds": rounds, "old_label_samples_moved": moved,
@@ -502,6 +506,7 @@ def learn(config: LearnConfig, quiet: bool = False) -> Path:
     if not quiet:
         source = config.warm_start or config.expression
         source += f", started from held-out {config.start} pictures at noise {config.start_noise:g}" if config.start else ""
+        source += f", its draws pushed apart x{config.repel:g}" if config.repel else ""
         print(f"learned {config.name} from {source}: {record['accepted']} of {config.pool * config.rounds} accepted "
               f"({record['acceptance']:.1%}), fine-tuned {config.steps} steps in {record['seconds'] / 60:.1f} min "
               f"-> {out}/")

@@ -661,3 +661,36 @@ def test_particle_guidance_spreads_the_pool_in_the_perceptual_nets_features_and_
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and err.count("\n") == 1 and not (tmp_path / "held-out").exists()
     assert err.startswith("error: --repel 1.0 pushes draws from the prior apart") and "--source prior" in err
+
+
+def test_learning_with_repulsion_draws_each_chunk_as_one_batch_pushed_apart_and_records_it(learned_run, tmp_path):
+    import json
+
+    import latent_ops.learn as learn_module
+    from latent_ops.learn import learn, make_learn_config
+
+    run, _, _ = learned_run
+    flags = dict(name="apart", run=str(run), warm_start="pegasus", repel=1.5, pool=32, chunk=16, prior_steps=5,
+                 solver="ab2", accept="horse>=0,wings>=0", critic_quantile=0.2, sharpness_quantile=0.2,
+                 min_accepted=4, steps=4, batch_size=16)
+    drawn = []
+    original = learn_module.sample_expression
+
+    def recording(weights, sources, count, rng, settings):
+        codes, positions = original(weights, sources, count, rng, settings)
+        drawn.append((settings, codes))
+        return codes, positions
+
+    learn_module.sample_expression = recording
+    try:
+        folder = learn(make_learn_config(**flags, out=str(tmp_path / "apart")), quiet=True)
+        plain = learn(make_learn_config(**{**flags, "repel": 0.0}, out=str(tmp_path / "plain")), quiet=True)
+    finally:
+        learn_module.sample_expression = original
+    pushed, independent = drawn[:2], drawn[2:]
+    assert len(pushed) == 2 and all(s.repel == 1.5 and s.repel_features is not None for s, _ in pushed)
+    assert all(s.repel == 0 and s.repel_features is None for s, _ in independent)
+    assert all(len(codes) == 16 for _, codes in drawn)  # each chunk is one batch
+    assert not all((a == b).all() for (_, a), (_, b) in zip(pushed, independent))  # the push moved the draws
+    assert json.loads((folder / "record.json").read_text())["repel"] == 1.5
+    assert json.loads((plain / "record.json").read_text())["repel"] == 0.0
