@@ -116,7 +116,8 @@ class ComposeConfig:
     guidance_until: float = 1.0  # ... until this one (1: the codes); outside, the plain conditional velocity
     repel: float = 0.0  # particle guidance (Corso et al. 2024): the prior's draws of one pool push each other apart, in
     #   the perceptual net's features of their decoded pictures, by this many neighbour distances per unit of time
-    #   (1: kept diversity about 1.2x, 1.8x the time; docs/regions.md); 0: independent draws
+    #   (1: kept diversity about 1.2x, 1.6-1.8x the time; docs/regions.md); a pool over 1,024 in blocks of 1,024;
+    #   0: independent draws
     repel_until: float = 0.35  # ... while the flow's time is at most this (0: noise; the early steps set the layout)
     negative: str = ""  # a class (or cluster: its class) that guidance pushes prior draws away from: its velocity
     #   stands in for the unconditional one, so it costs no extra evaluation (a negative prompt); "": none

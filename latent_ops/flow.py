@@ -298,10 +298,11 @@ class Schedule(NamedTuple):
       limited interval (Kynkaenniemi et al. 2024, arXiv:2404.07724): early guidance costs diversity and
       late guidance does little.
     - ``progress``: a label shows a progress bar on a terminal (none when output is not a terminal).
-    - ``repel``, ``repel_until``, ``repel_features``: for times up to ``repel_until``, each code of the batch is
-      pushed apart from the others by ``repel`` neighbour distances per unit of time (``repulsion``; particle
-      guidance, Corso et al. 2024, arXiv:2310.13102), in the space of ``repel_features`` (None: code space).
-      0: independent draws.
+    - ``repel``, ``repel_until``, ``repel_features``: at each step after the first (at t = 0 every estimate is the
+      same mean) while the time is at most ``repel_until``, each code of the batch is pushed apart from the others
+      by ``repel`` neighbour distances per unit of time (``repulsion``; particle guidance, Corso et al. 2024,
+      arXiv:2310.13102), in the space of ``repel_features`` (None: code space), within blocks of ``REPEL_BLOCK``
+      rows. 0: independent draws.
     """
     steps: int = 32
     solver: str = "heun"
@@ -379,8 +380,19 @@ def away_from_neighbours(points: torch.Tensor) -> torch.Tensor:
     return x - weights @ x
 
 
+REPEL_BLOCK = 1024  # rows pushed apart together: a pool's kernel (B x B) and decoder gradient stay in memory
+
+
 def repulsion(estimates: torch.Tensor, features: Callable[[torch.Tensor], torch.Tensor] | None = None
               ) -> torch.Tensor:
+    """``block_repulsion`` of each block of ``REPEL_BLOCK`` consecutive rows (B, D): a larger batch is pushed apart
+    block by block."""
+    return torch.cat([block_repulsion(block, features) if len(block) > 1 else torch.zeros_like(block)
+                      for block in estimates.split(REPEL_BLOCK)])
+
+
+def block_repulsion(estimates: torch.Tensor, features: Callable[[torch.Tensor], torch.Tensor] | None = None
+                    ) -> torch.Tensor:
     """(B, D) particle guidance (Corso et al. 2024, arXiv:2310.13102): a push on each denoised estimate (B, D,
     standardised) away from the others, added to the velocity so that a batch covers more of the distribution
     than independent draws.

@@ -130,3 +130,14 @@ def test_particle_guidance_spreads_a_batch_and_leaves_single_draws_and_repel_zer
     assert torch.allclose(one, plain[:1], atol=1e-5)  # a batch of one has no neighbours to push away from
     late = integrate(curved_net, x0, 0.0, [(0, 2.0)], Schedule(12, "ab2", repel=1.0, repel_until=0.0))
     assert torch.equal(late, plain)  # at t = 0 every estimate is the same mean: nothing is pushed
+
+
+def test_a_batch_larger_than_a_block_is_pushed_apart_block_by_block(monkeypatch):
+    import latent_ops.flow as flow
+
+    monkeypatch.setattr(flow, "REPEL_BLOCK", 8)
+    codes = torch.randn(17, 3, generator=torch.Generator().manual_seed(2))
+    push = flow.repulsion(codes)
+    for first in (0, 8):
+        assert torch.allclose(push[first:first + 8], away_from_neighbours(codes[first:first + 8]))
+    assert torch.equal(push[16], torch.zeros(3))  # a block of one has no neighbours
