@@ -58,7 +58,7 @@ pegasus-varied:
 
 # make pegasus-diverse: pegasus with its pool of draws pushed apart in the perceptual net's features while the flow
 # sets their layout (compose --repel, particle guidance), into outputs/compose/pegasus-diverse: kept diversity 0.60-0.65x
-# real horses' against the recipe's 0.51-0.54x, as many winged horses by eye, about 1.9x the time (docs/regions.md)
+# real horses' against the recipe's 0.51-0.54x, about as many winged horses by eye, 1.6-1.8x the time (docs/regions.md)
 DIVERSE_PEGASUS_FLAGS := --repel 1
 pegasus-diverse:
 	$(MAKE) pegasus PEGASUS_FLAGS='$(DIVERSE_PEGASUS_FLAGS)' PEGASUS_OUT=outputs/compose/pegasus-diverse
