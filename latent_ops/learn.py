@@ -22,7 +22,8 @@ cluster instead of noise: each picture's code goes that far towards noise and th
 expression (SDEdit from real pictures, Meng et al. 2022, arXiv:2108.01073; ``compose --start``), so the pool has the
 poses, colours and backgrounds of real pictures. With ``--repel S`` each chunk of the pool is drawn as one batch whose
 members push each other apart in the perceptual net's features (particle guidance, Corso et al. 2024,
-arXiv:2310.13102; ``compose --repel``), so the accepted codes vary more than independent draws'.
+arXiv:2310.13102; ``compose --repel``). Measured, the concept learned so composes hardly more varied than one learned
+from independent draws (docs/regions.md, "Pushing the pool apart"): the variety is made at compose time.
 
 The accepted codes, and the codes of their mirror images, become a new label of the prior: a
 copy of the prior with one more label row (starting as "no condition") is fine-tuned on batches

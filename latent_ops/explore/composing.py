@@ -35,7 +35,7 @@ OPEN_SETTINGS = 4  # expressions whose opened setting is kept
 # (docs/regions.md, "Starting from real pictures": without the negative the pool varies most).
 START_FLAGS = {"project": 0.8, "negative": ""}
 # A compose whose draws push each other apart, as make pegasus-diverse does (particle guidance; docs/regions.md,
-# "Pushing the pool apart": on a pool of 64 it adds about a second).
+# "Pushing the pool apart": on a pool of 64 it adds about half a second).
 APART_FLAGS = {"repel": 1.0}
 
 
