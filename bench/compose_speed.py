@@ -222,8 +222,8 @@ def run_compose_speed(run: str, data: str, cache_dir: str, expression: str, seed
     real = real_horses(data, cache_dir)
     new_flags = dict(extra or {})
     old_flags = {**new_flags, **OLD_RECIPE} if against == "old" else {}
-    record: dict = {"run": run, "data": data, "against": against, "old_flags": old_flags, "new_flags": new_flags, "real_horses": real,
-                    "seeds": {}}
+    record: dict = {"run": run, "data": data, "against": against, "old_flags": old_flags, "new_flags": new_flags,
+                    "real_horses": real, "seeds": {}}
     with tempfile.TemporaryDirectory() as scratch:
         for seed in range(seeds):
             order = [("old", old_flags), ("new", new_flags)]

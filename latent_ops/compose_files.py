@@ -113,8 +113,9 @@ def print_summary(config, summary: dict, out: Path) -> None:
           + ", ".join(f"{k} {v:.2f}" for k, v in best["intent_terms"].items()) + ")"
           + (f", uniqueness {best['uniqueness']:.3f}" if "uniqueness" in best else ""))
     if "start_distance_median" in summary["kept"]:
-        print(f"  started from held-out {config.start} pictures: the kept lie {summary['kept']['start_distance_median']:.3f}"
-              f" from them (median RMS; the best {best['start_distance']:.3f})")
+        print(f"  started from held-out {config.start} pictures: the kept lie "
+              f"{summary['kept']['start_distance_median']:.3f} from them (median RMS; the best "
+              f"{best['start_distance']:.3f})")
     if summary.get("data_matches_run") is False:
         print(f"  note: uniqueness was measured against --data {config.data}, not the data the run was trained on")
     print(f"  look at {out / 'showcase.png'} (best x8, its neighbours, the kept batch); scores in {out / 'scores.json'}")

@@ -506,7 +506,8 @@ def learn(config: LearnConfig, quiet: bool = False) -> Path:
               f"needs (its folder under {out.parent}), or learn into a copy of it", file=sys.stderr)
     if not quiet:
         source = config.warm_start or config.expression
-        source += f", started from held-out {config.start} pictures at noise {config.start_noise:g}" if config.start else ""
+        if config.start:
+            source += f", started from held-out {config.start} pictures at noise {config.start_noise:g}"
         source += f", its draws pushed apart x{config.repel:g}" if config.repel else ""
         print(f"learned {config.name} from {source}: {record['accepted']} of {config.pool * config.rounds} accepted "
               f"({record['acceptance']:.1%}), fine-tuned {config.steps} steps in {record['seconds'] / 60:.1f} min "

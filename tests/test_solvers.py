@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from latent_ops.flow import (Schedule, VelocityNet, away_from_neighbours, guided_velocity, integrate, project, repulsion,
-                             sample)
+from latent_ops.flow import (Schedule, VelocityNet, away_from_neighbours, guided_velocity, integrate, project,
+                             repulsion, sample)
 
 
 @pytest.fixture(scope="module")

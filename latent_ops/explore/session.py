@@ -146,7 +146,8 @@ class Explorer:
         seed = whole(request.get("seed", 0), "seed")
         start = request.get("start", "")
         if not isinstance(start, str) or len(start) > MAX_START:
-            raise EditError(f"start must be the name of a class or cluster, e.g. horse, or empty; got {str(start)[:40]!r}")
+            raise EditError(f"start must be the name of a class or cluster, e.g. horse, or empty; "
+                            f"got {str(start)[:40]!r}")
         apart = request.get("apart", False)
         if not isinstance(apart, bool):
             raise EditError(f"apart must be true or false, got {str(apart)[:40]!r}")
