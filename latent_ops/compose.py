@@ -39,6 +39,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,10 +71,11 @@ from latent_ops.compose_files import BY_EYE_FILES, OUTPUT_FILES, print_summary, 
 from latent_ops.concepts import Concepts
 from latent_ops.encode import load_bank
 from latent_ops.expression import FOLLOWING_REGIONS, parse
+from latent_ops.feature_proxy import FeatureProxy, has_proxy, load_proxy
 from latent_ops.flow import SOLVERS, FlowNet, project
 from latent_ops.images import region_cells
-from latent_ops.intent import (INTENTS, expand_learned, expression_regions, needs_prior, open_prior, resolve_intent,
-                               samples_the_prior, spreads_with_temperature)
+from latent_ops.intent import (INTENTS, class_reading, expand_learned, expression_regions, needs_prior, open_prior,
+                               resolve_intent, samples_the_prior, spreads_with_temperature)
 from latent_ops.run_concepts import ensure_concepts
 from latent_ops.runs import repository_path, resolve_run
 from latent_ops.mark_judge import MarkJudge, judged_expressions, load_judge
@@ -119,6 +121,13 @@ class ComposeConfig:
     #   (1: kept diversity about 1.2x, 1.6-1.8x the time; docs/regions.md); a pool over 1,024 in blocks of 1,024;
     #   0: independent draws
     repel_until: float = 0.35  # ... while the flow's time is at most this (0: noise; the early steps set the layout)
+    repel_through: str = "auto"  # what reads the draws' features for --repel: proxy (the run's feature proxy, a small
+    #   net distilled from the decoder and the perceptual net: latent_ops.feature_proxy, about 5% of a compose),
+    #   pictures (decode and read them: exact, 1.6-1.8x the time) or auto (the proxy when the run has one)
+    repel_keep: bool = False  # --repel never lowers the perceptual net's reading of the expression (the sum of its
+    #   terms' log probabilities, read from the same features): the part of a push against it is dropped
+    repel_toward: float = 0.0  # ... and draws move this many push lengths up that reading (guidance by the perceptual
+    #   net; the guard is on whenever this is above 0)
     negative: str = ""  # a class (or cluster: its class) that guidance pushes prior draws away from: its velocity
     #   stands in for the unconditional one, so it costs no extra evaluation (a negative prompt); "": none
     project: float = 0.0  # SDEdit: edited codes go this far towards noise and the prior brings them back; 0: off
@@ -169,9 +178,10 @@ COMPOSE_RANGES = {"n": (1, 10**6), "seed": (0, 2**32 - 1), "refine_steps": (0, 1
                   "project": (0, 1), "refine_prior": (0, 1), "pool": (0, 10**6), "dedup": (0, 10),
                   "rank_sharpness": (0, 100), "rank_intent": (0, 100), "rank_gate": (0, 1), "rise_gate": (0, 0.99),
                   "mark_gate": (0, 0.99), "guidance_from": (0, 1), "guidance_until": (0, 1), "repel": (0, 100),
-                  "repel_until": (0, 1),
+                  "repel_until": (0, 1), "repel_toward": (0, 100),
                   "refine_top": (0, 10**6), "dpp_quality": (0, 100), "dpp_bandwidth": (1e-3, 100)}
 SELECTIONS = ("dedup", "dpp")
+REPEL_THROUGH = ("auto", "proxy", "pictures")
 
 
 def validate_compose_config(config: ComposeConfig) -> None:
@@ -182,6 +192,7 @@ def validate_compose_config(config: ComposeConfig) -> None:
     check_choice("precision", config.precision, PRECISIONS)
     check_choice("select", config.select, SELECTIONS)
     check_choice("best", config.best, BEST_RULES)
+    check_choice("repel_through", config.repel_through, REPEL_THROUGH)
     check_negative(config.negative)
     try:
         ranking.parse_term_weights(config.rank_terms)
@@ -194,6 +205,9 @@ def validate_compose_config(config: ComposeConfig) -> None:
         raise ConfigError(f"--start {config.start} gives the pictures the candidates start from; --project says how far "
                           f"they go towards noise before the prior brings them back as the expression: give --project, "
                           f"e.g. 0.8, or drop --start")
+    if (config.repel_keep or config.repel_toward > 0) and config.repel <= 0:
+        raise ConfigError("--repel_keep and --repel_toward guard the push of --repel, which is off; add --repel 1, or "
+                          "drop them")
     if 0 < config.refine_top < config.kept:
         raise ConfigError(f"--refine_top {config.refine_top} refines fewer candidates than the {config.kept} kept "
                           f"(min(--n, {SHOWN})); give at least {config.kept}, or 0 to refine every candidate")
@@ -273,6 +287,7 @@ class Setting:
     dtype: torch.dtype  # the networks' precision: bf16 autocast or fp32
     negative: str = ""  # the class prior draws are pushed away from ("" when nothing is drawn from the prior)
     marks: MarkJudge | None = None  # the judge of by-eye marks (--mark_gate), reading through sources.perceptual
+    proxy: FeatureProxy | None = None  # the run's feature proxy, when --repel pushes draws apart through it
 
     @property
     def label_names(self) -> tuple[str, ...]:
@@ -313,12 +328,46 @@ def open_setting(config: ComposeConfig) -> Setting:
     regions = expression_regions(weights)
     marks = marks_judge(config, run_dir)
     following = set(regions) & set(FOLLOWING_REGIONS)
-    needs_perceptual = following or marks is not None or config.repel > 0
+    proxy = repel_proxy(config, run_dir, opened.code_shape, opened.device)
+    needs_perceptual = following or marks is not None or (config.repel > 0 and (proxy is None or guards(config)))
     perceptual = load_perceptual(device=opened.device) if needs_perceptual else None
     bank = load_bank(run_dir) if config.source != "density" or config.start else None
     sources = Sources(concepts, bank, prior, opened.code_shape, nets.decoder, perceptual)
     return Setting(run_dir, nets, opened.device, concepts, weights, expand_learned(weights, run_dir, learned),
-                   intent_source, judge, prior, sources, regions, opened.dtype, negative, marks)
+                   intent_source, judge, prior, sources, regions, opened.dtype, negative, marks, proxy)
+
+
+def repel_proxy(config: ComposeConfig, run_dir: Path, code_shape: tuple[int, ...], device: torch.device
+                ) -> FeatureProxy | None:
+    """The feature proxy ``--repel`` pushes draws apart through: the run's with --repel_through proxy (refused in one
+    line when it has none) or auto (when it has one); None when the pictures are decoded and read instead."""
+    if config.repel <= 0 or config.repel_through == "pictures":
+        return None
+    if config.repel_through == "auto" and not has_proxy(run_dir):
+        return None
+    return load_proxy(run_dir, code_shape).to(device)
+
+
+def guards(config: ComposeConfig) -> bool:
+    """Whether --repel's push is guarded by the perceptual net's reading of the expression."""
+    return config.repel > 0 and (config.repel_keep or config.repel_toward > 0)
+
+
+def repel_reading(setting: Setting) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The perceptual net's reading of the expression from the features --repel pushes in (``class_reading``),
+    refused in one line for an expression with no class or wing term to read."""
+    perceptual = setting.sources.perceptual
+    reading = class_reading(setting.intent_weights, setting.concepts,
+                            lambda features: perceptual.head(features.float()) * perceptual.logit_scale)
+    if reading is None:
+        raise ConfigError(f"--repel_keep and --repel_toward keep the perceptual net's reading of the expression's "
+                          f"classes, and {' + '.join(setting.weights)!r} names none; drop them")
+    return reading
+
+
+def repel_through(setting: Setting) -> str:
+    """What read the draws' features for --repel: proxy or pictures."""
+    return "proxy" if setting.proxy is not None else "pictures"
 
 
 def check_start(start: str, concepts: Concepts, learned: list[str]) -> None:
@@ -371,11 +420,16 @@ def draw_settings(config: ComposeConfig, progress: bool = False, negative: str =
                         negative, config.repel, config.repel_until)
 
 
-def draw(config: ComposeConfig, setting: Setting, progress: bool = False) -> Drawn:
+def draw(config: ComposeConfig, setting: Setting, progress: bool = False,
+         features: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Drawn:
+    """The candidates' codes. ``features``: what --repel reads the draws with, in place of the setting's proxy or
+    pictures (``latent_ops.learn_proxy`` records through it)."""
     rng = np.random.default_rng(config.seed)
     settings = draw_settings(config, progress, setting.negative)
     if config.repel > 0:
-        settings = dataclasses.replace(settings, repel_features=picture_features(setting.sources))
+        features = features or setting.proxy or picture_features(setting.sources)
+        settings = dataclasses.replace(settings, repel_features=features, repel_toward=config.repel_toward,
+                                       repel_reading=repel_reading(setting) if guards(config) else None)
     with torch.inference_mode(), setting.autocast():
         if config.start:  # real pictures of --start, carried to the whole expression by the prior
             edited, positions = draw_density(config.start, setting.sources, config.candidates, rng,
@@ -564,7 +618,8 @@ def summarise(config: ComposeConfig, setting: Setting, drawn: Drawn, scored: Sco
     return {
         "precision": setting.precision, "solver": config.solver, "prior_steps": config.prior_steps,
         "guidance_interval": [config.guidance_from, config.guidance_until], "refine_top": config.refine_top,
-        "repel": [config.repel, config.repel_until],
+        "repel": [config.repel, config.repel_until], "repel_through": repel_through(setting) if config.repel else "",
+        "repel_guard": {"keep": True, "toward": config.repel_toward} if guards(config) else None,
         "expression": config.expression, "weights": setting.weights, "intent_weights": setting.intent_weights,
         "seed": config.seed, "run": repository_path(setting.run), "candidates_composed": config.candidates,
         "strength": config.strength, "temperature": config.temperature, "source": config.source,

@@ -303,6 +303,9 @@ class Schedule(NamedTuple):
       by ``repel`` neighbour distances per unit of time (``repulsion``; particle guidance, Corso et al. 2024,
       arXiv:2310.13102), in the space of ``repel_features`` (None: code space), within blocks of ``REPEL_BLOCK``
       rows. 0: independent draws.
+    - ``repel_reading``, ``repel_toward``: a reading of those features (B, F) -> (B,) (the perceptual net's log
+      probability of the expression): the part of each push that would lower it is dropped, and ``repel_toward``
+      push lengths along its gradient are added (``guarded_push``). None: the push alone.
     """
     steps: int = 32
     solver: str = "heun"
@@ -312,6 +315,8 @@ class Schedule(NamedTuple):
     repel: float = 0.0
     repel_until: float = 0.35
     repel_features: Callable[[torch.Tensor], torch.Tensor] | None = None
+    repel_reading: Callable[[torch.Tensor], torch.Tensor] | None = None
+    repel_toward: float = 0.0
 
     def evaluations(self) -> int:
         """Velocity evaluations of one integration (each may batch several conditions)."""
@@ -328,6 +333,10 @@ def as_schedule(steps: int | Schedule) -> Schedule:
     if not 0 <= schedule.repel < math.inf or not 0 <= schedule.repel_until <= 1:
         raise ValueError(f"repel must be a finite number at least 0 and repel_until a time in [0, 1], got "
                          f"{schedule.repel} and {schedule.repel_until}")
+    if not 0 <= schedule.repel_toward < math.inf or (schedule.repel_reading is not None
+                                                     and schedule.repel_features is None):
+        raise ValueError(f"repel_toward must be a finite number at least 0 and a reading needs features to read, got "
+                         f"{schedule.repel_toward} and features {schedule.repel_features}")
     if not 0 <= schedule.guidance_from <= schedule.guidance_until <= 1:
         raise ValueError(f"the guidance interval must satisfy 0 <= from <= until <= 1, got "
                          f"[{schedule.guidance_from}, {schedule.guidance_until}]")
@@ -360,7 +369,8 @@ class Velocity:
         inside = self.schedule.guidance_from <= t <= self.schedule.guidance_until
         v = guided_velocity(self.net, x, t, self.guides if inside else self.plain)
         if self.schedule.repel > 0 and 0 < t <= self.schedule.repel_until and len(x) > 1:
-            v = v + self.schedule.repel * repulsion(x + (1 - t) * v, self.schedule.repel_features)
+            v = v + self.schedule.repel * repulsion(x + (1 - t) * v, self.schedule.repel_features,
+                                                    self.schedule.repel_reading, self.schedule.repel_toward)
         return v
 
 
@@ -383,15 +393,29 @@ def away_from_neighbours(points: torch.Tensor) -> torch.Tensor:
 REPEL_BLOCK = 1024  # rows pushed apart together: a pool's kernel (B x B) and decoder gradient stay in memory
 
 
-def repulsion(estimates: torch.Tensor, features: Callable[[torch.Tensor], torch.Tensor] | None = None
-              ) -> torch.Tensor:
+def repulsion(estimates: torch.Tensor, features: Callable[[torch.Tensor], torch.Tensor] | None = None,
+              reading: Callable[[torch.Tensor], torch.Tensor] | None = None, toward: float = 0.0) -> torch.Tensor:
     """``block_repulsion`` of each block of ``REPEL_BLOCK`` consecutive rows (B, D): a larger batch is pushed apart
     block by block."""
-    return torch.cat([block_repulsion(block, features) if len(block) > 1 else torch.zeros_like(block)
+    return torch.cat([block_repulsion(block, features, reading, toward) if len(block) > 1 else torch.zeros_like(block)
                       for block in estimates.split(REPEL_BLOCK)])
 
 
-def block_repulsion(estimates: torch.Tensor, features: Callable[[torch.Tensor], torch.Tensor] | None = None
+def guarded_push(push: torch.Tensor, keep: torch.Tensor, toward: float = 0.0) -> torch.Tensor:
+    """(B, D) pushes with the part that points against ``keep`` (B, D: the gradient of what must not fall) dropped,
+    as gradient surgery drops the part of one task's gradient that conflicts with another's (PCGrad, Yu et al. 2020,
+    arXiv:2001.06782), plus ``toward`` push lengths along ``keep`` (guidance by that reading, Dhariwal & Nichol
+    2021, arXiv:2105.05233). A push that does not lower it is left as it was."""
+    squared = keep.square().sum(1, keepdim=True).clamp_min(1e-24)
+    against = (push * keep).sum(1, keepdim=True).clamp(max=0)
+    guarded = push - against / squared * keep
+    if toward > 0:
+        guarded = guarded + toward * keep * (push.norm(dim=1, keepdim=True) / squared.sqrt())
+    return guarded
+
+
+def block_repulsion(estimates: torch.Tensor, features: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                    reading: Callable[[torch.Tensor], torch.Tensor] | None = None, toward: float = 0.0
                     ) -> torch.Tensor:
     """(B, D) particle guidance (Corso et al. 2024, arXiv:2310.13102): a push on each denoised estimate (B, D,
     standardised) away from the others, added to the velocity so that a batch covers more of the distribution
@@ -400,7 +424,10 @@ def block_repulsion(estimates: torch.Tensor, features: Callable[[torch.Tensor], 
     ``features``: a differentiable map of the estimates to (B, F) features (the decoded pictures read by the
     perceptual net): each estimate moves along the gradient that carries its features away from its neighbours'
     in feature space, scaled to its code-space neighbour distance. None: away from its neighbours in code space
-    (in pixels' terms mostly texture, so a decoder and a feature net are what compose uses)."""
+    (in pixels' terms mostly texture, so a decoder and a feature net are what compose uses).
+
+    ``reading``: a map of the features to (B,) (the perceptual net's log probability of the expression) that the
+    push may not lower, and ``toward`` push lengths along whose gradient are added (``guarded_push``)."""
     code_push = away_from_neighbours(estimates)
     if features is None:
         return code_push
@@ -408,9 +435,11 @@ def block_repulsion(estimates: torch.Tensor, features: Callable[[torch.Tensor], 
         x = estimates.detach().float().clone().requires_grad_(True)
         read = features(x).float()
         away = away_from_neighbours(read.detach())
-        gradient, = torch.autograd.grad((read * away).sum(), x)
+        gradient, = torch.autograd.grad((read * away).sum(), x, retain_graph=reading is not None)
+        keep = torch.autograd.grad(reading(read).sum(), x)[0] if reading is not None else None
     scale = code_push.norm(dim=1, keepdim=True) / gradient.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    return gradient * scale
+    push = gradient * scale
+    return push if keep is None else guarded_push(push, keep, toward)
 
 
 @torch.no_grad()

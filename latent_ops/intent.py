@@ -8,10 +8,12 @@ Example: ``python -c "from latent_ops.intent import expression_regions; from lat
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+from autoencoder.cifar10 import CIFAR10_CLASSES
 from autoencoder.classifier import SHIPPED, WEIGHTS_FILE
 from latent_ops.concepts import WINGED, Concepts
 from latent_ops.expression import ExpressionError, parse, term_parts
@@ -33,10 +35,10 @@ def resolve_intent(intent: str) -> str:
     return intent
 
 
-def intent_terms(weights: dict[str, float], concepts: Concepts, codes: torch.Tensor,
+def intent_terms(weights: dict[str, float], concepts: Concepts, codes: torch.Tensor | None,
                  probs: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """Per concept of the expression, the probability (N,) that a code shows it (1 - that for negative
-    terms); a conjunction counts each of its parts, a region its direction.
+    terms); a conjunction counts each of its parts, a region its direction (left out without ``codes``).
 
     A negative term is scored by its absence and keyed ``not NAME``. Class probabilities come from ``probs`` (class name -> (N,), e.g. the evaluator's on the
     decoded images) or else from the latent class probe on ``codes``.
@@ -55,7 +57,7 @@ def intent_terms(weights: dict[str, float], concepts: Concepts, codes: torch.Ten
                 p = probs[base]
             elif name.startswith("wings") and all(c in probs for c in WINGED):
                 p = probs["bird"] + probs["airplane"]
-            elif name in concepts.directions:
+            elif name in concepts.directions and codes is not None:
                 d = concepts.directions[name]
                 distance = torch.from_numpy(d.signed_distance(codes.cpu().numpy()))
                 p = torch.sigmoid(4 * distance / max(d.step, 1e-6))
@@ -66,6 +68,21 @@ def intent_terms(weights: dict[str, float], concepts: Concepts, codes: torch.Ten
             else:  # scored by its absence, and named so: "not horse" is not P(horse)
                 terms[f"not {name}"] = 1 - p
     return terms
+
+
+def class_reading(weights: dict[str, float], concepts: Concepts, classify: Callable[[torch.Tensor], torch.Tensor]
+                  ) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """A differentiable reading of features (B, F) -> (B,): the sum of the log probabilities of the expression's
+    class and wing terms (``intent_terms``), with ``classify`` (features -> (B, 10) logits: the perceptual net's
+    head, never the evaluator) giving the class probabilities. None when the expression has no such term."""
+    def reading(features: torch.Tensor) -> torch.Tensor:
+        probabilities = torch.softmax(classify(features).float(), dim=1)
+        by_class = {name: probabilities[:, i] for i, name in enumerate(CIFAR10_CLASSES)}
+        terms = intent_terms(weights, concepts, None, by_class).values()
+        return sum(torch.log(p.clamp_min(1e-6)) for p in terms)
+
+    probe = {name: torch.full((1,), 0.5) for name in CIFAR10_CLASSES}
+    return reading if intent_terms(weights, concepts, None, probe) else None
 
 
 def samples_the_prior(weights: dict[str, float], learned: list[str]) -> bool:

@@ -81,11 +81,13 @@ class DrawSettings:
     repel: float = 0.0  # particle guidance: a batch of prior draws pushed apart from each other (0: independent)
     repel_until: float = 0.35  # ... for times of the flow up to this one
     repel_features: Callable[[torch.Tensor], torch.Tensor] | None = None  # ... in this space (``picture_features``)
+    repel_reading: Callable[[torch.Tensor], torch.Tensor] | None = None  # ... never lowering this reading of them
+    repel_toward: float = 0.0  # ... and drawn this many push lengths along its gradient
 
     @property
     def schedule(self) -> Schedule:
         return Schedule(self.prior_steps, self.solver, self.guidance_from, self.guidance_until, self.progress,
-                        self.repel, self.repel_until, self.repel_features)
+                        self.repel, self.repel_until, self.repel_features, self.repel_reading, self.repel_toward)
 
 
 def picture_features(sources: Sources) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -694,3 +694,99 @@ def test_learning_with_repulsion_draws_each_chunk_as_one_batch_pushed_apart_and_
     assert not all((a == b).all() for (_, a), (_, b) in zip(pushed, independent))  # the push moved the draws
     assert json.loads((folder / "record.json").read_text())["repel"] == 1.5
     assert json.loads((plain / "record.json").read_text())["repel"] == 0.0
+
+
+def test_a_feature_proxy_learns_a_feature_map_and_the_gradient_the_push_asks_for():
+    from latent_ops.feature_proxy import FeatureProxy, gradient_agreement, proxy_loss, pushed_gradient
+    from latent_ops.flow import away_from_neighbours
+    from latent_ops.learn_proxy import LearnProxyConfig, PushRecorder, train_proxy
+
+    torch.manual_seed(0)
+    mixing = torch.randn(32, 6) / 32 ** 0.5
+
+    def features(codes):  # a smooth map standing in for "decode, then read with the perceptual net"
+        return torch.tanh(codes @ mixing) * 3 + 1
+
+    blocks = []
+    for _ in range(8):
+        recorder = PushRecorder(features)
+        recorder(torch.randn(64, 32).requires_grad_(True))
+        blocks += recorder.blocks
+    rows = {key: torch.cat([block[key] for block in blocks]) for key in blocks[0]}
+    block = blocks[0]
+    read = features(block["codes"].requires_grad_(True))
+    expected, = torch.autograd.grad((read * away_from_neighbours(read.detach())).sum(), block["codes"])
+    assert torch.allclose(block["gradient"], expected)  # what the push asks of the codes, as block_repulsion takes it
+
+    untrained = FeatureProxy((2, 4, 4), 6, width=8)
+    untrained.set_statistics(rows["features"])
+    before = proxy_loss(untrained, rows["codes"], rows["features"], rows["push"], rows["gradient"]).item()
+    proxy, losses = train_proxy(LearnProxyConfig(steps=300, batch_size=64, lr=3e-3, width=8, seed=0), rows, (2, 4, 4))
+    after = proxy_loss(proxy, rows["codes"], rows["features"], rows["push"], rows["gradient"]).item()
+    assert len(losses) == 10 and losses[-1] < losses[0] and after < 0.6 * before, (before, after, losses)
+    test = PushRecorder(features)
+    test(torch.randn(64, 32).requires_grad_(True))
+    held = test.blocks[0]
+    _, gradient = pushed_gradient(proxy, held["codes"], held["push"])
+    _, first = pushed_gradient(untrained, held["codes"], held["push"])
+    agree, agreed_before = (gradient_agreement(g, held["gradient"]).mean().item() for g in (gradient, first))
+    assert agree > 0.5 and agree > agreed_before + 0.3, (agreed_before, agree)  # on draws it never saw
+
+    flat = FeatureProxy((32,), 6, width=4)
+    assert flat(torch.randn(5, 32)).shape == (5, 6) and untrained(torch.randn(5, 32)).shape == (5, 6)
+    with pytest.raises(ValueError, match=r"codes of shape \(C, H, W\) or \(D,\), not \(2, 4\)"):
+        FeatureProxy((2, 4), 6)
+
+
+def test_learn_proxy_makes_the_proxy_compose_pushes_through_and_bad_folders_are_refused(learned_run, folder_data,
+                                                                                       tmp_path):
+    import json
+    import math
+    import shutil
+    import subprocess
+    import sys
+
+    from latent_ops.compose import compose, main as compose_main
+    from latent_ops.feature_proxy import load_proxy
+
+    run, _, cache = learned_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    command = [sys.executable, "-m", "latent_ops.learn_proxy", "--run", str(copy), "--draws", "1", "--pool", "24",
+               "--steps", "20", "--batch_size", "16", "--width", "4"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "held out: gradients agree with the pictures' at cosine" in done.stdout
+    record = json.loads((copy / "proxy" / "proxy.json").read_text())
+    assert record["expressions"] == ["pegasus"] and record["rows_learned_from"] > 0
+    held = record["held_out"]["pegasus"]
+    assert -1 <= held["gradient_cosine_mean"] <= 1 and held["rows"] > 0
+    assert json.loads((copy / "proxy" / "config.json").read_text())["steps"] == 20
+    proxy = load_proxy(copy)
+    assert proxy(torch.zeros(3, math.prod(proxy.code_shape))).shape == (3, 128)
+
+    flags = dict(run=str(copy), data=str(folder_data), cache_dir=cache, n=8, prior_steps=4, refine_steps=1, quiet=True)
+    through_proxy = compose("pegasus", repel=1.0, repel_until=0.5, out=str(tmp_path / "proxy"), **flags)
+    through_pictures = compose("pegasus", repel=1.0, repel_until=0.5, repel_through="pictures",
+                               out=str(tmp_path / "pictures"), **flags)
+    plain = compose("pegasus", out=str(tmp_path / "plain"), **flags)
+    scores = {name: json.loads((folder / "scores.json").read_text())
+              for name, folder in [("proxy", through_proxy), ("pictures", through_pictures), ("plain", plain)]}
+    assert scores["proxy"]["repel_through"] == "proxy" and scores["pictures"]["repel_through"] == "pictures"
+    assert scores["plain"]["repel_through"] == ""
+    assert (through_proxy / "batch64.png").read_bytes() != (plain / "batch64.png").read_bytes()
+
+    (copy / "proxy" / "model.safetensors").write_bytes(b"not weights")
+    with pytest.raises(Exception, match="does not hold a feature proxy this code reads"):
+        load_proxy(copy)
+    with pytest.raises(SystemExit) as exit_info:  # asked for by name where the run has none: one line, nothing made
+        compose_main("pegasus", repel=1.0, repel_through="proxy", out=str(tmp_path / "none"),
+                     **{**flags, "run": str(run)})
+    assert exit_info.value.code == 2 and not (tmp_path / "none").exists()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    refused = subprocess.run([*command[:3], "--run", str(copy), "--out", str(mine), "--steps", "1"],
+                             capture_output=True, text=True, timeout=600)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "not empty" in refused.stderr
+    assert (mine / "notes.txt").read_text() == "keep"

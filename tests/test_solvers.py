@@ -141,3 +141,36 @@ def test_a_batch_larger_than_a_block_is_pushed_apart_block_by_block(monkeypatch)
     for first in (0, 8):
         assert torch.allclose(push[first:first + 8], away_from_neighbours(codes[first:first + 8]))
     assert torch.equal(push[16], torch.zeros(3))  # a block of one has no neighbours
+
+
+def test_a_guarded_push_drops_only_the_part_against_the_reading_and_adds_the_asked_step_along_it():
+    from latent_ops.flow import guarded_push
+
+    keep = torch.tensor([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
+    push = torch.tensor([[-3.0, 4.0], [5.0, 1.0], [-1.0, -1.0]])
+    guarded = guarded_push(push, keep)
+    assert torch.allclose(guarded, torch.tensor([[0.0, 4.0], [5.0, 1.0], [0.0, 0.0]]))  # against: dropped; along: kept
+    assert ((guarded * keep).sum(1) >= 0).all()
+    toward = guarded_push(push, keep, toward=2.0)
+    lengths = push.norm(dim=1, keepdim=True)
+    assert torch.allclose(toward - guarded, 2.0 * lengths * keep / keep.norm(dim=1, keepdim=True))
+
+
+def test_a_guarded_repulsion_spreads_a_batch_without_lowering_what_it_keeps():
+    from latent_ops.flow import block_repulsion
+
+    torch.manual_seed(0)
+    points = torch.randn(64, 4)
+
+    def features(codes):
+        return codes * 2
+
+    def reading(read):  # the first coordinate, which must not fall
+        return read[:, 0]
+
+    free = block_repulsion(points, features)
+    guarded = block_repulsion(points, features, reading)
+    drawn = block_repulsion(points, features, reading, toward=1.0)
+    assert (free[:, 0] < 0).any() and (guarded[:, 0] >= -1e-6).all()  # the push lowered it for some; guarded never
+    assert torch.allclose(guarded[:, 1:], free[:, 1:])  # the rest of the push is left as it was
+    assert (drawn[:, 0] > guarded[:, 0]).all()
