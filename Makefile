@@ -57,8 +57,9 @@ pegasus-varied:
 	$(MAKE) pegasus PEGASUS_FLAGS='$(VARIED_PEGASUS_FLAGS)' PEGASUS_OUT=outputs/compose/pegasus-varied
 
 # make pegasus-diverse: pegasus with its pool of draws pushed apart in the perceptual net's features while the flow
-# sets their layout (compose --repel, particle guidance), into outputs/compose/pegasus-diverse: kept diversity 0.60-0.65x
-# real horses' against the recipe's 0.51-0.54x, about as many winged horses by eye, 1.6-1.8x the time (docs/regions.md)
+# sets their layout (compose --repel, particle guidance), into outputs/compose/pegasus-diverse: kept diversity 0.61-0.63x
+# real horses' against the recipe's 0.51-0.54x, about as many winged horses by eye; pushed through the model's feature
+# proxy (proxy/, latent_ops.learn_proxy), it takes 0.92-1.13x the recipe's time (docs/regions.md)
 DIVERSE_PEGASUS_FLAGS := --repel 1
 pegasus-diverse:
 	$(MAKE) pegasus PEGASUS_FLAGS='$(DIVERSE_PEGASUS_FLAGS)' PEGASUS_OUT=outputs/compose/pegasus-diverse
@@ -67,7 +68,8 @@ pegasus-diverse:
 # 82 min alone on 2 CPU cores with AVX-512 bf16), fine-tune its decoder with the encoder frozen (release-grid8-sharpen:
 # 1,200 steps, about 13 min), ship that (bank, concepts, conv prior: 38 min), measure the shipped folder
 # against its targets (with its prior's guided class samples: 6 min), learn the pegasus concept from regional
-# compositions in 3 rounds (26 min alone) and the white one (36 min), store its compose recipe (15 s), report on it (1,000 latent prior samples: 10,000 take
+# compositions in 3 rounds (26 min alone) and the white one (36 min), learn the feature proxy --repel pushes through
+# (about 16 min alone), store its compose recipe (15 s), report on it (1,000 latent prior samples: 10,000 take
 # about 1 min with the recipe's solver) and write its card with the report's
 # numbers: about 3 h in all. Training and shipping resume where a killed call stopped; the later steps run again.
 # pegasus is learned from three compositions (the plain horse, the varied horse cluster horse:0, the white horses),
@@ -116,6 +118,7 @@ model: data
 	$(PY) bench/release_targets.py --run $(MODEL) --data $(DATA)
 	$(PY) -m latent_ops.learn pegasus --run $(MODEL) $(LEARN_PEGASUS)
 	$(PY) -m latent_ops.learn pegasus_white --run $(MODEL) $(LEARN_PEGASUS_WHITE)
+	$(PY) -m latent_ops.learn_proxy --run $(MODEL)
 	$(PY) -m latent_ops.compose pegasus --run $(MODEL) --data $(DATA) $(PEGASUS_RECIPE) --save_recipe true \
 		--out $(RECIPE_OUT)
 	$(PY) -m latent_ops.report --run $(MODEL) --data $(DATA) --out outputs/report/pegasus-cifar10 --prior_samples 1000

@@ -118,8 +118,8 @@ class ComposeConfig:
     guidance_until: float = 1.0  # ... until this one (1: the codes); outside, the plain conditional velocity
     repel: float = 0.0  # particle guidance (Corso et al. 2024): the prior's draws of one pool push each other apart, in
     #   the perceptual net's features of their decoded pictures, by this many neighbour distances per unit of time
-    #   (1: kept diversity about 1.2x, 1.6-1.8x the time; docs/regions.md); a pool over 1,024 in blocks of 1,024;
-    #   0: independent draws
+    #   (1: kept diversity about 1.2x, about 1.03x the time through the run's feature proxy; docs/regions.md); a pool
+    #   over 1,024 in blocks of 1,024; 0: independent draws
     repel_until: float = 0.35  # ... while the flow's time is at most this (0: noise; the early steps set the layout)
     repel_through: str = "auto"  # what reads the draws' features for --repel: proxy (the run's feature proxy, a small
     #   net distilled from the decoder and the perceptual net: latent_ops.feature_proxy, about 5% of a compose),

@@ -233,6 +233,8 @@ def model_card(folder: Path, config: ShipConfig, record: dict, targets: dict | N
               "expression and acceptance rule, the accepted codes;",
               "- `marks/<expression>/`: a judge of by-eye marks per expression (`latent_ops.learn_marks`, from blind "
               "counts of this model's composes), which `compose --mark_gate` ranks by;",
+              "- `proxy/`: the feature proxy `compose --repel` pushes draws apart through (`latent_ops.learn_proxy`: a "
+              "small net distilled from the decoder and the perceptual net);",
               "- `compose.json`: the compose recipe, the defaults of every compose of this model (`make pegasus`), "
               "written by `python -m latent_ops.compose ... --save_recipe true`;",
               "- the classifiers it uses are the committed ones: `autoencoder/weights/perceptual/` (the judge of "

@@ -17,7 +17,8 @@ SHIP_FILE = "ship.json"
 SHIPPED_NAMES = {CARD_FILE, "clusters", "clusters.json", "concepts.npz", "config.json", "data.json",
                  "directions.json", "latents.npz", "metrics.jsonl", "model.safetensors", "prior", SHIP_FILE,
                  "encode-config.json", "concepts-config.json"}  # what shipping writes (and may replace)
-LATER_NAMES = {"learned", "compose.json", "marks", "proxy"}  # what later commands add to a shipped model: lost when shipped again
+# what later commands add to a shipped model: lost when shipped again
+LATER_NAMES = {"learned", "compose.json", "marks", "proxy"}
 SIZE_LIMIT = 28 * 2 ** 20  # bytes: the shipped folder must stay under 28 MiB (25.5 with two learned concepts)
 
 

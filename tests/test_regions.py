@@ -775,6 +775,13 @@ def test_learn_proxy_makes_the_proxy_compose_pushes_through_and_bad_folders_are_
     assert scores["proxy"]["repel_through"] == "proxy" and scores["pictures"]["repel_through"] == "pictures"
     assert scores["plain"]["repel_through"] == ""
     assert (through_proxy / "batch64.png").read_bytes() != (plain / "batch64.png").read_bytes()
+    guarded = compose("pegasus", repel=1.0, repel_until=0.5, repel_toward=1.0, out=str(tmp_path / "guarded"), **flags)
+    assert json.loads((guarded / "scores.json").read_text())["repel_guard"] == {"keep": True, "toward": 1.0}
+    assert scores["proxy"]["repel_guard"] is None
+    assert (guarded / "batch64.png").read_bytes() != (through_proxy / "batch64.png").read_bytes()
+    with pytest.raises(SystemExit) as exit_info:  # a guard with no push to guard: one line, nothing made
+        compose_main("pegasus", repel_toward=1.0, out=str(tmp_path / "unpushed"), **flags)
+    assert exit_info.value.code == 2 and not (tmp_path / "unpushed").exists()
 
     (copy / "proxy" / "model.safetensors").write_bytes(b"not weights")
     with pytest.raises(Exception, match="does not hold a feature proxy this code reads"):
@@ -790,3 +797,19 @@ def test_learn_proxy_makes_the_proxy_compose_pushes_through_and_bad_folders_are_
                              capture_output=True, text=True, timeout=600)
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "not empty" in refused.stderr
     assert (mine / "notes.txt").read_text() == "keep"
+
+
+def test_the_class_reading_sums_the_log_probabilities_of_the_expressions_terms(learned_run):
+    from latent_ops.intent import class_reading
+    from latent_ops.run_concepts import load_concepts
+
+    concepts = load_concepts(learned_run[0])
+    logits = torch.randn(5, 10)
+    reading = class_reading({"horse&wings@top": 1.0}, concepts, lambda features: features)
+    probabilities = torch.softmax(logits, dim=1)
+    expected = probabilities[:, 7].log() + (probabilities[:, 2] + probabilities[:, 0]).log()  # horse; bird + airplane
+    assert torch.allclose(reading(logits), expected, atol=1e-5)
+    features = logits.clone().requires_grad_(True)
+    reading(features).sum().backward()
+    assert features.grad[:, 7].gt(0).all()  # raising horse's logit raises the reading
+    assert class_reading({"white": 1.0}, concepts, lambda features: features) is None  # a direction has no class
