@@ -9,6 +9,7 @@ and, as ``counted_on``, the commit whose shipped model made them: a concept lear
 pictures, and the refusal names that commit to remake them with.
 The outputs are composed again into ``--work`` (reused while their images still match) and checked against the
 digests the key recorded: an output whose images differ is refused, since the marks would describe other pictures.
+A sitting's own ``counted_on`` takes the place of the file's, for counts made with a later model.
 Every counted image then becomes one row, marked or not; an image counted in several sittings gives a row for each.
 
 Before the judge is fitted on every row, its held-out quality is measured: for each seed, a judge fitted on the other
@@ -53,12 +54,13 @@ class Rows:
     seeds: np.ndarray  # (N,) the seed of the compose each came from
 
 
-def remade(config: LearnMarksConfig, run: Path, expression: str, output: dict) -> Path:
-    """The compose output ``output`` ({"seed", "flags"}) remade into --work (reused when already there)."""
+def remade(config: LearnMarksConfig, run: Path, expression: str, output: dict, model: str = "") -> Path:
+    """The compose output ``output`` ({"seed", "flags"}) remade into --work (reused when already there). ``model``: a
+    sitting's own ``counted_on``, which names its folders apart from those of the same flags with another model."""
     from latent_ops.compose import compose
 
     flags = dict(output.get("flags") or {})
-    tag = hashlib.sha1(json.dumps(flags, sort_keys=True).encode()).hexdigest()[:8]
+    tag = hashlib.sha1((json.dumps(flags, sort_keys=True) + model).encode()).hexdigest()[:8]
     folder = Path(config.work) / f"{expression}-seed{int(output['seed'])}-{tag}"
     if not (folder / "images.safetensors").exists():
         print(f"learn_marks: composing {expression} --seed {output['seed']} {flags or ''} into {folder}")
@@ -73,9 +75,11 @@ def check_sitting(sitting, index: int, file: Path) -> None:
     if not (isinstance(sitting, dict) and isinstance(sitting.get("key"), str) and isinstance(sitting.get("counts"), str)
             and isinstance(outputs, list) and all(o is None or (isinstance(o, dict) and isinstance(o.get("seed"), int)
                                                                 and isinstance(o.get("flags", {}), dict))
-                                                  for o in outputs)):
+                                                  for o in outputs)
+            and isinstance(sitting.get("counted_on", ""), str)):
         raise ConfigError(f"sitting {index} of {file} is not {{\"key\": FILE, \"counts\": FILE, \"outputs\": [{{\"seed\": "
-                          f"N, \"flags\": {{...}}}} or null, ...]}}; see docs/pegasus-cifar10/blind/sittings.json")
+                          f"N, \"flags\": {{...}}}} or null, ...], optionally \"counted_on\": COMMIT}}; see "
+                          f"docs/pegasus-cifar10/blind/sittings.json")
 
 
 def sitting_rows(config: LearnMarksConfig, run: Path, expression: str, sitting: dict, base: Path,
@@ -92,7 +96,7 @@ def sitting_rows(config: LearnMarksConfig, run: Path, expression: str, sitting: 
     for index, (output, digest) in enumerate(zip(outputs, key["images_digests"])):
         if output is None:
             continue
-        folder = remade(config, run, expression, output)
+        folder = remade(config, run, expression, output, str(sitting.get("counted_on", "")))
         if images_digest(folder) != digest:
             raise UserError(f"{folder} (remade for {sitting['key']}) holds other images than the ones counted (digest "
                             f"{images_digest(folder)}, counted {digest}), so the marks would describe other pictures; "
@@ -144,7 +148,7 @@ def learn_marks(config: LearnMarksConfig) -> str:
     out = claim_output(judge_folder(run, str(spec["expression"])), {WEIGHTS_FILE, RECORD_FILE},
                        "a judge of marks'")  # its config: saved at the end, with the judge
     parts = [part for part in (sitting_rows(config, run, spec["expression"], s, sittings_file.parent,
-                                            str(spec.get("counted_on", "")))
+                                            str(s.get("counted_on", spec.get("counted_on", ""))))
                                for s in spec["sittings"]) if part is not None]
     if not parts:
         raise UserError(f"no output that {sittings_file} lists can be remade (every one is null); nothing was fitted")

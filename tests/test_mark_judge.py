@@ -151,6 +151,18 @@ def test_learn_marks_fits_from_remade_blind_counts_and_compose_ranks_by_it(compo
         learn_marks(LearnMarksConfig(run=str(composed_run), sittings=str(spec), data=str(folder_data),
                                      cache_dir=str(smoke_run.parent / "cache"), work=str(tmp_path / "work")))
     assert load_judge(composed_run, "horse+wings").expression == "horse+wings"  # the judge fitted before is whole
+    later = json.loads(spec.read_text())
+    later["sittings"][0]["counted_on"] = "c486e0a7280a6aec0b740e8cc43b48c3db3aa99d"  # a sitting counted on a later model
+    spec.write_text(json.dumps(later))
+    with pytest.raises(UserError, match="with the model of commit c486e0a7280a \\(git worktree add DIR c486e0a7280a"):
+        learn_marks(LearnMarksConfig(run=str(composed_run), sittings=str(spec), data=str(folder_data),
+                                     cache_dir=str(smoke_run.parent / "cache"), work=str(tmp_path / "work")))
+    assert len(list((tmp_path / "work").iterdir())) == 4  # its output remade apart from the same flags' with the other
+    later["sittings"][0]["counted_on"] = 7
+    spec.write_text(json.dumps(later))
+    with pytest.raises(ConfigError, match="sitting 0 of .* is not .*optionally \"counted_on\": COMMIT"):
+        learn_marks(LearnMarksConfig(run=str(composed_run), sittings=str(spec), data=str(folder_data),
+                                     cache_dir=str(smoke_run.parent / "cache"), work=str(tmp_path / "work")))
 
 
 def test_a_gate_on_a_run_without_a_judge_is_one_line(smoke_run, folder_data, tmp_path, capsys):
