@@ -52,15 +52,16 @@ pegasus-white:
 # make pegasus-varied: pegasus started from real held-out horses (compose --start, SDEdit from real pictures), into
 # outputs/compose/pegasus-varied: horses in many poses and colours (a diversity ceiling of 0.82-0.87x real horses'
 # against the recipe's 0.74-0.76x), but about half as many with a wing a person counts (docs/regions.md)
-VARIED_PEGASUS_FLAGS := --start horse --project 0.8 --negative ""
+VARIED_PEGASUS_FLAGS := --start horse --project 0.8 --negative "" --repel 0
 pegasus-varied:
 	$(MAKE) pegasus PEGASUS_FLAGS='$(VARIED_PEGASUS_FLAGS)' PEGASUS_OUT=outputs/compose/pegasus-varied
 
 # make pegasus-diverse: pegasus with its pool of draws pushed apart in the perceptual net's features while the flow
-# sets their layout (compose --repel, particle guidance), into outputs/compose/pegasus-diverse: kept diversity 0.61-0.63x
-# real horses' against the recipe's 0.51-0.54x, about as many winged horses by eye; pushed through the model's feature
-# proxy (proxy/, latent_ops.learn_proxy), it takes 0.92-1.13x the recipe's time (docs/regions.md)
-DIVERSE_PEGASUS_FLAGS := --repel 1
+# sets their layout (compose --repel, particle guidance) with no guard, into outputs/compose/pegasus-diverse: kept
+# diversity 0.61-0.63x real horses' against 0.51-0.54x for the recipe before (the recipe, pushed up the judge of marks:
+# 0.56-0.57x, more winged horses by eye); pushed through the model's feature proxy (proxy/, latent_ops.learn_proxy),
+# it takes about the recipe's time (docs/regions.md)
+DIVERSE_PEGASUS_FLAGS := --repel 1 --repel_toward 0
 pegasus-diverse:
 	$(MAKE) pegasus PEGASUS_FLAGS='$(DIVERSE_PEGASUS_FLAGS)' PEGASUS_OUT=outputs/compose/pegasus-diverse
 
@@ -85,7 +86,7 @@ LEARN_PEGASUS_WHITE := --expression "2*horse&3*airplane@top&2*white@body&4*white
 	--prior_steps 12 --solver ab2 --guidance 2.0 --accept "horse>=0.25,wings>=0.25,pale_subject>=0.6,pale_wing>=0.65" \
 	--critic_quantile 0.3 --sharpness_quantile 0.2 --rise_quantile 0.3 --balance 1.0 --steps 1000
 PEGASUS_RECIPE := --pool 1024 --guidance 2.25 --negative deer --solver ab2 --prior_steps 12 --guidance_until 0.7 --refine_top 128 --rise_gate 0.5 \
-	--chunk 64 --mark_gate 0.75  # stored as the model's compose.json (bench/compose_speed.py measures it against the recipe before)
+	--chunk 64 --mark_gate 0.75 --repel 1 --repel_toward 2 --repel_reading marks  # stored as the model's compose.json (bench/compose_speed.py measures it against the recipe before)
 # The release, re-created by `make model` (an older one: make model RELEASE_PRESET=release SHARPEN_PRESET= SHIP_FLAGS=)
 # (6,000 steps, 82 min of training alone on 2 AVX-512 bf16 cores; then shipping with the conv prior on the
 # 8 x 8 code, the targets, the learned pegasus and the report; docs/training.md).

@@ -78,7 +78,8 @@ from latent_ops.intent import (INTENTS, class_reading, expand_learned, expressio
                                resolve_intent, samples_the_prior, spreads_with_temperature)
 from latent_ops.run_concepts import ensure_concepts
 from latent_ops.runs import repository_path, resolve_run
-from latent_ops.mark_judge import MarkJudge, judged_expressions, load_judge
+from latent_ops.mark_judge import (FEATURES_FILE, MarkJudge, judge_folder, judged_expressions, load_judge,
+                                   marks_reading)
 from latent_ops.sampling import (SOURCES, DrawSettings, Sources, check_negative, draw_density, picture_features,
                                  projection_conditions, sample_expression, start_guides, subject_placer)
 from latent_ops.best_choice import BEST_RULES
@@ -128,6 +129,9 @@ class ComposeConfig:
     #   terms' log probabilities, read from the same features): the part of a push against it is dropped
     repel_toward: float = 0.0  # ... and draws move this many push lengths up that reading (guidance by the perceptual
     #   net; the guard is on whenever this is above 0)
+    repel_reading: str = "class"  # the reading the guard keeps and --repel_toward climbs: class (the perceptual net's
+    #   reading of the expression's classes), marks (the run's judge of features of by-eye marks: how likely a person
+    #   is to mark the picture, latent_ops.mark_judge) or class+marks (their sum)
     negative: str = ""  # a class (or cluster: its class) that guidance pushes prior draws away from: its velocity
     #   stands in for the unconditional one, so it costs no extra evaluation (a negative prompt); "": none
     project: float = 0.0  # SDEdit: edited codes go this far towards noise and the prior brings them back; 0: off
@@ -182,6 +186,8 @@ COMPOSE_RANGES = {"n": (1, 10**6), "seed": (0, 2**32 - 1), "refine_steps": (0, 1
                   "refine_top": (0, 10**6), "dpp_quality": (0, 100), "dpp_bandwidth": (1e-3, 100)}
 SELECTIONS = ("dedup", "dpp")
 REPEL_THROUGH = ("auto", "proxy", "pictures")
+REPEL_READINGS = ("class", "marks", "class+marks")
+REPEL_FIELDS = {"repel", "repel_until", "repel_through", "repel_keep", "repel_toward", "repel_reading"}
 
 
 def validate_compose_config(config: ComposeConfig) -> None:
@@ -193,6 +199,7 @@ def validate_compose_config(config: ComposeConfig) -> None:
     check_choice("select", config.select, SELECTIONS)
     check_choice("best", config.best, BEST_RULES)
     check_choice("repel_through", config.repel_through, REPEL_THROUGH)
+    check_choice("repel_reading", config.repel_reading, REPEL_READINGS)
     check_negative(config.negative)
     try:
         ranking.parse_term_weights(config.rank_terms)
@@ -231,12 +238,19 @@ def make_compose_config(**flags) -> ComposeConfig:
     config = dataclass_from_flags(ComposeConfig, {}, flags)
     validate_compose_config(config)
     recipe = read_recipe(config.run)
-    if not recipe:
-        return config
-    config = dataclass_from_flags(ComposeConfig, recipe, flags)
-    validate_compose_config(config)
-    config.negative_from_recipe = "negative" not in flags  # a default for prior draws, not a request (open_setting)
-    config.mark_gate_from_recipe = "mark_gate" not in flags  # a default where the judge knows the expression
+    if recipe:
+        config = dataclass_from_flags(ComposeConfig, recipe, flags)
+        if config.repel <= 0:  # --repel 0 turns the recipe's push off, and with it the recipe's guard of it
+            for name in ("repel_keep", "repel_toward", "repel_reading"):
+                if name not in flags:
+                    setattr(config, name, getattr(ComposeConfig, name))
+        validate_compose_config(config)
+        config.negative_from_recipe = "negative" not in flags  # a default for prior draws, not a request (open_setting)
+        config.mark_gate_from_recipe = "mark_gate" not in flags  # a default where the judge knows the expression
+        config.repel_from_recipe = not REPEL_FIELDS & set(flags)  # a default where it can push (settle_recipe_repel)
+    if "repel_reading" in flags and config.repel_reading != "class" and not guards(config):
+        raise ConfigError(f"--repel_reading {config.repel_reading} is what the guard of --repel reads, which is off; "
+                          f"add --repel 1 --repel_toward 2, or drop it")
     return config
 
 
@@ -288,6 +302,7 @@ class Setting:
     negative: str = ""  # the class prior draws are pushed away from ("" when nothing is drawn from the prior)
     marks: MarkJudge | None = None  # the judge of by-eye marks (--mark_gate), reading through sources.perceptual
     proxy: FeatureProxy | None = None  # the run's feature proxy, when --repel pushes draws apart through it
+    feature_marks: MarkJudge | None = None  # the judge of features of by-eye marks, when --repel_reading reads it
 
     @property
     def label_names(self) -> tuple[str, ...]:
@@ -319,6 +334,7 @@ def open_setting(config: ComposeConfig) -> Setting:
             raise ConfigError(f"--negative {config.negative} steers draws from the prior, but {config.expression!r} "
                               f"draws none with --source {config.source}; add --source prior, or drop --negative")
         negative = ""  # the recipe's default steers prior draws, and this compose has none
+    settle_recipe_repel(config, weights, learned, run_dir)
     check_repel(config, weights, learned)
     intent_source = resolve_intent(config.intent)
     judge = load_evaluator(device=opened.device.type) if intent_source == "evaluator" else None
@@ -333,8 +349,9 @@ def open_setting(config: ComposeConfig) -> Setting:
     perceptual = load_perceptual(device=opened.device) if needs_perceptual else None
     bank = load_bank(run_dir) if config.source != "density" or config.start else None
     sources = Sources(concepts, bank, prior, opened.code_shape, nets.decoder, perceptual)
+    feature_marks = load_judge(run_dir, config.expression, FEATURES_FILE) if reads_marks(config) else None
     return Setting(run_dir, nets, opened.device, concepts, weights, expand_learned(weights, run_dir, learned),
-                   intent_source, judge, prior, sources, regions, opened.dtype, negative, marks, proxy)
+                   intent_source, judge, prior, sources, regions, opened.dtype, negative, marks, proxy, feature_marks)
 
 
 def repel_proxy(config: ComposeConfig, run_dir: Path, code_shape: tuple[int, ...], device: torch.device
@@ -353,16 +370,31 @@ def guards(config: ComposeConfig) -> bool:
     return config.repel > 0 and (config.repel_keep or config.repel_toward > 0)
 
 
-def repel_reading(setting: Setting) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The perceptual net's reading of the expression from the features --repel pushes in (``class_reading``),
-    refused in one line for an expression with no class or wing term to read."""
-    perceptual = setting.sources.perceptual
-    reading = class_reading(setting.intent_weights, setting.concepts,
-                            lambda features: perceptual.head(features.float()) * perceptual.logit_scale)
-    if reading is None:
-        raise ConfigError(f"--repel_keep and --repel_toward keep the perceptual net's reading of the expression's "
-                          f"classes, and {' + '.join(setting.weights)!r} names none; drop them")
-    return reading
+def reads_marks(config: ComposeConfig) -> bool:
+    """Whether the guard of --repel reads the judge of features of by-eye marks."""
+    return guards(config) and "marks" in config.repel_reading
+
+
+def repel_reading(setting: Setting, config: ComposeConfig) -> Callable[[torch.Tensor], torch.Tensor]:
+    """What the guard of --repel keeps, read from the features --repel pushes in: the perceptual net's reading of the
+    expression (``class_reading``; refused in one line for an expression with no class or wing term to read), the
+    judge of features' log probability of a mark (``marks_reading``), or their sum."""
+    readings = []
+    if "class" in config.repel_reading:
+        perceptual = setting.sources.perceptual
+        reading = class_reading(setting.intent_weights, setting.concepts,
+                                lambda features: perceptual.head(features.float()) * perceptual.logit_scale)
+        if reading is None:
+            raise ConfigError(f"--repel_keep and --repel_toward keep the perceptual net's reading of the expression's "
+                              f"classes, and {' + '.join(setting.weights)!r} names none; drop them, or give "
+                              f"--repel_reading marks")
+        readings.append(reading)
+    if "marks" in config.repel_reading:
+        if setting.feature_marks is None:
+            raise ConfigError(f"--repel_reading {config.repel_reading} reads the judge of features of "
+                              f"{config.expression!r}, which this setting was opened without; open it with this config")
+        readings.append(marks_reading(setting.feature_marks))
+    return readings[0] if len(readings) == 1 else lambda features: sum(read(features) for read in readings)
 
 
 def repel_through(setting: Setting) -> str:
@@ -377,6 +409,20 @@ def check_start(start: str, concepts: Concepts, learned: list[str]) -> None:
     why = "is a learned concept, which has no pictures" if start in learned else "is not a class or cluster of this run"
     raise ConfigError(f"--start {start} {why}; name the class or cluster whose held-out pictures the candidates start "
                       f"from, e.g. --start horse or --start horse:white")
+
+
+def settle_recipe_repel(config: ComposeConfig, weights: dict[str, float], learned: list[str], run_dir: Path) -> None:
+    """The recipe's --repel (none of its flags given) is a default for the expressions it can push: where nothing is
+    drawn from the prior, or its reading needs a judge of features the expression has not, every --repel flag goes
+    back to its default (draws not pushed apart), so other expressions compose as they did without it."""
+    if not getattr(config, "repel_from_recipe", False) or config.repel <= 0:
+        return
+    draws = config.source == "prior" or config.start or config.project > 0 or samples_the_prior(weights, learned)
+    judged = not reads_marks(config) or (judge_folder(run_dir, config.expression) / FEATURES_FILE).exists()
+    if not (draws and judged):
+        defaults = ComposeConfig()
+        for name in REPEL_FIELDS:
+            setattr(config, name, getattr(defaults, name))
 
 
 def check_repel(config: ComposeConfig, weights: dict[str, float], learned: list[str]) -> None:
@@ -429,7 +475,7 @@ def draw(config: ComposeConfig, setting: Setting, progress: bool = False,
     if config.repel > 0:
         features = features or setting.proxy or picture_features(setting.sources)
         settings = dataclasses.replace(settings, repel_features=features, repel_toward=config.repel_toward,
-                                       repel_reading=repel_reading(setting) if guards(config) else None)
+                                       repel_reading=repel_reading(setting, config) if guards(config) else None)
     with torch.inference_mode(), setting.autocast():
         if config.start:  # real pictures of --start, carried to the whole expression by the prior
             edited, positions = draw_density(config.start, setting.sources, config.candidates, rng,
@@ -619,7 +665,8 @@ def summarise(config: ComposeConfig, setting: Setting, drawn: Drawn, scored: Sco
         "precision": setting.precision, "solver": config.solver, "prior_steps": config.prior_steps,
         "guidance_interval": [config.guidance_from, config.guidance_until], "refine_top": config.refine_top,
         "repel": [config.repel, config.repel_until], "repel_through": repel_through(setting) if config.repel else "",
-        "repel_guard": {"keep": True, "toward": config.repel_toward} if guards(config) else None,
+        "repel_guard": {"keep": True, "toward": config.repel_toward, "reading": config.repel_reading}
+        if guards(config) else None,
         "expression": config.expression, "weights": setting.weights, "intent_weights": setting.intent_weights,
         "seed": config.seed, "run": repository_path(setting.run), "candidates_composed": config.candidates,
         "strength": config.strength, "temperature": config.temperature, "source": config.source,

@@ -10,6 +10,11 @@ pictures, and the refusal names that commit to remake them with.
 The outputs are composed again into ``--work`` (reused while their images still match) and checked against the
 digests the key recorded: an output whose images differ is refused, since the marks would describe other pictures.
 A sitting's own ``counted_on`` takes the place of the file's, for counts made with a later model.
+
+``--fit features`` fits only the judge of the perceptual net's features (``judge-features.npz``, which ``compose
+--repel_reading marks`` guides draws up), ``--fit judge`` only the judge ``--mark_gate`` ranks by; the other is kept
+as it was, and ``judge.json`` records both. The shipped judge of features came from
+``--sittings docs/pegasus-cifar10/blind/sittings-all.json --fit features``.
 Every counted image then becomes one row, marked or not; an image counted in several sittings gives a row for each.
 
 Before the judge is fitted on every row, its held-out quality is measured: for each seed, a judge fitted on the other
@@ -26,10 +31,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from autoencoder.cli import ConfigError, UserError, check_ranges, claim_output, command, read_json, save_config
+from autoencoder.atomic import write_json
+from autoencoder.cli import (ConfigError, UserError, check_choice, check_ranges, claim_output, command, read_json,
+                             save_config)
 from autoencoder.cifar10 import CACHE_FOLDER, DATA_FOLDER
 from latent_ops.blind_count import images_digest
-from latent_ops.mark_judge import RECORD_FILE, WEIGHTS_FILE, fit_judge, judge_folder, mark_features_both_ways, save_judge
+from latent_ops.mark_judge import (FEATURES_FILE, RECORD_FILE, WEIGHTS_FILE, fit_judge, judge_folder,
+                                   mark_features_both_ways, save_judge)
 from latent_ops.runs import resolve_run
 from latent_ops.showcase import kept_batch
 
@@ -42,9 +50,12 @@ class LearnMarksConfig:
     cache_dir: str = CACHE_FOLDER  # where the decoded data is cached
     work: str = "outputs/marks-sources"  # where the remade compose outputs are kept
     strength: float = 0.01  # the logistic regression's C (L2 strength 1 / C): best held out of 0.003, 0.01, 0.03
+    fit: str = "both"  # judge (what --mark_gate ranks by), features (the judge of the perceptual net's features alone,
+    #   which compose --repel_reading marks climbs) or both; the other file is kept as it was
 
 
 LEARN_MARKS_RANGES = {"strength": (1e-6, 1e6)}
+FITS = ("judge", "features", "both")
 
 
 @dataclass
@@ -137,6 +148,7 @@ def learn_marks(config: LearnMarksConfig) -> str:
     from autoencoder.classifier import load_perceptual
 
     check_ranges(config, LEARN_MARKS_RANGES)
+    check_choice("fit", config.fit, FITS)
     sittings_file = Path(config.sittings)
     spec = read_json(sittings_file, "sittings file")
     if not isinstance(spec, dict) or not spec.get("sittings") or not spec.get("expression"):
@@ -145,7 +157,8 @@ def learn_marks(config: LearnMarksConfig) -> str:
     for index, sitting in enumerate(spec["sittings"]):
         check_sitting(sitting, index, sittings_file)
     run = resolve_run(config.run)
-    out = claim_output(judge_folder(run, str(spec["expression"])), {WEIGHTS_FILE, RECORD_FILE},
+    out = claim_output(judge_folder(run, str(spec["expression"])), {WEIGHTS_FILE, RECORD_FILE, FEATURES_FILE,
+                                                                    "config-features.json"},
                        "a judge of marks'")  # its config: saved at the end, with the judge
     parts = [part for part in (sitting_rows(config, run, spec["expression"], s, sittings_file.parent,
                                             str(s.get("counted_on", spec.get("counted_on", ""))))
@@ -159,17 +172,41 @@ def learn_marks(config: LearnMarksConfig) -> str:
                         f"judge needs both")
     perceptual = load_perceptual()
     features = mark_features_both_ways(rows.images, perceptual)
-    figures = held_out(features, rows, config.strength)
-    judge = fit_judge(np.concatenate(features), np.concatenate([rows.marked] * 2), config.strength,
-                      str(spec.get("what", "marked")), str(spec["expression"]))
     unique = len({bytes(image.numpy()) for image in rows.images})
-    save_judge(judge, out, {"sittings": [s["key"] for s in spec["sittings"]], "rows": len(rows.marked),
-                            "unique images": unique, "marked share": round(float(rows.marked.mean()), 4),
-                            "strength": config.strength, "held out by seed": figures})
-    save_config(config, out / "config.json")
-    aucs = ", ".join(f"seed {s} {f['auc']:.3f}" for s, f in figures.items())
+    what, expression = str(spec.get("what", "marked")), str(spec["expression"])
+    record = {"sittings": [s["key"] for s in spec["sittings"]], "rows": len(rows.marked), "unique images": unique,
+              "marked share": round(float(rows.marked.mean()), 4), "strength": config.strength}
+    said = []
+    if config.fit in ("judge", "both"):
+        figures = held_out(features, rows, config.strength)
+        judge = fit_judge(np.concatenate(features), np.concatenate([rows.marked] * 2), config.strength, what,
+                          expression)
+        earlier = read_json(out / RECORD_FILE, "judge record") if (out / RECORD_FILE).exists() else {}
+        kept = {"features judge": earlier["features judge"]} if "features judge" in earlier else {}
+        save_judge(judge, out, {**record, "held out by seed": figures, **kept})
+        said.append(f"{out / WEIGHTS_FILE}; held-out ROC AUC: {auc_line(figures)}")
+    if config.fit in ("features", "both"):
+        alone = tuple(part[:, :perceptual.feature_dim] for part in features)  # what the feature proxy predicts
+        figures = held_out(alone, rows, config.strength)
+        judge = fit_judge(np.concatenate(alone), np.concatenate([rows.marked] * 2), config.strength, what, expression)
+        earlier = read_json(out / RECORD_FILE, "judge record") if (out / WEIGHTS_FILE).exists() else {}
+        save_judge(judge, out, {}, FEATURES_FILE)  # the numbers; the record is written whole below
+        write_json({**earlier, "what": what, "expression": expression,
+                    "features judge": {**record, "held out by seed": figures}}, out / RECORD_FILE)
+        said.append(f"{out / FEATURES_FILE} (the perceptual net's features alone); held-out ROC AUC: "
+                    f"{auc_line(figures)}")
+    save_config(config, out / config_name(config))
     return (f"learn_marks: {len(rows.marked)} counted images ({unique} different, {rows.marked.mean():.0%} marked) -> "
-            f"{out / WEIGHTS_FILE}; held-out ROC AUC: {aucs or 'no seed to hold out'}")
+            + "; and ".join(said))
+
+
+def auc_line(figures: dict) -> str:
+    return ", ".join(f"seed {s} {f['auc']:.3f}" for s, f in figures.items()) or "no seed to hold out"
+
+
+def config_name(config: LearnMarksConfig) -> str:
+    """Where the config is saved: config.json for the judge (or both), config-features.json for the features alone."""
+    return "config-features.json" if config.fit == "features" else "config.json"
 
 
 def main(**flags) -> None:

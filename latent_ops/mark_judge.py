@@ -13,11 +13,16 @@ expression whose composes were counted, in ``RUN/marks/<expression>/`` (what is 
 - **What it is**: a logistic regression on the standardised features, fitted by scikit-learn with L2 strength
   ``1 / C``. It is saved as numbers only (``judge.npz`` without pickles, ``judge.json``), and scores an image as the
   mean of its reading and that of the image's mirror (a mark does not depend on which way the horse faces).
+- **The judge of features** (``judge-features.npz``, optional): the same regression on the perceptual net's features
+  alone, which the run's feature proxy predicts from codes, so that ``compose --repel_reading marks`` can guide draws
+  up its reading while they are drawn (guidance by a reward model learned from human judgements, as in Christiano et
+  al. 2017 and, for diffusion, Lee et al. 2023, arXiv:2302.12192; ``marks_reading``).
 
 Example: ``python -c "from latent_ops.mark_judge import load_judge; print(load_judge('models/pegasus-cifar10', 'pegasus').what)"``
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +39,7 @@ from autoencoder.run_folder import RunError
 from latent_ops.subject import rising_mass, silhouette
 
 JUDGE_FOLDER, WEIGHTS_FILE, RECORD_FILE = "marks", "judge.npz", "judge.json"
+FEATURES_FILE = "judge-features.npz"  # the judge of the perceptual net's features alone (--repel_reading marks)
 LAYOUT = 8  # the silhouette and grey level are read on a LAYOUT x LAYOUT grid
 JUDGED_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*")  # an expression that can name its judge's folder
 
@@ -109,11 +115,12 @@ def fit_judge(features: np.ndarray, marked: np.ndarray, strength: float, what: s
     return MarkJudge(mean, scale, model.coef_[0].astype(np.float64), float(model.intercept_[0]), what, expression)
 
 
-def save_judge(judge: MarkJudge, folder: Path, record: dict) -> None:
-    """judge.npz (numbers only) and judge.json (what it judges, and ``record``) in ``folder``."""
+def save_judge(judge: MarkJudge, folder: Path, record: dict, weights_file: str = WEIGHTS_FILE) -> None:
+    """``weights_file`` (judge.npz, or FEATURES_FILE for the judge of features; numbers only) and judge.json (what it
+    judges, and ``record``) in ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
     arrays = {"mean": judge.mean, "scale": judge.scale, "weights": judge.weights, "bias": np.array(judge.bias)}
-    replace_atomically(lambda path: np.savez(path, **arrays), folder / WEIGHTS_FILE)
+    replace_atomically(lambda path: np.savez(path, **arrays), folder / weights_file)
     write_json({"what": judge.what, "expression": judge.expression, **record}, folder / RECORD_FILE)
 
 
@@ -132,22 +139,37 @@ def judged_expressions(run: str | Path) -> list[str]:
     return sorted(p.name for p in root.iterdir() if (p / WEIGHTS_FILE).exists()) if root.is_dir() else []
 
 
-def load_judge(run: str | Path, expression: str) -> MarkJudge:
-    """The run's judge of ``expression``'s marks (RUN/marks/<expression>/), refused in one line when missing or
-    damaged."""
+def load_judge(run: str | Path, expression: str, weights_file: str = WEIGHTS_FILE) -> MarkJudge:
+    """The run's judge of ``expression``'s marks (RUN/marks/<expression>/; ``weights_file`` FEATURES_FILE: its judge
+    of features), refused in one line when missing or damaged."""
     folder = judge_folder(run, expression)
     fix = f"fit one with python -m latent_ops.learn_marks --run {run}"
-    if not (folder / WEIGHTS_FILE).exists():
+    if not (folder / weights_file).exists():
         have = ", ".join(judged_expressions(run)) or "none"
-        raise RunError(f"{run} has no judge of by-eye marks for {expression!r} ({folder / WEIGHTS_FILE} is missing; "
-                       f"judged: {have}); {fix}")
+        raise RunError(f"{run} has no {'judge of features' if weights_file == FEATURES_FILE else 'judge'} of by-eye "
+                       f"marks for {expression!r} ({folder / weights_file} is missing; judged: {have}); {fix}")
     record = read_json(folder / RECORD_FILE, "judge record")
     try:
-        with np.load(folder / WEIGHTS_FILE, allow_pickle=False) as arrays:
+        with np.load(folder / weights_file, allow_pickle=False) as arrays:
             mean, scale, weights = (np.asarray(arrays[k], dtype=np.float64) for k in ("mean", "scale", "weights"))
             bias = float(arrays["bias"])
         if not mean.shape == scale.shape == weights.shape or mean.ndim != 1:
             raise ValueError(f"mean, scale and weights have shapes {mean.shape}, {scale.shape}, {weights.shape}")
         return MarkJudge(mean, scale, weights, bias, str(record["what"]), str(record["expression"]))
     except (OSError, ValueError, KeyError, TypeError) as error:
-        raise RunError(f"{folder / WEIGHTS_FILE} is damaged ({error}); {fix}") from None
+        raise RunError(f"{folder / weights_file} is damaged ({error}); {fix}") from None
+
+
+def marks_reading(judge: MarkJudge) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A differentiable reading of (B, F) perceptual features to (B,) log probabilities that each picture is marked,
+    by a judge of features (FEATURES_FILE)."""
+    mean, scale, weights = (torch.tensor(a, dtype=torch.float32) for a in (judge.mean, judge.scale, judge.weights))
+
+    def read(features: torch.Tensor) -> torch.Tensor:
+        if features.shape[-1] != len(weights):
+            raise RunError(f"the judge of features for {judge.expression!r} reads {len(weights)} features, but these "
+                           f"are {features.shape[-1]}; fit it again with python -m latent_ops.learn_marks")
+        f = features.float()
+        logits = ((f - mean.to(f.device)) / scale.to(f.device)) @ weights.to(f.device) + judge.bias
+        return F.logsigmoid(logits)
+    return read

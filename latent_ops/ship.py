@@ -232,7 +232,9 @@ def model_card(folder: Path, config: ShipConfig, record: dict, targets: dict | N
               "- `learned/<name>/`: concepts taught to a copy of the prior (`latent_ops.learn`): its weights, the "
               "expression and acceptance rule, the accepted codes;",
               "- `marks/<expression>/`: a judge of by-eye marks per expression (`latent_ops.learn_marks`, from blind "
-              "counts of this model's composes), which `compose --mark_gate` ranks by;",
+              "counts of this model's composes), which `compose --mark_gate` ranks by, and for `pegasus` its judge of "
+              "the perceptual net's features alone (`judge-features.npz`), which `compose --repel_reading marks` "
+              "guides draws up;",
               "- `proxy/`: the feature proxy `compose --repel` pushes draws apart through (`latent_ops.learn_proxy`: a "
               "small net distilled from the decoder and the perceptual net);",
               "- `compose.json`: the compose recipe, the defaults of every compose of this model (`make pegasus`), "

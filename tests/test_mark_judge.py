@@ -17,8 +17,8 @@ from autoencoder.run_folder import RunError
 from latent_ops.blind_count import BlindCountConfig, blind_count
 from latent_ops.compose import compose
 from latent_ops.learn_marks import LearnMarksConfig, learn_marks
-from latent_ops.mark_judge import (LAYOUT, fit_judge, judge_folder, judge_images, judged_expressions, load_judge,
-                                   mark_features, save_judge)
+from latent_ops.mark_judge import (FEATURES_FILE, LAYOUT, fit_judge, judge_folder, judge_images, judged_expressions,
+                                   load_judge, mark_features, marks_reading, save_judge)
 from latent_ops.showcase import kept_batch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -118,6 +118,17 @@ def test_learn_marks_fits_from_remade_blind_counts_and_compose_ranks_by_it(compo
     assert set(record["held out by seed"]) == {"0", "1"}
     assert min(f["auc"] for f in record["held out by seed"].values()) > 0.7  # brightness is easy to see
     assert len(list((tmp_path / "work").iterdir())) == 3  # three different composes remade
+    features_record = record["features judge"]  # the judge of the perceptual net's features alone, fitted beside it
+    assert features_record["rows"] == rows and set(features_record["held out by seed"]) == {"0", "1"}
+    judged = composed_run / "marks" / "horse+wings"
+    assert load_judge(composed_run, "horse+wings", FEATURES_FILE).weights.shape == (load_perceptual().feature_dim,)
+    before = (judged / "judge.npz").read_bytes()
+    learn_marks(LearnMarksConfig(run=str(composed_run), sittings=str(spec), data=str(folder_data), fit="features",
+                                 cache_dir=str(smoke_run.parent / "cache"), work=str(tmp_path / "work"), strength=0.1))
+    assert (judged / "judge.npz").read_bytes() == before  # --fit features leaves the judge as it was
+    again = json.loads((judged / "judge.json").read_text())
+    assert again["held out by seed"] == record["held out by seed"] and again["features judge"]["strength"] == 0.1
+    assert json.loads((judged / "config-features.json").read_text())["fit"] == "features"
 
     gated = compose("horse+wings", run=str(composed_run), data=str(folder_data), quiet=True, n=24, seed=5,
                     refine_steps=1, rank_gate=0.0, mark_gate=0.5, cache_dir=str(smoke_run.parent / "cache"),
@@ -147,12 +158,12 @@ def test_learn_marks_fits_from_remade_blind_counts_and_compose_ranks_by_it(compo
         learn_marks(LearnMarksConfig(run=str(composed_run), sittings=str(spec), data=str(folder_data),
                                      cache_dir=str(smoke_run.parent / "cache"), work=str(tmp_path / "work")))
     spec.write_text(json.dumps({**json.loads(spec.read_text()), "counted_on": "38a03e0f316a668ce123d1dc66dd891c6fcb4d0f"}))
-    with pytest.raises(UserError, match="with the model of commit 38a03e0f316a \(git worktree add DIR 38a03e0f316a"):
+    with pytest.raises(UserError, match=r"with the model of commit 38a03e0f316a \(git worktree add DIR 38a03e0f316a"):
         learn_marks(LearnMarksConfig(run=str(composed_run), sittings=str(spec), data=str(folder_data),
                                      cache_dir=str(smoke_run.parent / "cache"), work=str(tmp_path / "work")))
     assert load_judge(composed_run, "horse+wings").expression == "horse+wings"  # the judge fitted before is whole
     later = json.loads(spec.read_text())
-    later["sittings"][0]["counted_on"] = "c486e0a7280a6aec0b740e8cc43b48c3db3aa99d"  # a sitting counted on a later model
+    later["sittings"][0]["counted_on"] = "c486e0a7280a6aec0b740e8cc43b48c3db3aa99d"  # counted on a later model
     spec.write_text(json.dumps(later))
     with pytest.raises(UserError, match="with the model of commit c486e0a7280a \\(git worktree add DIR c486e0a7280a"):
         learn_marks(LearnMarksConfig(run=str(composed_run), sittings=str(spec), data=str(folder_data),
@@ -198,3 +209,17 @@ def test_a_sittings_file_it_cannot_use_is_one_line_and_fits_nothing(composed_run
                                          data=str(folder_data), work=str(tmp_path / "work")))
     after = {p: p.read_bytes() for p in marks.rglob("*") if p.is_file()} if marks.exists() else {}
     assert after == before  # nothing fitted, nothing replaced
+
+
+def test_the_marks_reading_is_the_log_probability_of_the_judge_of_features_and_has_a_gradient():
+    rng = np.random.default_rng(2)
+    features = rng.normal(size=(40, 6))
+    judge = fit_judge(features, features[:, 1] > 0.2, 1.0, "x", "pegasus")
+    x = torch.tensor(features[:5], dtype=torch.float32, requires_grad=True)
+    read = marks_reading(judge)(x)
+    torch.testing.assert_close(read.exp().double(), torch.from_numpy(judge.probability(features[:5])), atol=1e-5,
+                               rtol=1e-5)
+    read.sum().backward()
+    assert x.grad[:, 1].gt(0).all()  # up the reading is up the marked feature
+    with pytest.raises(RunError, match="reads 6 features, but these are 3"):
+        marks_reading(judge)(torch.zeros(2, 3))

@@ -2,6 +2,7 @@
 subject-following placement, and the convolutional prior."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from conftest import fit_toy_flow
@@ -776,7 +777,8 @@ def test_learn_proxy_makes_the_proxy_compose_pushes_through_and_bad_folders_are_
     assert scores["plain"]["repel_through"] == ""
     assert (through_proxy / "batch64.png").read_bytes() != (plain / "batch64.png").read_bytes()
     guarded = compose("pegasus", repel=1.0, repel_until=0.5, repel_toward=1.0, out=str(tmp_path / "guarded"), **flags)
-    assert json.loads((guarded / "scores.json").read_text())["repel_guard"] == {"keep": True, "toward": 1.0}
+    assert json.loads((guarded / "scores.json").read_text())["repel_guard"] == {"keep": True, "toward": 1.0,
+                                                                               "reading": "class"}
     assert scores["proxy"]["repel_guard"] is None
     assert (guarded / "batch64.png").read_bytes() != (through_proxy / "batch64.png").read_bytes()
     with pytest.raises(SystemExit) as exit_info:  # a guard with no push to guard: one line, nothing made
@@ -813,3 +815,46 @@ def test_the_class_reading_sums_the_log_probabilities_of_the_expressions_terms(l
     reading(features).sum().backward()
     assert features.grad[:, 7].gt(0).all()  # raising horse's logit raises the reading
     assert class_reading({"white": 1.0}, concepts, lambda features: features) is None  # a direction has no class
+
+
+def test_compose_guides_its_push_up_the_judge_of_marks_and_the_recipes_push_applies_only_where_it_can(
+        learned_run, folder_data, tmp_path):
+    import json
+    import shutil
+
+    from latent_ops.compose import compose, main as compose_main
+    from latent_ops.mark_judge import FEATURES_FILE, fit_judge, judge_folder, save_judge
+
+    run, _, cache = learned_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    flags = dict(run=str(copy), data=str(folder_data), cache_dir=cache, n=8, prior_steps=4, refine_steps=1, quiet=True)
+    pushed = dict(repel=1.0, repel_until=0.5, repel_toward=2.0)
+    with pytest.raises(SystemExit) as exit_info:  # no judge of features for pegasus: one line, nothing made
+        compose_main("pegasus", repel_reading="marks", out=str(tmp_path / "unjudged"), **pushed, **flags)
+    assert exit_info.value.code == 2 and not (tmp_path / "unjudged").exists()
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(60, 128))
+    judge = fit_judge(features, features[:, 0] > 0, 1.0, "bright", "pegasus")  # marks one feature's direction
+    save_judge(judge, judge_folder(copy, "pegasus"), {}, FEATURES_FILE)
+    by_marks = compose("pegasus", repel_reading="marks", out=str(tmp_path / "marks"), **pushed, **flags)
+    by_class = compose("pegasus", out=str(tmp_path / "class"), **pushed, **flags)
+    guard = json.loads((by_marks / "scores.json").read_text())["repel_guard"]
+    assert guard == {"keep": True, "toward": 2.0, "reading": "marks"}
+    assert (by_marks / "batch64.png").read_bytes() != (by_class / "batch64.png").read_bytes()
+    with pytest.raises(SystemExit) as exit_info:  # a reading with no guard to read it: one line
+        compose_main("pegasus", repel_reading="marks", out=str(tmp_path / "unguarded"), **flags)
+    assert exit_info.value.code == 2 and not (tmp_path / "unguarded").exists()
+
+    compose("pegasus", repel_reading="marks", save_recipe=True, out=str(tmp_path / "recipe"), **pushed, **flags)
+    settled = {}
+    for expression in ("pegasus", "horse"):
+        folder = compose(expression, out=str(tmp_path / f"by-recipe-{expression}"), **flags)
+        settled[expression] = json.loads((folder / "config.json").read_text())
+    assert settled["pegasus"]["repel"] == 1.0 and settled["pegasus"]["repel_reading"] == "marks"
+    assert settled["horse"]["repel"] == 0.0 and settled["horse"]["repel_toward"] == 0.0  # no draws to push
+    off = compose("pegasus", repel=0.0, out=str(tmp_path / "off"), **flags)  # --repel 0 turns the guard off with it
+    assert json.loads((off / "config.json").read_text())["repel_toward"] == 0.0
+    (judge_folder(copy, "pegasus") / FEATURES_FILE).unlink()  # the recipe's reading can no longer be read
+    folder = compose("pegasus", out=str(tmp_path / "by-recipe-unjudged"), **flags)
+    assert json.loads((folder / "config.json").read_text())["repel"] == 0.0

@@ -22,7 +22,7 @@ import numpy as np
 
 from autoencoder.cli import UserError
 from latent_ops.compose import ComposeConfig, Reference, Setting, check_repel, check_start, draw, \
-    make_compose_config, open_reference, open_setting, rank
+    make_compose_config, open_reference, open_setting, rank, settle_recipe_repel
 from latent_ops.editor import to_pixels
 from latent_ops.expression import parse
 from latent_ops.scoring import score
@@ -33,10 +33,11 @@ STAGES = ("setup", "sampling", "ranking", "refinement", "ranking", "done")  # in
 OPEN_SETTINGS = 4  # expressions whose opened setting is kept
 # A compose that starts from real pictures carries them this far to the expression, as make pegasus-varied does
 # (docs/regions.md, "Starting from real pictures": without the negative the pool varies most).
-START_FLAGS = {"project": 0.8, "negative": ""}
+START_FLAGS = {"project": 0.8, "negative": "", "repel": 0.0}
 # A compose whose draws push each other apart, as make pegasus-diverse does (particle guidance; docs/regions.md,
-# "Pushing the pool apart": on a pool of 64 it adds about half a second).
-APART_FLAGS = {"repel": 1.0}
+# "Pushing the pool apart"), with no guard: the recipe's own push is guided up the judge of marks (docs/regions.md,
+# "Guided up the judge of marks"); on a pool of 64 both take about 3.8 s.
+APART_FLAGS = {"repel": 1.0, "repel_toward": 0.0}
 
 
 class ProgressClock(StageClock):
@@ -84,7 +85,7 @@ class Composer:
     def __init__(self, run: Path, data: str, cache_dir: str, pool: int = 64, kept: int = 16, keep_jobs: int = 32):
         self.run, self.data, self.cache_dir = run, data, cache_dir
         self.pool, self.kept, self.keep_jobs = pool, kept, keep_jobs
-        self.settings: OrderedDict[tuple[str, str, bool], Setting] = OrderedDict()  # by expression, start, apart
+        self.settings: OrderedDict[tuple, Setting] = OrderedDict()  # by expression, start, push and its guard
         self.reference: Reference | None = None
         self.jobs: OrderedDict[int, ComposeJob] = OrderedDict()
         self.ids = itertools.count(1)
@@ -99,7 +100,7 @@ class Composer:
                                      cache_dir=self.cache_dir, pool=self.pool, n=self.kept, seed=seed, refine_top=0,
                                      **(dict(start=start, **START_FLAGS) if start else {}),
                                      **(APART_FLAGS if apart else {}))
-        setting = self.settings.get((expression, start, apart))
+        setting = next((opened for key, opened in self.settings.items() if key[0] == expression), None)  # its concepts
         if setting is not None:
             concepts = setting.concepts
         else:
@@ -109,6 +110,7 @@ class Composer:
         learned = learned_names(self.run, concepts.names)
         weights = parse(expression, concepts.names + learned)
         check_start(start, concepts, learned)
+        settle_recipe_repel(config, weights, learned, self.run)
         check_repel(config, weights, learned)
         return config
 
@@ -116,11 +118,13 @@ class Composer:
         import shlex
 
         started = ["--start", config.start, "--project", f"{config.project:g}", "--negative", config.negative]
-        apart = ["--repel", f"{config.repel:g}"]
+        pushed = ["--repel", f"{config.repel:g}", "--repel_toward", f"{config.repel_toward:g}"]
+        if config.repel_toward > 0:
+            pushed += ["--repel_reading", config.repel_reading]
         return shlex.join(["python", "-m", "latent_ops.compose", config.expression, "--run", str(self.run),
                            "--data", self.data, "--pool", str(config.pool), "--n", str(config.n), "--seed",
                            str(config.seed), "--refine_top", "0", *(started if config.start else []),
-                           *(apart if config.repel else [])])
+                           *(pushed if config.repel else ["--repel", "0"] if config.start else [])])
 
     def submit(self, expression: str, seed: int = 0, start: str = "", apart: bool = False) -> ComposeJob:
         """Check the expression, the start and ``apart`` now (a UserError says what is wrong), then compose in the
@@ -148,7 +152,8 @@ class Composer:
                 pass
 
     def setting(self, config: ComposeConfig) -> Setting:
-        key = (config.expression, config.start, config.repel > 0)  # a start changes the negative, apart the nets
+        # a start changes the negative, a push the nets it reads with, its guard the judge of features it reads
+        key = (config.expression, config.start, config.repel > 0, config.repel_toward > 0 and config.repel_reading)
         setting = self.settings.pop(key, None) or open_setting(config)
         self.settings[key] = setting
         while len(self.settings) > OPEN_SETTINGS:
