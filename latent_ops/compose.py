@@ -78,7 +78,7 @@ from latent_ops.intent import (INTENTS, class_reading, expand_learned, expressio
                                resolve_intent, samples_the_prior, spreads_with_temperature)
 from latent_ops.run_concepts import ensure_concepts
 from latent_ops.runs import repository_path, resolve_run
-from latent_ops.mark_judge import (FEATURES_FILE, MarkJudge, judge_folder, judged_expressions, load_judge,
+from latent_ops.mark_judge import (FEATURES_FILE, MarkJudge, has_feature_judge, judged_expressions, load_judge,
                                    marks_reading)
 from latent_ops.sampling import (SOURCES, DrawSettings, Sources, check_negative, draw_density, picture_features,
                                  projection_conditions, sample_expression, start_guides, subject_placer)
@@ -418,7 +418,7 @@ def settle_recipe_repel(config: ComposeConfig, weights: dict[str, float], learne
     if not getattr(config, "repel_from_recipe", False) or config.repel <= 0:
         return
     draws = config.source == "prior" or config.start or config.project > 0 or samples_the_prior(weights, learned)
-    judged = not reads_marks(config) or (judge_folder(run_dir, config.expression) / FEATURES_FILE).exists()
+    judged = not reads_marks(config) or has_feature_judge(run_dir, config.expression)
     if not (draws and judged):
         defaults = ComposeConfig()
         for name in REPEL_FIELDS:

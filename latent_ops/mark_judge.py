@@ -133,6 +133,14 @@ def judge_folder(run: str | Path, expression: str) -> Path:
     return Path(run) / JUDGE_FOLDER / expression
 
 
+def has_feature_judge(run: str | Path, expression: str) -> bool:
+    """Whether the run has a judge of features (FEATURES_FILE) for ``expression`` (False for any expression that
+    cannot name a judge's folder)."""
+    if not JUDGED_NAME.fullmatch(expression) or ".." in expression:
+        return False
+    return (Path(run) / JUDGE_FOLDER / expression / FEATURES_FILE).exists()
+
+
 def judged_expressions(run: str | Path) -> list[str]:
     """The expressions the run has a judge of marks for."""
     root = Path(run) / JUDGE_FOLDER

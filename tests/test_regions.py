@@ -848,11 +848,12 @@ def test_compose_guides_its_push_up_the_judge_of_marks_and_the_recipes_push_appl
 
     compose("pegasus", repel_reading="marks", save_recipe=True, out=str(tmp_path / "recipe"), **pushed, **flags)
     settled = {}
-    for expression in ("pegasus", "horse"):
-        folder = compose(expression, out=str(tmp_path / f"by-recipe-{expression}"), **flags)
+    for expression in ("pegasus", "horse", "pegasus&bird"):
+        folder = compose(expression, out=str(tmp_path / f"by-recipe-{len(settled)}"), **flags)
         settled[expression] = json.loads((folder / "config.json").read_text())
     assert settled["pegasus"]["repel"] == 1.0 and settled["pegasus"]["repel_reading"] == "marks"
     assert settled["horse"]["repel"] == 0.0 and settled["horse"]["repel_toward"] == 0.0  # no draws to push
+    assert settled["pegasus&bird"]["repel"] == 0.0  # draws, but no judge of features for this expression
     off = compose("pegasus", repel=0.0, out=str(tmp_path / "off"), **flags)  # --repel 0 turns the guard off with it
     assert json.loads((off / "config.json").read_text())["repel_toward"] == 0.0
     (judge_folder(copy, "pegasus") / FEATURES_FILE).unlink()  # the recipe's reading can no longer be read
