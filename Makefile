@@ -59,7 +59,7 @@ pegasus-varied:
 # make pegasus-diverse: pegasus with its pool of draws pushed apart in the perceptual net's features while the flow
 # sets their layout (compose --repel, particle guidance) with no guard, into outputs/compose/pegasus-diverse: kept
 # diversity 0.61-0.63x real horses' against 0.51-0.54x for the recipe before (the recipe, pushed up the judge of marks:
-# 0.56-0.57x, more winged horses by eye); pushed through the model's feature proxy (proxy/, latent_ops.learn_proxy),
+# 0.55-0.58x, more winged horses by eye); pushed through the model's feature proxy (proxy/, latent_ops.learn_proxy),
 # it takes about the recipe's time (docs/regions.md)
 DIVERSE_PEGASUS_FLAGS := --repel 1 --repel_toward 0
 pegasus-diverse:
@@ -86,7 +86,7 @@ LEARN_PEGASUS_WHITE := --expression "2*horse&3*airplane@top&2*white@body&4*white
 	--prior_steps 12 --solver ab2 --guidance 2.0 --accept "horse>=0.25,wings>=0.25,pale_subject>=0.6,pale_wing>=0.65" \
 	--critic_quantile 0.3 --sharpness_quantile 0.2 --rise_quantile 0.3 --balance 1.0 --steps 1000
 PEGASUS_RECIPE := --pool 1024 --guidance 2.25 --negative deer --solver ab2 --prior_steps 12 --guidance_until 0.7 --refine_top 128 --rise_gate 0.5 \
-	--chunk 64 --mark_gate 0.75 --repel 1 --repel_toward 2 --repel_reading marks  # stored as the model's compose.json (bench/compose_speed.py measures it against the recipe before)
+	--chunk 64 --mark_gate 0.75 --repel 1 --repel_toward 2 --repel_reading class+marks --repel_class 0.1  # stored as the model's compose.json (bench/compose_speed.py measures it against the recipe before)
 # The release, re-created by `make model` (an older one: make model RELEASE_PRESET=release SHARPEN_PRESET= SHIP_FLAGS=)
 # (6,000 steps, 82 min of training alone on 2 AVX-512 bf16 cores; then shipping with the conv prior on the
 # 8 x 8 code, the targets, the learned pegasus and the report; docs/training.md).

@@ -131,7 +131,9 @@ class ComposeConfig:
     #   net; the guard is on whenever this is above 0)
     repel_reading: str = "class"  # the reading the guard keeps and --repel_toward climbs: class (the perceptual net's
     #   reading of the expression's classes), marks (the run's judge of features of by-eye marks: how likely a person
-    #   is to mark the picture, latent_ops.mark_judge) or class+marks (their sum)
+    #   is to mark the picture, latent_ops.mark_judge) or class+marks (their sum, the class reading weighted by:)
+    repel_class: float = 1.0  # ... the class reading's weight in class+marks (0.1: the pool share of the recipe before
+    #   with the judge's by-eye gain kept; docs/regions.md, "Guided up the judge of marks")
     negative: str = ""  # a class (or cluster: its class) that guidance pushes prior draws away from: its velocity
     #   stands in for the unconditional one, so it costs no extra evaluation (a negative prompt); "": none
     project: float = 0.0  # SDEdit: edited codes go this far towards noise and the prior brings them back; 0: off
@@ -182,12 +184,12 @@ COMPOSE_RANGES = {"n": (1, 10**6), "seed": (0, 2**32 - 1), "refine_steps": (0, 1
                   "project": (0, 1), "refine_prior": (0, 1), "pool": (0, 10**6), "dedup": (0, 10),
                   "rank_sharpness": (0, 100), "rank_intent": (0, 100), "rank_gate": (0, 1), "rise_gate": (0, 0.99),
                   "mark_gate": (0, 0.99), "guidance_from": (0, 1), "guidance_until": (0, 1), "repel": (0, 100),
-                  "repel_until": (0, 1), "repel_toward": (0, 100),
+                  "repel_until": (0, 1), "repel_toward": (0, 100), "repel_class": (0, 100),
                   "refine_top": (0, 10**6), "dpp_quality": (0, 100), "dpp_bandwidth": (1e-3, 100)}
 SELECTIONS = ("dedup", "dpp")
 REPEL_THROUGH = ("auto", "proxy", "pictures")
 REPEL_READINGS = ("class", "marks", "class+marks")
-REPEL_FIELDS = {"repel", "repel_until", "repel_through", "repel_keep", "repel_toward", "repel_reading"}
+REPEL_FIELDS = {"repel", "repel_until", "repel_through", "repel_keep", "repel_toward", "repel_reading", "repel_class"}
 
 
 def validate_compose_config(config: ComposeConfig) -> None:
@@ -241,7 +243,7 @@ def make_compose_config(**flags) -> ComposeConfig:
     if recipe:
         config = dataclass_from_flags(ComposeConfig, recipe, flags)
         if config.repel <= 0:  # --repel 0 turns the recipe's push off, and with it the recipe's guard of it
-            for name in ("repel_keep", "repel_toward", "repel_reading"):
+            for name in ("repel_keep", "repel_toward", "repel_reading", "repel_class"):
                 if name not in flags:
                     setattr(config, name, getattr(ComposeConfig, name))
         validate_compose_config(config)
@@ -394,7 +396,10 @@ def repel_reading(setting: Setting, config: ComposeConfig) -> Callable[[torch.Te
             raise ConfigError(f"--repel_reading {config.repel_reading} reads the judge of features of "
                               f"{config.expression!r}, which this setting was opened without; open it with this config")
         readings.append(marks_reading(setting.feature_marks))
-    return readings[0] if len(readings) == 1 else lambda features: sum(read(features) for read in readings)
+    if len(readings) == 1:
+        return readings[0]
+    by_class, by_marks = readings
+    return lambda features: config.repel_class * by_class(features) + by_marks(features)
 
 
 def repel_through(setting: Setting) -> str:
@@ -665,7 +670,8 @@ def summarise(config: ComposeConfig, setting: Setting, drawn: Drawn, scored: Sco
         "precision": setting.precision, "solver": config.solver, "prior_steps": config.prior_steps,
         "guidance_interval": [config.guidance_from, config.guidance_until], "refine_top": config.refine_top,
         "repel": [config.repel, config.repel_until], "repel_through": repel_through(setting) if config.repel else "",
-        "repel_guard": {"keep": True, "toward": config.repel_toward, "reading": config.repel_reading}
+        "repel_guard": {"keep": True, "toward": config.repel_toward, "reading": config.repel_reading,
+                        **({"class_weight": config.repel_class} if config.repel_reading == "class+marks" else {})}
         if guards(config) else None,
         "expression": config.expression, "weights": setting.weights, "intent_weights": setting.intent_weights,
         "seed": config.seed, "run": repository_path(setting.run), "candidates_composed": config.candidates,

@@ -93,10 +93,11 @@ def write_outputs(folder: Path, config, kept, scored, reference, summary: dict, 
     write_json(summary, folder / "scores.json")
 
 
-def guard_words(reading: str) -> str:
-    """What the guard of --repel climbs, in words."""
-    return {"class": "perceptual net's reading", "marks": "judge of marks",
-            "class+marks": "perceptual net's reading and the judge of marks"}.get(reading, reading)
+def guard_words(guard: dict) -> str:
+    """What the guard of --repel climbs (``scores.json``'s ``repel_guard``), in words."""
+    if guard["reading"] == "class+marks":
+        return f"judge of marks and {guard.get('class_weight', 1):g} x the perceptual net's reading"
+    return {"class": "perceptual net's reading", "marks": "judge of marks"}.get(guard["reading"], guard["reading"])
 
 
 def print_summary(config, summary: dict, out: Path) -> None:
@@ -108,7 +109,7 @@ def print_summary(config, summary: dict, out: Path) -> None:
           + (f", away from {summary['negative']}" if summary.get("negative") else "")
           + (f", draws pushed apart x{summary['repel'][0]:g} until t {summary['repel'][1]:g}"
              if summary.get("repel", [0])[0] else "")
-          + (f" and up the {guard_words(summary['repel_guard']['reading'])} x{summary['repel_guard']['toward']:g}"
+          + (f" and up the {guard_words(summary['repel_guard'])} x{summary['repel_guard']['toward']:g}"
              if (summary.get("repel_guard") or {}).get("toward") else "")
           + f"; {summary['refined']} refined)")
     print(f"  critic mean of the refined {summary['critic_mean_before']:.3f} -> {summary['critic_mean_after']:.3f} "

@@ -302,7 +302,7 @@ def test_a_compose_whose_draws_push_apart_says_so_in_its_command_and_refuses_wha
     assert job["state"] == "done" and len(job["results"]) == 16, job["error"]
     plain = client.post("/api/compose", json={"expression": "pegasus", "seed": 3}).json()
     plain_command = shlex.split(plain["command"])  # the recipe's own push, guided up the judge of marks
-    assert plain["apart"] is False and plain_command[plain_command.index("--repel_reading") + 1] == "marks"
+    assert plain["apart"] is False and plain_command[plain_command.index("--repel_reading") + 1] == "class+marks"
     assert finished(plain)["state"] == "done"
     pushed = [r["image"] for r in job["results"]]
     assert pushed != [r["image"] for r in finished(plain)["results"]]  # the same seed, other pictures

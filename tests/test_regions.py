@@ -842,6 +842,11 @@ def test_compose_guides_its_push_up_the_judge_of_marks_and_the_recipes_push_appl
     guard = json.loads((by_marks / "scores.json").read_text())["repel_guard"]
     assert guard == {"keep": True, "toward": 2.0, "reading": "marks"}
     assert (by_marks / "batch64.png").read_bytes() != (by_class / "batch64.png").read_bytes()
+    tenth = compose("pegasus", repel_reading="class+marks", repel_class=0.1, out=str(tmp_path / "tenth"), **pushed,
+                    **flags)
+    whole = compose("pegasus", repel_reading="class+marks", out=str(tmp_path / "whole"), **pushed, **flags)
+    assert json.loads((tenth / "scores.json").read_text())["repel_guard"]["class_weight"] == 0.1
+    assert (tenth / "batch64.png").read_bytes() != (whole / "batch64.png").read_bytes()  # the weight is read
     with pytest.raises(SystemExit) as exit_info:  # a reading with no guard to read it: one line
         compose_main("pegasus", repel_reading="marks", out=str(tmp_path / "unguarded"), **flags)
     assert exit_info.value.code == 2 and not (tmp_path / "unguarded").exists()

@@ -121,6 +121,7 @@ class Composer:
         pushed = ["--repel", f"{config.repel:g}", "--repel_toward", f"{config.repel_toward:g}"]
         if config.repel_toward > 0:
             pushed += ["--repel_reading", config.repel_reading]
+            pushed += ["--repel_class", f"{config.repel_class:g}"] if config.repel_reading == "class+marks" else []
         return shlex.join(["python", "-m", "latent_ops.compose", config.expression, "--run", str(self.run),
                            "--data", self.data, "--pool", str(config.pool), "--n", str(config.n), "--seed",
                            str(config.seed), "--refine_top", "0", *(started if config.start else []),
