@@ -243,9 +243,7 @@ def make_compose_config(**flags) -> ComposeConfig:
     if recipe:
         config = dataclass_from_flags(ComposeConfig, recipe, flags)
         if config.repel <= 0:  # --repel 0 turns the recipe's push off, and with it the recipe's guard of it
-            for name in ("repel_keep", "repel_toward", "repel_reading", "repel_class"):
-                if name not in flags:
-                    setattr(config, name, getattr(ComposeConfig, name))
+            to_defaults(config, {"repel_keep", "repel_toward", "repel_reading", "repel_class"} - set(flags))
         validate_compose_config(config)
         config.negative_from_recipe = "negative" not in flags  # a default for prior draws, not a request (open_setting)
         config.mark_gate_from_recipe = "mark_gate" not in flags  # a default where the judge knows the expression
@@ -422,18 +420,25 @@ def settle_recipe_repel(config: ComposeConfig, weights: dict[str, float], learne
     back to its default (draws not pushed apart), so other expressions compose as they did without it."""
     if not getattr(config, "repel_from_recipe", False) or config.repel <= 0:
         return
-    draws = config.source == "prior" or config.start or config.project > 0 or samples_the_prior(weights, learned)
     judged = not reads_marks(config) or has_feature_judge(run_dir, config.expression)
-    if not (draws and judged):
-        defaults = ComposeConfig()
-        for name in REPEL_FIELDS:
-            setattr(config, name, getattr(defaults, name))
+    if not (draws_from_prior(config, weights, learned) and judged):
+        to_defaults(config, REPEL_FIELDS)
+
+
+def draws_from_prior(config: ComposeConfig, weights: dict[str, float], learned: list[str]) -> bool:
+    """Whether the compose draws codes from the prior (the ones --repel can push apart)."""
+    return bool(config.source == "prior" or config.start or config.project > 0 or samples_the_prior(weights, learned))
+
+
+def to_defaults(config: ComposeConfig, names) -> None:
+    """Set the fields ``names`` of ``config`` back to ComposeConfig's defaults."""
+    for name in names:
+        setattr(config, name, getattr(ComposeConfig, name))
 
 
 def check_repel(config: ComposeConfig, weights: dict[str, float], learned: list[str]) -> None:
     """``--repel`` pushes draws from the prior apart: an expression of held-out codes has none to push."""
-    if config.repel > 0 and not (config.source == "prior" or config.start or config.project > 0
-                                 or samples_the_prior(weights, learned)):
+    if config.repel > 0 and not draws_from_prior(config, weights, learned):
         raise ConfigError(f"--repel {config.repel} pushes draws from the prior apart, but {config.expression!r} draws "
                           f"none with --source {config.source}; add --source prior or --project, or drop --repel")
 

@@ -31,7 +31,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from autoencoder.atomic import write_json
 from autoencoder.cli import (ConfigError, UserError, check_choice, check_ranges, claim_output, command, read_json,
                              save_config)
 from autoencoder.cifar10 import CACHE_FOLDER, DATA_FOLDER
@@ -177,24 +176,23 @@ def learn_marks(config: LearnMarksConfig) -> str:
     record = {"sittings": [s["key"] for s in spec["sittings"]], "rows": len(rows.marked), "unique images": unique,
               "marked share": round(float(rows.marked.mean()), 4), "strength": config.strength}
     said = []
-    if config.fit in ("judge", "both"):
-        figures = held_out(features, rows, config.strength)
-        judge = fit_judge(np.concatenate(features), np.concatenate([rows.marked] * 2), config.strength, what,
-                          expression)
+    for fitted in ("judge", "features"):
+        if config.fit not in (fitted, "both"):
+            continue
+        # the judge reads every mark feature; the judge of features only those the feature proxy predicts
+        seen = features if fitted == "judge" else tuple(part[:, :perceptual.feature_dim] for part in features)
+        figures = held_out(seen, rows, config.strength)
+        judge = fit_judge(np.concatenate(seen), np.concatenate([rows.marked] * 2), config.strength, what, expression)
         earlier = read_json(out / RECORD_FILE, "judge record") if (out / RECORD_FILE).exists() else {}
-        kept = {"features judge": earlier["features judge"]} if "features judge" in earlier else {}
-        save_judge(judge, out, {**record, "held out by seed": figures, **kept})
-        said.append(f"{out / WEIGHTS_FILE}; held-out ROC AUC: {auc_line(figures)}")
-    if config.fit in ("features", "both"):
-        alone = tuple(part[:, :perceptual.feature_dim] for part in features)  # what the feature proxy predicts
-        figures = held_out(alone, rows, config.strength)
-        judge = fit_judge(np.concatenate(alone), np.concatenate([rows.marked] * 2), config.strength, what, expression)
-        earlier = read_json(out / RECORD_FILE, "judge record") if (out / WEIGHTS_FILE).exists() else {}
-        save_judge(judge, out, {}, FEATURES_FILE)  # the numbers; the record is written whole below
-        write_json({**earlier, "what": what, "expression": expression,
-                    "features judge": {**record, "held out by seed": figures}}, out / RECORD_FILE)
-        said.append(f"{out / FEATURES_FILE} (the perceptual net's features alone); held-out ROC AUC: "
-                    f"{auc_line(figures)}")
+        earlier = {k: v for k, v in earlier.items() if k not in ("what", "expression")}  # the other judge's, kept
+        this = {**record, "held out by seed": figures}
+        if fitted == "judge":
+            save_judge(judge, out, {**earlier, **this})
+        else:
+            save_judge(judge, out, {**earlier, "features judge": this}, FEATURES_FILE)
+        written = f"{out / WEIGHTS_FILE}" if fitted == "judge" else \
+            f"{out / FEATURES_FILE} (the perceptual net's features alone)"
+        said.append(f"{written}; held-out ROC AUC: {auc_line(figures)}")
     save_config(config, out / config_name(config))
     return (f"learn_marks: {len(rows.marked)} counted images ({unique} different, {rows.marked.mean():.0%} marked) -> "
             + "; and ".join(said))

@@ -127,7 +127,7 @@ def save_judge(judge: MarkJudge, folder: Path, record: dict, weights_file: str =
 def judge_folder(run: str | Path, expression: str) -> Path:
     """RUN/marks/<expression>: where the judge of an expression's marks lives (refused for a name that cannot be a
     folder's)."""
-    if not JUDGED_NAME.fullmatch(expression) or ".." in expression:
+    if not names_a_folder(expression):
         raise ConfigError(f"a judge of marks is kept under the name of its expression, and {expression!r} cannot name "
                           f"a folder; judge a plain name (a learned concept such as pegasus)")
     return Path(run) / JUDGE_FOLDER / expression
@@ -136,9 +136,12 @@ def judge_folder(run: str | Path, expression: str) -> Path:
 def has_feature_judge(run: str | Path, expression: str) -> bool:
     """Whether the run has a judge of features (FEATURES_FILE) for ``expression`` (False for any expression that
     cannot name a judge's folder)."""
-    if not JUDGED_NAME.fullmatch(expression) or ".." in expression:
-        return False
-    return (Path(run) / JUDGE_FOLDER / expression / FEATURES_FILE).exists()
+    return names_a_folder(expression) and (judge_folder(run, expression) / FEATURES_FILE).exists()
+
+
+def names_a_folder(expression: str) -> bool:
+    """Whether an expression can name its judge's folder (a plain name such as pegasus)."""
+    return JUDGED_NAME.fullmatch(expression) is not None and ".." not in expression
 
 
 def judged_expressions(run: str | Path) -> list[str]:
