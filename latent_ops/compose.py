@@ -193,6 +193,12 @@ REPEL_FIELDS = {"repel", "repel_until", "repel_through", "repel_keep", "repel_to
 
 
 def validate_compose_config(config: ComposeConfig) -> None:
+    check_each_flag(config)
+    check_flags_together(config)
+
+
+def check_each_flag(config: ComposeConfig) -> None:
+    """The checks of one flag at a time: ranges, choices, the grammar. A run's recipe cannot make these right."""
     check_ranges(config, COMPOSE_RANGES)
     check_choice("source", config.source, SOURCES)
     check_choice("intent", config.intent, INTENTS)
@@ -207,6 +213,12 @@ def validate_compose_config(config: ComposeConfig) -> None:
         ranking.parse_term_weights(config.rank_terms)
     except ValueError as error:
         raise ConfigError(str(error)) from None
+    parse(config.expression)  # grammar, length and numbers checked before any work
+
+
+def check_flags_together(config: ComposeConfig) -> None:
+    """The checks of flags against each other, made once the run's recipe is under the flags (a --repel_toward given
+    over a recipe whose --repel is on guards that push)."""
     if config.guidance_from > config.guidance_until:
         raise ConfigError(f"--guidance_from {config.guidance_from} is after --guidance_until {config.guidance_until}: "
                           f"guidance applies between them; give from <= until (0 and 1: throughout)")
@@ -220,7 +232,6 @@ def validate_compose_config(config: ComposeConfig) -> None:
     if 0 < config.refine_top < config.kept:
         raise ConfigError(f"--refine_top {config.refine_top} refines fewer candidates than the {config.kept} kept "
                           f"(min(--n, {SHOWN})); give at least {config.kept}, or 0 to refine every candidate")
-    parse(config.expression)  # grammar, length and numbers checked before any work
 
 
 def read_recipe(run: str) -> dict:
@@ -236,15 +247,17 @@ def read_recipe(run: str) -> dict:
 
 
 def make_compose_config(**flags) -> ComposeConfig:
-    """Flags over the run's recipe over the defaults; the flags are checked before the recipe is read."""
+    """Flags over the run's recipe over the defaults; each flag is checked before the recipe is read, and the flags
+    against each other after it (a flag the recipe makes right, --repel_toward over its push, is not refused)."""
     config = dataclass_from_flags(ComposeConfig, {}, flags)
-    validate_compose_config(config)
+    check_each_flag(config)
     recipe = read_recipe(config.run)
     if recipe:
         config = dataclass_from_flags(ComposeConfig, recipe, flags)
         if config.repel <= 0:  # --repel 0 turns the recipe's push off, and with it the recipe's guard of it
             to_defaults(config, {"repel_keep", "repel_toward", "repel_reading", "repel_class"} - set(flags))
-        validate_compose_config(config)
+    validate_compose_config(config)
+    if recipe:
         config.negative_from_recipe = "negative" not in flags  # a default for prior draws, not a request (open_setting)
         config.mark_gate_from_recipe = "mark_gate" not in flags  # a default where the judge knows the expression
         config.repel_from_recipe = not REPEL_FIELDS & set(flags)  # a default where it can push (settle_recipe_repel)

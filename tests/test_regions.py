@@ -859,6 +859,9 @@ def test_compose_guides_its_push_up_the_judge_of_marks_and_the_recipes_push_appl
     assert settled["pegasus"]["repel"] == 1.0 and settled["pegasus"]["repel_reading"] == "marks"
     assert settled["horse"]["repel"] == 0.0 and settled["horse"]["repel_toward"] == 0.0  # no draws to push
     assert settled["pegasus&bird"]["repel"] == 0.0  # draws, but no judge of features for this expression
+    stronger = compose("pegasus", repel_toward=3.0, out=str(tmp_path / "stronger"), **flags)  # over the recipe's push
+    assert {k: json.loads((stronger / "config.json").read_text())[k] for k in ("repel", "repel_toward")} == {
+        "repel": 1.0, "repel_toward": 3.0}
     off = compose("pegasus", repel=0.0, out=str(tmp_path / "off"), **flags)  # --repel 0 turns the guard off with it
     assert json.loads((off / "config.json").read_text())["repel_toward"] == 0.0
     (judge_folder(copy, "pegasus") / FEATURES_FILE).unlink()  # the recipe's reading can no longer be read
