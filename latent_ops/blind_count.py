@@ -13,9 +13,12 @@ rise gate looked better at 6x when its batch was looked at alone and counted 15 
 
 The first call writes ``sheet-K.png`` (16 images a sheet, each enlarged ``--scale`` times and numbered), ``key.json``
 (which output and which kept position, in ``batch64.png``'s order, each number shows, and a digest of each output's
-images) and ``config.json``. The second writes ``counts.json``: per output, how many of its kept images were marked,
-and their positions in its ``batch64.png`` (what ``python -m latent_ops.showcase --marked`` takes). It refuses when an
-output's images changed since the sheets were made.
+images), ``counted.png`` and ``config.json``. ``counted.png`` holds every counted image once, at 1x and losslessly,
+number N as the N-th tile of 16 a row, with its digest in the key. A sitting kept with it is a set of marked pictures
+on any machine, where a compose remade on another CPU gives other pictures; the judge of marks
+(``latent_ops.learn_marks``) reads it in their place. The second call writes ``counts.json``: per output, how many of
+its kept images were marked, and their positions in its ``batch64.png`` (what ``python -m latent_ops.showcase
+--marked`` takes). It refuses when an output's images changed since the sheets were made.
 """
 from __future__ import annotations
 
@@ -29,10 +32,11 @@ from autoencoder.atomic import replace_atomically, write_json
 from autoencoder.cli import ConfigError, UserError, check_ranges, claim_output, command, read_json
 from latent_ops.showcase import kept_batch, parse_marked
 
-KEY_FILE, COUNTS_FILE = "key.json", "counts.json"
+KEY_FILE, COUNTS_FILE, COUNTED_FILE = "key.json", "counts.json", "counted.png"
 MAX_SHEETS = 64  # 16 outputs of 64 kept images at 16 a sheet
-OWN_FILES = {KEY_FILE, COUNTS_FILE} | {f"sheet-{k}.png" for k in range(MAX_SHEETS)}
+OWN_FILES = {KEY_FILE, COUNTS_FILE, COUNTED_FILE} | {f"sheet-{k}.png" for k in range(MAX_SHEETS)}
 PER_SHEET = 16  # 4 x 4: large enough to judge at 6x, few enough to hold in mind
+PER_ROW = 16  # tiles a row of counted.png
 
 
 @dataclass
@@ -61,6 +65,44 @@ def images_digest(folder: Path) -> str:
 def kept_images(folder: Path) -> np.ndarray:
     """(K, 32, 32, 3) uint8: the kept images of a compose output, in ``batch64.png``'s order."""
     return kept_batch(folder).permute(0, 2, 3, 1).numpy()
+
+
+def counted_digest(images: np.ndarray) -> str:
+    """A digest of the counted images (N, 32, 32, 3) uint8, in the order of their numbers."""
+    return hashlib.sha256(np.ascontiguousarray(images, dtype=np.uint8).tobytes()).hexdigest()[:16]
+
+
+def save_counted(images: np.ndarray, file: Path) -> Path:
+    """The counted images (N, 32, 32, 3) uint8 as one lossless PNG, PER_ROW tiles a row (the last row padded black)."""
+    from PIL import Image
+
+    rows = -(-len(images) // PER_ROW)
+    grid = np.zeros((rows * PER_ROW, 32, 32, 3), np.uint8)
+    grid[:len(images)] = images
+    grid = grid.reshape(rows, PER_ROW, 32, 32, 3).transpose(0, 2, 1, 3, 4).reshape(rows * 32, PER_ROW * 32, 3)
+    return replace_atomically(lambda tmp: Image.fromarray(grid).save(tmp, format="PNG"), file)
+
+
+def read_counted(file: Path, count: int, digest: str) -> np.ndarray:
+    """The ``count`` images of a sitting's counted.png, checked against the digest its key recorded, else one line."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(file) as picture:
+            grid = np.array(picture.convert("RGB"))
+    except (OSError, UnidentifiedImageError) as error:
+        raise UserError(f"{file} cannot be read as the counted images of a blind count ({error}); take it again from "
+                        f"the sitting's folder, or set its outputs to remakes") from None
+    rows = -(-count // PER_ROW)
+    if grid.shape != (rows * 32, PER_ROW * 32, 3):
+        raise UserError(f"{file} is {grid.shape[1]}x{grid.shape[0]}, not the {PER_ROW * 32}x{rows * 32} grid of "
+                        f"{count} counted images its key lists; take it again from the sitting's folder")
+    images = grid.reshape(rows, 32, PER_ROW, 32, 3).transpose(0, 2, 1, 3, 4).reshape(-1, 32, 32, 3)[:count]
+    if counted_digest(images) != digest:
+        raise UserError(f"{file} holds other images than the ones counted (digest {counted_digest(images)}, counted "
+                        f"{digest or 'none recorded'}), so the marks would describe other pictures; take it again "
+                        f"from the sitting's folder")
+    return images
 
 
 def shuffled_key(counts: list[int], seed: int) -> list[tuple[int, int]]:
@@ -100,8 +142,10 @@ def make_sheets(config: BlindCountConfig) -> Path:
     for first in range(0, len(key), PER_SHEET):
         tiles = [batches[o][p] for o, p in key[first:first + PER_SHEET]]
         save_sheet(tiles, first, config.scale, out / f"sheet-{first // PER_SHEET}.png")
+    counted = np.stack([batches[o][p] for o, p in key])
+    save_counted(counted, out / COUNTED_FILE)
     write_json({"composes": [str(f) for f in folders], "images_digests": [images_digest(f) for f in folders],
-                "kept": [len(b) for b in batches], "seed": config.seed,
+                "kept": [len(b) for b in batches], "seed": config.seed, "counted_digest": counted_digest(counted),
                 "numbers": [[o, p] for o, p in key]}, out / KEY_FILE)
     return out
 

@@ -10,6 +10,9 @@ pictures, and the refusal names that commit to remake them with.
 The outputs are composed again into ``--work`` (reused while their images still match) and checked against the
 digests the key recorded: an output whose images differ is refused, since the marks would describe other pictures.
 A sitting's own ``counted_on`` takes the place of the file's, for counts made with a later model.
+A sitting that keeps its counted images (``"images": "NAME-counted.png"``, the blind count's ``counted.png``) is read
+from them instead, on any machine: a compose remade on another CPU gives other pictures, which the digests refuse.
+Its outputs still give each one's seed (the held-out split) and flags (what was counted); a null one is left out.
 
 ``--fit features`` fits only the judge of the perceptual net's features (``judge-features.npz``, which ``compose
 --repel_reading marks`` guides draws up), ``--fit judge`` only the judge ``--mark_gate`` ranks by; the other is kept
@@ -34,7 +37,7 @@ import torch
 from autoencoder.cli import (ConfigError, UserError, check_choice, check_ranges, claim_output, command, read_json,
                              save_config)
 from autoencoder.cifar10 import CACHE_FOLDER, DATA_FOLDER
-from latent_ops.blind_count import images_digest
+from latent_ops.blind_count import images_digest, read_counted
 from latent_ops.mark_judge import (FEATURES_FILE, RECORD_FILE, WEIGHTS_FILE, fit_judge, judge_folder,
                                    mark_features_both_ways, save_judge)
 from latent_ops.runs import resolve_run
@@ -86,24 +89,43 @@ def check_sitting(sitting, index: int, file: Path) -> None:
             and isinstance(outputs, list) and all(o is None or (isinstance(o, dict) and isinstance(o.get("seed"), int)
                                                                 and isinstance(o.get("flags", {}), dict))
                                                   for o in outputs)
-            and isinstance(sitting.get("counted_on", ""), str)):
-        raise ConfigError(f"sitting {index} of {file} is not {{\"key\": FILE, \"counts\": FILE, \"outputs\": [{{\"seed\": "
-                          f"N, \"flags\": {{...}}}} or null, ...], optionally \"counted_on\": COMMIT}}; see "
-                          f"docs/pegasus-cifar10/blind/sittings.json")
+            and isinstance(sitting.get("counted_on", ""), str)
+            and isinstance(sitting.get("images", ""), str)):
+        raise ConfigError(f"sitting {index} of {file} is not {{\"key\": FILE, \"counts\": FILE, \"outputs\": "
+                          f"[{{\"seed\": N, \"flags\": {{...}}}} or null, ...], optionally \"counted_on\": COMMIT "
+                          f"and \"images\": FILE}}; see docs/pegasus-cifar10/blind/sittings.json")
 
 
 def sitting_rows(config: LearnMarksConfig, run: Path, expression: str, sitting: dict, base: Path,
                  counted_on: str = "") -> Rows | None:
-    """The counted images of one sitting that can be remade, with their marks (None when none can). ``counted_on``:
-    the commit whose shipped model made the counted composes, named when a remade one differs."""
+    """The counted images of one sitting, with their marks (None when none can be had): read from the sitting's
+    ``images`` (its counted.png) where it keeps them, else remade. ``counted_on``: the commit whose shipped model made
+    the counted composes, named when a remade one differs."""
     key = read_json(base / sitting["key"], "blind count key")
     counts = read_json(base / sitting["counts"], "blind count")
     outputs = sitting["outputs"]
     if len(outputs) != len(key["composes"]):
         raise UserError(f"{base / sitting['key']} counted {len(key['composes'])} outputs, but the sittings file gives "
                         f"{len(outputs)} ways to remake them; give one for each (null where it cannot be remade)")
+    if sitting.get("images"):
+        counted = torch.from_numpy(read_counted(base / sitting["images"], len(key["numbers"]),
+                                                str(key.get("counted_digest", "")))).permute(0, 3, 1, 2)
+        tiles = {number: counted[number] for number, (o, _) in enumerate(key["numbers"]) if outputs[o] is not None}
+    else:
+        batches = remade_batches(config, run, expression, sitting, key, counted_on)
+        tiles = {number: batches[o][p] for number, (o, p) in enumerate(key["numbers"]) if o in batches}
+    marked = set(counts["marked_numbers"])
+    rows = [(tile, number in marked, int(outputs[key["numbers"][number][0]]["seed"])) for number, tile in tiles.items()]
+    if not rows:
+        return None
+    return Rows(torch.stack([r[0] for r in rows]), np.array([r[1] for r in rows]), np.array([r[2] for r in rows]))
+
+
+def remade_batches(config: LearnMarksConfig, run: Path, expression: str, sitting: dict, key: dict,
+                   counted_on: str) -> dict[int, torch.Tensor]:
+    """Per output that can be remade, its kept images composed again, checked against the digest the key recorded."""
     batches = {}
-    for index, (output, digest) in enumerate(zip(outputs, key["images_digests"])):
+    for index, (output, digest) in enumerate(zip(sitting["outputs"], key["images_digests"])):
         if output is None:
             continue
         folder = remade(config, run, expression, output, str(sitting.get("counted_on", "")))
@@ -112,14 +134,10 @@ def sitting_rows(config: LearnMarksConfig, run: Path, expression: str, sitting: 
                             f"{images_digest(folder)}, counted {digest}), so the marks would describe other pictures; "
                             + (f"they were composed with the model of commit {counted_on[:12]} (git worktree add DIR "
                                f"{counted_on[:12]}, then --run DIR/models/pegasus-cifar10), " if counted_on else "")
-                            + "remake it on the machine that counted, or set that output to null")
+                            + "remake it on the machine that counted (another CPU composes other pictures), or set "
+                              "that output to null")
         batches[index] = kept_batch(folder)
-    marked = set(counts["marked_numbers"])
-    rows = [(batches[o][p], number in marked, int(outputs[o]["seed"]))
-            for number, (o, p) in enumerate(key["numbers"]) if o in batches]
-    if not rows:
-        return None
-    return Rows(torch.stack([r[0] for r in rows]), np.array([r[1] for r in rows]), np.array([r[2] for r in rows]))
+    return batches
 
 
 def held_out(features: tuple[np.ndarray, np.ndarray], rows: Rows, strength: float) -> dict:

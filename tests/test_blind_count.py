@@ -13,7 +13,7 @@ from PIL import Image
 from safetensors.numpy import save_file
 
 from autoencoder.cli import ConfigError, UserError
-from latent_ops.blind_count import BlindCountConfig, blind_count, shuffled_key
+from latent_ops.blind_count import BlindCountConfig, blind_count, counted_digest, read_counted, shuffled_key
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -49,6 +49,9 @@ def test_the_sheets_show_each_kept_image_once_and_the_marks_unblind_to_their_out
     for j, (output, position) in enumerate(numbers):
         assert tile_value(out / "sheet-0.png", j) == kept[output][position]  # batch64's order, by rank
     assert numbers != [[0, p] for p in range(10)] + [[1, p] for p in range(4)]  # shuffled
+    counted = read_counted(out / "counted.png", len(numbers), key["counted_digest"])  # every number's image, exactly
+    assert [int(counted[n, 5, 5, 0]) for n in range(len(numbers))] == [kept[o][p] for o, p in numbers]
+    assert counted_digest(counted) == key["counted_digest"] and (out / "counted.png").stat().st_size < 4000
 
     picks = [j for j, (output, position) in enumerate(numbers) if output == 1 or position == 2]
     message = blind_count(BlindCountConfig(out=str(out), marked=",".join(map(str, picks)), what="grey"))
@@ -108,3 +111,21 @@ def test_blind_count_runs_as_a_user_runs_it(tmp_path):
     assert counted.returncode == 0 and f"{b}: 1 of 10 marked" in counted.stdout and f"{a}: 0 of 10" in counted.stdout
     bad = run("--out", str(out), "--marked", "99")
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "outside the batch of 20" in bad.stderr
+
+
+def test_counted_images_that_changed_or_are_not_a_grid_of_them_are_one_line(tmp_path):
+    a, b = fake_compose(tmp_path / "a", 0), fake_compose(tmp_path / "b", 100, kept_ranks=(1, 4, 6, 7))
+    out = tmp_path / "blind"
+    blind_count(BlindCountConfig(composes=f"{a},{b}", out=str(out), seed=3))
+    digest, file = json.loads((out / "key.json").read_text())["counted_digest"], out / "counted.png"
+    with pytest.raises(UserError, match="is 512x32, not the 512x64 grid of 20 counted images"):
+        read_counted(file, 20, digest)
+    with Image.open(file) as picture:
+        pixels = np.array(picture)
+    pixels[3, 40, 1] ^= 1  # one value of number 1 off by one: JPEG, a resize or an edit would do as much
+    Image.fromarray(pixels).save(file)
+    with pytest.raises(UserError, match="counted.png holds other images than the ones counted"):
+        read_counted(file, 14, digest)
+    file.write_bytes(b"not a picture")
+    with pytest.raises(UserError, match="cannot be read as the counted images of a blind count"):
+        read_counted(file, 14, digest)
