@@ -13,6 +13,8 @@ A sitting's own ``counted_on`` takes the place of the file's, for counts made wi
 A sitting that keeps its counted images (``"images": "NAME-counted.png"``, the blind count's ``counted.png``) is read
 from them instead, on any machine: a compose remade on another CPU gives other pictures, which the digests refuse.
 Its outputs still give each one's seed (the held-out split) and flags (what was counted); a null one is left out.
+``--keep_images true`` writes each remade sitting's images beside its key (``NAME-counted.png``) and names them, with
+their digest, in the sittings file: on the machine that counted, it makes the older sittings readable everywhere.
 
 ``--fit features`` fits only the judge of the perceptual net's features (``judge-features.npz``, which ``compose
 --repel_reading marks`` guides draws up), ``--fit judge`` only the judge ``--mark_gate`` ranks by; the other is kept
@@ -34,10 +36,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from autoencoder.atomic import write_json
 from autoencoder.cli import (ConfigError, UserError, check_choice, check_ranges, claim_output, command, read_json,
                              save_config)
 from autoencoder.cifar10 import CACHE_FOLDER, DATA_FOLDER
-from latent_ops.blind_count import images_digest, read_counted
+from latent_ops.blind_count import counted_digest, images_digest, read_counted, save_counted
 from latent_ops.mark_judge import (FEATURES_FILE, RECORD_FILE, WEIGHTS_FILE, fit_judge, judge_folder,
                                    mark_features_both_ways, save_judge)
 from latent_ops.runs import resolve_run
@@ -54,6 +57,8 @@ class LearnMarksConfig:
     strength: float = 0.01  # the logistic regression's C (L2 strength 1 / C): best held out of 0.003, 0.01, 0.03
     fit: str = "both"  # judge (what --mark_gate ranks by), features (the judge of the perceptual net's features alone,
     #   which compose --repel_reading marks climbs) or both; the other file is kept as it was
+    keep_images: bool = False  # write each remade sitting's counted images beside its key (NAME-counted.png) and name
+    #   them in the sittings file, so that later fits read them on any machine
 
 
 LEARN_MARKS_RANGES = {"strength": (1e-6, 1e6)}
@@ -90,10 +95,11 @@ def check_sitting(sitting, index: int, file: Path) -> None:
                                                                 and isinstance(o.get("flags", {}), dict))
                                                   for o in outputs)
             and isinstance(sitting.get("counted_on", ""), str)
-            and isinstance(sitting.get("images", ""), str)):
+            and isinstance(sitting.get("images", ""), str) and isinstance(sitting.get("images_digest", ""), str)):
         raise ConfigError(f"sitting {index} of {file} is not {{\"key\": FILE, \"counts\": FILE, \"outputs\": "
-                          f"[{{\"seed\": N, \"flags\": {{...}}}} or null, ...], optionally \"counted_on\": COMMIT "
-                          f"and \"images\": FILE}}; see docs/pegasus-cifar10/blind/sittings.json")
+                          f"[{{\"seed\": N, \"flags\": {{...}}}} or null, ...], optionally \"counted_on\": COMMIT, "
+                          f"\"images\": FILE and \"images_digest\": DIGEST}}; see "
+                          f"docs/pegasus-cifar10/blind/sittings.json")
 
 
 def sitting_rows(config: LearnMarksConfig, run: Path, expression: str, sitting: dict, base: Path,
@@ -108,11 +114,14 @@ def sitting_rows(config: LearnMarksConfig, run: Path, expression: str, sitting: 
         raise UserError(f"{base / sitting['key']} counted {len(key['composes'])} outputs, but the sittings file gives "
                         f"{len(outputs)} ways to remake them; give one for each (null where it cannot be remade)")
     if sitting.get("images"):
-        counted = torch.from_numpy(read_counted(base / sitting["images"], len(key["numbers"]),
-                                                str(key.get("counted_digest", "")))).permute(0, 3, 1, 2)
+        digest = str(sitting.get("images_digest") or key.get("counted_digest", ""))
+        counted = torch.from_numpy(read_counted(base / sitting["images"], len(key["numbers"]), digest))
+        counted = counted.permute(0, 3, 1, 2)
         tiles = {number: counted[number] for number, (o, _) in enumerate(key["numbers"]) if outputs[o] is not None}
     else:
         batches = remade_batches(config, run, expression, sitting, key, counted_on)
+        if config.keep_images and batches:
+            keep_counted(base, sitting, key, batches)
         tiles = {number: batches[o][p] for number, (o, p) in enumerate(key["numbers"]) if o in batches}
     marked = set(counts["marked_numbers"])
     rows = [(tile, number in marked, int(outputs[key["numbers"][number][0]]["seed"])) for number, tile in tiles.items()]
@@ -138,6 +147,23 @@ def remade_batches(config: LearnMarksConfig, run: Path, expression: str, sitting
                               "that output to null")
         batches[index] = kept_batch(folder)
     return batches
+
+
+def keep_counted(base: Path, sitting: dict, key: dict, batches: dict[int, torch.Tensor]) -> None:
+    """Write a remade sitting's counted images beside its key (an output left null: black tiles, never read) and name
+    them, with their digest, in ``sitting``. A file already there must hold the images its key or the remakes say
+    (else one line)."""
+    counted = np.zeros((len(key["numbers"]), 32, 32, 3), np.uint8)
+    for number, (o, p) in enumerate(key["numbers"]):
+        if o in batches:
+            counted[number] = batches[o][p].permute(1, 2, 0).numpy()
+    name, digest = sitting["key"].removesuffix("key.json") + "counted.png", counted_digest(counted)
+    if (base / name).exists():  # the blind count's own (every output's images), or one kept before
+        digest = str(key.get("counted_digest") or digest)
+        read_counted(base / name, len(counted), digest)
+    else:
+        save_counted(counted, base / name)
+    sitting.update(images=name, images_digest=digest)
 
 
 def held_out(features: tuple[np.ndarray, np.ndarray], rows: Rows, strength: float) -> dict:
@@ -173,6 +199,7 @@ def learn_marks(config: LearnMarksConfig) -> str:
                           f"docs/pegasus-cifar10/blind/sittings.json")
     for index, sitting in enumerate(spec["sittings"]):
         check_sitting(sitting, index, sittings_file)
+    as_read = json.dumps(spec)
     run = resolve_run(config.run)
     out = claim_output(judge_folder(run, str(spec["expression"])), {WEIGHTS_FILE, RECORD_FILE, FEATURES_FILE,
                                                                     "config-features.json"},
@@ -180,6 +207,8 @@ def learn_marks(config: LearnMarksConfig) -> str:
     parts = [part for part in (sitting_rows(config, run, spec["expression"], s, sittings_file.parent,
                                             str(s.get("counted_on", spec.get("counted_on", ""))))
                                for s in spec["sittings"]) if part is not None]
+    if config.keep_images and json.dumps(spec) != as_read:
+        write_json(spec, sittings_file)  # each remade sitting now names the images it counted
     if not parts:
         raise UserError(f"no output that {sittings_file} lists can be remade (every one is null); nothing was fitted")
     rows = Rows(torch.cat([p.images for p in parts]), np.concatenate([p.marked for p in parts]),

@@ -130,15 +130,21 @@ def test_learn_marks_fits_from_remade_blind_counts_and_compose_ranks_by_it(compo
     assert again["held out by seed"] == record["held out by seed"] and again["features judge"]["strength"] == 0.1
     assert json.loads((judged / "config-features.json").read_text())["fit"] == "features"
     fitted = load_judge(composed_run, "horse+wings").weights
-    portable = json.loads(spec.read_text())  # the same sittings read from the pictures they kept, as on another CPU
-    for kept_sitting, name in zip(portable["sittings"], "ab"):
-        kept_sitting["images"] = f"{name}/counted.png"
+    (tmp_path / "blind" / "b" / "counted.png").unlink()  # as a sitting counted before blind counts kept their images
+    converted = tmp_path / "blind" / "converted.json"
+    converted.write_text(spec.read_text())
+    places = dict(data=str(folder_data), cache_dir=str(smoke_run.parent / "cache"))
+    learn_marks(LearnMarksConfig(run=str(composed_run), sittings=str(converted), fit="judge", keep_images=True,
+                                 work=str(tmp_path / "work"), **places))
+    kept_sittings = json.loads(converted.read_text())["sittings"]
+    assert [s["images"] for s in kept_sittings] == ["a/counted.png", "b/counted.png"]
+    assert kept_sittings[0]["images_digest"] == json.loads((tmp_path / "blind" / "a" / "key.json").read_text())[
+        "counted_digest"] and (tmp_path / "blind" / "b" / "counted.png").exists()
+    for name in "ab":  # then the images kept are read, as on another CPU, whose remakes differ from the counted
         key_file = tmp_path / "blind" / name / "key.json"
         key_file.write_text(json.dumps({**json.loads(key_file.read_text()), "images_digests": ["0" * 16] * 2}))
-    (tmp_path / "blind" / "kept.json").write_text(json.dumps(portable))
-    learn_marks(LearnMarksConfig(run=str(composed_run), sittings=str(tmp_path / "blind" / "kept.json"), fit="judge",
-                                 data=str(folder_data), cache_dir=str(smoke_run.parent / "cache"),
-                                 work=str(tmp_path / "no-work")))
+    learn_marks(LearnMarksConfig(run=str(composed_run), sittings=str(converted), fit="judge",
+                                 work=str(tmp_path / "no-work"), **places))
     assert np.allclose(load_judge(composed_run, "horse+wings").weights, fitted) and not (tmp_path / "no-work").exists()
 
     gated = compose("horse+wings", run=str(composed_run), data=str(folder_data), quiet=True, n=24, seed=5,
