@@ -92,7 +92,7 @@ def read_counted(file: Path, count: int, digest: str) -> np.ndarray:
             grid = np.array(picture.convert("RGB"))
     except (OSError, UnidentifiedImageError) as error:
         raise UserError(f"{file} cannot be read as the counted images of a blind count ({error}); take it again from "
-                        f"the sitting's folder, or set its outputs to remakes") from None
+                        f"the sitting's folder, or drop the sitting's \"images\" to remake its outputs") from None
     rows = -(-count // PER_ROW)
     if grid.shape != (rows * 32, PER_ROW * 32, 3):
         raise UserError(f"{file} is {grid.shape[1]}x{grid.shape[0]}, not the {PER_ROW * 32}x{rows * 32} grid of "
