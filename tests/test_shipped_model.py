@@ -128,6 +128,8 @@ def test_a_white_pegasus_as_make_asks_for_it_has_paler_subjects_than_a_plain_one
     expression = re.search(r"^WHITE_PEGASUS := (.*)$", (root / "Makefile").read_text(), re.M).group(1)
     dry = subprocess.run(["make", "-n", "pegasus-white"], cwd=root, capture_output=True, text=True, timeout=60)
     assert f"PEGASUS_EXPRESSION='{expression}'" in dry.stdout  # quoted: & would end the shell command
+    white_flags = re.search(r"^WHITE_PEGASUS_FLAGS := (.*)$", (root / "Makefile").read_text(), re.M).group(1)
+    assert f"PEGASUS_FLAGS='{white_flags}'" in dry.stdout  # at the guidance its blind counts were made with
     assert "pale unsaturated subject" in json.loads((SHIPPED_MODEL / "directions.json").read_text())["white"]["note"]
     brightness, rising = {}, {}
     for name, text in (("plain", "pegasus"), ("white", expression)):

@@ -33,11 +33,12 @@ STAGES = ("setup", "sampling", "ranking", "refinement", "ranking", "done")  # in
 OPEN_SETTINGS = 4  # expressions whose opened setting is kept
 # A compose that starts from real pictures carries them this far to the expression, as make pegasus-varied does
 # (docs/regions.md, "Starting from real pictures": without the negative the pool varies most).
-START_FLAGS = {"project": 0.8, "negative": "", "repel": 0.0}
+START_FLAGS = {"project": 0.8, "negative": "", "repel": 0.0, "guidance": 2.25}
 # A compose whose draws push each other apart, as make pegasus-diverse does (particle guidance; docs/regions.md,
 # "Pushing the pool apart"), with no guard: the recipe's own push is guided up the judge of marks (docs/regions.md,
-# "Guided up the judge of marks"); on a pool of 64 both take about 3.8 s.
-APART_FLAGS = {"repel": 1.0, "repel_toward": 0.0}
+# "Guided up the judge of marks"); on a pool of 64 both take about 3.8 s. Both keep the guidance they were measured at
+# (2.25; the recipe's is 3.25 since 2026-12-07's twelfth sitting, docs/regions.md).
+APART_FLAGS = {"repel": 1.0, "repel_toward": 0.0, "guidance": 2.25}
 
 
 class ProgressClock(StageClock):
