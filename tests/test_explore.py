@@ -298,11 +298,14 @@ def test_a_compose_whose_draws_push_apart_says_so_in_its_command_and_refuses_wha
     command = shlex.split(job["command"])
     assert job["apart"] is True and command[command.index("--repel") + 1] == "1"
     assert command[command.index("--repel_toward") + 1] == "0"  # unguarded, as make pegasus-diverse
+    assert command[command.index("--guidance") + 1] == "2.25"  # as make pegasus-diverse, not the recipe's
     job = finished(job)
     assert job["state"] == "done" and len(job["results"]) == 16, job["error"]
     plain = client.post("/api/compose", json={"expression": "pegasus", "seed": 3}).json()
     plain_command = shlex.split(plain["command"])  # the recipe's own push, guided up the judge of marks
     assert plain["apart"] is False and plain_command[plain_command.index("--repel_reading") + 1] == "class+marks"
+    recipe_guidance = json.loads((SHIPPED / "compose.json").read_text())["guidance"]
+    assert float(plain_command[plain_command.index("--guidance") + 1]) == recipe_guidance
     assert finished(plain)["state"] == "done"
     pushed = [r["image"] for r in job["results"]]
     assert pushed != [r["image"] for r in finished(plain)["results"]]  # the same seed, other pictures

@@ -186,6 +186,7 @@ def test_a_compose_can_start_from_real_pictures_and_shows_the_command_that_does(
     command = shlex.split(ready.locator("#compose-command").text_content())
     assert command[command.index("--start") + 1] == "horse" and command[command.index("--project") + 1] == "0.8"
     assert command[command.index("--negative") + 1] == ""  # as make pegasus-varied
+    assert command[command.index("--guidance") + 1] == "2.25"  # at its guidance, not the recipe's
     ready.locator("#compose-grid figure").first.click()
     ready.wait_for_function("document.getElementById('selected-name').textContent.includes('from horse')")
     ready.locator("#start").fill("unicorn")

@@ -125,7 +125,8 @@ class Composer:
             pushed += ["--repel_class", f"{config.repel_class:g}"] if config.repel_reading == "class+marks" else []
         return shlex.join(["python", "-m", "latent_ops.compose", config.expression, "--run", str(self.run),
                            "--data", self.data, "--pool", str(config.pool), "--n", str(config.n), "--seed",
-                           str(config.seed), "--refine_top", "0", *(started if config.start else []),
+                           str(config.seed), "--refine_top", "0", "--guidance", f"{config.guidance:g}",
+                           *(started if config.start else []),
                            *(pushed if config.repel else ["--repel", "0"] if config.start else [])])
 
     def submit(self, expression: str, seed: int = 0, start: str = "", apart: bool = False) -> ComposeJob:
