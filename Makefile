@@ -96,7 +96,8 @@ PEGASUS_RECIPE := --pool 1024 --guidance 3.25 --negative deer --solver ab2 --pri
 # 8 x 8 code, the targets, the learned pegasus and the report; docs/training.md).
 RELEASE_PRESET ?= release-grid8
 # The judge of by-eye marks (models/pegasus-cifar10/marks/, latent_ops.learn_marks) was fitted on blind counts of the
-# shipped model's composes; it reads pictures, not codes, so shipping again keeps it (copied aside and back), and with it
+# shipped model's composes (learn_marks --fit judge on docs/pegasus-cifar10/blind/sittings-kept.json, whose counted
+# pictures are committed); it reads pictures, not codes, so shipping again keeps it (copied aside and back), and with it
 # the judge of features the recipe's draws climb (judge-features.npz, learn_marks --fit features on sittings-all.json).
 MARKS_KEPT := outputs/marks-judge-kept
 RELEASE_RUN ?= outputs/runs/$(RELEASE_PRESET)

@@ -209,3 +209,32 @@ def test_a_diverse_pegasus_as_make_asks_for_it_pushes_its_draws_apart_and_varies
     scores, diversity = composed_as_a_user_does(flags, tmp_path / "out")
     assert json.loads((tmp_path / "out" / "config.json").read_text())["repel"] > 0
     assert diversity > 1.05 * plain_pegasus, (diversity, plain_pegasus)
+
+
+def test_the_shipped_judge_of_marks_is_fitted_from_the_committed_sittings_and_none_since(tmp_path):
+    """learn_marks, run as a user runs it on a copy of the model, fits from the committed counted images
+    (docs/pegasus-cifar10/blind/sittings-kept.json, each read from its counted.png: no compose, any machine) the
+    judge the model ships; the sittings counted since (sittings-since.json, which tested it) are not in it."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    blind = root / "docs" / "pegasus-cifar10" / "blind"
+    copy = tmp_path / "model"
+    shutil.copytree(SHIPPED_MODEL, copy)
+    done = subprocess.run([sys.executable, "-m", "latent_ops.learn_marks", "--run", str(copy), "--sittings",
+                           str(blind / "sittings-kept.json"), "--fit", "judge"],
+                          cwd=root, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    refitted = np.load(copy / "marks" / "pegasus" / "judge.npz", allow_pickle=False)
+    shipped = np.load(SHIPPED_MODEL / "marks" / "pegasus" / "judge.npz", allow_pickle=False)
+    for name in ("mean", "scale", "weights", "bias"):  # to a fit's tolerance: another CPU's convolutions round apart
+        np.testing.assert_allclose(refitted[name], shipped[name], rtol=1e-3, atol=1e-3 * np.abs(shipped[name]).max())
+    record = json.loads((SHIPPED_MODEL / "marks" / "pegasus" / "judge.json").read_text())
+    kept = json.loads((blind / "sittings-kept.json").read_text())["sittings"]
+    since = json.loads((blind / "sittings-since.json").read_text())["sittings"]
+    assert record["sittings"] == [s["key"] for s in kept]
+    assert not {s["key"] for s in since} & set(record["sittings"])
+    assert all((blind / s["images"]).exists() for s in since)  # they too travel, for the next fit
