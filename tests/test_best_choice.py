@@ -80,22 +80,21 @@ def test_compose_best_agreement_records_both_readings_and_the_showcase_shows_fou
         assert "12 steps, away from deer;" in done.stdout
         runs[rule] = json.loads((out / "scores.json").read_text())["candidates"]
     chosen, ranked = runs["agreement"], runs["rank"]
-    lead = chosen[:4]
-    assert all(c["refined"] and c["passed_gate"] for c in lead)
-    assert all(set(c["second_reading"]) == set(c["intent_terms"]) == {"horse", "wings"} for c in lead)
-    scores = [c["best_score"] for c in lead]
-    assert scores == sorted(scores, reverse=True)
     read = [c for c in chosen if "best_score" in c]
     realistic = sorted(c["realism"] for c in read if c["passed_gate"])
     median = realistic[(len(realistic) - 1) // 2]
     allowed = [c for c in read if c["passed_gate"] and c["realism"] >= median]
     horse = sorted(min(c["intent_terms"]["horse"], c["second_reading"]["horse"]) for c in allowed)
     floor = horse[(len(horse) - 1) // 2]  # both readings of the horse at least their median: a horse first
-    assert max(c["best_score"] for c in allowed
-               if min(c["intent_terms"]["horse"], c["second_reading"]["horse"]) >= floor) == scores[0]
+    may = sorted((c["best_score"] for c in allowed
+                  if min(c["intent_terms"]["horse"], c["second_reading"]["horse"]) >= floor), reverse=True)
+    lead = chosen[:min(4, len(may))]  # up to four chosen by the rule (a small pool may allow fewer)
+    assert lead and all(c["refined"] and c["passed_gate"] for c in lead)
+    assert all(set(c["second_reading"]) == set(c["intent_terms"]) == {"horse", "wings"} for c in lead)
+    assert [c["best_score"] for c in lead] == may[:len(lead)]  # the highest scores the rule allows, highest first
     assert all(min(c["intent_terms"]["horse"], c["second_reading"]["horse"]) >= floor for c in lead)
     assert all("second_reading" not in c for c in ranked)
-    assert [c["candidate"] for c in chosen[4:]] == [c["candidate"] for c in ranked if c["candidate"] not in
+    assert [c["candidate"] for c in chosen[len(lead):]] == [c["candidate"] for c in ranked if c["candidate"] not in
                                                      {x["candidate"] for x in lead}], "the rest keep the ranking"
     with Image.open(tmp_path / "agreement" / "showcase.png") as showcase:
         assert showcase.size[1] > 700, "the best four sit in a row of their own, under the best and the batch"
