@@ -19,6 +19,10 @@ on any machine, where a compose remade on another CPU gives other pictures; the 
 (``latent_ops.learn_marks``) reads it in their place. The second call writes ``counts.json``: per output, how many of
 its kept images were marked, and their positions in its ``batch64.png`` (what ``python -m latent_ops.showcase
 --marked`` takes). It refuses when an output's images changed since the sheets were made.
+
+A finished sitting's marks are never lost: making the sheets again in a folder that holds ``counts.json`` is refused
+(the new shuffle would orphan them), and so is unblinding other marks over it, unless ``--replace true`` says that the
+marks before were a slip (the same marks again are accepted as they are).
 """
 from __future__ import annotations
 
@@ -47,6 +51,7 @@ class BlindCountConfig:
     what: str = "a winged horse"  # what was counted, recorded beside the counts
     seed: int = 0  # the shuffle
     scale: int = 6  # each image enlarged this many times (nearest neighbour)
+    replace: bool = False  # unblind other marks over this folder's counts.json (the marks before are lost)
 
 
 BLIND_RANGES = {"seed": (0, 2 ** 32 - 1), "scale": (1, 16)}
@@ -136,6 +141,9 @@ def make_sheets(config: BlindCountConfig) -> Path:
     key = shuffled_key([len(b) for b in batches], config.seed)
     if len(key) > MAX_SHEETS * PER_SHEET:
         raise ConfigError(f"{len(key)} images would take more than {MAX_SHEETS} sheets; count fewer outputs at once")
+    if (Path(config.out) / COUNTS_FILE).exists():
+        raise UserError(f"{config.out} holds a finished sitting ({COUNTS_FILE}); new sheets would lose its marks: "
+                        f"pass a new --out")
     out = claim_output(config.out, OWN_FILES, "a blind count's", config)
     for name in OWN_FILES - {"config.json"}:  # sheets and counts of an earlier blind count in this folder
         (out / name).unlink(missing_ok=True)
@@ -162,6 +170,12 @@ def unblind(config: BlindCountConfig) -> dict:
         if (Path(folder) / "images.safetensors").exists() and images_digest(Path(folder)) != digest:
             raise UserError(f"{folder}'s images changed since the sheets in {out} were made, so the marks no longer "
                             f"say what they show; make the sheets again")
+    earlier = out / COUNTS_FILE
+    if earlier.exists() and not config.replace:
+        before = read_json(earlier, "blind counts").get("marked_numbers")
+        if before != marked:
+            raise UserError(f"{earlier} already holds {len(before or [])} other marks; pass --replace true to replace "
+                            f"them, or copy the folder first")
     counts = {}
     for index, folder in enumerate(key["composes"]):
         positions = sorted(p for o, p in (numbers[m] for m in marked) if o == index)

@@ -106,9 +106,13 @@ def parse_marked(marked, count: int) -> list[int]:
         return []
     items = marked if isinstance(marked, (list, tuple)) else [m for m in str(marked).split(",") if m.strip()]
     try:
-        positions = sorted({int(m) for m in items})
+        numbers = [int(m) for m in items]
     except ValueError:
         raise UserError(f"--marked takes positions like 3,17,40, got {marked!r}") from None
+    twice = sorted({p for p in numbers if numbers.count(p) > 1})
+    if twice:
+        raise UserError(f"--marked names {twice[0]} more than once: a slip for another number? give each position once")
+    positions = sorted(numbers)
     wrong = [p for p in positions if not 0 <= p < count]
     if wrong:
         raise UserError(f"--marked position {wrong[0]} is outside the batch of {count} (0 to {count - 1})")

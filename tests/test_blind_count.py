@@ -129,3 +129,24 @@ def test_counted_images_that_changed_or_are_not_a_grid_of_them_are_one_line(tmp_
     file.write_bytes(b"not a picture")
     with pytest.raises(UserError, match="cannot be read as the counted images of a blind count"):
         read_counted(file, 14, digest)
+
+
+def test_a_finished_sittings_marks_are_never_lost(tmp_path):
+    a, b = fake_compose(tmp_path / "a", 0), fake_compose(tmp_path / "b", 100)
+    out = tmp_path / "blind"
+    blind_count(BlindCountConfig(composes=f"{a},{b}", out=str(out), seed=1))
+    with pytest.raises(UserError, match="names 3 more than once"):  # 3,3 is a slip for another number
+        blind_count(BlindCountConfig(out=str(out), marked="1,3,3"))
+    assert not (out / "counts.json").exists()
+    blind_count(BlindCountConfig(out=str(out), marked="1,3,5"))
+    first = (out / "counts.json").read_text()
+    key, sheets = (out / "key.json").read_text(), (out / "sheet-1.png").read_bytes()
+    blind_count(BlindCountConfig(out=str(out), marked="5,1,3"))  # the same marks again: accepted as they are
+    with pytest.raises(UserError, match="already holds 3 other marks; pass --replace true"):
+        blind_count(BlindCountConfig(out=str(out), marked="1,3"))
+    with pytest.raises(UserError, match="holds a finished sitting"):  # a new shuffle would orphan the marks
+        blind_count(BlindCountConfig(composes=f"{a},{b}", out=str(out), seed=2))
+    assert (out / "counts.json").read_text() == first and (out / "key.json").read_text() == key
+    assert (out / "sheet-1.png").read_bytes() == sheets
+    blind_count(BlindCountConfig(out=str(out), marked="1,3", replace=True))
+    assert json.loads((out / "counts.json").read_text())["marked_numbers"] == [1, 3]
