@@ -650,6 +650,7 @@ def candidate_rows(setting: Setting, drawn: Drawn, scored: Scored, kept: Kept, r
                  "sharpness": found["sharpness"][i].item(), "rise": found["rise"][i].item(),
                  **({"mark": found["mark"][i].item()} if "mark" in found else {}),
                  "passed_gate": bool(scored.gated[i]),
+                 **({"best_chosen": bool(found["best_chosen"][i])} if "best_chosen" in found else {}),
                  "intent_terms": {k: v[i].item() for k, v in scored.intents.items()}}
         if reference.distance is not None:
             entry.update(uniqueness=found["distance"][i, 0].item(),

@@ -222,4 +222,6 @@ def choose_best(config: ComposeConfig, setting: Setting, scored: Scored) -> Scor
         reading[rows] = torch.minimum(scored.intents[subject][rows].float(), terms[subject])
         allowed = best_choice.reads_as_subject(allowed, reading)
     order = best_choice.best_first(scored.order, found["best_score"].nan_to_num(-1.0), allowed)
+    found["best_chosen"] = torch.zeros(count, dtype=torch.bool)  # moved to the front by the rule
+    found["best_chosen"][order[:min(best_choice.SHOWN_BEST, int(allowed.sum()))]] = True
     return dataclasses.replace(scored, order=order)

@@ -70,7 +70,9 @@ def test_the_contact_sheet_frames_the_marked_cells_and_refuses_bad_positions(com
 
     out = compose("horse+wings", out=str(tmp_path / "sheet"), n=16, dedup=0.0, refine_steps=0,
                   **kwargs(composed_run, folder_data, smoke_run))
-    file = contact_sheet(str(out), "3,1,3", what="wing-like shape")
+    with pytest.raises(UserError, match="names 3 more than once"):  # a slip for another number, not merged
+        contact_sheet(str(out), "3,1,3", what="wing-like shape")
+    file = contact_sheet(str(out), "3,1", what="wing-like shape")
     assert json.loads((out / "marked.json").read_text()) == {"what": "wing-like shape", "marked": [1, 3],
                                                               "count": 2, "of": 16}
     with Image.open(file) as sheet:

@@ -306,7 +306,15 @@ def test_a_compose_whose_draws_push_apart_says_so_in_its_command_and_refuses_wha
     assert plain["apart"] is False and plain_command[plain_command.index("--repel_reading") + 1] == "class+marks"
     recipe_guidance = json.loads((SHIPPED / "compose.json").read_text())["guidance"]
     assert float(plain_command[plain_command.index("--guidance") + 1]) == recipe_guidance
-    assert finished(plain)["state"] == "done"
+    plain = finished(plain)
+    assert plain["state"] == "done"
+    # each tile says why it stands where it does: through every gate first, then the rest, each by score
+    places = [0 if r["passed_gates"] else 1 for r in plain["results"]]
+    assert places == sorted(places) and places[0] == 0 and [r["rank"] for r in plain["results"]] == sorted(
+        r["rank"] for r in plain["results"])
+    for place in (0, 1):
+        scores = [r["combined"] for r, p in zip(plain["results"], places) if p == place]
+        assert scores == sorted(scores, reverse=True)
     pushed = [r["image"] for r in job["results"]]
     assert pushed != [r["image"] for r in finished(plain)["results"]]  # the same seed, other pictures
 

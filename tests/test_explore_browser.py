@@ -171,7 +171,10 @@ def test_an_expression_composes_into_a_grid(ready):
     ready.locator("#compose").click()
     ready.wait_for_function("document.querySelectorAll('#compose-grid figure').length === 16", timeout=120_000)
     assert "kept of 64" in ready.locator("#compose-stage").text_content()
-    assert "score" in ready.locator("#compose-grid figcaption").first.text_content()
+    captions = [ready.locator("#compose-grid figcaption").nth(k).text_content() for k in range(16)]
+    assert all("score" in c and any(p in c for p in ("through the gates", "below a gate"))
+               for c in captions), captions
+    assert "then the rest by score" in ready.locator("#compose-grid figcaption").first.get_attribute("title")
     count = renders(ready)
     ready.locator("#compose-grid figure").nth(2).click()
     wait_for_render(ready, count)

@@ -199,7 +199,7 @@ class Composer:
                      "combined": float(scored.combined[candidate]), "realism": float(found["realism"][candidate]),
                      "intent": float(scored.intent[candidate]), "sharpness": float(found["sharpness"][candidate]),
                      "intent_terms": {k: float(v[candidate]) for k, v in scored.intents.items()},
-                     "picture": picture}
+                     "passed_gates": bool(scored.gated[candidate]), "picture": picture}
             if self.reference.distance is not None:
                 entry["uniqueness"] = float(found["distance"][candidate, 0])
             job.results.append(entry)

@@ -174,6 +174,9 @@ async function upload(file) {
 
 // --- composes --------------------------------------------------------------------------------------------------------
 
+const RANK_ORDER = "Order: the candidates through every gate (--rank_gate, --rise_gate, --mark_gate) by score, " +
+  "then the rest by score; so a higher score can come later.";
+
 function showResults(job) {
   const grid = $("compose-grid");
   grid.textContent = "";
@@ -182,10 +185,11 @@ function showResults(job) {
     figure.dataset.index = String(r.index);
     const img = Object.assign(document.createElement("img"), { src: r.image, alt: `kept image ${r.index}` });
     const terms = Object.entries(r.intent_terms).map(([k, v]) => `${k} ${v.toFixed(2)}`).join(" ");
+    const place = r.passed_gates ? "through the gates" : "below a gate";
     const caption = Object.assign(document.createElement("figcaption"), {
-      textContent: `#${r.rank} score ${r.combined.toFixed(2)}\n${terms}`,
+      textContent: `#${r.rank} score ${r.combined.toFixed(2)}\n${place}\n${terms}`,
       title: `combined ${r.combined.toFixed(3)}, realism ${r.realism.toFixed(2)}, intent ${r.intent.toFixed(2)}, sharpness ${r.sharpness.toFixed(2)}` +
-        (r.uniqueness !== undefined ? `, uniqueness ${r.uniqueness.toFixed(2)}` : ""),
+        (r.uniqueness !== undefined ? `, uniqueness ${r.uniqueness.toFixed(2)}` : "") + `\n${RANK_ORDER}`,
     });
     figure.append(img, caption);
     figure.addEventListener("click", () => {
