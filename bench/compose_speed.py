@@ -141,7 +141,8 @@ def fast_paths(run: str, data: str, cache_dir: str, expression: str, out: str, r
     """Milliseconds to decode one code and encode one image, and seconds of a pool-64 compose, warm, in one process."""
     from autoencoder.compute import autocast
     from autoencoder.run_folder import load_run
-    from latent_ops.compose import compose, make_compose_config, open_reference
+    from latent_ops.compose import compose, open_reference
+    from latent_ops.compose_config import make_compose_config
 
     opened = load_run(run)
     nets = opened.nets.to(memory_format=torch.channels_last)

@@ -36,7 +36,7 @@ from autoencoder.cifar10 import CACHE_FOLDER, CIFAR10_CLASSES, DATA_FOLDER, pars
 from autoencoder.cli import ConfigError, check_ranges, claim_output, dataclass_from_flags, run_cli, save_config
 from autoencoder.grids import save_grid, save_single
 from autoencoder.run_folder import load_run
-from latent_ops.compose import folder_name
+from latent_ops.compose_config import folder_name
 from latent_ops.concepts import Concepts, heldout_members
 from latent_ops.encode import BANK_FILE, LatentBank, decode_codes, load_bank
 from latent_ops.expression import ExpressionError, parse

@@ -78,7 +78,8 @@ class PushRecorder:
 def record_pushes(config: LearnProxyConfig, run: Path, expression: str) -> tuple[list[list[dict]], tuple[int, ...]]:
     """The blocks each draw of ``expression`` pushed apart through its pictures (``config.draws`` + 1 draws, with
     the run's compose recipe), and the run's code shape."""
-    from latent_ops.compose import draw, make_compose_config, open_setting
+    from latent_ops.compose import draw, open_setting
+    from latent_ops.compose_config import make_compose_config
 
     draws = []
     for index in range(config.draws + 1):

@@ -38,8 +38,8 @@ from autoencoder.grids import save_grid
 from autoencoder.models import Networks
 from autoencoder.roundtrip import reconstruct
 from autoencoder.run_folder import RunConfig, load_run, weights_digest
-from latent_ops.compose import (DEFAULT_EXPRESSION, ComposeConfig, compose, folder_name, make_compose_config, open_setting,
-                                read_recipe)
+from latent_ops.compose import compose, open_setting
+from latent_ops.compose_config import DEFAULT_EXPRESSION, ComposeConfig, folder_name, make_compose_config, read_recipe
 from latent_ops.compose_files import IMAGES_FILE
 from latent_ops.encode import decode_codes
 from latent_ops.expression import parse, term_parts

@@ -42,7 +42,8 @@ from latent_ops.sampling import projection_conditions
 from latent_ops.timing import StageClock
 
 if TYPE_CHECKING:
-    from latent_ops.compose import ComposeConfig, Drawn, Reference, Setting
+    from latent_ops.compose_config import ComposeConfig
+    from latent_ops.compose_state import Drawn, Reference, Setting
 
 NEIGHBOURS = 3  # nearest training images kept per candidate
 SHORTLIST = 16  # bf16 shortlist of the nearest-neighbour search, ranked again exactly (autoencoder.metrics)

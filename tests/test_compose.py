@@ -189,7 +189,7 @@ def test_a_negative_class_without_prior_draws_is_one_clear_error(composed_run, f
 def test_a_recipes_negative_is_a_default_for_prior_draws_not_an_error_elsewhere(composed_run, folder_data, smoke_run,
                                                                                   tmp_path, capsys):
     from autoencoder.cli import save_config
-    from latent_ops.compose import RECIPE_FILE, ComposeConfig
+    from latent_ops.compose_config import RECIPE_FILE, ComposeConfig
 
     run = tmp_path / "run"
     shutil.copytree(composed_run, run)
@@ -388,7 +388,7 @@ def test_a_folder_that_is_not_a_compose_output_is_refused(composed_run, folder_d
 
 
 def test_different_expressions_never_share_a_folder():
-    from latent_ops.compose import folder_name
+    from latent_ops.compose_config import folder_name
 
     names = ["horse-(bird-wings)", "horse-bird-wings", "horse*2", "horsex2", "horse:2", "horse_2", "horse+wings",
              "horse + wings", "a" * 300 + "+horse", "a" * 300 + "+bird", "horse/2", "horseover2"]

@@ -114,7 +114,7 @@ def test_numeric_training_flags_are_accepted_in_range_or_refused_in_one_line(fla
 @given(st.sampled_from(["n", "seed", "refine_steps", "refine_step_size", "refine_anchor", "strength", "temperature",
                         "chunk"]), NUMBERS)
 def test_numeric_compose_flags_are_accepted_in_range_or_refused_in_one_line(flag, value):
-    from latent_ops.compose import COMPOSE_RANGES, make_compose_config
+    from latent_ops.compose_config import COMPOSE_RANGES, make_compose_config
 
     try:
         config = make_compose_config(**{flag: value})

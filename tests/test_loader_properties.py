@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from autoencoder.cli import UserError, dataclass_from_flags, load_config
-from latent_ops.compose import ComposeConfig, validate_compose_config
+from latent_ops.compose_config import ComposeConfig, validate_compose_config
 from latent_ops.expression import MAX_WEIGHT, parse
 
 GRAMMAR_PIECES = st.sampled_from(["horse", "bird", "wings", "white", "horse:2", "@top", "@back", "&", "+", "-", "*",

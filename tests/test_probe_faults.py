@@ -60,7 +60,8 @@ def test_the_evaluators_ship_folder_may_not_be_a_run(smoke_run, tmp_path):
 
 
 def test_compose_refuses_a_folder_holding_a_persons_marks(tmp_path):
-    from latent_ops.compose import make_compose_config, output_folder
+    from latent_ops.compose import output_folder
+    from latent_ops.compose_config import make_compose_config
 
     out = tmp_path / "counted"
     out.mkdir()
@@ -89,7 +90,8 @@ def locked_elsewhere(tmp_path):
 
 def test_a_second_writer_of_one_folder_is_refused(locked_elsewhere, tmp_path, folder_data, capsys):
     from autoencoder.train import main as train_main
-    from latent_ops.compose import make_compose_config, output_folder
+    from latent_ops.compose import output_folder
+    from latent_ops.compose_config import make_compose_config
 
     with pytest.raises(ConfigError, match="being written by another command"):
         claim_output(locked_elsewhere, None, "a test")
@@ -264,7 +266,7 @@ def test_a_planted_pickle_in_a_training_state_is_named_in_whole_words(tmp_path, 
 
 def test_a_foreign_config_is_not_a_run_config(smoke_run, tmp_path):
     from autoencoder.cli import save_config
-    from latent_ops.compose import ComposeConfig
+    from latent_ops.compose_config import ComposeConfig
 
     run = copy_run(smoke_run, tmp_path)
     save_config(ComposeConfig(), run / "config.json")

@@ -12,7 +12,7 @@ from autoencoder.cli import save_config
 from autoencoder.diagram import NETWORK_TITLES, draw_run
 from autoencoder.diagram import main as diagram_main
 from autoencoder.run_folder import load_run
-from latent_ops.compose import RECIPE_FILE, ComposeConfig
+from latent_ops.compose_config import RECIPE_FILE, ComposeConfig
 from latent_ops.report import report
 
 

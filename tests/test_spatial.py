@@ -15,7 +15,8 @@ from autoencoder.cli import save_config
 from autoencoder.config import make_config
 from autoencoder.train import train
 from latent_ops.atlas import build_atlas
-from latent_ops.compose import RECIPE_FILE, ComposeConfig, compose
+from latent_ops.compose import compose
+from latent_ops.compose_config import RECIPE_FILE, ComposeConfig
 from latent_ops.encode import load_bank
 from latent_ops.learn import learn, make_learn_config
 from latent_ops.prior import make_prior_config, train_prior

@@ -21,8 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from autoencoder.cli import UserError
-from latent_ops.compose import ComposeConfig, Reference, Setting, check_repel, check_start, draw, \
-    make_compose_config, open_reference, open_setting, rank, settle_recipe_repel
+from latent_ops.compose import check_repel, check_start, draw, open_reference, open_setting, rank, settle_recipe_repel
+from latent_ops.compose_config import ComposeConfig, make_compose_config
+from latent_ops.compose_state import Reference, Setting
 from latent_ops.editor import to_pixels
 from latent_ops.expression import parse
 from latent_ops.scoring import score
