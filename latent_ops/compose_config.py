@@ -46,7 +46,8 @@ class ComposeConfig:
     refine_step_size: float = 0.02  # gradient step size of the refinement (each step's length is capped)
     refine_anchor: float = 1.0  # pull towards the starting code during refinement
     strength: float = 1.0  # scales every direction's calibrated step
-    temperature: float = 1.0  # spread of --source density samples and of the prior's starting noise (Glow's temperature)
+    temperature: float = 1.0  # spread of --source density samples and of the prior's starting noise (Glow's
+    #   temperature)
     source: str = "heldout"  # heldout (codes of real test images), density (the fitted Gaussian mixture)
     #   or prior (the run's latent prior, latent_ops.prior)
     guidance: float = 2.0  # classifier-free guidance of the latent prior per condition (prior draws, a&b, --project)
@@ -158,9 +159,9 @@ def check_flags_together(config: ComposeConfig) -> None:
         raise ConfigError(f"--guidance_from {config.guidance_from} is after --guidance_until {config.guidance_until}: "
                           f"guidance applies between them; give from <= until (0 and 1: throughout)")
     if config.start and config.project <= 0:
-        raise ConfigError(f"--start {config.start} gives the pictures the candidates start from; --project says how far "
-                          f"they go towards noise before the prior brings them back as the expression: give --project, "
-                          f"e.g. 0.8, or drop --start")
+        raise ConfigError(f"--start {config.start} gives the pictures the candidates start from; --project says how "
+                          f"far they go towards noise before the prior brings them back as the expression: give "
+                          f"--project, e.g. 0.8, or drop --start")
     if (config.repel_keep or config.repel_toward > 0) and config.repel <= 0:
         raise ConfigError("--repel_keep and --repel_toward guard the push of --repel, which is off; add --repel 1, or "
                           "drop them")

@@ -4,7 +4,7 @@
 measures uniqueness against a ``Reference``; ``latent_ops.scoring`` reads all three. They live here, below both, so
 that neither imports the other to name them.
 
-Example: ``python -c "from latent_ops.compose_state import Drawn; print(Drawn.__doc__ or Drawn.__annotations__)"``
+Example: ``python -c "from latent_ops.compose_state import Drawn; print(Drawn.__doc__)"``
 """
 from __future__ import annotations
 
@@ -25,7 +25,6 @@ from latent_ops.feature_proxy import FeatureProxy
 from latent_ops.flow import FlowNet
 from latent_ops.mark_judge import MarkJudge
 from latent_ops.sampling import Sources
-
 
 
 @dataclass
