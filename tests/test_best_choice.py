@@ -93,7 +93,8 @@ def test_compose_best_agreement_records_both_readings_and_the_showcase_shows_fou
     assert all(set(c["second_reading"]) == set(c["intent_terms"]) == {"horse", "wings"} for c in lead)
     assert [c["best_score"] for c in lead] == may[:len(lead)]  # the highest scores the rule allows, highest first
     assert all(min(c["intent_terms"]["horse"], c["second_reading"]["horse"]) >= floor for c in lead)
-    assert all("second_reading" not in c for c in ranked)
+    assert [c["best_chosen"] for c in chosen] == [True] * len(lead) + [False] * (len(chosen) - len(lead))
+    assert all("second_reading" not in c and "best_chosen" not in c for c in ranked)
     assert [c["candidate"] for c in chosen[len(lead):]] == [c["candidate"] for c in ranked if c["candidate"] not in
                                                      {x["candidate"] for x in lead}], "the rest keep the ranking"
     with Image.open(tmp_path / "agreement" / "showcase.png") as showcase:
