@@ -137,15 +137,15 @@ def make_sheets(config: BlindCountConfig) -> Path:
     if len(folders) < 2 or len(set(folders)) < len(folders):
         raise ConfigError(f"--composes needs two or more different compose outputs to hide among each other, got "
                           f"{len(set(folders))}; e.g. --composes outputs/compose/a,outputs/compose/b")
+    if (Path(config.out) / COUNTS_FILE).exists():
+        raise UserError(f"{config.out} holds a finished sitting ({COUNTS_FILE}); new sheets would lose its marks: "
+                        f"pass a new --out")
     batches = [kept_images(f) for f in folders]
     key = shuffled_key([len(b) for b in batches], config.seed)
     if len(key) > MAX_SHEETS * PER_SHEET:
         raise ConfigError(f"{len(key)} images would take more than {MAX_SHEETS} sheets; count fewer outputs at once")
-    if (Path(config.out) / COUNTS_FILE).exists():
-        raise UserError(f"{config.out} holds a finished sitting ({COUNTS_FILE}); new sheets would lose its marks: "
-                        f"pass a new --out")
     out = claim_output(config.out, OWN_FILES, "a blind count's", config)
-    for name in OWN_FILES - {"config.json"}:  # sheets and counts of an earlier blind count in this folder
+    for name in OWN_FILES - {"config.json"}:  # the sheets of an earlier making in this folder (never its counts)
         (out / name).unlink(missing_ok=True)
     for first in range(0, len(key), PER_SHEET):
         tiles = [batches[o][p] for o, p in key[first:first + PER_SHEET]]
