@@ -362,7 +362,8 @@ def release_folder(folder: Path) -> None:
 
 
 @atexit.register
-def _release_all() -> None:
+def release_all_folders() -> None:
+    """Drop every lock this process holds (at exit; called directly by a process that ends without teardown)."""
     for key in list(_HELD_LOCKS):
         release_folder(Path(key))
 

@@ -19,14 +19,17 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
+import traceback
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from autoencoder.cli import release_all_folders
 from autoencoder.data import epoch_order
 from autoencoder.models import Networks
 
@@ -72,6 +75,41 @@ def process_group(shard: Shard, device_type: str) -> Iterator[None]:
         yield
     finally:
         dist.destroy_process_group()
+
+
+def end_without_teardown(shard: Shard, body: Callable[[], Any]) -> None:
+    """Run a rank's ``body``; under torchrun then end the process at once with its exit status, skipping the
+    interpreter's teardown (one process: ``body`` alone, ending as usual).
+
+    A gloo worker thread may still hold the last reference to a finished collective's tensors when the main thread
+    reaches interpreter shutdown; freeing them needs the GIL, which a thread cannot take during shutdown, so the rank
+    aborts ("terminate called without an active exception", SIGABRT) after every file was written, and torchrun
+    reports the run failed: one run in about twenty under load on 2 cores, with the abort's core file showing
+    ``ProcessGroupGloo::AsyncWork::~AsyncWork`` in ``take_gil`` while the main thread is in ``Py_FinalizeEx``
+    (the race pytorch/pytorch#179291 describes). Ending with ``os._exit`` after the streams are flushed and the
+    folder locks dropped leaves no teardown to race with. Status: 0, a SystemExit's code, 130 on an interrupt, and
+    1 (traceback on stderr) on any other exception.
+    """
+    if shard.world_size == 1:
+        body()
+        return
+    status = 0
+    try:
+        body()
+    except SystemExit as stop:
+        status = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+        if stop.code is not None and not isinstance(stop.code, int):
+            print(stop.code, file=sys.stderr)
+    except KeyboardInterrupt:
+        status = 130
+    except BaseException:  # noqa: BLE001 -- any other failure: its traceback, then status 1
+        traceback.print_exc()
+        status = 1
+    release_all_folders()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(status)
 
 
 def replicate(nets: Networks, shard: Shard, device: torch.device) -> Any:

@@ -418,7 +418,7 @@ def main(preset: str = "", resume: bool = False, **flags: Any) -> None:
                       (f" ({shard.world_size} processes)" if shard.world_size > 1 else ""), flush=True)
             train(config, resume=resume, shard=shard)
 
-    run_cli(body, shard.is_main)
+    distributed.end_without_teardown(shard, lambda: run_cli(body, shard.is_main))
 
 
 if __name__ == "__main__":

@@ -111,3 +111,30 @@ def test_two_process_run_stopped_by_the_clock_resumes_exactly(one_process_run, t
     paths = [flag for flag in cli if flag.startswith(("--data=", "--cache_dir="))]  # never read from config.json
     torchrun("--out", str(run), "--resume", "--max_minutes", "0", *paths)
     assert_same_training(run, reference)
+
+
+ENDING = """
+import sys
+from pathlib import Path
+from autoencoder.cli import lock_folder
+from autoencoder.distributed import Shard, end_without_teardown
+
+def body():
+    lock_folder(Path(sys.argv[2]))
+    sys.stdout.write("written without a newline")  # still in the buffer when the process ends
+    {"ok": lambda: None, "exit2": lambda: sys.exit(2), "fails": lambda: 1 / 0}[sys.argv[1]]()
+
+end_without_teardown(Shard(1, 2), body)
+print("never printed: the process has ended")
+"""
+
+
+@pytest.mark.parametrize("how, status", [("ok", 0), ("exit2", 2), ("fails", 1)])
+def test_a_rank_ends_with_its_status_its_output_flushed_and_its_lock_dropped(tmp_path, how, status):
+    folder = tmp_path / "run"
+    done = subprocess.run([sys.executable, "-c", ENDING, how, str(folder)], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == status, done.stderr
+    assert done.stdout == "written without a newline"
+    assert not (tmp_path / ".run.lock").exists(), "the folder's lock was left behind"
+    assert ("ZeroDivisionError" in done.stderr) == (how == "fails")
