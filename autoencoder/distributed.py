@@ -97,9 +97,10 @@ def end_without_teardown(shard: Shard, body: Callable[[], Any]) -> None:
     try:
         body()
     except SystemExit as stop:
-        status = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
-        if stop.code is not None and not isinstance(stop.code, int):
-            print(stop.code, file=sys.stderr)
+        status = 0 if stop.code is None else stop.code
+        if not isinstance(status, int):  # sys.exit("message"): the message, then status 1
+            print(status, file=sys.stderr)
+            status = 1
     except KeyboardInterrupt:
         status = 130
     except BaseException:  # noqa: BLE001 -- any other failure: its traceback, then status 1

@@ -122,14 +122,15 @@ from autoencoder.distributed import Shard, end_without_teardown
 def body():
     lock_folder(Path(sys.argv[2]))
     sys.stdout.write("written without a newline")  # still in the buffer when the process ends
-    {"ok": lambda: None, "exit2": lambda: sys.exit(2), "fails": lambda: 1 / 0}[sys.argv[1]]()
+    {"ok": lambda: None, "exit2": lambda: sys.exit(2), "says": lambda: sys.exit("--steps must be positive"),
+     "fails": lambda: 1 / 0}[sys.argv[1]]()
 
 end_without_teardown(Shard(1, 2), body)
 print("never printed: the process has ended")
 """
 
 
-@pytest.mark.parametrize("how, status", [("ok", 0), ("exit2", 2), ("fails", 1)])
+@pytest.mark.parametrize("how, status", [("ok", 0), ("exit2", 2), ("says", 1), ("fails", 1)])
 def test_a_rank_ends_with_its_status_its_output_flushed_and_its_lock_dropped(tmp_path, how, status):
     folder = tmp_path / "run"
     done = subprocess.run([sys.executable, "-c", ENDING, how, str(folder)], cwd=REPO, capture_output=True, text=True,
@@ -138,3 +139,4 @@ def test_a_rank_ends_with_its_status_its_output_flushed_and_its_lock_dropped(tmp
     assert done.stdout == "written without a newline"
     assert not (tmp_path / ".run.lock").exists(), "the folder's lock was left behind"
     assert ("ZeroDivisionError" in done.stderr) == (how == "fails")
+    assert ("--steps must be positive" in done.stderr) == (how == "says")
